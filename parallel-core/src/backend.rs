@@ -1,0 +1,35 @@
+//! [`Backend`]: where a pool runs its tasks.
+
+/// Where a [`Pool`](crate::Pool) runs its tasks.
+///
+/// # Examples
+///
+/// ```
+/// use parallel::{Backend, Pool};
+///
+/// let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
+/// assert_eq!(pool.backend(), Backend::Thread);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Worker threads of a rayon pool inside this process: the cheapest round trip; a panic is
+    /// caught, but a crash or a hang in a task takes the process with it.
+    Thread,
+    /// Child processes started from this same executable (needs the `process` feature): every
+    /// task's arguments and result cross a pipe through serde; a crash kills only its worker, and
+    /// a timeout really stops the task.
+    Process,
+}
+
+impl Backend {
+    /// Parses a `PARALLEL_BACKEND` value: `thread` or `process`, in any case.
+    pub(crate) fn parse(value: &str) -> Option<Backend> {
+        if value.eq_ignore_ascii_case("thread") {
+            Some(Backend::Thread)
+        } else if value.eq_ignore_ascii_case("process") {
+            Some(Backend::Process)
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! [`TaskHandle`]: the caller's end of one submitted task.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::job::{Job, Outcome};
+use crate::{thread, Task, TaskError};
+
+/// The caller's end of a submitted task: wait for it, poll it, or cancel it.
+///
+/// A handle resolves exactly once, to the task's output or to a [`TaskError`]. Dropping a handle
+/// does not cancel its task: the task still runs, and its result is dropped.
+///
+/// It is also a [`Future`] with the same output as [`join`](Self::join), woken by the worker that
+/// resolves it: awaiting it never blocks the async runtime and needs no polling thread.
+///
+/// # Examples
+///
+/// ```
+/// #[parallel::task]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let handles: Vec<_> = (0..4).map(square::dispatch).collect();
+/// let squares: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+/// assert_eq!(squares, [0, 1, 4, 9]);
+/// ```
+#[must_use = "a dropped handle does not cancel its task, but its result is lost"]
+pub struct TaskHandle<T: Task> {
+    job: Arc<Job<T>>,
+}
+
+impl<T: Task> TaskHandle<T> {
+    pub(crate) fn new(job: Arc<Job<T>>) -> Self {
+        TaskHandle { job }
+    }
+
+    /// Blocks until the task is resolved and returns its output or error.
+    ///
+    /// Called from inside a task of the same thread pool while the awaited task is still queued,
+    /// it runs that task right here instead of waiting for a free worker, so a task that
+    /// dispatches another task and joins it cannot deadlock even a pool of one.
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::Failed`] with the task's own error, or another [`TaskError`] variant telling
+    /// why no output exists (panic, cancellation, worker death, ...).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[parallel::task]
+    /// fn add(a: i64, b: i64) -> i64 {
+    ///     a + b
+    /// }
+    ///
+    /// assert_eq!(add::dispatch(2, 3).join().unwrap(), 5);
+    /// ```
+    pub fn join(self) -> Result<T::Output, TaskError<T::Error>> {
+        thread::help(&self.job);
+        match self.job.wait(None) {
+            Some(outcome) => outcome,
+            None => unreachable!("waiting without a deadline returns only with a result"),
+        }
+    }
+
+    /// Like [`join`](Self::join), but gives up after `timeout`: the task is then cancelled and
+    /// `Err(TaskError::TimedOut)` returned.
+    ///
+    /// On the thread backend a task that is already running cannot be stopped: it is abandoned,
+    /// runs to its end on its worker thread, and its result is dropped. A task that has not
+    /// started yet never starts.
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::TimedOut`] when the time is up, otherwise as [`join`](Self::join).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use parallel::TaskError;
+    ///
+    /// #[parallel::task]
+    /// fn nap(millis: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(millis));
+    ///     millis
+    /// }
+    ///
+    /// assert_eq!(nap::dispatch(1).join_timeout(Duration::from_secs(60)), Ok(1));
+    /// assert_eq!(nap::dispatch(2_000).join_timeout(Duration::from_millis(10)), Err(TaskError::TimedOut));
+    /// ```
+    pub fn join_timeout(self, timeout: Duration) -> Result<T::Output, TaskError<T::Error>> {
+        let deadline = Instant::now().checked_add(timeout);
+        if let Some(outcome) = self.job.wait(deadline) {
+            return outcome;
+        }
+        self.job.cancel();
+        // The task may have resolved between the deadline and the cancel; then its result stands.
+        match self.job.wait(Some(Instant::now())) {
+            Some(Err(TaskError::Cancelled)) | None => Err(TaskError::TimedOut),
+            Some(outcome) => outcome,
+        }
+    }
+
+    /// Cancels the task: a queued task never runs; a running one resolves as
+    /// [`TaskError::Cancelled`] at once (on the thread backend it is abandoned and runs to its
+    /// end, its result dropped). Does nothing to a task that is already resolved.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parallel::{Pool, TaskError};
+    ///
+    /// #[parallel::task]
+    /// fn id(x: u32) -> u32 {
+    ///     x
+    /// }
+    ///
+    /// let pool = Pool::builder().workers(1).build().unwrap();
+    /// let handle = id::dispatch_on(&pool, 7);
+    /// handle.cancel();
+    /// match handle.join() {
+    ///     Ok(7) | Err(TaskError::Cancelled) => {} // it may have finished before the cancel
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn cancel(&self) {
+        self.job.cancel();
+    }
+
+    /// Whether the task is resolved, so that [`join`](Self::join) would not block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[parallel::task]
+    /// fn one() -> u8 {
+    ///     1
+    /// }
+    ///
+    /// let handle = one::dispatch();
+    /// while !handle.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert_eq!(handle.join(), Ok(1));
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.job.is_finished()
+    }
+}
+
+impl<T: Task> Future for TaskHandle<T> {
+    type Output = Outcome<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.job.poll(cx.waker()) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<T: Task> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("task", &T::NAME)
+            .field("is_finished", &self.is_finished())
+            .finish()
+    }
+}

@@ -1,0 +1,35 @@
+//! The runtime of [`parallel`](https://docs.rs/parallel): tasks, their registry, the per-worker
+//! [`Environment`], pools, handles and errors, and the backends that run tasks.
+//!
+//! Users depend on the `parallel` facade, which re-exports this crate's public items together with
+//! the `#[task]` attribute; this crate is what the facade and the generated code stand on.
+
+mod backend;
+mod builder;
+mod environment;
+mod error;
+mod handle;
+mod job;
+mod map;
+mod never;
+mod pool;
+mod registry;
+mod remote_error;
+mod task;
+mod thread;
+mod unwind;
+
+pub use backend::Backend;
+pub use environment::Environment;
+pub use error::{Error, TaskError};
+pub use handle::TaskHandle;
+pub use never::Never;
+pub use builder::PoolBuilder;
+pub use map::Map;
+pub use pool::{default_pool, Pool};
+pub use registry::registered_tasks;
+pub use remote_error::RemoteError;
+pub use task::Task;
+
+#[doc(hidden)]
+pub mod __private;

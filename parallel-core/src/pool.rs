@@ -1,0 +1,268 @@
+//! [`Pool`]: a set of workers and the tasks submitted to it; [`default_pool`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::job::{Job, Ledger};
+use crate::thread::ThreadBackend;
+use crate::{Backend, Error, Map, PoolBuilder, Task, TaskError, TaskHandle};
+
+/// A set of workers that run submitted tasks.
+///
+/// Build one with [`Pool::builder`], or use the process-wide [`default_pool`] that
+/// `NAME::dispatch` runs on. A pool is `Send + Sync`: share it by reference or in an `Arc`.
+/// Dropping it does not block: tasks already submitted still run and their handles still
+/// resolve, then the workers stop.
+///
+/// # Examples
+///
+/// ```
+/// use parallel::{task, Backend, Pool};
+///
+/// #[task]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
+/// assert_eq!(add::dispatch_on(&pool, 1, 2).join().unwrap(), 3);
+/// let sums: Vec<i64> = pool.map((0..100).map(|i| add::new(i, i))).map(Result::unwrap).collect();
+/// assert_eq!(sums[99], 198);
+/// ```
+pub struct Pool {
+    backend: Backend,
+    workers: usize,
+    ledger: Arc<Ledger>,
+    engine: Engine,
+}
+
+enum Engine {
+    Thread(ThreadBackend),
+}
+
+impl Pool {
+    /// A builder to configure a new pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parallel::Pool::builder().workers(3).build().unwrap();
+    /// assert_eq!(pool.workers(), 3);
+    /// ```
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    pub(crate) fn start(
+        backend: Backend,
+        workers: usize,
+        max_tasks_per_worker: Option<usize>,
+    ) -> Result<Pool, Error> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        crate::registry::validate()?;
+        let ledger = Arc::new(Ledger::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        let engine = match backend {
+            Backend::Thread => Engine::Thread(ThreadBackend::start(
+                Arc::clone(&ledger),
+                workers,
+                max_tasks_per_worker,
+            )?),
+            Backend::Process => return Err(Error::backend_unavailable(backend)),
+        };
+        Ok(Pool { backend, workers, ledger, engine })
+    }
+
+    /// Submits a task and returns its handle at once.
+    ///
+    /// A task submitted after [`shutdown`](Self::shutdown) or [`kill`](Self::kill) resolves as
+    /// [`TaskError::PoolClosed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[parallel::task]
+    /// fn shout(text: String) -> String {
+    ///     text.to_uppercase()
+    /// }
+    ///
+    /// let pool = parallel::Pool::builder().workers(1).build().unwrap();
+    /// let handle = pool.submit(shout::new("hi".into()));
+    /// assert_eq!(handle.join().unwrap(), "HI");
+    /// ```
+    pub fn submit<T: Task>(&self, task: T) -> TaskHandle<T> {
+        let job = match Job::enqueue(task, &self.ledger) {
+            Ok(job) => job,
+            Err(_refused) => return TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME)))),
+        };
+        let is_queued = match &self.engine {
+            Engine::Thread(engine) => engine.submit(Arc::clone(&job)),
+        };
+        if !is_queued {
+            job.complete(Err(TaskError::pool_closed(T::NAME)));
+        }
+        TaskHandle::new(job)
+    }
+
+    /// Runs every task of `tasks` and yields their results in input order, as they are consumed.
+    ///
+    /// `tasks` is pulled on the caller's thread only as results are consumed, with a bounded
+    /// window of tasks in flight, so an endless or huge input never sits in memory and the
+    /// iterator may borrow from the caller (no `Send` or `'static` bound). Dropping the returned
+    /// iterator cancels the tasks still in its window.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[parallel::task]
+    /// fn len(text: String) -> usize {
+    ///     text.len()
+    /// }
+    ///
+    /// let words = ["a", "bb", "ccc"];
+    /// let pool = parallel::Pool::builder().workers(2).build().unwrap();
+    /// let lengths: Vec<usize> =
+    ///     pool.map(words.iter().map(|w| len::new(w.to_string()))).map(Result::unwrap).collect();
+    /// assert_eq!(lengths, [1, 2, 3]);
+    /// ```
+    pub fn map<I>(&self, tasks: I) -> Map<'_, I::IntoIter>
+    where
+        I: IntoIterator,
+        I::Item: Task,
+    {
+        Map::new(self, tasks.into_iter())
+    }
+
+    /// Finishes every task already submitted, then stops the workers; tasks submitted from now on
+    /// resolve as [`TaskError::PoolClosed`].
+    ///
+    /// Blocks until the work is done. Called from inside one of this pool's own tasks, it cannot
+    /// wait for itself: it closes the pool and returns, and the workers stop once the work is done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parallel::TaskError;
+    ///
+    /// #[parallel::task]
+    /// fn id(x: u32) -> u32 {
+    ///     x
+    /// }
+    ///
+    /// let pool = parallel::Pool::builder().workers(2).build().unwrap();
+    /// let handles: Vec<_> = (0..10).map(|i| id::dispatch_on(&pool, i)).collect();
+    /// pool.shutdown();
+    /// assert!(handles.iter().all(|h| h.is_finished()));
+    /// assert!(matches!(id::dispatch_on(&pool, 1).join(), Err(TaskError::PoolClosed { .. })));
+    /// ```
+    pub fn shutdown(&self) {
+        self.ledger.close();
+        match &self.engine {
+            Engine::Thread(engine) => {
+                if engine.is_current_worker() {
+                    return;
+                }
+                self.ledger.wait_drained();
+                engine.stop();
+            }
+        }
+    }
+
+    /// Stops now: tasks not yet finished resolve as [`TaskError::Cancelled`] (or
+    /// [`TaskError::WorkerDied`] when a worker process is killed under them), and tasks submitted
+    /// from now on as [`TaskError::PoolClosed`].
+    ///
+    /// On the thread backend a running task cannot be stopped: it is abandoned and finishes on
+    /// its thread in the background, its result dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use parallel::TaskError;
+    ///
+    /// #[parallel::task]
+    /// fn nap(millis: u64) {
+    ///     std::thread::sleep(Duration::from_millis(millis));
+    /// }
+    ///
+    /// let pool = parallel::Pool::builder().workers(1).build().unwrap();
+    /// let handles: Vec<_> = (0..5).map(|_| nap::dispatch_on(&pool, 200)).collect();
+    /// pool.kill();
+    /// for handle in handles {
+    ///     assert!(matches!(handle.join(), Ok(()) | Err(TaskError::Cancelled)));
+    /// }
+    /// ```
+    pub fn kill(&self) {
+        self.ledger.close();
+        self.ledger.abort_all();
+        match &self.engine {
+            Engine::Thread(engine) => engine.stop(),
+        }
+    }
+
+    /// The backend this pool runs tasks on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parallel::Pool::builder().backend(parallel::Backend::Thread).build().unwrap();
+    /// assert_eq!(pool.backend(), parallel::Backend::Thread);
+    /// ```
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// How many workers the pool runs tasks on at most at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parallel::Pool::builder().workers(2).build().unwrap();
+    /// assert_eq!(pool.workers(), 2);
+    /// ```
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// How many submitted tasks are not resolved yet (queued or running).
+    pub(crate) fn pending(&self) -> usize {
+        self.ledger.len()
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("backend", &self.backend)
+            .field("workers", &self.workers)
+            .field("pending", &self.pending())
+            .field("is_closed", &self.ledger.is_closed())
+            .finish()
+    }
+}
+
+/// The process-wide pool that `NAME::dispatch` runs on, built on first use.
+///
+/// Its backend is [`Backend::Thread`] (or [`Backend::Process`] when `parallel` is built with the
+/// `process` feature) and it has one worker per available core; the environment variables
+/// `PARALLEL_BACKEND=thread|process` and `PARALLEL_WORKERS=N` override both at run time.
+///
+/// # Panics
+///
+/// On first use, if the pool cannot be built: a malformed `PARALLEL_*` variable, two tasks
+/// registered under one name, or a system that refuses threads. The message says which.
+///
+/// # Examples
+///
+/// ```
+/// let pool = parallel::default_pool();
+/// assert!(pool.workers() >= 1);
+/// ```
+pub fn default_pool() -> &'static Pool {
+    static DEFAULT: OnceLock<Pool> = OnceLock::new();
+    DEFAULT.get_or_init(|| match PoolBuilder::new().build() {
+        Ok(pool) => pool,
+        Err(error) => panic!("parallel: cannot build the default pool: {error}"),
+    })
+}

@@ -1,0 +1,217 @@
+//! The registry: a link-time table from task name to an erased runner.
+//!
+//! Every `#[task]` adds one [`Registration`] to the [`TASKS`] distributed slice. The linker
+//! gathers the slice, so the table is complete before `main` runs, in every crate of the program
+//! and under any LTO setting; a worker process looks tasks up here by name before the user's
+//! `main` could have registered anything by hand.
+
+use std::any::type_name;
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::sync::OnceLock;
+
+use linkme::distributed_slice;
+
+use crate::{Environment, Error, Task};
+
+/// Every task of the program, gathered by the linker.
+#[distributed_slice]
+pub static TASKS: [Registration];
+
+/// One task in the registry: its name, its Rust type and how to run it from serialized input.
+///
+/// Built only by `#[task]` through [`Registration::of`].
+#[derive(Debug)]
+pub struct Registration {
+    name: &'static str,
+    type_name: fn() -> &'static str,
+    // Read by the worker loop of the process backend, which looks tasks up by name.
+    #[cfg_attr(not(test), allow(dead_code))]
+    runner: Runner,
+}
+
+/// Runs a task from a deserializer and hands back its outcome, with the task's type erased.
+pub(crate) type Runner = fn(&mut Environment, &mut dyn erased_serde::Deserializer<'_>) -> Outcome;
+
+/// What an erased run produced; the caller serializes whichever value it holds.
+#[cfg_attr(not(test), allow(dead_code))] // built for the process backend's worker loop
+pub(crate) enum Outcome {
+    /// The task returned `Ok`; the value is its output.
+    Output(Box<dyn erased_serde::Serialize + Send>),
+    /// The task returned `Err`; the value is its error.
+    Failed(Box<dyn erased_serde::Serialize + Send>),
+    /// The input did not deserialize as the task's arguments.
+    BadInput(String),
+}
+
+impl Registration {
+    /// The registration of task type `T`.
+    pub const fn of<T: Task>() -> Self {
+        Registration { name: T::NAME, type_name: type_name::<T>, runner: run_erased::<T> }
+    }
+
+    /// The name the task is registered under.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The Rust type that implements the task.
+    pub(crate) fn type_name(&self) -> &'static str {
+        (self.type_name)()
+    }
+
+    /// Deserializes the task from `input`, runs it with `env` and returns what it produced.
+    #[cfg_attr(not(test), allow(dead_code))] // called by the process backend's worker loop
+    pub(crate) fn run(
+        &self,
+        env: &mut Environment,
+        input: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Outcome {
+        (self.runner)(env, input)
+    }
+}
+
+fn run_erased<T: Task>(
+    env: &mut Environment,
+    input: &mut dyn erased_serde::Deserializer<'_>,
+) -> Outcome {
+    match erased_serde::deserialize::<T>(input) {
+        Ok(task) => match task.run(env) {
+            Ok(output) => Outcome::Output(Box::new(output)),
+            Err(error) => Outcome::Failed(Box::new(error)),
+        },
+        Err(error) => Outcome::BadInput(error.to_string()),
+    }
+}
+
+/// The table built once from [`TASKS`], or the first duplicate name found in it.
+struct Table {
+    by_name: BTreeMap<&'static str, &'static Registration>,
+    duplicate: Option<(&'static Registration, &'static Registration)>,
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut by_name = BTreeMap::new();
+        let mut duplicate = None;
+        for registration in TASKS.iter() {
+            match by_name.entry(registration.name) {
+                Entry::Vacant(slot) => {
+                    slot.insert(registration);
+                }
+                Entry::Occupied(first) => {
+                    duplicate.get_or_insert((*first.get(), registration));
+                }
+            }
+        }
+        Table { by_name, duplicate }
+    })
+}
+
+/// Checks that no two tasks share a name; every pool checks this when it is built.
+pub(crate) fn validate() -> Result<(), Error> {
+    match table().duplicate {
+        None => Ok(()),
+        Some((first, second)) => {
+            Err(Error::duplicate_task(first.name, first.type_name(), second.type_name()))
+        }
+    }
+}
+
+/// The registration of the task called `name`, if the program has one.
+#[cfg_attr(not(test), allow(dead_code))] // called by the process backend's worker loop
+pub(crate) fn lookup(name: &str) -> Option<&'static Registration> {
+    table().by_name.get(name).copied()
+}
+
+/// The names of every task registered in this program, sorted.
+///
+/// The list is complete before `main` runs: it comes from a table the linker builds, including
+/// tasks defined in dependency crates.
+///
+/// # Examples
+///
+/// ```
+/// #[parallel::task]
+/// fn greet(name: String) -> String {
+///     format!("hello, {name}")
+/// }
+///
+/// assert!(parallel::registered_tasks().iter().any(|name| name.ends_with("::greet")));
+/// ```
+pub fn registered_tasks() -> Vec<&'static str> {
+    table().by_name.keys().copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Shout {
+        text: String,
+    }
+
+    impl Task for Shout {
+        type Output = String;
+        type Error = String;
+        const NAME: &'static str = "registry::tests::shout";
+
+        fn run(self, env: &mut Environment) -> Result<String, String> {
+            if self.text.is_empty() {
+                return Err("nothing to shout".to_owned());
+            }
+            let calls = env.get_or_insert_with("calls", || 0u32);
+            *calls += 1;
+            Ok(format!("{}! ({})", self.text.to_uppercase(), calls))
+        }
+    }
+
+    #[distributed_slice(TASKS)]
+    static SHOUT: Registration = Registration::of::<Shout>();
+
+    fn run_json(env: &mut Environment, name: &str, input: &str) -> (&'static str, String) {
+        let registration = lookup(name).expect("the test registers this task");
+        let mut json = serde_json::Deserializer::from_str(input);
+        let mut erased = <dyn erased_serde::Deserializer<'_>>::erase(&mut json);
+        match registration.run(env, &mut erased) {
+            Outcome::Output(value) => ("output", serde_json::to_string(&value).unwrap()),
+            Outcome::Failed(value) => ("failed", serde_json::to_string(&value).unwrap()),
+            Outcome::BadInput(message) => ("bad input", message),
+        }
+    }
+
+    #[test]
+    fn runs_a_registered_task_by_name_from_serialized_input() {
+        let mut env = Environment::new();
+        assert_eq!(
+            run_json(&mut env, Shout::NAME, r#"{"text":"hi"}"#),
+            ("output", r#""HI! (1)""#.to_owned())
+        );
+        // the environment persists between runs
+        assert_eq!(
+            run_json(&mut env, Shout::NAME, r#"{"text":"yo"}"#),
+            ("output", r#""YO! (2)""#.to_owned())
+        );
+        assert_eq!(
+            run_json(&mut env, Shout::NAME, r#"{"text":""}"#),
+            ("failed", r#""nothing to shout""#.to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_input_is_reported_not_panicked() {
+        let (kind, message) = run_json(&mut Environment::new(), Shout::NAME, r#"{"txt":1}"#);
+        assert_eq!(kind, "bad input");
+        assert!(message.contains("text"), "{message}");
+    }
+
+    #[test]
+    fn lists_and_finds_registrations() {
+        assert!(registered_tasks().contains(&Shout::NAME));
+        assert_eq!(lookup(Shout::NAME).unwrap().type_name(), type_name::<Shout>());
+        assert!(lookup("no::such::task").is_none());
+        assert!(validate().is_ok());
+    }
+}

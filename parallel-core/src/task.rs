@@ -1,0 +1,58 @@
+//! The [`Task`] trait: what a unit of work is, what it returns and how it fails.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Environment;
+
+/// A unit of work that a [`Pool`](crate::Pool) runs on one of its workers.
+///
+/// `#[task]` implements this trait for the arguments of a plain function; write it by hand for a
+/// task that carries more than a function's arguments, and put `#[task]` on the `impl` block so the
+/// task is registered (the attribute fills in [`NAME`](Task::NAME) when it is left out).
+///
+/// The task value, its output and its error all cross the process boundary on the process
+/// backend, so all three are serde types. The [`Environment`] belongs to the worker that runs the
+/// task and never crosses anything.
+///
+/// # Examples
+///
+/// ```
+/// use parallel::{task, Environment, RemoteError, Task};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Repeat {
+///     text: String,
+///     times: usize,
+/// }
+///
+/// #[task]
+/// impl Task for Repeat {
+///     type Output = String;
+///     type Error = RemoteError;
+///
+///     fn run(self, _env: &mut Environment) -> Result<String, RemoteError> {
+///         Ok(self.text.repeat(self.times))
+///     }
+/// }
+///
+/// let handle = parallel::default_pool().submit(Repeat { text: "ab".into(), times: 3 });
+/// assert_eq!(handle.join().unwrap(), "ababab");
+/// assert!(Repeat::NAME.ends_with("::Repeat"));
+/// ```
+pub trait Task: Serialize + DeserializeOwned + Send + 'static {
+    /// What the task returns when it succeeds.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// What the task returns when it fails; [`Never`](crate::Never) for a task that cannot fail.
+    type Error: Serialize + DeserializeOwned + Send + 'static;
+    /// The name the task is registered under; unique in the program.
+    const NAME: &'static str;
+
+    /// Runs the task on a worker, with that worker's [`Environment`].
+    ///
+    /// # Errors
+    ///
+    /// Whatever the task itself reports; it reaches the caller as
+    /// [`TaskError::Failed`](crate::TaskError::Failed).
+    fn run(self, env: &mut Environment) -> Result<Self::Output, Self::Error>;
+}

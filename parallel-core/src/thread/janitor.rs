@@ -1,0 +1,115 @@
+//! The janitor: drops expired [`Environment`](crate::Environment) entries while workers idle.
+//!
+//! A worker purges its environment before every task, but an idle rayon thread runs no code of
+//! ours. So each worker publishes the earliest expiry of its environments after every task, and a
+//! janitor thread sleeps until the earliest published one, then broadcasts a purge to the workers.
+//! Pools whose environments hold no TTL entries never wake the janitor.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use super::{worker, Shared};
+use crate::Error;
+
+/// No expiry published.
+const NONE: u64 = u64::MAX;
+
+/// The shortest time between two purges, so that a busy worker that cannot purge yet does not
+/// make the janitor spin.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+pub(crate) struct Janitor {
+    base: Instant,
+    /// Per worker: the earliest expiry of its environments, in nanoseconds after `base`.
+    expiries: Box<[AtomicU64]>,
+    thread: Mutex<Option<Thread>>,
+    is_stopped: AtomicBool,
+}
+
+impl Janitor {
+    pub(crate) fn new(workers: usize) -> Self {
+        Janitor {
+            base: Instant::now(),
+            expiries: (0..workers).map(|_| AtomicU64::new(NONE)).collect(),
+            thread: Mutex::new(None),
+            is_stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts the janitor thread for the pool that owns `shared` and `rayon`.
+    pub(crate) fn start(
+        &self,
+        shared: &Arc<Shared>,
+        rayon: Weak<RwLock<Option<rayon::ThreadPool>>>,
+    ) -> Result<(), Error> {
+        let shared = Arc::downgrade(shared);
+        let handle = thread::Builder::new()
+            .name("parallel-janitor".to_owned())
+            .spawn(move || sweep_until_stopped(&shared, &rayon))
+            .map_err(|error| Error::io("start the janitor thread", error))?;
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle.thread().clone());
+        Ok(())
+    }
+
+    /// Records the earliest expiry of worker `index`'s environments, waking the janitor if it is
+    /// now due sooner than it planned.
+    pub(crate) fn publish(&self, index: usize, expiry: Option<Instant>) {
+        let nanos = expiry.map_or(NONE, |at| {
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NONE - 1)
+        });
+        let Some(slot) = self.expiries.get(index) else { return };
+        let previous = slot.swap(nanos, Ordering::AcqRel);
+        if nanos < previous {
+            self.wake();
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.is_stopped.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            thread.unpark();
+        }
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        let nanos = self.expiries.iter().map(|slot| slot.load(Ordering::Acquire)).min()?;
+        (nanos != NONE).then(|| self.base + Duration::from_nanos(nanos))
+    }
+}
+
+fn sweep_until_stopped(shared: &Weak<Shared>, rayon: &Weak<RwLock<Option<rayon::ThreadPool>>>) {
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        let Some(strong) = shared.upgrade() else { return };
+        if strong.janitor.is_stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let due = strong.janitor.earliest();
+        drop(strong);
+        let now = Instant::now();
+        match due {
+            None => thread::park(),
+            Some(due) if due > now => thread::park_timeout(due - now),
+            Some(_) => {
+                let ready = last_sweep.map_or(now, |last| last + MIN_SWEEP_INTERVAL);
+                if ready > now {
+                    thread::park_timeout(ready - now);
+                    continue;
+                }
+                last_sweep = Some(now);
+                let Some(rayon) = rayon.upgrade() else { return };
+                let rayon = rayon.read().unwrap_or_else(PoisonError::into_inner);
+                match rayon.as_ref() {
+                    Some(pool) => pool.spawn_broadcast(|_| worker::purge_idle()),
+                    None => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The thread backend: tasks run on the threads of a rayon pool owned by the [`Pool`](crate::Pool).
+//!
+//! Each worker thread owns its [`Environment`](crate::Environment)s (see [`worker`]); a job is a
+//! rayon `spawn_fifo` that claims the task from its [`Job`] and runs it, so a job that was
+//! cancelled while queued costs its worker one lock and nothing else. A janitor thread (see
+//! [`janitor`]) drops expired environment entries while workers idle.
+
+mod janitor;
+mod worker;
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::job::{Job, Ledger};
+use crate::{Error, Task};
+
+use janitor::Janitor;
+pub(crate) use worker::help;
+
+/// What a pool's workers share with the pool.
+pub(crate) struct Shared {
+    pub(crate) ledger: Arc<Ledger>,
+    /// After this many tasks a worker starts over with a fresh environment.
+    pub(crate) max_tasks_per_worker: Option<usize>,
+    pub(crate) janitor: Janitor,
+}
+
+/// A rayon pool and the state its workers share.
+pub(crate) struct ThreadBackend {
+    shared: Arc<Shared>,
+    /// `None` once the pool is shut down or killed: dropping rayon's pool lets its threads exit.
+    /// The janitor holds only a weak reference, so dropping the backend drops the pool.
+    rayon: Arc<RwLock<Option<rayon::ThreadPool>>>,
+}
+
+impl ThreadBackend {
+    pub(crate) fn start(
+        ledger: Arc<Ledger>,
+        workers: usize,
+        max_tasks_per_worker: Option<usize>,
+    ) -> Result<Self, Error> {
+        crate::unwind::install_hook();
+        let shared = Arc::new(Shared {
+            ledger,
+            max_tasks_per_worker,
+            janitor: Janitor::new(workers),
+        });
+        let pool_id = shared.ledger_pool_id();
+        let for_start = Arc::clone(&shared);
+        let rayon = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(move |index| format!("parallel-{pool_id}-worker-{index}"))
+            .start_handler(move |index| worker::enter(&for_start, index))
+            .exit_handler(|_| worker::leave())
+            .build()
+            .map_err(|error| {
+                Error::io("start the worker threads", std::io::Error::other(error.to_string()))
+            })?;
+        let rayon = Arc::new(RwLock::new(Some(rayon)));
+        shared.janitor.start(&shared, Arc::downgrade(&rayon))?;
+        Ok(ThreadBackend { shared, rayon })
+    }
+
+    /// Queues `job` on a worker; `false` if the pool no longer has workers.
+    pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
+        let rayon = self.rayon.read().unwrap_or_else(PoisonError::into_inner);
+        match rayon.as_ref() {
+            Some(rayon) => {
+                rayon.spawn_fifo(move || worker::execute(&job));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Lets the threads exit once the work already queued is done.
+    pub(crate) fn stop(&self) {
+        let rayon = self.rayon.write().unwrap_or_else(PoisonError::into_inner).take();
+        self.shared.janitor.stop();
+        drop(rayon);
+    }
+
+    /// Whether the calling thread is one of this pool's workers.
+    pub(crate) fn is_current_worker(&self) -> bool {
+        worker::current_pool() == Some(self.shared.ledger_pool_id())
+    }
+}
+
+impl Shared {
+    fn ledger_pool_id(&self) -> u64 {
+        self.ledger.pool_id()
+    }
+}
+
+impl Drop for ThreadBackend {
+    fn drop(&mut self) {
+        self.shared.janitor.stop();
+    }
+}

@@ -1,0 +1,156 @@
+//! One worker thread: its environments, and running a task on it.
+//!
+//! rayon runs queued jobs on a thread that waits inside `join` (a task's `par_iter`, say), so a
+//! second task can start on a thread whose first task is still on the stack. The environment is
+//! therefore never borrowed from the thread-local across user code: a task takes its environment
+//! out for the run and puts it back after, and a task nested that way gets the environment of the
+//! next depth — the worker keeps one per nesting depth, each persisting across the tasks that run
+//! at that depth. No `RefCell` is borrowed twice and no environment is aliased.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::Shared;
+use crate::job::{Job, Outcome};
+use crate::{unwind, Environment, Task, TaskError};
+
+struct Worker {
+    shared: Arc<Shared>,
+    index: usize,
+    /// One environment per nesting depth; `None` while a task at that depth has it.
+    environments: Vec<Option<Environment>>,
+    /// How many tasks are on this thread's stack right now.
+    depth: usize,
+    /// Tasks run at depth 0 since the environment was last renewed.
+    tasks_run: usize,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+/// Makes the current thread worker `index` of the pool that owns `shared`.
+pub(super) fn enter(shared: &Arc<Shared>, index: usize) {
+    WORKER.with_borrow_mut(|worker| {
+        *worker = Some(Worker {
+            shared: Arc::clone(shared),
+            index,
+            environments: Vec::new(),
+            depth: 0,
+            tasks_run: 0,
+        });
+    });
+}
+
+/// Drops the worker's environments on its own thread, as the thread exits.
+pub(super) fn leave() {
+    let worker = WORKER.with_borrow_mut(Option::take);
+    drop(worker);
+}
+
+/// The id of the pool whose worker the current thread is.
+pub(super) fn current_pool() -> Option<u64> {
+    WORKER.with_borrow(|worker| worker.as_ref().map(|worker| worker.shared.ledger.pool_id()))
+}
+
+/// Runs `job` on the current worker thread, unless it was cancelled or claimed meanwhile.
+pub(super) fn execute<T: Task>(job: &Job<T>) {
+    if let Some(task) = job.start() {
+        job.complete(run(task));
+    }
+}
+
+/// Called by a handle about to block: on a worker of the job's own pool, a job still queued is
+/// run here, since the worker that would run it may be this very thread.
+pub(crate) fn help<T: Task>(job: &Job<T>) {
+    if job.is_queued() && current_pool() == Some(job.pool_id()) {
+        execute(job);
+    }
+}
+
+fn run<T: Task>(task: T) -> Outcome<T> {
+    let (mut environment, depth) = take_environment();
+    environment.purge_expired();
+    let result = unwind::catch(|| task.run(&mut environment));
+    put_back(environment, depth);
+    match result {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(error)) => Err(TaskError::Failed(error)),
+        Err(report) => Err(TaskError::panicked(T::NAME, report)),
+    }
+}
+
+fn take_environment() -> (Environment, usize) {
+    WORKER.with_borrow_mut(|worker| match worker {
+        Some(worker) => {
+            let depth = worker.depth;
+            worker.depth += 1;
+            if worker.environments.len() <= depth {
+                worker.environments.resize_with(depth + 1, || None);
+            }
+            let environment = worker.environments[depth]
+                .take()
+                .unwrap_or_else(|| Environment::for_worker(worker.index));
+            (environment, depth)
+        }
+        // Only worker threads run jobs; a throwaway environment keeps this path total anyway.
+        None => (Environment::new(), usize::MAX),
+    })
+}
+
+fn put_back(environment: Environment, depth: usize) {
+    let retired = WORKER.with_borrow_mut(|worker| {
+        let worker = worker.as_mut()?;
+        if depth == usize::MAX {
+            return Some(environment);
+        }
+        worker.depth = depth;
+        let mut retired = None;
+        if depth == 0 {
+            worker.tasks_run += 1;
+            if worker.shared.max_tasks_per_worker.is_some_and(|max| worker.tasks_run >= max) {
+                worker.tasks_run = 0;
+                retired = Some(environment);
+            } else {
+                worker.environments[0] = Some(environment);
+            }
+        } else {
+            worker.environments[depth] = Some(environment);
+        }
+        publish_expiry(worker);
+        retired
+    });
+    // Values run their `Drop` outside the borrow: a `Drop` may itself touch the pool.
+    drop(retired);
+}
+
+/// Purges the environments no task of this thread holds; the janitor broadcasts this.
+pub(super) fn purge_idle() {
+    let Some(mut environments) = WORKER.with_borrow_mut(|worker| {
+        worker.as_mut().map(|worker| std::mem::take(&mut worker.environments))
+    }) else {
+        return;
+    };
+    for environment in environments.iter_mut().flatten() {
+        environment.purge_expired();
+    }
+    WORKER.with_borrow_mut(|worker| {
+        if let Some(worker) = worker.as_mut() {
+            // Slots taken by tasks meanwhile stay `None` in ours: those tasks put them back.
+            for (slot, purged) in worker.environments.iter_mut().zip(&mut environments) {
+                if slot.is_none() {
+                    *slot = purged.take();
+                }
+            }
+            if environments.len() > worker.environments.len() {
+                worker.environments.extend(environments.drain(worker.environments.len()..));
+            }
+            publish_expiry(worker);
+        }
+    });
+}
+
+fn publish_expiry(worker: &Worker) {
+    let earliest = worker.environments.iter().flatten().filter_map(Environment::next_expiry).min();
+    worker.shared.janitor.publish(worker.index, earliest);
+}
