@@ -97,9 +97,11 @@ impl PoolBuilder {
     ///     *n
     /// }
     ///
-    /// let pool = parallel::Pool::builder().workers(1).max_tasks_per_worker(2).build().unwrap();
-    /// let counts: Vec<u32> = (0..5).map(|_| count::dispatch_on(&pool).join().unwrap()).collect();
-    /// assert_eq!(counts, [1, 2, 1, 2, 1]);
+    /// fn main() {
+    ///     let pool = parallel::Pool::builder().workers(1).max_tasks_per_worker(2).build().unwrap();
+    ///     let counts: Vec<u32> = (0..5).map(|_| count::dispatch_on(&pool).join().unwrap()).collect();
+    ///     assert_eq!(counts, [1, 2, 1, 2, 1]);
+    /// }
     /// ```
     pub fn max_tasks_per_worker(mut self, tasks: usize) -> Self {
         self.max_tasks_per_worker = Some(tasks);

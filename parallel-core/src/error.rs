@@ -24,15 +24,17 @@ use crate::Backend;
 ///     panic!("out of cheese")
 /// }
 ///
-/// match parse::dispatch("x".into()).join() {
-///     Err(TaskError::Failed(message)) => assert_eq!(message, "not a number: \"x\""),
-///     other => panic!("{other:?}"),
-/// }
-/// match boom::dispatch().join() {
-///     Err(error @ TaskError::Panicked { .. }) => {
-///         assert!(error.to_string().contains("out of cheese"));
+/// fn main() {
+///     match parse::dispatch("x".into()).join() {
+///         Err(TaskError::Failed(message)) => assert_eq!(message, "not a number: \"x\""),
+///         other => panic!("{other:?}"),
 ///     }
-///     other => panic!("{other:?}"),
+///     match boom::dispatch().join() {
+///         Err(error @ TaskError::Panicked { .. }) => {
+///             assert!(error.to_string().contains("out of cheese"));
+///         }
+///         other => panic!("{other:?}"),
+///     }
 /// }
 /// ```
 #[non_exhaustive]

@@ -26,9 +26,11 @@ use crate::{thread, Task, TaskError};
 ///     x * x
 /// }
 ///
-/// let handles: Vec<_> = (0..4).map(square::dispatch).collect();
-/// let squares: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-/// assert_eq!(squares, [0, 1, 4, 9]);
+/// fn main() {
+///     let handles: Vec<_> = (0..4).map(square::dispatch).collect();
+///     let squares: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+///     assert_eq!(squares, [0, 1, 4, 9]);
+/// }
 /// ```
 #[must_use = "a dropped handle does not cancel its task, but its result is lost"]
 pub struct TaskHandle<T: Task> {
@@ -59,7 +61,9 @@ impl<T: Task> TaskHandle<T> {
     ///     a + b
     /// }
     ///
-    /// assert_eq!(add::dispatch(2, 3).join().unwrap(), 5);
+    /// fn main() {
+    ///     assert_eq!(add::dispatch(2, 3).join().unwrap(), 5);
+    /// }
     /// ```
     pub fn join(self) -> Result<T::Output, TaskError<T::Error>> {
         thread::help(&self.job);
@@ -92,8 +96,10 @@ impl<T: Task> TaskHandle<T> {
     ///     millis
     /// }
     ///
-    /// assert_eq!(nap::dispatch(1).join_timeout(Duration::from_secs(60)), Ok(1));
-    /// assert_eq!(nap::dispatch(2_000).join_timeout(Duration::from_millis(10)), Err(TaskError::TimedOut));
+    /// fn main() {
+    ///     assert_eq!(nap::dispatch(1).join_timeout(Duration::from_secs(60)), Ok(1));
+    ///     assert_eq!(nap::dispatch(2_000).join_timeout(Duration::from_millis(10)), Err(TaskError::TimedOut));
+    /// }
     /// ```
     pub fn join_timeout(self, timeout: Duration) -> Result<T::Output, TaskError<T::Error>> {
         let deadline = Instant::now().checked_add(timeout);
@@ -122,12 +128,14 @@ impl<T: Task> TaskHandle<T> {
     ///     x
     /// }
     ///
-    /// let pool = Pool::builder().workers(1).build().unwrap();
-    /// let handle = id::dispatch_on(&pool, 7);
-    /// handle.cancel();
-    /// match handle.join() {
-    ///     Ok(7) | Err(TaskError::Cancelled) => {} // it may have finished before the cancel
-    ///     other => panic!("{other:?}"),
+    /// fn main() {
+    ///     let pool = Pool::builder().workers(1).build().unwrap();
+    ///     let handle = id::dispatch_on(&pool, 7);
+    ///     handle.cancel();
+    ///     match handle.join() {
+    ///         Ok(7) | Err(TaskError::Cancelled) => {} // it may have finished before the cancel
+    ///         other => panic!("{other:?}"),
+    ///     }
     /// }
     /// ```
     pub fn cancel(&self) {
@@ -144,11 +152,13 @@ impl<T: Task> TaskHandle<T> {
     ///     1
     /// }
     ///
-    /// let handle = one::dispatch();
-    /// while !handle.is_finished() {
-    ///     std::thread::yield_now();
+    /// fn main() {
+    ///     let handle = one::dispatch();
+    ///     while !handle.is_finished() {
+    ///         std::thread::yield_now();
+    ///     }
+    ///     assert_eq!(handle.join(), Ok(1));
     /// }
-    /// assert_eq!(handle.join(), Ok(1));
     /// ```
     pub fn is_finished(&self) -> bool {
         self.job.is_finished()

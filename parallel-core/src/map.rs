@@ -24,10 +24,12 @@ const WINDOW_PER_WORKER: usize = 16;
 ///     x * 2
 /// }
 ///
-/// let pool = parallel::Pool::builder().workers(2).build().unwrap();
-/// let mut results = pool.map((1..=3).map(double::new));
-/// assert_eq!(results.next(), Some(Ok(2)));
-/// assert_eq!(results.collect::<Vec<_>>(), [Ok(4), Ok(6)]);
+/// fn main() {
+///     let pool = parallel::Pool::builder().workers(2).build().unwrap();
+///     let mut results = pool.map((1..=3).map(double::new));
+///     assert_eq!(results.next(), Some(Ok(2)));
+///     assert_eq!(results.collect::<Vec<_>>(), [Ok(4), Ok(6)]);
+/// }
 /// ```
 pub struct Map<'pool, I>
 where

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 /// }
 ///
 /// fn error_type_of<T: Task<Error = Never>>() {}
-/// error_type_of::<double::Task>();
+///
+/// fn main() {
+///     error_type_of::<double::Task>();
+/// }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Never {}

@@ -25,10 +25,12 @@ use crate::{Backend, Error, Map, PoolBuilder, Task, TaskError, TaskHandle};
 ///     a + b
 /// }
 ///
-/// let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
-/// assert_eq!(add::dispatch_on(&pool, 1, 2).join().unwrap(), 3);
-/// let sums: Vec<i64> = pool.map((0..100).map(|i| add::new(i, i))).map(Result::unwrap).collect();
-/// assert_eq!(sums[99], 198);
+/// fn main() {
+///     let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
+///     assert_eq!(add::dispatch_on(&pool, 1, 2).join().unwrap(), 3);
+///     let sums: Vec<i64> = pool.map((0..100).map(|i| add::new(i, i))).map(Result::unwrap).collect();
+///     assert_eq!(sums[99], 198);
+/// }
 /// ```
 pub struct Pool {
     backend: Backend,
@@ -86,9 +88,11 @@ impl Pool {
     ///     text.to_uppercase()
     /// }
     ///
-    /// let pool = parallel::Pool::builder().workers(1).build().unwrap();
-    /// let handle = pool.submit(shout::new("hi".into()));
-    /// assert_eq!(handle.join().unwrap(), "HI");
+    /// fn main() {
+    ///     let pool = parallel::Pool::builder().workers(1).build().unwrap();
+    ///     let handle = pool.submit(shout::new("hi".into()));
+    ///     assert_eq!(handle.join().unwrap(), "HI");
+    /// }
     /// ```
     pub fn submit<T: Task>(&self, task: T) -> TaskHandle<T> {
         let job = match Job::enqueue(task, &self.ledger) {
@@ -119,11 +123,13 @@ impl Pool {
     ///     text.len()
     /// }
     ///
-    /// let words = ["a", "bb", "ccc"];
-    /// let pool = parallel::Pool::builder().workers(2).build().unwrap();
-    /// let lengths: Vec<usize> =
-    ///     pool.map(words.iter().map(|w| len::new(w.to_string()))).map(Result::unwrap).collect();
-    /// assert_eq!(lengths, [1, 2, 3]);
+    /// fn main() {
+    ///     let words = ["a", "bb", "ccc"];
+    ///     let pool = parallel::Pool::builder().workers(2).build().unwrap();
+    ///     let lengths: Vec<usize> =
+    ///         pool.map(words.iter().map(|w| len::new(w.to_string()))).map(Result::unwrap).collect();
+    ///     assert_eq!(lengths, [1, 2, 3]);
+    /// }
     /// ```
     pub fn map<I>(&self, tasks: I) -> Map<'_, I::IntoIter>
     where
@@ -149,11 +155,13 @@ impl Pool {
     ///     x
     /// }
     ///
-    /// let pool = parallel::Pool::builder().workers(2).build().unwrap();
-    /// let handles: Vec<_> = (0..10).map(|i| id::dispatch_on(&pool, i)).collect();
-    /// pool.shutdown();
-    /// assert!(handles.iter().all(|h| h.is_finished()));
-    /// assert!(matches!(id::dispatch_on(&pool, 1).join(), Err(TaskError::PoolClosed { .. })));
+    /// fn main() {
+    ///     let pool = parallel::Pool::builder().workers(2).build().unwrap();
+    ///     let handles: Vec<_> = (0..10).map(|i| id::dispatch_on(&pool, i)).collect();
+    ///     pool.shutdown();
+    ///     assert!(handles.iter().all(|h| h.is_finished()));
+    ///     assert!(matches!(id::dispatch_on(&pool, 1).join(), Err(TaskError::PoolClosed { .. })));
+    /// }
     /// ```
     pub fn shutdown(&self) {
         self.ledger.close();
@@ -186,11 +194,13 @@ impl Pool {
     ///     std::thread::sleep(Duration::from_millis(millis));
     /// }
     ///
-    /// let pool = parallel::Pool::builder().workers(1).build().unwrap();
-    /// let handles: Vec<_> = (0..5).map(|_| nap::dispatch_on(&pool, 200)).collect();
-    /// pool.kill();
-    /// for handle in handles {
-    ///     assert!(matches!(handle.join(), Ok(()) | Err(TaskError::Cancelled)));
+    /// fn main() {
+    ///     let pool = parallel::Pool::builder().workers(1).build().unwrap();
+    ///     let handles: Vec<_> = (0..5).map(|_| nap::dispatch_on(&pool, 200)).collect();
+    ///     pool.kill();
+    ///     for handle in handles {
+    ///         assert!(matches!(handle.join(), Ok(()) | Err(TaskError::Cancelled)));
+    ///     }
     /// }
     /// ```
     pub fn kill(&self) {

@@ -137,7 +137,9 @@ pub(crate) fn lookup(name: &str) -> Option<&'static Registration> {
 ///     format!("hello, {name}")
 /// }
 ///
-/// assert!(parallel::registered_tasks().iter().any(|name| name.ends_with("::greet")));
+/// fn main() {
+///     assert!(parallel::registered_tasks().iter().any(|name| name.ends_with("::greet")));
+/// }
 /// ```
 pub fn registered_tasks() -> Vec<&'static str> {
     table().by_name.keys().copied().collect()

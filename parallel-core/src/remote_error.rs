@@ -21,12 +21,14 @@ use serde::{Deserialize, Serialize};
 ///     Ok(text.trim().parse::<i64>()?)
 /// }
 ///
-/// match read_number::dispatch("seven".into()).join() {
-///     Err(TaskError::Failed(error)) => {
-///         assert_eq!(error.type_name(), "core::num::error::ParseIntError");
-///         assert_eq!(error.message(), "invalid digit found in string");
+/// fn main() {
+///     match read_number::dispatch("seven".into()).join() {
+///         Err(TaskError::Failed(error)) => {
+///             assert_eq!(error.type_name(), "core::num::error::ParseIntError");
+///             assert_eq!(error.message(), "invalid digit found in string");
+///         }
+///         other => panic!("{other:?}"),
 ///     }
-///     other => panic!("{other:?}"),
 /// }
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

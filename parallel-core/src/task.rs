@@ -36,9 +36,11 @@ use crate::Environment;
 ///     }
 /// }
 ///
-/// let handle = parallel::default_pool().submit(Repeat { text: "ab".into(), times: 3 });
-/// assert_eq!(handle.join().unwrap(), "ababab");
-/// assert!(Repeat::NAME.ends_with("::Repeat"));
+/// fn main() {
+///     let handle = parallel::default_pool().submit(Repeat { text: "ab".into(), times: 3 });
+///     assert_eq!(handle.join().unwrap(), "ababab");
+///     assert!(Repeat::NAME.ends_with("::Repeat"));
+/// }
 /// ```
 pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// What the task returns when it succeeds.

@@ -1,0 +1,27 @@
+//! One suite, every backend: each test here is a function taking the [`Backend`] to build its
+//! pool on, and `backends!` instantiates it once per backend so the backends cannot drift apart.
+
+mod support;
+
+mod cancellation;
+mod environment;
+mod errors;
+mod lifecycle;
+mod map;
+mod nesting;
+mod results;
+
+/// Instantiates each listed test function once per backend compiled into this build.
+#[macro_export]
+macro_rules! backends {
+    ($($test:ident),* $(,)?) => {
+        mod thread {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(parallel::Backend::Thread)
+                }
+            )*
+        }
+    };
+}
