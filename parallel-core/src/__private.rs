@@ -12,29 +12,124 @@ pub use crate::{default_pool, Environment, Never, Pool, Task, TaskHandle};
 pub use core::result::Result;
 pub use core::{concat, module_path};
 
-/// A type that may cross the worker boundary as a task's argument, output or error.
+/// A type whose values serde can carry across the worker boundary: what a task's argument, output
+/// and error need besides `Send`.
 ///
-/// `#[task]` asserts it for each of those types with the user's type tokens as the span, so that
-/// the compiler's complaint points at the offending type and says what is wrong in these words
-/// rather than through a bound deep inside the generated code.
+/// `#[task]` asserts it for each of those types through [`assert_crosses_boundary`], with the
+/// user's type tokens as the span, so that the compiler's complaint points at the offending type
+/// and says what is wrong in these words. (`Send` is checked apart, by [`SendArgument`] and by
+/// `Task`'s own bounds, so that a type missing everything is not reported twice for it.)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot cross the worker boundary",
-    label = "not `Serialize + DeserializeOwned + Send + 'static`",
+    label = "not `Serialize + DeserializeOwned + 'static`",
     note = "task arguments, outputs and errors must implement `serde::Serialize`, \
             `serde::Deserialize` and `Send`, and own their data"
 )]
-pub trait CrossesBoundary: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
+pub trait CrossesBoundary: serde::Serialize + serde::de::DeserializeOwned + 'static {}
 
-impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> CrossesBoundary for T {}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> CrossesBoundary for T {}
 
 /// Compiles only when `T` may cross the worker boundary; never called.
 pub const fn assert_crosses_boundary<T: CrossesBoundary>() {}
 
-#[doc(hidden)]
-pub fn serialize_field<T: CrossesBoundary, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
-    value.serialize(serializer)
+/// An argument type of a task, checked for `Send` before anything else about the task.
+///
+/// `#[task]` implements this for each argument type of a task function, with the argument's
+/// index as `INDEX`, ahead of the rest of the generated module: a type that is not `Send` is then
+/// reported at the argument's own type first, not at the attribute.
+pub trait SendArgument<const INDEX: usize> {
+    /// The argument's type.
+    type Type: Send;
 }
-#[doc(hidden)]
-pub fn deserialize_field<'de, T: CrossesBoundary, D: serde::Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
-    T::deserialize(deserializer)
+
+/// A task argument on its way into a serializer (see [`SerializeArgument`]).
+pub struct Outgoing<'a, T>(pub &'a T);
+
+/// Serializes a task argument whose type is `Serialize`.
+///
+/// With [`SerializeArgumentFallback`], this picks an implementation by autoref: the serde code
+/// that `#[task]` generates for its task struct calls `(&Outgoing(value)).serialize_argument(..)`,
+/// which resolves here when the argument is `Serialize` and to the fallback otherwise. The derive
+/// therefore never fails on its own, and the one error a user sees about an unserializable
+/// argument is [`assert_crosses_boundary`]'s, at the argument's type.
+pub trait SerializeArgument {
+    /// Serializes the argument.
+    fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+}
+
+impl<T: serde::Serialize> SerializeArgument for Outgoing<'_, T> {
+    fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// The fallback of [`SerializeArgument`] for an argument that is not `Serialize`.
+pub trait SerializeArgumentFallback {
+    /// Fails: never reached in a program that compiles, since the same type fails
+    /// [`assert_crosses_boundary`].
+    fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+}
+
+impl<T> SerializeArgumentFallback for &Outgoing<'_, T> {
+    fn serialize_argument<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this task argument is not `Serialize`",
+        ))
+    }
+}
+
+/// A task argument to come out of a deserializer (see [`DeserializeArgument`]).
+pub struct Incoming<T>(core::marker::PhantomData<T>);
+
+impl<T> Incoming<T> {
+    /// The slot for one argument of type `T`.
+    pub const NEW: Self = Incoming(core::marker::PhantomData);
+}
+
+/// Deserializes a task argument whose type is `DeserializeOwned`; the counterpart of
+/// [`SerializeArgument`], with the same autoref fallback. Generated code names the argument type:
+/// `(&Incoming::<T>::NEW).deserialize_argument(..)`.
+pub trait DeserializeArgument {
+    /// The argument's type.
+    type Value;
+
+    /// Deserializes the argument.
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        &self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error>;
+}
+
+impl<T: serde::de::DeserializeOwned> DeserializeArgument for Incoming<T> {
+    type Value = T;
+
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        &self,
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        T::deserialize(deserializer)
+    }
+}
+
+/// The fallback of [`DeserializeArgument`] for an argument that is not `DeserializeOwned`.
+pub trait DeserializeArgumentFallback {
+    /// The argument's type.
+    type Value;
+
+    /// Fails: never reached in a program that compiles, since the same type fails
+    /// [`assert_crosses_boundary`].
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
+        &self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error>;
+}
+
+impl<T> DeserializeArgumentFallback for &Incoming<T> {
+    type Value = T;
+
+    fn deserialize_argument<'de, D: serde::Deserializer<'de>>(&self, _: D) -> Result<T, D::Error> {
+        Err(serde::de::Error::custom(
+            "this task argument is not `Deserialize`",
+        ))
+    }
 }

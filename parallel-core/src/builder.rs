@@ -133,7 +133,9 @@ impl PoolBuilder {
             None => workers_from(std::env::var(WORKERS_VARIABLE).ok().as_deref())?,
         };
         if workers == 0 {
-            return Err(Error::invalid_config("a pool needs at least one worker, not 0"));
+            return Err(Error::invalid_config(
+                "a pool needs at least one worker, not 0",
+            ));
         }
         if self.max_tasks_per_worker == Some(0) {
             return Err(Error::invalid_config(
@@ -159,9 +161,7 @@ fn backend_from(variable: Option<&str>) -> Result<Backend, Error> {
 /// The worker count from `PARALLEL_WORKERS`, or the available parallelism when it is unset.
 fn workers_from(variable: Option<&str>) -> Result<usize, Error> {
     match variable.map(str::trim) {
-        None | Some("") => {
-            Ok(std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
-        }
+        None | Some("") => Ok(std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         Some(value) => match value.parse::<usize>() {
             Ok(workers) if workers > 0 => Ok(workers),
             _ => Err(Error::invalid_config(format!(
@@ -195,20 +195,36 @@ mod tests {
         assert!(workers_from(None).unwrap() >= 1);
         for bad in ["0", "-1", "two", "1.5"] {
             let error = workers_from(Some(bad)).unwrap_err();
-            assert!(error.to_string().contains(&format!("PARALLEL_WORKERS={bad:?}")), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("PARALLEL_WORKERS={bad:?}")),
+                "{error}"
+            );
         }
     }
 
     #[test]
     fn out_of_range_settings_are_refused() {
-        assert!(PoolBuilder::new().workers(0).build().unwrap_err().is_invalid_config());
-        let error = PoolBuilder::new().workers(1).max_tasks_per_worker(0).build().unwrap_err();
+        assert!(PoolBuilder::new()
+            .workers(0)
+            .build()
+            .unwrap_err()
+            .is_invalid_config());
+        let error = PoolBuilder::new()
+            .workers(1)
+            .max_tasks_per_worker(0)
+            .build()
+            .unwrap_err();
         assert!(error.is_invalid_config());
     }
 
     #[test]
     fn process_backend_needs_its_feature() {
-        let error = PoolBuilder::new().backend(Backend::Process).build().unwrap_err();
+        let error = PoolBuilder::new()
+            .backend(Backend::Process)
+            .build()
+            .unwrap_err();
         assert!(error.is_backend_unavailable());
         assert!(error.to_string().contains("`process` feature"), "{error}");
     }

@@ -331,11 +331,18 @@ impl Environment {
         self.purge_expired();
         // The type is checked first so that only a `T` has its expiry slid. Looking the key up
         // again below costs a hash; allocating an owned key on every hit would cost more.
-        let is_hit = self.entries.get(key.as_ref()).is_some_and(|entry| {
-            entry.value.is::<T>() && entry.try_slide(&self.clock)
-        });
+        let is_hit = self
+            .entries
+            .get(key.as_ref())
+            .is_some_and(|entry| entry.value.is::<T>() && entry.try_slide(&self.clock));
         if !is_hit {
-            self.insert(key.as_ref().to_owned(), Entry { value: Box::new(f()), expiry: None });
+            self.insert(
+                key.as_ref().to_owned(),
+                Entry {
+                    value: Box::new(f()),
+                    expiry: None,
+                },
+            );
         }
         self.entries
             .get_mut(key.as_ref())

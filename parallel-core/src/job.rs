@@ -6,10 +6,12 @@
 //! caller cancelling and the pool being killed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Instant;
+
+use crossbeam_utils::Backoff;
 
 use crate::{Task, TaskError};
 
@@ -26,11 +28,16 @@ enum State<T: Task> {
 struct Slot<T: Task> {
     state: State<T>,
     waker: Option<Waker>,
+    /// Whether a thread sleeps on `Job::done`; notifying a condition variable costs a system
+    /// call even with nobody waiting, so it is skipped then.
+    has_sleeper: bool,
 }
 
 /// One submitted task: its state, who waits for it, and the pool it belongs to.
 pub(crate) struct Job<T: Task> {
     id: u64,
+    /// Set once the slot holds `Done`: lets a waiter spin on it without taking the lock.
+    is_done: AtomicBool,
     slot: Mutex<Slot<T>>,
     done: Condvar,
     ledger: Arc<Ledger>,
@@ -42,7 +49,12 @@ impl<T: Task> Job<T> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let job = Arc::new(Job {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            slot: Mutex::new(Slot { state: State::Queued(task), waker: None }),
+            is_done: AtomicBool::new(false),
+            slot: Mutex::new(Slot {
+                state: State::Queued(task),
+                waker: None,
+                has_sleeper: false,
+            }),
             done: Condvar::new(),
             ledger: Arc::clone(ledger),
         });
@@ -62,14 +74,21 @@ impl<T: Task> Job<T> {
     pub(crate) fn resolved(outcome: Outcome<T>) -> Arc<Self> {
         Arc::new(Job {
             id: 0,
-            slot: Mutex::new(Slot { state: State::Done(outcome), waker: None }),
+            is_done: AtomicBool::new(true),
+            slot: Mutex::new(Slot {
+                state: State::Done(outcome),
+                waker: None,
+                has_sleeper: false,
+            }),
             done: Condvar::new(),
             ledger: Arc::new(Ledger::new(0)),
         })
     }
 
     fn into_slot(self) -> Slot<T> {
-        self.slot.into_inner().unwrap_or_else(PoisonError::into_inner)
+        self.slot
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Slot<T>> {
@@ -101,15 +120,18 @@ impl<T: Task> Job<T> {
 
     /// Resolves the job unless it is resolved already; returns whether this call resolved it.
     pub(crate) fn complete(&self, outcome: Outcome<T>) -> bool {
-        let waker = {
+        let (waker, has_sleeper) = {
             let mut slot = self.lock();
             if matches!(slot.state, State::Done(_) | State::Taken) {
                 return false;
             }
             slot.state = State::Done(outcome);
-            slot.waker.take()
+            self.is_done.store(true, Ordering::Release);
+            (slot.waker.take(), slot.has_sleeper)
         };
-        self.done.notify_all();
+        if has_sleeper {
+            self.done.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -124,11 +146,18 @@ impl<T: Task> Job<T> {
 
     /// Whether the job is resolved.
     pub(crate) fn is_finished(&self) -> bool {
-        matches!(self.lock().state, State::Done(_) | State::Taken)
+        self.is_done.load(Ordering::Acquire)
     }
 
     /// Blocks until the job is resolved or `deadline` passes, then takes the result if any.
+    ///
+    /// Spins briefly before sleeping: most tasks are short, and waking a thread that sleeps on
+    /// the condition variable costs several microseconds, more than a short task itself.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Outcome<T>> {
+        let backoff = Backoff::new();
+        while !self.is_done.load(Ordering::Acquire) && !backoff.is_completed() {
+            backoff.snooze();
+        }
         let mut slot = self.lock();
         loop {
             if let State::Done(_) = slot.state {
@@ -137,6 +166,7 @@ impl<T: Task> Job<T> {
                     _ => unreachable!("the state was just matched as Done"),
                 };
             }
+            slot.has_sleeper = true;
             slot = match deadline {
                 None => self.done.wait(slot).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
@@ -144,7 +174,10 @@ impl<T: Task> Job<T> {
                     if left.is_zero() {
                         return None;
                     }
-                    self.done.wait_timeout(slot, left).unwrap_or_else(PoisonError::into_inner).0
+                    self.done
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
                 }
             };
         }
@@ -179,23 +212,30 @@ impl<T: Task> Abort for Job<T> {
     }
 }
 
-/// The jobs a pool has accepted and not yet resolved.
+/// How many shards the ledger splits its jobs into, so that submitters and workers rarely
+/// contend for one lock.
+const SHARDS: usize = 16;
+
+/// The jobs a pool has accepted and not yet resolved: what `kill` cancels and `shutdown` waits
+/// for.
 pub(crate) struct Ledger {
     pool_id: u64,
-    live: Mutex<Live>,
+    shards: [Mutex<HashMap<u64, Weak<dyn Abort>>>; SHARDS],
+    live: AtomicUsize,
+    is_closed: AtomicBool,
+    /// Guards the wait for `live` to reach zero; see [`Ledger::leave`].
+    drained_lock: Mutex<()>,
     drained: Condvar,
-}
-
-struct Live {
-    jobs: HashMap<u64, Weak<dyn Abort>>,
-    is_closed: bool,
 }
 
 impl Ledger {
     pub(crate) fn new(pool_id: u64) -> Self {
         Ledger {
             pool_id,
-            live: Mutex::new(Live { jobs: HashMap::new(), is_closed: false }),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            live: AtomicUsize::new(0),
+            is_closed: AtomicBool::new(false),
+            drained_lock: Mutex::new(()),
             drained: Condvar::new(),
         }
     }
@@ -205,58 +245,81 @@ impl Ledger {
         self.pool_id
     }
 
-    fn lock(&self) -> MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    fn shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Weak<dyn Abort>>> {
+        // Ids are consecutive, so the low bits spread them evenly.
+        let shard = &self.shards[(id % SHARDS as u64) as usize];
+        shard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Enters a job; refused once the ledger is closed.
     fn enter(&self, id: u64, job: Weak<dyn Abort>) -> bool {
-        let mut live = self.lock();
-        if live.is_closed {
+        let mut shard = self.shard(id);
+        // Checked under the shard lock: `abort_all` closes first, then drains every shard, so a
+        // job is either refused here or found there.
+        if self.is_closed.load(Ordering::SeqCst) {
             return false;
         }
-        live.jobs.insert(id, job);
+        shard.insert(id, job);
+        self.live.fetch_add(1, Ordering::SeqCst);
         true
     }
 
     fn leave(&self, id: u64) {
-        let mut live = self.lock();
-        if live.jobs.remove(&id).is_some() && live.jobs.is_empty() {
+        if self.shard(id).remove(&id).is_some() && self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Taking the lock orders this notification after a waiter's check of `live`.
+            let _guard = self
+                .drained_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             self.drained.notify_all();
         }
     }
 
     /// How many jobs are accepted and not resolved.
     pub(crate) fn len(&self) -> usize {
-        self.lock().jobs.len()
+        self.live.load(Ordering::SeqCst)
     }
 
     /// Refuses new jobs from now on.
     pub(crate) fn close(&self) {
-        self.lock().is_closed = true;
+        self.is_closed.store(true, Ordering::SeqCst);
     }
 
     /// Whether [`close`](Self::close) was called.
     pub(crate) fn is_closed(&self) -> bool {
-        self.lock().is_closed
+        self.is_closed.load(Ordering::SeqCst)
     }
 
     /// Blocks until every accepted job is resolved.
     pub(crate) fn wait_drained(&self) {
-        let mut live = self.lock();
-        while !live.jobs.is_empty() {
-            live = self.drained.wait(live).unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .drained_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while self.live.load(Ordering::SeqCst) != 0 {
+            guard = self
+                .drained
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// Cancels every live job; returns how many this call resolved.
-    pub(crate) fn abort_all(&self) -> usize {
-        let jobs = std::mem::take(&mut self.lock().jobs);
-        self.drained.notify_all();
-        let count = jobs.len();
-        for job in jobs.into_values().filter_map(|job| job.upgrade()) {
-            job.abort();
+    /// Closes the ledger and cancels every live job.
+    pub(crate) fn abort_all(&self) {
+        self.close();
+        for id in 0..SHARDS as u64 {
+            let jobs = std::mem::take(&mut *self.shard(id));
+            // Resolving a job calls `leave`, which finds it gone; settle the count here.
+            if !jobs.is_empty() && self.live.fetch_sub(jobs.len(), Ordering::SeqCst) == jobs.len() {
+                let _guard = self
+                    .drained_lock
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                self.drained.notify_all();
+            }
+            for job in jobs.into_values().filter_map(|job| job.upgrade()) {
+                job.abort();
+            }
         }
-        count
     }
 }

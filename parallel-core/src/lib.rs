@@ -20,12 +20,12 @@ mod thread;
 mod unwind;
 
 pub use backend::Backend;
+pub use builder::PoolBuilder;
 pub use environment::Environment;
 pub use error::{Error, TaskError};
 pub use handle::TaskHandle;
-pub use never::Never;
-pub use builder::PoolBuilder;
 pub use map::Map;
+pub use never::Never;
 pub use pool::{default_pool, Pool};
 pub use registry::registered_tasks;
 pub use remote_error::RemoteError;

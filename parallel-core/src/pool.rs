@@ -72,7 +72,12 @@ impl Pool {
             )?),
             Backend::Process => return Err(Error::backend_unavailable(backend)),
         };
-        Ok(Pool { backend, workers, ledger, engine })
+        Ok(Pool {
+            backend,
+            workers,
+            ledger,
+            engine,
+        })
     }
 
     /// Submits a task and returns its handle at once.
@@ -97,7 +102,9 @@ impl Pool {
     pub fn submit<T: Task>(&self, task: T) -> TaskHandle<T> {
         let job = match Job::enqueue(task, &self.ledger) {
             Ok(job) => job,
-            Err(_refused) => return TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME)))),
+            Err(_refused) => {
+                return TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME))))
+            }
         };
         let is_queued = match &self.engine {
             Engine::Thread(engine) => engine.submit(Arc::clone(&job)),
@@ -204,7 +211,6 @@ impl Pool {
     /// }
     /// ```
     pub fn kill(&self) {
-        self.ledger.close();
         self.ledger.abort_all();
         match &self.engine {
             Engine::Thread(engine) => engine.stop(),

@@ -42,10 +42,16 @@ fn holds(env: &Environment, key: String) -> bool {
 
 fn environment_persists_between_tasks_of_a_worker(backend: Backend) {
     let pool = pool(backend, 1);
-    let counts: Vec<u64> = (0..3).map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap()).collect();
+    let counts: Vec<u64> = (0..3)
+        .map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap())
+        .collect();
     assert_eq!(counts, [1, 2, 3]);
     assert_eq!(visits::dispatch_on(&pool, "bob".into()).join(), Ok(1));
-    assert_eq!(visits(&mut Environment::new(), "ann".into()), 1, "the plain fn takes any Environment");
+    assert_eq!(
+        visits(&mut Environment::new(), "ann".into()),
+        1,
+        "the plain fn takes any Environment"
+    );
 }
 
 fn each_worker_has_its_own_environment(backend: Backend) {
@@ -53,7 +59,9 @@ fn each_worker_has_its_own_environment(backend: Backend) {
     let scratch = Scratch::new("worker-ids");
     // Hold both workers at once so that both must answer.
     let gate = scratch.file("gate");
-    let ids: Vec<_> = (0..2).map(|i| blocked_whoami::dispatch_on(&pool, gate.clone(), scratch.file(&format!("in-{i}")))).collect();
+    let ids: Vec<_> = (0..2)
+        .map(|i| blocked_whoami::dispatch_on(&pool, gate.clone(), scratch.file(&format!("in-{i}"))))
+        .collect();
     wait_for_file(&scratch.file("in-0"));
     wait_for_file(&scratch.file("in-1"));
     touch(&gate);
@@ -73,7 +81,9 @@ fn expired_values_are_dropped_while_the_worker_idles(backend: Backend) {
     let pool = pool(backend, 1);
     let scratch = Scratch::new("ttl-idle");
     let marker = scratch.file("dropped");
-    keep_for::dispatch_on(&pool, "conn".into(), marker.clone(), 100).join().unwrap();
+    keep_for::dispatch_on(&pool, "conn".into(), marker.clone(), 100)
+        .join()
+        .unwrap();
     // No further task runs: only the idle sweep can drop the value. "About a second" after expiry.
     within_limit("the idle purge", move || wait_for_file(&marker));
     assert_eq!(holds::dispatch_on(&pool, "conn".into()).join(), Ok(false));
@@ -82,7 +92,9 @@ fn expired_values_are_dropped_while_the_worker_idles(backend: Backend) {
 fn a_live_value_is_kept(backend: Backend) {
     let pool = pool(backend, 1);
     let scratch = Scratch::new("ttl-live");
-    keep_for::dispatch_on(&pool, "conn".into(), scratch.file("dropped"), 600_000).join().unwrap();
+    keep_for::dispatch_on(&pool, "conn".into(), scratch.file("dropped"), 600_000)
+        .join()
+        .unwrap();
     assert_eq!(holds::dispatch_on(&pool, "conn".into()).join(), Ok(true));
     assert_eq!(scratch.count("dropped"), 0);
 }
@@ -114,8 +126,15 @@ fn a_panicking_drop_of_a_value_spares_the_worker(backend: Backend) {
 }
 
 fn recycled_workers_start_with_a_fresh_environment(backend: Backend) {
-    let pool = Pool::builder().backend(backend).workers(1).max_tasks_per_worker(3).build().unwrap();
-    let counts: Vec<u64> = (0..7).map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap()).collect();
+    let pool = Pool::builder()
+        .backend(backend)
+        .workers(1)
+        .max_tasks_per_worker(3)
+        .build()
+        .unwrap();
+    let counts: Vec<u64> = (0..7)
+        .map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap())
+        .collect();
     assert_eq!(counts, [1, 2, 3, 1, 2, 3, 1]);
 }
 

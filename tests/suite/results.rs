@@ -54,7 +54,11 @@ pub(crate) enum Either {
 }
 
 #[task]
-fn echo(order: Order, either: Either, value: serde_json::Value) -> (Order, Either, serde_json::Value) {
+fn echo(
+    order: Order,
+    either: Either,
+    value: serde_json::Value,
+) -> (Order, Either, serde_json::Value) {
     (order, either, value)
 }
 
@@ -67,7 +71,10 @@ fn outputs_come_back(backend: Backend) {
 
 fn typed_errors_come_back(backend: Backend) {
     let pool = pool(backend, 2);
-    assert_eq!(parse::dispatch_on(&pool, String::new()).join(), Err(TaskError::Failed(ParseError::Empty)));
+    assert_eq!(
+        parse::dispatch_on(&pool, String::new()).join(),
+        Err(TaskError::Failed(ParseError::Empty))
+    );
     assert_eq!(
         parse::dispatch_on(&pool, "x".into()).join(),
         Err(TaskError::Failed(ParseError::Bad("x".into())))
@@ -90,27 +97,52 @@ fn panics_are_reported_and_the_worker_survives(backend: Backend) {
         .expect("explode panics on its own line");
     match explode::dispatch_on(&pool, "the cake is a lie".into()).join() {
         Err(error @ TaskError::Panicked { .. }) => {
-            let TaskError::Panicked { task, message, location, .. } = &error else { unreachable!() };
+            let TaskError::Panicked {
+                task,
+                message,
+                location,
+                ..
+            } = &error
+            else {
+                unreachable!()
+            };
             assert!(task.ends_with("results::explode"), "{task}");
             assert_eq!(message, "the cake is a lie");
             let location = location.as_deref().expect("the location is captured");
-            assert!(location.starts_with(&format!("{}:{line}:", file!())), "{location} vs line {line}");
+            assert!(
+                location.starts_with(&format!("{}:{line}:", file!())),
+                "{location} vs line {line}"
+            );
             let shown = error.to_string();
-            assert!(shown.contains("the cake is a lie") && shown.contains("explode"), "{shown}");
+            assert!(
+                shown.contains("the cake is a lie") && shown.contains("explode"),
+                "{shown}"
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(add::dispatch_on(&pool, 1, 1).join(), Ok(2), "the pool keeps serving");
-    assert_eq!(worker_of::dispatch_on(&pool).join().unwrap(), before, "the same worker serves");
+    assert_eq!(
+        add::dispatch_on(&pool, 1, 1).join(),
+        Ok(2),
+        "the pool keeps serving"
+    );
+    assert_eq!(
+        worker_of::dispatch_on(&pool).join().unwrap(),
+        before,
+        "the same worker serves"
+    );
 }
 
 fn every_serde_shape_crosses(backend: Backend) {
     let pool = pool(backend, 1);
     let order = Order {
         id: 7,
-        extra: [("colour".to_owned(), serde_json::json!("red")), ("qty".to_owned(), serde_json::json!(3))]
-            .into_iter()
-            .collect(),
+        extra: [
+            ("colour".to_owned(), serde_json::json!("red")),
+            ("qty".to_owned(), serde_json::json!(3)),
+        ]
+        .into_iter()
+        .collect(),
     };
     let value = serde_json::json!({"nested": [1, "two", null, {"three": 3.5}]});
     for either in [Either::Number(-5), Either::Text("five".into())] {
@@ -127,7 +159,10 @@ fn many_tasks_from_many_threads(backend: Backend) {
                 let pool = std::sync::Arc::clone(&pool);
                 std::thread::spawn(move || {
                     let handles: Vec<_> = (0..500).map(|i| add::dispatch_on(&pool, t, i)).collect();
-                    handles.into_iter().enumerate().all(|(i, h)| h.join() == Ok(t + i as i64))
+                    handles
+                        .into_iter()
+                        .enumerate()
+                        .all(|(i, h)| h.join() == Ok(t + i as i64))
                 })
             })
             .collect();

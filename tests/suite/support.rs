@@ -10,12 +10,19 @@ use parallel::{Backend, Pool};
 pub(crate) const HANG_LIMIT: Duration = Duration::from_secs(60);
 
 pub(crate) fn pool(backend: Backend, workers: usize) -> Pool {
-    Pool::builder().backend(backend).workers(workers).build().expect("the pool builds")
+    Pool::builder()
+        .backend(backend)
+        .workers(workers)
+        .build()
+        .expect("the pool builds")
 }
 
 /// Runs `f` on its own thread and fails the test if it has not returned within [`HANG_LIMIT`],
 /// so a deadlock fails the test instead of hanging the run.
-pub(crate) fn within_limit<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+pub(crate) fn within_limit<R: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         // The receiver may be gone after a timeout; nothing is left to report to then.
@@ -55,7 +62,9 @@ impl Scratch {
         std::fs::read_dir(&self.path)
             .expect("scratch dir exists")
             .filter(|entry| {
-                entry.as_ref().is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+                entry
+                    .as_ref()
+                    .is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
             })
             .count()
     }

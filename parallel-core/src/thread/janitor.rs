@@ -59,7 +59,9 @@ impl Janitor {
         let nanos = expiry.map_or(NONE, |at| {
             u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NONE - 1)
         });
-        let Some(slot) = self.expiries.get(index) else { return };
+        let Some(slot) = self.expiries.get(index) else {
+            return;
+        };
         let previous = slot.swap(nanos, Ordering::AcqRel);
         if nanos < previous {
             self.wake();
@@ -72,13 +74,22 @@ impl Janitor {
     }
 
     fn wake(&self) {
-        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             thread.unpark();
         }
     }
 
     fn earliest(&self) -> Option<Instant> {
-        let nanos = self.expiries.iter().map(|slot| slot.load(Ordering::Acquire)).min()?;
+        let nanos = self
+            .expiries
+            .iter()
+            .map(|slot| slot.load(Ordering::Acquire))
+            .min()?;
         (nanos != NONE).then(|| self.base + Duration::from_nanos(nanos))
     }
 }
@@ -86,7 +97,9 @@ impl Janitor {
 fn sweep_until_stopped(shared: &Weak<Shared>, rayon: &Weak<RwLock<Option<rayon::ThreadPool>>>) {
     let mut last_sweep: Option<Instant> = None;
     loop {
-        let Some(strong) = shared.upgrade() else { return };
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
         if strong.janitor.is_stopped.load(Ordering::Acquire) {
             return;
         }

@@ -53,7 +53,10 @@ impl ThreadBackend {
             .exit_handler(|_| worker::leave())
             .build()
             .map_err(|error| {
-                Error::io("start the worker threads", std::io::Error::other(error.to_string()))
+                Error::io(
+                    "start the worker threads",
+                    std::io::Error::other(error.to_string()),
+                )
             })?;
         let rayon = Arc::new(RwLock::new(Some(rayon)));
         shared.janitor.start(&shared, Arc::downgrade(&rayon))?;
@@ -74,7 +77,11 @@ impl ThreadBackend {
 
     /// Lets the threads exit once the work already queued is done.
     pub(crate) fn stop(&self) {
-        let rayon = self.rayon.write().unwrap_or_else(PoisonError::into_inner).take();
+        let rayon = self
+            .rayon
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         self.shared.janitor.stop();
         drop(rayon);
     }
