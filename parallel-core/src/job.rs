@@ -5,13 +5,13 @@
 //! that is how every handle resolves exactly once, whatever races between a worker finishing, a
 //! caller cancelling and the pool being killed.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Instant;
 
-use crossbeam_utils::Backoff;
+use crossbeam_utils::{Backoff, CachePadded};
+use slab::Slab;
 
 use crate::{Task, TaskError};
 
@@ -35,7 +35,10 @@ struct Slot<T: Task> {
 
 /// One submitted task: its state, who waits for it, and the pool it belongs to.
 pub(crate) struct Job<T: Task> {
+    /// Picks the ledger shard.
     id: u64,
+    /// The job's key in its ledger shard, set once when the ledger accepts it.
+    key: AtomicUsize,
     /// Set once the slot holds `Done`: lets a waiter spin on it without taking the lock.
     is_done: AtomicBool,
     slot: Mutex<Slot<T>>,
@@ -49,6 +52,7 @@ impl<T: Task> Job<T> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let job = Arc::new(Job {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(false),
             slot: Mutex::new(Slot {
                 state: State::Queued(task),
@@ -59,7 +63,9 @@ impl<T: Task> Job<T> {
             ledger: Arc::clone(ledger),
         });
         let weak: Weak<dyn Abort> = Arc::downgrade(&job) as Weak<dyn Abort>;
-        if ledger.enter(job.id, weak) {
+        if let Some(key) = ledger.enter(job.id, weak) {
+            // Published to workers with the job itself, through the backend's queue.
+            job.key.store(key, Ordering::Relaxed);
             Ok(job)
         } else {
             match Arc::try_unwrap(job).ok().map(|job| job.into_slot().state) {
@@ -74,6 +80,7 @@ impl<T: Task> Job<T> {
     pub(crate) fn resolved(outcome: Outcome<T>) -> Arc<Self> {
         Arc::new(Job {
             id: 0,
+            key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(true),
             slot: Mutex::new(Slot {
                 state: State::Done(outcome),
@@ -135,7 +142,7 @@ impl<T: Task> Job<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
-        self.ledger.leave(self.id);
+        self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
         true
     }
 
@@ -220,10 +227,12 @@ const SHARDS: usize = 16;
 /// for.
 pub(crate) struct Ledger {
     pool_id: u64,
-    shards: [Mutex<HashMap<u64, Weak<dyn Abort>>>; SHARDS],
-    live: AtomicUsize,
+    /// Padded so that shards used by different threads share no cache line.
+    shards: [CachePadded<Mutex<Slab<Weak<dyn Abort>>>>; SHARDS],
     is_closed: AtomicBool,
-    /// Guards the wait for `live` to reach zero; see [`Ledger::leave`].
+    /// Set while `wait_drained` waits, so that only then does a leaving job take
+    /// `drained_lock` to wake it.
+    is_draining: AtomicBool,
     drained_lock: Mutex<()>,
     drained: Condvar,
 }
@@ -232,9 +241,9 @@ impl Ledger {
     pub(crate) fn new(pool_id: u64) -> Self {
         Ledger {
             pool_id,
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            live: AtomicUsize::new(0),
+            shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(Slab::new()))),
             is_closed: AtomicBool::new(false),
+            is_draining: AtomicBool::new(false),
             drained_lock: Mutex::new(()),
             drained: Condvar::new(),
         }
@@ -245,39 +254,45 @@ impl Ledger {
         self.pool_id
     }
 
-    fn shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Weak<dyn Abort>>> {
+    fn shard(&self, id: u64) -> MutexGuard<'_, Slab<Weak<dyn Abort>>> {
         // Ids are consecutive, so the low bits spread them evenly.
         let shard = &self.shards[(id % SHARDS as u64) as usize];
         shard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enters a job; refused once the ledger is closed.
-    fn enter(&self, id: u64, job: Weak<dyn Abort>) -> bool {
+    /// Enters job `id`, returning its key in the shard; refused once the ledger is closed.
+    fn enter(&self, id: u64, job: Weak<dyn Abort>) -> Option<usize> {
         let mut shard = self.shard(id);
         // Checked under the shard lock: `abort_all` closes first, then drains every shard, so a
         // job is either refused here or found there.
         if self.is_closed.load(Ordering::SeqCst) {
-            return false;
+            return None;
         }
-        shard.insert(id, job);
-        self.live.fetch_add(1, Ordering::SeqCst);
-        true
+        Some(shard.insert(job))
     }
 
-    fn leave(&self, id: u64) {
-        if self.shard(id).remove(&id).is_some() && self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // Taking the lock orders this notification after a waiter's check of `live`.
-            let _guard = self
-                .drained_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.drained.notify_all();
+    /// Removes job `id`, entered under `key`, unless `abort_all` took it already.
+    fn leave(&self, id: u64, key: usize) {
+        // A key is reused only after its job left. `abort_all` empties the shards, but it closes
+        // the ledger first, so no job enters after it: a key it took finds nothing here.
+        let is_removed = self.shard(id).try_remove(key).is_some();
+        if is_removed && self.is_draining.load(Ordering::SeqCst) {
+            self.wake_drain_waiters();
         }
+    }
+
+    fn wake_drain_waiters(&self) {
+        // Taking the lock orders this wake-up after a waiter's check of the shards.
+        let _guard = self
+            .drained_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.drained.notify_all();
     }
 
     /// How many jobs are accepted and not resolved.
     pub(crate) fn len(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
+        (0..SHARDS as u64).map(|id| self.shard(id).len()).sum()
     }
 
     /// Refuses new jobs from now on.
@@ -296,7 +311,8 @@ impl Ledger {
             .drained_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while self.live.load(Ordering::SeqCst) != 0 {
+        self.is_draining.store(true, Ordering::SeqCst);
+        while self.len() != 0 {
             guard = self
                 .drained
                 .wait(guard)
@@ -308,18 +324,145 @@ impl Ledger {
     pub(crate) fn abort_all(&self) {
         self.close();
         for id in 0..SHARDS as u64 {
-            let jobs = std::mem::take(&mut *self.shard(id));
-            // Resolving a job calls `leave`, which finds it gone; settle the count here.
-            if !jobs.is_empty() && self.live.fetch_sub(jobs.len(), Ordering::SeqCst) == jobs.len() {
-                let _guard = self
-                    .drained_lock
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                self.drained.notify_all();
-            }
-            for job in jobs.into_values().filter_map(|job| job.upgrade()) {
+            let jobs: Vec<Weak<dyn Abort>> = self.shard(id).drain().collect();
+            // Resolving a job makes it leave, and it finds itself gone already.
+            for job in jobs.iter().filter_map(Weak::upgrade) {
                 job.abort();
             }
         }
+        if self.is_draining.load(Ordering::SeqCst) {
+            self.wake_drain_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Environment, Never};
+    use serde::{Deserialize, Serialize};
+    use std::time::Duration;
+
+    #[derive(Serialize, Deserialize)]
+    struct Unit;
+
+    impl Task for Unit {
+        type Output = u8;
+        type Error = Never;
+        const NAME: &'static str = "job::tests::unit";
+
+        fn run(self, _: &mut Environment) -> Result<u8, Never> {
+            Ok(1)
+        }
+    }
+
+    fn ledger() -> Arc<Ledger> {
+        Arc::new(Ledger::new(7))
+    }
+
+    fn enqueue(ledger: &Arc<Ledger>) -> Arc<Job<Unit>> {
+        Job::enqueue(Unit, ledger).ok().expect("the ledger is open")
+    }
+
+    #[test]
+    fn the_first_resolution_wins_and_only_once() {
+        let ledger = ledger();
+        let job = enqueue(&ledger);
+        assert_eq!(ledger.len(), 1);
+        assert!(job.start().is_some());
+        assert!(job.start().is_none(), "a task is claimed once");
+        assert!(job.complete(Ok(1)));
+        assert!(!job.cancel(), "a resolved job stays resolved");
+        assert!(job.is_finished());
+        assert_eq!(ledger.len(), 0);
+        assert_eq!(job.wait(None), Some(Ok(1)));
+    }
+
+    #[test]
+    fn a_cancelled_job_is_never_started() {
+        let ledger = ledger();
+        let job = enqueue(&ledger);
+        assert!(job.cancel());
+        assert!(job.start().is_none());
+        assert!(matches!(job.wait(None), Some(Err(TaskError::Cancelled))));
+        assert_eq!(ledger.len(), 0);
+    }
+
+    #[test]
+    fn wait_with_a_deadline_gives_up() {
+        let job = enqueue(&ledger());
+        let deadline = Instant::now() + Duration::from_millis(5);
+        assert!(job.wait(Some(deadline)).is_none());
+        assert!(!job.is_finished());
+    }
+
+    #[test]
+    fn a_closed_ledger_refuses_and_returns_the_task() {
+        let ledger = ledger();
+        ledger.close();
+        assert!(ledger.is_closed());
+        assert!(Job::enqueue(Unit, &ledger).is_err());
+        assert_eq!(ledger.len(), 0);
+    }
+
+    #[test]
+    fn abort_all_cancels_every_live_job_and_closes() {
+        let ledger = ledger();
+        let jobs: Vec<_> = (0..100).map(|_| enqueue(&ledger)).collect();
+        assert!(jobs[3].start().is_some());
+        assert!(jobs[4].complete(Ok(1)));
+        ledger.abort_all();
+        assert_eq!(ledger.len(), 0);
+        assert!(ledger.is_closed());
+        for (index, job) in jobs.iter().enumerate() {
+            let expected = if index == 4 {
+                Some(Ok(1))
+            } else {
+                Some(Err(TaskError::Cancelled))
+            };
+            assert_eq!(job.wait(None), expected, "job {index}");
+        }
+        // A worker that finishes an aborted job later changes nothing.
+        assert!(!jobs[3].complete(Ok(1)));
+    }
+
+    #[test]
+    fn wait_drained_returns_once_the_last_job_resolves() {
+        let ledger = ledger();
+        let jobs: Vec<_> = (0..20).map(|_| enqueue(&ledger)).collect();
+        ledger.close();
+        let finisher = std::thread::spawn(move || {
+            for job in jobs {
+                std::thread::sleep(Duration::from_millis(1));
+                job.complete(Ok(1));
+            }
+        });
+        ledger.wait_drained();
+        assert_eq!(ledger.len(), 0);
+        finisher.join().unwrap();
+    }
+
+    #[test]
+    fn poll_registers_the_waker_and_completion_wakes_it() {
+        use std::task::Wake;
+
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&flag));
+        let job = enqueue(&ledger());
+        assert!(job.poll(&waker).is_none());
+        assert!(!flag.0.load(Ordering::SeqCst));
+        job.complete(Ok(1));
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "completion wakes the registered waker"
+        );
+        assert_eq!(job.poll(&waker), Some(Ok(1)));
     }
 }
