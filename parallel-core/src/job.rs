@@ -223,12 +223,15 @@ impl<T: Task> Abort for Job<T> {
 /// contend for one lock.
 const SHARDS: usize = 16;
 
+/// One shard of a ledger: live jobs by key.
+type Shard = Slab<Weak<dyn Abort>>;
+
 /// The jobs a pool has accepted and not yet resolved: what `kill` cancels and `shutdown` waits
 /// for.
 pub(crate) struct Ledger {
     pool_id: u64,
     /// Padded so that shards used by different threads share no cache line.
-    shards: [CachePadded<Mutex<Slab<Weak<dyn Abort>>>>; SHARDS],
+    shards: [CachePadded<Mutex<Shard>>; SHARDS],
     is_closed: AtomicBool,
     /// Set while `wait_drained` waits, so that only then does a leaving job take
     /// `drained_lock` to wake it.
@@ -254,7 +257,7 @@ impl Ledger {
         self.pool_id
     }
 
-    fn shard(&self, id: u64) -> MutexGuard<'_, Slab<Weak<dyn Abort>>> {
+    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
         // Ids are consecutive, so the low bits spread them evenly.
         let shard = &self.shards[(id % SHARDS as u64) as usize];
         shard.lock().unwrap_or_else(PoisonError::into_inner)
