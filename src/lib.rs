@@ -111,41 +111,6 @@ pub use parallel_core::{
     RemoteError, Task, TaskError, TaskHandle,
 };
 
-/// Turns a function into a task, or registers a hand-written [`Task`] implementation.
-///
-/// On `#[task] fn NAME(args) -> R`, the function stays as it is and a module `NAME` appears
-/// beside it, with the same visibility:
-///
-/// | item | meaning |
-/// | --- | --- |
-/// | `NAME::Task` | a struct with the arguments as public fields; implements [`Task`] |
-/// | `NAME::new(args) -> NAME::Task` | builds the task value, for [`Pool::submit`] and [`Pool::map`] |
-/// | `NAME::dispatch(args) -> TaskHandle<NAME::Task>` | runs it on the [`default_pool`] |
-/// | `NAME::dispatch_on(&pool, args) -> TaskHandle<NAME::Task>` | runs it on `pool` |
-///
-/// `R = Result<T, E>` makes a fallible task (`Output = T`, `Error = E`); any other return type
-/// an infallible one (`Error = `[`Never`]). A first parameter `&mut Environment` or
-/// `&Environment` receives the worker's [`Environment`]. Arguments, output and error must be
-/// serde types that own their data (`String`, not `&str`).
-///
-/// Options: `#[task(name = "billing::charge")]` sets the registered name (default: the module
-/// path and the function name); `#[task(crate = path)]` names the `parallel` crate when it is
-/// re-exported under another path.
-///
-/// # Examples
-///
-/// ```
-/// use parallel::task;
-/// #[task(name = "math::scale")]
-/// pub fn scale(values: Vec<f64>, factor: f64) -> Vec<f64> {
-///     values.into_iter().map(|v| v * factor).collect()
-/// }
-///
-/// fn main() {
-///     assert_eq!(scale::dispatch(vec![1.0, 2.0], 3.0).join().unwrap(), [3.0, 6.0]);
-///     assert_eq!(<scale::Task as parallel::Task>::NAME, "math::scale");
-/// }
-/// ```
 pub use parallel_macros::task;
 
 #[doc(hidden)]

@@ -1,0 +1,144 @@
+//! The `#[task]` attribute of [`parallel`](https://docs.rs/parallel).
+//!
+//! Users reach it as `parallel::task`; the code it generates stands on `parallel`'s runtime
+//! through the hidden `parallel::__private` module. The attribute works in stages: `attr` and
+//! `ast` parse the attribute and the item into a typed model, `check` records every mistake in
+//! it, `expand` generates the code; `errors` gathers the mistakes so that one build reports them
+//! all.
+
+mod ast;
+mod attr;
+mod check;
+mod errors;
+mod expand;
+
+use proc_macro::TokenStream;
+use quote::quote;
+
+use crate::errors::Errors;
+
+/// Turns a plain function into a task that a pool runs on its workers, or registers a
+/// hand-written `impl Task for X`.
+///
+/// On `fn NAME(a: A, b: B) -> R`, the function stays as it is and a module `NAME` appears beside
+/// it, with the function's visibility:
+///
+/// | item | meaning |
+/// | --- | --- |
+/// | `NAME::Task` | `struct Task { pub a: A, pub b: B }`: the arguments, a serde type that implements `Task` |
+/// | `NAME::new(a, b)` | builds a `NAME::Task`, for `Pool::submit` and `Pool::map` |
+/// | `NAME::dispatch(a, b)` | runs the function on the default pool and returns its `TaskHandle` |
+/// | `NAME::dispatch_on(&pool, a, b)` | runs it on `pool` |
+///
+/// A function returning `Result<T, E>` is a fallible task (`Output = T`, `Error = E`); any other
+/// return type `R` makes an infallible one (`Output = R`, `Error = Never`). A first parameter
+/// `&mut Environment` (or `&Environment`) receives the worker's environment when the task runs;
+/// it is not an argument of `new` or `dispatch` and is never sent.
+///
+/// The task is registered under `module_path!()` followed by `::NAME`, or under the name given
+/// with `#[task(name = "billing::charge")]`. `#[task(crate = path::to::parallel)]` names the
+/// runtime when it is not reachable as `::parallel`, for a crate that re-exports it.
+///
+/// # Compile errors
+///
+/// Arguments, output and error cross the worker boundary, so each must be
+/// `Serialize + DeserializeOwned + Send + 'static`; the compiler reports a type that is not at
+/// the type itself. The attribute also rejects, each at the offending token and with what to
+/// write instead, all in one build: `async fn`, `unsafe fn`, `extern fn`; generic parameters,
+/// lifetimes, `where` clauses and `impl Trait` arguments; a `self` receiver; borrowed arguments
+/// or outputs (`&str`: take `String`; `&[T]`: take `Vec<T>`; `&T`: take `T`); an `Environment`
+/// that is not the first parameter, a second one, or one taken by value; an argument pattern
+/// that is not a plain name; an unknown or repeated attribute key. The function itself is still
+/// emitted, so the rest of the crate keeps compiling while the task is fixed.
+///
+/// A `#[task]` function is a module item: the module generated beside it reaches it through
+/// `super::`, which cannot see into a function body. In a doc test, write `fn main` yourself so
+/// that the task stays outside it.
+///
+/// # Examples
+///
+/// ```
+/// use parallel::{task, Environment, Task, TaskError};
+///
+/// #[task]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// #[task]
+/// fn visits(env: &mut Environment, user: String) -> u64 {
+///     let n = env.get_or_insert_with(&user, || 0u64);
+///     *n += 1;
+///     *n
+/// }
+///
+/// #[task(name = "text::parse")]
+/// fn parse(text: String) -> Result<u32, String> {
+///     text.parse().map_err(|_| format!("not a number: {text:?}"))
+/// }
+///
+/// fn main() {
+///     assert_eq!(add::dispatch(1, 2).join().unwrap(), 3);
+///     assert_eq!(add(1, 2), 3); // the function stays callable
+///     assert_eq!(add::new(1, 2).a, 1);
+///     assert!(visits::dispatch("ann".into()).join().unwrap() >= 1);
+///     assert_eq!(parse::Task::NAME, "text::parse");
+///     match parse::dispatch("x".into()).join() {
+///         Err(TaskError::Failed(message)) => assert_eq!(message, "not a number: \"x\""),
+///         other => panic!("{other:?}"),
+///     }
+/// }
+/// ```
+///
+/// On an impl block, `#[task]` registers a hand-written task, filling in `NAME` (as
+/// `module_path!()` followed by `::` and the type's name) when the impl leaves it out:
+///
+/// ```
+/// use parallel::{task, Environment, Never, Task};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Shout {
+///     text: String,
+/// }
+///
+/// #[task]
+/// impl Task for Shout {
+///     type Output = String;
+///     type Error = Never;
+///
+///     fn run(self, _env: &mut Environment) -> Result<String, Never> {
+///         Ok(self.text.to_uppercase())
+///     }
+/// }
+///
+/// assert!(Shout::NAME.ends_with("::Shout"));
+/// assert!(parallel::registered_tasks().contains(&Shout::NAME));
+/// let shout = parallel::default_pool().submit(Shout { text: "hi".into() });
+/// assert_eq!(shout.join().unwrap(), "HI");
+/// ```
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    let mut errors = Errors::default();
+    let args = attr::parse(attr.into(), &mut errors);
+    let input = match ast::parse(item.clone()) {
+        Ok(input) => input,
+        Err(error) => {
+            errors.push(error);
+            return with_errors(item, errors);
+        }
+    };
+    check::input(&args, &input, &mut errors);
+    if errors.is_empty() {
+        expand::input(&args, &input).into()
+    } else {
+        with_errors(item, errors)
+    }
+}
+
+/// The user's item unchanged, followed by the errors: the rest of the crate (and the IDE) keeps
+/// seeing the function while the mistakes are fixed.
+fn with_errors(item: proc_macro2::TokenStream, errors: Errors) -> TokenStream {
+    let errors = errors.finish().err().map(|error| error.to_compile_error());
+    quote!(#item #errors).into()
+}

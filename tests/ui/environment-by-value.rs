@@ -1,0 +1,8 @@
+use parallel::{task, Environment};
+
+#[task]
+fn size(env: Environment) -> usize {
+    env.len()
+}
+
+fn main() {}
