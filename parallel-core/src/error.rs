@@ -333,14 +333,15 @@ impl Error {
     ///
     /// # Examples
     ///
+    /// The message names both Rust types and the shared name, so the fix is one `name = "..."`
+    /// away:
+    ///
     /// ```
-    /// assert!(!parallel::Pool::builder().build().unwrap_err_or_ok().is_duplicate_task());
-    /// # trait UnwrapErrOrOk { fn unwrap_err_or_ok(self) -> parallel::Error; }
-    /// # impl UnwrapErrOrOk for Result<parallel::Pool, parallel::Error> {
-    /// #     fn unwrap_err_or_ok(self) -> parallel::Error {
-    /// #         self.err().unwrap_or_else(|| parallel::Pool::builder().workers(0).build().unwrap_err())
-    /// #     }
-    /// # }
+    /// match parallel::Pool::builder().build() {
+    ///     Ok(pool) => drop(pool), // this program gives every task its own name
+    ///     Err(error) if error.is_duplicate_task() => panic!("rename a task: {error}"),
+    ///     Err(error) => panic!("{error}"),
+    /// }
     /// ```
     pub fn is_duplicate_task(&self) -> bool {
         matches!(self.kind, ErrorKind::DuplicateTask { .. })
