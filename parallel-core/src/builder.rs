@@ -3,6 +3,7 @@
 
 use std::num::NonZeroUsize;
 
+use crate::pool::Settings;
 use crate::{Backend, Error, Pool};
 
 /// The variable that picks the backend of pools whose builder did not: `thread` or `process`.
@@ -39,6 +40,8 @@ pub struct PoolBuilder {
     backend: Option<Backend>,
     workers: Option<usize>,
     max_tasks_per_worker: Option<usize>,
+    max_memory_per_worker: Option<u64>,
+    max_message_size: Option<usize>,
 }
 
 impl PoolBuilder {
@@ -108,6 +111,45 @@ impl PoolBuilder {
         self
     }
 
+    /// Limits each worker process's address space to `bytes` (`RLIMIT_AS`); process backend only.
+    ///
+    /// A task that allocates past the limit ends its worker; its handle resolves as
+    /// [`TaskError::WorkerDied`](crate::TaskError::WorkerDied) whose reason says the memory limit
+    /// was hit, and a fresh worker takes the next task. Leave room for the program itself: its
+    /// threads' stacks and its allocator's arenas count too (a few hundred MiB is a safe floor).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parallel::{Backend, Pool};
+    ///
+    /// let builder = Pool::builder().backend(Backend::Thread).max_memory_per_worker(1 << 30);
+    /// let error = builder.build().unwrap_err();
+    /// assert!(error.to_string().contains("process backend"));
+    /// ```
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.max_memory_per_worker = Some(bytes);
+        self
+    }
+
+    /// The largest message, in bytes, that crosses between the pool and a worker process: a
+    /// task's serialized arguments, output or error. Default: 1 GiB. Process backend only.
+    ///
+    /// Arguments over the limit resolve their handle as
+    /// [`TaskError::Serialization`](crate::TaskError::Serialization) without touching a worker;
+    /// an output over it likewise, and the worker keeps serving.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = parallel::Pool::builder().max_message_size(64 << 20);
+    /// # drop(builder);
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
     /// Builds the pool and starts its workers.
     ///
     /// # Errors
@@ -142,13 +184,47 @@ impl PoolBuilder {
                 "max_tasks_per_worker must be at least 1; leave it unset for no limit",
             ));
         }
-        Pool::start(backend, workers, self.max_tasks_per_worker)
+        if backend == Backend::Thread
+            && (self.max_memory_per_worker.is_some() || self.max_message_size.is_some())
+        {
+            return Err(Error::invalid_config(
+                "max_memory_per_worker and max_message_size apply to the process backend only",
+            ));
+        }
+        if self
+            .max_message_size
+            .is_some_and(|bytes| bytes < MIN_MESSAGE_SIZE)
+        {
+            return Err(Error::invalid_config(format!(
+                "max_message_size must be at least {MIN_MESSAGE_SIZE} bytes"
+            )));
+        }
+        Pool::start(Settings {
+            backend,
+            workers,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            max_memory_per_worker: self.max_memory_per_worker,
+            max_message_size: self.max_message_size.unwrap_or(DEFAULT_MESSAGE_SIZE),
+        })
     }
 }
 
+/// The default message limit: 1 GiB.
+const DEFAULT_MESSAGE_SIZE: usize = 1 << 30;
+/// The smallest message limit that leaves room for a frame's own fields.
+const MIN_MESSAGE_SIZE: usize = 4096;
+
 /// The backend named by `PARALLEL_BACKEND`, or the build's default when it is unset.
+///
+/// Inside a worker process (which inherits the variable) it is always the thread backend: a
+/// worker does not start workers of its own.
 fn backend_from(variable: Option<&str>) -> Result<Backend, Error> {
+    #[cfg(all(feature = "process", unix))]
+    if crate::process::is_worker() {
+        return Ok(Backend::Thread);
+    }
     match variable.map(str::trim) {
+        None | Some("") if cfg!(all(feature = "process", unix)) => Ok(Backend::Process),
         None | Some("") => Ok(Backend::Thread),
         Some(value) => Backend::parse(value).ok_or_else(|| {
             Error::invalid_config(format!(
@@ -177,8 +253,13 @@ mod tests {
 
     #[test]
     fn backend_variable() {
-        assert_eq!(backend_from(None).unwrap(), Backend::Thread);
-        assert_eq!(backend_from(Some("")).unwrap(), Backend::Thread);
+        let default = if cfg!(feature = "process") {
+            Backend::Process
+        } else {
+            Backend::Thread
+        };
+        assert_eq!(backend_from(None).unwrap(), default);
+        assert_eq!(backend_from(Some("")).unwrap(), default);
         assert_eq!(backend_from(Some("Thread")).unwrap(), Backend::Thread);
         assert_eq!(backend_from(Some(" process ")).unwrap(), Backend::Process);
         let error = backend_from(Some("fork")).unwrap_err();
@@ -220,6 +301,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "process"))]
     fn process_backend_needs_its_feature() {
         let error = PoolBuilder::new()
             .backend(Backend::Process)

@@ -485,7 +485,7 @@ impl Entry {
     fn try_slide(&self, clock: &Clock) -> bool {
         self.expiry
             .as_ref()
-            .map_or(true, |expiry| expiry.try_slide(clock.now()))
+            .is_none_or(|expiry| expiry.try_slide(clock.now()))
     }
 }
 

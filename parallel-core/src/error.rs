@@ -288,6 +288,8 @@ enum ErrorKind {
         first: &'static str,
         second: &'static str,
     },
+    // Only a build without the process backend refuses a backend.
+    #[cfg_attr(all(feature = "process", unix), allow(dead_code))]
     BackendUnavailable(Backend),
     InvalidConfig(String),
     Io {
@@ -311,6 +313,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(all(feature = "process", unix), allow(dead_code))]
     pub(crate) fn backend_unavailable(backend: Backend) -> Self {
         Error {
             kind: ErrorKind::BackendUnavailable(backend),

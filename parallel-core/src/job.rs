@@ -31,6 +31,13 @@ struct Slot<T: Task> {
     /// Whether a thread sleeps on `Job::done`; notifying a condition variable costs a system
     /// call even with nobody waiting, so it is skipped then.
     has_sleeper: bool,
+    /// How to stop the task while it runs, where the backend can (a worker process to kill).
+    stop: Option<Arc<dyn Stop>>,
+}
+
+/// Stops a running task from outside, for backends that can: kills the worker process.
+pub(crate) trait Stop: Send + Sync {
+    fn stop(&self);
 }
 
 /// One submitted task: its state, who waits for it, and the pool it belongs to.
@@ -58,6 +65,7 @@ impl<T: Task> Job<T> {
                 state: State::Queued(task),
                 waker: None,
                 has_sleeper: false,
+                stop: None,
             }),
             done: Condvar::new(),
             ledger: Arc::clone(ledger),
@@ -86,6 +94,7 @@ impl<T: Task> Job<T> {
                 state: State::Done(outcome),
                 waker: None,
                 has_sleeper: false,
+                stop: None,
             }),
             done: Condvar::new(),
             ledger: Arc::new(Ledger::new(0)),
@@ -103,6 +112,12 @@ impl<T: Task> Job<T> {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The job's id, unique in the process.
+    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))] // the process protocol's
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The id of the pool the job was submitted to.
     pub(crate) fn pool_id(&self) -> u64 {
         self.ledger.pool_id()
@@ -110,7 +125,13 @@ impl<T: Task> Job<T> {
 
     /// Claims the task for running: `Queued -> Running`. `None` if it was cancelled or claimed.
     pub(crate) fn start(&self) -> Option<T> {
+        self.start_stoppable(None)
+    }
+
+    /// Like [`start`](Self::start), and a cancellation while it runs calls `stop`.
+    pub(crate) fn start_stoppable(&self, stop: Option<Arc<dyn Stop>>) -> Option<T> {
         let mut slot = self.lock();
+        slot.stop = stop;
         match std::mem::replace(&mut slot.state, State::Running) {
             State::Queued(task) => Some(task),
             other => {
@@ -127,15 +148,33 @@ impl<T: Task> Job<T> {
 
     /// Resolves the job unless it is resolved already; returns whether this call resolved it.
     pub(crate) fn complete(&self, outcome: Outcome<T>) -> bool {
-        let (waker, has_sleeper) = {
+        self.resolve(outcome, false)
+    }
+
+    /// Resolves the job as cancelled if nothing resolved it yet, stopping it if it runs where it
+    /// can be stopped; a queued task is dropped.
+    pub(crate) fn cancel(&self) -> bool {
+        self.resolve(Err(TaskError::Cancelled), true)
+    }
+
+    fn resolve(&self, outcome: Outcome<T>, is_cancel: bool) -> bool {
+        let (waker, has_sleeper, stop) = {
             let mut slot = self.lock();
             if matches!(slot.state, State::Done(_) | State::Taken) {
                 return false;
             }
+            let stop = match slot.state {
+                State::Running if is_cancel => slot.stop.take(),
+                _ => None,
+            };
             slot.state = State::Done(outcome);
+            slot.stop = None;
             self.is_done.store(true, Ordering::Release);
-            (slot.waker.take(), slot.has_sleeper)
+            (slot.waker.take(), slot.has_sleeper, stop)
         };
+        if let Some(stop) = stop {
+            stop.stop();
+        }
         if has_sleeper {
             self.done.notify_all();
         }
@@ -144,11 +183,6 @@ impl<T: Task> Job<T> {
         }
         self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
         true
-    }
-
-    /// Resolves the job as cancelled if nothing resolved it yet; the task is dropped if queued.
-    pub(crate) fn cancel(&self) -> bool {
-        self.complete(Err(TaskError::Cancelled))
     }
 
     /// Whether the job is resolved.

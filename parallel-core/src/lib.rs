@@ -13,6 +13,8 @@ mod job;
 mod map;
 mod never;
 mod pool;
+#[cfg(all(feature = "process", unix))]
+mod process;
 mod registry;
 mod remote_error;
 mod task;

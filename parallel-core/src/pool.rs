@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::job::{Job, Ledger};
+#[cfg(all(feature = "process", unix))]
+use crate::process::ProcessBackend;
 use crate::thread::ThreadBackend;
 use crate::{Backend, Error, Map, PoolBuilder, Task, TaskError, TaskHandle};
 
@@ -41,6 +43,20 @@ pub struct Pool {
 
 enum Engine {
     Thread(ThreadBackend),
+    #[cfg(all(feature = "process", unix))]
+    Process(ProcessBackend),
+}
+
+/// A pool's settings, as the builder resolved them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) backend: Backend,
+    pub(crate) workers: usize,
+    pub(crate) max_tasks_per_worker: Option<usize>,
+    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))]
+    pub(crate) max_memory_per_worker: Option<u64>,
+    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))]
+    pub(crate) max_message_size: usize,
 }
 
 impl Pool {
@@ -56,13 +72,15 @@ impl Pool {
         PoolBuilder::new()
     }
 
-    pub(crate) fn start(
-        backend: Backend,
-        workers: usize,
-        max_tasks_per_worker: Option<usize>,
-    ) -> Result<Pool, Error> {
+    pub(crate) fn start(settings: Settings) -> Result<Pool, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         crate::registry::validate()?;
+        let Settings {
+            backend,
+            workers,
+            max_tasks_per_worker,
+            ..
+        } = settings;
         let ledger = Arc::new(Ledger::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let engine = match backend {
             Backend::Thread => Engine::Thread(ThreadBackend::start(
@@ -70,6 +88,17 @@ impl Pool {
                 workers,
                 max_tasks_per_worker,
             )?),
+            #[cfg(all(feature = "process", unix))]
+            Backend::Process => Engine::Process(ProcessBackend::start(
+                &ledger,
+                crate::process::Config {
+                    workers,
+                    max_tasks_per_worker,
+                    max_memory_per_worker: settings.max_memory_per_worker,
+                    max_frame: settings.max_message_size,
+                },
+            )?),
+            #[cfg(not(all(feature = "process", unix)))]
             Backend::Process => return Err(Error::backend_unavailable(backend)),
         };
         Ok(Pool {
@@ -108,6 +137,8 @@ impl Pool {
         };
         let is_queued = match &self.engine {
             Engine::Thread(engine) => engine.submit(Arc::clone(&job)),
+            #[cfg(all(feature = "process", unix))]
+            Engine::Process(engine) => engine.submit(Arc::clone(&job)),
         };
         if !is_queued {
             job.complete(Err(TaskError::pool_closed(T::NAME)));
@@ -180,6 +211,11 @@ impl Pool {
                 self.ledger.wait_drained();
                 engine.stop();
             }
+            #[cfg(all(feature = "process", unix))]
+            Engine::Process(engine) => {
+                self.ledger.wait_drained();
+                engine.stop(true);
+            }
         }
     }
 
@@ -214,6 +250,8 @@ impl Pool {
         self.ledger.abort_all();
         match &self.engine {
             Engine::Thread(engine) => engine.stop(),
+            #[cfg(all(feature = "process", unix))]
+            Engine::Process(engine) => engine.stop(true),
         }
     }
 

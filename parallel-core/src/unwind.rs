@@ -70,6 +70,13 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
     })
 }
 
+/// Runs code that drops environment values outside any task (a purge, a worker's end): a value
+/// whose `Drop` panics must not take the worker down, nor rayon, which aborts on a panic in its
+/// own frames. The panic hook has already printed the panic; there is no task to report it to.
+pub(crate) fn drop_values(f: impl FnOnce()) {
+    let _ = catch(f);
+}
+
 /// The newest record of this message, preferring one raised on the current thread.
 fn report_for(message: String) -> PanicReport {
     let mut recent = RECENT.lock().unwrap_or_else(PoisonError::into_inner);

@@ -141,10 +141,10 @@ fn task_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
                 token,
                 "a negative impl is not a task; remove `#[task]` or the `!`",
             );
-        } else if !path
+        } else if path
             .segments
             .last()
-            .is_some_and(|last| last.ident == "Task")
+            .is_none_or(|last| last.ident != "Task")
         {
             errors.spanned(
                 path,

@@ -23,5 +23,15 @@ macro_rules! backends {
                 }
             )*
         }
+
+        #[cfg(feature = "process")]
+        mod process {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(parallel::Backend::Process)
+                }
+            )*
+        }
     };
 }

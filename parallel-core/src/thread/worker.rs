@@ -45,14 +45,7 @@ pub(super) fn enter(shared: &Arc<Shared>, index: usize) {
 /// Drops the worker's environments on its own thread, as the thread exits.
 pub(super) fn leave() {
     let worker = WORKER.with_borrow_mut(Option::take);
-    drop_values(|| drop(worker));
-}
-
-/// Runs code that drops environment values, outside any task: a value whose `Drop` panics must
-/// not take the worker (and rayon, which aborts on a panic in its own frames) down with it. The
-/// panic hook has already printed the panic; there is no task to report it to.
-fn drop_values(f: impl FnOnce()) {
-    let _ = unwind::catch(f);
+    unwind::drop_values(|| drop(worker));
 }
 
 /// The id of the pool whose worker the current thread is.
@@ -77,7 +70,7 @@ pub(crate) fn help<T: Task>(job: &Job<T>) {
 
 fn run<T: Task>(task: T) -> Outcome<T> {
     let (mut environment, depth) = take_environment();
-    drop_values(|| environment.purge_expired());
+    unwind::drop_values(|| environment.purge_expired());
     let result = unwind::catch(|| task.run(&mut environment));
     put_back(environment, depth);
     match result {
@@ -132,7 +125,7 @@ fn put_back(environment: Environment, depth: usize) {
         retired
     });
     // Values run their `Drop` outside the borrow: a `Drop` may itself touch the pool.
-    drop_values(|| drop(retired));
+    unwind::drop_values(|| drop(retired));
 }
 
 /// Purges the environments no task of this thread holds; the janitor broadcasts this.
@@ -144,7 +137,7 @@ pub(super) fn purge_idle() {
     }) else {
         return;
     };
-    drop_values(|| {
+    unwind::drop_values(|| {
         for environment in environments.iter_mut().flatten() {
             environment.purge_expired();
         }

@@ -1,0 +1,388 @@
+//! One worker process seen from the pool: starting it, talking to it, ending and reaping it.
+//!
+//! The worker is this program's own executable (`/proc/self/exe`, the very file this process
+//! runs even if it was replaced on disk since), started with the entry marker. It gets its end of
+//! a socket pair as descriptor 3 and dies with the thread that started it (`PR_SET_PDEATHSIG`),
+//! which is the pool's long-lived slot thread, and with its channel's end-of-file. Its standard
+//! output is ours; its standard error goes through a thread that copies it to ours and keeps the
+//! last lines for the report of a death.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::entry::{Marker, MARKER};
+use super::protocol::{self, FromWorker, ReadError};
+
+/// The descriptor number the worker finds its channel at.
+const CHANNEL_FD: i32 = 3;
+/// How many lines of a worker's standard error a death report keeps.
+const STDERR_LINES: usize = 20;
+/// How long a new worker may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a worker needs to know at start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) worker_id: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) max_memory: Option<u64>,
+}
+
+/// A running worker process and the pool's end of its channel.
+pub(crate) struct Worker {
+    child: Child,
+    pub(crate) pid: u32,
+    pub(crate) reader: BufReader<UnixStream>,
+    pub(crate) writer: BufWriter<UnixStream>,
+    stderr: StderrTail,
+    /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
+    is_reaped: Arc<Mutex<bool>>,
+}
+
+/// Lets another thread kill a worker safely while the slot thread waits on it.
+#[derive(Clone)]
+pub(crate) struct KillSwitch {
+    pid: u32,
+    is_reaped: Arc<Mutex<bool>>,
+}
+
+impl KillSwitch {
+    /// Sends SIGKILL, unless the worker is already reaped.
+    pub(crate) fn kill(&self) {
+        let is_reaped = self
+            .is_reaped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*is_reaped {
+            // A failure means the process is already gone, which is what we wanted.
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Death {
+    pub(crate) pid: u32,
+    pub(crate) reason: String,
+    pub(crate) stderr_tail: String,
+}
+
+/// Why a worker could not be started.
+#[derive(Debug)]
+pub(crate) struct StartError {
+    pub(crate) message: String,
+    pub(crate) death: Option<Death>,
+}
+
+impl Worker {
+    /// Starts a worker and waits for its handshake.
+    pub(crate) fn start(settings: Settings, build: u64) -> Result<Worker, StartError> {
+        let (ours, theirs) = UnixStream::pair().map_err(|error| StartError {
+            message: format!("cannot create a socket pair: {error}"),
+            death: None,
+        })?;
+        let marker = Marker {
+            fd: CHANNEL_FD,
+            parent: std::process::id(),
+            worker_id: settings.worker_id,
+            max_frame: settings.max_frame,
+        };
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .env(MARKER, marker.to_value())
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
+        let their_fd = theirs.as_raw_fd();
+        let max_memory = settings.max_memory;
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (dup2, prctl, setrlimit, getppid) without allocating.
+        unsafe {
+            command.pre_exec(move || prepare_child(their_fd, max_memory));
+        }
+        let mut child = command.spawn().map_err(|error| StartError {
+            message: format!("cannot start {}: {error}", describe_exe()),
+            death: None,
+        })?;
+        drop(theirs);
+        let pid = child.id();
+        let stderr = StderrTail::follow(child.stderr.take(), pid);
+        let reader = BufReader::with_capacity(
+            64 * 1024,
+            ours.try_clone().map_err(|error| StartError {
+                message: format!("cannot clone the channel: {error}"),
+                death: None,
+            })?,
+        );
+        let writer = BufWriter::with_capacity(64 * 1024, ours);
+        let mut worker = Worker {
+            child,
+            pid,
+            reader,
+            writer,
+            stderr,
+            is_reaped: Arc::new(Mutex::new(false)),
+        };
+        match worker.handshake(build, settings.max_frame) {
+            Ok(()) => Ok(worker),
+            Err(message) => {
+                worker.kill_switch().kill();
+                let death = worker.reap();
+                Err(StartError {
+                    message,
+                    death: Some(death),
+                })
+            }
+        }
+    }
+
+    fn handshake(&mut self, build: u64, max_frame: usize) -> Result<(), String> {
+        let channel = self.reader.get_ref();
+        channel
+            .set_read_timeout(Some(READY_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut frame = Vec::new();
+        let result = match protocol::read_frame(&mut self.reader, &mut frame, max_frame) {
+            Ok(body) => match protocol::decode_from_worker(body) {
+                Ok(FromWorker::Ready {
+                    version,
+                    build: theirs,
+                    pid,
+                }) => {
+                    if version != protocol::VERSION {
+                        Err(format!(
+                            "the worker speaks protocol {version}, this pool {}",
+                            protocol::VERSION
+                        ))
+                    } else if theirs != build {
+                        Err("the worker is another build of the program than the pool \
+                             (its task registry or executable differs)"
+                            .to_owned())
+                    } else if pid != self.pid {
+                        Err(format!(
+                            "the worker says it is pid {pid}, but it is {}",
+                            self.pid
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Ok(other) => Err(format!(
+                    "the worker sent {other:?} before saying it is ready"
+                )),
+                Err(error) => Err(format!("the worker broke the protocol: {error}")),
+            },
+            Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
+            Err(error) => Err(format!("the worker never said it was ready: {error}")),
+        };
+        self.reader
+            .get_ref()
+            .set_read_timeout(None)
+            .map_err(|e| e.to_string())?;
+        result
+    }
+
+    pub(crate) fn kill_switch(&self) -> KillSwitch {
+        KillSwitch {
+            pid: self.pid,
+            is_reaped: Arc::clone(&self.is_reaped),
+        }
+    }
+
+    /// Asks the worker to exit and waits for it, killing it if it does not within `grace`.
+    pub(crate) fn retire(mut self, grace: Duration) -> Death {
+        let mut frame = Vec::new();
+        let sent = protocol::encode_to_worker(&protocol::ToWorker::Exit, &mut frame, usize::MAX)
+            .is_ok()
+            && protocol::write_frame(&mut self.writer, &frame).is_ok();
+        if sent {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.kill_switch().kill();
+        self.reap()
+    }
+
+    /// Waits for the worker to end (it must be ending: killed, or its channel broken) and says
+    /// how it ended.
+    pub(crate) fn reap(&mut self) -> Death {
+        let status = {
+            let mut is_reaped = self
+                .is_reaped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let status = self.child.wait();
+            *is_reaped = true;
+            status
+        };
+        let reason = match status {
+            Ok(status) => describe_status(status),
+            Err(error) => format!("could not be waited for: {error}"),
+        };
+        Death {
+            pid: self.pid,
+            reason,
+            stderr_tail: self.stderr.tail(),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let is_reaped = *self
+            .is_reaped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !is_reaped {
+            self.kill_switch().kill();
+            let _ = self.reap();
+        }
+    }
+}
+
+/// Runs in the child between `fork` and `exec`.
+fn prepare_child(channel: i32, max_memory: Option<u64>) -> io::Result<()> {
+    // SAFETY: plain system calls on descriptors and limits of this (child) process.
+    unsafe {
+        if channel == CHANNEL_FD {
+            // Already in place: only clear close-on-exec.
+            let flags = libc_fcntl_clear_cloexec(channel);
+            if flags < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if nix::libc::dup2(channel, CHANNEL_FD) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Die with the thread that started us; if the pool died before this line, the worker's
+        // own check of its parent pid catches it.
+        if nix::libc::prctl(
+            nix::libc::PR_SET_PDEATHSIG,
+            nix::libc::SIGKILL as nix::libc::c_ulong,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(bytes) = max_memory {
+            let limit = nix::libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clears `FD_CLOEXEC` on `fd`.
+///
+/// # Safety
+///
+/// `fd` must be a descriptor of this process.
+unsafe fn libc_fcntl_clear_cloexec(fd: i32) -> i32 {
+    // SAFETY: the caller passes a valid descriptor; fcntl on it has no other effect.
+    unsafe {
+        let flags = nix::libc::fcntl(fd, nix::libc::F_GETFD);
+        if flags < 0 {
+            return flags;
+        }
+        nix::libc::fcntl(fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC)
+    }
+}
+
+fn describe_exe() -> String {
+    std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "the program's executable".to_owned())
+}
+
+/// `"exited with code 3"`, `"killed by signal 11 (SIGSEGV)"`.
+pub(crate) fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(number) => match Signal::try_from(number) {
+            Ok(signal) => format!("killed by signal {number} ({})", signal.as_str()),
+            Err(_) => format!("killed by signal {number}"),
+        },
+        None => format!("ended with status {status}"),
+    }
+}
+
+/// The last lines a worker wrote to its standard error, copied through to ours.
+struct StderrTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    follower: Option<JoinHandle<()>>,
+}
+
+impl StderrTail {
+    fn follow(stderr: Option<ChildStderr>, pid: u32) -> StderrTail {
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let follower = stderr.and_then(|stderr| {
+            let lines = Arc::clone(&lines);
+            thread::Builder::new()
+                .name(format!("parallel-stderr-{pid}"))
+                .spawn(move || copy_lines(stderr, &lines))
+                .ok()
+        });
+        StderrTail { lines, follower }
+    }
+
+    /// The kept lines, once the worker's standard error is closed (or a short wait is over: a
+    /// process the task started may still hold it open).
+    fn tail(&mut self) -> String {
+        if let Some(follower) = self.follower.take() {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !follower.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if follower.is_finished() {
+                let _ = follower.join();
+            }
+        }
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn copy_lines(stderr: ChildStderr, lines: &Mutex<VecDeque<String>>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut ours = io::stderr();
+    while let Ok(n) = reader.read_until(b'\n', &mut line) {
+        if n == 0 {
+            break;
+        }
+        // Our own stderr failing must not stop the collection of the tail.
+        let _ = ours.write_all(&line);
+        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() == STDERR_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(text);
+        line.clear();
+    }
+}

@@ -1,0 +1,143 @@
+//! The worker's entry: a constructor that runs before `main` in every process of a program that
+//! links `parallel` with the `process` feature.
+//!
+//! A pool starts a worker as the program's own executable with [`MARKER`] in its environment.
+//! The constructor sees the marker, removes it (so that anything the task starts, even this same
+//! executable, is a normal program) and serves tasks until the pool lets it go, then exits: the
+//! program's `main`, the test harness or the doc test never runs in a worker. Without the marker
+//! the constructor returns at once, having read one environment variable.
+//!
+//! The constructor sits in the module that [`anchor`] is in, and building any pool calls
+//! [`anchor`], so the object file that holds the constructor is always linked in.
+
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The environment variable that makes a process a worker.
+pub(crate) const MARKER: &str = "PARALLEL_WORKER";
+
+/// The marker's layout version; a worker refuses a marker of another layout.
+const MARKER_VERSION: &str = "1";
+
+static IS_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process is a worker of some pool.
+pub(crate) fn is_worker() -> bool {
+    IS_WORKER.load(Ordering::Relaxed)
+}
+
+/// What the pool tells a new worker through the marker.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// The worker's end of the channel, as a file descriptor number.
+    pub(crate) fd: i32,
+    /// The pool's process, which the worker must outlive by no more than an instant.
+    pub(crate) parent: u32,
+    /// The worker slot: [`Environment::worker_id`](crate::Environment::worker_id).
+    pub(crate) worker_id: usize,
+    /// The largest frame either side sends.
+    pub(crate) max_frame: usize,
+}
+
+impl Marker {
+    pub(crate) fn to_value(&self) -> String {
+        format!(
+            "{MARKER_VERSION}:{}:{}:{}:{}",
+            self.fd, self.parent, self.worker_id, self.max_frame
+        )
+    }
+
+    pub(crate) fn parse(value: &OsStr) -> Result<Marker, String> {
+        let text = value.to_str().ok_or("the marker is not UTF-8")?;
+        let mut parts = text.split(':');
+        if parts.next() != Some(MARKER_VERSION) {
+            return Err(format!(
+                "marker {text:?} is of another layout than {MARKER_VERSION}"
+            ));
+        }
+        let mut field = |what: &str| {
+            parts
+                .next()
+                .and_then(|part| part.parse::<u64>().ok())
+                .ok_or(format!("marker {text:?} lacks a valid {what}"))
+        };
+        let fd = i32::try_from(field("fd")?).map_err(|_| "the fd is out of range")?;
+        let parent =
+            u32::try_from(field("parent pid")?).map_err(|_| "the parent pid is out of range")?;
+        let worker_id =
+            usize::try_from(field("worker id")?).map_err(|_| "the worker id is out of range")?;
+        let max_frame = usize::try_from(field("frame limit")?)
+            .map_err(|_| "the frame limit is out of range")?;
+        if parts.next().is_some() {
+            return Err(format!(
+                "marker {text:?} has more fields than layout {MARKER_VERSION}"
+            ));
+        }
+        Ok(Marker {
+            fd,
+            parent,
+            worker_id,
+            max_frame,
+        })
+    }
+}
+
+/// Called when a pool is built, so that the linker keeps this module's object file, and with it
+/// the constructor below.
+#[inline(never)]
+pub(crate) fn anchor() -> bool {
+    std::hint::black_box(is_worker())
+}
+
+// SAFETY (of running before `main`): the constructor only reads and removes one environment
+// variable while the process is still single-threaded, then either returns or serves tasks and
+// exits without returning; it relies on nothing that `main` sets up.
+#[ctor::ctor(unsafe)]
+fn parallel_worker_entry() {
+    let Some(value) = std::env::var_os(MARKER) else {
+        return;
+    };
+    // Pre-`main`, no other thread exists yet that could read the environment concurrently.
+    std::env::remove_var(MARKER);
+    IS_WORKER.store(true, Ordering::Relaxed);
+    let code = match Marker::parse(&value) {
+        Ok(marker) => super::worker::serve(&marker),
+        Err(error) => {
+            eprintln!("parallel: this process was started as a worker but cannot serve: {error}");
+            super::worker::EXIT_CANNOT_SERVE
+        }
+    };
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_round_trips_and_refuses_garbage() {
+        let marker = Marker {
+            fd: 3,
+            parent: 77,
+            worker_id: 2,
+            max_frame: 1 << 20,
+        };
+        assert_eq!(Marker::parse(OsStr::new(&marker.to_value())), Ok(marker));
+        for bad in [
+            "",
+            "2:3:77:2:5",
+            "1:3:77",
+            "1:x:77:2:5",
+            "1:3:77:2:5:",
+            "1:99999999999:1:1:1",
+        ] {
+            assert!(Marker::parse(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_normal_process_is_not_a_worker() {
+        assert!(!anchor());
+        assert!(std::env::var_os(MARKER).is_none());
+    }
+}

@@ -1,0 +1,618 @@
+//! The wire protocol between a pool and its worker processes: the only code that knows bytes.
+//!
+//! Every message is one frame: a little-endian `u32` length, then that many bytes, the first of
+//! which is the message tag. Integers are little-endian; strings are a `u32` length and UTF-8.
+//! Task arguments, outputs and errors are MessagePack (`rmp-serde`, structs as maps), a
+//! self-describing format, so every serde shape crosses: `#[serde(flatten)]`, untagged enums,
+//! `serde_json::Value`. The protocol version travels in the worker's first frame.
+//!
+//! Bytes from a worker are untrusted: a frame over the limit, a truncated frame, an unknown tag
+//! or a malformed body is a [`ProtocolError`] for that worker, never a panic, and a frame's buffer
+//! grows only as its bytes actually arrive, so a lying length cannot make the parent allocate.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The version of this protocol; a worker that speaks another one is refused.
+pub(crate) const VERSION: u16 = 1;
+
+const RUN: u8 = 1;
+const EXIT: u8 = 2;
+const READY: u8 = 10;
+const OUTPUT: u8 = 11;
+const FAILED: u8 = 12;
+const PANICKED: u8 = 13;
+const BAD_ARGUMENTS: u8 = 14;
+const UNKNOWN_TASK: u8 = 15;
+const UNSERIALIZABLE: u8 = 16;
+
+/// What the pool tells a worker.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ToWorker<'a> {
+    /// Run task `task` with serialized `args`, as job `job`.
+    Run {
+        job: u64,
+        task: &'a str,
+        args: &'a [u8],
+    },
+    /// Finish: the worker exits after this.
+    Exit,
+}
+
+/// What a worker tells the pool.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FromWorker<'a> {
+    /// The worker is up; sent once, first.
+    Ready { version: u16, build: u64, pid: u32 },
+    /// Job `job` finished with this reply.
+    Done { job: u64, reply: Reply<'a> },
+}
+
+/// How a job ended in the worker.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reply<'a> {
+    /// The task returned `Ok`: its serialized output.
+    Output(&'a [u8]),
+    /// The task returned `Err`: its serialized error.
+    Failed(&'a [u8]),
+    /// The task panicked.
+    Panicked {
+        message: &'a str,
+        location: Option<&'a str>,
+        backtrace: Option<&'a str>,
+    },
+    /// The arguments did not deserialize as the task's type.
+    BadArguments(&'a str),
+    /// The worker has no task of that name.
+    UnknownTask,
+    /// The output (`is_error == false`) or error did not serialize.
+    Unserializable { is_error: bool, message: &'a str },
+}
+
+/// Bytes from a worker that break the protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ProtocolError {
+    /// A frame longer than the limit.
+    Oversized { len: usize, max: usize },
+    /// A frame with no tag.
+    Empty,
+    /// A tag this side does not know.
+    UnknownTag(u8),
+    /// A body that ends early or holds invalid data.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::Oversized { len, max } => {
+                write!(f, "a frame of {len} bytes is over the limit of {max} bytes")
+            }
+            ProtocolError::Empty => f.write_str("an empty frame"),
+            ProtocolError::UnknownTag(tag) => write!(f, "a frame with unknown tag {tag}"),
+            ProtocolError::Malformed(what) => write!(f, "a malformed frame: {what}"),
+        }
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The other side closed the channel between frames.
+    Closed,
+    /// The channel failed, or closed in the middle of a frame.
+    Io(io::Error),
+    /// The bytes break the protocol.
+    Protocol(ProtocolError),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Closed => f.write_str("the channel was closed"),
+            ReadError::Io(error) => write!(f, "the channel failed: {error}"),
+            ReadError::Protocol(error) => write!(f, "the worker broke the protocol: {error}"),
+        }
+    }
+}
+
+impl From<ProtocolError> for ReadError {
+    fn from(error: ProtocolError) -> Self {
+        ReadError::Protocol(error)
+    }
+}
+
+/// Reads one frame into `buffer` (cleared first), returning its bytes after the length.
+pub(crate) fn read_frame<'b>(
+    reader: &mut impl Read,
+    buffer: &'b mut Vec<u8>,
+    max: usize,
+) -> Result<&'b [u8], ReadError> {
+    let mut header = [0u8; 4];
+    let mut filled = 0;
+    while filled < header.len() {
+        match reader.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Err(ReadError::Closed),
+            Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(ReadError::Io(error)),
+        }
+    }
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max {
+        return Err(ProtocolError::Oversized { len, max }.into());
+    }
+    buffer.clear();
+    // `take` + `read_to_end` grows the buffer as bytes arrive, not to the announced length.
+    let read = reader
+        .take(len as u64)
+        .read_to_end(buffer)
+        .map_err(ReadError::Io)?;
+    if read < len {
+        return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(buffer)
+}
+
+/// Starts a frame with `tag` in `out` (cleared first); [`finish_frame`] fills in the length.
+fn start_frame(out: &mut Vec<u8>, tag: u8) {
+    out.clear();
+    out.extend_from_slice(&[0, 0, 0, 0, tag]);
+}
+
+/// Writes the length of the frame built in `out`.
+fn finish_frame(out: &mut [u8], max: usize) -> Result<(), ProtocolError> {
+    let len = out.len() - 4;
+    let header = u32::try_from(len)
+        .ok()
+        .filter(|_| len <= max)
+        .ok_or(ProtocolError::Oversized { len, max })?;
+    out[..4].copy_from_slice(&header.to_le_bytes());
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    // Strings we write are task names, panic messages and serde errors; a string over 4 GiB
+    // would already be over any frame limit, which `finish_frame` reports.
+    out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_optional_str(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        None => out.push(0),
+        Some(text) => {
+            out.push(1);
+            put_str(out, text);
+        }
+    }
+}
+
+/// Encodes `message` as one frame into `out`.
+pub(crate) fn encode_to_worker(
+    message: &ToWorker<'_>,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    match message {
+        ToWorker::Run { job, task, args } => {
+            start_frame(out, RUN);
+            out.extend_from_slice(&job.to_le_bytes());
+            put_str(out, task);
+            out.extend_from_slice(args);
+        }
+        ToWorker::Exit => start_frame(out, EXIT),
+    }
+    finish_frame(out, max)
+}
+
+/// Encodes `message` as one frame into `out`.
+pub(crate) fn encode_from_worker(
+    message: &FromWorker<'_>,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    match message {
+        FromWorker::Ready {
+            version,
+            build,
+            pid,
+        } => {
+            start_frame(out, READY);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&build.to_le_bytes());
+            out.extend_from_slice(&pid.to_le_bytes());
+        }
+        FromWorker::Done { job, reply } => {
+            let tag = match reply {
+                Reply::Output(_) => OUTPUT,
+                Reply::Failed(_) => FAILED,
+                Reply::Panicked { .. } => PANICKED,
+                Reply::BadArguments(_) => BAD_ARGUMENTS,
+                Reply::UnknownTask => UNKNOWN_TASK,
+                Reply::Unserializable { .. } => UNSERIALIZABLE,
+            };
+            start_frame(out, tag);
+            out.extend_from_slice(&job.to_le_bytes());
+            match reply {
+                Reply::Output(bytes) | Reply::Failed(bytes) => out.extend_from_slice(bytes),
+                Reply::Panicked {
+                    message,
+                    location,
+                    backtrace,
+                } => {
+                    put_str(out, message);
+                    put_optional_str(out, *location);
+                    put_optional_str(out, *backtrace);
+                }
+                Reply::BadArguments(message) => put_str(out, message),
+                Reply::UnknownTask => {}
+                Reply::Unserializable { is_error, message } => {
+                    out.push(u8::from(*is_error));
+                    put_str(out, message);
+                }
+            }
+        }
+    }
+    finish_frame(out, max)
+}
+
+/// Reads fields off a frame body, failing instead of panicking when it ends early.
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ProtocolError> {
+        if self.rest.len() < n {
+            return Err(ProtocolError::Malformed(what));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ProtocolError> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.bytes(N, what)?);
+        Ok(array)
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, ProtocolError> {
+        self.array(what).map(u64::from_le_bytes)
+    }
+
+    fn str(&mut self, what: &'static str) -> Result<&'a str, ProtocolError> {
+        let len = u32::from_le_bytes(self.array(what)?) as usize;
+        std::str::from_utf8(self.bytes(len, what)?).map_err(|_| ProtocolError::Malformed(what))
+    }
+
+    fn optional_str(&mut self, what: &'static str) -> Result<Option<&'a str>, ProtocolError> {
+        match self.bytes(1, what)? {
+            [0] => Ok(None),
+            [1] => self.str(what).map(Some),
+            _ => Err(ProtocolError::Malformed(what)),
+        }
+    }
+
+    fn rest(self) -> &'a [u8] {
+        self.rest
+    }
+
+    fn end(self, what: &'static str) -> Result<(), ProtocolError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtocolError::Malformed(what))
+        }
+    }
+}
+
+fn split_tag(frame: &[u8]) -> Result<(u8, Fields<'_>), ProtocolError> {
+    match frame.split_first() {
+        Some((tag, rest)) => Ok((*tag, Fields { rest })),
+        None => Err(ProtocolError::Empty),
+    }
+}
+
+/// Decodes a frame body (as returned by [`read_frame`]) sent to a worker.
+pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolError> {
+    let (tag, mut fields) = split_tag(frame)?;
+    match tag {
+        RUN => {
+            let job = fields.u64("run: job id")?;
+            let task = fields.str("run: task name")?;
+            Ok(ToWorker::Run {
+                job,
+                task,
+                args: fields.rest(),
+            })
+        }
+        EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
+        other => Err(ProtocolError::UnknownTag(other)),
+    }
+}
+
+/// Decodes a frame body (as returned by [`read_frame`]) sent by a worker.
+pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, ProtocolError> {
+    let (tag, mut fields) = split_tag(frame)?;
+    if tag == READY {
+        let version = u16::from_le_bytes(fields.array("ready: version")?);
+        let build = fields.u64("ready: build")?;
+        let pid = u32::from_le_bytes(fields.array("ready: pid")?);
+        fields.end("ready: trailing bytes")?;
+        return Ok(FromWorker::Ready {
+            version,
+            build,
+            pid,
+        });
+    }
+    let job = match tag {
+        OUTPUT | FAILED | PANICKED | BAD_ARGUMENTS | UNKNOWN_TASK | UNSERIALIZABLE => {
+            fields.u64("done: job id")?
+        }
+        other => return Err(ProtocolError::UnknownTag(other)),
+    };
+    let reply = match tag {
+        OUTPUT => Reply::Output(fields.rest()),
+        FAILED => Reply::Failed(fields.rest()),
+        PANICKED => {
+            let message = fields.str("panicked: message")?;
+            let location = fields.optional_str("panicked: location")?;
+            let backtrace = fields.optional_str("panicked: backtrace")?;
+            fields.end("panicked: trailing bytes")?;
+            Reply::Panicked {
+                message,
+                location,
+                backtrace,
+            }
+        }
+        BAD_ARGUMENTS => {
+            let message = fields.str("bad arguments: message")?;
+            fields.end("bad arguments: trailing bytes")?;
+            Reply::BadArguments(message)
+        }
+        UNKNOWN_TASK => {
+            fields.end("unknown task: trailing bytes")?;
+            Reply::UnknownTask
+        }
+        _ => {
+            let is_error = match fields.bytes(1, "unserializable: which")? {
+                [0] => false,
+                [1] => true,
+                _ => return Err(ProtocolError::Malformed("unserializable: which")),
+            };
+            let message = fields.str("unserializable: message")?;
+            fields.end("unserializable: trailing bytes")?;
+            Reply::Unserializable { is_error, message }
+        }
+    };
+    Ok(FromWorker::Done { job, reply })
+}
+
+/// Writes a frame built by one of the `encode_*` functions.
+pub(crate) fn write_frame(writer: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    writer.write_all(frame)?;
+    writer.flush()
+}
+
+/// Serializes a task value (arguments, output or error), appending to `out`.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    value
+        .serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
+        .map_err(|e| e.to_string())
+}
+
+/// Deserializes a task value.
+pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+}
+
+/// Runs `f` with a type-erased deserializer over `bytes`, for the worker's registry lookup.
+pub(crate) fn with_deserializer<R>(
+    bytes: &[u8],
+    f: impl FnOnce(&mut dyn erased_serde::Deserializer<'_>) -> R,
+) -> R {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    f(&mut <dyn erased_serde::Deserializer<'_>>::erase(
+        &mut deserializer,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+    fn frame_of_to_worker(message: &ToWorker<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_to_worker(message, &mut out, DEFAULT_MAX_FRAME).unwrap();
+        out
+    }
+
+    fn frame_of_from_worker(message: &FromWorker<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_from_worker(message, &mut out, DEFAULT_MAX_FRAME).unwrap();
+        out
+    }
+
+    fn read_one(bytes: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
+        let mut buffer = Vec::new();
+        read_frame(&mut &bytes[..], &mut buffer, max).map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn messages_to_a_worker_round_trip() {
+        for message in [
+            ToWorker::Run {
+                job: 7,
+                task: "a::b",
+                args: &[1, 2, 3],
+            },
+            ToWorker::Run {
+                job: u64::MAX,
+                task: "",
+                args: &[],
+            },
+            ToWorker::Exit,
+        ] {
+            let frame = frame_of_to_worker(&message);
+            let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(decode_to_worker(&body).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn messages_from_a_worker_round_trip() {
+        let replies = [
+            Reply::Output(&[9, 9]),
+            Reply::Failed(&[]),
+            Reply::Panicked {
+                message: "boom",
+                location: Some("src/x.rs:1:2"),
+                backtrace: None,
+            },
+            Reply::Panicked {
+                message: "",
+                location: None,
+                backtrace: Some("bt"),
+            },
+            Reply::BadArguments("missing field `x`"),
+            Reply::UnknownTask,
+            Reply::Unserializable {
+                is_error: true,
+                message: "nope",
+            },
+        ];
+        let mut messages = vec![FromWorker::Ready {
+            version: VERSION,
+            build: 42,
+            pid: 1234,
+        }];
+        messages.extend(
+            replies
+                .into_iter()
+                .map(|reply| FromWorker::Done { job: 3, reply }),
+        );
+        for message in messages {
+            let frame = frame_of_from_worker(&message);
+            let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(decode_from_worker(&body).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_before_reading_its_body() {
+        let frame = frame_of_to_worker(&ToWorker::Run {
+            job: 1,
+            task: "t",
+            args: &[0; 100],
+        });
+        match read_one(&frame, 50) {
+            Err(ReadError::Protocol(ProtocolError::Oversized { len, max: 50 })) => {
+                assert_eq!(len, frame.len() - 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A length of 4 GiB with no bytes behind it allocates nothing and fails cleanly.
+        let lying = u32::MAX.to_le_bytes();
+        assert!(matches!(
+            read_one(&lying, usize::MAX),
+            Err(ReadError::Io(_))
+        ));
+        let mut out = Vec::new();
+        let message = ToWorker::Run {
+            job: 1,
+            task: "t",
+            args: &[0; 100],
+        };
+        assert!(matches!(
+            encode_to_worker(&message, &mut out, 50),
+            Err(ProtocolError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_and_empty_input() {
+        assert!(matches!(read_one(&[], 100), Err(ReadError::Closed)));
+        assert!(matches!(read_one(&[5, 0], 100), Err(ReadError::Io(_))));
+        assert!(matches!(
+            read_one(&[5, 0, 0, 0, READY, 1], 100),
+            Err(ReadError::Io(_))
+        ));
+        assert_eq!(decode_from_worker(&[]), Err(ProtocolError::Empty));
+        assert_eq!(
+            decode_from_worker(&[99]),
+            Err(ProtocolError::UnknownTag(99))
+        );
+        assert_eq!(
+            decode_from_worker(&[READY, 1]),
+            Err(ProtocolError::Malformed("ready: version"))
+        );
+        let frame = frame_of_from_worker(&FromWorker::Done {
+            job: 1,
+            reply: Reply::Panicked {
+                message: "m",
+                location: None,
+                backtrace: None,
+            },
+        });
+        for cut in 5..frame.len() - 1 {
+            assert!(decode_from_worker(&frame[4..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_string_length_beyond_the_frame_is_malformed() {
+        let mut body = vec![BAD_ARGUMENTS];
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_from_worker(&body),
+            Err(ProtocolError::Malformed("bad arguments: message"))
+        );
+    }
+
+    #[test]
+    fn values_round_trip_in_every_serde_shape() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Inner {
+            a: u8,
+            #[serde(skip_serializing_if = "Option::is_none", default)]
+            b: Option<String>,
+        }
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Outer {
+            #[serde(flatten)]
+            inner: Inner,
+            extra: serde_json::Value,
+        }
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(i64),
+            Text(String),
+        }
+        let outer = Outer {
+            inner: Inner { a: 1, b: None },
+            extra: serde_json::json!({"k": [1, "x"]}),
+        };
+        let mut bytes = Vec::new();
+        encode_value(&outer, &mut bytes).unwrap();
+        assert_eq!(decode_value::<Outer>(&bytes).unwrap(), outer);
+        for either in [Either::Number(-3), Either::Text("t".into())] {
+            let mut bytes = Vec::new();
+            encode_value(&either, &mut bytes).unwrap();
+            assert_eq!(decode_value::<Either>(&bytes).unwrap(), either);
+        }
+        assert!(decode_value::<Outer>(&[0xc1]).is_err());
+    }
+}
