@@ -76,6 +76,9 @@ pub(crate) struct Death {
     pub(crate) pid: u32,
     pub(crate) reason: String,
     pub(crate) stderr_tail: String,
+    /// Whether the worker reported a failed allocation (Rust's `handle_alloc_error` message) on
+    /// its standard error: with a memory limit set, that is the limit being hit.
+    pub(crate) is_out_of_memory: bool,
 }
 
 /// Why a worker could not be started.
@@ -235,10 +238,13 @@ impl Worker {
             Ok(status) => describe_status(status),
             Err(error) => format!("could not be waited for: {error}"),
         };
+        let stderr_tail = self.stderr.tail();
+        let is_out_of_memory = self.stderr.saw_allocation_failure();
         Death {
             pid: self.pid,
             reason,
-            stderr_tail: self.stderr.tail(),
+            stderr_tail,
+            is_out_of_memory,
         }
     }
 }
@@ -329,13 +335,22 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
 
 /// The last lines a worker wrote to its standard error, copied through to ours.
 struct StderrTail {
-    lines: Arc<Mutex<VecDeque<String>>>,
+    lines: Arc<Mutex<Lines>>,
     follower: Option<JoinHandle<()>>,
+}
+
+/// What the follower keeps of a worker's standard error.
+#[derive(Default)]
+struct Lines {
+    last: VecDeque<String>,
+    /// Rust's report of a failed allocation, kept even after it scrolls out of `last` (a
+    /// backtrace printed after it would push it out), since it says why the worker died.
+    allocation_failure: Option<String>,
 }
 
 impl StderrTail {
     fn follow(stderr: Option<ChildStderr>, pid: u32) -> StderrTail {
-        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let lines = Arc::new(Mutex::new(Lines::default()));
         let follower = stderr.and_then(|stderr| {
             let lines = Arc::clone(&lines);
             thread::Builder::new()
@@ -359,15 +374,28 @@ impl StderrTail {
             }
         }
         let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines
-            .iter()
+        let pinned = lines
+            .allocation_failure
+            .as_ref()
+            .filter(|line| !lines.last.contains(line));
+        let kept: Vec<&str> = pinned
+            .into_iter()
+            .chain(&lines.last)
             .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect();
+        kept.join("\n")
+    }
+
+    fn saw_allocation_failure(&self) -> bool {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allocation_failure
+            .is_some()
     }
 }
 
-fn copy_lines(stderr: ChildStderr, lines: &Mutex<VecDeque<String>>) {
+fn copy_lines(stderr: ChildStderr, lines: &Mutex<Lines>) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     let mut ours = io::stderr();
@@ -379,10 +407,13 @@ fn copy_lines(stderr: ChildStderr, lines: &Mutex<VecDeque<String>>) {
         let _ = ours.write_all(&line);
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
         let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
-        if lines.len() == STDERR_LINES {
-            lines.pop_front();
+        if text.starts_with("memory allocation of ") && text.ends_with(" failed") {
+            lines.allocation_failure = Some(text.clone());
         }
-        lines.push_back(text);
+        if lines.last.len() == STDERR_LINES {
+            lines.last.pop_front();
+        }
+        lines.last.push_back(text);
         line.clear();
     }
 }

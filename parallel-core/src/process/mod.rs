@@ -360,7 +360,7 @@ fn run_slot(shared: &Shared, worker_id: usize) {
                 if let Some(problem) = problem {
                     death.reason = format!("{problem}; the worker was killed and {}", death.reason);
                 } else if let Some(limit) = shared.config.max_memory_per_worker {
-                    if death.stderr_tail.contains("memory allocation of") {
+                    if death.is_out_of_memory {
                         death.reason =
                             format!("hit its memory limit of {limit} bytes and {}", death.reason);
                     }
