@@ -13,18 +13,11 @@ const BULK: u64 = 10_000;
 
 fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("round trip (no-op, 2 workers)");
-    let pool = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(2)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
     group.bench_function("parallel thread backend", |b| {
         b.iter(|| noop::dispatch_on(&pool, 1).join().unwrap())
     });
-    let rayon = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let rayon = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     group.bench_function("raw rayon spawn + crossbeam channel", |b| {
         b.iter(|| {
             let (sender, receiver) = crossbeam_channel::bounded(1);
@@ -39,11 +32,7 @@ fn bulk(c: &mut Criterion) {
     let mut group = c.benchmark_group("bulk 10k no-op tasks (2 workers)");
     group.throughput(Throughput::Elements(BULK));
     group.sample_size(20);
-    let pool = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(2)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
     group.bench_function("parallel submit all, then join", |b| {
         b.iter(|| {
             let handles: Vec<_> = (0..BULK).map(|i| noop::dispatch_on(&pool, i)).collect();
@@ -51,16 +40,9 @@ fn bulk(c: &mut Criterion) {
         })
     });
     group.bench_function("parallel map", |b| {
-        b.iter(|| {
-            pool.map((0..BULK).map(noop::new))
-                .map(Result::unwrap)
-                .sum::<u64>()
-        })
+        b.iter(|| pool.map((0..BULK).map(noop::new)).map(Result::unwrap).sum::<u64>())
     });
-    let rayon = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let rayon = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     group.bench_function("raw rayon spawn, then recv all", |b| {
         b.iter_batched(
             crossbeam_channel::unbounded,

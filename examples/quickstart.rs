@@ -22,23 +22,15 @@ fn tally(env: &mut Environment, word: String) -> (u64, usize) {
 /// A fallible task: its error type crosses back to the caller as it is.
 #[task]
 fn parse_port(text: String) -> Result<u16, String> {
-    text.trim()
-        .parse()
-        .map_err(|error| format!("{text:?} is not a port: {error}"))
+    text.trim().parse().map_err(|error| format!("{text:?} is not a port: {error}"))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lines = ["the quick brown fox", "jumps over", "the lazy dog"];
 
     // On the default pool: one worker per core, thread backend unless configured otherwise.
-    let handles: Vec<_> = lines
-        .iter()
-        .map(|line| word_count::dispatch(line.to_string()))
-        .collect();
-    let words: usize = handles
-        .into_iter()
-        .map(|h| h.join())
-        .sum::<Result<usize, _>>()?;
+    let handles: Vec<_> = lines.iter().map(|line| word_count::dispatch(line.to_string())).collect();
+    let words: usize = handles.into_iter().map(|h| h.join()).sum::<Result<usize, _>>()?;
     println!("{words} words in {} lines", lines.len());
 
     // A pool of one worker: every `tally` sees the same Environment.

@@ -31,35 +31,16 @@ fn variables_configure_the_default_pool_and_unset_builder_fields() {
 
     std::env::set_var("PARALLEL_WORKERS", "3");
     assert_eq!(Pool::builder().build().unwrap().workers(), 3);
-    assert_eq!(
-        Pool::builder().workers(2).build().unwrap().workers(),
-        2,
-        "the builder wins"
-    );
+    assert_eq!(Pool::builder().workers(2).build().unwrap().workers(), 2, "the builder wins");
 
     std::env::set_var("PARALLEL_WORKERS", "many");
     let error = Pool::builder().build().unwrap_err();
     assert!(error.is_invalid_config());
-    assert!(
-        error.to_string().contains("PARALLEL_WORKERS=\"many\""),
-        "{error}"
-    );
+    assert!(error.to_string().contains("PARALLEL_WORKERS=\"many\""), "{error}");
 
     std::env::set_var("PARALLEL_WORKERS", "2");
     std::env::set_var("PARALLEL_BACKEND", "green-threads");
     let error = Pool::builder().build().unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("PARALLEL_BACKEND=\"green-threads\""),
-        "{error}"
-    );
-    assert_eq!(
-        Pool::builder()
-            .backend(Backend::Thread)
-            .build()
-            .unwrap()
-            .workers(),
-        2
-    );
+    assert!(error.to_string().contains("PARALLEL_BACKEND=\"green-threads\""), "{error}");
+    assert_eq!(Pool::builder().backend(Backend::Thread).build().unwrap().workers(), 2);
 }

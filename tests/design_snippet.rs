@@ -34,27 +34,16 @@ fn the_snippet_does_what_its_comments_say() {
     let three = add::dispatch(1, 2).join().unwrap();
     assert_eq!(add(1, 2), three); // the plain function stays callable
 
-    let pool = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(4)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().backend(Backend::Thread).workers(4).build().unwrap();
     match parse::dispatch_on(&pool, String::new()).join() {
         Err(TaskError::Failed(ParseError::Empty)) => {} // the task's own error, typed
         other => panic!("{other:?}"),
     }
     let sums: Vec<_> = pool.map((0..1000).map(|i| add::new(i, i))).collect();
     assert_eq!(sums.len(), 1000);
-    assert!(sums
-        .iter()
-        .enumerate()
-        .all(|(i, sum)| *sum == Ok(2 * i as i64)));
+    assert!(sums.iter().enumerate().all(|(i, sum)| *sum == Ok(2 * i as i64)));
 
-    let single = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(1)
-        .build()
-        .unwrap();
+    let single = Pool::builder().backend(Backend::Thread).workers(1).build().unwrap();
     assert_eq!(visits::dispatch_on(&single, "ann".into()).join(), Ok(1));
     assert_eq!(visits::dispatch_on(&single, "ann".into()).join(), Ok(2));
     assert_eq!(parse::dispatch_on(&pool, "12".into()).join(), Ok(12));

@@ -24,22 +24,10 @@ fn building_a_pool_reports_both_tasks() {
     let error = Pool::builder().workers(1).build().unwrap_err();
     assert!(error.is_duplicate_task());
     let message = error.to_string();
-    assert!(
-        message.contains("task name `charge` is registered twice"),
-        "{message}"
-    );
-    assert!(
-        message.contains("duplicate_names::billing::charge::Task"),
-        "{message}"
-    );
-    assert!(
-        message.contains("duplicate_names::refunds::charge::Task"),
-        "{message}"
-    );
-    assert!(
-        message.contains("#[task(name"),
-        "says what to do: {message}"
-    );
+    assert!(message.contains("task name `charge` is registered twice"), "{message}");
+    assert!(message.contains("duplicate_names::billing::charge::Task"), "{message}");
+    assert!(message.contains("duplicate_names::refunds::charge::Task"), "{message}");
+    assert!(message.contains("#[task(name"), "says what to do: {message}");
 }
 
 #[test]

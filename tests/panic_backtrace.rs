@@ -16,15 +16,9 @@ fn inner_frame() -> u8 {
 #[test]
 fn the_backtrace_is_captured_when_asked_for() {
     std::env::set_var("RUST_BACKTRACE", "1");
-    let pool = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(1)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().backend(Backend::Thread).workers(1).build().unwrap();
     match deep_failure::dispatch_on(&pool).join() {
-        Err(TaskError::Panicked {
-            message, backtrace, ..
-        }) => {
+        Err(TaskError::Panicked { message, backtrace, .. }) => {
             assert_eq!(message, "deep down");
             let backtrace = backtrace.expect("RUST_BACKTRACE=1 captures a backtrace");
             assert!(backtrace.contains("inner_frame"), "{backtrace}");

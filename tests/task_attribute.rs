@@ -54,11 +54,7 @@ fn collide(new: u32, dispatch: u32, pool: u32, env: u32, task: u32, r#type: u32)
 }
 
 fn one_worker() -> Pool {
-    Pool::builder()
-        .backend(Backend::Thread)
-        .workers(1)
-        .build()
-        .unwrap()
+    Pool::builder().backend(Backend::Thread).workers(1).build().unwrap()
 }
 
 fn infallible<T: Task<Error = Never>>() {}
@@ -87,10 +83,7 @@ fn new_builds_the_task_with_public_fields() {
 fn run_calls_the_function_with_the_environment() {
     let mut env = Environment::new();
     assert_eq!(add::new(1, 2).run(&mut env), Ok(3));
-    assert_eq!(
-        parse::new(String::new()).run(&mut env),
-        Err(ParseError::Empty)
-    );
+    assert_eq!(parse::new(String::new()).run(&mut env), Err(ParseError::Empty));
     assert_eq!(visits::new("ann".into()).run(&mut env), Ok(1));
     assert_eq!(visits::new("ann".into()).run(&mut env), Ok(2));
     assert_eq!(visits::new("bob".into()).run(&mut env), Ok(1));
@@ -148,20 +141,14 @@ fn dispatch_on_runs_on_the_given_pool_and_the_environment_persists() {
     assert_eq!(visits::dispatch_on(&pool, "ann".into()).join().unwrap(), 2);
     assert_eq!(visits::dispatch_on(&pool, "bob".into()).join().unwrap(), 1);
     let first = worker_of::dispatch_on(&pool, 0).join().unwrap();
-    assert_eq!(
-        worker_of::dispatch_on(&pool, 100).join().unwrap(),
-        first + 100
-    );
+    assert_eq!(worker_of::dispatch_on(&pool, 100).join().unwrap(), first + 100);
 }
 
 #[test]
 fn new_feeds_submit_and_map() {
     let pool = one_worker();
     assert_eq!(pool.submit(add::new(2, 3)).join().unwrap(), 5);
-    let sums: Vec<i64> = pool
-        .map((0..10).map(|i| add::new(i, i)))
-        .map(Result::unwrap)
-        .collect();
+    let sums: Vec<i64> = pool.map((0..10).map(|i| add::new(i, i))).map(Result::unwrap).collect();
     assert_eq!(sums, (0..10).map(|i| i * 2).collect::<Vec<_>>());
 }
 
@@ -193,10 +180,7 @@ mod nested {
 fn crate_names_the_runtime() {
     assert_eq!(through_a_reexport::dispatch(1).join().unwrap(), 2);
     assert_eq!(through_a_bare_path::dispatch(1).join().unwrap(), 3);
-    assert_eq!(
-        nested::through_a_relative_path::dispatch(1).join().unwrap(),
-        4
-    );
+    assert_eq!(nested::through_a_relative_path::dispatch(1).join().unwrap(), 4);
     assert_eq!(
         nested::through_a_relative_path::Task::NAME,
         concat!(module_path!(), "::nested::through_a_relative_path")
@@ -283,9 +267,7 @@ mod relative_types {
 
         #[task]
         pub(crate) fn from_parent(job: super::Task, extra: self::Extra) -> super::Task {
-            super::Task {
-                id: job.id + extra.0,
-            }
+            super::Task { id: job.id + extra.0 }
         }
 
         #[derive(serde::Serialize, serde::Deserialize)]
@@ -294,9 +276,7 @@ mod relative_types {
 
     #[task]
     pub(crate) fn rename(job: Task, jobs: Vec<self::Task>) -> Result<Task, Option<Task>> {
-        Ok(Task {
-            id: job.id + jobs.len() as u32,
-        })
+        Ok(Task { id: job.id + jobs.len() as u32 })
     }
 }
 
@@ -304,13 +284,9 @@ mod relative_types {
 fn argument_types_mean_what_they_mean_beside_the_function() {
     use relative_types::{leaf, rename, Task as Job};
 
-    let job = leaf::from_parent::dispatch(Job { id: 1 }, leaf::Extra(2))
-        .join()
-        .unwrap();
+    let job = leaf::from_parent::dispatch(Job { id: 1 }, leaf::Extra(2)).join().unwrap();
     assert_eq!(job.id, 3);
-    let job = rename::dispatch(Job { id: 1 }, vec![Job { id: 5 }])
-        .join()
-        .unwrap();
+    let job = rename::dispatch(Job { id: 1 }, vec![Job { id: 5 }]).join().unwrap();
     assert_eq!(job.id, 2);
     let task: rename::Task = rename::new(Job { id: 7 }, Vec::new());
     assert_eq!(task.job.id, 7);
@@ -323,10 +299,7 @@ fn only_the_environment(env: &mut Environment) -> usize {
 
 #[test]
 fn a_task_may_take_only_the_environment() {
-    assert_eq!(
-        only_the_environment::new().run(&mut Environment::new()),
-        Ok(0)
-    );
+    assert_eq!(only_the_environment::new().run(&mut Environment::new()), Ok(0));
     only_the_environment::dispatch().join().unwrap();
 }
 
@@ -398,10 +371,7 @@ fn self_describing_serde_shapes_cross_the_boundary() {
     let task = echo_shapes::new(flattened.clone(), loose.clone(), value.clone());
     let json = serde_json::to_string(&task).unwrap();
     let back: echo_shapes::Task = serde_json::from_str(&json).unwrap();
-    assert_eq!(
-        (&back.flattened, &back.loose, &back.value),
-        (&flattened, &loose, &value)
-    );
+    assert_eq!((&back.flattened, &back.loose, &back.value), (&flattened, &loose, &value));
 
     // ...and it runs on every backend this build has.
     let pool = one_worker();
@@ -479,20 +449,11 @@ fn an_impl_block_registers_a_hand_written_task() {
     assert_eq!(Repeat::NAME, concat!(module_path!(), "::Repeat"));
     assert_eq!(Renamed::NAME, "custom::renamed");
     assert_eq!(Explicit::NAME, "explicit::name");
-    assert_eq!(
-        ThroughReexport::NAME,
-        concat!(module_path!(), "::ThroughReexport")
-    );
+    assert_eq!(ThroughReexport::NAME, concat!(module_path!(), "::ThroughReexport"));
 
-    let handle = parallel::default_pool().submit(Repeat {
-        text: "ab".into(),
-        times: 3,
-    });
+    let handle = parallel::default_pool().submit(Repeat { text: "ab".into(), times: 3 });
     assert_eq!(handle.join().unwrap(), "ababab");
-    assert_eq!(
-        parallel::default_pool().submit(Explicit(9)).join().unwrap(),
-        9
-    );
+    assert_eq!(parallel::default_pool().submit(Explicit(9)).join().unwrap(), 9);
 }
 
 #[test]
@@ -513,9 +474,6 @@ fn every_task_is_registered_by_name() {
         "explicit::name",
         ThroughReexport::NAME,
     ] {
-        assert!(
-            registered.contains(&name),
-            "{name} is not in {registered:?}"
-        );
+        assert!(registered.contains(&name), "{name} is not in {registered:?}");
     }
 }

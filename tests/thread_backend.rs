@@ -21,17 +21,12 @@ fn outer_on() -> std::sync::MutexGuard<'static, Option<HashMap<ThreadId, u64>>> 
 #[task]
 fn outer(env: &mut Environment, marker: u64) -> bool {
     env.set("marker", marker);
-    outer_on()
-        .get_or_insert_with(HashMap::new)
-        .insert(std::thread::current().id(), marker);
+    outer_on().get_or_insert_with(HashMap::new).insert(std::thread::current().id(), marker);
     rayon::join(
         || std::thread::sleep(Duration::from_millis(100)),
         || std::thread::sleep(Duration::from_millis(400)),
     );
-    outer_on()
-        .as_mut()
-        .unwrap()
-        .remove(&std::thread::current().id());
+    outer_on().as_mut().unwrap().remove(&std::thread::current().id());
     env.get::<u64>("marker") == Some(&marker)
 }
 
@@ -39,9 +34,8 @@ fn outer(env: &mut Environment, marker: u64) -> bool {
 /// `outer`'s environment (it must not).
 #[task]
 fn inner(env: &mut Environment) -> (bool, bool) {
-    let is_nested = outer_on()
-        .as_ref()
-        .is_some_and(|on| on.contains_key(&std::thread::current().id()));
+    let is_nested =
+        outer_on().as_ref().is_some_and(|on| on.contains_key(&std::thread::current().id()));
     if is_nested {
         NESTED_RUNS.fetch_add(1, Ordering::SeqCst);
     }
@@ -52,18 +46,10 @@ fn inner(env: &mut Environment) -> (bool, bool) {
 
 #[test]
 fn a_task_nested_by_work_stealing_gets_its_own_environment() {
-    let pool = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(2)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().backend(Backend::Thread).workers(2).build().unwrap();
     let outer_handle = outer::dispatch_on(&pool, 42);
     let inners: Vec<_> = (0..200).map(|_| inner::dispatch_on(&pool)).collect();
-    assert_eq!(
-        outer_handle.join(),
-        Ok(true),
-        "outer's environment was left alone"
-    );
+    assert_eq!(outer_handle.join(), Ok(true), "outer's environment was left alone");
     let mut nested = 0;
     for handle in inners {
         let (is_nested, sees_outer) = handle.join().unwrap();
@@ -88,16 +74,9 @@ fn slow_identity(x: u32) -> u32 {
 
 #[test]
 fn an_abandoned_task_finishes_in_the_background() {
-    let pool = Pool::builder()
-        .backend(Backend::Thread)
-        .workers(1)
-        .build()
-        .unwrap();
+    let pool = Pool::builder().backend(Backend::Thread).workers(1).build().unwrap();
     let handle = slow_identity::dispatch_on(&pool, 1);
-    assert_eq!(
-        handle.join_timeout(Duration::from_millis(10)),
-        Err(parallel::TaskError::TimedOut)
-    );
+    assert_eq!(handle.join_timeout(Duration::from_millis(10)), Err(parallel::TaskError::TimedOut));
     // The worker is busy with the abandoned task, then serves the next one.
     assert_eq!(slow_identity::dispatch_on(&pool, 2).join(), Ok(2));
 }

@@ -72,9 +72,7 @@ pub trait SerializeArgumentFallback {
 
 impl<T> SerializeArgumentFallback for &Outgoing<'_, T> {
     fn serialize_argument<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom(
-            "this task argument is not `Serialize`",
-        ))
+        Err(serde::ser::Error::custom("this task argument is not `Serialize`"))
     }
 }
 
@@ -128,8 +126,6 @@ impl<T> DeserializeArgumentFallback for &Incoming<T> {
     type Value = T;
 
     fn deserialize_argument<'de, D: serde::Deserializer<'de>>(&self, _: D) -> Result<T, D::Error> {
-        Err(serde::de::Error::custom(
-            "this task argument is not `Deserialize`",
-        ))
+        Err(serde::de::Error::custom("this task argument is not `Deserialize`"))
     }
 }

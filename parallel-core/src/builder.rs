@@ -175,9 +175,7 @@ impl PoolBuilder {
             None => workers_from(std::env::var(WORKERS_VARIABLE).ok().as_deref())?,
         };
         if workers == 0 {
-            return Err(Error::invalid_config(
-                "a pool needs at least one worker, not 0",
-            ));
+            return Err(Error::invalid_config("a pool needs at least one worker, not 0"));
         }
         if self.max_tasks_per_worker == Some(0) {
             return Err(Error::invalid_config(
@@ -191,10 +189,7 @@ impl PoolBuilder {
                 "max_memory_per_worker and max_message_size apply to the process backend only",
             ));
         }
-        if self
-            .max_message_size
-            .is_some_and(|bytes| bytes < MIN_MESSAGE_SIZE)
-        {
+        if self.max_message_size.is_some_and(|bytes| bytes < MIN_MESSAGE_SIZE) {
             return Err(Error::invalid_config(format!(
                 "max_message_size must be at least {MIN_MESSAGE_SIZE} bytes"
             )));
@@ -253,11 +248,7 @@ mod tests {
 
     #[test]
     fn backend_variable() {
-        let default = if cfg!(feature = "process") {
-            Backend::Process
-        } else {
-            Backend::Thread
-        };
+        let default = if cfg!(feature = "process") { Backend::Process } else { Backend::Thread };
         assert_eq!(backend_from(None).unwrap(), default);
         assert_eq!(backend_from(Some("")).unwrap(), default);
         assert_eq!(backend_from(Some("Thread")).unwrap(), Backend::Thread);
@@ -276,37 +267,21 @@ mod tests {
         assert!(workers_from(None).unwrap() >= 1);
         for bad in ["0", "-1", "two", "1.5"] {
             let error = workers_from(Some(bad)).unwrap_err();
-            assert!(
-                error
-                    .to_string()
-                    .contains(&format!("PARALLEL_WORKERS={bad:?}")),
-                "{error}"
-            );
+            assert!(error.to_string().contains(&format!("PARALLEL_WORKERS={bad:?}")), "{error}");
         }
     }
 
     #[test]
     fn out_of_range_settings_are_refused() {
-        assert!(PoolBuilder::new()
-            .workers(0)
-            .build()
-            .unwrap_err()
-            .is_invalid_config());
-        let error = PoolBuilder::new()
-            .workers(1)
-            .max_tasks_per_worker(0)
-            .build()
-            .unwrap_err();
+        assert!(PoolBuilder::new().workers(0).build().unwrap_err().is_invalid_config());
+        let error = PoolBuilder::new().workers(1).max_tasks_per_worker(0).build().unwrap_err();
         assert!(error.is_invalid_config());
     }
 
     #[test]
     #[cfg(not(feature = "process"))]
     fn process_backend_needs_its_feature() {
-        let error = PoolBuilder::new()
-            .backend(Backend::Process)
-            .build()
-            .unwrap_err();
+        let error = PoolBuilder::new().backend(Backend::Process).build().unwrap_err();
         assert!(error.is_backend_unavailable());
         assert!(error.to_string().contains("`process` feature"), "{error}");
     }

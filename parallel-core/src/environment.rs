@@ -100,22 +100,13 @@ impl Environment {
 
     /// Creates the empty environment of worker `worker_id`.
     pub(crate) fn for_worker(worker_id: usize) -> Self {
-        Environment {
-            worker_id,
-            ..Self::default()
-        }
+        Environment { worker_id, ..Self::default() }
     }
 
     /// Creates an environment that reads the time from `clock`, so tests can move time by hand.
     #[cfg(test)]
     pub(crate) fn with_clock(worker_id: usize, clock: Rc<dyn Fn() -> Instant>) -> Self {
-        Environment {
-            worker_id,
-            clock: Clock {
-                manual: Some(clock),
-            },
-            ..Self::default()
-        }
+        Environment { worker_id, clock: Clock { manual: Some(clock) }, ..Self::default() }
     }
 
     /// Returns the id of the worker that owns this environment, from 0 to the pool's worker
@@ -147,9 +138,7 @@ impl Environment {
     /// assert!(env.exists("answer"));
     /// ```
     pub fn exists(&self, key: &str) -> bool {
-        self.entries
-            .get(key)
-            .is_some_and(|entry| !entry.is_expired(&self.clock))
+        self.entries.get(key).is_some_and(|entry| !entry.is_expired(&self.clock))
     }
 
     /// Returns a reference to the value of `key`, or `None` if there is none, it has expired, or
@@ -218,10 +207,7 @@ impl Environment {
     /// assert_eq!(env.len(), 1);
     /// ```
     pub fn set<T: 'static>(&mut self, key: impl Into<String>, value: T) {
-        let entry = Entry {
-            value: Box::new(value),
-            expiry: None,
-        };
+        let entry = Entry { value: Box::new(value), expiry: None };
         self.insert(key.into(), entry);
     }
 
@@ -254,10 +240,8 @@ impl Environment {
             "a zero TTL would expire the value at once; use `Environment::set` for a value that \
              never expires"
         );
-        let entry = Entry {
-            value: Box::new(value),
-            expiry: Some(Expiry::new(ttl, self.clock.now())),
-        };
+        let entry =
+            Entry { value: Box::new(value), expiry: Some(Expiry::new(ttl, self.clock.now())) };
         self.insert(key.into(), entry);
     }
 
@@ -336,13 +320,7 @@ impl Environment {
             .get(key.as_ref())
             .is_some_and(|entry| entry.value.is::<T>() && entry.try_slide(&self.clock));
         if !is_hit {
-            self.insert(
-                key.as_ref().to_owned(),
-                Entry {
-                    value: Box::new(f()),
-                    expiry: None,
-                },
-            );
+            self.insert(key.as_ref().to_owned(), Entry { value: Box::new(f()), expiry: None });
         }
         self.entries
             .get_mut(key.as_ref())
@@ -476,16 +454,12 @@ struct Entry {
 impl Entry {
     fn is_expired(&self, clock: &Clock) -> bool {
         // Only a value with a TTL needs the time.
-        self.expiry
-            .as_ref()
-            .is_some_and(|expiry| expiry.is_due(clock.now()))
+        self.expiry.as_ref().is_some_and(|expiry| expiry.is_due(clock.now()))
     }
 
     /// What a read does: if the entry is unexpired, slides its expiry (if any) and returns true.
     fn try_slide(&self, clock: &Clock) -> bool {
-        self.expiry
-            .as_ref()
-            .is_none_or(|expiry| expiry.try_slide(clock.now()))
+        self.expiry.as_ref().is_none_or(|expiry| expiry.try_slide(clock.now()))
     }
 }
 
@@ -499,10 +473,7 @@ struct Expiry {
 impl Expiry {
     fn new(ttl: Duration, now: Instant) -> Self {
         let ttl = ttl.min(LONGEST_TTL);
-        Expiry {
-            ttl,
-            deadline: Cell::new(now + ttl),
-        }
+        Expiry { ttl, deadline: Cell::new(now + ttl) }
     }
 
     /// A value is expired from its deadline on.
@@ -537,10 +508,7 @@ impl Schedule {
     /// Accounts for a new entry that expires at `deadline`.
     fn add(&mut self, deadline: Instant) {
         self.with_ttl += 1;
-        self.earliest = Some(
-            self.earliest
-                .map_or(deadline, |earliest| earliest.min(deadline)),
-        );
+        self.earliest = Some(self.earliest.map_or(deadline, |earliest| earliest.min(deadline)));
     }
 
     /// Accounts for an entry that is going away.
@@ -757,10 +725,7 @@ mod tests {
         assert_eq!(env.len(), 1);
         assert!(!env.is_empty());
         assert!(!env.delete("delete"));
-        assert_eq!(
-            format!("{env:?}"),
-            r#"Environment { worker_id: 3, keys: ["forever"], .. }"#
-        );
+        assert_eq!(format!("{env:?}"), r#"Environment { worker_id: 3, keys: ["forever"], .. }"#);
         assert_eq!(*env.get_or_insert_with("insert", || 2_u32), 2);
         // The fresh value has no TTL.
         clock.advance(secs(1000));

@@ -110,39 +110,17 @@ impl<E> TaskError<E> {
     pub fn map_failed<F>(self, f: impl FnOnce(E) -> F) -> TaskError<F> {
         match self {
             TaskError::Failed(error) => TaskError::Failed(f(error)),
-            TaskError::Panicked {
-                task,
-                message,
-                location,
-                backtrace,
-            } => TaskError::Panicked {
-                task,
-                message,
-                location,
-                backtrace,
-            },
-            TaskError::WorkerDied {
-                task,
-                pid,
-                reason,
-                stderr_tail,
-            } => TaskError::WorkerDied {
-                task,
-                pid,
-                reason,
-                stderr_tail,
-            },
+            TaskError::Panicked { task, message, location, backtrace } => {
+                TaskError::Panicked { task, message, location, backtrace }
+            }
+            TaskError::WorkerDied { task, pid, reason, stderr_tail } => {
+                TaskError::WorkerDied { task, pid, reason, stderr_tail }
+            }
             TaskError::TimedOut => TaskError::TimedOut,
             TaskError::Cancelled => TaskError::Cancelled,
-            TaskError::Serialization {
-                task,
-                value,
-                message,
-            } => TaskError::Serialization {
-                task,
-                value,
-                message,
-            },
+            TaskError::Serialization { task, value, message } => {
+                TaskError::Serialization { task, value, message }
+            }
             TaskError::UnknownTask { task } => TaskError::UnknownTask { task },
             TaskError::PoolClosed { task } => TaskError::PoolClosed { task },
         }
@@ -172,9 +150,7 @@ impl<E> TaskError<E> {
     }
 
     pub(crate) fn pool_closed(task: &str) -> Self {
-        TaskError::PoolClosed {
-            task: task.to_owned(),
-        }
+        TaskError::PoolClosed { task: task.to_owned() }
     }
 }
 
@@ -182,24 +158,14 @@ impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TaskError::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
-            TaskError::Panicked {
-                task,
-                message,
-                location,
-                backtrace,
-            } => f
+            TaskError::Panicked { task, message, location, backtrace } => f
                 .debug_struct("Panicked")
                 .field("task", task)
                 .field("message", message)
                 .field("location", location)
                 .field("backtrace", &backtrace.as_ref().map(|_| "<captured>"))
                 .finish(),
-            TaskError::WorkerDied {
-                task,
-                pid,
-                reason,
-                stderr_tail,
-            } => f
+            TaskError::WorkerDied { task, pid, reason, stderr_tail } => f
                 .debug_struct("WorkerDied")
                 .field("task", task)
                 .field("pid", pid)
@@ -208,11 +174,7 @@ impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
                 .finish(),
             TaskError::TimedOut => f.write_str("TimedOut"),
             TaskError::Cancelled => f.write_str("Cancelled"),
-            TaskError::Serialization {
-                task,
-                value,
-                message,
-            } => f
+            TaskError::Serialization { task, value, message } => f
                 .debug_struct("Serialization")
                 .field("task", task)
                 .field("value", value)
@@ -304,32 +266,20 @@ impl Error {
         first: &'static str,
         second: &'static str,
     ) -> Self {
-        Error {
-            kind: ErrorKind::DuplicateTask {
-                name,
-                first,
-                second,
-            },
-        }
+        Error { kind: ErrorKind::DuplicateTask { name, first, second } }
     }
 
     #[cfg_attr(all(feature = "process", unix), allow(dead_code))]
     pub(crate) fn backend_unavailable(backend: Backend) -> Self {
-        Error {
-            kind: ErrorKind::BackendUnavailable(backend),
-        }
+        Error { kind: ErrorKind::BackendUnavailable(backend) }
     }
 
     pub(crate) fn invalid_config(message: impl Into<String>) -> Self {
-        Error {
-            kind: ErrorKind::InvalidConfig(message.into()),
-        }
+        Error { kind: ErrorKind::InvalidConfig(message.into()) }
     }
 
     pub(crate) fn io(what: &'static str, source: std::io::Error) -> Self {
-        Error {
-            kind: ErrorKind::Io { what, source },
-        }
+        Error { kind: ErrorKind::Io { what, source } }
     }
 
     /// Two tasks in the program are registered under the same name.
@@ -393,11 +343,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ErrorKind::DuplicateTask {
-                name,
-                first,
-                second,
-            } => write!(
+            ErrorKind::DuplicateTask { name, first, second } => write!(
                 f,
                 "task name `{name}` is registered twice, by `{first}` and by `{second}`; \
                  give one of them another name with #[task(name = \"...\")]"

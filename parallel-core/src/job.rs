@@ -102,9 +102,7 @@ impl<T: Task> Job<T> {
     }
 
     fn into_slot(self) -> Slot<T> {
-        self.slot
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.slot.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Slot<T>> {
@@ -215,10 +213,7 @@ impl<T: Task> Job<T> {
                     if left.is_zero() {
                         return None;
                     }
-                    self.done
-                        .wait_timeout(slot, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+                    self.done.wait_timeout(slot, left).unwrap_or_else(PoisonError::into_inner).0
                 }
             };
         }
@@ -320,10 +315,7 @@ impl Ledger {
 
     fn wake_drain_waiters(&self) {
         // Taking the lock orders this wake-up after a waiter's check of the shards.
-        let _guard = self
-            .drained_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.drained_lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.drained.notify_all();
     }
 
@@ -344,16 +336,10 @@ impl Ledger {
 
     /// Blocks until every accepted job is resolved.
     pub(crate) fn wait_drained(&self) {
-        let mut guard = self
-            .drained_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.drained_lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.is_draining.store(true, Ordering::SeqCst);
         while self.len() != 0 {
-            guard = self
-                .drained
-                .wait(guard)
-                .unwrap_or_else(PoisonError::into_inner);
+            guard = self.drained.wait(guard).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -452,11 +438,7 @@ mod tests {
         assert_eq!(ledger.len(), 0);
         assert!(ledger.is_closed());
         for (index, job) in jobs.iter().enumerate() {
-            let expected = if index == 4 {
-                Some(Ok(1))
-            } else {
-                Some(Err(TaskError::Cancelled))
-            };
+            let expected = if index == 4 { Some(Ok(1)) } else { Some(Err(TaskError::Cancelled)) };
             assert_eq!(job.wait(None), expected, "job {index}");
         }
         // A worker that finishes an aborted job later changes nothing.
@@ -496,10 +478,7 @@ mod tests {
         assert!(job.poll(&waker).is_none());
         assert!(!flag.0.load(Ordering::SeqCst));
         job.complete(Ok(1));
-        assert!(
-            flag.0.load(Ordering::SeqCst),
-            "completion wakes the registered waker"
-        );
+        assert!(flag.0.load(Ordering::SeqCst), "completion wakes the registered waker");
         assert_eq!(job.poll(&waker), Some(Ok(1)));
     }
 }

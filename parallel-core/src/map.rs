@@ -50,17 +50,8 @@ where
     I::Item: Task,
 {
     pub(crate) fn new(pool: &'pool Pool, tasks: I) -> Self {
-        let window = pool
-            .workers()
-            .saturating_mul(WINDOW_PER_WORKER)
-            .max(WINDOW_PER_WORKER);
-        Map {
-            pool,
-            tasks,
-            is_input_done: false,
-            window,
-            in_flight: VecDeque::new(),
-        }
+        let window = pool.workers().saturating_mul(WINDOW_PER_WORKER).max(WINDOW_PER_WORKER);
+        Map { pool, tasks, is_input_done: false, window, in_flight: VecDeque::new() }
     }
 
     fn fill(&mut self) {
@@ -92,10 +83,7 @@ where
         }
         let (low, high) = self.tasks.size_hint();
         let len = self.in_flight.len();
-        (
-            low.saturating_add(len),
-            high.and_then(|high| high.checked_add(len)),
-        )
+        (low.saturating_add(len), high.and_then(|high| high.checked_add(len)))
     }
 }
 

@@ -75,12 +75,7 @@ impl Pool {
     pub(crate) fn start(settings: Settings) -> Result<Pool, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         crate::registry::validate()?;
-        let Settings {
-            backend,
-            workers,
-            max_tasks_per_worker,
-            ..
-        } = settings;
+        let Settings { backend, workers, max_tasks_per_worker, .. } = settings;
         let ledger = Arc::new(Ledger::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         let engine = match backend {
             Backend::Thread => Engine::Thread(ThreadBackend::start(
@@ -101,12 +96,7 @@ impl Pool {
             #[cfg(not(all(feature = "process", unix)))]
             Backend::Process => return Err(Error::backend_unavailable(backend)),
         };
-        Ok(Pool {
-            backend,
-            workers,
-            ledger,
-            engine,
-        })
+        Ok(Pool { backend, workers, ledger, engine })
     }
 
     /// Submits a task and returns its handle at once.

@@ -46,11 +46,7 @@ pub(crate) enum Outcome {
 impl Registration {
     /// The registration of task type `T`.
     pub const fn of<T: Task>() -> Self {
-        Registration {
-            name: T::NAME,
-            type_name: type_name::<T>,
-            runner: run_erased::<T>,
-        }
+        Registration { name: T::NAME, type_name: type_name::<T>, runner: run_erased::<T> }
     }
 
     /// The name the task is registered under.
@@ -116,11 +112,9 @@ fn table() -> &'static Table {
 pub(crate) fn validate() -> Result<(), Error> {
     match table().duplicate {
         None => Ok(()),
-        Some((first, second)) => Err(Error::duplicate_task(
-            first.name,
-            first.type_name(),
-            second.type_name(),
-        )),
+        Some((first, second)) => {
+            Err(Error::duplicate_task(first.name, first.type_name(), second.type_name()))
+        }
     }
 }
 
@@ -228,10 +222,7 @@ mod tests {
     #[test]
     fn lists_and_finds_registrations() {
         assert!(registered_tasks().contains(&Shout::NAME));
-        assert_eq!(
-            lookup(Shout::NAME).unwrap().type_name(),
-            type_name::<Shout>()
-        );
+        assert_eq!(lookup(Shout::NAME).unwrap().type_name(), type_name::<Shout>());
         assert!(lookup("no::such::task").is_none());
         assert!(validate().is_ok());
     }

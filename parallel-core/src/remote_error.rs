@@ -169,19 +169,10 @@ mod tests {
 
     #[test]
     fn keeps_type_message_and_source_chain() {
-        let error = Layer(
-            "outer",
-            Some(Box::new(Layer(
-                "middle",
-                Some(Box::new(Layer("inner", None))),
-            ))),
-        );
+        let error =
+            Layer("outer", Some(Box::new(Layer("middle", Some(Box::new(Layer("inner", None)))))));
         let remote = RemoteError::from(error);
-        assert!(
-            remote.type_name().ends_with("::Layer"),
-            "{}",
-            remote.type_name()
-        );
+        assert!(remote.type_name().ends_with("::Layer"), "{}", remote.type_name());
         assert_eq!(remote.message(), "outer");
         assert_eq!(remote.sources().collect::<Vec<_>>(), ["middle", "inner"]);
         assert_eq!(remote.to_string(), "outer: middle: inner");

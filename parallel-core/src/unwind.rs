@@ -86,16 +86,10 @@ fn report_for(message: String) -> PanicReport {
         .rposition(|record| record.thread == here && record.message == message)
         .or_else(|| recent.iter().rposition(|record| record.message == message));
     match found.and_then(|index| recent.remove(index)) {
-        Some(record) => PanicReport {
-            message,
-            location: record.location,
-            backtrace: record.backtrace,
-        },
-        None => PanicReport {
-            message,
-            location: None,
-            backtrace: None,
-        },
+        Some(record) => {
+            PanicReport { message, location: record.location, backtrace: record.backtrace }
+        }
+        None => PanicReport { message, location: None, backtrace: None },
     }
 }
 
@@ -120,10 +114,7 @@ mod tests {
         let report = catch(|| panic!("bad value {}", 42)).unwrap_err();
         assert_eq!(report.message, "bad value 42");
         let location = report.location.expect("the hook saw the panic");
-        assert!(
-            location.starts_with(&format!("{}:{line}:", file!())),
-            "{location}"
-        );
+        assert!(location.starts_with(&format!("{}:{line}:", file!())), "{location}");
     }
 
     #[test]

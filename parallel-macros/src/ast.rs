@@ -126,12 +126,7 @@ impl TaskImpl {
 /// The name a parameter pattern binds, when it is a plain name (`a`, `mut a`).
 pub(crate) fn binding(pat: &Pat) -> Option<&Ident> {
     match pat {
-        Pat::Ident(PatIdent {
-            ident,
-            subpat: None,
-            by_ref: None,
-            ..
-        }) => Some(ident),
+        Pat::Ident(PatIdent { ident, subpat: None, by_ref: None, .. }) => Some(ident),
         _ => None,
     }
 }
@@ -173,45 +168,30 @@ fn parse_fn(item: ItemFn) -> TaskFn {
         .map(|input| match input {
             FnArg::Receiver(receiver) => Param::Receiver(receiver.clone()),
             FnArg::Typed(typed) => match environment_access(&typed.ty) {
-                Some(access) => Param::Environment {
-                    ty: typed.ty.clone(),
-                    access,
-                },
-                None => Param::Value {
-                    pat: typed.pat.clone(),
-                    ty: typed.ty.clone(),
-                },
+                Some(access) => Param::Environment { ty: typed.ty.clone(), access },
+                None => Param::Value { pat: typed.pat.clone(), ty: typed.ty.clone() },
             },
         })
         .collect();
     let output = match &item.sig.output {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) => match result_arguments(ty) {
-            Some((ok, err)) => Output::Result {
-                ok: Box::new(ok.clone()),
-                err: Box::new(err.clone()),
-            },
+            Some((ok, err)) => {
+                Output::Result { ok: Box::new(ok.clone()), err: Box::new(err.clone()) }
+            }
             None => Output::Value(ty.clone()),
         },
     };
-    TaskFn {
-        item,
-        params,
-        output,
-    }
+    TaskFn { item, params, output }
 }
 
 /// `Some(access)` when `ty` is an `Environment` parameter: `Some(None)` by value,
 /// `Some(Some(_))` by reference; `None` when it is not an `Environment` at all.
 fn environment_access(ty: &Type) -> Option<Option<Access>> {
     match ty {
-        Type::Reference(TypeReference {
-            elem, mutability, ..
-        }) if is_environment(elem) => Some(Some(if mutability.is_some() {
-            Access::Mut
-        } else {
-            Access::Shared
-        })),
+        Type::Reference(TypeReference { elem, mutability, .. }) if is_environment(elem) => {
+            Some(Some(if mutability.is_some() { Access::Mut } else { Access::Shared }))
+        }
         Type::Paren(inner) => environment_access(&inner.elem),
         Type::Group(inner) => environment_access(&inner.elem),
         ty if is_environment(ty) => Some(None),
@@ -343,10 +323,7 @@ mod tests {
         let task = task_fn(quote!(
             fn f(a: u8, env: &mut Environment) {}
         ));
-        assert!(
-            task.environment().is_none(),
-            "only a first parameter is injected"
-        );
+        assert!(task.environment().is_none(), "only a first parameter is injected");
     }
 
     #[test]
@@ -392,9 +369,6 @@ mod tests {
         assert!(error.contains("not on a struct"), "{error}");
         let error = parse(quote!(impl S {})).err().unwrap().to_string();
         assert!(error.contains("not an inherent impl"), "{error}");
-        assert!(matches!(
-            parse(quote!(impl Task for S {})),
-            Ok(Input::Impl(_))
-        ));
+        assert!(matches!(parse(quote!(impl Task for S {})), Ok(Input::Impl(_))));
     }
 }

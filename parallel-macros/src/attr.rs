@@ -83,10 +83,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
 
 fn parse_name(value: &Expr, errors: &mut Errors) -> Option<LitStr> {
     match value {
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(name),
-            ..
-        }) => {
+        Expr::Lit(ExprLit { lit: Lit::Str(name), .. }) => {
             if name.value().trim().is_empty() {
                 errors.spanned(
                     name,
@@ -111,32 +108,19 @@ fn parse_crate(value: &Expr, errors: &mut Errors) -> Option<Path> {
     let path = match value {
         Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => path.path.clone(),
         // serde spells its own option `crate = "..."`; accept that spelling too.
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(text),
-            ..
-        }) => match text.parse::<Path>() {
+        Expr::Lit(ExprLit { lit: Lit::Str(text), .. }) => match text.parse::<Path>() {
             Ok(path) => path,
             Err(_) => {
-                errors.spanned(
-                    text,
-                    "`crate` takes a path; write `crate = path::to::parallel`",
-                );
+                errors.spanned(text, "`crate` takes a path; write `crate = path::to::parallel`");
                 return None;
             }
         },
         _ => {
-            errors.spanned(
-                value,
-                "`crate` takes a path; write `crate = path::to::parallel`",
-            );
+            errors.spanned(value, "`crate` takes a path; write `crate = path::to::parallel`");
             return None;
         }
     };
-    if let Some(segment) = path
-        .segments
-        .iter()
-        .find(|segment| !segment.arguments.is_empty())
-    {
+    if let Some(segment) = path.segments.iter().find(|segment| !segment.arguments.is_empty()) {
         errors.spanned(
             &segment.arguments,
             "the path to the runtime takes no generic arguments; write `crate = path::to::parallel`",
@@ -147,11 +131,8 @@ fn parse_crate(value: &Expr, errors: &mut Errors) -> Option<Path> {
 }
 
 fn key_text(key: &Path) -> String {
-    let segments: Vec<String> = key
-        .segments
-        .iter()
-        .map(|segment| segment.ident.to_string())
-        .collect();
+    let segments: Vec<String> =
+        key.segments.iter().map(|segment| segment.ident.to_string()).collect();
     segments.join("::")
 }
 
@@ -164,21 +145,14 @@ mod tests {
     fn parse_ok(tokens: TokenStream) -> Args {
         let mut errors = Errors::default();
         let args = parse(tokens, &mut errors);
-        assert!(
-            errors.is_empty(),
-            "{:?}",
-            errors.finish().unwrap_err().to_string()
-        );
+        assert!(errors.is_empty(), "{:?}", errors.finish().unwrap_err().to_string());
         args
     }
 
     fn messages(tokens: TokenStream) -> Vec<String> {
         let mut errors = Errors::default();
         parse(tokens, &mut errors);
-        errors.finish().map_or_else(
-            |e| e.into_iter().map(|e| e.to_string()).collect(),
-            |()| vec![],
-        )
+        errors.finish().map_or_else(|e| e.into_iter().map(|e| e.to_string()).collect(), |()| vec![])
     }
 
     #[test]
@@ -204,19 +178,10 @@ mod tests {
 
     #[test]
     fn reports_every_mistake() {
-        let found = messages(quote!(
-            nmae = "x",
-            name = 1,
-            name = "y",
-            crate = 2,
-            crate(x)
-        ));
+        let found = messages(quote!(nmae = "x", name = 1, name = "y", crate = 2, crate(x)));
         assert_eq!(found.len(), 5, "{found:?}");
         assert!(found[0].contains("unknown key `nmae`"), "{found:?}");
-        assert!(
-            found[1].contains("`name` takes a string literal"),
-            "{found:?}"
-        );
+        assert!(found[1].contains("`name` takes a string literal"), "{found:?}");
         assert!(found[2].contains("`name` is given twice"), "{found:?}");
         assert!(found[3].contains("`crate` takes a path"), "{found:?}");
         assert!(found[4].contains("`crate` is given twice"), "{found:?}");
@@ -224,11 +189,7 @@ mod tests {
 
     #[test]
     fn rejects_an_empty_name_and_a_key_without_value() {
-        assert!(messages(quote!(name = " "))
-            .iter()
-            .any(|m| m.contains("empty")));
-        assert!(messages(quote!(name))
-            .iter()
-            .any(|m| m.contains("write `name = ")));
+        assert!(messages(quote!(name = " ")).iter().any(|m| m.contains("empty")));
+        assert!(messages(quote!(name)).iter().any(|m| m.contains("write `name = ")));
     }
 }

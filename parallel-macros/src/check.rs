@@ -52,10 +52,7 @@ fn task_fn(task: &TaskFn, errors: &mut Errors) {
     parameters(task, errors);
     if let ReturnType::Type(_, ty) = &sig.output {
         if matches!(**ty, Type::Never(_)) {
-            errors.spanned(
-                ty,
-                "a task returns a value to its caller; return `()` instead of `!`",
-            );
+            errors.spanned(ty, "a task returns a value to its caller; return `()` instead of `!`");
             return;
         }
     }
@@ -130,22 +127,12 @@ fn task_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
         errors.spanned(token, "`Task` is a safe trait; remove `unsafe`");
     }
     if let Some(token) = &item.defaultness {
-        errors.spanned(
-            token,
-            "a registered task is one concrete impl; remove `default`",
-        );
+        errors.spanned(token, "a registered task is one concrete impl; remove `default`");
     }
     if let Some((negative, path, _)) = &item.trait_ {
         if let Some(token) = negative {
-            errors.spanned(
-                token,
-                "a negative impl is not a task; remove `#[task]` or the `!`",
-            );
-        } else if path
-            .segments
-            .last()
-            .is_none_or(|last| last.ident != "Task")
-        {
+            errors.spanned(token, "a negative impl is not a task; remove `#[task]` or the `!`");
+        } else if path.segments.last().is_none_or(|last| last.ident != "Task") {
             errors.spanned(
                 path,
                 format_args!(
@@ -417,10 +404,7 @@ mod tests {
     fn suggests_the_owned_form_of_common_borrows() {
         assert_eq!(suggestion("&str").as_deref(), Some("String"));
         assert_eq!(suggestion("&'static str").as_deref(), Some("String"));
-        assert_eq!(
-            suggestion("&mut [Vec<u8>]").as_deref(),
-            Some("Vec<Vec<u8>>")
-        );
+        assert_eq!(suggestion("&mut [Vec<u8>]").as_deref(), Some("Vec<Vec<u8>>"));
         assert_eq!(suggestion("&std::path::Path").as_deref(), Some("PathBuf"));
         assert_eq!(suggestion("&Config"), None);
     }
@@ -429,10 +413,7 @@ mod tests {
     fn displays_types_as_written() {
         let ty: Type =
             syn::parse_str("std::collections::HashMap<String, Vec<(u8, &'a str)>>").unwrap();
-        assert_eq!(
-            display(&ty),
-            "std::collections::HashMap<String, Vec<(u8, &'a str)>>"
-        );
+        assert_eq!(display(&ty), "std::collections::HashMap<String, Vec<(u8, &'a str)>>");
         let ty: Type = syn::parse_str("&mut [u8; 4]").unwrap();
         assert_eq!(display(&ty), "&mut [u8; 4]");
     }

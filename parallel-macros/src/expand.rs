@@ -37,10 +37,8 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
     let vis = &item.vis;
     let inner_vis = one_module_up(vis);
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
-    let (names, types): (Vec<&Ident>, Vec<Type>) = task
-        .arguments()
-        .map(|(name, ty)| (name, type_one_module_down(ty)))
-        .unzip();
+    let (names, types): (Vec<&Ident>, Vec<Type>) =
+        task.arguments().map(|(name, ty)| (name, type_one_module_down(ty))).unzip();
 
     let name = match &args.name {
         Some(name) => name.value.to_token_stream(),
@@ -64,16 +62,9 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
     let checks = checks(&private, &types);
     let (field_attrs, serde_glue) = argument_serde(&private, &types);
     let run = run_method(&private, task, &names);
-    let field_docs = names
-        .iter()
-        .map(|name| format!("Argument `{}` of [`{ident}`](fn@{ident}).", unraw(name)));
-    let Docs {
-        module_doc,
-        task_doc,
-        new_doc,
-        dispatch_doc,
-        dispatch_on_doc,
-    } = Docs::of(ident);
+    let field_docs =
+        names.iter().map(|name| format!("Argument `{}` of [`{ident}`](fn@{ident}).", unraw(name)));
+    let Docs { module_doc, task_doc, new_doc, dispatch_doc, dispatch_on_doc } = Docs::of(ident);
 
     quote! {
         #item
@@ -179,12 +170,10 @@ fn checks(private: &TokenStream, types: &[Type]) -> TokenStream {
 /// `assert_crosses_boundary`'s, at the type, instead of a handful from inside the derive that
 /// point at the attribute.
 fn argument_serde(private: &TokenStream, types: &[Type]) -> (Vec<TokenStream>, TokenStream) {
-    let serializers: Vec<Ident> = (0..types.len())
-        .map(|index| format_ident!("__parallel_serialize_{index}"))
-        .collect();
-    let deserializers: Vec<Ident> = (0..types.len())
-        .map(|index| format_ident!("__parallel_deserialize_{index}"))
-        .collect();
+    let serializers: Vec<Ident> =
+        (0..types.len()).map(|index| format_ident!("__parallel_serialize_{index}")).collect();
+    let deserializers: Vec<Ident> =
+        (0..types.len()).map(|index| format_ident!("__parallel_deserialize_{index}")).collect();
     let attrs = serializers
         .iter()
         .zip(&deserializers)
@@ -340,8 +329,7 @@ fn one_module_down(path: &Path) -> Path {
         first.ident = Ident::new("super", first.ident.span());
     } else if first.ident == "super" {
         let span = first.ident.span();
-        path.segments
-            .insert(0, PathSegment::from(Ident::new("super", span)));
+        path.segments.insert(0, PathSegment::from(Ident::new("super", span)));
     }
     path
 }
@@ -355,14 +343,10 @@ fn type_one_module_down(ty: &Type) -> Type {
     impl VisitMut for OneModuleDown {
         fn visit_path_mut(&mut self, path: &mut Path) {
             let is_users_task = path.leading_colon.is_none()
-                && path
-                    .segments
-                    .first()
-                    .is_some_and(|first| first.ident == "Task");
+                && path.segments.first().is_some_and(|first| first.ident == "Task");
             if is_users_task {
                 let span = path.segments[0].ident.span();
-                path.segments
-                    .insert(0, PathSegment::from(Ident::new("super", span)));
+                path.segments.insert(0, PathSegment::from(Ident::new("super", span)));
             } else {
                 *path = one_module_down(path);
             }
@@ -382,9 +366,7 @@ fn one_module_up(vis: &Visibility) -> TokenStream {
     match vis {
         Visibility::Public(token) => quote!(#token),
         Visibility::Inherited => quote!(pub(super)),
-        Visibility::Restricted(VisRestricted {
-            pub_token, path, ..
-        }) => {
+        Visibility::Restricted(VisRestricted { pub_token, path, .. }) => {
             let path = one_module_down(path);
             if path.is_ident("crate") || path.is_ident("super") {
                 quote!(#pub_token(#path))
@@ -413,16 +395,9 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 
 /// A path as text, for the `crate = "..."` option of serde, which takes a string.
 fn path_text(path: &Path) -> String {
-    let segments: Vec<String> = path
-        .segments
-        .iter()
-        .map(|segment| segment.ident.to_string())
-        .collect();
-    let leading = if path.leading_colon.is_some() {
-        "::"
-    } else {
-        ""
-    };
+    let segments: Vec<String> =
+        path.segments.iter().map(|segment| segment.ident.to_string()).collect();
+    let leading = if path.leading_colon.is_some() { "::" } else { "" };
     format!("{leading}{}", segments.join("::"))
 }
 
@@ -436,9 +411,7 @@ mod tests {
     use super::*;
 
     fn vis(text: &str) -> String {
-        one_module_up(&syn::parse_str(text).unwrap())
-            .to_string()
-            .replace(' ', "")
+        one_module_up(&syn::parse_str(text).unwrap()).to_string().replace(' ', "")
     }
 
     fn down(text: &str) -> String {
@@ -482,13 +455,7 @@ mod tests {
 
     #[test]
     fn serde_gets_the_runtime_path_as_text() {
-        assert_eq!(
-            path_text(&syn::parse_str("::parallel").unwrap()),
-            "::parallel"
-        );
-        assert_eq!(
-            path_text(&syn::parse_str("super::super::rt").unwrap()),
-            "super::super::rt"
-        );
+        assert_eq!(path_text(&syn::parse_str("::parallel").unwrap()), "::parallel");
+        assert_eq!(path_text(&syn::parse_str("super::super::rt").unwrap()), "super::super::rt");
     }
 }

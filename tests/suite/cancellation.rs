@@ -30,9 +30,8 @@ fn cancel_of_a_queued_task_means_it_never_runs(backend: Backend) {
         scratch.file("started"),
         scratch.file("ran-blocker"),
     );
-    let victims: Vec<_> = (0..5)
-        .map(|i| mark::dispatch_on(&pool, scratch.file(&format!("ran-{i}"))))
-        .collect();
+    let victims: Vec<_> =
+        (0..5).map(|i| mark::dispatch_on(&pool, scratch.file(&format!("ran-{i}")))).collect();
     for victim in &victims {
         victim.cancel();
         assert!(victim.is_finished(), "a cancelled handle resolves at once");
@@ -40,9 +39,7 @@ fn cancel_of_a_queued_task_means_it_never_runs(backend: Backend) {
     touch(&gate);
     within_limit("the blocker", move || assert_eq!(blocker.join(), Ok(7)));
     // Something queued after the cancelled tasks runs, so they had their chance to run wrongly.
-    mark::dispatch_on(&pool, scratch.file("after"))
-        .join()
-        .unwrap();
+    mark::dispatch_on(&pool, scratch.file("after")).join().unwrap();
     for victim in victims {
         assert_eq!(victim.join(), Err(TaskError::Cancelled));
     }
@@ -53,27 +50,16 @@ fn join_timeout_returns_while_the_task_still_runs(backend: Backend) {
     let scratch = Scratch::new("timeout");
     let pool = pool(backend, 1);
     let gate = scratch.file("gate");
-    let handle = gated::dispatch_on(
-        &pool,
-        gate.clone(),
-        scratch.file("started"),
-        scratch.file("ran"),
-    );
+    let handle =
+        gated::dispatch_on(&pool, gate.clone(), scratch.file("started"), scratch.file("ran"));
     // The task cannot finish before the gate opens, and the gate opens only after the timeout:
     // a join_timeout that waited for the task would hang here.
-    let outcome = within_limit("join_timeout", move || {
-        handle.join_timeout(Duration::from_millis(50))
-    });
+    let outcome =
+        within_limit("join_timeout", move || handle.join_timeout(Duration::from_millis(50)));
     assert_eq!(outcome, Err(TaskError::TimedOut));
     touch(&gate);
     assert_eq!(
-        gated::dispatch_on(
-            &pool,
-            gate,
-            scratch.file("started-2"),
-            scratch.file("ran-2")
-        )
-        .join(),
+        gated::dispatch_on(&pool, gate, scratch.file("started-2"), scratch.file("ran-2")).join(),
         Ok(7),
         "the pool keeps serving"
     );
@@ -96,32 +82,22 @@ fn cancel_of_a_running_task_resolves_at_once(backend: Backend) {
     let scratch = Scratch::new("cancel-running");
     let pool = pool(backend, 1);
     let gate = scratch.file("gate");
-    let handle = gated::dispatch_on(
-        &pool,
-        gate.clone(),
-        scratch.file("started"),
-        scratch.file("ran"),
-    );
+    let handle =
+        gated::dispatch_on(&pool, gate.clone(), scratch.file("started"), scratch.file("ran"));
     wait_for_file(&scratch.file("started"));
     handle.cancel();
     let outcome = within_limit("join after cancel", move || handle.join());
     assert_eq!(outcome, Err(TaskError::Cancelled));
     touch(&gate);
-    mark::dispatch_on(&pool, scratch.file("after"))
-        .join()
-        .unwrap();
+    mark::dispatch_on(&pool, scratch.file("after")).join().unwrap();
 }
 
 fn handles_are_futures_woken_by_the_worker(backend: Backend) {
     let scratch = Scratch::new("future");
     let pool = pool(backend, 1);
     let gate = scratch.file("gate");
-    let handle = gated::dispatch_on(
-        &pool,
-        gate.clone(),
-        scratch.file("started"),
-        scratch.file("ran"),
-    );
+    let handle =
+        gated::dispatch_on(&pool, gate.clone(), scratch.file("started"), scratch.file("ran"));
     let opener = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         touch(&gate);
@@ -129,10 +105,7 @@ fn handles_are_futures_woken_by_the_worker(backend: Backend) {
     let (outcome, polls) = within_limit("awaiting a handle", move || block_on(handle));
     opener.join().unwrap();
     assert_eq!(outcome, Ok(7));
-    assert!(
-        polls <= 3,
-        "the future was polled {polls} times: it must be woken, not spun"
-    );
+    assert!(polls <= 3, "the future was polled {polls} times: it must be woken, not spun");
 }
 
 /// A minimal executor: parks the thread until the waker is called, counting polls.

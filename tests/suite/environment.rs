@@ -42,9 +42,8 @@ fn holds(env: &Environment, key: String) -> bool {
 
 fn environment_persists_between_tasks_of_a_worker(backend: Backend) {
     let pool = pool(backend, 1);
-    let counts: Vec<u64> = (0..3)
-        .map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap())
-        .collect();
+    let counts: Vec<u64> =
+        (0..3).map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap()).collect();
     assert_eq!(counts, [1, 2, 3]);
     assert_eq!(visits::dispatch_on(&pool, "bob".into()).join(), Ok(1));
     assert_eq!(
@@ -81,9 +80,7 @@ fn expired_values_are_dropped_while_the_worker_idles(backend: Backend) {
     let pool = pool(backend, 1);
     let scratch = Scratch::new("ttl-idle");
     let marker = scratch.file("dropped");
-    keep_for::dispatch_on(&pool, "conn".into(), marker.clone(), 100)
-        .join()
-        .unwrap();
+    keep_for::dispatch_on(&pool, "conn".into(), marker.clone(), 100).join().unwrap();
     // No further task runs: only the idle sweep can drop the value. "About a second" after expiry.
     within_limit("the idle purge", move || wait_for_file(&marker));
     assert_eq!(holds::dispatch_on(&pool, "conn".into()).join(), Ok(false));
@@ -92,9 +89,7 @@ fn expired_values_are_dropped_while_the_worker_idles(backend: Backend) {
 fn a_live_value_is_kept(backend: Backend) {
     let pool = pool(backend, 1);
     let scratch = Scratch::new("ttl-live");
-    keep_for::dispatch_on(&pool, "conn".into(), scratch.file("dropped"), 600_000)
-        .join()
-        .unwrap();
+    keep_for::dispatch_on(&pool, "conn".into(), scratch.file("dropped"), 600_000).join().unwrap();
     assert_eq!(holds::dispatch_on(&pool, "conn".into()).join(), Ok(true));
     assert_eq!(scratch.count("dropped"), 0);
 }
@@ -126,15 +121,9 @@ fn a_panicking_drop_of_a_value_spares_the_worker(backend: Backend) {
 }
 
 fn recycled_workers_start_with_a_fresh_environment(backend: Backend) {
-    let pool = Pool::builder()
-        .backend(backend)
-        .workers(1)
-        .max_tasks_per_worker(3)
-        .build()
-        .unwrap();
-    let counts: Vec<u64> = (0..7)
-        .map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap())
-        .collect();
+    let pool = Pool::builder().backend(backend).workers(1).max_tasks_per_worker(3).build().unwrap();
+    let counts: Vec<u64> =
+        (0..7).map(|_| visits::dispatch_on(&pool, "ann".into()).join().unwrap()).collect();
     assert_eq!(counts, [1, 2, 3, 1, 2, 3, 1]);
 }
 

@@ -17,19 +17,14 @@ fn unwrap_none() -> u8 {
 
 fn display_tells_what_where_and_why(backend: Backend) {
     let pool = pool(backend, 1);
-    let failed = fail::dispatch_on(&pool, "disk full".into())
-        .join()
-        .unwrap_err();
+    let failed = fail::dispatch_on(&pool, "disk full".into()).join().unwrap_err();
     assert_eq!(failed.to_string(), "task failed: disk full");
     assert!(failed.is_failed());
 
     let panicked = unwrap_none::dispatch_on(&pool).join().unwrap_err();
     let shown = panicked.to_string();
     assert!(shown.starts_with("task `"), "{shown}");
-    assert!(
-        shown.contains("errors::unwrap_none` panicked at "),
-        "{shown}"
-    );
+    assert!(shown.contains("errors::unwrap_none` panicked at "), "{shown}");
     assert!(shown.contains("errors.rs:"), "{shown}");
     assert!(shown.ends_with(": a value that was never set"), "{shown}");
     assert!(!shown.contains('\n'), "one line: {shown}");

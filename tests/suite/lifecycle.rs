@@ -22,18 +22,13 @@ fn blocked(gate: String, started: String) {
 fn shutdown_finishes_queued_and_running_work(backend: Backend) {
     let scratch = Scratch::new("shutdown");
     let pool = pool(backend, 2);
-    let handles: Vec<_> = (0..40)
-        .map(|i| nap::dispatch_on(&pool, 5, scratch.file(&format!("done-{i}"))))
-        .collect();
+    let handles: Vec<_> =
+        (0..40).map(|i| nap::dispatch_on(&pool, 5, scratch.file(&format!("done-{i}")))).collect();
     let pool = within_limit("shutdown", move || {
         pool.shutdown();
         pool
     });
-    assert_eq!(
-        scratch.count("done-"),
-        40,
-        "shutdown returned before the work was done"
-    );
+    assert_eq!(scratch.count("done-"), 40, "shutdown returned before the work was done");
     for handle in handles {
         assert!(handle.is_finished());
         assert_eq!(handle.join(), Ok(5));
@@ -64,10 +59,7 @@ fn kill_resolves_every_handle_now(backend: Backend) {
         (running, queued)
     });
     for handle in running {
-        assert!(matches!(
-            handle.join(),
-            Err(TaskError::Cancelled | TaskError::WorkerDied { .. })
-        ));
+        assert!(matches!(handle.join(), Err(TaskError::Cancelled | TaskError::WorkerDied { .. })));
     }
     for handle in queued {
         assert_eq!(handle.join(), Err(TaskError::Cancelled));
@@ -80,9 +72,8 @@ fn dropping_a_busy_pool_does_not_block_and_work_completes(backend: Backend) {
     let scratch = Scratch::new("drop");
     let gate = scratch.file("gate");
     let pool = pool(backend, 2);
-    let handles: Vec<_> = (0..20)
-        .map(|i| nap::dispatch_on(&pool, 1, scratch.file(&format!("done-{i}"))))
-        .collect();
+    let handles: Vec<_> =
+        (0..20).map(|i| nap::dispatch_on(&pool, 1, scratch.file(&format!("done-{i}")))).collect();
     let blocker = blocked::dispatch_on(&pool, gate.clone(), scratch.file("started"));
     // The blocker cannot finish until the gate opens after the drop: a blocking drop would hang.
     within_limit("drop", move || drop(pool));
@@ -107,9 +98,7 @@ fn a_pool_can_be_shared_between_threads(backend: Backend) {
             let pool = &pool;
             let scratch = &scratch;
             scope.spawn(move || {
-                nap::dispatch_on(pool, 0, scratch.file(&format!("done-{t}")))
-                    .join()
-                    .unwrap()
+                nap::dispatch_on(pool, 0, scratch.file(&format!("done-{t}"))).join().unwrap()
             });
         }
     });
@@ -117,11 +106,7 @@ fn a_pool_can_be_shared_between_threads(backend: Backend) {
 }
 
 fn builder_errors_are_clear(backend: Backend) {
-    let error = Pool::builder()
-        .backend(backend)
-        .workers(0)
-        .build()
-        .unwrap_err();
+    let error = Pool::builder().backend(backend).workers(0).build().unwrap_err();
     assert!(error.is_invalid_config());
     assert!(error.to_string().contains("at least one worker"), "{error}");
 }

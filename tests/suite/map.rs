@@ -22,10 +22,7 @@ fn checked_half(x: u64) -> Result<u64, String> {
 
 fn results_come_in_input_order(backend: Backend) {
     let pool = pool(backend, 2);
-    let squares: Vec<u64> = pool
-        .map((0..10_000).map(square::new))
-        .map(Result::unwrap)
-        .collect();
+    let squares: Vec<u64> = pool.map((0..10_000).map(square::new)).map(Result::unwrap).collect();
     assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
 }
 
@@ -42,23 +39,14 @@ fn input_is_pulled_lazily_with_a_bounded_window(backend: Backend) {
     let pool = pool(backend, 2);
     // A `Cell` is neither `Send` nor `Sync`: the input is pulled on this thread only.
     let pulled = Cell::new(0u64);
-    let input = (0..1_000_000u64)
-        .inspect(|_| pulled.set(pulled.get() + 1))
-        .map(square::new);
+    let input = (0..1_000_000u64).inspect(|_| pulled.set(pulled.get() + 1)).map(square::new);
     let mut results = pool.map(input);
-    assert_eq!(
-        pulled.get(),
-        0,
-        "nothing is pulled before the first result is asked for"
-    );
+    assert_eq!(pulled.get(), 0, "nothing is pulled before the first result is asked for");
     for consumed in 1..=2_000u64 {
         let x = consumed - 1;
         assert_eq!(results.next(), Some(Ok(x * x)));
         let ahead = pulled.get() - consumed;
-        assert!(
-            ahead <= 1_024,
-            "{ahead} inputs pulled ahead of the consumer"
-        );
+        assert!(ahead <= 1_024, "{ahead} inputs pulled ahead of the consumer");
     }
     drop(results);
     assert!(pulled.get() < 4_000, "dropping the iterator stops pulling");

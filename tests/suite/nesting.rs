@@ -41,13 +41,8 @@ fn rayon_inside_tasks_with_tasks_queued(backend: Backend) {
     let pool = pool(backend, 2);
     let expected: u64 = (0..10_000u64).map(|x| x % 7).sum();
     let results = within_limit("rayon inside 64 queued tasks", move || {
-        let handles: Vec<_> = (0..64)
-            .map(|_| parallel_sum::dispatch_on(&pool, 10_000))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect::<Vec<_>>()
+        let handles: Vec<_> = (0..64).map(|_| parallel_sum::dispatch_on(&pool, 10_000)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
     });
     assert!(results.iter().all(|&(sum, _)| sum == expected));
     // Every run counted once in some environment: no environment saw two runs at once.

@@ -97,13 +97,7 @@ fn panics_are_reported_and_the_worker_survives(backend: Backend) {
         .expect("explode panics on its own line");
     match explode::dispatch_on(&pool, "the cake is a lie".into()).join() {
         Err(error @ TaskError::Panicked { .. }) => {
-            let TaskError::Panicked {
-                task,
-                message,
-                location,
-                ..
-            } = &error
-            else {
+            let TaskError::Panicked { task, message, location, .. } = &error else {
                 unreachable!()
             };
             assert!(task.ends_with("results::explode"), "{task}");
@@ -114,23 +108,12 @@ fn panics_are_reported_and_the_worker_survives(backend: Backend) {
                 "{location} vs line {line}"
             );
             let shown = error.to_string();
-            assert!(
-                shown.contains("the cake is a lie") && shown.contains("explode"),
-                "{shown}"
-            );
+            assert!(shown.contains("the cake is a lie") && shown.contains("explode"), "{shown}");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        add::dispatch_on(&pool, 1, 1).join(),
-        Ok(2),
-        "the pool keeps serving"
-    );
-    assert_eq!(
-        worker_of::dispatch_on(&pool).join().unwrap(),
-        before,
-        "the same worker serves"
-    );
+    assert_eq!(add::dispatch_on(&pool, 1, 1).join(), Ok(2), "the pool keeps serving");
+    assert_eq!(worker_of::dispatch_on(&pool).join().unwrap(), before, "the same worker serves");
 }
 
 fn every_serde_shape_crosses(backend: Backend) {
@@ -159,10 +142,7 @@ fn many_tasks_from_many_threads(backend: Backend) {
                 let pool = std::sync::Arc::clone(&pool);
                 std::thread::spawn(move || {
                     let handles: Vec<_> = (0..500).map(|i| add::dispatch_on(&pool, t, i)).collect();
-                    handles
-                        .into_iter()
-                        .enumerate()
-                        .all(|(i, h)| h.join() == Ok(t + i as i64))
+                    handles.into_iter().enumerate().all(|(i, h)| h.join() == Ok(t + i as i64))
                 })
             })
             .collect();

@@ -10,11 +10,7 @@ use parallel::{Backend, Pool};
 pub(crate) const HANG_LIMIT: Duration = Duration::from_secs(60);
 
 pub(crate) fn pool(backend: Backend, workers: usize) -> Pool {
-    Pool::builder()
-        .backend(backend)
-        .workers(workers)
-        .build()
-        .expect("the pool builds")
+    Pool::builder().backend(backend).workers(workers).build().expect("the pool builds")
 }
 
 /// Runs `f` on its own thread and fails the test if it has not returned within [`HANG_LIMIT`],

@@ -59,10 +59,7 @@ pub(crate) struct KillSwitch {
 impl KillSwitch {
     /// Sends SIGKILL, unless the worker is already reaped.
     pub(crate) fn kill(&self) {
-        let is_reaped = self
-            .is_reaped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let is_reaped = self.is_reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*is_reaped {
             // A failure means the process is already gone, which is what we wanted.
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
@@ -129,40 +126,25 @@ impl Worker {
             })?,
         );
         let writer = BufWriter::with_capacity(64 * 1024, ours);
-        let mut worker = Worker {
-            child,
-            pid,
-            reader,
-            writer,
-            stderr,
-            is_reaped: Arc::new(Mutex::new(false)),
-        };
+        let mut worker =
+            Worker { child, pid, reader, writer, stderr, is_reaped: Arc::new(Mutex::new(false)) };
         match worker.handshake(build, settings.max_frame) {
             Ok(()) => Ok(worker),
             Err(message) => {
                 worker.kill_switch().kill();
                 let death = worker.reap();
-                Err(StartError {
-                    message,
-                    death: Some(death),
-                })
+                Err(StartError { message, death: Some(death) })
             }
         }
     }
 
     fn handshake(&mut self, build: u64, max_frame: usize) -> Result<(), String> {
         let channel = self.reader.get_ref();
-        channel
-            .set_read_timeout(Some(READY_TIMEOUT))
-            .map_err(|e| e.to_string())?;
+        channel.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         let mut frame = Vec::new();
         let result = match protocol::read_frame(&mut self.reader, &mut frame, max_frame) {
             Ok(body) => match protocol::decode_from_worker(body) {
-                Ok(FromWorker::Ready {
-                    version,
-                    build: theirs,
-                    pid,
-                }) => {
+                Ok(FromWorker::Ready { version, build: theirs, pid }) => {
                     if version != protocol::VERSION {
                         Err(format!(
                             "the worker speaks protocol {version}, this pool {}",
@@ -173,34 +155,23 @@ impl Worker {
                              (its task registry or executable differs)"
                             .to_owned())
                     } else if pid != self.pid {
-                        Err(format!(
-                            "the worker says it is pid {pid}, but it is {}",
-                            self.pid
-                        ))
+                        Err(format!("the worker says it is pid {pid}, but it is {}", self.pid))
                     } else {
                         Ok(())
                     }
                 }
-                Ok(other) => Err(format!(
-                    "the worker sent {other:?} before saying it is ready"
-                )),
+                Ok(other) => Err(format!("the worker sent {other:?} before saying it is ready")),
                 Err(error) => Err(format!("the worker broke the protocol: {error}")),
             },
             Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
             Err(error) => Err(format!("the worker never said it was ready: {error}")),
         };
-        self.reader
-            .get_ref()
-            .set_read_timeout(None)
-            .map_err(|e| e.to_string())?;
+        self.reader.get_ref().set_read_timeout(None).map_err(|e| e.to_string())?;
         result
     }
 
     pub(crate) fn kill_switch(&self) -> KillSwitch {
-        KillSwitch {
-            pid: self.pid,
-            is_reaped: Arc::clone(&self.is_reaped),
-        }
+        KillSwitch { pid: self.pid, is_reaped: Arc::clone(&self.is_reaped) }
     }
 
     /// Asks the worker to exit and waits for it, killing it if it does not within `grace`.
@@ -226,10 +197,7 @@ impl Worker {
     /// how it ended.
     pub(crate) fn reap(&mut self) -> Death {
         let status = {
-            let mut is_reaped = self
-                .is_reaped
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut is_reaped = self.is_reaped.lock().unwrap_or_else(PoisonError::into_inner);
             let status = self.child.wait();
             *is_reaped = true;
             status
@@ -240,21 +208,13 @@ impl Worker {
         };
         let stderr_tail = self.stderr.tail();
         let is_out_of_memory = self.stderr.saw_allocation_failure();
-        Death {
-            pid: self.pid,
-            reason,
-            stderr_tail,
-            is_out_of_memory,
-        }
+        Death { pid: self.pid, reason, stderr_tail, is_out_of_memory }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let is_reaped = *self
-            .is_reaped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let is_reaped = *self.is_reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !is_reaped {
             self.kill_switch().kill();
             let _ = self.reap();
@@ -277,18 +237,13 @@ fn prepare_child(channel: i32, max_memory: Option<u64>) -> io::Result<()> {
         }
         // Die with the thread that started us; if the pool died before this line, the worker's
         // own check of its parent pid catches it.
-        if nix::libc::prctl(
-            nix::libc::PR_SET_PDEATHSIG,
-            nix::libc::SIGKILL as nix::libc::c_ulong,
-        ) < 0
+        if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL as nix::libc::c_ulong)
+            < 0
         {
             return Err(io::Error::last_os_error());
         }
         if let Some(bytes) = max_memory {
-            let limit = nix::libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
+            let limit = nix::libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
             if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -374,24 +329,13 @@ impl StderrTail {
             }
         }
         let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        let pinned = lines
-            .allocation_failure
-            .as_ref()
-            .filter(|line| !lines.last.contains(line));
-        let kept: Vec<&str> = pinned
-            .into_iter()
-            .chain(&lines.last)
-            .map(String::as_str)
-            .collect();
+        let pinned = lines.allocation_failure.as_ref().filter(|line| !lines.last.contains(line));
+        let kept: Vec<&str> = pinned.into_iter().chain(&lines.last).map(String::as_str).collect();
         kept.join("\n")
     }
 
     fn saw_allocation_failure(&self) -> bool {
-        self.lines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .allocation_failure
-            .is_some()
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner).allocation_failure.is_some()
     }
 }
 

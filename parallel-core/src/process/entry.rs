@@ -51,9 +51,7 @@ impl Marker {
         let text = value.to_str().ok_or("the marker is not UTF-8")?;
         let mut parts = text.split(':');
         if parts.next() != Some(MARKER_VERSION) {
-            return Err(format!(
-                "marker {text:?} is of another layout than {MARKER_VERSION}"
-            ));
+            return Err(format!("marker {text:?} is of another layout than {MARKER_VERSION}"));
         }
         let mut field = |what: &str| {
             parts
@@ -69,16 +67,9 @@ impl Marker {
         let max_frame = usize::try_from(field("frame limit")?)
             .map_err(|_| "the frame limit is out of range")?;
         if parts.next().is_some() {
-            return Err(format!(
-                "marker {text:?} has more fields than layout {MARKER_VERSION}"
-            ));
+            return Err(format!("marker {text:?} has more fields than layout {MARKER_VERSION}"));
         }
-        Ok(Marker {
-            fd,
-            parent,
-            worker_id,
-            max_frame,
-        })
+        Ok(Marker { fd, parent, worker_id, max_frame })
     }
 }
 
@@ -116,21 +107,10 @@ mod tests {
 
     #[test]
     fn the_marker_round_trips_and_refuses_garbage() {
-        let marker = Marker {
-            fd: 3,
-            parent: 77,
-            worker_id: 2,
-            max_frame: 1 << 20,
-        };
+        let marker = Marker { fd: 3, parent: 77, worker_id: 2, max_frame: 1 << 20 };
         assert_eq!(Marker::parse(OsStr::new(&marker.to_value())), Ok(marker));
-        for bad in [
-            "",
-            "2:3:77:2:5",
-            "1:3:77",
-            "1:x:77:2:5",
-            "1:3:77:2:5:",
-            "1:99999999999:1:1:1",
-        ] {
+        for bad in ["", "2:3:77:2:5", "1:3:77", "1:x:77:2:5", "1:3:77:2:5:", "1:99999999999:1:1:1"]
+        {
             assert!(Marker::parse(OsStr::new(bad)).is_err(), "{bad:?}");
         }
     }

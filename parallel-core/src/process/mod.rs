@@ -40,13 +40,7 @@ pub(crate) fn build_id() -> u64 {
         crate::registry::fingerprint(&mut hasher);
         if let Ok(metadata) = std::fs::metadata("/proc/self/exe") {
             use std::os::unix::fs::MetadataExt;
-            (
-                metadata.dev(),
-                metadata.ino(),
-                metadata.len(),
-                metadata.mtime(),
-            )
-                .hash(&mut hasher);
+            (metadata.dev(), metadata.ino(), metadata.len(), metadata.mtime()).hash(&mut hasher);
         }
         hasher.finish()
     })
@@ -90,11 +84,7 @@ impl<T: Task> Submitted<T> {
     }
 
     fn serialization(value: &'static str, message: String) -> TaskError<T::Error> {
-        TaskError::Serialization {
-            task: T::NAME.to_owned(),
-            value,
-            message,
-        }
+        TaskError::Serialization { task: T::NAME.to_owned(), value, message }
     }
 }
 
@@ -120,11 +110,7 @@ impl<T: Task> Request for Submitted<T> {
                 Ok(error) => Err(TaskError::Failed(error)),
                 Err(message) => Err(Self::serialization("error", message)),
             },
-            Reply::Panicked {
-                message,
-                location,
-                backtrace,
-            } => Err(TaskError::Panicked {
+            Reply::Panicked { message, location, backtrace } => Err(TaskError::Panicked {
                 task: T::NAME.to_owned(),
                 message: message.to_owned(),
                 location: location.map(str::to_owned),
@@ -133,9 +119,7 @@ impl<T: Task> Request for Submitted<T> {
             Reply::BadArguments(message) => {
                 Err(Self::serialization("arguments", message.to_owned()))
             }
-            Reply::UnknownTask => Err(TaskError::UnknownTask {
-                task: T::NAME.to_owned(),
-            }),
+            Reply::UnknownTask => Err(TaskError::UnknownTask { task: T::NAME.to_owned() }),
             Reply::Unserializable { is_error, message } => Err(Self::serialization(
                 if is_error { "error" } else { "output" },
                 message.to_owned(),
@@ -193,10 +177,7 @@ impl Shared {
             if queue.is_stopping {
                 return None;
             }
-            queue = self
-                .available
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
+            queue = self.available.wait(queue).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -219,10 +200,7 @@ impl ProcessBackend {
         entry::anchor();
         crate::unwind::install_hook();
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                is_stopping: false,
-            }),
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), is_stopping: false }),
             available: Condvar::new(),
             config,
             build: build_id(),
@@ -237,10 +215,7 @@ impl ProcessBackend {
                 .map_err(|error| Error::io("start a worker's slot thread", error))?;
             slots.push(slot);
         }
-        Ok(ProcessBackend {
-            shared,
-            slots: Mutex::new(slots),
-        })
+        Ok(ProcessBackend { shared, slots: Mutex::new(slots) })
     }
 
     /// Queues `job`; `false` if the pool is stopping.
@@ -323,13 +298,7 @@ fn run_slot(shared: &Shared, worker_id: usize) {
             }
             Some(Ok(())) => {}
         }
-        match exchange(
-            current,
-            request.as_ref(),
-            &args,
-            &mut frame,
-            shared.config.max_frame,
-        ) {
+        match exchange(current, request.as_ref(), &args, &mut frame, shared.config.max_frame) {
             Exchange::Replied { is_ours } => {
                 tasks_run += 1;
                 if !is_ours {
@@ -338,11 +307,7 @@ fn run_slot(shared: &Shared, worker_id: usize) {
                         killed.kill_switch().kill();
                         killed.reap();
                     }
-                } else if shared
-                    .config
-                    .max_tasks_per_worker
-                    .is_some_and(|max| tasks_run >= max)
-                {
+                } else if shared.config.max_tasks_per_worker.is_some_and(|max| tasks_run >= max) {
                     if let Some(done) = worker.take() {
                         done.retire(RETIRE_GRACE);
                     }
@@ -427,11 +392,7 @@ fn exchange(
     frame: &mut Vec<u8>,
     max_frame: usize,
 ) -> Exchange {
-    let message = ToWorker::Run {
-        job: request.id(),
-        task: request.task(),
-        args,
-    };
+    let message = ToWorker::Run { job: request.id(), task: request.task(), args };
     if let Err(error) = protocol::encode_to_worker(&message, frame, max_frame) {
         return Exchange::TooLarge(format!("the arguments do not fit in a frame: {error}"));
     }
@@ -444,9 +405,9 @@ fn exchange(
         Err(ReadError::Closed | ReadError::Io(_)) => return Exchange::Broken(None),
     };
     match protocol::decode_from_worker(body) {
-        Ok(FromWorker::Done { job, reply }) if job == request.id() => Exchange::Replied {
-            is_ours: request.finish(reply),
-        },
+        Ok(FromWorker::Done { job, reply }) if job == request.id() => {
+            Exchange::Replied { is_ours: request.finish(reply) }
+        }
         Ok(other) => Exchange::Broken(Some(format!("the worker sent {other:?} out of turn"))),
         Err(error) => Exchange::Broken(Some(format!("the worker broke the protocol: {error}"))),
     }

@@ -33,11 +33,7 @@ const UNSERIALIZABLE: u8 = 16;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ToWorker<'a> {
     /// Run task `task` with serialized `args`, as job `job`.
-    Run {
-        job: u64,
-        task: &'a str,
-        args: &'a [u8],
-    },
+    Run { job: u64, task: &'a str, args: &'a [u8] },
     /// Finish: the worker exits after this.
     Exit,
 }
@@ -59,11 +55,7 @@ pub(crate) enum Reply<'a> {
     /// The task returned `Err`: its serialized error.
     Failed(&'a [u8]),
     /// The task panicked.
-    Panicked {
-        message: &'a str,
-        location: Option<&'a str>,
-        backtrace: Option<&'a str>,
-    },
+    Panicked { message: &'a str, location: Option<&'a str>, backtrace: Option<&'a str> },
     /// The arguments did not deserialize as the task's type.
     BadArguments(&'a str),
     /// The worker has no task of that name.
@@ -148,10 +140,7 @@ pub(crate) fn read_frame<'b>(
     }
     buffer.clear();
     // `take` + `read_to_end` grows the buffer as bytes arrive, not to the announced length.
-    let read = reader
-        .take(len as u64)
-        .read_to_end(buffer)
-        .map_err(ReadError::Io)?;
+    let read = reader.take(len as u64).read_to_end(buffer).map_err(ReadError::Io)?;
     if read < len {
         return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
     }
@@ -217,11 +206,7 @@ pub(crate) fn encode_from_worker(
     max: usize,
 ) -> Result<(), ProtocolError> {
     match message {
-        FromWorker::Ready {
-            version,
-            build,
-            pid,
-        } => {
+        FromWorker::Ready { version, build, pid } => {
             start_frame(out, READY);
             out.extend_from_slice(&version.to_le_bytes());
             out.extend_from_slice(&build.to_le_bytes());
@@ -240,11 +225,7 @@ pub(crate) fn encode_from_worker(
             out.extend_from_slice(&job.to_le_bytes());
             match reply {
                 Reply::Output(bytes) | Reply::Failed(bytes) => out.extend_from_slice(bytes),
-                Reply::Panicked {
-                    message,
-                    location,
-                    backtrace,
-                } => {
+                Reply::Panicked { message, location, backtrace } => {
                     put_str(out, message);
                     put_optional_str(out, *location);
                     put_optional_str(out, *backtrace);
@@ -326,11 +307,7 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
         RUN => {
             let job = fields.u64("run: job id")?;
             let task = fields.str("run: task name")?;
-            Ok(ToWorker::Run {
-                job,
-                task,
-                args: fields.rest(),
-            })
+            Ok(ToWorker::Run { job, task, args: fields.rest() })
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
         other => Err(ProtocolError::UnknownTag(other)),
@@ -345,11 +322,7 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         let build = fields.u64("ready: build")?;
         let pid = u32::from_le_bytes(fields.array("ready: pid")?);
         fields.end("ready: trailing bytes")?;
-        return Ok(FromWorker::Ready {
-            version,
-            build,
-            pid,
-        });
+        return Ok(FromWorker::Ready { version, build, pid });
     }
     let job = match tag {
         OUTPUT | FAILED | PANICKED | BAD_ARGUMENTS | UNKNOWN_TASK | UNSERIALIZABLE => {
@@ -365,11 +338,7 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
             let location = fields.optional_str("panicked: location")?;
             let backtrace = fields.optional_str("panicked: backtrace")?;
             fields.end("panicked: trailing bytes")?;
-            Reply::Panicked {
-                message,
-                location,
-                backtrace,
-            }
+            Reply::Panicked { message, location, backtrace }
         }
         BAD_ARGUMENTS => {
             let message = fields.str("bad arguments: message")?;
@@ -421,9 +390,7 @@ pub(crate) fn with_deserializer<R>(
     f: impl FnOnce(&mut dyn erased_serde::Deserializer<'_>) -> R,
 ) -> R {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
-    f(&mut <dyn erased_serde::Deserializer<'_>>::erase(
-        &mut deserializer,
-    ))
+    f(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut deserializer))
 }
 
 #[cfg(test)]
@@ -452,16 +419,8 @@ mod tests {
     #[test]
     fn messages_to_a_worker_round_trip() {
         for message in [
-            ToWorker::Run {
-                job: 7,
-                task: "a::b",
-                args: &[1, 2, 3],
-            },
-            ToWorker::Run {
-                job: u64::MAX,
-                task: "",
-                args: &[],
-            },
+            ToWorker::Run { job: 7, task: "a::b", args: &[1, 2, 3] },
+            ToWorker::Run { job: u64::MAX, task: "", args: &[] },
             ToWorker::Exit,
         ] {
             let frame = frame_of_to_worker(&message);
@@ -475,33 +434,14 @@ mod tests {
         let replies = [
             Reply::Output(&[9, 9]),
             Reply::Failed(&[]),
-            Reply::Panicked {
-                message: "boom",
-                location: Some("src/x.rs:1:2"),
-                backtrace: None,
-            },
-            Reply::Panicked {
-                message: "",
-                location: None,
-                backtrace: Some("bt"),
-            },
+            Reply::Panicked { message: "boom", location: Some("src/x.rs:1:2"), backtrace: None },
+            Reply::Panicked { message: "", location: None, backtrace: Some("bt") },
             Reply::BadArguments("missing field `x`"),
             Reply::UnknownTask,
-            Reply::Unserializable {
-                is_error: true,
-                message: "nope",
-            },
+            Reply::Unserializable { is_error: true, message: "nope" },
         ];
-        let mut messages = vec![FromWorker::Ready {
-            version: VERSION,
-            build: 42,
-            pid: 1234,
-        }];
-        messages.extend(
-            replies
-                .into_iter()
-                .map(|reply| FromWorker::Done { job: 3, reply }),
-        );
+        let mut messages = vec![FromWorker::Ready { version: VERSION, build: 42, pid: 1234 }];
+        messages.extend(replies.into_iter().map(|reply| FromWorker::Done { job: 3, reply }));
         for message in messages {
             let frame = frame_of_from_worker(&message);
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
@@ -511,11 +451,7 @@ mod tests {
 
     #[test]
     fn an_oversized_frame_is_refused_before_reading_its_body() {
-        let frame = frame_of_to_worker(&ToWorker::Run {
-            job: 1,
-            task: "t",
-            args: &[0; 100],
-        });
+        let frame = frame_of_to_worker(&ToWorker::Run { job: 1, task: "t", args: &[0; 100] });
         match read_one(&frame, 50) {
             Err(ReadError::Protocol(ProtocolError::Oversized { len, max: 50 })) => {
                 assert_eq!(len, frame.len() - 4);
@@ -524,16 +460,9 @@ mod tests {
         }
         // A length of 4 GiB with no bytes behind it allocates nothing and fails cleanly.
         let lying = u32::MAX.to_le_bytes();
-        assert!(matches!(
-            read_one(&lying, usize::MAX),
-            Err(ReadError::Io(_))
-        ));
+        assert!(matches!(read_one(&lying, usize::MAX), Err(ReadError::Io(_))));
         let mut out = Vec::new();
-        let message = ToWorker::Run {
-            job: 1,
-            task: "t",
-            args: &[0; 100],
-        };
+        let message = ToWorker::Run { job: 1, task: "t", args: &[0; 100] };
         assert!(matches!(
             encode_to_worker(&message, &mut out, 50),
             Err(ProtocolError::Oversized { .. })
@@ -544,26 +473,16 @@ mod tests {
     fn truncated_and_empty_input() {
         assert!(matches!(read_one(&[], 100), Err(ReadError::Closed)));
         assert!(matches!(read_one(&[5, 0], 100), Err(ReadError::Io(_))));
-        assert!(matches!(
-            read_one(&[5, 0, 0, 0, READY, 1], 100),
-            Err(ReadError::Io(_))
-        ));
+        assert!(matches!(read_one(&[5, 0, 0, 0, READY, 1], 100), Err(ReadError::Io(_))));
         assert_eq!(decode_from_worker(&[]), Err(ProtocolError::Empty));
-        assert_eq!(
-            decode_from_worker(&[99]),
-            Err(ProtocolError::UnknownTag(99))
-        );
+        assert_eq!(decode_from_worker(&[99]), Err(ProtocolError::UnknownTag(99)));
         assert_eq!(
             decode_from_worker(&[READY, 1]),
             Err(ProtocolError::Malformed("ready: version"))
         );
         let frame = frame_of_from_worker(&FromWorker::Done {
             job: 1,
-            reply: Reply::Panicked {
-                message: "m",
-                location: None,
-                backtrace: None,
-            },
+            reply: Reply::Panicked { message: "m", location: None, backtrace: None },
         });
         for cut in 5..frame.len() - 1 {
             assert!(decode_from_worker(&frame[4..cut]).is_err(), "cut at {cut}");
@@ -601,10 +520,8 @@ mod tests {
             Number(i64),
             Text(String),
         }
-        let outer = Outer {
-            inner: Inner { a: 1, b: None },
-            extra: serde_json::json!({"k": [1, "x"]}),
-        };
+        let outer =
+            Outer { inner: Inner { a: 1, b: None }, extra: serde_json::json!({"k": [1, "x"]}) };
         let mut bytes = Vec::new();
         encode_value(&outer, &mut bytes).unwrap();
         assert_eq!(decode_value::<Outer>(&bytes).unwrap(), outer);

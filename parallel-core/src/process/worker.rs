@@ -79,12 +79,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
                         backtrace: report.backtrace.as_deref(),
                     },
                 };
-                send(
-                    &mut writer,
-                    &FromWorker::Done { job, reply },
-                    &mut out,
-                    marker.max_frame,
-                )?;
+                send(&mut writer, &FromWorker::Done { job, reply }, &mut out, marker.max_frame)?;
             }
         }
     }
@@ -102,10 +97,7 @@ fn send(
             return Err(error.to_string());
         };
         let message = format!("the output is over the frame limit: {error}");
-        let reply = Reply::Unserializable {
-            is_error: false,
-            message: &message,
-        };
+        let reply = Reply::Unserializable { is_error: false, message: &message };
         protocol::encode_from_worker(&FromWorker::Done { job: *job, reply }, out, max)
             .map_err(|e| e.to_string())?;
     }
@@ -154,10 +146,9 @@ impl Owned {
             Owned::Failed => Reply::Failed(value),
             Owned::BadArguments(message) => Reply::BadArguments(message),
             Owned::UnknownTask => Reply::UnknownTask,
-            Owned::Unserializable { is_error, message } => Reply::Unserializable {
-                is_error: *is_error,
-                message,
-            },
+            Owned::Unserializable { is_error, message } => {
+                Reply::Unserializable { is_error: *is_error, message }
+            }
         }
     }
 }
@@ -173,17 +164,11 @@ fn run(task: &str, args: &[u8], environment: &mut Environment, value: &mut Vec<u
         match outcome {
             Outcome::Output(output) => match protocol::encode_value(&output, value) {
                 Ok(()) => Owned::Output,
-                Err(message) => Owned::Unserializable {
-                    is_error: false,
-                    message,
-                },
+                Err(message) => Owned::Unserializable { is_error: false, message },
             },
             Outcome::Failed(error) => match protocol::encode_value(&error, value) {
                 Ok(()) => Owned::Failed,
-                Err(message) => Owned::Unserializable {
-                    is_error: true,
-                    message,
-                },
+                Err(message) => Owned::Unserializable { is_error: true, message },
             },
             Outcome::BadInput(message) => Owned::BadArguments(message),
         }

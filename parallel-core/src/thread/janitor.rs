@@ -74,22 +74,13 @@ impl Janitor {
     }
 
     fn wake(&self) {
-        if let Some(thread) = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
+        if let Some(thread) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
             thread.unpark();
         }
     }
 
     fn earliest(&self) -> Option<Instant> {
-        let nanos = self
-            .expiries
-            .iter()
-            .map(|slot| slot.load(Ordering::Acquire))
-            .min()?;
+        let nanos = self.expiries.iter().map(|slot| slot.load(Ordering::Acquire)).min()?;
         (nanos != NONE).then(|| self.base + Duration::from_nanos(nanos))
     }
 }

@@ -39,11 +39,8 @@ impl ThreadBackend {
         max_tasks_per_worker: Option<usize>,
     ) -> Result<Self, Error> {
         crate::unwind::install_hook();
-        let shared = Arc::new(Shared {
-            ledger,
-            max_tasks_per_worker,
-            janitor: Janitor::new(workers),
-        });
+        let shared =
+            Arc::new(Shared { ledger, max_tasks_per_worker, janitor: Janitor::new(workers) });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
         let rayon = rayon::ThreadPoolBuilder::new()
@@ -53,10 +50,7 @@ impl ThreadBackend {
             .exit_handler(|_| worker::leave())
             .build()
             .map_err(|error| {
-                Error::io(
-                    "start the worker threads",
-                    std::io::Error::other(error.to_string()),
-                )
+                Error::io("start the worker threads", std::io::Error::other(error.to_string()))
             })?;
         let rayon = Arc::new(RwLock::new(Some(rayon)));
         shared.janitor.start(&shared, Arc::downgrade(&rayon))?;
@@ -77,11 +71,7 @@ impl ThreadBackend {
 
     /// Lets the threads exit once the work already queued is done.
     pub(crate) fn stop(&self) {
-        let rayon = self
-            .rayon
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let rayon = self.rayon.write().unwrap_or_else(PoisonError::into_inner).take();
         self.shared.janitor.stop();
         drop(rayon);
     }

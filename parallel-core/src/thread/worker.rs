@@ -108,11 +108,7 @@ fn put_back(environment: Environment, depth: usize) {
         let mut retired = None;
         if depth == 0 {
             worker.tasks_run += 1;
-            if worker
-                .shared
-                .max_tasks_per_worker
-                .is_some_and(|max| worker.tasks_run >= max)
-            {
+            if worker.shared.max_tasks_per_worker.is_some_and(|max| worker.tasks_run >= max) {
                 worker.tasks_run = 0;
                 retired = Some(environment);
             } else {
@@ -131,9 +127,7 @@ fn put_back(environment: Environment, depth: usize) {
 /// Purges the environments no task of this thread holds; the janitor broadcasts this.
 pub(super) fn purge_idle() {
     let Some(mut environments) = WORKER.with_borrow_mut(|worker| {
-        worker
-            .as_mut()
-            .map(|worker| std::mem::take(&mut worker.environments))
+        worker.as_mut().map(|worker| std::mem::take(&mut worker.environments))
     }) else {
         return;
     };
@@ -151,9 +145,7 @@ pub(super) fn purge_idle() {
                 }
             }
             if environments.len() > worker.environments.len() {
-                worker
-                    .environments
-                    .extend(environments.drain(worker.environments.len()..));
+                worker.environments.extend(environments.drain(worker.environments.len()..));
             }
             publish_expiry(worker);
         }
@@ -161,11 +153,6 @@ pub(super) fn purge_idle() {
 }
 
 fn publish_expiry(worker: &Worker) {
-    let earliest = worker
-        .environments
-        .iter()
-        .flatten()
-        .filter_map(Environment::next_expiry)
-        .min();
+    let earliest = worker.environments.iter().flatten().filter_map(Environment::next_expiry).min();
     worker.shared.janitor.publish(worker.index, earliest);
 }
