@@ -57,9 +57,9 @@ pub trait SerializeArgument {
     fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
 }
 
-impl<T: serde::Serialize> SerializeArgument for Outgoing<'_, T> {
+impl<T: serde::Serialize + 'static> SerializeArgument for Outgoing<'_, T> {
     fn serialize_argument<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        crate::value::serialize(self.0, serializer)
     }
 }
 
@@ -98,14 +98,14 @@ pub trait DeserializeArgument {
     ) -> Result<Self::Value, D::Error>;
 }
 
-impl<T: serde::de::DeserializeOwned> DeserializeArgument for Incoming<T> {
+impl<T: serde::de::DeserializeOwned + 'static> DeserializeArgument for Incoming<T> {
     type Value = T;
 
     fn deserialize_argument<'de, D: serde::Deserializer<'de>>(
         &self,
         deserializer: D,
     ) -> Result<T, D::Error> {
-        T::deserialize(deserializer)
+        crate::value::deserialize(deserializer)
     }
 }
 

@@ -20,6 +20,7 @@ mod remote_error;
 mod task;
 mod thread;
 mod unwind;
+mod value;
 
 pub use backend::Backend;
 pub use builder::PoolBuilder;

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use linkme::distributed_slice;
 
+use crate::value::Wire;
 use crate::{Environment, Error, Task};
 
 /// Every task of the program, gathered by the linker.
@@ -76,8 +77,8 @@ fn run_erased<T: Task>(
 ) -> Outcome {
     match erased_serde::deserialize::<T>(input) {
         Ok(task) => match task.run(env) {
-            Ok(output) => Outcome::Output(Box::new(output)),
-            Err(error) => Outcome::Failed(Box::new(error)),
+            Ok(output) => Outcome::Output(Box::new(Wire(output))),
+            Err(error) => Outcome::Failed(Box::new(Wire(error))),
         },
         Err(error) => Outcome::BadInput(error.to_string()),
     }

@@ -379,9 +379,11 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
         .map_err(|e| e.to_string())
 }
 
-/// Deserializes a task value.
-pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+/// Deserializes a task value (a `Vec<u8>` from one byte string, see [`crate::value`]).
+pub(crate) fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    crate::value::deserialize(&mut deserializer)
+        .map_err(|error: rmp_serde::decode::Error| error.to_string())
 }
 
 /// Runs `f` with a type-erased deserializer over `bytes`, for the worker's registry lookup.
