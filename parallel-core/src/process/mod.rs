@@ -20,7 +20,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use child::{Death, KillSwitch, Settings, Worker};
-use protocol::{FromWorker, ReadError, Reply, ToWorker};
+use protocol::{FromWorker, ReadError, Reply};
 
 use crate::job::{Job, Ledger, Stop};
 use crate::{Error, Task, TaskError};
@@ -57,8 +57,9 @@ pub(crate) struct Config {
 
 /// A job as the slot threads see it, with its task type erased.
 trait Request: Send {
-    /// Claims the job and serializes its task into `args`; `None` if it was cancelled meanwhile.
-    fn start(&self, stop: Arc<dyn Stop>, args: &mut Vec<u8>) -> Option<Result<(), String>>;
+    /// Claims the job and appends its serialized task to `frame`; `None` if it was cancelled
+    /// meanwhile.
+    fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>>;
     fn task(&self) -> &'static str;
     fn id(&self) -> u64;
     /// Resolves the job from its reply; `false` if something else resolved it first.
@@ -89,9 +90,9 @@ impl<T: Task> Submitted<T> {
 }
 
 impl<T: Task> Request for Submitted<T> {
-    fn start(&self, stop: Arc<dyn Stop>, args: &mut Vec<u8>) -> Option<Result<(), String>> {
+    fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>> {
         let task = self.job.start_stoppable(Some(stop))?;
-        Some(protocol::encode_value(&task, args))
+        Some(protocol::encode_value(&task, frame))
     }
 
     fn task(&self) -> &'static str {
@@ -269,7 +270,6 @@ fn run_slot(shared: &Shared, worker_id: usize) {
     let mut worker: Option<Worker> = None;
     let mut tasks_run = 0usize;
     let mut failed_starts = 0u32;
-    let mut args = Vec::new();
     let mut frame = Vec::new();
     while let Some(request) = shared.next() {
         // Start a worker before claiming the job, so that a job cancelled meanwhile is not run.
@@ -288,9 +288,9 @@ fn run_slot(shared: &Shared, worker_id: usize) {
         let Some(current) = worker.as_mut() else {
             continue;
         };
-        args.clear();
         let stop: Arc<dyn Stop> = Arc::new(current.kill_switch());
-        match request.start(stop, &mut args) {
+        protocol::begin_run(&mut frame, request.id(), request.task());
+        match request.start(stop, &mut frame) {
             None => continue,
             Some(Err(message)) => {
                 request.fail(Failure::Arguments(message));
@@ -298,7 +298,7 @@ fn run_slot(shared: &Shared, worker_id: usize) {
             }
             Some(Ok(())) => {}
         }
-        match exchange(current, request.as_ref(), &args, &mut frame, shared.config.max_frame) {
+        match exchange(current, request.as_ref(), &mut frame, shared.config.max_frame) {
             Exchange::Replied { is_ours } => {
                 tasks_run += 1;
                 if !is_ours {
@@ -384,16 +384,14 @@ enum Exchange {
     Broken(Option<String>),
 }
 
-/// Sends one job to `worker` and waits for its reply.
+/// Sends the run frame built in `frame` to `worker` and waits for the reply, read into `frame`.
 fn exchange(
     worker: &mut Worker,
     request: &dyn Request,
-    args: &[u8],
     frame: &mut Vec<u8>,
     max_frame: usize,
 ) -> Exchange {
-    let message = ToWorker::Run { job: request.id(), task: request.task(), args };
-    if let Err(error) = protocol::encode_to_worker(&message, frame, max_frame) {
+    if let Err(error) = protocol::finish_frame(frame, max_frame) {
         return Exchange::TooLarge(format!("the arguments do not fit in a frame: {error}"));
     }
     if protocol::write_frame(&mut worker.writer, frame).is_err() {

@@ -153,8 +153,23 @@ fn start_frame(out: &mut Vec<u8>, tag: u8) {
     out.extend_from_slice(&[0, 0, 0, 0, tag]);
 }
 
+/// Starts a frame that runs `task` as job `job`; the caller appends the serialized arguments
+/// straight after (no copy of them through another buffer), then calls [`finish_frame`].
+pub(crate) fn begin_run(out: &mut Vec<u8>, job: u64, task: &str) {
+    start_frame(out, RUN);
+    out.extend_from_slice(&job.to_le_bytes());
+    put_str(out, task);
+}
+
+/// Starts a frame that answers job `job` with its output (or, with `is_error`, its error); the
+/// caller appends the serialized value, then calls [`finish_frame`].
+pub(crate) fn begin_value_reply(out: &mut Vec<u8>, job: u64, is_error: bool) {
+    start_frame(out, if is_error { FAILED } else { OUTPUT });
+    out.extend_from_slice(&job.to_le_bytes());
+}
+
 /// Writes the length of the frame built in `out`.
-fn finish_frame(out: &mut [u8], max: usize) -> Result<(), ProtocolError> {
+pub(crate) fn finish_frame(out: &mut [u8], max: usize) -> Result<(), ProtocolError> {
     let len = out.len() - 4;
     let header = u32::try_from(len)
         .ok()
@@ -189,9 +204,7 @@ pub(crate) fn encode_to_worker(
 ) -> Result<(), ProtocolError> {
     match message {
         ToWorker::Run { job, task, args } => {
-            start_frame(out, RUN);
-            out.extend_from_slice(&job.to_le_bytes());
-            put_str(out, task);
+            begin_run(out, *job, task);
             out.extend_from_slice(args);
         }
         ToWorker::Exit => start_frame(out, EXIT),

@@ -54,7 +54,6 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
     send(&mut writer, &ready, &mut out, marker.max_frame)?;
 
     let mut environment = Environment::for_worker(marker.worker_id);
-    let mut value = Vec::new();
     loop {
         if reader.buffer().is_empty() {
             wait_readable(reader.get_ref(), &mut environment)?;
@@ -69,17 +68,42 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
             ToWorker::Exit => return Ok(()),
             ToWorker::Run { job, task, args } => {
                 unwind::drop_values(|| environment.purge_expired());
-                value.clear();
-                let reply = run(task, args, &mut environment, &mut value);
-                let reply = match &reply {
-                    Ran::Reply(reply) => reply.as_reply(&value),
-                    Ran::Panicked(report) => Reply::Panicked {
-                        message: &report.message,
-                        location: report.location.as_deref(),
-                        backtrace: report.backtrace.as_deref(),
+                let ran = run(job, task, args, &mut environment, &mut out);
+                let reply = match &ran {
+                    // The value's frame is already built in `out`.
+                    Ran::Value => match protocol::finish_frame(&mut out, marker.max_frame) {
+                        Ok(()) => {
+                            protocol::write_frame(&mut writer, &out)
+                                .map_err(|error| format!("cannot write to the pool: {error}"))?;
+                            continue;
+                        }
+                        Err(error) => Owned::Unserializable {
+                            is_error: false,
+                            message: format!("the value is over the frame limit: {error}"),
+                        },
                     },
+                    Ran::Reply(owned) => owned.clone(),
+                    Ran::Panicked(report) => {
+                        let reply = Reply::Panicked {
+                            message: &report.message,
+                            location: report.location.as_deref(),
+                            backtrace: report.backtrace.as_deref(),
+                        };
+                        send(
+                            &mut writer,
+                            &FromWorker::Done { job, reply },
+                            &mut out,
+                            marker.max_frame,
+                        )?;
+                        continue;
+                    }
                 };
-                send(&mut writer, &FromWorker::Done { job, reply }, &mut out, marker.max_frame)?;
+                send(
+                    &mut writer,
+                    &FromWorker::Done { job, reply: reply.as_reply() },
+                    &mut out,
+                    marker.max_frame,
+                )?;
             }
         }
     }
@@ -124,26 +148,25 @@ fn wait_readable(channel: &UnixStream, environment: &mut Environment) -> Result<
     }
 }
 
-/// What running one task produced, before it is framed.
+/// What running one task produced.
 enum Ran {
+    /// Its output or error, serialized into the reply frame under construction.
+    Value,
     Reply(Owned),
     Panicked(unwind::PanicReport),
 }
 
-/// A reply whose serialized value, if any, sits in the worker's value buffer.
+/// A reply that carries no serialized value.
+#[derive(Clone)]
 enum Owned {
-    Output,
-    Failed,
     BadArguments(String),
     UnknownTask,
     Unserializable { is_error: bool, message: String },
 }
 
 impl Owned {
-    fn as_reply<'a>(&'a self, value: &'a [u8]) -> Reply<'a> {
+    fn as_reply(&self) -> Reply<'_> {
         match self {
-            Owned::Output => Reply::Output(value),
-            Owned::Failed => Reply::Failed(value),
             Owned::BadArguments(message) => Reply::BadArguments(message),
             Owned::UnknownTask => Reply::UnknownTask,
             Owned::Unserializable { is_error, message } => {
@@ -153,7 +176,8 @@ impl Owned {
     }
 }
 
-fn run(task: &str, args: &[u8], environment: &mut Environment, value: &mut Vec<u8>) -> Ran {
+/// Runs job `job`; an output or error is serialized straight into `out` after its frame header.
+fn run(job: u64, task: &str, args: &[u8], environment: &mut Environment, out: &mut Vec<u8>) -> Ran {
     let Some(registration) = registry::lookup(task) else {
         return Ran::Reply(Owned::UnknownTask);
     };
@@ -161,20 +185,16 @@ fn run(task: &str, args: &[u8], environment: &mut Environment, value: &mut Vec<u
         let outcome =
             protocol::with_deserializer(args, |input| registration.run(environment, input));
         // Serializing runs user code too (`Serialize` impls), so it stays inside the catch.
-        match outcome {
-            Outcome::Output(output) => match protocol::encode_value(&output, value) {
-                Ok(()) => Owned::Output,
-                Err(message) => Owned::Unserializable { is_error: false, message },
-            },
-            Outcome::Failed(error) => match protocol::encode_value(&error, value) {
-                Ok(()) => Owned::Failed,
-                Err(message) => Owned::Unserializable { is_error: true, message },
-            },
-            Outcome::BadInput(message) => Owned::BadArguments(message),
+        let (value, is_error) = match outcome {
+            Outcome::Output(output) => (output, false),
+            Outcome::Failed(error) => (error, true),
+            Outcome::BadInput(message) => return Ran::Reply(Owned::BadArguments(message)),
+        };
+        protocol::begin_value_reply(out, job, is_error);
+        match protocol::encode_value(&value, out) {
+            Ok(()) => Ran::Value,
+            Err(message) => Ran::Reply(Owned::Unserializable { is_error, message }),
         }
     });
-    match caught {
-        Ok(owned) => Ran::Reply(owned),
-        Err(report) => Ran::Panicked(report),
-    }
+    caught.unwrap_or_else(Ran::Panicked)
 }
