@@ -66,6 +66,15 @@ pub enum TaskError<E> {
         /// The last lines the worker wrote to its standard error.
         stderr_tail: String,
     },
+    /// No worker process could be started to run the task (after retries with backoff): the
+    /// executable cannot be started, or every worker died before it was ready.
+    #[non_exhaustive]
+    WorkerUnavailable {
+        /// The name of the task that found no worker.
+        task: String,
+        /// Why the last attempt failed, with the worker's stderr when it had any.
+        reason: String,
+    },
     /// [`TaskHandle::join_timeout`](crate::TaskHandle::join_timeout) expired; the task was
     /// cancelled.
     TimedOut,
@@ -115,6 +124,9 @@ impl<E> TaskError<E> {
             }
             TaskError::WorkerDied { task, pid, reason, stderr_tail } => {
                 TaskError::WorkerDied { task, pid, reason, stderr_tail }
+            }
+            TaskError::WorkerUnavailable { task, reason } => {
+                TaskError::WorkerUnavailable { task, reason }
             }
             TaskError::TimedOut => TaskError::TimedOut,
             TaskError::Cancelled => TaskError::Cancelled,
@@ -172,6 +184,11 @@ impl<E: fmt::Debug> fmt::Debug for TaskError<E> {
                 .field("reason", reason)
                 .field("stderr_tail", stderr_tail)
                 .finish(),
+            TaskError::WorkerUnavailable { task, reason } => f
+                .debug_struct("WorkerUnavailable")
+                .field("task", task)
+                .field("reason", reason)
+                .finish(),
             TaskError::TimedOut => f.write_str("TimedOut"),
             TaskError::Cancelled => f.write_str("Cancelled"),
             TaskError::Serialization { task, value, message } => f
@@ -208,6 +225,9 @@ impl<E: fmt::Display> fmt::Display for TaskError<E> {
                     write!(f, "; its stderr ended with: {}", tail.replace('\n', " | "))?;
                 }
                 Ok(())
+            }
+            TaskError::WorkerUnavailable { task, reason } => {
+                write!(f, "no worker could be started for task `{task}`: {}", reason.replace('\n', " | "))
             }
             TaskError::TimedOut => f.write_str("task timed out and was cancelled"),
             TaskError::Cancelled => f.write_str("task was cancelled before it produced a result"),

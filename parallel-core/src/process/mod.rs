@@ -70,9 +70,12 @@ trait Request: Send {
 
 /// Why a job failed outside the task itself.
 enum Failure {
+    /// The worker running it died.
     Died(Death),
+    /// Its arguments did not serialize or fit in a frame.
     Arguments(String),
-    Broken(String),
+    /// No worker could be started for it.
+    Unavailable(String),
 }
 
 struct Submitted<T: Task> {
@@ -138,12 +141,9 @@ impl<T: Task> Request for Submitted<T> {
                 stderr_tail: death.stderr_tail,
             },
             Failure::Arguments(message) => Self::serialization("arguments", message),
-            Failure::Broken(message) => TaskError::WorkerDied {
-                task: T::NAME.to_owned(),
-                pid: 0,
-                reason: message,
-                stderr_tail: String::new(),
-            },
+            Failure::Unavailable(reason) => {
+                TaskError::WorkerUnavailable { task: T::NAME.to_owned(), reason }
+            }
         };
         self.complete(Err(error))
     }
@@ -355,21 +355,21 @@ fn start_worker(
             Err(error) => {
                 *failed_starts += 1;
                 let backoff = Duration::from_millis(10 << (*failed_starts).min(8));
-                if *failed_starts % START_ATTEMPTS == 0 {
-                    thread::sleep(backoff);
-                    let reason = format!(
-                        "could not start a worker ({} attempts): {}",
-                        START_ATTEMPTS, error.message
-                    );
-                    return Err(match error.death {
-                        Some(death) => Failure::Died(Death {
-                            reason: format!("{reason}; it {}", death.reason),
-                            ..death
-                        }),
-                        None => Failure::Broken(reason),
-                    });
-                }
                 thread::sleep(backoff);
+                if *failed_starts % START_ATTEMPTS == 0 {
+                    let mut reason =
+                        format!("{START_ATTEMPTS} attempts failed; the last: {}", error.message);
+                    if let Some(death) = error.death {
+                        reason.push_str(&format!("; worker {} {}", death.pid, death.reason));
+                        if !death.stderr_tail.is_empty() {
+                            reason.push_str(&format!(
+                                "; its stderr ended with: {}",
+                                death.stderr_tail
+                            ));
+                        }
+                    }
+                    return Err(Failure::Unavailable(reason));
+                }
             }
         }
     }

@@ -52,6 +52,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
         pid: std::process::id(),
     };
     send(&mut writer, &ready, &mut out, marker.max_frame)?;
+    watch_for_hang_up(&writer)?;
 
     let mut environment = Environment::for_worker(marker.worker_id);
     loop {
@@ -126,6 +127,27 @@ fn send(
             .map_err(|e| e.to_string())?;
     }
     protocol::write_frame(writer, out).map_err(|error| format!("cannot write to the pool: {error}"))
+}
+
+/// Ends the worker as soon as the pool hangs up, even in the middle of a long task: a thread
+/// waits for the channel's hang-up (`POLLRDHUP`, which does not consume input) and exits the
+/// process. `PR_SET_PDEATHSIG` covers the pool's death; this covers a pool that is gone without
+/// its process dying (its slot thread ended, its channel closed).
+fn watch_for_hang_up(writer: &BufWriter<UnixStream>) -> Result<(), String> {
+    let channel = writer.get_ref().try_clone().map_err(|error| error.to_string())?;
+    std::thread::Builder::new()
+        .name("parallel-worker-watch".to_owned())
+        .spawn(move || loop {
+            let hang_up = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+            let mut fds = [PollFd::new(channel.as_fd(), hang_up)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => {}
+                // Hang-up, error, or a failing poll: the channel is no use any more.
+                _ => std::process::exit(0),
+            }
+        })
+        .map(drop)
+        .map_err(|error| format!("cannot start the hang-up watcher: {error}"))
 }
 
 /// Blocks until the channel is readable, purging expired environment entries when they are due.
