@@ -139,6 +139,18 @@ impl<T: Task> Job<T> {
         }
     }
 
+    /// Replaces the stop of a running job, when it moves to another worker before it started;
+    /// `false` if the job is no longer running (cancelled meanwhile).
+    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))] // the process backend's
+    pub(crate) fn restop(&self, stop: Arc<dyn Stop>) -> bool {
+        let mut slot = self.lock();
+        let is_running = matches!(slot.state, State::Running);
+        if is_running {
+            slot.stop = Some(stop);
+        }
+        is_running
+    }
+
     /// Whether the task has not been claimed by a worker yet.
     pub(crate) fn is_queued(&self) -> bool {
         matches!(self.lock().state, State::Queued(_))

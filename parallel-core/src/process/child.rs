@@ -42,7 +42,8 @@ pub(crate) struct Settings {
 pub(crate) struct Worker {
     child: Child,
     pub(crate) pid: u32,
-    pub(crate) reader: BufReader<UnixStream>,
+    /// The reading half, until a reader thread takes it.
+    reader: Option<BufReader<UnixStream>>,
     pub(crate) writer: BufWriter<UnixStream>,
     stderr: StderrTail,
     /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
@@ -126,8 +127,14 @@ impl Worker {
             })?,
         );
         let writer = BufWriter::with_capacity(64 * 1024, ours);
-        let mut worker =
-            Worker { child, pid, reader, writer, stderr, is_reaped: Arc::new(Mutex::new(false)) };
+        let mut worker = Worker {
+            child,
+            pid,
+            reader: Some(reader),
+            writer,
+            stderr,
+            is_reaped: Arc::new(Mutex::new(false)),
+        };
         match worker.handshake(build, settings.max_frame) {
             Ok(()) => Ok(worker),
             Err(message) => {
@@ -139,10 +146,12 @@ impl Worker {
     }
 
     fn handshake(&mut self, build: u64, max_frame: usize) -> Result<(), String> {
-        let channel = self.reader.get_ref();
-        channel.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
+        let Some(reader) = self.reader.as_mut() else {
+            return Err("the worker's channel was already taken".to_owned());
+        };
+        reader.get_ref().set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         let mut frame = Vec::new();
-        let result = match protocol::read_frame(&mut self.reader, &mut frame, max_frame) {
+        let result = match protocol::read_frame(reader, &mut frame, max_frame) {
             Ok(body) => match protocol::decode_from_worker(body) {
                 Ok(FromWorker::Ready { version, build: theirs, pid }) => {
                     if version != protocol::VERSION {
@@ -166,8 +175,13 @@ impl Worker {
             Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
             Err(error) => Err(format!("the worker never said it was ready: {error}")),
         };
-        self.reader.get_ref().set_read_timeout(None).map_err(|e| e.to_string())?;
+        reader.get_ref().set_read_timeout(None).map_err(|e| e.to_string())?;
         result
+    }
+
+    /// The reading half of the channel, for the thread that reads the worker's replies.
+    pub(crate) fn take_reader(&mut self) -> Option<BufReader<UnixStream>> {
+        self.reader.take()
     }
 
     pub(crate) fn kill_switch(&self) -> KillSwitch {

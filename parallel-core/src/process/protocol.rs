@@ -21,6 +21,7 @@ pub(crate) const VERSION: u16 = 1;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
+const CANCEL: u8 = 3;
 const READY: u8 = 10;
 const OUTPUT: u8 = 11;
 const FAILED: u8 = 12;
@@ -28,6 +29,7 @@ const PANICKED: u8 = 13;
 const BAD_ARGUMENTS: u8 = 14;
 const UNKNOWN_TASK: u8 = 15;
 const UNSERIALIZABLE: u8 = 16;
+const SKIPPED: u8 = 17;
 
 /// What the pool tells a worker.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub(crate) enum ToWorker<'a> {
     Run { job: u64, task: &'a str, args: &'a [u8] },
     /// Finish: the worker exits after this.
     Exit,
+    /// Do not start job `job` (sent earlier, not started yet): it was cancelled.
+    Cancel { job: u64 },
 }
 
 /// What a worker tells the pool.
@@ -62,6 +66,8 @@ pub(crate) enum Reply<'a> {
     UnknownTask,
     /// The output (`is_error == false`) or error did not serialize.
     Unserializable { is_error: bool, message: &'a str },
+    /// The job was cancelled before it started; it did not run.
+    Skipped,
 }
 
 /// Bytes from a worker that break the protocol.
@@ -208,6 +214,10 @@ pub(crate) fn encode_to_worker(
             out.extend_from_slice(args);
         }
         ToWorker::Exit => start_frame(out, EXIT),
+        ToWorker::Cancel { job } => {
+            start_frame(out, CANCEL);
+            out.extend_from_slice(&job.to_le_bytes());
+        }
     }
     finish_frame(out, max)
 }
@@ -233,6 +243,7 @@ pub(crate) fn encode_from_worker(
                 Reply::BadArguments(_) => BAD_ARGUMENTS,
                 Reply::UnknownTask => UNKNOWN_TASK,
                 Reply::Unserializable { .. } => UNSERIALIZABLE,
+                Reply::Skipped => SKIPPED,
             };
             start_frame(out, tag);
             out.extend_from_slice(&job.to_le_bytes());
@@ -244,7 +255,7 @@ pub(crate) fn encode_from_worker(
                     put_optional_str(out, *backtrace);
                 }
                 Reply::BadArguments(message) => put_str(out, message),
-                Reply::UnknownTask => {}
+                Reply::UnknownTask | Reply::Skipped => {}
                 Reply::Unserializable { is_error, message } => {
                     out.push(u8::from(*is_error));
                     put_str(out, message);
@@ -323,6 +334,10 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
             Ok(ToWorker::Run { job, task, args: fields.rest() })
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
+        CANCEL => {
+            let job = fields.u64("cancel: job id")?;
+            fields.end("cancel: trailing bytes").map(|()| ToWorker::Cancel { job })
+        }
         other => Err(ProtocolError::UnknownTag(other)),
     }
 }
@@ -338,7 +353,7 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         return Ok(FromWorker::Ready { version, build, pid });
     }
     let job = match tag {
-        OUTPUT | FAILED | PANICKED | BAD_ARGUMENTS | UNKNOWN_TASK | UNSERIALIZABLE => {
+        OUTPUT | FAILED | PANICKED | BAD_ARGUMENTS | UNKNOWN_TASK | UNSERIALIZABLE | SKIPPED => {
             fields.u64("done: job id")?
         }
         other => return Err(ProtocolError::UnknownTag(other)),
@@ -361,6 +376,10 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         UNKNOWN_TASK => {
             fields.end("unknown task: trailing bytes")?;
             Reply::UnknownTask
+        }
+        SKIPPED => {
+            fields.end("skipped: trailing bytes")?;
+            Reply::Skipped
         }
         _ => {
             let is_error = match fields.bytes(1, "unserializable: which")? {
@@ -437,6 +456,7 @@ mod tests {
             ToWorker::Run { job: 7, task: "a::b", args: &[1, 2, 3] },
             ToWorker::Run { job: u64::MAX, task: "", args: &[] },
             ToWorker::Exit,
+            ToWorker::Cancel { job: 9 },
         ] {
             let frame = frame_of_to_worker(&message);
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
@@ -454,6 +474,7 @@ mod tests {
             Reply::BadArguments("missing field `x`"),
             Reply::UnknownTask,
             Reply::Unserializable { is_error: true, message: "nope" },
+            Reply::Skipped,
         ];
         let mut messages = vec![FromWorker::Ready { version: VERSION, build: 42, pid: 1234 }];
         messages.extend(replies.into_iter().map(|reply| FromWorker::Done { job: 3, reply }));

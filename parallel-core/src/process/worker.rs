@@ -6,9 +6,11 @@
 //! worker, whose death the pool observes. While no frame arrives the worker wakes up when its
 //! environment has entries due to expire, and drops them.
 
-use std::io::{BufReader, BufWriter};
+use std::collections::{HashSet, VecDeque};
+use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -43,98 +45,230 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
     let mut reader =
         BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = BufWriter::with_capacity(64 * 1024, channel);
-    let mut frame = Vec::new();
+    let replies = Replies::start(channel.try_clone().map_err(|e| e.to_string())?)?;
+    watch_for_hang_up(&channel)?;
     let mut out = Vec::new();
     let ready = FromWorker::Ready {
         version: protocol::VERSION,
         build: super::build_id(),
         pid: std::process::id(),
     };
-    send(&mut writer, &ready, &mut out, marker.max_frame)?;
-    watch_for_hang_up(&writer)?;
+    send(&replies, &ready, &mut out, marker.max_frame, true)?;
 
     let mut environment = Environment::for_worker(marker.worker_id);
+    // Run frames read ahead of time, and jobs the pool cancelled before they started.
+    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut cancelled: HashSet<u64> = HashSet::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut is_exit_asked = false;
     loop {
-        if reader.buffer().is_empty() {
-            wait_readable(reader.get_ref(), &mut environment)?;
-        }
-        let body = match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
-            Ok(body) => body,
-            // The pool is gone or let go of us: a normal end.
-            Err(ReadError::Closed) => return Ok(()),
-            Err(error) => return Err(error.to_string()),
-        };
-        match protocol::decode_to_worker(body).map_err(|e| e.to_string())? {
-            ToWorker::Exit => return Ok(()),
-            ToWorker::Run { job, task, args } => {
-                unwind::drop_values(|| environment.purge_expired());
-                let ran = run(job, task, args, &mut environment, &mut out);
-                let reply = match &ran {
-                    // The value's frame is already built in `out`.
-                    Ran::Value => match protocol::finish_frame(&mut out, marker.max_frame) {
-                        Ok(()) => {
-                            protocol::write_frame(&mut writer, &out)
-                                .map_err(|error| format!("cannot write to the pool: {error}"))?;
-                            continue;
-                        }
-                        Err(error) => Owned::Unserializable {
-                            is_error: false,
-                            message: format!("the value is over the frame limit: {error}"),
-                        },
-                    },
-                    Ran::Reply(owned) => owned.clone(),
-                    Ran::Panicked(report) => {
-                        let reply = Reply::Panicked {
-                            message: &report.message,
-                            location: report.location.as_deref(),
-                            backtrace: report.backtrace.as_deref(),
-                        };
-                        send(
-                            &mut writer,
-                            &FromWorker::Done { job, reply },
-                            &mut out,
-                            marker.max_frame,
-                        )?;
-                        continue;
-                    }
-                };
-                send(
-                    &mut writer,
-                    &FromWorker::Done { job, reply: reply.as_reply() },
-                    &mut out,
-                    marker.max_frame,
-                )?;
+        // Take in every frame that has arrived; block only when there is nothing else to do.
+        loop {
+            let is_idle = pending.is_empty() && !is_exit_asked;
+            let has_input = if !reader.buffer().is_empty() {
+                true
+            } else if is_idle {
+                wait_readable(reader.get_ref(), &mut environment)?;
+                true
+            } else {
+                is_readable_now(reader.get_ref())?
+            };
+            if !has_input {
+                break;
+            }
+            let mut frame = spare.pop().unwrap_or_default();
+            match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
+                Ok(_) => {}
+                // The pool is gone or let go of us: a normal end.
+                Err(ReadError::Closed) => return Ok(()),
+                Err(error) => return Err(error.to_string()),
+            }
+            match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
+                ToWorker::Run { .. } => pending.push_back(frame),
+                ToWorker::Cancel { job } => {
+                    cancelled.insert(job);
+                    spare.push(frame);
+                }
+                ToWorker::Exit => {
+                    is_exit_asked = true;
+                    spare.push(frame);
+                }
             }
         }
+        let Some(frame) = pending.pop_front() else {
+            if is_exit_asked {
+                return Ok(());
+            }
+            continue;
+        };
+        let ToWorker::Run { job, task, args } =
+            protocol::decode_to_worker(&frame).map_err(|e| e.to_string())?
+        else {
+            unreachable!("only run frames are queued");
+        };
+        // The last reply before the worker may block, or before nothing else is known to come,
+        // is written at once; replies in a pipelined run are batched by the writer thread.
+        let is_urgent = pending.is_empty();
+        if cancelled.remove(&job) {
+            let done = FromWorker::Done { job, reply: Reply::Skipped };
+            send(&replies, &done, &mut out, marker.max_frame, is_urgent)?;
+        } else {
+            unwind::drop_values(|| environment.purge_expired());
+            let ran = run(job, task, args, &mut environment, &mut out);
+            let owned = match ran {
+                // The value's frame is already built in `out`.
+                Ran::Value => match protocol::finish_frame(&mut out, marker.max_frame) {
+                    Ok(()) => None,
+                    Err(error) => Some(Owned::Unserializable {
+                        is_error: false,
+                        message: format!("the value is over the frame limit: {error}"),
+                    }),
+                },
+                Ran::Reply(owned) => Some(owned),
+                Ran::Panicked(report) => {
+                    let reply = Reply::Panicked {
+                        message: &report.message,
+                        location: report.location.as_deref(),
+                        backtrace: report.backtrace.as_deref(),
+                    };
+                    protocol::encode_from_worker(
+                        &FromWorker::Done { job, reply },
+                        &mut out,
+                        marker.max_frame,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    None
+                }
+            };
+            match owned {
+                None => replies.send(&out, is_urgent)?,
+                Some(owned) => {
+                    let done = FromWorker::Done { job, reply: owned.as_reply() };
+                    send(&replies, &done, &mut out, marker.max_frame, is_urgent)?;
+                }
+            }
+        }
+        spare.push(frame);
+        spare.truncate(16);
     }
 }
 
 fn send(
-    writer: &mut BufWriter<UnixStream>,
+    replies: &Replies,
     message: &FromWorker<'_>,
     out: &mut Vec<u8>,
     max: usize,
+    is_urgent: bool,
 ) -> Result<(), String> {
-    if let Err(error) = protocol::encode_from_worker(message, out, max) {
-        // Only an output over the frame limit gets here: report that instead of the output.
-        let FromWorker::Done { job, .. } = message else {
-            return Err(error.to_string());
-        };
-        let message = format!("the output is over the frame limit: {error}");
-        let reply = Reply::Unserializable { is_error: false, message: &message };
-        protocol::encode_from_worker(&FromWorker::Done { job: *job, reply }, out, max)
-            .map_err(|e| e.to_string())?;
+    protocol::encode_from_worker(message, out, max).map_err(|e| e.to_string())?;
+    replies.send(out, is_urgent)
+}
+
+/// The worker's outgoing frames. A frame is written at once when it is urgent or large;
+/// otherwise it joins a buffer that a writer thread drains, so that a pipelined run of short
+/// tasks costs one write for many replies, and a reply never waits for the next task to end.
+struct Replies {
+    shared: Arc<ReplyBuffer>,
+}
+
+struct ReplyBuffer {
+    /// Frames not yet written, in order.
+    pending: Mutex<Vec<u8>>,
+    /// Held while writing, so that frames drained by either thread go out in order.
+    stream: Mutex<UnixStream>,
+    is_pending: Condvar,
+    /// The first write error; once set the worker stops.
+    failure: Mutex<Option<String>>,
+}
+
+/// Frames larger than this are written directly, never copied into the buffer.
+const DIRECT_WRITE: usize = 64 * 1024;
+
+impl Replies {
+    fn start(stream: UnixStream) -> Result<Replies, String> {
+        let shared = Arc::new(ReplyBuffer {
+            pending: Mutex::new(Vec::new()),
+            stream: Mutex::new(stream),
+            is_pending: Condvar::new(),
+            failure: Mutex::new(None),
+        });
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("parallel-worker-replies".to_owned())
+            .spawn(move || loop {
+                {
+                    let mut pending = lock(&writer.pending);
+                    while pending.is_empty() {
+                        pending =
+                            writer.is_pending.wait(pending).unwrap_or_else(PoisonError::into_inner);
+                    }
+                }
+                writer.drain(None);
+            })
+            .map_err(|error| format!("cannot start the reply writer: {error}"))?;
+        Ok(Replies { shared })
     }
-    protocol::write_frame(writer, out).map_err(|error| format!("cannot write to the pool: {error}"))
+
+    fn send(&self, frame: &[u8], is_urgent: bool) -> Result<(), String> {
+        if let Some(failure) = lock(&self.shared.failure).clone() {
+            return Err(failure);
+        }
+        if is_urgent || frame.len() > DIRECT_WRITE {
+            self.shared.drain(Some(frame));
+        } else {
+            lock(&self.shared.pending).extend_from_slice(frame);
+            self.shared.is_pending.notify_one();
+        }
+        match lock(&self.shared.failure).clone() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ReplyBuffer {
+    /// Writes the buffered frames, then `frame` if given.
+    fn drain(&self, frame: Option<&[u8]>) {
+        let mut stream = lock(&self.stream);
+        let buffered = std::mem::take(&mut *lock(&self.pending));
+        let result = stream
+            .write_all(&buffered)
+            .and_then(|()| frame.map_or(Ok(()), |frame| stream.write_all(frame)));
+        if let Err(error) = result {
+            lock(&self.failure).get_or_insert(format!("cannot write to the pool: {error}"));
+        }
+        // Give the allocation back for the next batch, unless a frame arrived meanwhile.
+        let mut pending = lock(&self.pending);
+        if pending.is_empty() {
+            let mut buffered = buffered;
+            buffered.clear();
+            *pending = buffered;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a frame can be read without blocking.
+fn is_readable_now(channel: &UnixStream) -> Result<bool, String> {
+    let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(ready) => return Ok(ready > 0),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(error) => return Err(format!("cannot poll the pool's channel: {error}")),
+        }
+    }
 }
 
 /// Ends the worker as soon as the pool hangs up, even in the middle of a long task: a thread
 /// waits for the channel's hang-up (`POLLRDHUP`, which does not consume input) and exits the
 /// process. `PR_SET_PDEATHSIG` covers the pool's death; this covers a pool that is gone without
 /// its process dying (its slot thread ended, its channel closed).
-fn watch_for_hang_up(writer: &BufWriter<UnixStream>) -> Result<(), String> {
-    let channel = writer.get_ref().try_clone().map_err(|error| error.to_string())?;
+fn watch_for_hang_up(channel: &UnixStream) -> Result<(), String> {
+    let channel = channel.try_clone().map_err(|error| error.to_string())?;
     std::thread::Builder::new()
         .name("parallel-worker-watch".to_owned())
         .spawn(move || loop {

@@ -1,0 +1,508 @@
+//! Worker slots: the threads that keep one worker process busy each.
+//!
+//! A slot thread takes jobs from the pool's queue, starts its worker process when it needs one,
+//! claims the jobs, serializes them straight into their frames and sends them, several at a time
+//! (pipelined: while the worker runs one, the next ones wait in its socket, so that short tasks
+//! cost a fraction of a round trip each). A reader thread per worker resolves the jobs from the
+//! worker's replies, in order. How many jobs a slot keeps in flight adapts to how long its tasks
+//! take: many for tasks of microseconds, one or two for tasks of milliseconds, so that long tasks
+//! still spread over every worker.
+//!
+//! The worker runs the jobs in the order sent, so the first job in flight is the one it runs:
+//! cancelling it kills the worker; cancelling a later one sends `Cancel`, and the worker answers
+//! `Skipped` instead of running it. When the worker dies, the first job in flight resolves as
+//! `WorkerDied` and the others, which it never started, go back to the front of the queue.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::child::{Death, KillSwitch, Settings, Worker};
+use super::protocol::{self, FromWorker, ReadError, ToWorker};
+use super::{Config, Failure, Request};
+use crate::job::Stop;
+use crate::Error;
+
+/// How long a retiring worker may take to exit before it is killed.
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
+/// How many times in a row a slot tries to start a worker before it fails the job in hand.
+const START_ATTEMPTS: u32 = 5;
+/// The most jobs a slot keeps in flight on its worker.
+const MAX_IN_FLIGHT: usize = 64;
+/// How much work, in time, a slot aims to keep queued inside its worker: enough to hide a round
+/// trip, little enough that a long task does not hold back others another worker could run.
+const QUEUED_WORK: Duration = Duration::from_micros(200);
+
+/// A job in the queue: new, or sent to a worker that died before starting it.
+enum Item {
+    Fresh(Box<dyn Request>),
+    Sent(Sent),
+}
+
+impl Item {
+    fn request(&self) -> &dyn Request {
+        match self {
+            Item::Fresh(request) => request.as_ref(),
+            Item::Sent(sent) => sent.request.as_ref(),
+        }
+    }
+}
+
+/// A job sent to a worker, with its frame kept in case it must be sent to another.
+struct Sent {
+    request: Box<dyn Request>,
+    frame: Vec<u8>,
+    sent_at: Instant,
+}
+
+struct SlotState {
+    in_flight: VecDeque<Sent>,
+    /// Jobs in flight (not first) that were cancelled; the slot thread sends `Cancel` for them.
+    cancels: Vec<u64>,
+    /// Set by the reader when the worker's channel ended, with the protocol problem if any.
+    broken: Option<Option<String>>,
+    /// The typical time between two replies of a busy worker, in nanoseconds (0: unknown yet).
+    task_nanos: u64,
+    last_reply: Option<Instant>,
+}
+
+impl SlotState {
+    /// How many jobs this slot should keep in flight, from how long its tasks take.
+    fn window(&self) -> usize {
+        if self.task_nanos == 0 {
+            return 1;
+        }
+        let window = QUEUED_WORK.as_nanos() as u64 / self.task_nanos;
+        (window as usize).clamp(1, MAX_IN_FLIGHT)
+    }
+}
+
+struct State {
+    queue: VecDeque<Item>,
+    /// Slots asleep with room for more jobs.
+    idle: Vec<usize>,
+    is_stopping: bool,
+    slots: Vec<SlotState>,
+}
+
+pub(super) struct Shared {
+    state: Mutex<State>,
+    wake: Vec<Condvar>,
+    config: Config,
+    build: u64,
+}
+
+impl Shared {
+    pub(super) fn new(config: Config, build: u64) -> Arc<Shared> {
+        let slots = (0..config.workers)
+            .map(|_| SlotState {
+                in_flight: VecDeque::new(),
+                cancels: Vec::new(),
+                broken: None,
+                task_nanos: 0,
+                last_reply: None,
+            })
+            .collect();
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                idle: Vec::new(),
+                is_stopping: false,
+                slots,
+            }),
+            wake: (0..config.workers).map(|_| Condvar::new()).collect(),
+            config,
+            build,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a job; `false` once the pool stops.
+    pub(super) fn submit(&self, request: Box<dyn Request>) -> bool {
+        let mut state = self.lock();
+        if state.is_stopping {
+            return false;
+        }
+        state.queue.push_back(Item::Fresh(request));
+        if let Some(slot) = state.idle.pop() {
+            self.wake[slot].notify_one();
+        }
+        true
+    }
+
+    /// Lets every slot finish the queue and its jobs in flight, then retire its worker and exit.
+    pub(super) fn stop(&self) {
+        self.lock().is_stopping = true;
+        for wake in &self.wake {
+            wake.notify_one();
+        }
+    }
+}
+
+/// Starts one slot thread per worker.
+pub(super) fn start_all(shared: &Arc<Shared>, pool_id: u64) -> Result<Vec<JoinHandle<()>>, Error> {
+    (0..shared.config.workers)
+        .map(|worker_id| {
+            let shared = Arc::clone(shared);
+            thread::Builder::new()
+                .name(format!("parallel-{pool_id}-process-{worker_id}"))
+                .spawn(move || run(&shared, worker_id))
+                .map_err(|error| Error::io("start a worker's slot thread", error))
+        })
+        .collect()
+}
+
+/// Stops a job in flight: kills the worker if the job is the one it runs, else asks the worker
+/// to skip it.
+struct InFlightStop {
+    shared: Weak<Shared>,
+    slot: usize,
+    job: u64,
+    kill: KillSwitch,
+}
+
+impl Stop for InFlightStop {
+    fn stop(&self) {
+        let Some(shared) = self.shared.upgrade() else {
+            self.kill.kill();
+            return;
+        };
+        let mut state = shared.lock();
+        let slot = &mut state.slots[self.slot];
+        match slot.in_flight.iter().position(|sent| sent.request.id() == self.job) {
+            Some(0) => {
+                drop(state);
+                self.kill.kill();
+            }
+            Some(_) => {
+                slot.cancels.push(self.job);
+                drop(state);
+                shared.wake[self.slot].notify_one();
+            }
+            // Answered already, or back in the queue (where it is skipped, being resolved).
+            None => {}
+        }
+    }
+}
+
+/// A running worker with the thread that reads its replies.
+struct Running {
+    worker: Worker,
+    reader: JoinHandle<()>,
+    /// Jobs sent to this worker, for `max_tasks_per_worker`.
+    sent: usize,
+}
+
+impl Running {
+    /// Waits for the reader (the channel has ended) and reaps the worker.
+    fn reap(mut self) -> Death {
+        self.worker.kill_switch().kill();
+        let death = self.worker.reap();
+        let _ = self.reader.join();
+        death
+    }
+
+    /// Asks the worker to exit, then reaps it.
+    fn retire(self) {
+        let Running { worker, reader, .. } = self;
+        worker.retire(RETIRE_GRACE);
+        let _ = reader.join();
+    }
+}
+
+fn run(shared: &Arc<Shared>, id: usize) {
+    let settings = Settings {
+        worker_id: id,
+        max_frame: shared.config.max_frame,
+        max_memory: shared.config.max_memory_per_worker,
+    };
+    let mut running: Option<Running> = None;
+    let mut failed_starts = 0u32;
+    let mut state = shared.lock();
+    loop {
+        // The worker's channel ended: resolve the job it ran, requeue the others, reap it.
+        if let Some(problem) = state.slots[id].broken.take() {
+            let mut in_flight = std::mem::take(&mut state.slots[id].in_flight);
+            state.slots[id].cancels.clear();
+            drop(state);
+            let death = running.take().map(Running::reap);
+            if let (Some(first), Some(mut death)) = (in_flight.pop_front(), death) {
+                explain(&mut death, problem, shared.config.max_memory_per_worker);
+                first.request.fail(Failure::Died(death));
+            }
+            state = shared.lock();
+            let requeued = in_flight.len();
+            for sent in in_flight.into_iter().rev() {
+                state.queue.push_front(Item::Sent(sent));
+            }
+            for _ in 0..requeued {
+                if let Some(slot) = state.idle.pop() {
+                    shared.wake[slot].notify_one();
+                }
+            }
+            continue;
+        }
+        if !state.slots[id].cancels.is_empty() && running.is_some() {
+            let cancels = std::mem::take(&mut state.slots[id].cancels);
+            drop(state);
+            if let Some(running) = running.as_mut() {
+                send_cancels(&mut running.worker.writer, &cancels);
+            }
+            state = shared.lock();
+            continue;
+        }
+        let max_sent = shared.config.max_tasks_per_worker.unwrap_or(usize::MAX);
+        let sent_so_far = running.as_ref().map_or(0, |running| running.sent);
+        let room = state.slots[id].window().saturating_sub(state.slots[id].in_flight.len());
+        let room = room.min(max_sent - sent_so_far);
+        // A slot that is busy already leaves queued jobs to slots that are not: pipelining is for
+        // when every worker has work.
+        let is_busy = !state.slots[id].in_flight.is_empty();
+        let others_idle = state.slots.iter().enumerate().any(|(other, slot)| {
+            other != id && slot.in_flight.is_empty() && slot.broken.is_none()
+        });
+        if room > 0 && !state.queue.is_empty() && is_busy && others_idle {
+            if let Some(slot) = state.idle.pop() {
+                shared.wake[slot].notify_one();
+            }
+        } else if room > 0 && !state.queue.is_empty() {
+            if running.is_none() {
+                drop(state);
+                match start(shared, settings, id, &mut failed_starts) {
+                    Ok(started) => running = Some(started),
+                    Err(failure) => {
+                        let item = shared.lock().queue.pop_front();
+                        if let Some(item) = item {
+                            item.request().fail(failure);
+                        }
+                    }
+                }
+                state = shared.lock();
+                continue;
+            }
+            // Share the queue with the other slots: take no more than an even part of it.
+            let share = state.queue.len().div_ceil(shared.config.workers).max(1);
+            let take = room.min(share);
+            let take = take.min(state.queue.len());
+            let items: Vec<Item> = state.queue.drain(..take).collect();
+            drop(state);
+            if let Some(current) = running.as_mut() {
+                send_jobs(shared, id, current, items);
+            }
+            state = shared.lock();
+            continue;
+        }
+        let is_spent = sent_so_far >= max_sent;
+        if is_spent && state.slots[id].in_flight.is_empty() {
+            drop(state);
+            if let Some(done) = running.take() {
+                done.retire();
+            }
+            state = shared.lock();
+            continue;
+        }
+        if state.is_stopping && state.queue.is_empty() && state.slots[id].in_flight.is_empty() {
+            break;
+        }
+        if room > 0 {
+            state.idle.push(id);
+        }
+        state = shared.wake[id].wait(state).unwrap_or_else(PoisonError::into_inner);
+        state.idle.retain(|slot| *slot != id);
+    }
+    drop(state);
+    if let Some(running) = running {
+        running.retire();
+    }
+}
+
+/// Claims `items`, builds their frames, enters them in flight and writes them in one go.
+fn send_jobs(shared: &Arc<Shared>, id: usize, running: &mut Running, items: Vec<Item>) {
+    let max_frame = shared.config.max_frame;
+    let mut ready = Vec::with_capacity(items.len());
+    for item in items {
+        let (request, frame) = match item {
+            Item::Fresh(request) => {
+                let mut frame = Vec::new();
+                protocol::begin_run(&mut frame, request.id(), request.task());
+                match request.start(stop(shared, id, request.id(), &running.worker), &mut frame) {
+                    None => continue,
+                    Some(Err(message)) => {
+                        request.fail(Failure::Arguments(message));
+                        continue;
+                    }
+                    Some(Ok(())) => {}
+                }
+                if let Err(error) = protocol::finish_frame(&mut frame, max_frame) {
+                    let message = format!("the arguments do not fit in a frame: {error}");
+                    request.fail(Failure::Arguments(message));
+                    continue;
+                }
+                (request, frame)
+            }
+            Item::Sent(sent) => {
+                if !sent.request.restart(stop(shared, id, sent.request.id(), &running.worker)) {
+                    continue;
+                }
+                (sent.request, sent.frame)
+            }
+        };
+        ready.push(Sent { request, frame, sent_at: Instant::now() });
+    }
+    if ready.is_empty() {
+        return;
+    }
+    running.sent += ready.len();
+    // The frames are written after entering them in flight, so the reader can match every reply;
+    // a failed write means the worker is gone, which the reader reports.
+    let frames: Vec<Vec<u8>> = {
+        let mut state = shared.lock();
+        let slot = &mut state.slots[id];
+        let frames = ready.iter().map(|sent| sent.frame.clone()).collect();
+        slot.in_flight.extend(ready);
+        frames
+    };
+    let writer = &mut running.worker.writer;
+    let result =
+        frames.iter().try_for_each(|frame| writer.write_all(frame)).and_then(|()| writer.flush());
+    drop(result);
+}
+
+fn stop(shared: &Arc<Shared>, slot: usize, job: u64, worker: &Worker) -> Arc<dyn Stop> {
+    Arc::new(InFlightStop { shared: Arc::downgrade(shared), slot, job, kill: worker.kill_switch() })
+}
+
+fn send_cancels(writer: &mut BufWriter<UnixStream>, cancels: &[u64]) {
+    let mut frame = Vec::new();
+    for job in cancels {
+        if protocol::encode_to_worker(&ToWorker::Cancel { job: *job }, &mut frame, usize::MAX)
+            .is_ok()
+            && writer.write_all(&frame).is_err()
+        {
+            return;
+        }
+    }
+    // A failure means the worker is gone, which its reader reports.
+    let _ = writer.flush();
+}
+
+/// Starts a worker and its reader, retrying with backoff; after [`START_ATTEMPTS`] failures in a
+/// row, reports the last one (the next job tries afresh, still backing off).
+fn start(
+    shared: &Arc<Shared>,
+    settings: Settings,
+    id: usize,
+    failed_starts: &mut u32,
+) -> Result<Running, Failure> {
+    loop {
+        match Worker::start(settings, shared.build) {
+            Ok(mut worker) => {
+                *failed_starts = 0;
+                let reader = match worker.take_reader() {
+                    Some(reader) => reader,
+                    None => {
+                        return Err(Failure::Unavailable("the worker's channel is gone".into()))
+                    }
+                };
+                let for_reader = Arc::clone(shared);
+                let max_frame = shared.config.max_frame;
+                let pid = worker.pid;
+                let reader = thread::Builder::new()
+                    .name(format!("parallel-reader-{pid}"))
+                    .spawn(move || read_replies(&for_reader, id, reader, max_frame))
+                    .map_err(|error| {
+                        Failure::Unavailable(format!("cannot start a reader thread: {error}"))
+                    })?;
+                return Ok(Running { worker, reader, sent: 0 });
+            }
+            Err(error) => {
+                *failed_starts += 1;
+                thread::sleep(Duration::from_millis(10 << (*failed_starts).min(8)));
+                if *failed_starts % START_ATTEMPTS == 0 {
+                    let mut reason =
+                        format!("{START_ATTEMPTS} attempts failed; the last: {}", error.message);
+                    if let Some(death) = error.death {
+                        reason.push_str(&format!("; worker {} {}", death.pid, death.reason));
+                        if !death.stderr_tail.is_empty() {
+                            reason.push_str(&format!(
+                                "; its stderr ended with: {}",
+                                death.stderr_tail
+                            ));
+                        }
+                    }
+                    return Err(Failure::Unavailable(reason));
+                }
+            }
+        }
+    }
+}
+
+/// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
+fn read_replies(shared: &Shared, id: usize, mut reader: BufReader<UnixStream>, max_frame: usize) {
+    let mut frame = Vec::new();
+    let problem = loop {
+        let body = match protocol::read_frame(&mut reader, &mut frame, max_frame) {
+            Ok(body) => body,
+            Err(ReadError::Protocol(error)) => {
+                break Some(format!("the worker broke the protocol: {error}"))
+            }
+            Err(ReadError::Closed | ReadError::Io(_)) => break None,
+        };
+        let (job, reply) = match protocol::decode_from_worker(body) {
+            Ok(FromWorker::Done { job, reply }) => (job, reply),
+            Ok(other) => break Some(format!("the worker sent {other:?} out of turn")),
+            Err(error) => break Some(format!("the worker broke the protocol: {error}")),
+        };
+        let (sent, is_window_full) = {
+            let mut state = shared.lock();
+            let slot = &mut state.slots[id];
+            let is_window_full = slot.in_flight.len() >= slot.window();
+            match slot.in_flight.front() {
+                Some(first) if first.request.id() == job => {}
+                _ => {
+                    break Some(format!("the worker answered job {job}, which it was not running"))
+                }
+            }
+            let sent = slot.in_flight.pop_front();
+            let now = Instant::now();
+            if let Some(sent) = &sent {
+                let since = slot.last_reply.map_or(sent.sent_at, |last| last.max(sent.sent_at));
+                let nanos = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
+                slot.task_nanos = if slot.task_nanos == 0 {
+                    nanos.max(1)
+                } else {
+                    (slot.task_nanos * 7 + nanos) / 8
+                };
+            }
+            slot.last_reply = Some(now);
+            (sent, is_window_full || slot.in_flight.is_empty())
+        };
+        if is_window_full {
+            shared.wake[id].notify_one();
+        }
+        if let Some(sent) = sent {
+            sent.request.finish(reply);
+        }
+    };
+    let mut state = shared.lock();
+    state.slots[id].broken = Some(problem);
+    drop(state);
+    shared.wake[id].notify_one();
+}
+
+/// Completes a death's reason with what the slot knows: a protocol problem, a memory limit.
+fn explain(death: &mut Death, problem: Option<String>, max_memory: Option<u64>) {
+    if let Some(problem) = problem {
+        death.reason = format!("{problem}; the worker was killed and {}", death.reason);
+    } else if let Some(limit) = max_memory {
+        if death.is_out_of_memory {
+            death.reason = format!("hit its memory limit of {limit} bytes and {}", death.reason);
+        }
+    }
+}
