@@ -100,7 +100,9 @@ impl Worker {
             max_frame: settings.max_frame,
         };
         let mut command = Command::new("/proc/self/exe");
+        // Operators see which program and which slot a worker is, not `/proc/self/exe`.
         command
+            .arg0(format!("{} [parallel worker {}]", program_name(), settings.worker_id))
             .env(MARKER, marker.to_value())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -280,6 +282,14 @@ unsafe fn libc_fcntl_clear_cloexec(fd: i32) -> i32 {
         }
         nix::libc::fcntl(fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC)
     }
+}
+
+/// The file name of this program's executable, for the names of its workers.
+pub(crate) fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "parallel".to_owned())
 }
 
 fn describe_exe() -> String {

@@ -264,9 +264,10 @@ fn run(shared: &Arc<Shared>, id: usize) {
         // A slot that is busy already leaves queued jobs to slots that are not: pipelining is for
         // when every worker has work.
         let is_busy = !state.slots[id].in_flight.is_empty();
-        let others_idle = state.slots.iter().enumerate().any(|(other, slot)| {
-            other != id && slot.in_flight.is_empty() && slot.broken.is_none()
-        });
+        let others_idle =
+            state.slots.iter().enumerate().any(|(other, slot)| {
+                other != id && slot.in_flight.is_empty() && slot.broken.is_none()
+            });
         if room > 0 && !state.queue.is_empty() && is_busy && others_idle {
             if let Some(slot) = state.idle.pop() {
                 shared.wake[slot].notify_one();
@@ -459,10 +460,9 @@ fn read_replies(shared: &Shared, id: usize, mut reader: BufReader<UnixStream>, m
             Ok(other) => break Some(format!("the worker sent {other:?} out of turn")),
             Err(error) => break Some(format!("the worker broke the protocol: {error}")),
         };
-        let (sent, is_window_full) = {
+        let (sent, should_wake) = {
             let mut state = shared.lock();
             let slot = &mut state.slots[id];
-            let is_window_full = slot.in_flight.len() >= slot.window();
             match slot.in_flight.front() {
                 Some(first) if first.request.id() == job => {}
                 _ => {
@@ -481,9 +481,12 @@ fn read_replies(shared: &Shared, id: usize, mut reader: BufReader<UnixStream>, m
                 };
             }
             slot.last_reply = Some(now);
-            (sent, is_window_full || slot.in_flight.is_empty())
+            // Wake the slot thread when half its window is free (it then sends a batch), not on
+            // every reply: a wake-up costs more than a short task.
+            let left = slot.in_flight.len();
+            (sent, left == 0 || left == slot.window() / 2)
         };
-        if is_window_full {
+        if should_wake {
             shared.wake[id].notify_one();
         }
         if let Some(sent) = sent {

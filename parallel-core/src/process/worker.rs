@@ -11,7 +11,7 @@ use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -29,6 +29,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
     if std::os::unix::process::parent_id() != marker.parent {
         return 0;
     }
+    name_this_process();
     // SAFETY: the pool put its end of a fresh socket pair at this descriptor for this process
     // alone and told us its number in the marker; nothing else in this process owns it.
     let channel = UnixStream::from(unsafe { OwnedFd::from_raw_fd(marker.fd) });
@@ -38,6 +39,19 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
             eprintln!("parallel: worker {} stops: {error}", std::process::id());
             EXIT_CANNOT_SERVE
         }
+    }
+}
+
+/// Names the process after the program (its `comm`, what `top` shows), not after the
+/// `/proc/self/exe` it was started through.
+fn name_this_process() {
+    let mut name = super::child::program_name().into_bytes();
+    name.retain(|byte| *byte != 0);
+    name.truncate(15);
+    name.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `name` is.
+    unsafe {
+        nix::libc::prctl(nix::libc::PR_SET_NAME, name.as_ptr());
     }
 }
 
@@ -61,6 +75,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
     let mut cancelled: HashSet<u64> = HashSet::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut is_exit_asked = false;
+    let mut last_look = Instant::now();
     loop {
         // Take in every frame that has arrived; block only when there is nothing else to do.
         loop {
@@ -70,8 +85,13 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
             } else if is_idle {
                 wait_readable(reader.get_ref(), &mut environment)?;
                 true
-            } else {
+            } else if last_look.elapsed() >= LOOK_AHEAD_EVERY {
+                // With jobs in hand, look for new frames (a `Cancel` above all) now and then,
+                // not before every job: a system call costs more than a short task.
+                last_look = Instant::now();
                 is_readable_now(reader.get_ref())?
+            } else {
+                false
             };
             if !has_input {
                 break;
@@ -181,6 +201,9 @@ struct ReplyBuffer {
     failure: Mutex<Option<String>>,
 }
 
+/// How often a worker with jobs in hand looks for newly arrived frames.
+const LOOK_AHEAD_EVERY: Duration = Duration::from_micros(50);
+
 /// Frames larger than this are written directly, never copied into the buffer.
 const DIRECT_WRITE: usize = 64 * 1024;
 
@@ -216,8 +239,16 @@ impl Replies {
         if is_urgent || frame.len() > DIRECT_WRITE {
             self.shared.drain(Some(frame));
         } else {
-            lock(&self.shared.pending).extend_from_slice(frame);
-            self.shared.is_pending.notify_one();
+            let was_empty = {
+                let mut pending = lock(&self.shared.pending);
+                let was_empty = pending.is_empty();
+                pending.extend_from_slice(frame);
+                was_empty
+            };
+            // The writer drains everything there is when it wakes: one wake-up per batch.
+            if was_empty {
+                self.shared.is_pending.notify_one();
+            }
         }
         match lock(&self.shared.failure).clone() {
             Some(failure) => Err(failure),

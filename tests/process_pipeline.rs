@@ -1,0 +1,139 @@
+//! The process backend pipelines short tasks: several wait in a worker's socket while it runs
+//! one. These tests warm a pool up with short tasks so that it does, then check the two places
+//! where pipelining could lose or duplicate work: cancelling a job that was sent but not started,
+//! and a worker dying with jobs behind the one it runs.
+#![cfg(feature = "process")]
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use parallel::{task, Backend, Pool, TaskError};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let path =
+            std::env::temp_dir().join(format!("parallel-pipeline-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        Scratch(path)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[task]
+fn noop(x: u64) -> u64 {
+    x
+}
+
+#[task]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Appends a line to `path`: run twice, the file has two lines.
+#[task]
+fn record(path: String) -> u32 {
+    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+    std::process::id()
+}
+
+/// Blocks until `gate` exists.
+#[task]
+fn gated(gate: String) {
+    let started = Instant::now();
+    while !Path::new(&gate).exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[task]
+fn crash_after(gate: String) {
+    gated(gate);
+    std::process::abort();
+}
+
+/// Runs enough short tasks that the pool keeps many in flight.
+fn warm_up(pool: &Pool) {
+    let handles: Vec<_> = (0..2_000).map(|i| noop::dispatch_on(pool, i)).collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
+fn lines(path: &str) -> usize {
+    fs::read_to_string(path).map_or(0, |text| text.lines().count())
+}
+
+#[test]
+fn cancelling_a_job_sent_but_not_started_skips_it_without_killing_the_worker() {
+    let scratch = Scratch::new("cancel");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    warm_up(&pool);
+    let worker = pid::dispatch_on(&pool).join().unwrap();
+    let gate = scratch.file("gate");
+    let blocker = gated::dispatch_on(&pool, gate.clone());
+    let victims: Vec<_> =
+        (0..20).map(|i| record::dispatch_on(&pool, scratch.file(&format!("victim-{i}")))).collect();
+    // Let the slot send the victims behind the blocker.
+    std::thread::sleep(Duration::from_millis(100));
+    for victim in &victims {
+        victim.cancel();
+    }
+    fs::write(&gate, b"").unwrap();
+    assert_eq!(blocker.join(), Ok(()));
+    for victim in victims {
+        assert_eq!(victim.join(), Err(TaskError::Cancelled));
+    }
+    assert_eq!(pid::dispatch_on(&pool).join(), Ok(worker), "no worker was killed for queued jobs");
+    for i in 0..20 {
+        assert_eq!(
+            lines(&scratch.file(&format!("victim-{i}"))),
+            0,
+            "victim {i} ran after its cancel"
+        );
+    }
+}
+
+#[test]
+fn jobs_behind_a_crash_run_exactly_once_on_another_worker() {
+    let scratch = Scratch::new("crash");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    warm_up(&pool);
+    let first = pid::dispatch_on(&pool).join().unwrap();
+    let gate = scratch.file("gate");
+    let crasher = crash_after::dispatch_on(&pool, gate.clone());
+    let followers: Vec<_> =
+        (0..50).map(|i| record::dispatch_on(&pool, scratch.file(&format!("job-{i}")))).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    fs::write(&gate, b"").unwrap();
+    match crasher.join() {
+        Err(TaskError::WorkerDied { pid, reason, .. }) => {
+            assert_eq!(pid, first);
+            assert!(reason.contains("SIGABRT"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (i, follower) in followers.into_iter().enumerate() {
+        let ran_on = follower.join().unwrap();
+        assert_ne!(ran_on, first, "job {i} ran on the worker that crashed before it");
+        assert_eq!(
+            lines(&scratch.file(&format!("job-{i}"))),
+            1,
+            "job {i} ran more or less than once"
+        );
+    }
+}
