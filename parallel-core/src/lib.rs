@@ -4,6 +4,8 @@
 //! Users depend on the `parallel` facade, which re-exports this crate's public items together with
 //! the `#[task]` attribute; this crate is what the facade and the generated code stand on.
 
+#[cfg(test)]
+mod alloc_probe;
 mod backend;
 mod builder;
 mod environment;
@@ -36,3 +38,7 @@ pub use task::Task;
 
 #[doc(hidden)]
 pub mod __private;
+
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc_probe::Probe = alloc_probe::Probe;

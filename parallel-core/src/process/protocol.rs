@@ -536,6 +536,100 @@ mod tests {
         );
     }
 
+    mod untrusted {
+        //! Random, truncated and mutated bytes from a worker, fed to the pool's side: never a
+        //! panic, never an allocation beyond the frame limit, never a hang (input is finite, and
+        //! every read either consumes bytes or ends).
+
+        use super::*;
+        use crate::alloc_probe::largest_allocation;
+        use proptest::prelude::*;
+
+        const LIMIT: usize = 4096;
+
+        /// Reads frames from `bytes` until they end or break the protocol, decoding each.
+        fn consume(bytes: &[u8]) -> usize {
+            let mut reader = bytes;
+            let mut buffer = Vec::new();
+            let mut frames = 0;
+            while let Ok(body) = read_frame(&mut reader, &mut buffer, LIMIT) {
+                let _ = decode_from_worker(body);
+                frames += 1;
+            }
+            frames
+        }
+
+        fn valid_frames() -> impl Strategy<Value = Vec<u8>> {
+            let reply = prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| (0u8, b, String::new())),
+                ".{0,40}".prop_map(|m| (1u8, Vec::new(), m)),
+                Just((2u8, Vec::new(), String::new())),
+            ];
+            proptest::collection::vec((any::<u64>(), reply), 0..8).prop_map(|replies| {
+                let mut stream = Vec::new();
+                let mut frame = Vec::new();
+                for (job, (kind, bytes, message)) in replies {
+                    let reply = match kind {
+                        0 => Reply::Output(&bytes),
+                        1 => Reply::Panicked {
+                            message: &message,
+                            location: Some("a.rs:1:1"),
+                            backtrace: None,
+                        },
+                        _ => Reply::Skipped,
+                    };
+                    encode_from_worker(&FromWorker::Done { job, reply }, &mut frame, LIMIT)
+                        .unwrap();
+                    stream.extend_from_slice(&frame);
+                }
+                stream
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let (_, largest) = largest_allocation(|| consume(&bytes));
+                prop_assert!(largest <= 2 * LIMIT, "allocated {largest} bytes");
+            }
+
+            #[test]
+            fn mutated_frames(
+                stream in valid_frames(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut stream = stream;
+                if !stream.is_empty() {
+                    for (index, byte) in flips {
+                        let at = index.index(stream.len());
+                        stream[at] ^= byte;
+                    }
+                    stream.truncate(cut.index(stream.len() + 1));
+                }
+                let (_, largest) = largest_allocation(|| consume(&stream));
+                prop_assert!(largest <= 2 * LIMIT, "allocated {largest} bytes");
+            }
+
+            #[test]
+            fn lying_lengths(len in any::<u32>(), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let mut stream = len.to_le_bytes().to_vec();
+                stream.extend_from_slice(&tail);
+                let (_, largest) = largest_allocation(|| consume(&stream));
+                prop_assert!(largest <= 2 * LIMIT, "a length of {len} allocated {largest} bytes");
+            }
+        }
+
+        #[test]
+        fn valid_frames_survive_the_round_trip() {
+            let mut frame = Vec::new();
+            let reply = Reply::Output(b"abc");
+            encode_from_worker(&FromWorker::Done { job: 5, reply }, &mut frame, LIMIT).unwrap();
+            let stream = [frame.clone(), frame].concat();
+            assert_eq!(consume(&stream), 2);
+        }
+    }
+
     #[test]
     fn values_round_trip_in_every_serde_shape() {
         #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
