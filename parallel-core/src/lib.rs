@@ -39,6 +39,13 @@ pub use task::Task;
 #[doc(hidden)]
 pub mod __private;
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[cfg(all(feature = "fuzzing", unix))]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::process::fuzz::{pool_side, value, worker_side};
+}
+
 #[cfg(test)]
 #[global_allocator]
 static ALLOCATOR: alloc_probe::Probe = alloc_probe::Probe;

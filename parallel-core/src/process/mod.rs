@@ -9,6 +9,8 @@
 
 mod child;
 mod entry;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod protocol;
 mod slot;
 mod worker;

@@ -1,0 +1,38 @@
+//! What the fuzz targets drive: the protocol's decoders on untrusted bytes, as each side meets
+//! them. Built only with the `fuzzing` feature.
+
+use super::protocol::{self, ReadError};
+
+/// Reads frames from `bytes` as the pool reads a worker's channel, under frame limit `limit`,
+/// decoding each; returns how many frames were read. Must never panic.
+pub fn pool_side(bytes: &[u8], limit: usize) -> usize {
+    let mut reader = bytes;
+    let mut buffer = Vec::new();
+    let mut frames = 0;
+    loop {
+        match protocol::read_frame(&mut reader, &mut buffer, limit) {
+            Ok(body) => {
+                let _ = protocol::decode_from_worker(body);
+                frames += 1;
+            }
+            Err(ReadError::Closed | ReadError::Io(_) | ReadError::Protocol(_)) => return frames,
+        }
+    }
+}
+
+/// Reads frames from `bytes` as a worker reads its channel; returns how many were read.
+pub fn worker_side(bytes: &[u8], limit: usize) -> usize {
+    let mut reader = bytes;
+    let mut buffer = Vec::new();
+    let mut frames = 0;
+    while let Ok(body) = protocol::read_frame(&mut reader, &mut buffer, limit) {
+        let _ = protocol::decode_to_worker(body);
+        frames += 1;
+    }
+    frames
+}
+
+/// Decodes `bytes` as a task value of type `T`, as the pool decodes an output or error.
+pub fn value<T: serde::de::DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+    protocol::decode_value(bytes)
+}
