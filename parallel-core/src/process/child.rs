@@ -152,31 +152,7 @@ impl Worker {
             return Err("the worker's channel was already taken".to_owned());
         };
         reader.get_ref().set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
-        let mut frame = Vec::new();
-        let result = match protocol::read_frame(reader, &mut frame, max_frame) {
-            Ok(body) => match protocol::decode_from_worker(body) {
-                Ok(FromWorker::Ready { version, build: theirs, pid }) => {
-                    if version != protocol::VERSION {
-                        Err(format!(
-                            "the worker speaks protocol {version}, this pool {}",
-                            protocol::VERSION
-                        ))
-                    } else if theirs != build {
-                        Err("the worker is another build of the program than the pool \
-                             (its task registry or executable differs)"
-                            .to_owned())
-                    } else if pid != self.pid {
-                        Err(format!("the worker says it is pid {pid}, but it is {}", self.pid))
-                    } else {
-                        Ok(())
-                    }
-                }
-                Ok(other) => Err(format!("the worker sent {other:?} before saying it is ready")),
-                Err(error) => Err(format!("the worker broke the protocol: {error}")),
-            },
-            Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
-            Err(error) => Err(format!("the worker never said it was ready: {error}")),
-        };
+        let result = check_ready(reader, build, self.pid, max_frame);
         reader.get_ref().set_read_timeout(None).map_err(|e| e.to_string())?;
         result
     }
@@ -235,6 +211,41 @@ impl Drop for Worker {
             self.kill_switch().kill();
             let _ = self.reap();
         }
+    }
+}
+
+/// Reads a new worker's first frame and checks that it is a `Ready` from the worker we started,
+/// of our build and protocol.
+fn check_ready(
+    reader: &mut impl std::io::Read,
+    build: u64,
+    pid: u32,
+    max_frame: usize,
+) -> Result<(), String> {
+    let mut frame = Vec::new();
+    match protocol::read_frame(reader, &mut frame, max_frame) {
+        Ok(body) => match protocol::decode_from_worker(body) {
+            Ok(FromWorker::Ready { version, build: theirs, pid: said }) => {
+                if version != protocol::VERSION {
+                    Err(format!(
+                        "the worker speaks protocol {version}, this pool {}",
+                        protocol::VERSION
+                    ))
+                } else if theirs != build {
+                    Err("the worker is another build of the program than the pool \
+                         (its task registry or executable differs)"
+                        .to_owned())
+                } else if said != pid {
+                    Err(format!("the worker says it is pid {said}, but it is {pid}"))
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(other) => Err(format!("the worker sent {other:?} before saying it is ready")),
+            Err(error) => Err(format!("the worker broke the protocol: {error}")),
+        },
+        Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
+        Err(error) => Err(format!("the worker never said it was ready: {error}")),
     }
 }
 
@@ -383,5 +394,56 @@ fn copy_lines(stderr: ChildStderr, lines: &Mutex<Lines>) {
         }
         lines.last.push_back(text);
         line.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::protocol::Reply;
+
+    fn ready(version: u16, build: u64, pid: u32) -> Vec<u8> {
+        let mut frame = Vec::new();
+        let message = FromWorker::Ready { version, build, pid };
+        protocol::encode_from_worker(&message, &mut frame, 1 << 20).unwrap();
+        frame
+    }
+
+    fn check(frame: &[u8]) -> Result<(), String> {
+        check_ready(&mut &frame[..], 42, 7, 1 << 20)
+    }
+
+    #[test]
+    fn a_worker_of_this_build_is_accepted() {
+        assert_eq!(check(&ready(protocol::VERSION, 42, 7)), Ok(()));
+    }
+
+    #[test]
+    fn a_worker_of_another_build_or_protocol_is_refused() {
+        let error = check(&ready(protocol::VERSION, 43, 7)).unwrap_err();
+        assert!(error.contains("another build"), "{error}");
+        let error = check(&ready(protocol::VERSION + 1, 42, 7)).unwrap_err();
+        assert!(error.contains("speaks protocol"), "{error}");
+        let error = check(&ready(protocol::VERSION, 42, 8)).unwrap_err();
+        assert!(error.contains("says it is pid 8"), "{error}");
+    }
+
+    #[test]
+    fn anything_but_a_ready_first_is_refused() {
+        let mut frame = Vec::new();
+        let done = FromWorker::Done { job: 1, reply: Reply::UnknownTask };
+        protocol::encode_from_worker(&done, &mut frame, 1 << 20).unwrap();
+        assert!(check(&frame).unwrap_err().contains("before saying it is ready"));
+        assert!(check(&[]).unwrap_err().contains("exited before it was ready"));
+        assert!(check(&[3, 0, 0, 0, 99, 1, 2]).unwrap_err().contains("broke the protocol"));
+        assert!(check(&[9, 0, 0, 0, 10]).unwrap_err().contains("never said it was ready"));
+    }
+
+    #[test]
+    fn exits_are_described_with_the_signal_name() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe_status(ExitStatus::from_raw(3 << 8)), "exited with code 3");
+        assert_eq!(describe_status(ExitStatus::from_raw(11)), "killed by signal 11 (SIGSEGV)");
+        assert_eq!(describe_status(ExitStatus::from_raw(9)), "killed by signal 9 (SIGKILL)");
     }
 }
