@@ -128,6 +128,11 @@ impl<T: Task> Job<T> {
 
     /// Like [`start`](Self::start), and a cancellation while it runs calls `stop`.
     pub(crate) fn start_stoppable(&self, stop: Option<Arc<dyn Stop>>) -> Option<T> {
+        // A pool being killed starts nothing more, even a job its abort has not reached yet.
+        if self.ledger.is_halted() {
+            self.cancel();
+            return None;
+        }
         let mut slot = self.lock();
         slot.stop = stop;
         match std::mem::replace(&mut slot.state, State::Running) {
@@ -143,6 +148,10 @@ impl<T: Task> Job<T> {
     /// `false` if the job is no longer running (cancelled meanwhile).
     #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))] // the process backend's
     pub(crate) fn restop(&self, stop: Arc<dyn Stop>) -> bool {
+        if self.ledger.is_halted() {
+            self.cancel();
+            return false;
+        }
         let mut slot = self.lock();
         let is_running = matches!(slot.state, State::Running);
         if is_running {
@@ -274,6 +283,8 @@ pub(crate) struct Ledger {
     /// Padded so that shards used by different threads share no cache line.
     shards: [CachePadded<Mutex<Shard>>; SHARDS],
     is_closed: AtomicBool,
+    /// Set by `abort_all`: no job of this ledger starts any more.
+    is_halted: AtomicBool,
     /// Set while `wait_drained` waits, so that only then does a leaving job take
     /// `drained_lock` to wake it.
     is_draining: AtomicBool,
@@ -287,6 +298,7 @@ impl Ledger {
             pool_id,
             shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(Slab::new()))),
             is_closed: AtomicBool::new(false),
+            is_halted: AtomicBool::new(false),
             is_draining: AtomicBool::new(false),
             drained_lock: Mutex::new(()),
             drained: Condvar::new(),
@@ -355,8 +367,14 @@ impl Ledger {
         }
     }
 
-    /// Closes the ledger and cancels every live job.
+    /// Whether [`abort_all`](Self::abort_all) was called.
+    pub(crate) fn is_halted(&self) -> bool {
+        self.is_halted.load(Ordering::SeqCst)
+    }
+
+    /// Closes the ledger, halts it (no job starts any more) and cancels every live job.
     pub(crate) fn abort_all(&self) {
+        self.is_halted.store(true, Ordering::SeqCst);
         self.close();
         for id in 0..SHARDS as u64 {
             let jobs: Vec<Weak<dyn Abort>> = self.shard(id).drain().collect();

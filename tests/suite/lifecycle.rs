@@ -51,7 +51,7 @@ fn kill_resolves_every_handle_now(backend: Backend) {
         .collect();
     wait_for_file(&scratch.file("started-0"));
     wait_for_file(&scratch.file("started-1"));
-    let queued: Vec<_> = (0..1_000)
+    let queued: Vec<_> = (0..10_000)
         .map(|i| nap::dispatch_on(&pool, 0, scratch.file(&format!("done-{i}"))))
         .collect();
     let (running, queued) = within_limit("kill", move || {
@@ -66,6 +66,25 @@ fn kill_resolves_every_handle_now(backend: Backend) {
     }
     touch(&gate);
     assert_eq!(scratch.count("done-"), 0, "no queued task ran after kill");
+}
+
+#[task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn shutdown_under_load_loses_nothing(backend: Backend) {
+    let pool = pool(backend, 2);
+    let handles: Vec<_> = (0..10_000u64).map(|i| square::dispatch_on(&pool, i)).collect();
+    let pool = within_limit("shutdown with 10k queued", move || {
+        pool.shutdown();
+        pool
+    });
+    for (i, handle) in handles.into_iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(handle.join(), Ok(i * i));
+    }
+    assert!(matches!(square::dispatch_on(&pool, 1).join(), Err(TaskError::PoolClosed { .. })));
 }
 
 fn dropping_a_busy_pool_does_not_block_and_work_completes(backend: Backend) {
@@ -115,6 +134,7 @@ crate::backends!(
     shutdown_finishes_queued_and_running_work,
     kill_resolves_every_handle_now,
     dropping_a_busy_pool_does_not_block_and_work_completes,
+    shutdown_under_load_loses_nothing,
     a_pool_can_be_shared_between_threads,
     builder_errors_are_clear,
 );
