@@ -108,7 +108,7 @@
 
 pub use parallel_core::{
     default_pool, registered_tasks, Backend, Environment, Error, Map, Never, Pool, PoolBuilder,
-    RemoteError, Task, TaskError, TaskHandle,
+    PoolStats, RemoteError, Task, TaskError, TaskHandle,
 };
 
 pub use parallel_macros::task;

@@ -136,7 +136,10 @@ impl<T: Task> Job<T> {
         let mut slot = self.lock();
         slot.stop = stop;
         match std::mem::replace(&mut slot.state, State::Running) {
-            State::Queued(task) => Some(task),
+            State::Queued(task) => {
+                self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
+                Some(task)
+            }
             other => {
                 slot.state = other;
                 None
@@ -182,10 +185,9 @@ impl<T: Task> Job<T> {
             if matches!(slot.state, State::Done(_) | State::Taken) {
                 return false;
             }
-            let stop = match slot.state {
-                State::Running if is_cancel => slot.stop.take(),
-                _ => None,
-            };
+            let was_running = matches!(slot.state, State::Running);
+            let stop = if was_running && is_cancel { slot.stop.take() } else { None };
+            self.ledger.counts.finish(was_running, outcome.is_ok());
             slot.state = State::Done(outcome);
             slot.stop = None;
             self.is_done.store(true, Ordering::Release);
@@ -273,6 +275,29 @@ impl<T: Task> Abort for Job<T> {
 /// contend for one lock.
 const SHARDS: usize = 16;
 
+/// What a pool has done, for [`PoolStats`](crate::PoolStats).
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Jobs claimed by a worker and not resolved.
+    pub(crate) running: AtomicUsize,
+    /// Jobs resolved with their output.
+    pub(crate) completed: AtomicU64,
+    /// Jobs resolved with an error of any kind (failed, panicked, died, cancelled, ...).
+    pub(crate) failed: AtomicU64,
+    /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
+    pub(crate) restarts: AtomicU64,
+}
+
+impl Counts {
+    fn finish(&self, was_running: bool, is_ok: bool) {
+        if was_running {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        }
+        let counter = if is_ok { &self.completed } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One shard of a ledger: live jobs by key.
 type Shard = Slab<Weak<dyn Abort>>;
 
@@ -290,6 +315,8 @@ pub(crate) struct Ledger {
     is_draining: AtomicBool,
     drained_lock: Mutex<()>,
     drained: Condvar,
+    /// Padded: every job's start and end update these.
+    pub(crate) counts: CachePadded<Counts>,
 }
 
 impl Ledger {
@@ -302,6 +329,7 @@ impl Ledger {
             is_draining: AtomicBool::new(false),
             drained_lock: Mutex::new(()),
             drained: Condvar::new(),
+            counts: CachePadded::new(Counts::default()),
         }
     }
 

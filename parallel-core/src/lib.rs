@@ -19,6 +19,7 @@ mod pool;
 mod process;
 mod registry;
 mod remote_error;
+mod stats;
 mod task;
 mod thread;
 mod unwind;
@@ -34,6 +35,7 @@ pub use never::Never;
 pub use pool::{default_pool, Pool};
 pub use registry::registered_tasks;
 pub use remote_error::RemoteError;
+pub use stats::PoolStats;
 pub use task::Task;
 
 #[doc(hidden)]

@@ -8,7 +8,7 @@ use crate::job::{Job, Ledger};
 #[cfg(all(feature = "process", unix))]
 use crate::process::ProcessBackend;
 use crate::thread::ThreadBackend;
-use crate::{Backend, Error, Map, PoolBuilder, Task, TaskError, TaskHandle};
+use crate::{Backend, Error, Map, PoolBuilder, PoolStats, Task, TaskError, TaskHandle};
 
 /// A set of workers that run submitted tasks.
 ///
@@ -272,6 +272,33 @@ impl Pool {
     /// How many submitted tasks are not resolved yet (queued or running).
     pub(crate) fn pending(&self) -> usize {
         self.ledger.len()
+    }
+
+    /// A snapshot of the pool's workers and tasks: queued, running, completed, failed, worker
+    /// restarts (see [`PoolStats`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = parallel::Pool::builder().workers(3).build().unwrap();
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.workers, stats.idle, stats.queued, stats.completed), (3, 3, 0, 0));
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts = &self.ledger.counts;
+        let running = counts.running.load(Relaxed);
+        let live = self.ledger.len();
+        PoolStats {
+            backend: self.backend,
+            workers: self.workers,
+            idle: self.workers.saturating_sub(running),
+            queued: live.saturating_sub(running),
+            running,
+            completed: counts.completed.load(Relaxed),
+            failed: counts.failed.load(Relaxed),
+            restarts: counts.restarts.load(Relaxed),
+        }
     }
 }
 

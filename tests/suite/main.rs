@@ -10,6 +10,7 @@ mod lifecycle;
 mod map;
 mod nesting;
 mod results;
+mod stats;
 
 /// Instantiates each listed test function once per backend compiled into this build.
 #[macro_export]

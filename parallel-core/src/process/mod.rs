@@ -171,7 +171,7 @@ impl ProcessBackend {
         }
         entry::anchor();
         crate::unwind::install_hook();
-        let shared = slot::Shared::new(config, build_id());
+        let shared = slot::Shared::new(config, build_id(), Arc::clone(ledger));
         let slots = slot::start_all(&shared, ledger.pool_id())?;
         Ok(ProcessBackend { shared, slots: Mutex::new(slots) })
     }

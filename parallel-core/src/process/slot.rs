@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use super::child::{Death, KillSwitch, Settings, Worker};
 use super::protocol::{self, FromWorker, ReadError, ToWorker};
 use super::{Config, Failure, Request};
-use crate::job::Stop;
+use std::sync::atomic::Ordering;
+
+use crate::job::{Ledger, Stop};
 use crate::Error;
 
 /// How long a retiring worker may take to exit before it is killed.
@@ -93,10 +95,12 @@ pub(super) struct Shared {
     wake: Vec<Condvar>,
     config: Config,
     build: u64,
+    /// The pool's ledger, for its counts.
+    ledger: Arc<Ledger>,
 }
 
 impl Shared {
-    pub(super) fn new(config: Config, build: u64) -> Arc<Shared> {
+    pub(super) fn new(config: Config, build: u64, ledger: Arc<Ledger>) -> Arc<Shared> {
         let slots = (0..config.workers)
             .map(|_| SlotState {
                 in_flight: VecDeque::new(),
@@ -116,6 +120,7 @@ impl Shared {
             wake: (0..config.workers).map(|_| Condvar::new()).collect(),
             config,
             build,
+            ledger,
         })
     }
 
@@ -224,6 +229,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
     };
     let mut running: Option<Running> = None;
     let mut failed_starts = 0u32;
+    let mut has_started = false;
     let mut state = shared.lock();
     loop {
         // The worker's channel ended: resolve the job it ran, requeue the others, reap it.
@@ -276,7 +282,13 @@ fn run(shared: &Arc<Shared>, id: usize) {
             if running.is_none() {
                 drop(state);
                 match start(shared, settings, id, &mut failed_starts) {
-                    Ok(started) => running = Some(started),
+                    Ok(started) => {
+                        if has_started {
+                            shared.ledger.counts.restarts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        has_started = true;
+                        running = Some(started);
+                    }
                     Err(failure) => {
                         let item = shared.lock().queue.pop_front();
                         if let Some(item) = item {

@@ -8,6 +8,7 @@
 //! at that depth. No `RefCell` is borrowed twice and no environment is aliased.
 
 use std::cell::RefCell;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Shared;
@@ -110,6 +111,7 @@ fn put_back(environment: Environment, depth: usize) {
             worker.tasks_run += 1;
             if worker.shared.max_tasks_per_worker.is_some_and(|max| worker.tasks_run >= max) {
                 worker.tasks_run = 0;
+                worker.shared.ledger.counts.restarts.fetch_add(1, Ordering::Relaxed);
                 retired = Some(environment);
             } else {
                 worker.environments[0] = Some(environment);
