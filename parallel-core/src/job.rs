@@ -111,7 +111,6 @@ impl<T: Task> Job<T> {
     }
 
     /// The job's id, unique in the process.
-    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))] // the process protocol's
     pub(crate) fn id(&self) -> u64 {
         self.id
     }

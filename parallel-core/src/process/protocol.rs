@@ -70,6 +70,21 @@ pub(crate) enum Reply<'a> {
     Skipped,
 }
 
+impl Reply<'_> {
+    /// A short name of the outcome, for traces.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Reply::Output(_) => "ok",
+            Reply::Failed(_) => "failed",
+            Reply::Panicked { .. } => "panicked",
+            Reply::BadArguments(_) => "bad arguments",
+            Reply::UnknownTask => "unknown task",
+            Reply::Unserializable { .. } => "unserializable",
+            Reply::Skipped => "skipped",
+        }
+    }
+}
+
 /// Bytes from a worker that break the protocol.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ProtocolError {

@@ -58,6 +58,8 @@ struct Sent {
     request: Box<dyn Request>,
     frame: Vec<u8>,
     sent_at: Instant,
+    /// Open from the first send to the reply; the reader records the outcome.
+    span: tracing::Span,
 }
 
 struct SlotState {
@@ -238,9 +240,20 @@ fn run(shared: &Arc<Shared>, id: usize) {
             state.slots[id].cancels.clear();
             drop(state);
             let death = running.take().map(Running::reap);
-            if let (Some(first), Some(mut death)) = (in_flight.pop_front(), death) {
+            if let Some(mut death) = death {
                 explain(&mut death, problem, shared.config.max_memory_per_worker);
-                first.request.fail(Failure::Died(death));
+                tracing::warn!(
+                    worker = id,
+                    pid = death.pid,
+                    reason = %death.reason,
+                    requeued = in_flight.len().saturating_sub(1),
+                    "worker process died"
+                );
+                if let Some(first) = in_flight.pop_front() {
+                    first.span.record("pid", death.pid);
+                    first.span.record("outcome", "worker died");
+                    first.request.fail(Failure::Died(death));
+                }
             }
             state = shared.lock();
             let requeued = in_flight.len();
@@ -283,6 +296,11 @@ fn run(shared: &Arc<Shared>, id: usize) {
                 drop(state);
                 match start(shared, settings, id, &mut failed_starts) {
                     Ok(started) => {
+                        tracing::debug!(
+                            worker = id,
+                            pid = started.worker.pid,
+                            "worker process started"
+                        );
                         if has_started {
                             shared.ledger.counts.restarts.fetch_add(1, Ordering::Relaxed);
                         }
@@ -315,6 +333,12 @@ fn run(shared: &Arc<Shared>, id: usize) {
         if is_spent && state.slots[id].in_flight.is_empty() {
             drop(state);
             if let Some(done) = running.take() {
+                tracing::debug!(
+                    worker = id,
+                    pid = done.worker.pid,
+                    tasks = done.sent,
+                    "worker process renewed"
+                );
                 done.retire();
             }
             state = shared.lock();
@@ -340,7 +364,7 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, running: &mut Running, items: Vec<
     let max_frame = shared.config.max_frame;
     let mut ready = Vec::with_capacity(items.len());
     for item in items {
-        let (request, frame) = match item {
+        let (request, frame, span) = match item {
             Item::Fresh(request) => {
                 let mut frame = Vec::new();
                 protocol::begin_run(&mut frame, request.id(), request.task());
@@ -357,16 +381,26 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, running: &mut Running, items: Vec<
                     request.fail(Failure::Arguments(message));
                     continue;
                 }
-                (request, frame)
+                let span = tracing::debug_span!(
+                    "parallel.task",
+                    task = request.task(),
+                    id = request.id(),
+                    backend = "process",
+                    worker = id,
+                    pid = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                    duration_us = tracing::field::Empty,
+                );
+                (request, frame, span)
             }
             Item::Sent(sent) => {
                 if !sent.request.restart(stop(shared, id, sent.request.id(), &running.worker)) {
                     continue;
                 }
-                (sent.request, sent.frame)
+                (sent.request, sent.frame, sent.span)
             }
         };
-        ready.push(Sent { request, frame, sent_at: Instant::now() });
+        ready.push(Sent { request, frame, sent_at: Instant::now(), span });
     }
     if ready.is_empty() {
         return;
@@ -428,7 +462,7 @@ fn start(
                 let pid = worker.pid;
                 let reader = thread::Builder::new()
                     .name(format!("parallel-reader-{pid}"))
-                    .spawn(move || read_replies(&for_reader, id, reader, max_frame))
+                    .spawn(move || read_replies(&for_reader, id, pid, reader, max_frame))
                     .map_err(|error| {
                         Failure::Unavailable(format!("cannot start a reader thread: {error}"))
                     })?;
@@ -436,6 +470,7 @@ fn start(
             }
             Err(error) => {
                 *failed_starts += 1;
+                tracing::warn!(worker = id, attempt = *failed_starts, error = %error.message, "could not start a worker process");
                 thread::sleep(Duration::from_millis(10 << (*failed_starts).min(8)));
                 if *failed_starts % START_ATTEMPTS == 0 {
                     let mut reason =
@@ -457,7 +492,13 @@ fn start(
 }
 
 /// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
-fn read_replies(shared: &Shared, id: usize, mut reader: BufReader<UnixStream>, max_frame: usize) {
+fn read_replies(
+    shared: &Shared,
+    id: usize,
+    pid: u32,
+    mut reader: BufReader<UnixStream>,
+    max_frame: usize,
+) {
     let mut frame = Vec::new();
     let problem = loop {
         let body = match protocol::read_frame(&mut reader, &mut frame, max_frame) {
@@ -502,6 +543,11 @@ fn read_replies(shared: &Shared, id: usize, mut reader: BufReader<UnixStream>, m
             shared.wake[id].notify_one();
         }
         if let Some(sent) = sent {
+            if !sent.span.is_disabled() {
+                sent.span.record("pid", pid);
+                sent.span.record("outcome", reply.name());
+                sent.span.record("duration_us", sent.sent_at.elapsed().as_micros() as u64);
+            }
             sent.request.finish(reply);
         }
     };

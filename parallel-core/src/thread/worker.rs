@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Shared;
 use crate::job::{Job, Outcome};
@@ -57,7 +58,7 @@ pub(super) fn current_pool() -> Option<u64> {
 /// Runs `job` on the current worker thread, unless it was cancelled or claimed meanwhile.
 pub(super) fn execute<T: Task>(job: &Job<T>) {
     if let Some(task) = job.start() {
-        job.complete(run(task));
+        job.complete(run(task, job.id()));
     }
 }
 
@@ -69,16 +70,33 @@ pub(crate) fn help<T: Task>(job: &Job<T>) {
     }
 }
 
-fn run<T: Task>(task: T) -> Outcome<T> {
+fn run<T: Task>(task: T, id: u64) -> Outcome<T> {
     let (mut environment, depth) = take_environment();
+    let span = tracing::debug_span!(
+        "parallel.task",
+        task = T::NAME,
+        id,
+        backend = "thread",
+        worker = environment.worker_id(),
+        outcome = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+    );
+    let started = (!span.is_disabled()).then(Instant::now);
+    let entered = span.enter();
     unwind::drop_values(|| environment.purge_expired());
     let result = unwind::catch(|| task.run(&mut environment));
+    drop(entered);
     put_back(environment, depth);
-    match result {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(error)) => Err(TaskError::Failed(error)),
-        Err(report) => Err(TaskError::panicked(T::NAME, report)),
+    let (outcome, name) = match result {
+        Ok(Ok(output)) => (Ok(output), "ok"),
+        Ok(Err(error)) => (Err(TaskError::Failed(error)), "failed"),
+        Err(report) => (Err(TaskError::panicked(T::NAME, report)), "panicked"),
+    };
+    if let Some(started) = started {
+        span.record("outcome", name);
+        span.record("duration_us", started.elapsed().as_micros() as u64);
     }
+    outcome
 }
 
 fn take_environment() -> (Environment, usize) {
@@ -112,6 +130,7 @@ fn put_back(environment: Environment, depth: usize) {
             if worker.shared.max_tasks_per_worker.is_some_and(|max| worker.tasks_run >= max) {
                 worker.tasks_run = 0;
                 worker.shared.ledger.counts.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(worker = worker.index, "worker renews its environment");
                 retired = Some(environment);
             } else {
                 worker.environments[0] = Some(environment);
