@@ -1,0 +1,279 @@
+//! Hashes every regular file under a directory with SHA-256, one task per file — the main job of
+//! `parallel`.
+//!
+//! Each worker keeps one 1 MiB read buffer in its [`Environment`] and reads every file it is
+//! given through it, in chunks: the summary counts the buffers that were allocated, which is at
+//! most the number of workers however many files there are. Results stream back in input order
+//! through [`Pool::map`]; an unreadable file is reported with its typed error and counted, and
+//! the run goes on.
+//!
+//! ```text
+//! cargo run --release --example checksum                      # this repository
+//! cargo run --release --features process --example checksum -- /usr/lib --backend process --workers 4
+//! cargo run --release --example checksum -- --list            # sha256sum-style lines on stdout
+//! ```
+//!
+//! Without a directory it hashes the repository it was built from, skipping `target/` and
+//! `.git/`. The backend and worker count default to the default pool's (`PARALLEL_BACKEND`,
+//! `PARALLEL_WORKERS`). It exits with status 1 when a file could not be hashed.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use parallel::{task, Backend, Environment, Pool, TaskError};
+use sha2::{Digest, Sha256};
+
+/// The key of the worker's read buffer in its [`Environment`].
+const BUFFER_KEY: &str = "checksum::buffer";
+/// The size of the worker's read buffer.
+const BUFFER_SIZE: usize = 1 << 20;
+/// Directories never descended into: build output and version control.
+const SKIPPED_DIRECTORIES: [&str; 2] = ["target", ".git"];
+
+/// What hashing one file found.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Checksum {
+    /// The file's path, as it was given to the task.
+    path: String,
+    /// The number of bytes read.
+    size: u64,
+    /// The SHA-256 digest, in lowercase hexadecimal.
+    digest: String,
+    /// Whether this task had to allocate its worker's read buffer (the first task on a worker).
+    allocated_buffer: bool,
+}
+
+/// Why a file could not be hashed: the task's own error, which comes back typed in
+/// [`TaskError::Failed`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Unreadable {
+    /// What went wrong, with the path.
+    message: String,
+    /// Whether this task allocated its worker's read buffer before it failed.
+    allocated_buffer: bool,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Hashes the file at `path`, reading it in chunks through the worker's reusable buffer.
+#[task]
+fn hash_file(env: &mut Environment, path: String) -> Result<Checksum, Unreadable> {
+    let mut file = File::open(&path).map_err(|error| Unreadable {
+        message: format!("cannot open {path}: {error}"),
+        allocated_buffer: false,
+    })?;
+    // `exists` tells whether `get_or_insert_with` is about to allocate.
+    let allocated_buffer = !env.exists(BUFFER_KEY);
+    let buffer = env.get_or_insert_with(BUFFER_KEY, || vec![0u8; BUFFER_SIZE]);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        match file.read(buffer) {
+            Ok(0) => break,
+            Ok(read) => {
+                hasher.update(&buffer[..read]);
+                size += read as u64;
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => {
+                let message = format!("cannot read {path}: {error}");
+                return Err(Unreadable { message, allocated_buffer });
+            }
+        }
+    }
+    Ok(Checksum { path, size, digest: format!("{:x}", hasher.finalize()), allocated_buffer })
+}
+
+/// The command line: `[DIRECTORY] [--backend thread|process] [--workers N] [--list]`.
+#[derive(Debug)]
+struct Options {
+    /// The directory to hash.
+    root: PathBuf,
+    /// The backend asked for, if any.
+    backend: Option<Backend>,
+    /// The worker count asked for, if any.
+    workers: Option<usize>,
+    /// Whether to print a `sha256sum`-style line per file.
+    is_listing: bool,
+}
+
+impl Options {
+    /// Parses the arguments after the program name.
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let mut options = Options {
+            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            backend: None,
+            workers: None,
+            is_listing: false,
+        };
+        let mut has_root = false;
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--backend" => {
+                    options.backend = Some(match args.next().as_deref() {
+                        Some("thread") => Backend::Thread,
+                        Some("process") => Backend::Process,
+                        other => {
+                            return Err(format!("--backend takes thread or process, not {other:?}"))
+                        }
+                    });
+                }
+                "--workers" => {
+                    let value = args.next().unwrap_or_default();
+                    let workers = value
+                        .parse()
+                        .map_err(|_| format!("--workers takes a number, not {value:?}"))?;
+                    options.workers = Some(workers);
+                }
+                "--list" => options.is_listing = true,
+                flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+                directory if !has_root => {
+                    options.root = PathBuf::from(directory);
+                    has_root = true;
+                }
+                extra => return Err(format!("one directory only; what is {extra:?}?")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// Collects the regular files under `root` (symbolic links are not followed), sorted, and
+/// reports the directories that could not be read to `problems`.
+fn regular_files(root: &Path, problems: &mut Vec<String>) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut directories = vec![root.to_path_buf()];
+    while let Some(directory) = directories.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) => {
+                problems.push(format!("cannot list {}: {error}", directory.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    problems.push(format!("cannot list {}: {error}", directory.display()));
+                    continue;
+                }
+            };
+            let Ok(file_type) = entry.file_type() else { continue };
+            let path = entry.path();
+            if file_type.is_dir() {
+                let is_skipped = SKIPPED_DIRECTORIES.iter().any(|name| entry.file_name() == *name);
+                if !is_skipped {
+                    directories.push(path);
+                }
+            } else if file_type.is_file() {
+                files.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn main() -> ExitCode {
+    let mut options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("checksum: {message}");
+            eprintln!(
+                "usage: checksum [DIRECTORY] [--backend thread|process] [--workers N] [--list]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = Pool::builder();
+    if let Some(backend) = options.backend {
+        builder = builder.backend(backend);
+    }
+    if let Some(workers) = options.workers {
+        builder = builder.workers(workers);
+    }
+    let pool = match builder.build() {
+        Ok(pool) => pool,
+        Err(error) => {
+            eprintln!("checksum: cannot build the pool: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let started = Instant::now();
+    let mut problems = Vec::new();
+    let files = regular_files(&options.root, &mut problems);
+    let progress = ProgressBar::new(files.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files")
+            .expect("the template is a valid constant"),
+    );
+
+    let mut hashed = 0u64;
+    let mut bytes = 0u64;
+    let mut buffers = 0usize;
+    let mut stdout = std::io::stdout();
+    let tasks = files.iter().map(|path| hash_file::new(path.clone()));
+    for (path, result) in files.iter().zip(pool.map(tasks)) {
+        match result {
+            Ok(checksum) => {
+                hashed += 1;
+                bytes += checksum.size;
+                buffers += usize::from(checksum.allocated_buffer);
+                if options.is_listing {
+                    let line = format!("{}  {}", checksum.digest, checksum.path);
+                    // A reader that went away (`| head`) ends the listing, not the run.
+                    options.is_listing = progress.suspend(|| writeln!(stdout, "{line}")).is_ok();
+                }
+            }
+            Err(TaskError::Failed(unreadable)) => {
+                buffers += usize::from(unreadable.allocated_buffer);
+                problems.push(unreadable.message);
+            }
+            Err(other) => problems.push(format!("{path}: {other}")),
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    for problem in &problems {
+        eprintln!("error: {problem}");
+    }
+    // Written like the listing: a closed stdout is not worth a panic.
+    let _ = writeln!(
+        stdout,
+        "hashed {hashed} files, {:.1} MB under {} in {elapsed:.2} s: {:.0} files/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        options.root.display(),
+        hashed as f64 / elapsed,
+        bytes as f64 / 1e6 / elapsed,
+    );
+    let _ = writeln!(
+        stdout,
+        "{} {} workers allocated {buffers} read buffer(s) of {} KiB for {} tasks; {} error(s)",
+        pool.workers(),
+        if pool.backend() == Backend::Process { "process" } else { "thread" },
+        BUFFER_SIZE / 1024,
+        files.len(),
+        problems.len(),
+    );
+    if buffers > pool.workers() {
+        eprintln!("error: more buffers than workers: the Environment did not keep them");
+        return ExitCode::FAILURE;
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
