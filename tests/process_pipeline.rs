@@ -60,6 +60,13 @@ fn gated(gate: String) {
     }
 }
 
+/// Records its run in `path`, then crashes its worker.
+#[task]
+fn record_then_crash(path: String) {
+    record(path);
+    std::process::abort();
+}
+
 #[task]
 fn crash_after(gate: String) {
     gated(gate);
@@ -135,5 +142,29 @@ fn jobs_behind_a_crash_run_exactly_once_on_another_worker() {
             1,
             "job {i} ran more or less than once"
         );
+    }
+}
+
+#[test]
+fn a_crash_right_after_short_jobs_blames_only_itself_and_runs_once() {
+    // Short jobs pipelined ahead of a crashing one: their replies must reach the pool before the
+    // crash, or the pool would blame one of them and send the crashing job to run again.
+    let scratch = Scratch::new("crash-after-short");
+    let pool = Pool::builder().backend(Backend::Process).workers(2).build().unwrap();
+    warm_up(&pool);
+    for round in 0..100 {
+        let short: Vec<_> = (0..20u64).map(|i| noop::dispatch_on(&pool, i)).collect();
+        let crash_file = scratch.file(&format!("crash-{round}"));
+        let crasher = record_then_crash::dispatch_on(&pool, crash_file.clone());
+        for (i, handle) in short.into_iter().enumerate() {
+            assert_eq!(handle.join(), Ok(i as u64), "round {round}: short job {i} was blamed");
+        }
+        match crasher.join() {
+            Err(TaskError::WorkerDied { reason, .. }) => {
+                assert!(reason.contains("SIGABRT"), "{reason}")
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        assert_eq!(lines(&crash_file), 1, "round {round}: the crashing job ran more than once");
     }
 }

@@ -10,7 +10,6 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -59,7 +58,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
     let mut reader =
         BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
-    let replies = Replies::start(channel.try_clone().map_err(|e| e.to_string())?)?;
+    let replies = Replies { stream: channel.try_clone().map_err(|e| e.to_string())? };
     watch_for_hang_up(&channel)?;
     let mut out = Vec::new();
     let ready = FromWorker::Ready {
@@ -67,7 +66,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
         build: super::build_id(),
         pid: std::process::id(),
     };
-    send(&replies, &ready, &mut out, marker.max_frame, true)?;
+    send(&replies, &ready, &mut out, marker.max_frame)?;
 
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, and jobs the pool cancelled before they started.
@@ -126,12 +125,9 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
         else {
             unreachable!("only run frames are queued");
         };
-        // The last reply before the worker may block, or before nothing else is known to come,
-        // is written at once; replies in a pipelined run are batched by the writer thread.
-        let is_urgent = pending.is_empty();
         if cancelled.remove(&job) {
             let done = FromWorker::Done { job, reply: Reply::Skipped };
-            send(&replies, &done, &mut out, marker.max_frame, is_urgent)?;
+            send(&replies, &done, &mut out, marker.max_frame)?;
         } else {
             unwind::drop_values(|| environment.purge_expired());
             let ran = run(job, task, args, &mut environment, &mut out);
@@ -161,10 +157,10 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
                 }
             };
             match owned {
-                None => replies.send(&out, is_urgent)?,
+                None => replies.send(&out)?,
                 Some(owned) => {
                     let done = FromWorker::Done { job, reply: owned.as_reply() };
-                    send(&replies, &done, &mut out, marker.max_frame, is_urgent)?;
+                    send(&replies, &done, &mut out, marker.max_frame)?;
                 }
             }
         }
@@ -178,108 +174,29 @@ fn send(
     message: &FromWorker<'_>,
     out: &mut Vec<u8>,
     max: usize,
-    is_urgent: bool,
 ) -> Result<(), String> {
     protocol::encode_from_worker(message, out, max).map_err(|e| e.to_string())?;
-    replies.send(out, is_urgent)
-}
-
-/// The worker's outgoing frames. A frame is written at once when it is urgent or large;
-/// otherwise it joins a buffer that a writer thread drains, so that a pipelined run of short
-/// tasks costs one write for many replies, and a reply never waits for the next task to end.
-struct Replies {
-    shared: Arc<ReplyBuffer>,
-}
-
-struct ReplyBuffer {
-    /// Frames not yet written, in order.
-    pending: Mutex<Vec<u8>>,
-    /// Held while writing, so that frames drained by either thread go out in order.
-    stream: Mutex<UnixStream>,
-    is_pending: Condvar,
-    /// The first write error; once set the worker stops.
-    failure: Mutex<Option<String>>,
+    replies.send(out)
 }
 
 /// How often a worker with jobs in hand looks for newly arrived frames.
 const LOOK_AHEAD_EVERY: Duration = Duration::from_micros(50);
 
-/// Frames larger than this are written directly, never copied into the buffer.
-const DIRECT_WRITE: usize = 64 * 1024;
+/// The worker's outgoing frames, each written before the worker starts its next job.
+///
+/// Batching replies would save system calls, but a reply still in this process when the next
+/// job crashes it is lost: the pool would blame the job that finished and send the job that
+/// crashed to another worker, to run twice. A reply in the socket survives the worker.
+struct Replies {
+    stream: UnixStream,
+}
 
 impl Replies {
-    fn start(stream: UnixStream) -> Result<Replies, String> {
-        let shared = Arc::new(ReplyBuffer {
-            pending: Mutex::new(Vec::new()),
-            stream: Mutex::new(stream),
-            is_pending: Condvar::new(),
-            failure: Mutex::new(None),
-        });
-        let writer = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("parallel-worker-replies".to_owned())
-            .spawn(move || loop {
-                {
-                    let mut pending = lock(&writer.pending);
-                    while pending.is_empty() {
-                        pending =
-                            writer.is_pending.wait(pending).unwrap_or_else(PoisonError::into_inner);
-                    }
-                }
-                writer.drain(None);
-            })
-            .map_err(|error| format!("cannot start the reply writer: {error}"))?;
-        Ok(Replies { shared })
+    fn send(&self, frame: &[u8]) -> Result<(), String> {
+        (&self.stream)
+            .write_all(frame)
+            .map_err(|error| format!("cannot write to the pool: {error}"))
     }
-
-    fn send(&self, frame: &[u8], is_urgent: bool) -> Result<(), String> {
-        if let Some(failure) = lock(&self.shared.failure).clone() {
-            return Err(failure);
-        }
-        if is_urgent || frame.len() > DIRECT_WRITE {
-            self.shared.drain(Some(frame));
-        } else {
-            let was_empty = {
-                let mut pending = lock(&self.shared.pending);
-                let was_empty = pending.is_empty();
-                pending.extend_from_slice(frame);
-                was_empty
-            };
-            // The writer drains everything there is when it wakes: one wake-up per batch.
-            if was_empty {
-                self.shared.is_pending.notify_one();
-            }
-        }
-        match lock(&self.shared.failure).clone() {
-            Some(failure) => Err(failure),
-            None => Ok(()),
-        }
-    }
-}
-
-impl ReplyBuffer {
-    /// Writes the buffered frames, then `frame` if given.
-    fn drain(&self, frame: Option<&[u8]>) {
-        let mut stream = lock(&self.stream);
-        let buffered = std::mem::take(&mut *lock(&self.pending));
-        let result = stream
-            .write_all(&buffered)
-            .and_then(|()| frame.map_or(Ok(()), |frame| stream.write_all(frame)));
-        if let Err(error) = result {
-            lock(&self.failure).get_or_insert(format!("cannot write to the pool: {error}"));
-        }
-        // Give the allocation back for the next batch, unless a frame arrived meanwhile.
-        let mut pending = lock(&self.pending);
-        if pending.is_empty() {
-            let mut buffered = buffered;
-            buffered.clear();
-            *pending = buffered;
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether a frame can be read without blocking.
