@@ -102,7 +102,8 @@
 //!
 //! # Configuration
 //!
-//! The default pool uses the thread backend and one worker per core.
+//! The default pool has one worker per core and uses the thread backend, or the process backend
+//! when `parallel` is built with the `process` feature.
 //! `PARALLEL_BACKEND=thread|process` and `PARALLEL_WORKERS=N` override both at run time, for the
 //! default pool and for every builder that leaves the setting out ([`PoolBuilder`]).
 
