@@ -168,3 +168,48 @@ fn a_crash_right_after_short_jobs_blames_only_itself_and_runs_once() {
         assert_eq!(lines(&crash_file), 1, "round {round}: the crashing job ran more than once");
     }
 }
+
+#[task]
+fn hold(started: String, gate: String) {
+    fs::write(&started, b"").unwrap();
+    gated(gate);
+}
+
+#[test]
+fn a_job_cancelled_while_its_worker_is_busy_never_starts_even_if_the_worker_frees_up_at_once() {
+    // The caller cancels pipelined jobs while the worker is held, then releases the worker at
+    // once: the cancel must already be with the worker when `cancel` returns.
+    let scratch = Scratch::new("cancel-race");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    for round in 0..200 {
+        let short: Vec<_> = (0..50).map(|i| noop::dispatch_on(&pool, i)).collect();
+        let started = scratch.file(&format!("{round}-started"));
+        let gate = scratch.file(&format!("{round}-gate"));
+        let holder = hold::dispatch_on(&pool, started.clone(), gate.clone());
+        let victims: Vec<_> = (0..8)
+            .map(|i| record::dispatch_on(&pool, scratch.file(&format!("{round}-victim-{i}"))))
+            .collect();
+        for handle in short {
+            handle.join().unwrap();
+        }
+        let waiting = Instant::now();
+        while !Path::new(&started).exists() {
+            assert!(waiting.elapsed() < Duration::from_secs(60), "the holder never started");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for victim in &victims {
+            victim.cancel();
+        }
+        fs::write(&gate, b"").unwrap();
+        assert_eq!(holder.join(), Ok(()));
+        for victim in victims {
+            assert_eq!(victim.join(), Err(TaskError::Cancelled));
+        }
+        // Anything the worker would still run is done once this answers.
+        noop::dispatch_on(&pool, 0).join().unwrap();
+        for i in 0..8 {
+            let ran = lines(&scratch.file(&format!("{round}-victim-{i}")));
+            assert_eq!(ran, 0, "round {round}: victim {i} ran after its cancel returned");
+        }
+    }
+}

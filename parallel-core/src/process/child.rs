@@ -44,7 +44,8 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     /// The reading half, until a reader thread takes it.
     reader: Option<BufReader<UnixStream>>,
-    pub(crate) writer: BufWriter<UnixStream>,
+    /// The writing half, shared: the slot writes jobs, a canceller writes `Cancel` frames.
+    pub(crate) writer: Arc<Mutex<BufWriter<UnixStream>>>,
     stderr: StderrTail,
     /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
     is_reaped: Arc<Mutex<bool>>,
@@ -133,7 +134,7 @@ impl Worker {
             child,
             pid,
             reader: Some(reader),
-            writer,
+            writer: Arc::new(Mutex::new(writer)),
             stderr,
             is_reaped: Arc::new(Mutex::new(false)),
         };
@@ -171,7 +172,7 @@ impl Worker {
         let mut frame = Vec::new();
         let sent = protocol::encode_to_worker(&protocol::ToWorker::Exit, &mut frame, usize::MAX)
             .is_ok()
-            && protocol::write_frame(&mut self.writer, &frame).is_ok();
+            && protocol::write_frame(&mut *lock(&self.writer), &frame).is_ok();
         if sent {
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {
@@ -212,6 +213,11 @@ impl Drop for Worker {
             let _ = self.reap();
         }
     }
+}
+
+/// Locks a mutex whose data stays whole even if a holder panicked.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads a new worker's first frame and checks that it is a `Ready` from the worker we started,

@@ -61,6 +61,8 @@ trait Request: Send {
     fn restart(&self, stop: Arc<dyn Stop>) -> bool;
     fn task(&self) -> &'static str;
     fn id(&self) -> u64;
+    /// Whether the job is resolved (a cancel may resolve it between its claim and its send).
+    fn is_finished(&self) -> bool;
     /// Resolves the job from its reply; `false` if something else resolved it first.
     fn finish(&self, reply: Reply<'_>) -> bool;
     /// Resolves the job with an error not tied to a reply; `false` if already resolved.
@@ -107,6 +109,10 @@ impl<T: Task> Request for Submitted<T> {
 
     fn id(&self) -> u64 {
         self.job.id()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.job.is_finished()
     }
 
     fn finish(&self, reply: Reply<'_>) -> bool {

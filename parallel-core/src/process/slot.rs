@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::child::{Death, KillSwitch, Settings, Worker};
+use super::child::{lock, Death, KillSwitch, Settings, Worker};
 use super::protocol::{self, FromWorker, ReadError, ToWorker};
 use super::{Config, Failure, Request};
 use std::sync::atomic::Ordering;
@@ -56,7 +56,8 @@ impl Item {
 /// A job sent to a worker, with its frame kept in case it must be sent to another.
 struct Sent {
     request: Box<dyn Request>,
-    frame: Vec<u8>,
+    /// Shared with the write that sends it, so that keeping it costs no copy.
+    frame: Arc<Vec<u8>>,
     sent_at: Instant,
     /// Open from the first send to the reply; the reader records the outcome.
     span: tracing::Span,
@@ -64,8 +65,6 @@ struct Sent {
 
 struct SlotState {
     in_flight: VecDeque<Sent>,
-    /// Jobs in flight (not first) that were cancelled; the slot thread sends `Cancel` for them.
-    cancels: Vec<u64>,
     /// Set by the reader when the worker's channel ended, with the protocol problem if any.
     broken: Option<Option<String>>,
     /// The typical time between two replies of a busy worker, in nanoseconds (0: unknown yet).
@@ -106,7 +105,6 @@ impl Shared {
         let slots = (0..config.workers)
             .map(|_| SlotState {
                 in_flight: VecDeque::new(),
-                cancels: Vec::new(),
                 broken: None,
                 task_nanos: 0,
                 last_reply: None,
@@ -172,6 +170,7 @@ struct InFlightStop {
     slot: usize,
     job: u64,
     kill: KillSwitch,
+    writer: Arc<Mutex<BufWriter<UnixStream>>>,
 }
 
 impl Stop for InFlightStop {
@@ -188,9 +187,16 @@ impl Stop for InFlightStop {
                 self.kill.kill();
             }
             Some(_) => {
-                slot.cancels.push(self.job);
                 drop(state);
-                shared.wake[self.slot].notify_one();
+                // Written before `cancel` returns, so that a job the caller saw cancelled while
+                // its worker was busy with another can never start. The worker skips a job it
+                // was told to cancel even if the `Cancel` overtakes the job's own frame.
+                let mut frame = Vec::new();
+                let cancel = ToWorker::Cancel { job: self.job };
+                if protocol::encode_to_worker(&cancel, &mut frame, usize::MAX).is_ok() {
+                    // A failure means the worker is gone, which its reader reports.
+                    let _ = protocol::write_frame(&mut *lock(&self.writer), &frame);
+                }
             }
             // Answered already, or back in the queue (where it is skipped, being resolved).
             None => {}
@@ -237,7 +243,6 @@ fn run(shared: &Arc<Shared>, id: usize) {
         // The worker's channel ended: resolve the job it ran, requeue the others, reap it.
         if let Some(problem) = state.slots[id].broken.take() {
             let mut in_flight = std::mem::take(&mut state.slots[id].in_flight);
-            state.slots[id].cancels.clear();
             drop(state);
             let death = running.take().map(Running::reap);
             if let Some(mut death) = death {
@@ -265,15 +270,6 @@ fn run(shared: &Arc<Shared>, id: usize) {
                     shared.wake[slot].notify_one();
                 }
             }
-            continue;
-        }
-        if !state.slots[id].cancels.is_empty() && running.is_some() {
-            let cancels = std::mem::take(&mut state.slots[id].cancels);
-            drop(state);
-            if let Some(running) = running.as_mut() {
-                send_cancels(&mut running.worker.writer, &cancels);
-            }
-            state = shared.lock();
             continue;
         }
         let max_sent = shared.config.max_tasks_per_worker.unwrap_or(usize::MAX);
@@ -391,7 +387,7 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, running: &mut Running, items: Vec<
                     outcome = tracing::field::Empty,
                     duration_us = tracing::field::Empty,
                 );
-                (request, frame, span)
+                (request, Arc::new(frame), span)
             }
             Item::Sent(sent) => {
                 if !sent.request.restart(stop(shared, id, sent.request.id(), &running.worker)) {
@@ -405,38 +401,38 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, running: &mut Running, items: Vec<
     if ready.is_empty() {
         return;
     }
-    running.sent += ready.len();
     // The frames are written after entering them in flight, so the reader can match every reply;
     // a failed write means the worker is gone, which the reader reports.
-    let frames: Vec<Vec<u8>> = {
+    let frames: Vec<Arc<Vec<u8>>> = {
         let mut state = shared.lock();
         let slot = &mut state.slots[id];
-        let frames = ready.iter().map(|sent| sent.frame.clone()).collect();
-        slot.in_flight.extend(ready);
+        let mut frames = Vec::with_capacity(ready.len());
+        for sent in ready {
+            // A cancel that came between the claim and now found the job in no list and could
+            // not stop it: it must not be sent. A cancel after this point finds it in flight.
+            if sent.request.is_finished() {
+                continue;
+            }
+            frames.push(Arc::clone(&sent.frame));
+            slot.in_flight.push_back(sent);
+        }
         frames
     };
-    let writer = &mut running.worker.writer;
+    running.sent += frames.len();
+    let mut writer = lock(&running.worker.writer);
     let result =
         frames.iter().try_for_each(|frame| writer.write_all(frame)).and_then(|()| writer.flush());
     drop(result);
 }
 
 fn stop(shared: &Arc<Shared>, slot: usize, job: u64, worker: &Worker) -> Arc<dyn Stop> {
-    Arc::new(InFlightStop { shared: Arc::downgrade(shared), slot, job, kill: worker.kill_switch() })
-}
-
-fn send_cancels(writer: &mut BufWriter<UnixStream>, cancels: &[u64]) {
-    let mut frame = Vec::new();
-    for job in cancels {
-        if protocol::encode_to_worker(&ToWorker::Cancel { job: *job }, &mut frame, usize::MAX)
-            .is_ok()
-            && writer.write_all(&frame).is_err()
-        {
-            return;
-        }
-    }
-    // A failure means the worker is gone, which its reader reports.
-    let _ = writer.flush();
+    Arc::new(InFlightStop {
+        shared: Arc::downgrade(shared),
+        slot,
+        job,
+        kill: worker.kill_switch(),
+        writer: Arc::clone(&worker.writer),
+    })
 }
 
 /// Starts a worker and its reader, retrying with backoff; after [`START_ATTEMPTS`] failures in a

@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -74,7 +74,6 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
     let mut cancelled: HashSet<u64> = HashSet::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut is_exit_asked = false;
-    let mut last_look = Instant::now();
     loop {
         // Take in every frame that has arrived; block only when there is nothing else to do.
         loop {
@@ -84,13 +83,10 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
             } else if is_idle {
                 wait_readable(reader.get_ref(), &mut environment)?;
                 true
-            } else if last_look.elapsed() >= LOOK_AHEAD_EVERY {
-                // With jobs in hand, look for new frames (a `Cancel` above all) now and then,
-                // not before every job: a system call costs more than a short task.
-                last_look = Instant::now();
-                is_readable_now(reader.get_ref())?
             } else {
-                false
+                // With jobs in hand, look for new frames before starting the next one: a
+                // `Cancel` written before the caller's `cancel` returned must be seen in time.
+                is_readable_now(reader.get_ref())?
             };
             if !has_input {
                 break;
@@ -178,9 +174,6 @@ fn send(
     protocol::encode_from_worker(message, out, max).map_err(|e| e.to_string())?;
     replies.send(out)
 }
-
-/// How often a worker with jobs in hand looks for newly arrived frames.
-const LOOK_AHEAD_EVERY: Duration = Duration::from_micros(50);
 
 /// The worker's outgoing frames, each written before the worker starts its next job.
 ///

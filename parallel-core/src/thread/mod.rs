@@ -8,7 +8,8 @@
 mod janitor;
 mod worker;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::job::{Job, Ledger};
 use crate::{Error, Task};
@@ -22,6 +23,9 @@ pub(crate) struct Shared {
     /// After this many tasks a worker starts over with a fresh environment.
     pub(crate) max_tasks_per_worker: Option<usize>,
     pub(crate) janitor: Janitor,
+    /// Jobs that rayon offered to a thread already nested too deep in tasks; threads run them
+    /// when they are back at the bottom of their stack (see [`worker::execute_or_defer`]).
+    pub(crate) deferred: Mutex<VecDeque<Box<dyn FnOnce() + Send>>>,
 }
 
 /// A rayon pool and the state its workers share.
@@ -39,8 +43,12 @@ impl ThreadBackend {
         max_tasks_per_worker: Option<usize>,
     ) -> Result<Self, Error> {
         crate::unwind::install_hook();
-        let shared =
-            Arc::new(Shared { ledger, max_tasks_per_worker, janitor: Janitor::new(workers) });
+        let shared = Arc::new(Shared {
+            ledger,
+            max_tasks_per_worker,
+            janitor: Janitor::new(workers),
+            deferred: Mutex::new(VecDeque::new()),
+        });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
         let rayon = rayon::ThreadPoolBuilder::new()
@@ -62,7 +70,7 @@ impl ThreadBackend {
         let rayon = self.rayon.read().unwrap_or_else(PoisonError::into_inner);
         match rayon.as_ref() {
             Some(rayon) => {
-                rayon.spawn_fifo(move || worker::execute(&job));
+                rayon.spawn_fifo(move || worker::execute_or_defer(job));
                 true
             }
             None => false,
