@@ -8,8 +8,7 @@
 mod janitor;
 mod worker;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::job::{Job, Ledger};
 use crate::{Error, Task};
@@ -17,15 +16,18 @@ use crate::{Error, Task};
 use janitor::Janitor;
 pub(crate) use worker::help;
 
+/// The stack of a worker thread. rayon runs queued tasks on a thread that waits inside a task's
+/// `par_iter` or `join`, so with many tasks queued one stack can hold dozens of tasks, each with
+/// its own parallel section (in a debug build, 2 MiB overflowed at 3000 queued tasks). Only the
+/// pages a thread touches are committed.
+const STACK_SIZE: usize = 64 << 20;
+
 /// What a pool's workers share with the pool.
 pub(crate) struct Shared {
     pub(crate) ledger: Arc<Ledger>,
     /// After this many tasks a worker starts over with a fresh environment.
     pub(crate) max_tasks_per_worker: Option<usize>,
     pub(crate) janitor: Janitor,
-    /// Jobs that rayon offered to a thread already nested too deep in tasks; threads run them
-    /// when they are back at the bottom of their stack (see [`worker::execute_or_defer`]).
-    pub(crate) deferred: Mutex<VecDeque<Box<dyn FnOnce() + Send>>>,
 }
 
 /// A rayon pool and the state its workers share.
@@ -47,12 +49,12 @@ impl ThreadBackend {
             ledger,
             max_tasks_per_worker,
             janitor: Janitor::new(workers),
-            deferred: Mutex::new(VecDeque::new()),
         });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
         let rayon = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
+            .stack_size(STACK_SIZE)
             .thread_name(move |index| format!("parallel-{pool_id}-worker-{index}"))
             .start_handler(move |index| worker::enter(&for_start, index))
             .exit_handler(|_| worker::leave())
@@ -70,7 +72,7 @@ impl ThreadBackend {
         let rayon = self.rayon.read().unwrap_or_else(PoisonError::into_inner);
         match rayon.as_ref() {
             Some(rayon) => {
-                rayon.spawn_fifo(move || worker::execute_or_defer(job));
+                rayon.spawn_fifo(move || worker::execute(&job));
                 true
             }
             None => false,

@@ -7,11 +7,9 @@
 //! next depth — the worker keeps one per nesting depth, each persisting across the tasks that run
 //! at that depth. No `RefCell` is borrowed twice and no environment is aliased.
 //!
-//! Left alone, that nesting is unbounded: with thousands of tasks queued, each waiting in a
-//! `par_iter`, one thread's stack holds task in task in task until it overflows (rayon#854,
-//! rayon#1054). So a thread already [`MAX_NESTING`] tasks deep does not start another one that
-//! rayon offers it: it sets the job aside, and threads run set-aside jobs whenever they are back
-//! at the bottom of their stack.
+//! That nesting is unbounded: with thousands of tasks queued, each waiting in a `par_iter`, one
+//! thread's stack holds task in task in task (rayon#854, rayon#1054). The pool's threads get a
+//! large stack for it (see `STACK_SIZE` in the module above).
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -59,36 +57,6 @@ pub(super) fn leave() {
 /// The id of the pool whose worker the current thread is.
 pub(super) fn current_pool() -> Option<u64> {
     WORKER.with_borrow(|worker| worker.as_ref().map(|worker| worker.shared.ledger.pool_id()))
-}
-
-/// How many tasks deep one thread may nest before it sets offered jobs aside.
-const MAX_NESTING: usize = 4;
-
-/// Runs `job` here, or sets it aside if this thread is nested too deep in tasks already; back
-/// at the bottom of the stack, runs whatever was set aside.
-pub(super) fn execute_or_defer<T: Task>(job: Arc<Job<T>>) {
-    let (depth, shared) = WORKER.with_borrow(|worker| {
-        worker.as_ref().map_or((0, None), |worker| (worker.depth, Some(Arc::clone(&worker.shared))))
-    });
-    let Some(shared) = shared else {
-        execute(&job);
-        return;
-    };
-    if depth >= MAX_NESTING {
-        lock(&shared.deferred).push_back(Box::new(move || execute(&job)));
-        return;
-    }
-    execute(&job);
-    if depth == 0 {
-        // Deferred jobs run one by one, each at the bottom of this stack.
-        while let Some(deferred) = lock(&shared.deferred).pop_front() {
-            deferred();
-        }
-    }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs `job` on the current worker thread, unless it was cancelled or claimed meanwhile.
