@@ -61,7 +61,7 @@ pub(crate) struct KillSwitch {
 impl KillSwitch {
     /// Sends SIGKILL, unless the worker is already reaped.
     pub(crate) fn kill(&self) {
-        let is_reaped = self.is_reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        let is_reaped = lock(&self.is_reaped);
         if !*is_reaped {
             // A failure means the process is already gone, which is what we wanted.
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
@@ -190,7 +190,7 @@ impl Worker {
     /// how it ended.
     pub(crate) fn reap(&mut self) -> Death {
         let status = {
-            let mut is_reaped = self.is_reaped.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut is_reaped = lock(&self.is_reaped);
             let status = self.child.wait();
             *is_reaped = true;
             status
@@ -207,7 +207,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let is_reaped = *self.is_reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        let is_reaped = *lock(&self.is_reaped);
         if !is_reaped {
             self.kill_switch().kill();
             let _ = self.reap();
@@ -369,14 +369,14 @@ impl StderrTail {
                 let _ = follower.join();
             }
         }
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = lock(&self.lines);
         let pinned = lines.allocation_failure.as_ref().filter(|line| !lines.last.contains(line));
         let kept: Vec<&str> = pinned.into_iter().chain(&lines.last).map(String::as_str).collect();
         kept.join("\n")
     }
 
     fn saw_allocation_failure(&self) -> bool {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).allocation_failure.is_some()
+        lock(&self.lines).allocation_failure.is_some()
     }
 }
 
@@ -391,7 +391,7 @@ fn copy_lines(stderr: ChildStderr, lines: &Mutex<Lines>) {
         // Our own stderr failing must not stop the collection of the tail.
         let _ = ours.write_all(&line);
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-        let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lines = lock(lines);
         if text.starts_with("memory allocation of ") && text.ends_with(" failed") {
             lines.allocation_failure = Some(text.clone());
         }

@@ -17,7 +17,7 @@ mod worker;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use child::Death;
@@ -191,8 +191,7 @@ impl ProcessBackend {
     pub(crate) fn stop(&self, wait: bool) {
         self.shared.stop();
         if wait {
-            let slots =
-                std::mem::take(&mut *self.slots.lock().unwrap_or_else(PoisonError::into_inner));
+            let slots = std::mem::take(&mut *child::lock(&self.slots));
             for slot in slots {
                 // A slot thread that panicked has nothing left to clean up.
                 let _ = slot.join();
