@@ -15,6 +15,10 @@
 
 #![cfg(feature = "process")]
 
+mod common;
+
+use common::{publish, touch, Scratch};
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
@@ -122,10 +126,10 @@ fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
         Kind::Abort => std::process::abort(),
         Kind::Exit => std::process::exit(exit_code(id)),
         Kind::Timeout | Kind::CancelRunning => {
-            touch(&dir.join(format!("started-{id}")));
+            touch(dir.join(format!("started-{id}")));
             // This test is about real time: the sleep is what a timeout or a cancel must cut.
             thread::sleep(SLEEP);
-            touch(&dir.join(format!("overslept-{id}")));
+            touch(dir.join(format!("overslept-{id}")));
             Ok(id)
         }
     }
@@ -144,7 +148,7 @@ fn hold(started: String, gate: String) -> u32 {
 #[task]
 fn rendezvous(dir: String, index: u32, of: u32) -> u32 {
     let dir = Path::new(&dir);
-    touch(&dir.join(format!("arrived-{index}")));
+    touch(dir.join(format!("arrived-{index}")));
     let started = Instant::now();
     while (0..of).any(|other| !dir.join(format!("arrived-{other}")).exists()) {
         assert!(started.elapsed() < HANG_LIMIT, "the rendezvous in {dir:?} never completed");
@@ -155,69 +159,6 @@ fn rendezvous(dir: String, index: u32, of: u32) -> u32 {
 
 // ---------------------------------------------------------------------------------------------
 // Files
-
-/// A scratch directory for the soak, removed when dropped.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let path = std::env::temp_dir().join(format!(
-            "parallel-chaos-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos())
-        ));
-        fs::create_dir_all(&path).expect("temp dir is writable");
-        Scratch { path }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    fn string(&self) -> String {
-        self.path.to_string_lossy().into_owned()
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.path(name).exists()
-    }
-
-    /// The ids `n` of the files named `<prefix>-<n>`.
-    fn ids(&self, prefix: &str) -> Vec<u64> {
-        let prefix = format!("{prefix}-");
-        let mut ids: Vec<u64> = fs::read_dir(&self.path)
-            .expect("scratch dir exists")
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                name.strip_prefix(&prefix)?.parse().ok()
-            })
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Best effort: a leftover temp dir is not worth failing a test over.
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-fn touch(path: &Path) {
-    fs::write(path, b"").expect("scratch dir is writable");
-}
-
-/// Writes `content` to `path` atomically, so a reader that sees the file sees all of it.
-fn publish(path: &Path, content: &str) {
-    let partial = path.with_extension("partial");
-    fs::write(&partial, content).expect("scratch dir is writable");
-    fs::rename(&partial, path).expect("scratch dir is writable");
-}
 
 /// Blocks until `path` exists (in a task, a panic after [`HANG_LIMIT`] ends the task).
 fn wait_for_file(path: &Path) {
@@ -676,7 +617,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn soak(tasks: u64, seed: u64) {
     let exe = fs::canonicalize(std::env::current_exe().expect("the test binary has a path"))
         .expect("the test binary exists");
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("chaos");
     assert!(children().is_empty(), "children before the pool: {:?}", children());
     // A first pool, so that what the backend sets up once per program is not counted as a leak.
     let warm_up = Pool::builder().backend(Backend::Process).workers(1).build().expect("builds");

@@ -6,6 +6,10 @@
 
 #![cfg(feature = "process")]
 
+mod common;
+
+use common::{publish, Scratch};
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -56,39 +60,6 @@ fn say(line: String) {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Writes `content` to `path` atomically, so a reader that sees the file sees all of it.
-fn publish(path: &str, content: &str) {
-    let partial = format!("{path}.partial");
-    fs::write(&partial, content).expect("scratch dir is writable");
-    fs::rename(&partial, path).expect("scratch dir is writable");
-}
-
-/// A scratch directory for one test, removed when dropped.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!(
-            "parallel-parent-death-{}-{test}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos())
-        ));
-        fs::create_dir_all(&path).expect("temp dir is writable");
-        Scratch { path }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Best effort: a leftover temp dir is not worth failing a test over.
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
 
 /// A copy of this test binary running `helper` in `role`; killed and reaped when dropped.
 struct HelperProcess {

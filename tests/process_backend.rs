@@ -7,10 +7,14 @@
 
 #![cfg(feature = "process")]
 
+mod common;
+
+use common::{publish, touch, Scratch};
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -99,7 +103,7 @@ fn die(env: &mut Environment, how: Death, record: String, token: String) -> u32 
         .expect("scratch dir is writable");
     writeln!(runs, "{}", worker.pid).expect("scratch dir is writable");
     eprintln!("{token}: about to die by {how:?}");
-    publish(&format!("{record}.pid"), &format!("{} {}", worker.pid, worker.id));
+    publish(format!("{record}.pid"), &format!("{} {}", worker.pid, worker.id));
     match how {
         Death::Abort => std::process::abort(),
         Death::Segfault => {
@@ -209,58 +213,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(started.elapsed() < REAP_LIMIT, "{what}: not within {REAP_LIMIT:?}");
         thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// A scratch directory for one test, removed when dropped.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!(
-            "parallel-process-{}-{test}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos())
-        ));
-        fs::create_dir_all(&path).expect("temp dir is writable");
-        Scratch { path }
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.path.join(name).to_string_lossy().into_owned()
-    }
-
-    fn count(&self, prefix: &str) -> usize {
-        fs::read_dir(&self.path)
-            .expect("scratch dir exists")
-            .filter(|entry| {
-                entry
-                    .as_ref()
-                    .is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
-            })
-            .count()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Best effort: a leftover temp dir is not worth failing a test over.
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-fn touch(path: &str) {
-    fs::write(path, b"").expect("scratch dir is writable");
-}
-
-/// Writes `content` to `path` atomically, so a reader that sees the file sees all of it.
-fn publish(path: &str, content: &str) {
-    let partial = format!("{path}.partial");
-    fs::write(&partial, content).expect("scratch dir is writable");
-    fs::rename(&partial, path).expect("scratch dir is writable");
 }
 
 /// Blocks until `path` exists (in a task, a panic after [`HANG_LIMIT`] ends the task).
@@ -449,7 +401,7 @@ fn a_death_takes_only_its_own_task(how: Death, expected_reason: &str) {
     }
     assert!(!shown.contains('\n'), "one line: {shown}");
 
-    touch(&scratch.file("gate"));
+    touch(scratch.file("gate"));
     let survivor = within_limit("the bystander", move || bystander.join());
     assert_eq!(survivor, Ok(bystander_worker), "the other worker was not touched");
     wait_until_reaped(victim_worker.pid);
@@ -565,7 +517,7 @@ fn cancel_of_a_queued_task_kills_no_worker_and_the_task_never_runs() {
         victim.cancel();
         assert!(victim.is_finished(), "a cancelled handle resolves at once");
     }
-    touch(&scratch.file("gate"));
+    touch(scratch.file("gate"));
     assert_eq!(within_limit("the blocker", move || blocker.join()), Ok(held));
     let next = within_limit("the next task", {
         let handle = whoami::dispatch_on(&pool);
