@@ -68,7 +68,7 @@ fn join_timeout_returns_while_the_task_still_runs(backend: Backend) {
 fn join_timeout_of_a_quick_task_gets_its_result(backend: Backend) {
     let pool = pool(backend, 1);
     let scratch = Scratch::new("timeout-quick");
-    touch(&scratch.file("gate"));
+    touch(scratch.file("gate"));
     let handle = gated::dispatch_on(
         &pool,
         scratch.file("gate"),

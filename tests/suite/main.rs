@@ -1,6 +1,8 @@
 //! One suite, every backend: each test here is a function taking the [`Backend`] to build its
 //! pool on, and `backends!` instantiates it once per backend so the backends cannot drift apart.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod support;
 
 mod cancellation;

@@ -30,48 +30,7 @@ pub(crate) fn within_limit<R: Send + 'static>(
     }
 }
 
-/// A scratch directory for one test, removed when dropped; tasks on any backend can see it.
-pub(crate) struct Scratch {
-    path: std::path::PathBuf,
-}
-
-impl Scratch {
-    pub(crate) fn new(test: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!(
-            "parallel-suite-{}-{test}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos())
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir is writable");
-        Scratch { path }
-    }
-
-    /// The path of `name` inside the scratch directory, as a `String` tasks can take.
-    pub(crate) fn file(&self, name: &str) -> String {
-        self.path.join(name).to_string_lossy().into_owned()
-    }
-
-    /// How many files whose name starts with `prefix` exist.
-    pub(crate) fn count(&self, prefix: &str) -> usize {
-        std::fs::read_dir(&self.path)
-            .expect("scratch dir exists")
-            .filter(|entry| {
-                entry
-                    .as_ref()
-                    .is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
-            })
-            .count()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Best effort: a leftover temp dir is not worth failing a test over.
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
+pub(crate) use crate::common::{touch, Scratch};
 
 /// Blocks until `path` exists: lets a test hold a worker busy, on threads or processes alike.
 pub(crate) fn wait_for_file(path: &str) {
@@ -80,9 +39,4 @@ pub(crate) fn wait_for_file(path: &str) {
         assert!(started.elapsed() < HANG_LIMIT, "{path} never appeared");
         thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// Creates `path`, releasing every task waiting for it.
-pub(crate) fn touch(path: &str) {
-    std::fs::write(path, b"").expect("scratch dir is writable");
 }
