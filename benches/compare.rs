@@ -1,0 +1,692 @@
+//! The side-by-side report: `parallel` on both backends and its peers — raw rayon,
+//! `std::thread::spawn`, procspawn, a raw pipe and socketpair, and Python's process pools — on
+//! the same scenarios in the same run, each figure the median of several runs with its min–max.
+//!
+//! ```text
+//! cargo bench --features process --bench compare                # writes the docs (3–6 min)
+//! cargo bench --features process --bench compare -- --quick     # smoke run, prints only
+//! ```
+//!
+//! Options after `--`: `--runs N` (samples per figure; 5, or 3 with `--quick`), `--quick` (a tenth
+//! of the tasks per sample, and nothing written unless `--write`), `--no-write` (print the report
+//! only), `--no-python` (leave the Python peers out). A run that writes replaces the generated section of
+//! docs/PERFORMANCE.md (between `<!-- compare:begin -->` and `<!-- compare:end -->`) and
+//! docs/throughput.svg. The report goes to stdout; progress to stderr.
+//!
+//! The bench binary is also every peer's child: a `parallel` worker (its constructor takes over
+//! before `main`), a procspawn worker (`procspawn::init` takes over first thing in `main`) and
+//! the raw echo peer (next in `main`).
+
+mod peers;
+#[path = "compare/plot.rs"]
+mod plot;
+#[path = "compare/python.rs"]
+mod python;
+#[path = "compare/report.rs"]
+mod report;
+#[path = "compare/results.rs"]
+mod results;
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use parallel::{Backend, Environment, Pool};
+use peers::echo::EchoPeer;
+use peers::tasks::{echo_bytes, noop, spin};
+use results::{Peer, Results};
+
+/// Workers of the pools that are not about scaling: both cores.
+const WORKERS: usize = 2;
+/// The CPU-bound scenario: this many tasks of this many µs.
+const CPU_TASKS: u64 = 100;
+const CPU_MICROS: u64 = 1000;
+/// Keys in the `Environment` and in its floor.
+const ENVIRONMENT_KEYS: usize = 64;
+
+/// The command line after `--`.
+struct Options {
+    runs: usize,
+    is_quick: bool,
+    does_write: bool,
+    has_python: bool,
+}
+
+impl Options {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let mut runs = None;
+        let mut does_write = None;
+        let mut options = Options { runs: 5, is_quick: false, does_write: true, has_python: true };
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                // `cargo bench` passes `--bench` to every bench binary.
+                "--bench" => {}
+                "--quick" => options.is_quick = true,
+                "--write" => does_write = Some(true),
+                "--no-write" => does_write = Some(false),
+                "--no-python" => options.has_python = false,
+                "--runs" => {
+                    let value = args.next().ok_or("--runs needs a number")?;
+                    let value: usize =
+                        value.parse().map_err(|_| format!("--runs {value}: not a number"))?;
+                    if value == 0 {
+                        return Err("--runs must be at least 1".to_owned());
+                    }
+                    runs = Some(value);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument {other:?}; use --runs N, --quick, --write, --no-write, --no-python"
+                    ))
+                }
+            }
+        }
+        options.does_write = does_write.unwrap_or(!options.is_quick);
+        options.runs = runs.unwrap_or(if options.is_quick { 3 } else { 5 });
+        Ok(options)
+    }
+}
+
+/// One way to run a scenario: a column, and a closure that runs `count` operations and returns
+/// the seconds per operation.
+struct Variant<'a> {
+    peer: Peer,
+    count: usize,
+    run: Box<dyn FnMut(usize) -> f64 + 'a>,
+}
+
+impl<'a> Variant<'a> {
+    fn new(peer: Peer, count: usize, run: impl FnMut(usize) -> f64 + 'a) -> Variant<'a> {
+        Variant { peer, count, run: Box::new(run) }
+    }
+}
+
+/// Takes the samples of a run and remembers how each was taken.
+struct Bench {
+    runs: usize,
+    is_quick: bool,
+    results: Results,
+    /// Operations per sample, by scenario and peer.
+    counts: BTreeMap<String, Vec<(Peer, usize)>>,
+}
+
+impl Bench {
+    /// The count of a full run, or a tenth of it (at least 2) in a quick one.
+    fn count(&self, full: usize) -> usize {
+        if self.is_quick {
+            (full / 10).max(2)
+        } else {
+            full
+        }
+    }
+
+    /// Warms every variant up with one sample, then takes `runs` samples of each, the variants in
+    /// turn and in a rotating order, so that a slow spell of the machine hits them alike.
+    fn measure(&mut self, scenario: &str, mut variants: Vec<Variant<'_>>) {
+        eprintln!("compare: {scenario}");
+        for variant in &mut variants {
+            variant.count = self.count(variant.count);
+            (variant.run)(variant.count);
+        }
+        for run in 0..self.runs {
+            for index in 0..variants.len() {
+                let count = variants.len();
+                let variant = &mut variants[(index + run) % count];
+                let sample = (variant.run)(variant.count);
+                self.results.push(scenario, variant.peer, sample);
+            }
+        }
+        self.counts.insert(
+            scenario.to_owned(),
+            variants.iter().map(|variant| (variant.peer, variant.count)).collect(),
+        );
+    }
+}
+
+/// Seconds per operation of `run`, which performs `operations` of them.
+fn per_op(operations: usize, run: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    run();
+    start.elapsed().as_secs_f64() / operations as f64
+}
+
+/// Seconds per operation of `operation` run `count` times, timing only the operation itself
+/// (what `setup` prepares for it and what it returns are made and dropped off the clock).
+fn per_op_timed<T, R>(
+    count: usize,
+    mut setup: impl FnMut() -> T,
+    mut operation: impl FnMut(T) -> R,
+) -> f64 {
+    let mut total = Duration::ZERO;
+    for _ in 0..count {
+        let input = setup();
+        let start = Instant::now();
+        let output = black_box(operation(input));
+        total += start.elapsed();
+        drop(output);
+    }
+    total.as_secs_f64() / count as f64
+}
+
+fn pool(backend: Backend, workers: usize) -> Pool {
+    Pool::builder().backend(backend).workers(workers).build().expect("build a pool")
+}
+
+fn rayon_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("build a rayon pool")
+}
+
+fn procspawn_pool(size: usize) -> procspawn::Pool {
+    procspawn::Pool::new(size).expect("build a procspawn pool")
+}
+
+/// Submits `tasks` to `pool`, then joins them all.
+fn submit_all<T: parallel::Task>(pool: &Pool, tasks: impl Iterator<Item = T>) {
+    let handles: Vec<_> = tasks.map(|task| pool.submit(task)).collect();
+    for handle in handles {
+        black_box(handle.join().unwrap_or_else(|_| panic!("a {} task failed", T::NAME)));
+    }
+}
+
+/// Spawns `count` calls of `function` on `pool`, then receives every result.
+fn rayon_all<R: Send + 'static>(
+    pool: &rayon::ThreadPool,
+    count: u64,
+    function: impl Fn(u64) -> R + Send + Copy + 'static,
+) {
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    for i in 0..count {
+        let sender = sender.clone();
+        pool.spawn(move || sender.send(function(i)).expect("the receiver waits"));
+    }
+    drop(sender);
+    for result in receiver.iter() {
+        black_box(result);
+    }
+}
+
+/// Spawns `count` calls of `function` on a procspawn pool, then joins them all.
+fn procspawn_all(pool: &procspawn::Pool, count: u64, argument: u64, function: fn(u64) -> u64) {
+    let handles: Vec<_> = (0..count).map(|_| pool.spawn(argument, function)).collect();
+    for handle in handles {
+        black_box(handle.join().expect("a procspawn task failed"));
+    }
+}
+
+fn round_trip(bench: &mut Bench) {
+    let thread = pool(Backend::Thread, WORKERS);
+    let process = pool(Backend::Process, WORKERS);
+    let rayon = rayon_pool(WORKERS);
+    let procspawn = procspawn_pool(WORKERS);
+    let mut pipe = EchoPeer::over_pipes();
+    let mut socketpair = EchoPeer::over_socketpair();
+    let mut back = Vec::new();
+    let mut back_too = Vec::new();
+    let ours = |pool: &Pool, n: usize| {
+        per_op(n, || {
+            for i in 0..n as u64 {
+                black_box(noop::dispatch_on(pool, i).join().expect("a no-op task failed"));
+            }
+        })
+    };
+    bench.measure(
+        "round_trip",
+        vec![
+            Variant::new(Peer::Thread, 20_000, |n| ours(&thread, n)),
+            Variant::new(Peer::Process, 2_000, |n| ours(&process, n)),
+            Variant::new(Peer::Rayon, 20_000, |n| {
+                per_op(n, || {
+                    for i in 0..n as u64 {
+                        let (sender, receiver) = crossbeam_channel::bounded(1);
+                        rayon.spawn(move || sender.send(black_box(i)).expect("the caller waits"));
+                        black_box(receiver.recv().expect("the task sends"));
+                    }
+                })
+            }),
+            Variant::new(Peer::StdThread, 5_000, |n| {
+                per_op(n, || {
+                    for i in 0..n as u64 {
+                        let thread = std::thread::spawn(move || black_box(i));
+                        black_box(thread.join().expect("a no-op thread panicked"));
+                    }
+                })
+            }),
+            Variant::new(Peer::Procspawn, 1_000, |n| {
+                per_op(n, || {
+                    for i in 0..n as u64 {
+                        black_box(
+                            procspawn.spawn(i, noop).join().expect("a procspawn task failed"),
+                        );
+                    }
+                })
+            }),
+            Variant::new(Peer::RawPipe, 2_000, |n| {
+                per_op(n, || (0..n).for_each(|_| pipe.round_trip(&[7; 64], &mut back)))
+            }),
+            Variant::new(Peer::RawSocketpair, 2_000, |n| {
+                per_op(n, || (0..n).for_each(|_| socketpair.round_trip(&[7; 64], &mut back_too)))
+            }),
+        ],
+    );
+}
+
+fn bulk(bench: &mut Bench) {
+    let thread = pool(Backend::Thread, WORKERS);
+    let process = pool(Backend::Process, WORKERS);
+    let rayon = rayon_pool(WORKERS);
+    let procspawn = procspawn_pool(WORKERS);
+    let submit =
+        |pool: &Pool, n: usize| per_op(n, || submit_all(pool, (0..n as u64).map(noop::new)));
+    bench.measure(
+        "bulk_submit",
+        vec![
+            Variant::new(Peer::Thread, 100_000, |n| submit(&thread, n)),
+            Variant::new(Peer::Process, 100_000, |n| submit(&process, n)),
+            Variant::new(Peer::Rayon, 100_000, |n| {
+                per_op(n, || rayon_all(&rayon, n as u64, black_box))
+            }),
+            Variant::new(Peer::StdThread, 10_000, |n| {
+                per_op(n, || {
+                    let threads: Vec<_> =
+                        (0..n as u64).map(|i| std::thread::spawn(move || black_box(i))).collect();
+                    for thread in threads {
+                        black_box(thread.join().expect("a no-op thread panicked"));
+                    }
+                })
+            }),
+            // Each queued procspawn task holds a few file descriptors: a few thousand at once fit
+            // under the usual limit of the open files.
+            Variant::new(Peer::Procspawn, 2_000, |n| {
+                per_op(n, || procspawn_all(&procspawn, n as u64, 1, noop))
+            }),
+        ],
+    );
+    let map = |pool: &Pool, n: usize| {
+        per_op(n, || {
+            for result in pool.map((0..n as u64).map(noop::new)) {
+                black_box(result.expect("a no-op task failed"));
+            }
+        })
+    };
+    bench.measure(
+        "bulk_map",
+        vec![
+            Variant::new(Peer::Thread, 100_000, |n| map(&thread, n)),
+            Variant::new(Peer::Process, 100_000, |n| map(&process, n)),
+        ],
+    );
+}
+
+fn cpu_bound(bench: &mut Bench) {
+    for workers in [1, WORKERS] {
+        let thread = pool(Backend::Thread, workers);
+        let process = pool(Backend::Process, workers);
+        let rayon = rayon_pool(workers);
+        let procspawn = procspawn_pool(workers);
+        let ours = |pool: &Pool| {
+            per_op(1, || {
+                for result in pool.map((0..CPU_TASKS).map(|_| spin::new(CPU_MICROS))) {
+                    black_box(result.expect("a spin task failed"));
+                }
+            })
+        };
+        // One sample is one batch whatever the run: the count is not scaled.
+        bench.measure(
+            &format!("cpu_{workers}"),
+            vec![
+                Variant::new(Peer::Thread, 10, |_| ours(&thread)),
+                Variant::new(Peer::Process, 10, |_| ours(&process)),
+                Variant::new(Peer::Rayon, 10, |_| {
+                    per_op(1, || rayon_all(&rayon, CPU_TASKS, |_| spin(CPU_MICROS)))
+                }),
+                Variant::new(Peer::Procspawn, 10, |_| {
+                    per_op(1, || procspawn_all(&procspawn, CPU_TASKS, CPU_MICROS, spin))
+                }),
+            ],
+        );
+    }
+}
+
+fn bytes(bench: &mut Bench) {
+    let thread = pool(Backend::Thread, 1);
+    let process = pool(Backend::Process, 1);
+    let rayon = rayon_pool(1);
+    let procspawn = procspawn_pool(1);
+    let mut pipe = EchoPeer::over_pipes();
+    let mut socketpair = EchoPeer::over_socketpair();
+    // (scenario, size, count for the thread backends, for the process ones, for procspawn)
+    let sizes = [
+        ("bytes_1k", 1 << 10, 20_000, 2_000, 1_000),
+        ("bytes_1m", 1 << 20, 2_000, 100, 20),
+        ("bytes_16m", 16 << 20, 100, 10, 3),
+    ];
+    for (scenario, size, fast, slow, slowest) in sizes {
+        let payload = vec![0xa5u8; size];
+        let mut back = Vec::new();
+        let mut back_too = Vec::new();
+        let ours = |pool: &Pool, n: usize| {
+            per_op_timed(
+                n,
+                || payload.clone(),
+                |bytes| echo_bytes::dispatch_on(pool, bytes).join().expect("an echo task failed"),
+            )
+        };
+        bench.measure(
+            scenario,
+            vec![
+                Variant::new(Peer::Thread, fast, |n| ours(&thread, n)),
+                Variant::new(Peer::Process, slow, |n| ours(&process, n)),
+                Variant::new(Peer::Rayon, fast, |n| {
+                    per_op_timed(
+                        n,
+                        || payload.clone(),
+                        |bytes| {
+                            let (sender, receiver) = crossbeam_channel::bounded(1);
+                            rayon.spawn(move || sender.send(echo_bytes(bytes)).expect("waited"));
+                            receiver.recv().expect("the task sends")
+                        },
+                    )
+                }),
+                Variant::new(Peer::Procspawn, slowest, |n| {
+                    per_op_timed(
+                        n,
+                        || payload.clone(),
+                        |bytes| {
+                            procspawn
+                                .spawn(bytes, echo_bytes)
+                                .join()
+                                .expect("a procspawn task failed")
+                        },
+                    )
+                }),
+                Variant::new(Peer::RawPipe, slow, |n| {
+                    per_op(n, || (0..n).for_each(|_| pipe.round_trip(&payload, &mut back)))
+                }),
+                Variant::new(Peer::RawSocketpair, slow, |n| {
+                    per_op(n, || {
+                        (0..n).for_each(|_| socketpair.round_trip(&payload, &mut back_too))
+                    })
+                }),
+            ],
+        );
+    }
+}
+
+fn cold_start(bench: &mut Bench) {
+    /// Seconds from nothing to the first result of what `build` makes; `tear_down` (which waits
+    /// for the workers to stop, where the pool can) is off the clock, so that no pool is still
+    /// stopping while the next one starts.
+    fn cold<P>(
+        count: usize,
+        build: impl Fn() -> P,
+        first_result: impl Fn(&P),
+        tear_down: impl Fn(P),
+    ) -> f64 {
+        let mut total = Duration::ZERO;
+        for _ in 0..count {
+            let start = Instant::now();
+            let pool = build();
+            first_result(&pool);
+            total += start.elapsed();
+            tear_down(pool);
+        }
+        total.as_secs_f64() / count as f64
+    }
+    let ours = |pool: &Pool| {
+        black_box(noop::dispatch_on(pool, 1).join().expect("a no-op task failed"));
+    };
+    let shutdown = |pool: Pool| pool.shutdown();
+    bench.measure(
+        "cold_start",
+        vec![
+            Variant::new(Peer::Thread, 100, |n| {
+                cold(n, || pool(Backend::Thread, 1), ours, shutdown)
+            }),
+            Variant::new(Peer::Process, 20, |n| {
+                cold(n, || pool(Backend::Process, 1), ours, shutdown)
+            }),
+            Variant::new(Peer::Rayon, 100, |n| {
+                cold(
+                    n,
+                    || rayon_pool(1),
+                    |rayon| {
+                        let (sender, receiver) = crossbeam_channel::bounded(1);
+                        rayon.spawn(move || sender.send(black_box(1u64)).expect("waited"));
+                        black_box(receiver.recv().expect("the task sends"));
+                    },
+                    drop,
+                )
+            }),
+            Variant::new(Peer::Procspawn, 10, |n| {
+                cold(
+                    n,
+                    || procspawn_pool(1),
+                    |procspawn| {
+                        black_box(
+                            procspawn.spawn(1, noop).join().expect("a procspawn task failed"),
+                        );
+                    },
+                    |procspawn| procspawn.shutdown(),
+                )
+            }),
+        ],
+    );
+}
+
+fn environment(bench: &mut Bench) {
+    let keys: Vec<String> = (0..ENVIRONMENT_KEYS).map(|i| format!("key-{i}")).collect();
+    let key = |i: usize| keys[i % ENVIRONMENT_KEYS].as_str();
+    let mut env = Environment::new();
+    let mut floor: HashMap<String, Box<dyn Any>> = HashMap::new();
+    for i in 0..ENVIRONMENT_KEYS {
+        env.set(key(i), 0u64);
+        floor.insert(key(i).to_owned(), Box::new(0u64));
+    }
+    let ops = 1_000_000;
+    bench.measure(
+        "env_get",
+        vec![
+            Variant::new(Peer::Environment, ops, |n| {
+                per_op(n, || {
+                    (0..n).for_each(|i| {
+                        black_box(env.get::<u64>(key(i)));
+                    })
+                })
+            }),
+            Variant::new(Peer::HashMapFloor, ops, |n| {
+                per_op(n, || {
+                    (0..n).for_each(|i| {
+                        black_box(floor.get(key(i)).and_then(|v| v.downcast_ref::<u64>()));
+                    })
+                })
+            }),
+        ],
+    );
+    bench.measure(
+        "env_set",
+        vec![
+            Variant::new(Peer::Environment, ops, |n| {
+                per_op(n, || (0..n).for_each(|i| env.set(key(i), black_box(i as u64))))
+            }),
+            Variant::new(Peer::HashMapFloor, ops, |n| {
+                per_op(n, || {
+                    (0..n).for_each(|i| {
+                        floor.insert(key(i).to_owned(), Box::new(black_box(i as u64)));
+                    })
+                })
+            }),
+        ],
+    );
+    bench.measure(
+        "env_get_or_insert_with",
+        vec![
+            Variant::new(Peer::Environment, ops, |n| {
+                per_op(n, || (0..n).for_each(|i| *env.get_or_insert_with(key(i), || 0u64) += 1))
+            }),
+            Variant::new(Peer::HashMapFloor, ops, |n| {
+                per_op(n, || {
+                    (0..n).for_each(|i| {
+                        let value = match floor.get_mut(key(i)) {
+                            Some(value) if value.is::<u64>() => value,
+                            _ => floor.entry(key(i).to_owned()).or_insert(Box::new(0u64)),
+                        };
+                        *value.downcast_mut::<u64>().expect("a u64, checked or stored") += 1;
+                    })
+                })
+            }),
+        ],
+    );
+}
+
+/// Tasks in one sample of the plot: about `seconds` of work for two ideal workers, between 40
+/// and `most`.
+fn plot_count(micros: u64, most: usize, seconds: f64) -> usize {
+    ((seconds * WORKERS as f64 * 1e6 / micros as f64).round() as usize).clamp(40, most)
+}
+
+fn throughput_plot(bench: &mut Bench) {
+    let thread = pool(Backend::Thread, WORKERS);
+    let process = pool(Backend::Process, WORKERS);
+    let procspawn = procspawn_pool(WORKERS);
+    // `measure` scales the counts down for a quick run, so the seconds stay those of a full one.
+    let seconds = 0.25;
+    for micros in plot::SIZES {
+        let ours = |pool: &Pool, n: usize| {
+            per_op(n, || submit_all(pool, (0..n).map(|_| spin::new(micros))))
+        };
+        bench.measure(
+            &plot::scenario(micros),
+            vec![
+                Variant::new(Peer::Thread, plot_count(micros, 100_000, seconds), |n| {
+                    ours(&thread, n)
+                }),
+                Variant::new(Peer::Process, plot_count(micros, 20_000, seconds), |n| {
+                    ours(&process, n)
+                }),
+                Variant::new(Peer::Procspawn, plot_count(micros, 2_000, seconds), |n| {
+                    per_op(n, || procspawn_all(&procspawn, n as u64, micros, spin))
+                }),
+            ],
+        );
+    }
+}
+
+/// The speedup from one worker to two, run by run, of every peer that ran both.
+fn speedups(results: &mut Results) {
+    for peer in Peer::COLUMNS {
+        let (Some(one), Some(two)) = (results.get("cpu_1", peer), results.get("cpu_2", peer))
+        else {
+            continue;
+        };
+        let factors: Vec<f64> =
+            one.values().iter().zip(two.values()).map(|(one, two)| one / two).collect();
+        for factor in factors {
+            results.push("speedup", peer, factor);
+        }
+    }
+}
+
+/// One line per scenario on how it is measured and how many operations make a sample.
+fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
+    let describe = [
+        ("round_trip", "round trip: submit one no-op task (a `u64` there and back; 64 bytes for the raw peers), wait for its result, repeat"),
+        ("bulk_submit", "submit all: submit every no-op task, then join every handle (rayon: `spawn` each with a channel sender; Python: `submit`/`apply_async`)"),
+        ("bulk_map", "`map`: ours streams through `Pool::map`; Python's `map` with chunksize 1"),
+        ("bulk_map_chunk100", "Python's `map` with chunksize 100: a hundred tasks per message"),
+        ("cpu_1", "CPU-bound: 100 tasks that each spin on the clock for 1 ms, all submitted, then all joined (ours and Python's through `map`); the speedup is the 1-worker time over the 2-worker time, run by run"),
+        ("bytes_1k", "bytes: a `Vec<u8>` (Python: `bytes`) sent to a task that returns it; the clone of the payload is off the clock; the raw peers write it with an 8-byte length and read the echo back"),
+        ("cold_start", "cold start: build a 1-worker pool and wait for its first no-op result; shutting it down (waiting for its workers to stop, where the pool can) is off the clock; Python's clock starts at the pool's constructor, the interpreter already running"),
+        ("plot_1", "plot: submit all, then join all of tasks that spin 1, 10, 100 or 1000 µs, on 2 workers"),
+        ("env_get", "`Environment`: a million operations on 64 keys, in one thread"),
+    ];
+    describe
+        .iter()
+        .map(|(scenario, text)| {
+            let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+            for &(peer, count) in bench.counts.get(*scenario).into_iter().flatten() {
+                groups.entry(count).or_default().push(peer.short());
+            }
+            if let Some(&count) = python.counts.get(*scenario) {
+                groups.entry(count as usize).or_default().push("Python");
+            }
+            let counts: Vec<String> = groups
+                .iter()
+                .rev()
+                .map(|(count, peers)| format!("{count} ({})", peers.join(", ")))
+                .collect();
+            if counts.is_empty() || scenario.starts_with("cpu") {
+                format!("{text}.")
+            } else {
+                format!("{text}. Per sample: {}.", counts.join(", "))
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    // procspawn's worker: first thing in `main`, as its docs ask. Our own workers never get here.
+    procspawn::init();
+    if peers::echo::serve_if_echo_peer() {
+        return;
+    }
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("compare: {message}");
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
+    let mut bench = Bench {
+        runs: options.runs,
+        is_quick: options.is_quick,
+        results: Results::default(),
+        counts: BTreeMap::new(),
+    };
+    round_trip(&mut bench);
+    bulk(&mut bench);
+    cpu_bound(&mut bench);
+    bytes(&mut bench);
+    cold_start(&mut bench);
+    environment(&mut bench);
+    throughput_plot(&mut bench);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = if options.has_python {
+        let script = root.join("benches/python_peers.py");
+        python::run(&script, options.runs, options.is_quick, &mut bench.results)
+    } else {
+        python::Python {
+            description: "no Python (`--no-python`)".to_owned(),
+            counts: BTreeMap::new(),
+        }
+    };
+    speedups(&mut bench.results);
+
+    let method = method(&bench, &python);
+    let section = report::markdown(
+        &bench.results,
+        &report::Context {
+            runs: options.runs,
+            python: &python.description,
+            command: "cargo bench --features process --bench compare",
+            method: &method,
+        },
+    );
+    println!("{section}");
+    eprintln!("compare: measured in {:.0} s", started.elapsed().as_secs_f64());
+    if options.does_write {
+        let written = plot::draw(&bench.results, WORKERS, &root.join("docs/throughput.svg"))
+            .and_then(|()| report::write_into(&root.join("docs/PERFORMANCE.md"), &section));
+        match written {
+            Ok(()) => eprintln!("compare: wrote docs/PERFORMANCE.md and docs/throughput.svg"),
+            Err(message) => {
+                eprintln!("compare: {message}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
