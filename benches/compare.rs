@@ -3,11 +3,11 @@
 //! the same scenarios in the same run, each figure the median of several runs with its min–max.
 //!
 //! ```text
-//! cargo bench --features process --bench compare                # writes the docs (3–6 min)
+//! cargo bench --features process --bench compare                # writes the docs (~3 min)
 //! cargo bench --features process --bench compare -- --quick     # smoke run, prints only
 //! ```
 //!
-//! Options after `--`: `--runs N` (samples per figure; 5, or 3 with `--quick`), `--quick` (a tenth
+//! Options after `--`: `--runs N` (samples per figure; 10, or 3 with `--quick`), `--quick` (a tenth
 //! of the tasks per sample, and nothing written unless `--write`), `--no-write` (print the report
 //! only), `--no-python` (leave the Python peers out). A run that writes replaces the generated section of
 //! docs/PERFORMANCE.md (between `<!-- compare:begin -->` and `<!-- compare:end -->`) and
@@ -58,7 +58,7 @@ impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         let mut runs = None;
         let mut does_write = None;
-        let mut options = Options { runs: 5, is_quick: false, does_write: true, has_python: true };
+        let mut options = Options { runs: 0, is_quick: false, does_write: true, has_python: true };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -85,7 +85,7 @@ impl Options {
             }
         }
         options.does_write = does_write.unwrap_or(!options.is_quick);
-        options.runs = runs.unwrap_or(if options.is_quick { 3 } else { 5 });
+        options.runs = runs.unwrap_or(if options.is_quick { 3 } else { 10 });
         Ok(options)
     }
 }
@@ -333,16 +333,16 @@ fn cpu_bound(bench: &mut Bench) {
                 }
             })
         };
-        // One sample is one batch whatever the run: the count is not scaled.
+        // A sample is one batch of `CPU_TASKS` in a quick run too: the closures ignore the count.
         bench.measure(
             &format!("cpu_{workers}"),
             vec![
-                Variant::new(Peer::Thread, 10, |_| ours(&thread)),
-                Variant::new(Peer::Process, 10, |_| ours(&process)),
-                Variant::new(Peer::Rayon, 10, |_| {
+                Variant::new(Peer::Thread, 1, |_| ours(&thread)),
+                Variant::new(Peer::Process, 1, |_| ours(&process)),
+                Variant::new(Peer::Rayon, 1, |_| {
                     per_op(1, || rayon_all(&rayon, CPU_TASKS, |_| spin(CPU_MICROS)))
                 }),
-                Variant::new(Peer::Procspawn, 10, |_| {
+                Variant::new(Peer::Procspawn, 1, |_| {
                     per_op(1, || procspawn_all(&procspawn, CPU_TASKS, CPU_MICROS, spin))
                 }),
             ],
@@ -599,7 +599,7 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
         ("cpu_1", "CPU-bound: 100 tasks that each spin on the clock for 1 ms, all submitted, then all joined (ours and Python's through `map`); the speedup is the 1-worker time over the 2-worker time, run by run"),
         ("bytes_1k", "bytes: a `Vec<u8>` (Python: `bytes`) sent to a task that returns it; the clone of the payload is off the clock; the raw peers write it with an 8-byte length and read the echo back"),
         ("cold_start", "cold start: build a 1-worker pool and wait for its first no-op result; shutting it down (waiting for its workers to stop, where the pool can) is off the clock; Python's clock starts at the pool's constructor, the interpreter already running"),
-        ("plot_1", "plot: submit all, then join all of tasks that spin 1, 10, 100 or 1000 µs, on 2 workers"),
+        ("plot_1", "plot: submit all, then join all, of tasks that spin 1, 10, 100 or 1000 µs, on 2 workers; the counts below are at 1 µs, longer tasks take about 0.25 s of ideal work per sample (at least 40 tasks)"),
         ("env_get", "`Environment`: a million operations on 64 keys, in one thread"),
     ];
     describe

@@ -96,6 +96,7 @@ pub(crate) fn draw(results: &Results, workers: usize, path: &Path) -> Result<(),
         for Line { peer, colour, points } in lines {
             let name = match peer {
                 Peer::Thread | Peer::Process => format!("parallel {}", peer.short()),
+                Peer::PyExecutor | Peer::PyPool => format!("Python {}", peer.short()),
                 _ => peer.short().to_owned(),
             };
             chart
