@@ -166,14 +166,14 @@ fn a_process_started_as_a_worker_by_mistake_says_why_it_cannot_serve() {
 
     // A marker of the right shape whose channel is no socket: the worker stops at once.
     let parent = std::process::id();
-    let marker = format!("1:0:{parent}:0:1048576");
+    let marker = format!("2:0:1:{parent}:0:1048576");
     let no_channel = Command::new(&exe).env("PARALLEL_WORKER", marker).output().unwrap();
     assert_eq!(no_channel.status.code(), Some(101));
     let stderr = String::from_utf8_lossy(&no_channel.stderr);
     assert!(stderr.contains("stops"), "{stderr}");
 
     // A marker naming another parent: the worker's pool is gone, so it exits quietly.
-    let orphan = Command::new(&exe).env("PARALLEL_WORKER", "1:3:1:0:1048576").output().unwrap();
+    let orphan = Command::new(&exe).env("PARALLEL_WORKER", "2:3:4:1:0:1048576").output().unwrap();
     assert_eq!(orphan.status.code(), Some(0));
     assert!(orphan.stdout.is_empty());
 }

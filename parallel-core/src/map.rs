@@ -54,7 +54,12 @@ where
         Map { pool, tasks, is_input_done: false, window, in_flight: VecDeque::new() }
     }
 
+    /// Tops the window up once half of it is consumed: tasks then reach the workers in batches
+    /// (a process worker gets them in one write), not one at a time as results are consumed.
     fn fill(&mut self) {
+        if self.in_flight.len() > self.window / 2 {
+            return;
+        }
         while !self.is_input_done && self.in_flight.len() < self.window {
             match self.tasks.next() {
                 Some(task) => self.in_flight.push_back(self.pool.submit(task)),

@@ -22,9 +22,12 @@ use nix::unistd::Pid;
 
 use super::entry::{Marker, MARKER};
 use super::protocol::{self, FromWorker, ReadError};
+use super::ring::Ring;
 
 /// The descriptor number the worker finds its channel at.
 const CHANNEL_FD: i32 = 3;
+/// The descriptor number the worker finds its reply ring's memory file at.
+const RING_FD: i32 = 4;
 /// How many lines of a worker's standard error a death report keeps.
 const STDERR_LINES: usize = 20;
 /// How long a new worker may take to say it is ready.
@@ -46,6 +49,8 @@ pub(crate) struct Worker {
     reader: Option<BufReader<UnixStream>>,
     /// The writing half, shared: the slot writes jobs, a canceller writes `Cancel` frames.
     pub(crate) writer: Arc<Mutex<BufWriter<UnixStream>>>,
+    /// The worker's replies in shared memory, and the count of `Cancel` frames written.
+    pub(crate) ring: Arc<Ring>,
     stderr: StderrTail,
     /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
     is_reaped: Arc<Mutex<bool>>,
@@ -94,8 +99,11 @@ impl Worker {
             message: format!("cannot create a socket pair: {error}"),
             death: None,
         })?;
+        let (ring, ring_fd) =
+            Ring::create().map_err(|message| StartError { message, death: None })?;
         let marker = Marker {
             fd: CHANNEL_FD,
+            ring: RING_FD,
             parent: std::process::id(),
             worker_id: settings.worker_id,
             max_frame: settings.max_frame,
@@ -109,17 +117,19 @@ impl Worker {
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped());
         let their_fd = theirs.as_raw_fd();
+        let their_ring = ring_fd.as_raw_fd();
         let max_memory = settings.max_memory;
         // SAFETY: the closure runs in the child between fork and exec and calls only
-        // async-signal-safe functions (dup2, prctl, setrlimit, getppid) without allocating.
+        // async-signal-safe functions (fcntl, dup2, prctl, setrlimit) without allocating.
         unsafe {
-            command.pre_exec(move || prepare_child(their_fd, max_memory));
+            command.pre_exec(move || prepare_child(their_fd, their_ring, max_memory));
         }
         let mut child = command.spawn().map_err(|error| StartError {
             message: format!("cannot start {}: {error}", describe_exe()),
             death: None,
         })?;
         drop(theirs);
+        drop(ring_fd);
         let pid = child.id();
         let stderr = StderrTail::follow(child.stderr.take(), pid);
         let reader = BufReader::with_capacity(
@@ -135,6 +145,7 @@ impl Worker {
             pid,
             reader: Some(reader),
             writer: Arc::new(Mutex::new(writer)),
+            ring: Arc::new(ring),
             stderr,
             is_reaped: Arc::new(Mutex::new(false)),
         };
@@ -256,16 +267,19 @@ fn check_ready(
 }
 
 /// Runs in the child between `fork` and `exec`.
-fn prepare_child(channel: i32, max_memory: Option<u64>) -> io::Result<()> {
+fn prepare_child(channel: i32, ring: i32, max_memory: Option<u64>) -> io::Result<()> {
     // SAFETY: plain system calls on descriptors and limits of this (child) process.
     unsafe {
-        if channel == CHANNEL_FD {
-            // Already in place: only clear close-on-exec.
-            let flags = libc_fcntl_clear_cloexec(channel);
-            if flags < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        } else if nix::libc::dup2(channel, CHANNEL_FD) < 0 {
+        // Either descriptor may sit at the other's target number: move both out of the way
+        // first (close-on-exec copies), then put them in place; `dup2` leaves the copies at 3
+        // and 4 open across `exec`.
+        let channel = nix::libc::fcntl(channel, nix::libc::F_DUPFD_CLOEXEC, 10);
+        let ring = nix::libc::fcntl(ring, nix::libc::F_DUPFD_CLOEXEC, 10);
+        if channel < 0
+            || ring < 0
+            || nix::libc::dup2(channel, CHANNEL_FD) < 0
+            || nix::libc::dup2(ring, RING_FD) < 0
+        {
             return Err(io::Error::last_os_error());
         }
         // Die with the thread that started us; if the pool died before this line, the worker's
@@ -283,22 +297,6 @@ fn prepare_child(channel: i32, max_memory: Option<u64>) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Clears `FD_CLOEXEC` on `fd`.
-///
-/// # Safety
-///
-/// `fd` must be a descriptor of this process.
-unsafe fn libc_fcntl_clear_cloexec(fd: i32) -> i32 {
-    // SAFETY: the caller passes a valid descriptor; fcntl on it has no other effect.
-    unsafe {
-        let flags = nix::libc::fcntl(fd, nix::libc::F_GETFD);
-        if flags < 0 {
-            return flags;
-        }
-        nix::libc::fcntl(fd, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC)
-    }
 }
 
 /// The file name of this program's executable, for the names of its workers.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) const MARKER: &str = "PARALLEL_WORKER";
 
 /// The marker's layout version; a worker refuses a marker of another layout.
-const MARKER_VERSION: &str = "1";
+const MARKER_VERSION: &str = "2";
 
 static IS_WORKER: AtomicBool = AtomicBool::new(false);
 
@@ -31,6 +31,8 @@ pub(crate) fn is_worker() -> bool {
 pub(crate) struct Marker {
     /// The worker's end of the channel, as a file descriptor number.
     pub(crate) fd: i32,
+    /// The reply ring's memory file, as a file descriptor number.
+    pub(crate) ring: i32,
     /// The pool's process, which the worker must outlive by no more than an instant.
     pub(crate) parent: u32,
     /// The worker slot: [`Environment::worker_id`](crate::Environment::worker_id).
@@ -42,8 +44,8 @@ pub(crate) struct Marker {
 impl Marker {
     pub(crate) fn to_value(&self) -> String {
         format!(
-            "{MARKER_VERSION}:{}:{}:{}:{}",
-            self.fd, self.parent, self.worker_id, self.max_frame
+            "{MARKER_VERSION}:{}:{}:{}:{}:{}",
+            self.fd, self.ring, self.parent, self.worker_id, self.max_frame
         )
     }
 
@@ -60,6 +62,7 @@ impl Marker {
                 .ok_or(format!("marker {text:?} lacks a valid {what}"))
         };
         let fd = i32::try_from(field("fd")?).map_err(|_| "the fd is out of range")?;
+        let ring = i32::try_from(field("ring fd")?).map_err(|_| "the ring fd is out of range")?;
         let parent =
             u32::try_from(field("parent pid")?).map_err(|_| "the parent pid is out of range")?;
         let worker_id =
@@ -69,7 +72,7 @@ impl Marker {
         if parts.next().is_some() {
             return Err(format!("marker {text:?} has more fields than layout {MARKER_VERSION}"));
         }
-        Ok(Marker { fd, parent, worker_id, max_frame })
+        Ok(Marker { fd, ring, parent, worker_id, max_frame })
     }
 }
 
@@ -107,10 +110,17 @@ mod tests {
 
     #[test]
     fn the_marker_round_trips_and_refuses_garbage() {
-        let marker = Marker { fd: 3, parent: 77, worker_id: 2, max_frame: 1 << 20 };
+        let marker = Marker { fd: 3, ring: 4, parent: 77, worker_id: 2, max_frame: 1 << 20 };
         assert_eq!(Marker::parse(OsStr::new(&marker.to_value())), Ok(marker));
-        for bad in ["", "2:3:77:2:5", "1:3:77", "1:x:77:2:5", "1:3:77:2:5:", "1:99999999999:1:1:1"]
-        {
+        for bad in [
+            "",
+            "1:3:4:77:2:5",
+            "2:3:4:77",
+            "2:x:4:77:2:5",
+            "2:3:4:77:2:5:",
+            "2:99999999999:4:1:1:1",
+            "2:3:99999999999:1:1:1",
+        ] {
             assert!(Marker::parse(OsStr::new(bad)).is_err(), "{bad:?}");
         }
     }

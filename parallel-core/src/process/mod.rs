@@ -12,6 +12,7 @@ mod entry;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
 mod protocol;
+mod ring;
 mod slot;
 mod worker;
 

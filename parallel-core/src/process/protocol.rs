@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The version of this protocol; a worker that speaks another one is refused.
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
@@ -30,6 +30,8 @@ const BAD_ARGUMENTS: u8 = 14;
 const UNKNOWN_TASK: u8 = 15;
 const UNSERIALIZABLE: u8 = 16;
 const SKIPPED: u8 = 17;
+const WAKE: u8 = 18;
+const ON_SOCKET: u8 = 19;
 
 /// What the pool tells a worker.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +51,10 @@ pub(crate) enum FromWorker<'a> {
     Ready { version: u16, build: u64, pid: u32 },
     /// Job `job` finished with this reply.
     Done { job: u64, reply: Reply<'a> },
+    /// On the socket: the pool's reader went to sleep, and the reply ring has a new frame.
+    Wake,
+    /// In the reply ring: the next reply is too large for the ring and comes on the socket.
+    OnSocket,
 }
 
 /// How a job ended in the worker.
@@ -250,6 +256,8 @@ pub(crate) fn encode_from_worker(
             out.extend_from_slice(&build.to_le_bytes());
             out.extend_from_slice(&pid.to_le_bytes());
         }
+        FromWorker::Wake => start_frame(out, WAKE),
+        FromWorker::OnSocket => start_frame(out, ON_SOCKET),
         FromWorker::Done { job, reply } => {
             let tag = match reply {
                 Reply::Output(_) => OUTPUT,
@@ -366,6 +374,12 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         let pid = u32::from_le_bytes(fields.array("ready: pid")?);
         fields.end("ready: trailing bytes")?;
         return Ok(FromWorker::Ready { version, build, pid });
+    }
+    if tag == WAKE {
+        return fields.end("wake: trailing bytes").map(|()| FromWorker::Wake);
+    }
+    if tag == ON_SOCKET {
+        return fields.end("on socket: trailing bytes").map(|()| FromWorker::OnSocket);
     }
     let job = match tag {
         OUTPUT | FAILED | PANICKED | BAD_ARGUMENTS | UNKNOWN_TASK | UNSERIALIZABLE | SKIPPED => {
@@ -491,7 +505,11 @@ mod tests {
             Reply::Unserializable { is_error: true, message: "nope" },
             Reply::Skipped,
         ];
-        let mut messages = vec![FromWorker::Ready { version: VERSION, build: 42, pid: 1234 }];
+        let mut messages = vec![
+            FromWorker::Ready { version: VERSION, build: 42, pid: 1234 },
+            FromWorker::Wake,
+            FromWorker::OnSocket,
+        ];
         messages.extend(replies.into_iter().map(|reply| FromWorker::Done { job: 3, reply }));
         for message in messages {
             let frame = frame_of_from_worker(&message);

@@ -21,7 +21,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::child::{lock, Death, KillSwitch, Settings, Worker};
-use super::protocol::{self, FromWorker, ReadError, ToWorker};
+use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
+use super::ring::Ring;
 use super::{Config, Failure, Request};
 use std::sync::atomic::Ordering;
 
@@ -85,8 +86,8 @@ impl SlotState {
 
 struct State {
     queue: VecDeque<Item>,
-    /// Slots asleep with room for more jobs.
-    idle: Vec<usize>,
+    /// Slot threads waiting on their condition variable.
+    asleep: Vec<usize>,
     is_stopping: bool,
     slots: Vec<SlotState>,
 }
@@ -113,7 +114,7 @@ impl Shared {
         Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                idle: Vec::new(),
+                asleep: Vec::new(),
                 is_stopping: false,
                 slots,
             }),
@@ -135,10 +136,19 @@ impl Shared {
             return false;
         }
         state.queue.push_back(Item::Fresh(request));
-        if let Some(slot) = state.idle.pop() {
-            self.wake[slot].notify_one();
-        }
+        // Wake a slot whose worker has nothing to do. A slot with jobs in flight is woken by its
+        // reader when half of them are answered, and then sends what queued up in one write: a
+        // wake-up per submitted job would cost more than a short task.
+        self.wake_a_free_slot(&mut state);
         true
+    }
+
+    /// Wakes a sleeping slot that has no job in flight, if there is one.
+    fn wake_a_free_slot(&self, state: &mut State) {
+        let State { asleep, slots, .. } = state;
+        if let Some(at) = asleep.iter().position(|slot| slots[*slot].in_flight.is_empty()) {
+            self.wake[asleep.swap_remove(at)].notify_one();
+        }
     }
 
     /// Lets every slot finish the queue and its jobs in flight, then retire its worker and exit.
@@ -171,6 +181,7 @@ struct InFlightStop {
     job: u64,
     kill: KillSwitch,
     writer: Arc<Mutex<BufWriter<UnixStream>>>,
+    ring: Arc<Ring>,
 }
 
 impl Stop for InFlightStop {
@@ -194,8 +205,13 @@ impl Stop for InFlightStop {
                 let mut frame = Vec::new();
                 let cancel = ToWorker::Cancel { job: self.job };
                 if protocol::encode_to_worker(&cancel, &mut frame, usize::MAX).is_ok() {
+                    let mut writer = lock(&self.writer);
                     // A failure means the worker is gone, which its reader reports.
-                    let _ = protocol::write_frame(&mut *lock(&self.writer), &frame);
+                    if protocol::write_frame(&mut *writer, &frame).is_ok() {
+                        // Counted once it is in the socket: the worker, seeing the count, reads
+                        // up to it before starting its next job.
+                        self.ring.note_cancel();
+                    }
                 }
             }
             // Answered already, or back in the queue (where it is skipped, being resolved).
@@ -265,8 +281,8 @@ fn run(shared: &Arc<Shared>, id: usize) {
             for sent in in_flight.into_iter().rev() {
                 state.queue.push_front(Item::Sent(sent));
             }
-            for _ in 0..requeued {
-                if let Some(slot) = state.idle.pop() {
+            if requeued > 0 {
+                for slot in state.asleep.drain(..) {
                     shared.wake[slot].notify_one();
                 }
             }
@@ -284,9 +300,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
                 other != id && slot.in_flight.is_empty() && slot.broken.is_none()
             });
         if room > 0 && !state.queue.is_empty() && is_busy && others_idle {
-            if let Some(slot) = state.idle.pop() {
-                shared.wake[slot].notify_one();
-            }
+            shared.wake_a_free_slot(&mut state);
         } else if room > 0 && !state.queue.is_empty() {
             if running.is_none() {
                 drop(state);
@@ -343,11 +357,9 @@ fn run(shared: &Arc<Shared>, id: usize) {
         if state.is_stopping && state.queue.is_empty() && state.slots[id].in_flight.is_empty() {
             break;
         }
-        if room > 0 {
-            state.idle.push(id);
-        }
+        state.asleep.push(id);
         state = shared.wake[id].wait(state).unwrap_or_else(PoisonError::into_inner);
-        state.idle.retain(|slot| *slot != id);
+        state.asleep.retain(|slot| *slot != id);
     }
     drop(state);
     if let Some(running) = running {
@@ -432,6 +444,7 @@ fn stop(shared: &Arc<Shared>, slot: usize, job: u64, worker: &Worker) -> Arc<dyn
         job,
         kill: worker.kill_switch(),
         writer: Arc::clone(&worker.writer),
+        ring: Arc::clone(&worker.ring),
     })
 }
 
@@ -456,9 +469,10 @@ fn start(
                 let for_reader = Arc::clone(shared);
                 let max_frame = shared.config.max_frame;
                 let pid = worker.pid;
+                let channel = Channel { socket: reader, ring: Arc::clone(&worker.ring), max_frame };
                 let reader = thread::Builder::new()
                     .name(format!("parallel-reader-{pid}"))
-                    .spawn(move || read_replies(&for_reader, id, pid, reader, max_frame))
+                    .spawn(move || read_replies(&for_reader, id, pid, channel))
                     .map_err(|error| {
                         Failure::Unavailable(format!("cannot start a reader thread: {error}"))
                     })?;
@@ -487,70 +501,123 @@ fn start(
     }
 }
 
-/// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
-fn read_replies(
-    shared: &Shared,
-    id: usize,
-    pid: u32,
-    mut reader: BufReader<UnixStream>,
+/// What a worker's replies come through.
+struct Channel {
+    socket: BufReader<UnixStream>,
+    ring: Arc<Ring>,
     max_frame: usize,
-) {
-    let mut frame = Vec::new();
-    let problem = loop {
-        let body = match protocol::read_frame(&mut reader, &mut frame, max_frame) {
-            Ok(body) => body,
-            Err(ReadError::Protocol(error)) => {
-                break Some(format!("the worker broke the protocol: {error}"))
+}
+
+impl Channel {
+    /// Reads the next frame from the socket that is not a `Wake`.
+    fn read_socket<'b>(&mut self, buffer: &'b mut Vec<u8>) -> Result<&'b [u8], ReadError> {
+        loop {
+            protocol::read_frame(&mut self.socket, buffer, self.max_frame)?;
+            if protocol::decode_from_worker(buffer) != Ok(FromWorker::Wake) {
+                return Ok(buffer);
             }
-            Err(ReadError::Closed | ReadError::Io(_)) => break None,
+        }
+    }
+}
+
+/// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
+///
+/// Replies come through the shared ring (see [`super::ring`]); the socket brings a `Wake` when
+/// this thread sleeps, and the replies too large for the ring. When the socket ends (the worker
+/// died or left), the replies the worker put in the ring before are still resolved.
+fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
+    let mut frame = Vec::new();
+    let mut large = Vec::new();
+    let mut has_ended = false;
+    let problem = loop {
+        let body = match channel.ring.pop(&mut frame, channel.max_frame) {
+            Ok(true) => &frame[..],
+            Ok(false) if has_ended => break None,
+            Ok(false) => {
+                if !channel.ring.sleep() {
+                    continue;
+                }
+                match protocol::read_frame(&mut channel.socket, &mut large, channel.max_frame) {
+                    Ok(body) if protocol::decode_from_worker(body) == Ok(FromWorker::Wake) => {
+                        continue
+                    }
+                    Ok(_) => break Some("the worker sent a reply out of turn".to_owned()),
+                    Err(ReadError::Protocol(error)) => {
+                        break Some(format!("the worker broke the protocol: {error}"))
+                    }
+                    // Resolve what the ring still holds, then report the end.
+                    Err(ReadError::Closed | ReadError::Io(_)) => {
+                        has_ended = true;
+                        continue;
+                    }
+                }
+            }
+            Err(error) => break Some(format!("the worker broke the protocol: {error}")),
+        };
+        let body = match protocol::decode_from_worker(body) {
+            Ok(FromWorker::OnSocket) => match channel.read_socket(&mut large) {
+                Ok(body) => body,
+                Err(ReadError::Protocol(error)) => {
+                    break Some(format!("the worker broke the protocol: {error}"))
+                }
+                Err(ReadError::Closed | ReadError::Io(_)) => break None,
+            },
+            _ => body,
         };
         let (job, reply) = match protocol::decode_from_worker(body) {
             Ok(FromWorker::Done { job, reply }) => (job, reply),
             Ok(other) => break Some(format!("the worker sent {other:?} out of turn")),
             Err(error) => break Some(format!("the worker broke the protocol: {error}")),
         };
-        let (sent, should_wake) = {
-            let mut state = shared.lock();
-            let slot = &mut state.slots[id];
-            match slot.in_flight.front() {
-                Some(first) if first.request.id() == job => {}
-                _ => {
-                    break Some(format!("the worker answered job {job}, which it was not running"))
-                }
-            }
-            let sent = slot.in_flight.pop_front();
-            let now = Instant::now();
-            if let Some(sent) = &sent {
-                let since = slot.last_reply.map_or(sent.sent_at, |last| last.max(sent.sent_at));
-                let nanos = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
-                slot.task_nanos = if slot.task_nanos == 0 {
-                    nanos.max(1)
-                } else {
-                    (slot.task_nanos * 7 + nanos) / 8
-                };
-            }
-            slot.last_reply = Some(now);
-            // Wake the slot thread when half its window is free (it then sends a batch), not on
-            // every reply: a wake-up costs more than a short task.
-            let left = slot.in_flight.len();
-            (sent, left == 0 || left == slot.window() / 2)
-        };
-        if should_wake {
-            shared.wake[id].notify_one();
-        }
-        if let Some(sent) = sent {
-            if !sent.span.is_disabled() {
-                sent.span.record("pid", pid);
-                sent.span.record("outcome", reply.name());
-                sent.span.record("duration_us", sent.sent_at.elapsed().as_micros() as u64);
-            }
-            sent.request.finish(reply);
+        if let Err(problem) = resolve(shared, id, pid, job, reply) {
+            break Some(problem);
         }
     };
     let mut state = shared.lock();
     state.slots[id].broken = Some(problem);
     drop(state);
     shared.wake[id].notify_one();
+}
+
+/// Resolves job `job`, which must be the first in flight on slot `id`, from its reply.
+fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> Result<(), String> {
+    let (sent, should_wake) = {
+        let mut state = shared.lock();
+        let slot = &mut state.slots[id];
+        match slot.in_flight.front() {
+            Some(first) if first.request.id() == job => {}
+            _ => return Err(format!("the worker answered job {job}, which it was not running")),
+        }
+        let sent = slot.in_flight.pop_front();
+        let now = Instant::now();
+        if let Some(sent) = &sent {
+            let since = slot.last_reply.map_or(sent.sent_at, |last| last.max(sent.sent_at));
+            let nanos = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
+            slot.task_nanos =
+                if slot.task_nanos == 0 { nanos.max(1) } else { (slot.task_nanos * 7 + nanos) / 8 };
+        }
+        slot.last_reply = Some(now);
+        // Wake the slot thread when half its window is free and jobs wait (it then sends a
+        // batch), not on every reply: a wake-up costs more than a short task. With nothing in
+        // flight any more, it may also have to retire its worker or exit.
+        let left = slot.in_flight.len();
+        let window = slot.window();
+        let has_work = !state.queue.is_empty();
+        let must_look = state.is_stopping || shared.config.max_tasks_per_worker.is_some();
+        (sent, (left == 0 && (has_work || must_look)) || (has_work && left == window / 2))
+    };
+    if should_wake {
+        shared.wake[id].notify_one();
+    }
+    if let Some(sent) = sent {
+        if !sent.span.is_disabled() {
+            sent.span.record("pid", pid);
+            sent.span.record("outcome", reply.name());
+            sent.span.record("duration_us", sent.sent_at.elapsed().as_micros() as u64);
+        }
+        sent.request.finish(reply);
+    }
+    Ok(())
 }
 
 /// Completes a death's reason with what the slot knows: a protocol problem, a memory limit.

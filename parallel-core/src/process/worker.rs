@@ -16,6 +16,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::entry::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
+use super::ring::Ring;
 use crate::registry::{self, Outcome};
 use crate::{unwind, Environment};
 
@@ -29,10 +30,20 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
         return 0;
     }
     name_this_process();
-    // SAFETY: the pool put its end of a fresh socket pair at this descriptor for this process
-    // alone and told us its number in the marker; nothing else in this process owns it.
-    let channel = UnixStream::from(unsafe { OwnedFd::from_raw_fd(marker.fd) });
-    match serve_channel(channel, marker) {
+    // SAFETY: the pool put its end of a fresh socket pair at this descriptor, and its reply
+    // ring's memory file at the other, for this process alone, and told us their numbers in the
+    // marker; nothing else in this process owns them.
+    let (channel, ring) =
+        unsafe { (OwnedFd::from_raw_fd(marker.fd), OwnedFd::from_raw_fd(marker.ring)) };
+    let channel = UnixStream::from(channel);
+    let ring = match Ring::map(&ring) {
+        Ok(ring) => ring,
+        Err(error) => {
+            eprintln!("parallel: worker {} stops: {error}", std::process::id());
+            return EXIT_CANNOT_SERVE;
+        }
+    };
+    match serve_channel(channel, ring, marker) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("parallel: worker {} stops: {error}", std::process::id());
@@ -54,24 +65,31 @@ fn name_this_process() {
     }
 }
 
-fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
+fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
     let mut reader =
         BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
-    let replies = Replies { stream: channel.try_clone().map_err(|e| e.to_string())? };
     watch_for_hang_up(&channel)?;
+    let mut wake = Vec::new();
+    protocol::encode_from_worker(&FromWorker::Wake, &mut wake, marker.max_frame)
+        .map_err(|e| e.to_string())?;
+    let replies = Replies { stream: channel, ring, max_frame: marker.max_frame, wake };
     let mut out = Vec::new();
     let ready = FromWorker::Ready {
         version: protocol::VERSION,
         build: super::build_id(),
         pid: std::process::id(),
     };
-    send(&replies, &ready, &mut out, marker.max_frame)?;
+    // The handshake goes on the socket, where the pool waits for it.
+    protocol::encode_from_worker(&ready, &mut out, marker.max_frame).map_err(|e| e.to_string())?;
+    replies.write_socket(&out)?;
 
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, and jobs the pool cancelled before they started.
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut cancelled: HashSet<u64> = HashSet::new();
+    // `Cancel` frames read so far, against the count the pool publishes in the ring.
+    let mut cancels_read = 0u64;
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut is_exit_asked = false;
     loop {
@@ -84,9 +102,10 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
                 wait_readable(reader.get_ref(), &mut environment)?;
                 true
             } else {
-                // With jobs in hand, look for new frames before starting the next one: a
-                // `Cancel` written before the caller's `cancel` returned must be seen in time.
-                is_readable_now(reader.get_ref())?
+                // With jobs in hand, read on before starting the next one only if the pool has
+                // written a `Cancel` not read yet: one written before the caller's `cancel`
+                // returned must be seen in time. The count costs no system call.
+                replies.ring.cancels() != cancels_read
             };
             if !has_input {
                 break;
@@ -101,6 +120,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
             match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
                 ToWorker::Run { .. } => pending.push_back(frame),
                 ToWorker::Cancel { job } => {
+                    cancels_read += 1;
                     cancelled.insert(job);
                     spare.push(frame);
                 }
@@ -123,7 +143,7 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
         };
         if cancelled.remove(&job) {
             let done = FromWorker::Done { job, reply: Reply::Skipped };
-            send(&replies, &done, &mut out, marker.max_frame)?;
+            replies.send(&done, &mut out)?;
         } else {
             unwind::drop_values(|| environment.purge_expired());
             let ran = run(job, task, args, &mut environment, &mut out);
@@ -153,10 +173,10 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
                 }
             };
             match owned {
-                None => replies.send(&out)?,
+                None => replies.send_frame(&out)?,
                 Some(owned) => {
                     let done = FromWorker::Done { job, reply: owned.as_reply() };
-                    send(&replies, &done, &mut out, marker.max_frame)?;
+                    replies.send(&done, &mut out)?;
                 }
             }
         }
@@ -165,42 +185,49 @@ fn serve_channel(channel: UnixStream, marker: &Marker) -> Result<(), String> {
     }
 }
 
-fn send(
-    replies: &Replies,
-    message: &FromWorker<'_>,
-    out: &mut Vec<u8>,
-    max: usize,
-) -> Result<(), String> {
-    protocol::encode_from_worker(message, out, max).map_err(|e| e.to_string())?;
-    replies.send(out)
-}
-
-/// The worker's outgoing frames, each written before the worker starts its next job.
+/// The worker's replies, each out of this process before the worker starts its next job.
 ///
-/// Batching replies would save system calls, but a reply still in this process when the next
-/// job crashes it is lost: the pool would blame the job that finished and send the job that
-/// crashed to another worker, to run twice. A reply in the socket survives the worker.
+/// Batching replies in the worker would be cheaper still, but a reply still in this process when
+/// the next job crashes it is lost: the pool would blame the job that finished and send the job
+/// that crashed to another worker, to run twice. A reply in the shared ring (or in the socket)
+/// survives the worker.
 struct Replies {
     stream: UnixStream,
+    ring: Ring,
+    max_frame: usize,
+    /// The `Wake` frame, built once.
+    wake: Vec<u8>,
 }
 
 impl Replies {
-    fn send(&self, frame: &[u8]) -> Result<(), String> {
+    /// Encodes `message` into `out` and sends it.
+    fn send(&self, message: &FromWorker<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+        protocol::encode_from_worker(message, out, self.max_frame).map_err(|e| e.to_string())?;
+        self.send_frame(out)
+    }
+
+    /// Sends a finished frame: through the ring if it fits, else announced in the ring and
+    /// written to the socket; wakes the pool's reader if it sleeps.
+    fn send_frame(&self, frame: &[u8]) -> Result<(), String> {
+        if self.ring.fits(frame.len()) {
+            if self.ring.push(frame) {
+                self.write_socket(&self.wake)?;
+            }
+            return Ok(());
+        }
+        let mut on_socket = Vec::new();
+        protocol::encode_from_worker(&FromWorker::OnSocket, &mut on_socket, self.max_frame)
+            .map_err(|e| e.to_string())?;
+        if self.ring.push(&on_socket) {
+            self.write_socket(&self.wake)?;
+        }
+        self.write_socket(frame)
+    }
+
+    fn write_socket(&self, frame: &[u8]) -> Result<(), String> {
         (&self.stream)
             .write_all(frame)
             .map_err(|error| format!("cannot write to the pool: {error}"))
-    }
-}
-
-/// Whether a frame can be read without blocking.
-fn is_readable_now(channel: &UnixStream) -> Result<bool, String> {
-    let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
-    loop {
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(ready) => return Ok(ready > 0),
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(error) => return Err(format!("cannot poll the pool's channel: {error}")),
-        }
     }
 }
 

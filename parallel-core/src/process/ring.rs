@@ -1,0 +1,352 @@
+//! The worker's replies in shared memory: a single-producer, single-consumer ring of frames.
+//!
+//! A reply must leave the worker before the worker starts its next job: a reply still inside a
+//! worker that the next job crashes is lost, and the pool would blame the job that finished and
+//! run the crashing one again elsewhere. Writing each reply to the socket costs a system call and
+//! usually a wake-up of the pool's reader per task. A reply copied into memory shared with the
+//! pool is out of the worker just as surely (the pool's mapping outlives the worker), for the cost
+//! of a copy: the worker writes the frame, then publishes it by moving `head`; the pool copies it
+//! out, then moves `tail`. The socket then carries only what the ring cannot:
+//!
+//! - a wake-up (`Wake`), written only when the pool's reader found the ring empty and went to
+//!   sleep on the socket, so a busy pool reads replies with no system call at all;
+//! - replies too large for the ring, announced in the ring by an `OnSocket` frame so that replies
+//!   stay in order.
+//!
+//! The same shared page carries the other direction's hint: how many `Cancel` frames the pool has
+//! written to the socket. The worker compares it with how many it has read before each job, so it
+//! sees every `Cancel` written before the caller's `cancel` returned without polling the socket.
+//!
+//! The worker is untrusted: `head`, the lengths and the bytes it writes are checked by the pool
+//! like any frame from a socket, and a ring that breaks the rules is a protocol error for that
+//! worker, never a panic or an allocation larger than the frame limit.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+
+use super::protocol::ProtocolError;
+
+/// The bytes of frames a ring holds; frames over a quarter of it go through the socket.
+pub(crate) const CAPACITY: usize = 1 << 20;
+/// Where the frames start in the mapping, after the control words.
+const DATA_OFFSET: usize = 4096;
+
+/// The control words at the start of the shared mapping.
+#[repr(C)]
+struct Control {
+    /// Bytes of frames published by the worker, ever (wraps at `u64::MAX`, never in practice).
+    head: CachePadded<AtomicU64>,
+    /// Bytes of frames consumed by the pool, ever.
+    tail: CachePadded<AtomicU64>,
+    /// 1 while the pool's reader waits on the socket for a `Wake`.
+    asleep: CachePadded<AtomicU32>,
+    /// `Cancel` frames the pool has written to the socket, ever.
+    cancels: CachePadded<AtomicU64>,
+}
+
+const _: () = assert!(std::mem::size_of::<Control>() <= DATA_OFFSET);
+
+/// One end of a ring: the same mapping in the pool and in its worker.
+pub(crate) struct Ring {
+    base: NonNull<u8>,
+    capacity: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed through atomics (control words) or by the one
+// side that owns a byte range at a time (frames); the pointer itself may move between threads.
+unsafe impl Send for Ring {}
+// SAFETY: as above; `&Ring` methods are safe to call from several threads (the pool's reader
+// consumes, a canceller bumps `cancels` atomically).
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    /// Creates a ring in a fresh memory file; the descriptor is for the worker to map.
+    pub(crate) fn create() -> Result<(Ring, OwnedFd), String> {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create("parallel-replies", MFdFlags::MFD_CLOEXEC)
+            .map_err(|error| format!("cannot create the reply ring: {error}"))?;
+        let len = DATA_OFFSET + CAPACITY;
+        nix::unistd::ftruncate(&fd, len as i64)
+            .map_err(|error| format!("cannot size the reply ring: {error}"))?;
+        let ring = Ring::map(&fd)?;
+        Ok((ring, fd))
+    }
+
+    /// Maps the ring the pool created (the worker's side), from its descriptor.
+    pub(crate) fn map(fd: impl AsFd) -> Result<Ring, String> {
+        let len = NonZeroUsize::new(DATA_OFFSET + CAPACITY).expect("the ring has a size");
+        // SAFETY: a fresh shared mapping of a memory file the pool sized to `len`; nothing else
+        // in this process uses the address range the kernel picks.
+        let base = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|error| format!("cannot map the reply ring: {error}"))?;
+        Ok(Ring { base: base.cast(), capacity: CAPACITY })
+    }
+
+    fn control(&self) -> &Control {
+        // SAFETY: the mapping starts with the control words, is page-aligned and lives as long as
+        // `self`; they are only ever accessed as atomics.
+        unsafe { self.base.cast::<Control>().as_ref() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: `DATA_OFFSET` is inside the mapping.
+        unsafe { self.base.as_ptr().add(DATA_OFFSET) }
+    }
+
+    /// Whether a frame of `len` bytes goes through the ring (else through the socket).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        len <= self.capacity / 4
+    }
+
+    /// The worker's side: copies `frame` (a whole frame, length included, that [`Ring::fits`])
+    /// into the ring, waiting for room, and publishes it. Returns whether the pool's reader is
+    /// asleep and must be woken through the socket.
+    pub(crate) fn push(&self, frame: &[u8]) -> bool {
+        debug_assert!(self.fits(frame.len()));
+        let control = self.control();
+        let head = control.head.load(Ordering::Relaxed);
+        let mut waited = 0u32;
+        // Room comes back as the pool consumes; a pool that stopped consuming kills this worker.
+        while self.capacity - (head.wrapping_sub(control.tail.load(Ordering::Acquire)) as usize)
+            < frame.len()
+        {
+            back_off(&mut waited);
+        }
+        let start = head as usize % self.capacity;
+        let first = frame.len().min(self.capacity - start);
+        // SAFETY: the bytes from `head` for `frame.len()` are free (checked above) and belong to
+        // this side until `head` moves past them; both ranges are inside the data area.
+        unsafe {
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), self.data().add(start), first);
+            std::ptr::copy_nonoverlapping(
+                frame[first..].as_ptr(),
+                self.data(),
+                frame.len() - first,
+            );
+        }
+        control.head.store(head.wrapping_add(frame.len() as u64), Ordering::SeqCst);
+        // Pairs with `sleep`: either the reader sees the new head, or this sees it asleep.
+        control.asleep.load(Ordering::SeqCst) == 1 && control.asleep.swap(0, Ordering::SeqCst) == 1
+    }
+
+    /// The pool's side: copies the next frame's body (after its length) into `body`; `false` if
+    /// the ring is empty.
+    pub(crate) fn pop(&self, body: &mut Vec<u8>, max_frame: usize) -> Result<bool, ProtocolError> {
+        let control = self.control();
+        let tail = control.tail.load(Ordering::Relaxed);
+        let head = control.head.load(Ordering::Acquire);
+        let published = head.wrapping_sub(tail);
+        if published == 0 {
+            return Ok(false);
+        }
+        if published > self.capacity as u64 || published < 4 {
+            return Err(ProtocolError::Malformed("reply ring: a position out of bounds"));
+        }
+        let mut header = [0u8; 4];
+        self.copy_out(tail, &mut header);
+        let len = u32::from_le_bytes(header) as usize;
+        if len > max_frame {
+            return Err(ProtocolError::Oversized { len, max: max_frame });
+        }
+        if (4 + len) as u64 > published {
+            return Err(ProtocolError::Malformed("reply ring: a frame beyond the published bytes"));
+        }
+        body.clear();
+        body.resize(len, 0);
+        self.copy_out(tail.wrapping_add(4), body);
+        control.tail.store(tail.wrapping_add(4 + len as u64), Ordering::Release);
+        Ok(true)
+    }
+
+    /// Copies `out.len()` bytes from ring position `at` (within the published bytes).
+    fn copy_out(&self, at: u64, out: &mut [u8]) {
+        let start = at as usize % self.capacity;
+        let first = out.len().min(self.capacity - start);
+        // SAFETY: both ranges are inside the data area. The bytes are published and belong to
+        // this side until `tail` moves past them; a worker that writes them anyway can only garble
+        // this copy, which is then checked like any bytes from a worker.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data().add(start), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(
+                self.data(),
+                out[first..].as_mut_ptr(),
+                out.len() - first,
+            );
+        }
+    }
+
+    /// The pool's reader is about to wait on the socket: `false` if a frame came in meanwhile
+    /// (then it must not wait). After `true`, the worker writes a `Wake` for its next frame.
+    pub(crate) fn sleep(&self) -> bool {
+        let control = self.control();
+        control.asleep.store(1, Ordering::SeqCst);
+        let tail = control.tail.load(Ordering::Relaxed);
+        if control.head.load(Ordering::SeqCst) == tail {
+            return true;
+        }
+        // A frame came in after all. If the worker took the flag, its `Wake` is on the way and
+        // is read later as a spurious one.
+        control.asleep.store(0, Ordering::SeqCst);
+        false
+    }
+
+    /// The pool's side: counts a `Cancel` frame written to the socket (after writing it).
+    pub(crate) fn note_cancel(&self) {
+        self.control().cancels.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The worker's side: how many `Cancel` frames the pool has written so far.
+    pub(crate) fn cancels(&self) -> u64 {
+        self.control().cancels.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `map` with this length and is not used after this.
+        // A failure would leak the mapping, nothing worse.
+        let _ = unsafe { munmap(self.base.cast(), DATA_OFFSET + self.capacity) };
+    }
+}
+
+/// Waits a little longer each time: spins, then yields, then sleeps.
+fn back_off(waited: &mut u32) {
+    *waited += 1;
+    match *waited {
+        0..=64 => std::hint::spin_loop(),
+        65..=128 => std::thread::yield_now(),
+        _ => std::thread::sleep(Duration::from_micros(50)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc_probe::largest_allocation;
+    use proptest::prelude::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    /// Two mappings of one memory file, as the pool and its worker have.
+    fn pair() -> (Ring, Ring) {
+        let (pool, fd) = Ring::create().unwrap();
+        let worker = Ring::map(&fd).unwrap();
+        (pool, worker)
+    }
+
+    #[test]
+    fn frames_cross_in_order_and_wrap_around() {
+        let (pool, worker) = pair();
+        let mut body = Vec::new();
+        // 1000 frames of up to 100 KiB: the positions wrap around the 1 MiB ring many times.
+        for round in 0..1000usize {
+            let payload: Vec<u8> =
+                (0..(round * 7919) % (100 << 10)).map(|i| (i + round) as u8).collect();
+            worker.push(&frame(&payload));
+            assert!(pool.pop(&mut body, 1 << 20).unwrap());
+            assert_eq!(body, payload, "frame {round}");
+        }
+        assert!(!pool.pop(&mut body, 1 << 20).unwrap());
+    }
+
+    #[test]
+    fn the_worker_wakes_the_pool_only_when_it_sleeps() {
+        let (pool, worker) = pair();
+        let mut body = Vec::new();
+        assert!(!worker.push(&frame(b"a")), "the reader is awake");
+        assert!(!pool.sleep(), "a frame is waiting: no sleep");
+        assert!(pool.pop(&mut body, 64).unwrap());
+        assert!(pool.sleep());
+        assert!(worker.push(&frame(b"b")), "the reader sleeps: wake it");
+        assert!(!worker.push(&frame(b"c")), "woken once");
+    }
+
+    #[test]
+    fn a_full_ring_makes_the_worker_wait_for_the_pool() {
+        let (pool, worker) = pair();
+        let big = frame(&vec![7u8; CAPACITY / 4 - 4]);
+        for _ in 0..4 {
+            worker.push(&big);
+        }
+        let consumer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut body = Vec::new();
+            let mut frames = 0;
+            while frames < 5 {
+                if pool.pop(&mut body, 1 << 20).unwrap() {
+                    frames += 1;
+                }
+            }
+            body
+        });
+        // Blocks until the consumer frees a quarter of the ring.
+        worker.push(&frame(b"last"));
+        assert_eq!(consumer.join().unwrap(), b"last");
+    }
+
+    #[test]
+    fn cancels_are_counted_across_the_mappings() {
+        let (pool, worker) = pair();
+        assert_eq!(worker.cancels(), 0);
+        pool.note_cancel();
+        pool.note_cancel();
+        assert_eq!(worker.cancels(), 2);
+    }
+
+    /// Sets the raw state of a ring as a hostile worker could.
+    fn forge(ring: &Ring, head: u64, tail: u64, bytes: &[u8]) {
+        ring.control().head.store(head, Ordering::SeqCst);
+        ring.control().tail.store(tail, Ordering::SeqCst);
+        let start = tail as usize % ring.capacity;
+        let n = bytes.len().min(ring.capacity - start);
+        // SAFETY: inside the data area; the test owns both ends.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring.data().add(start), n) };
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_hostile_worker_cannot_make_the_pool_panic_or_overallocate(
+            head in any::<u64>(),
+            tail in any::<u64>(),
+            near in 0u64..64,
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            const LIMIT: usize = 4096;
+            let (pool, _worker) = pair();
+            // Positions anywhere, and positions close together (a plausible but lying state).
+            for head in [head, tail.wrapping_add(near)] {
+                forge(&pool, head, tail, &bytes);
+                let mut body = Vec::new();
+                let (_, largest) = largest_allocation(|| {
+                    for _ in 0..4 {
+                        if !matches!(pool.pop(&mut body, LIMIT), Ok(true)) {
+                            break;
+                        }
+                    }
+                });
+                prop_assert!(largest <= LIMIT, "allocated {largest} bytes");
+            }
+        }
+    }
+}
