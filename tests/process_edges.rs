@@ -3,6 +3,7 @@
 #![cfg(feature = "process")]
 
 use std::process::Command;
+use std::time::Duration;
 
 use parallel::{task, Backend, Environment, Never, Pool, Task, TaskError};
 use serde::{Deserialize, Serialize, Serializer};
@@ -166,14 +167,35 @@ fn a_process_started_as_a_worker_by_mistake_says_why_it_cannot_serve() {
 
     // A marker of the right shape whose channel is no socket: the worker stops at once.
     let parent = std::process::id();
-    let marker = format!("2:0:1:{parent}:0:1048576");
+    let marker = format!("2:0:{parent}:0:1048576:0");
     let no_channel = Command::new(&exe).env("PARALLEL_WORKER", marker).output().unwrap();
     assert_eq!(no_channel.status.code(), Some(101));
     let stderr = String::from_utf8_lossy(&no_channel.stderr);
     assert!(stderr.contains("stops"), "{stderr}");
 
     // A marker naming another parent: the worker's pool is gone, so it exits quietly.
-    let orphan = Command::new(&exe).env("PARALLEL_WORKER", "2:3:4:1:0:1048576").output().unwrap();
+    let orphan = Command::new(&exe).env("PARALLEL_WORKER", "2:3:1:0:1048576:0").output().unwrap();
     assert_eq!(orphan.status.code(), Some(0));
     assert!(orphan.stdout.is_empty());
+}
+
+#[task]
+fn read_all_of_stdin() -> Result<usize, String> {
+    use std::io::Read;
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).map_err(|error| error.to_string())?;
+    Ok(input.len())
+}
+
+#[test]
+fn a_task_reading_standard_input_finds_it_empty_not_the_channel() {
+    // The pool hands the channel to a new worker as its standard input (so that it can spawn
+    // with `posix_spawn`); the worker must have moved it away before any task runs.
+    let pool = pool(1);
+    for _ in 0..3 {
+        // Reading the channel would block (or eat the protocol): bounded, so it fails instead.
+        let read = read_all_of_stdin::dispatch_on(&pool).join_timeout(Duration::from_secs(10));
+        assert_eq!(read, Ok(0));
+        assert_eq!(echo::dispatch_on(&pool, vec![1, 2]).join(), Ok(vec![1, 2]));
+    }
 }

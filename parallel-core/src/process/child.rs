@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
@@ -24,10 +24,11 @@ use super::entry::{Marker, MARKER};
 use super::protocol::{self, FromWorker, ReadError};
 use super::ring::Ring;
 
-/// The descriptor number the worker finds its channel at.
-const CHANNEL_FD: i32 = 3;
-/// The descriptor number the worker finds its reply ring's memory file at.
-const RING_FD: i32 = 4;
+/// The descriptor number the worker finds its channel at: its standard input, the one descriptor
+/// `Command` hands over without a `pre_exec` hook (which would make it `fork` a copy of the pool's
+/// whole address space instead of spawning with `posix_spawn`). The worker moves the channel
+/// away and puts `/dev/null` in its place before any task runs.
+const CHANNEL_FD: i32 = 0;
 /// How many lines of a worker's standard error a death report keeps.
 const STDERR_LINES: usize = 20;
 /// How long a new worker may take to say it is ready.
@@ -103,33 +104,36 @@ impl Worker {
             Ring::create().map_err(|message| StartError { message, death: None })?;
         let marker = Marker {
             fd: CHANNEL_FD,
-            ring: RING_FD,
             parent: std::process::id(),
             worker_id: settings.worker_id,
             max_frame: settings.max_frame,
+            max_memory: settings.max_memory,
         };
         let mut command = Command::new("/proc/self/exe");
         // Operators see which program and which slot a worker is, not `/proc/self/exe`.
         command
             .arg0(format!("{} [parallel worker {}]", program_name(), settings.worker_id))
             .env(MARKER, marker.to_value())
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped());
-        let their_fd = theirs.as_raw_fd();
-        let their_ring = ring_fd.as_raw_fd();
-        let max_memory = settings.max_memory;
-        // SAFETY: the closure runs in the child between fork and exec and calls only
-        // async-signal-safe functions (fcntl, dup2, prctl, setrlimit) without allocating.
-        unsafe {
-            command.pre_exec(move || prepare_child(their_fd, their_ring, max_memory));
-        }
         let mut child = command.spawn().map_err(|error| StartError {
             message: format!("cannot start {}: {error}", describe_exe()),
             death: None,
         })?;
-        drop(theirs);
+        // The command holds our copy of the worker's end of the channel: close it, or the
+        // channel would never report the worker's exit.
+        drop(command);
+        // The worker's first read on its channel takes the ring's memory file.
+        let sent = send_fd(&ours, &ring_fd);
         drop(ring_fd);
+        if let Err(error) = sent {
+            // The worker is then stuck before its handshake: end it.
+            let _ = child.kill();
+            let _ = child.wait();
+            let message = format!("cannot hand the reply ring to the worker: {error}");
+            return Err(StartError { message, death: None });
+        }
         let pid = child.id();
         let stderr = StderrTail::follow(child.stderr.take(), pid);
         let reader = BufReader::with_capacity(
@@ -266,37 +270,37 @@ fn check_ready(
     }
 }
 
-/// Runs in the child between `fork` and `exec`.
-fn prepare_child(channel: i32, ring: i32, max_memory: Option<u64>) -> io::Result<()> {
-    // SAFETY: plain system calls on descriptors and limits of this (child) process.
-    unsafe {
-        // Either descriptor may sit at the other's target number: move both out of the way
-        // first (close-on-exec copies), then put them in place; `dup2` leaves the copies at 3
-        // and 4 open across `exec`.
-        let channel = nix::libc::fcntl(channel, nix::libc::F_DUPFD_CLOEXEC, 10);
-        let ring = nix::libc::fcntl(ring, nix::libc::F_DUPFD_CLOEXEC, 10);
-        if channel < 0
-            || ring < 0
-            || nix::libc::dup2(channel, CHANNEL_FD) < 0
-            || nix::libc::dup2(ring, RING_FD) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // Die with the thread that started us; if the pool died before this line, the worker's
-        // own check of its parent pid catches it.
-        if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL as nix::libc::c_ulong)
-            < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        if let Some(bytes) = max_memory {
-            let limit = nix::libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
-            if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) < 0 {
-                return Err(io::Error::last_os_error());
+/// Sends descriptor `fd` over `channel`, with one byte to carry it.
+fn send_fd(channel: &UnixStream, fd: &OwnedFd) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let payload = [0u8];
+    let iov = [io::IoSlice::new(&payload)];
+    let control = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(channel.as_raw_fd(), &iov, &control, MsgFlags::MSG_NOSIGNAL, None).map(drop)
+}
+
+/// The worker's side of [`send_fd`]: receives the descriptor sent first on `channel`.
+pub(crate) fn receive_fd(channel: &UnixStream) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut payload = [0u8];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let message =
+        recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|error| format!("cannot receive the reply ring: {error}"))?;
+    let mut received = None;
+    for control in message.cmsgs().map_err(|error| error.to_string())? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for this message; no
+                // one else owns it. Extra descriptors, if any, are closed by dropping them.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
             }
         }
     }
-    Ok(())
+    received.ok_or_else(|| "the pool sent no reply ring".to_owned())
 }
 
 /// The file name of this program's executable, for the names of its workers.

@@ -31,21 +31,25 @@ pub(crate) fn is_worker() -> bool {
 pub(crate) struct Marker {
     /// The worker's end of the channel, as a file descriptor number.
     pub(crate) fd: i32,
-    /// The reply ring's memory file, as a file descriptor number.
-    pub(crate) ring: i32,
     /// The pool's process, which the worker must outlive by no more than an instant.
     pub(crate) parent: u32,
     /// The worker slot: [`Environment::worker_id`](crate::Environment::worker_id).
     pub(crate) worker_id: usize,
     /// The largest frame either side sends.
     pub(crate) max_frame: usize,
+    /// The worker's address space limit in bytes, which it sets itself (0 in the marker: none).
+    pub(crate) max_memory: Option<u64>,
 }
 
 impl Marker {
     pub(crate) fn to_value(&self) -> String {
         format!(
             "{MARKER_VERSION}:{}:{}:{}:{}:{}",
-            self.fd, self.ring, self.parent, self.worker_id, self.max_frame
+            self.fd,
+            self.parent,
+            self.worker_id,
+            self.max_frame,
+            self.max_memory.unwrap_or(0)
         )
     }
 
@@ -62,17 +66,17 @@ impl Marker {
                 .ok_or(format!("marker {text:?} lacks a valid {what}"))
         };
         let fd = i32::try_from(field("fd")?).map_err(|_| "the fd is out of range")?;
-        let ring = i32::try_from(field("ring fd")?).map_err(|_| "the ring fd is out of range")?;
         let parent =
             u32::try_from(field("parent pid")?).map_err(|_| "the parent pid is out of range")?;
         let worker_id =
             usize::try_from(field("worker id")?).map_err(|_| "the worker id is out of range")?;
         let max_frame = usize::try_from(field("frame limit")?)
             .map_err(|_| "the frame limit is out of range")?;
+        let max_memory = Some(field("memory limit")?).filter(|bytes| *bytes > 0);
         if parts.next().is_some() {
             return Err(format!("marker {text:?} has more fields than layout {MARKER_VERSION}"));
         }
-        Ok(Marker { fd, ring, parent, worker_id, max_frame })
+        Ok(Marker { fd, parent, worker_id, max_frame, max_memory })
     }
 }
 
@@ -110,8 +114,10 @@ mod tests {
 
     #[test]
     fn the_marker_round_trips_and_refuses_garbage() {
-        let marker = Marker { fd: 3, ring: 4, parent: 77, worker_id: 2, max_frame: 1 << 20 };
-        assert_eq!(Marker::parse(OsStr::new(&marker.to_value())), Ok(marker));
+        for max_memory in [None, Some(1 << 30)] {
+            let marker = Marker { fd: 0, parent: 77, worker_id: 2, max_frame: 1 << 20, max_memory };
+            assert_eq!(Marker::parse(OsStr::new(&marker.to_value())), Ok(marker));
+        }
         for bad in [
             "",
             "1:3:4:77:2:5",

@@ -8,11 +8,14 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::process::id;
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::Signal;
 
 use super::entry::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
@@ -25,31 +28,50 @@ pub(crate) const EXIT_CANNOT_SERVE: i32 = 101;
 
 /// Serves tasks for the pool described by `marker`; returns the process's exit code.
 pub(crate) fn serve(marker: &Marker) -> i32 {
-    // The pool may have died between spawning us and now; then nobody will ever send a task.
+    // Die with the pool's thread that started us. Set here, not between `fork` and `exec`, so
+    // that the pool can spawn workers with `posix_spawn`: a `fork` copies the pool's page tables,
+    // which costs milliseconds in a large program.
+    if let Err(error) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        eprintln!("parallel: worker {} stops: cannot ask to die with the pool: {error}", id());
+        return EXIT_CANNOT_SERVE;
+    }
+    // The pool may have died before the line above; then nobody will ever send a task.
     if std::os::unix::process::parent_id() != marker.parent {
         return 0;
     }
-    name_this_process();
-    // SAFETY: the pool put its end of a fresh socket pair at this descriptor, and its reply
-    // ring's memory file at the other, for this process alone, and told us their numbers in the
-    // marker; nothing else in this process owns them.
-    let (channel, ring) =
-        unsafe { (OwnedFd::from_raw_fd(marker.fd), OwnedFd::from_raw_fd(marker.ring)) };
-    let channel = UnixStream::from(channel);
-    let ring = match Ring::map(&ring) {
-        Ok(ring) => ring,
-        Err(error) => {
-            eprintln!("parallel: worker {} stops: {error}", std::process::id());
-            return EXIT_CANNOT_SERVE;
-        }
-    };
-    match serve_channel(channel, ring, marker) {
+    match prepare(marker).and_then(|(channel, ring)| serve_channel(channel, ring, marker)) {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("parallel: worker {} stops: {error}", std::process::id());
+            eprintln!("parallel: worker {} stops: {error}", id());
             EXIT_CANNOT_SERVE
         }
     }
+}
+
+/// Sets the worker up: memory limit, name, channel (moved off standard input) and reply ring.
+fn prepare(marker: &Marker) -> Result<(UnixStream, Ring), String> {
+    if let Some(bytes) = marker.max_memory {
+        setrlimit(Resource::RLIMIT_AS, bytes, bytes)
+            .map_err(|error| format!("cannot set the memory limit of {bytes} bytes: {error}"))?;
+    }
+    name_this_process();
+    let channel = if marker.fd == 0 {
+        // SAFETY: descriptor 0 is open (a process always has one; the pool put the channel
+        // there) and only borrowed for the duplication.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let channel = stdin.try_clone_to_owned().map_err(|error| error.to_string())?;
+        // Tasks that read standard input must not read the channel.
+        let null = std::fs::File::open("/dev/null").map_err(|error| error.to_string())?;
+        nix::unistd::dup2_stdin(&null).map_err(|error| error.to_string())?;
+        channel
+    } else {
+        // SAFETY: the pool put its end of a fresh socket pair at this descriptor for this
+        // process alone and told us its number in the marker; nothing else here owns it.
+        unsafe { OwnedFd::from_raw_fd(marker.fd) }
+    };
+    let channel = UnixStream::from(channel);
+    let ring = Ring::map(super::child::receive_fd(&channel)?)?;
+    Ok((channel, ring))
 }
 
 /// Names the process after the program (its `comm`, what `top` shows), not after the
