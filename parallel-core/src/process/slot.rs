@@ -38,6 +38,8 @@ const MAX_IN_FLIGHT: usize = 64;
 /// How much work, in time, a slot aims to keep queued inside its worker: enough to hide a round
 /// trip, little enough that a long task does not hold back others another worker could run.
 const QUEUED_WORK: Duration = Duration::from_micros(200);
+/// Tasks up to this long get a job queued behind the running one even when `QUEUED_WORK` is less.
+const SHORT_TASK: Duration = Duration::from_millis(10);
 
 /// A job in the queue: new, or sent to a worker that died before starting it.
 enum Item {
@@ -79,8 +81,12 @@ impl SlotState {
         if self.task_nanos == 0 {
             return 1;
         }
-        let window = QUEUED_WORK.as_nanos() as u64 / self.task_nanos;
-        (window as usize).clamp(1, MAX_IN_FLIGHT)
+        let window = (QUEUED_WORK.as_nanos() as u64 / self.task_nanos) as usize;
+        // One job waiting behind the running one spares the worker a round trip of idleness per
+        // task (7% of a 1 ms task here); for long tasks it could leave the job waiting while
+        // another worker has nothing to do, so only while that costs at most `SHORT_TASK`.
+        let least = if self.task_nanos <= SHORT_TASK.as_nanos() as u64 { 2 } else { 1 };
+        window.clamp(least, MAX_IN_FLIGHT)
     }
 }
 
