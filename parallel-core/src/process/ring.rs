@@ -55,7 +55,6 @@ const _: () = assert!(std::mem::size_of::<Control>() <= DATA_OFFSET);
 /// One end of a ring: the same mapping in the pool and in its worker.
 pub(crate) struct Ring {
     base: NonNull<u8>,
-    capacity: usize,
 }
 
 // SAFETY: the mapping is shared memory accessed through atomics (control words) or by the one
@@ -94,7 +93,7 @@ impl Ring {
             )
         }
         .map_err(|error| format!("cannot map the reply ring: {error}"))?;
-        Ok(Ring { base: base.cast(), capacity: CAPACITY })
+        Ok(Ring { base: base.cast() })
     }
 
     fn control(&self) -> &Control {
@@ -110,7 +109,7 @@ impl Ring {
 
     /// Whether a frame of `len` bytes goes through the ring (else through the socket).
     pub(crate) fn fits(&self, len: usize) -> bool {
-        len <= self.capacity / 4
+        len <= CAPACITY / 4
     }
 
     /// The worker's side: copies `frame` (a whole frame, length included, that [`Ring::fits`])
@@ -122,13 +121,13 @@ impl Ring {
         let head = control.head.load(Ordering::Relaxed);
         let mut waited = 0u32;
         // Room comes back as the pool consumes; a pool that stopped consuming kills this worker.
-        while self.capacity - (head.wrapping_sub(control.tail.load(Ordering::Acquire)) as usize)
+        while CAPACITY - (head.wrapping_sub(control.tail.load(Ordering::Acquire)) as usize)
             < frame.len()
         {
             back_off(&mut waited);
         }
-        let start = head as usize % self.capacity;
-        let first = frame.len().min(self.capacity - start);
+        let start = head as usize % CAPACITY;
+        let first = frame.len().min(CAPACITY - start);
         // SAFETY: the bytes from `head` for `frame.len()` are free (checked above) and belong to
         // this side until `head` moves past them; both ranges are inside the data area.
         unsafe {
@@ -154,7 +153,7 @@ impl Ring {
         if published == 0 {
             return Ok(false);
         }
-        if published > self.capacity as u64 || published < 4 {
+        if published > CAPACITY as u64 || published < 4 {
             return Err(ProtocolError::Malformed("reply ring: a position out of bounds"));
         }
         let mut header = [0u8; 4];
@@ -175,8 +174,8 @@ impl Ring {
 
     /// Copies `out.len()` bytes from ring position `at` (within the published bytes).
     fn copy_out(&self, at: u64, out: &mut [u8]) {
-        let start = at as usize % self.capacity;
-        let first = out.len().min(self.capacity - start);
+        let start = at as usize % CAPACITY;
+        let first = out.len().min(CAPACITY - start);
         // SAFETY: both ranges are inside the data area. The bytes are published and belong to
         // this side until `tail` moves past them; a worker that writes them anyway can only garble
         // this copy, which is then checked like any bytes from a worker.
@@ -220,7 +219,7 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: the mapping was made in `map` with this length and is not used after this.
         // A failure would leak the mapping, nothing worse.
-        let _ = unsafe { munmap(self.base.cast(), DATA_OFFSET + self.capacity) };
+        let _ = unsafe { munmap(self.base.cast(), DATA_OFFSET + CAPACITY) };
     }
 }
 
@@ -316,8 +315,8 @@ mod tests {
     fn forge(ring: &Ring, head: u64, tail: u64, bytes: &[u8]) {
         ring.control().head.store(head, Ordering::SeqCst);
         ring.control().tail.store(tail, Ordering::SeqCst);
-        let start = tail as usize % ring.capacity;
-        let n = bytes.len().min(ring.capacity - start);
+        let start = tail as usize % CAPACITY;
+        let n = bytes.len().min(CAPACITY - start);
         // SAFETY: inside the data area; the test owns both ends.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring.data().add(start), n) };
     }

@@ -560,17 +560,17 @@ fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
             }
             Err(error) => break Some(format!("the worker broke the protocol: {error}")),
         };
-        let body = match protocol::decode_from_worker(body) {
+        let decoded = match protocol::decode_from_worker(body) {
             Ok(FromWorker::OnSocket) => match channel.read_socket(&mut large) {
-                Ok(body) => body,
+                Ok(body) => protocol::decode_from_worker(body),
                 Err(ReadError::Protocol(error)) => {
                     break Some(format!("the worker broke the protocol: {error}"))
                 }
                 Err(ReadError::Closed | ReadError::Io(_)) => break None,
             },
-            _ => body,
+            other => other,
         };
-        let (job, reply) = match protocol::decode_from_worker(body) {
+        let (job, reply) = match decoded {
             Ok(FromWorker::Done { job, reply }) => (job, reply),
             Ok(other) => break Some(format!("the worker sent {other:?} out of turn")),
             Err(error) => break Some(format!("the worker broke the protocol: {error}")),

@@ -92,19 +92,27 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
     let mut reader =
         BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
     watch_for_hang_up(&channel)?;
-    let mut wake = Vec::new();
-    protocol::encode_from_worker(&FromWorker::Wake, &mut wake, marker.max_frame)
-        .map_err(|e| e.to_string())?;
-    let replies = Replies { stream: channel, ring, max_frame: marker.max_frame, wake };
-    let mut out = Vec::new();
+    let encode = |message: &FromWorker<'_>| {
+        let mut frame = Vec::new();
+        protocol::encode_from_worker(message, &mut frame, marker.max_frame)
+            .map(|()| frame)
+            .map_err(|e| e.to_string())
+    };
+    let replies = Replies {
+        stream: channel,
+        ring,
+        max_frame: marker.max_frame,
+        wake: encode(&FromWorker::Wake)?,
+        on_socket: encode(&FromWorker::OnSocket)?,
+    };
     let ready = FromWorker::Ready {
         version: protocol::VERSION,
         build: super::build_id(),
         pid: std::process::id(),
     };
     // The handshake goes on the socket, where the pool waits for it.
-    protocol::encode_from_worker(&ready, &mut out, marker.max_frame).map_err(|e| e.to_string())?;
-    replies.write_socket(&out)?;
+    replies.write_socket(&encode(&ready)?)?;
+    let mut out = Vec::new();
 
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, and jobs the pool cancelled before they started.
@@ -217,8 +225,9 @@ struct Replies {
     stream: UnixStream,
     ring: Ring,
     max_frame: usize,
-    /// The `Wake` frame, built once.
+    /// The `Wake` and `OnSocket` frames, built once.
     wake: Vec<u8>,
+    on_socket: Vec<u8>,
 }
 
 impl Replies {
@@ -237,10 +246,7 @@ impl Replies {
             }
             return Ok(());
         }
-        let mut on_socket = Vec::new();
-        protocol::encode_from_worker(&FromWorker::OnSocket, &mut on_socket, self.max_frame)
-            .map_err(|e| e.to_string())?;
-        if self.ring.push(&on_socket) {
+        if self.ring.push(&self.on_socket) {
             self.write_socket(&self.wake)?;
         }
         self.write_socket(frame)
