@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{publish, touch, Scratch};
+use common::{open_fds, publish, touch, within, Scratch};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -227,10 +227,6 @@ fn live_workers(exe: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn open_fds() -> usize {
-    fs::read_dir("/proc/self/fd").expect("/proc is mounted").count()
-}
-
 /// Polls `done` until it holds or `limit` passes; returns whether it held.
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
@@ -250,30 +246,6 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 fn settle(what: &str) {
     let settled = wait_until(REAP_LIMIT, || children().iter().all(|child| !child.is_dying()));
     assert!(settled, "{what}: children still dying after {REAP_LIMIT:?}: {:?}", children());
-}
-
-/// Runs `f` on its own thread and fails if it has not returned within `limit`; a panic in `f`
-/// is the caller's panic.
-fn within<R: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> R {
-    let (sender, receiver) = mpsc::channel();
-    let body = thread::spawn(move || {
-        // The receiver is gone after a timeout; nothing is left to report to then.
-        let _ = sender.send(f());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match body.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the body sends its value before it returns"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {limit:?}: deadlock or lost task")
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

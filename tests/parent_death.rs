@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{publish, Scratch};
+use common::{publish, stat, Scratch};
 
 use std::fs;
 use std::io::Read;
@@ -93,17 +93,6 @@ impl Drop for HelperProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The state letter and parent pid of process `pid`; `None` once it is gone and reaped.
-fn stat(pid: u32) -> Option<(char, u32)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces or parentheses itself.
-    let fields = &text[text.rfind(')')? + 1..];
-    let mut fields = fields.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
 }
 
 /// Whether `pid` still runs: a zombie (`Z`) or dead (`X`) process has stopped, whoever reaps it.

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{publish, touch, Scratch};
+use common::{open_fds, publish, stat, touch, within, Scratch};
 
 use std::collections::HashSet;
 use std::fs;
@@ -189,23 +189,6 @@ fn within_limit<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 's
     within(HANG_LIMIT, what, f)
 }
 
-/// Runs `f` on its own thread and fails if it has not returned within `limit`.
-fn within<R: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> R {
-    let (sender, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        // The receiver is gone after a timeout; nothing is left to report to then.
-        let _ = sender.send(f());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(_) => panic!("{what} did not finish within {limit:?}: deadlock or lost task"),
-    }
-}
-
 /// Polls `done` until it holds; fails with `what` after [`REAP_LIMIT`].
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -261,18 +244,6 @@ fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}: {status}");
 }
 
-/// The state letter and parent pid of process `pid`, from `/proc/<pid>/stat`; `None` once the
-/// process is gone and reaped.
-fn stat(pid: u32) -> Option<(char, u32)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces or parentheses itself.
-    let fields = &text[text.rfind(')')? + 1..];
-    let mut fields = fields.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
 /// Waits until process `pid` is gone and reaped: `/proc/<pid>` no longer exists (a zombie that
 /// nobody waits for keeps it).
 fn wait_until_reaped(pid: u32) {
@@ -298,10 +269,6 @@ fn children() -> Vec<(u32, char)> {
             _ => None,
         })
         .collect()
-}
-
-fn open_fds() -> usize {
-    fs::read_dir("/proc/self/fd").expect("/proc is mounted").count()
 }
 
 /// Runs the test `helper` alone in a copy of this test binary with [`ISOLATED_ROLE`] set, so that

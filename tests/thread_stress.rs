@@ -7,6 +7,9 @@
 //! process-wide gates and run counters. Every wait is bounded; `PARALLEL_STRESS_TASKS` changes the
 //! number of tasks (`scripts/soak.sh` raises it).
 
+mod common;
+
+use common::within;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
@@ -358,30 +361,6 @@ fn dropping_a_busy_pool_does_not_wait_and_its_tasks_still_finish() {
 
 fn thread_pool() -> Pool {
     Pool::builder().backend(Backend::Thread).workers(2).build().expect("the thread pool builds")
-}
-
-/// Runs `f` on its own thread and fails if it has not returned within `limit`; a panic in `f`
-/// is the caller's panic.
-fn within<R: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> R {
-    let (sender, receiver) = mpsc::channel();
-    let body = thread::spawn(move || {
-        // The receiver is gone after a timeout; nothing is left to report to then.
-        let _ = sender.send(f());
-    });
-    match receiver.recv_timeout(limit) {
-        Ok(value) => value,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match body.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the body sends its value before it returns"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what} did not finish within {limit:?}: deadlock or lost task")
-        }
-    }
 }
 
 /// Marsaglia's xorshift64: deterministic, so every run draws the same kinds.

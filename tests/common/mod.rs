@@ -1,9 +1,13 @@
-//! Helpers shared by the integration tests that coordinate with worker processes through files.
-//! Each test binary includes this module and uses part of it.
+//! Helpers shared by the integration tests: scratch files to coordinate with workers, a guard
+//! against hangs, and what `/proc` says about processes and descriptors. Each test binary
+//! includes this module and uses part of it.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
 
 /// A scratch directory for one test, removed when dropped; tasks on any backend can see it.
 pub(crate) struct Scratch {
@@ -88,4 +92,45 @@ pub(crate) fn publish(path: impl AsRef<Path>, content: &str) {
     let partial = path.with_extension("partial");
     fs::write(&partial, content).expect("scratch dir is writable");
     fs::rename(&partial, path).expect("scratch dir is writable");
+}
+
+/// Runs `f` on its own thread and fails if it has not returned within `limit`, so a deadlock
+/// fails the test instead of hanging the run; a panic in `f` is the caller's panic.
+pub(crate) fn within<R: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    let (sender, receiver) = mpsc::channel();
+    let body = thread::spawn(move || {
+        // The receiver is gone after a timeout; nothing is left to report to then.
+        let _ = sender.send(f());
+    });
+    match receiver.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Disconnected) => match body.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the body sends its value before it returns"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {limit:?}: deadlock or lost task")
+        }
+    }
+}
+
+/// The state letter and parent pid of process `pid`, from `/proc/<pid>/stat`; `None` once the
+/// process is gone and reaped.
+pub(crate) fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces or parentheses itself.
+    let fields = &text[text.rfind(')')? + 1..];
+    let mut fields = fields.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// How many file descriptors this process has open.
+pub(crate) fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd").expect("/proc is mounted").count()
 }

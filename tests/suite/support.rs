@@ -1,6 +1,5 @@
 //! Helpers shared by the suite: building pools and guarding against hangs.
 
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -19,15 +18,7 @@ pub(crate) fn within_limit<R: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> R {
-    let (sender, receiver) = mpsc::channel();
-    thread::spawn(move || {
-        // The receiver may be gone after a timeout; nothing is left to report to then.
-        let _ = sender.send(f());
-    });
-    match receiver.recv_timeout(HANG_LIMIT) {
-        Ok(value) => value,
-        Err(_) => panic!("{what} did not finish within {HANG_LIMIT:?}: deadlock or lost task"),
-    }
+    crate::common::within(HANG_LIMIT, what, f)
 }
 
 pub(crate) use crate::common::{touch, Scratch};
