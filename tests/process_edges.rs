@@ -199,3 +199,15 @@ fn a_task_reading_standard_input_finds_it_empty_not_the_channel() {
         assert_eq!(echo::dispatch_on(&pool, vec![1, 2]).join(), Ok(vec![1, 2]));
     }
 }
+
+#[test]
+fn jobs_to_an_idle_worker_cross_whatever_their_size() {
+    // A job for an idle worker is written by the caller's thread, unless it is large: then the
+    // slot thread sends it. Both ways, one after the other, on the same worker.
+    let pool = pool(1);
+    for size in [0, 1, 64 << 10, (64 << 10) + 1, 1 << 20, 3] {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let back = echo::dispatch_on(&pool, payload.clone()).join_timeout(Duration::from_secs(30));
+        assert!(back.as_ref().is_ok_and(|back| *back == payload), "{size} bytes: {:?}", back.err());
+    }
+}
