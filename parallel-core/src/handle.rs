@@ -142,6 +142,12 @@ impl<T: Task> TaskHandle<T> {
         self.job.cancel();
     }
 
+    /// Cancels the task because nobody wants its result (a dropped `Map`): a task not started
+    /// never starts, and a short running one is left to finish instead of killing its worker.
+    pub(crate) fn abandon(&self) {
+        self.job.abandon();
+    }
+
     /// Whether the task is resolved, so that [`join`](Self::join) would not block.
     ///
     /// # Examples

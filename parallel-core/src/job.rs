@@ -35,9 +35,20 @@ struct Slot<T: Task> {
     stop: Option<Arc<dyn Stop>>,
 }
 
-/// Stops a running task from outside, for backends that can: kills the worker process.
+/// Stops a task that a worker holds, for backends that can: one not started never starts, one
+/// running is killed with its worker process (or, with [`Halt::IfLong`], only if it is long).
 pub(crate) trait Stop: Send + Sync {
-    fn stop(&self);
+    fn stop(&self, halt: Halt);
+}
+
+/// How far stopping a running task goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// A cancel, a timeout, a pool being killed: the running task is killed.
+    Kill,
+    /// Nobody wants the result any more (a dropped `Map`): a short task is left to finish, which
+    /// costs less than a new worker and keeps the worker's Environment; a long one is killed.
+    IfLong,
 }
 
 /// One submitted task: its state, who waits for it, and the pool it belongs to.
@@ -169,31 +180,40 @@ impl<T: Task> Job<T> {
 
     /// Resolves the job unless it is resolved already; returns whether this call resolved it.
     pub(crate) fn complete(&self, outcome: Outcome<T>) -> bool {
-        self.resolve(outcome, false)
+        self.resolve(outcome, None)
     }
 
     /// Resolves the job as cancelled if nothing resolved it yet, stopping it if it runs where it
     /// can be stopped; a queued task is dropped.
     pub(crate) fn cancel(&self) -> bool {
-        self.resolve(Err(TaskError::Cancelled), true)
+        self.resolve(Err(TaskError::Cancelled), Some(Halt::Kill))
     }
 
-    fn resolve(&self, outcome: Outcome<T>, is_cancel: bool) -> bool {
+    /// Resolves the job as cancelled because nobody wants its result: like [`cancel`](Self::cancel),
+    /// but a short running task is left to finish (see [`Halt::IfLong`]).
+    pub(crate) fn abandon(&self) -> bool {
+        self.resolve(Err(TaskError::Cancelled), Some(Halt::IfLong))
+    }
+
+    fn resolve(&self, outcome: Outcome<T>, halt: Option<Halt>) -> bool {
         let (waker, has_sleeper, stop) = {
             let mut slot = self.lock();
             if matches!(slot.state, State::Done(_) | State::Taken) {
                 return false;
             }
             let was_running = matches!(slot.state, State::Running);
-            let stop = if was_running && is_cancel { slot.stop.take() } else { None };
+            let stop = match halt {
+                Some(halt) if was_running => slot.stop.take().map(|stop| (stop, halt)),
+                _ => None,
+            };
             self.ledger.counts.finish(was_running, outcome.is_ok());
             slot.state = State::Done(outcome);
             slot.stop = None;
             self.is_done.store(true, Ordering::Release);
             (slot.waker.take(), slot.has_sleeper, stop)
         };
-        if let Some(stop) = stop {
-            stop.stop();
+        if let Some((stop, halt)) = stop {
+            stop.stop(halt);
         }
         if has_sleeper {
             self.done.notify_all();

@@ -241,7 +241,7 @@ impl Pool {
         match &self.engine {
             Engine::Thread(engine) => engine.stop(),
             #[cfg(all(feature = "process", unix))]
-            Engine::Process(engine) => engine.stop(true),
+            Engine::Process(engine) => engine.kill(),
         }
     }
 
@@ -287,7 +287,12 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         use std::sync::atomic::Ordering::Relaxed;
         let counts = &self.ledger.counts;
-        let running = counts.running.load(Relaxed);
+        let running = match &self.engine {
+            // Jobs sent to a worker wait there until it gets to them: count the started ones.
+            #[cfg(all(feature = "process", unix))]
+            Engine::Process(engine) => engine.running(),
+            Engine::Thread(_) => counts.running.load(Relaxed),
+        };
         let live = self.ledger.len();
         PoolStats {
             backend: self.backend,

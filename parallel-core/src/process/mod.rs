@@ -8,6 +8,7 @@
 //! wire format.
 
 mod child;
+mod claim;
 mod entry;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
@@ -18,8 +19,7 @@ mod worker;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 
 use child::Death;
 use protocol::Reply;
@@ -164,7 +164,6 @@ impl<T: Task> Request for Submitted<T> {
 /// The parent side of a process pool.
 pub(crate) struct ProcessBackend {
     shared: Arc<slot::Shared>,
-    slots: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ProcessBackend {
@@ -178,9 +177,9 @@ impl ProcessBackend {
         }
         entry::anchor();
         crate::unwind::install_hook();
+        // Slot threads and workers start as work arrives: nothing per worker before it is needed.
         let shared = slot::Shared::new(config, build_id(), Arc::clone(ledger));
-        let slots = slot::start_all(&shared, ledger.pool_id())?;
-        Ok(ProcessBackend { shared, slots: Mutex::new(slots) })
+        Ok(ProcessBackend { shared })
     }
 
     /// Queues `job`; `false` if the pool is stopping.
@@ -192,12 +191,22 @@ impl ProcessBackend {
     pub(crate) fn stop(&self, wait: bool) {
         self.shared.stop();
         if wait {
-            let slots = std::mem::take(&mut *child::lock(&self.slots));
-            for slot in slots {
+            for slot in self.shared.take_handles() {
                 // A slot thread that panicked has nothing left to clean up.
                 let _ = slot.join();
             }
         }
+    }
+
+    /// Stops now: kills every worker (their jobs are resolved already), then stops the slots.
+    pub(crate) fn kill(&self) {
+        self.shared.kill_workers();
+        self.stop(true);
+    }
+
+    /// How many tasks workers are running now (started, not jobs sent and waiting).
+    pub(crate) fn running(&self) -> usize {
+        self.shared.running()
     }
 }
 

@@ -17,11 +17,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The version of this protocol; a worker that speaks another one is refused.
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
-const CANCEL: u8 = 3;
 const READY: u8 = 10;
 const OUTPUT: u8 = 11;
 const FAILED: u8 = 12;
@@ -40,8 +39,6 @@ pub(crate) enum ToWorker<'a> {
     Run { job: u64, task: &'a str, args: &'a [u8] },
     /// Finish: the worker exits after this.
     Exit,
-    /// Do not start job `job` (sent earlier, not started yet): it was cancelled.
-    Cancel { job: u64 },
 }
 
 /// What a worker tells the pool.
@@ -235,10 +232,6 @@ pub(crate) fn encode_to_worker(
             out.extend_from_slice(args);
         }
         ToWorker::Exit => start_frame(out, EXIT),
-        ToWorker::Cancel { job } => {
-            start_frame(out, CANCEL);
-            out.extend_from_slice(&job.to_le_bytes());
-        }
     }
     finish_frame(out, max)
 }
@@ -357,10 +350,6 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
             Ok(ToWorker::Run { job, task, args: fields.rest() })
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
-        CANCEL => {
-            let job = fields.u64("cancel: job id")?;
-            fields.end("cancel: trailing bytes").map(|()| ToWorker::Cancel { job })
-        }
         other => Err(ProtocolError::UnknownTag(other)),
     }
 }
@@ -485,7 +474,6 @@ mod tests {
             ToWorker::Run { job: 7, task: "a::b", args: &[1, 2, 3] },
             ToWorker::Run { job: u64::MAX, task: "", args: &[] },
             ToWorker::Exit,
-            ToWorker::Cancel { job: 9 },
         ] {
             let frame = frame_of_to_worker(&message);
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();

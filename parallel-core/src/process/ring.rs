@@ -13,9 +13,8 @@
 //! - replies too large for the ring, announced in the ring by an `OnSocket` frame so that replies
 //!   stay in order.
 //!
-//! The same shared page carries the other direction's hint: how many `Cancel` frames the pool has
-//! written to the socket. The worker compares it with how many it has read before each job, so it
-//! sees every `Cancel` written before the caller's `cancel` returned without polling the socket.
+//! The same shared page carries the claims of the jobs sent to the worker (see [`super::claim`]):
+//! one word per job in flight, through which the worker starts a job and the pool stops one.
 //!
 //! The worker is untrusted: `head`, the lengths and the bytes it writes are checked by the pool
 //! like any frame from a socket, and a ring that breaks the rules is a protocol error for that
@@ -30,6 +29,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
+use super::claim::CLAIMS;
 use super::protocol::ProtocolError;
 
 /// The bytes of frames a ring holds; frames over a quarter of it go through the socket.
@@ -46,8 +46,10 @@ struct Control {
     tail: CachePadded<AtomicU64>,
     /// 1 while the pool's reader waits on the socket for a `Wake`.
     asleep: CachePadded<AtomicU32>,
-    /// `Cancel` frames the pool has written to the socket, ever.
-    cancels: CachePadded<AtomicU64>,
+    /// One word per job in flight: whether it may start, started, or was stopped.
+    claims: CachePadded<[AtomicU64; CLAIMS]>,
+    /// How many jobs the worker has started, ever: what its standard error was written during.
+    started: CachePadded<AtomicU64>,
 }
 
 const _: () = assert!(std::mem::size_of::<Control>() <= DATA_OFFSET);
@@ -61,7 +63,7 @@ pub(crate) struct Ring {
 // side that owns a byte range at a time (frames); the pointer itself may move between threads.
 unsafe impl Send for Ring {}
 // SAFETY: as above; `&Ring` methods are safe to call from several threads (the pool's reader
-// consumes, a canceller bumps `cancels` atomically).
+// consumes, a canceller moves a claim atomically).
 unsafe impl Sync for Ring {}
 
 impl Ring {
@@ -204,14 +206,14 @@ impl Ring {
         false
     }
 
-    /// The pool's side: counts a `Cancel` frame written to the socket (after writing it).
-    pub(crate) fn note_cancel(&self) {
-        self.control().cancels.fetch_add(1, Ordering::SeqCst);
+    /// The claims of the jobs sent to the worker, shared by both sides.
+    pub(crate) fn claims(&self) -> &[AtomicU64; CLAIMS] {
+        &self.control().claims
     }
 
-    /// The worker's side: how many `Cancel` frames the pool has written so far.
-    pub(crate) fn cancels(&self) -> u64 {
-        self.control().cancels.load(Ordering::SeqCst)
+    /// How many jobs the worker has started: it bumps the count as it starts each one.
+    pub(crate) fn started(&self) -> &AtomicU64 {
+        &self.control().started
     }
 }
 
@@ -303,12 +305,12 @@ mod tests {
     }
 
     #[test]
-    fn cancels_are_counted_across_the_mappings() {
+    fn claims_are_shared_across_the_mappings() {
+        use crate::process::claim::{self, Claim};
         let (pool, worker) = pair();
-        assert_eq!(worker.cancels(), 0);
-        pool.note_cancel();
-        pool.note_cancel();
-        assert_eq!(worker.cancels(), 2);
+        claim::publish(claim::slot(pool.claims(), 300), 300);
+        assert_eq!(claim::start(claim::slot(worker.claims(), 300), 300), Ok(true));
+        assert_eq!(claim::read(claim::slot(pool.claims(), 300), 300), Claim::Started);
     }
 
     /// Sets the raw state of a ring as a hostile worker could.

@@ -6,35 +6,39 @@
 //! cost a fraction of a round trip each). A reader thread per worker resolves the jobs from the
 //! worker's replies, in order. How many jobs a slot keeps in flight adapts to how long its tasks
 //! take: many for tasks of microseconds, one or two for tasks of milliseconds, so that long tasks
-//! still spread over every worker.
+//! still spread over every worker. Slot threads start as work arrives, up to one per worker.
 //!
-//! The worker runs the jobs in the order sent, so the first job in flight is the one it runs:
-//! cancelling it kills the worker; cancelling a later one sends `Cancel`, and the worker answers
-//! `Skipped` instead of running it. When the worker dies, the first job in flight resolves as
-//! `WorkerDied` and the others, which it never started, go back to the front of the queue.
+//! Which job a worker runs, and whether one may still start, is decided by the job's claim in
+//! memory shared with the worker (see [`super::claim`]), never by a message the worker may not read
+//! in time: a cancel stops a job that has not started without a word to the worker (it skips the
+//! job when it comes to it) and kills the worker only while the job is the one it runs; an idle
+//! slot takes back jobs that wait behind a long task on another worker; and when a worker dies,
+//! the job it was running resolves as `WorkerDied` while the ones it never started run elsewhere.
+//! Nothing a caller calls writes to a worker's socket or waits for a slot that writes to one.
 
 use std::collections::VecDeque;
 use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::child::{lock, Death, KillSwitch, Settings, Worker};
-use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
+use super::claim::{self, Claim, Stopped};
+use super::protocol::{self, FromWorker, ReadError, Reply};
 use super::ring::Ring;
 use super::{Config, Failure, Request};
-use std::sync::atomic::Ordering;
 
-use crate::job::{Ledger, Stop};
-use crate::Error;
+use crate::job::{Halt, Ledger, Stop};
 
 /// How long a retiring worker may take to exit before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(5);
 /// How many times in a row a slot tries to start a worker before it fails the job in hand.
 const START_ATTEMPTS: u32 = 5;
-/// The most jobs a slot keeps in flight on its worker.
+/// The most jobs a slot keeps in flight on its worker (fewer than the worker's claims).
 const MAX_IN_FLIGHT: usize = 64;
+const _: () = assert!(MAX_IN_FLIGHT < claim::CLAIMS);
 /// How much work, in time, a slot aims to keep queued inside its worker: enough to hide a round
 /// trip, little enough that a long task does not hold back others another worker could run.
 const QUEUED_WORK: Duration = Duration::from_micros(200);
@@ -44,10 +48,19 @@ const DIRECT_FRAME: usize = 64 << 10;
 /// How many times a reader finding the reply ring empty yields its CPU and looks again before it
 /// sleeps (about 10 to 20 µs on an idle machine): one-at-a-time round trip 50 -> 12-26 µs here.
 const READER_SPINS: u32 = 16;
-/// Tasks up to this long get a job queued behind the running one even when `QUEUED_WORK` is less.
+/// Tasks up to this long get a job queued behind the running one even when `QUEUED_WORK` is less;
+/// a running task of a dropped `Map` this short is left to finish rather than killed.
 const SHORT_TASK: Duration = Duration::from_millis(10);
+/// An idle slot takes back the jobs waiting behind another worker's task once that task has run
+/// four times its worker's average, but never before `STEAL_AFTER_LEAST` nor later than
+/// `STEAL_AFTER_MOST`.
+const STEAL_AFTER_LEAST: Duration = Duration::from_millis(1);
+const STEAL_AFTER_MOST: Duration = Duration::from_millis(50);
+/// How many worker deaths a job may see while it waits, not started, in a worker that was running
+/// nothing else, before it is reported as the cause (a frame the worker could not take in, say).
+const DEATHS_BEFORE_START: u32 = 3;
 
-/// A job in the queue: new, or sent to a worker that died before starting it.
+/// A job in the queue: new, or sent to a worker before and given back.
 enum Item {
     Fresh(Box<dyn Request>),
     Sent(Sent),
@@ -62,17 +75,30 @@ impl Item {
     }
 }
 
-/// A job sent to a worker, with its frame kept in case it must be sent to another.
+/// A job claimed and serialized, with its frame kept in case it must be sent to another worker.
 struct Sent {
     request: Box<dyn Request>,
     /// Shared with the write that sends it, so that keeping it costs no copy.
     frame: Arc<Vec<u8>>,
-    sent_at: Instant,
+    /// How the job's caller stops it on its current worker.
+    stop: Arc<InFlightStop>,
     /// Open from the first send to the reply; the reader records the outcome.
     span: tracing::Span,
+    /// Deaths of idle workers this job was waiting in (see [`DEATHS_BEFORE_START`]).
+    deaths: u32,
 }
 
-/// What it takes to send jobs to a slot's current worker, from any thread.
+/// A job in flight on a worker, in the order sent: the worker answers in this order.
+struct Flight {
+    /// The job's number on this worker: its claim's.
+    seq: u64,
+    job: u64,
+    sent_at: Instant,
+    /// `None` once taken back for another worker: the worker skips it and answers `Skipped`.
+    sent: Option<Sent>,
+}
+
+/// What it takes to send jobs to a slot's current worker and to stop them, from any thread.
 #[derive(Clone)]
 struct Link {
     writer: Arc<Mutex<BufWriter<UnixStream>>>,
@@ -92,33 +118,70 @@ impl Link {
             epoch,
         }
     }
+
+    fn claim(&self, seq: u64) -> &AtomicU64 {
+        claim::slot(self.ring.claims(), seq)
+    }
+}
+
+/// Why a worker's channel ended, as its reader saw it.
+#[derive(Debug)]
+enum Ended {
+    /// End of file: the worker exited or was killed.
+    Closed,
+    /// The worker sent something the protocol does not allow; it is killed.
+    Broke(String),
 }
 
 struct SlotState {
-    in_flight: VecDeque<Sent>,
+    in_flight: VecDeque<Flight>,
     /// The running worker, while the slot has one that is not known to be dying or retiring.
     link: Option<Link>,
-    /// Jobs sent to the current worker, for `max_tasks_per_worker`.
-    sent: usize,
-    /// Set by the reader when the worker's channel ended, with the protocol problem if any.
-    broken: Option<Option<String>>,
-    /// The typical time between two replies of a busy worker, in nanoseconds (0: unknown yet).
-    task_nanos: u64,
+    /// `Run` frames sent to the current worker: the last job's number, and the count for
+    /// `max_tasks_per_worker`.
+    sent: u64,
+    /// Set by the reader when the worker's channel ended.
+    ended: Option<Ended>,
+    /// The typical time between two replies of a busy worker, in nanoseconds (0: unknown yet);
+    /// shared with the stops of its jobs.
+    task_nanos: Arc<AtomicU64>,
     last_reply: Option<Instant>,
 }
 
 impl SlotState {
+    fn task_nanos(&self) -> u64 {
+        self.task_nanos.load(Ordering::Relaxed)
+    }
+
     /// How many jobs this slot should keep in flight, from how long its tasks take.
     fn window(&self) -> usize {
-        if self.task_nanos == 0 {
+        let task_nanos = self.task_nanos();
+        if task_nanos == 0 {
             return 1;
         }
-        let window = (QUEUED_WORK.as_nanos() as u64 / self.task_nanos) as usize;
+        let window = (QUEUED_WORK.as_nanos() as u64 / task_nanos) as usize;
         // One job waiting behind the running one spares the worker a round trip of idleness per
         // task (7% of a 1 ms task here); for long tasks it could leave the job waiting while
         // another worker has nothing to do, so only while that costs at most `SHORT_TASK`.
-        let least = if self.task_nanos <= SHORT_TASK.as_nanos() as u64 { 2 } else { 1 };
+        let least = if task_nanos <= SHORT_TASK.as_nanos() as u64 { 2 } else { 1 };
         window.clamp(least, MAX_IN_FLIGHT)
+    }
+
+    /// Whether the slot has a worker with nothing in flight that could take a job now.
+    fn is_free(&self) -> bool {
+        self.in_flight.is_empty() && self.ended.is_none()
+    }
+
+    /// The jobs in flight that the worker has started, by their claims.
+    fn started(&self) -> usize {
+        let Some(link) = &self.link else { return 0 };
+        self.in_flight
+            .iter()
+            .filter(|flight| flight.sent.is_some())
+            .filter(|flight| {
+                matches!(claim::read(link.claim(flight.seq), flight.seq), Claim::Started)
+            })
+            .count()
     }
 }
 
@@ -128,6 +191,18 @@ struct State {
     asleep: Vec<usize>,
     is_stopping: bool,
     slots: Vec<SlotState>,
+    /// Slot threads started so far: slots `0..threads`.
+    threads: usize,
+}
+
+/// Whom a job the busy slots leave should go to.
+enum Help {
+    /// A free slot was woken, or is awake.
+    Found,
+    /// Start the thread of slot `.0`.
+    Start(usize),
+    /// Nobody: the caller takes it.
+    None,
 }
 
 pub(super) struct Shared {
@@ -137,6 +212,8 @@ pub(super) struct Shared {
     build: u64,
     /// The pool's ledger, for its counts.
     ledger: Arc<Ledger>,
+    /// The slot threads started so far, to join when the pool stops.
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -146,8 +223,8 @@ impl Shared {
                 in_flight: VecDeque::new(),
                 link: None,
                 sent: 0,
-                broken: None,
-                task_nanos: 0,
+                ended: None,
+                task_nanos: Arc::new(AtomicU64::new(0)),
                 last_reply: None,
             })
             .collect();
@@ -157,16 +234,22 @@ impl Shared {
                 asleep: Vec::new(),
                 is_stopping: false,
                 slots,
+                threads: 0,
             }),
             wake: (0..config.workers).map(|_| Condvar::new()).collect(),
             config,
             build,
             ledger,
+            handles: Mutex::new(Vec::new()),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    fn max_sent(&self) -> u64 {
+        self.config.max_tasks_per_worker.map_or(u64::MAX, |max| max as u64)
     }
 
     /// Sends a job to an idle worker from the caller's thread, or queues it; `false` once the
@@ -181,14 +264,12 @@ impl Shared {
         if state.is_stopping {
             return false;
         }
-        let max_sent = self.config.max_tasks_per_worker.unwrap_or(usize::MAX);
+        let max_sent = self.max_sent();
         if state.queue.is_empty() {
-            let idle = state.slots.iter().position(|slot| {
-                slot.link.is_some()
-                    && slot.broken.is_none()
-                    && slot.in_flight.is_empty()
-                    && slot.sent < max_sent
-            });
+            let idle = state
+                .slots
+                .iter()
+                .position(|slot| slot.link.is_some() && slot.is_free() && slot.sent < max_sent);
             if let Some(id) = idle {
                 let link = state.slots[id].link.clone();
                 drop(state);
@@ -199,18 +280,57 @@ impl Shared {
             }
         }
         state.queue.push_back(Item::Fresh(request));
-        // Wake a slot whose worker has nothing to do. A slot with jobs in flight is woken by its
-        // reader when half of them are answered, and then sends what queued up in one write: a
-        // wake-up per submitted job would cost more than a short task.
-        self.wake_a_free_slot(&mut state);
+        // Wake a slot whose worker has nothing to do, or start one. A slot with jobs in flight is
+        // woken by its reader when half of them are answered, and then sends what queued up in
+        // one write: a wake-up per submitted job would cost more than a short task.
+        match self.find_help(&mut state, None) {
+            Help::Start(id) => {
+                drop(state);
+                self.start_slot(id);
+            }
+            Help::Found | Help::None => {}
+        }
         true
     }
 
-    /// Wakes a sleeping slot that has no job in flight, if there is one.
-    fn wake_a_free_slot(&self, state: &mut State) {
-        let State { asleep, slots, .. } = state;
-        if let Some(at) = asleep.iter().position(|slot| slots[*slot].in_flight.is_empty()) {
+    /// Finds a slot other than `except` to take queued jobs: a free one that sleeps (woken), else
+    /// one whose thread is not started yet (counted as started: the caller starts it).
+    fn find_help(&self, state: &mut State, except: Option<usize>) -> Help {
+        let State { asleep, slots, threads, .. } = state;
+        let is_free = |slot: usize| Some(slot) != except && slots[slot].is_free();
+        if let Some(at) = asleep.iter().position(|slot| is_free(*slot)) {
             self.wake[asleep.swap_remove(at)].notify_one();
+            return Help::Found;
+        }
+        if *threads < slots.len() {
+            *threads += 1;
+            return Help::Start(*threads - 1);
+        }
+        Help::None
+    }
+
+    /// Starts the thread of slot `id` (counted in `threads` already). If it cannot start, its
+    /// jobs stay queued for the other slots, or fail if there is none.
+    fn start_slot(self: &Arc<Self>, id: usize) {
+        let shared = Arc::clone(self);
+        let started = thread::Builder::new()
+            .name(format!("parallel-{}-process-{id}", self.ledger.pool_id()))
+            .spawn(move || run(&shared, id));
+        match started {
+            Ok(handle) => lock(&self.handles).push(handle),
+            Err(error) => {
+                tracing::warn!(worker = id, %error, "could not start a worker's slot thread");
+                let mut state = self.lock();
+                state.threads -= 1;
+                if state.threads == 0 {
+                    let failed: Vec<Item> = state.queue.drain(..).collect();
+                    drop(state);
+                    for item in failed {
+                        let reason = format!("cannot start a thread to run workers: {error}");
+                        item.request().fail(Failure::Unavailable(reason));
+                    }
+                }
+            }
         }
     }
 
@@ -221,62 +341,104 @@ impl Shared {
             wake.notify_one();
         }
     }
+
+    /// Kills every worker now (the pool is being killed: their jobs are resolved already), so that
+    /// no slot thread stays blocked writing to one.
+    pub(super) fn kill_workers(&self) {
+        let state = self.lock();
+        for slot in &state.slots {
+            if let Some(link) = &slot.link {
+                link.kill.kill();
+            }
+        }
+    }
+
+    /// The slot threads started so far, to join.
+    pub(super) fn take_handles(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *lock(&self.handles))
+    }
+
+    /// How many jobs workers are running now, by their claims.
+    pub(super) fn running(&self) -> usize {
+        self.lock().slots.iter().map(SlotState::started).sum()
+    }
 }
 
-/// Starts one slot thread per worker.
-pub(super) fn start_all(shared: &Arc<Shared>, pool_id: u64) -> Result<Vec<JoinHandle<()>>, Error> {
-    (0..shared.config.workers)
-        .map(|worker_id| {
-            let shared = Arc::clone(shared);
-            thread::Builder::new()
-                .name(format!("parallel-{pool_id}-process-{worker_id}"))
-                .spawn(move || run(&shared, worker_id))
-                .map_err(|error| Error::io("start a worker's slot thread", error))
-        })
-        .collect()
-}
-
-/// Stops a job in flight: kills the worker if the job is the one it runs, else asks the worker
-/// to skip it.
+/// Stops a job in flight through its claim: a job not started never starts (the worker skips
+/// it); a running one is killed with its worker, which can start no other job meanwhile.
 struct InFlightStop {
-    shared: Weak<Shared>,
-    slot: usize,
-    job: u64,
-    link: Link,
+    ring: Arc<Ring>,
+    kill: KillSwitch,
+    /// The average task time of the job's worker, for [`Halt::IfLong`].
+    task_nanos: Arc<AtomicU64>,
+    /// The job's number on its worker once it is in flight (0 before).
+    seq: AtomicU64,
+    /// A stop asked before the job was in flight, which the sender applies: 0 none, else
+    /// [`halt_code`].
+    asked: AtomicU8,
+    entered_at: OnceLock<Instant>,
+}
+
+fn halt_code(halt: Halt) -> u8 {
+    match halt {
+        Halt::IfLong => 1,
+        Halt::Kill => 2,
+    }
+}
+
+impl InFlightStop {
+    fn new(link: &Link, task_nanos: &Arc<AtomicU64>) -> Arc<InFlightStop> {
+        Arc::new(InFlightStop {
+            ring: Arc::clone(&link.ring),
+            kill: link.kill.clone(),
+            task_nanos: Arc::clone(task_nanos),
+            seq: AtomicU64::new(0),
+            asked: AtomicU8::new(0),
+            entered_at: OnceLock::new(),
+        })
+    }
+
+    /// The sender's side, under the writer lock before the job's frame is written, its claim
+    /// published: the job is in flight as number `seq`.
+    fn enter(&self, seq: u64) {
+        let _ = self.entered_at.set(Instant::now());
+        // Pairs with `stop`: either the stopper sees the number, or this sees its request (both
+        // sequentially consistent, so at least one side sees the other's write).
+        self.seq.store(seq, Ordering::SeqCst);
+        let halt = match self.asked.load(Ordering::SeqCst) {
+            0 => return,
+            1 => Halt::IfLong,
+            _ => Halt::Kill,
+        };
+        self.apply(seq, halt);
+    }
+
+    fn apply(&self, seq: u64, halt: Halt) {
+        let kill = match halt {
+            Halt::Kill => true,
+            Halt::IfLong => self.is_long(),
+        };
+        if claim::stop(claim::slot(self.ring.claims(), seq), seq, kill) == Stopped::MustKill {
+            self.kill.kill();
+        }
+    }
+
+    /// Whether the job is long enough to kill rather than let finish: its worker's tasks average
+    /// over [`SHORT_TASK`], or it has been in flight longer than that.
+    fn is_long(&self) -> bool {
+        let average = Duration::from_nanos(self.task_nanos.load(Ordering::Relaxed));
+        let in_flight = self.entered_at.get().map_or(Duration::ZERO, Instant::elapsed);
+        average > SHORT_TASK || in_flight > SHORT_TASK
+    }
 }
 
 impl Stop for InFlightStop {
-    fn stop(&self) {
-        let Some(shared) = self.shared.upgrade() else {
-            self.link.kill.kill();
-            return;
-        };
-        let mut state = shared.lock();
-        let slot = &mut state.slots[self.slot];
-        match slot.in_flight.iter().position(|sent| sent.request.id() == self.job) {
-            Some(0) => {
-                drop(state);
-                self.link.kill.kill();
-            }
-            Some(_) => {
-                drop(state);
-                // Written before `cancel` returns, so that a job the caller saw cancelled while
-                // its worker was busy with another can never start. The worker skips a job it
-                // was told to cancel even if the `Cancel` overtakes the job's own frame.
-                let mut frame = Vec::new();
-                let cancel = ToWorker::Cancel { job: self.job };
-                if protocol::encode_to_worker(&cancel, &mut frame, usize::MAX).is_ok() {
-                    let mut writer = lock(&self.link.writer);
-                    // A failure means the worker is gone, which its reader reports.
-                    if protocol::write_frame(&mut *writer, &frame).is_ok() {
-                        // Counted once it is in the socket: the worker, seeing the count, reads
-                        // up to it before starting its next job.
-                        self.link.ring.note_cancel();
-                    }
-                }
-            }
-            // Answered already, or back in the queue (where it is skipped, being resolved).
-            None => {}
+    fn stop(&self, halt: Halt) {
+        self.asked.fetch_max(halt_code(halt), Ordering::SeqCst);
+        match self.seq.load(Ordering::SeqCst) {
+            // Not in flight yet: `enter` sees the request.
+            0 => {}
+            seq => self.apply(seq, halt),
         }
     }
 }
@@ -304,6 +466,52 @@ impl Running {
     }
 }
 
+/// What an idle slot found on the other slots.
+enum Steal {
+    /// Jobs were taken back into the queue.
+    Took,
+    /// A task elsewhere may become long enough to take jobs from after this long.
+    LookAgainIn(Duration),
+    Nothing,
+}
+
+/// Takes back, into the front of the queue, the jobs not started that wait behind a long task on
+/// another slot's worker, so that the idle slot `id` runs them.
+fn steal(state: &mut State, id: usize) -> Steal {
+    let now = Instant::now();
+    let mut soonest: Option<Duration> = None;
+    let mut taken = Vec::new();
+    for (other, slot) in state.slots.iter_mut().enumerate() {
+        let Some(link) = &slot.link else { continue };
+        if other == id || slot.in_flight.len() < 2 || slot.ended.is_some() {
+            continue;
+        }
+        let front = &slot.in_flight[0];
+        let since = slot.last_reply.map_or(front.sent_at, |last| last.max(front.sent_at));
+        let after = Duration::from_nanos(slot.task_nanos().saturating_mul(4))
+            .clamp(STEAL_AFTER_LEAST, STEAL_AFTER_MOST);
+        let waited = now.saturating_duration_since(since);
+        if waited < after {
+            let left = after - waited;
+            soonest = Some(soonest.map_or(left, |soonest| soonest.min(left)));
+            continue;
+        }
+        for flight in slot.in_flight.iter_mut() {
+            if flight.sent.is_some() && claim::take_back(link.claim(flight.seq), flight.seq) {
+                taken.extend(flight.sent.take());
+            }
+        }
+    }
+    if taken.is_empty() {
+        return soonest.map_or(Steal::Nothing, Steal::LookAgainIn);
+    }
+    tracing::debug!(worker = id, jobs = taken.len(), "took back jobs waiting behind a long task");
+    for sent in taken.into_iter().rev() {
+        state.queue.push_front(Item::Sent(sent));
+    }
+    Steal::Took
+}
+
 fn run(shared: &Arc<Shared>, id: usize) {
     let settings = Settings {
         worker_id: id,
@@ -314,58 +522,52 @@ fn run(shared: &Arc<Shared>, id: usize) {
     let mut failed_starts = 0u32;
     let mut has_started = false;
     let mut epoch = 0u64;
+    let max_sent = shared.max_sent();
     let mut state = shared.lock();
     loop {
         // The worker's channel ended: resolve the job it ran, requeue the others, reap it.
-        if let Some(problem) = state.slots[id].broken.take() {
+        if let Some(ended) = state.slots[id].ended.take() {
             // In the same critical section as taking the jobs in flight: a caller's thread that
             // claimed a job for this worker then finds it gone and queues the job instead.
             state.slots[id].link = None;
             state.slots[id].sent = 0;
-            let mut in_flight = std::mem::take(&mut state.slots[id].in_flight);
+            let in_flight = std::mem::take(&mut state.slots[id].in_flight);
             drop(state);
-            let death = running.take().map(Running::reap);
-            if let Some(mut death) = death {
-                explain(&mut death, problem, shared.config.max_memory_per_worker);
-                tracing::warn!(
-                    worker = id,
-                    pid = death.pid,
-                    reason = %death.reason,
-                    requeued = in_flight.len().saturating_sub(1),
-                    "worker process died"
-                );
-                if let Some(first) = in_flight.pop_front() {
-                    first.span.record("pid", death.pid);
-                    first.span.record("outcome", "worker died");
-                    first.request.fail(Failure::Died(death));
-                }
-            }
+            let requeued = match running.take() {
+                Some(done) => bury(done, ended, in_flight, id, shared.config.max_memory_per_worker),
+                None => Vec::new(),
+            };
             state = shared.lock();
-            let requeued = in_flight.len();
-            for sent in in_flight.into_iter().rev() {
+            let has_requeued = !requeued.is_empty();
+            for sent in requeued.into_iter().rev() {
                 state.queue.push_front(Item::Sent(sent));
             }
-            if requeued > 0 {
+            if has_requeued {
                 for slot in state.asleep.drain(..) {
                     shared.wake[slot].notify_one();
                 }
             }
             continue;
         }
-        let max_sent = shared.config.max_tasks_per_worker.unwrap_or(usize::MAX);
         let sent_so_far = state.slots[id].sent;
         let room = state.slots[id].window().saturating_sub(state.slots[id].in_flight.len());
-        let room = room.min(max_sent - sent_so_far);
+        let room = room.min(usize::try_from(max_sent - sent_so_far).unwrap_or(usize::MAX));
         // A slot that is busy already leaves queued jobs to slots that are not: pipelining is for
         // when every worker has work.
         let is_busy = !state.slots[id].in_flight.is_empty();
-        let others_idle =
-            state.slots.iter().enumerate().any(|(other, slot)| {
-                other != id && slot.in_flight.is_empty() && slot.broken.is_none()
-            });
-        if room > 0 && !state.queue.is_empty() && is_busy && others_idle {
-            shared.wake_a_free_slot(&mut state);
-        } else if room > 0 && !state.queue.is_empty() {
+        let leave_to_others = room > 0 && !state.queue.is_empty() && is_busy && {
+            match shared.find_help(&mut state, Some(id)) {
+                Help::Found => true,
+                Help::Start(other) => {
+                    drop(state);
+                    shared.start_slot(other);
+                    state = shared.lock();
+                    true
+                }
+                Help::None => false,
+            }
+        };
+        if !leave_to_others && room > 0 && !state.queue.is_empty() {
             if running.is_none() {
                 drop(state);
                 match start(shared, settings, id, &mut failed_starts) {
@@ -426,12 +628,26 @@ fn run(shared: &Arc<Shared>, id: usize) {
             state = shared.lock();
             continue;
         }
+        // Idle with nothing queued: jobs waiting behind a long task elsewhere are ours to run.
+        let mut look_again = None;
+        if state.queue.is_empty() && state.slots[id].is_free() {
+            match steal(&mut state, id) {
+                Steal::Took => continue,
+                Steal::LookAgainIn(after) => look_again = Some(after),
+                Steal::Nothing => {}
+            }
+        }
         if state.is_stopping && state.queue.is_empty() && state.slots[id].in_flight.is_empty() {
             state.slots[id].link = None;
             break;
         }
         state.asleep.push(id);
-        state = shared.wake[id].wait(state).unwrap_or_else(PoisonError::into_inner);
+        state = match look_again {
+            None => shared.wake[id].wait(state).unwrap_or_else(PoisonError::into_inner),
+            Some(after) => {
+                shared.wake[id].wait_timeout(state, after).unwrap_or_else(PoisonError::into_inner).0
+            }
+        };
         state.asleep.retain(|slot| *slot != id);
     }
     drop(state);
@@ -440,18 +656,83 @@ fn run(shared: &Arc<Shared>, id: usize) {
     }
 }
 
+/// Reaps a worker whose channel ended and settles its jobs in flight by their claims: the one it
+/// was running resolves as `WorkerDied`; the ones it never started are returned, to be requeued.
+fn bury(
+    done: Running,
+    ended: Ended,
+    in_flight: VecDeque<Flight>,
+    id: usize,
+    max_memory: Option<u64>,
+) -> Vec<Sent> {
+    let ring = Arc::clone(&done.worker.ring);
+    // Reaped first: a dead worker moves no claim any more.
+    let mut death = done.reap();
+    explain(&mut death, ended, max_memory);
+    let is_started = |flight: &Flight| {
+        !matches!(
+            claim::read(claim::slot(ring.claims(), flight.seq), flight.seq),
+            Claim::Pending | Claim::Cancelled
+        )
+    };
+    let was_running = in_flight.iter().any(|flight| flight.sent.is_some() && is_started(flight));
+    let mut requeued = Vec::new();
+    let mut blamed = None;
+    for flight in in_flight {
+        let started = is_started(&flight);
+        let Some(mut sent) = flight.sent else { continue };
+        if started {
+            blamed.get_or_insert(flight.job);
+            sent.span.record("pid", death.pid);
+            sent.span.record("outcome", "worker died");
+            sent.request.fail(Failure::Died(death.clone()));
+            continue;
+        }
+        // A worker that dies running nothing may have died of taking in this job's frame: a job
+        // that keeps killing idle workers is reported, not sent on forever.
+        if !was_running {
+            sent.deaths += 1;
+            if sent.deaths >= DEATHS_BEFORE_START {
+                let mut death = death.clone();
+                death.reason = format!(
+                    "{}; its worker died before starting it {} times in a row",
+                    death.reason, sent.deaths
+                );
+                sent.request.fail(Failure::Died(death));
+                continue;
+            }
+        }
+        if !sent.request.is_finished() {
+            requeued.push(sent);
+        }
+    }
+    tracing::warn!(
+        worker = id,
+        pid = death.pid,
+        reason = %death.reason,
+        job = blamed,
+        requeued = requeued.len(),
+        "worker process died"
+    );
+    requeued
+}
+
 /// Claims `items`, builds their frames, enters them in flight on slot `id` and writes them to its
-/// worker in one go. Frames over `max_direct` bytes, and every job if the worker is gone
-/// meanwhile, go back to the front of the queue for the slot thread, already claimed.
+/// worker in one go. Frames over `max_direct` bytes, every job if the worker is gone meanwhile,
+/// and (from a caller's thread) every job if another thread is writing to the worker, go back to
+/// the front of the queue for the slot thread, already claimed.
 fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max_direct: usize) {
     let max_frame = shared.config.max_frame;
+    let is_caller = max_direct != usize::MAX;
+    let task_nanos = Arc::clone(&shared.lock().slots[id].task_nanos);
     let mut ready = Vec::with_capacity(items.len());
     for item in items {
-        let (request, frame, span) = match item {
+        let stop = InFlightStop::new(link, &task_nanos);
+        let sent = match item {
             Item::Fresh(request) => {
                 let mut frame = Vec::new();
                 protocol::begin_run(&mut frame, request.id(), request.task());
-                match request.start(stop(shared, id, request.id(), link), &mut frame) {
+                match request.start(Arc::clone(&stop) as Arc<dyn Stop>, &mut frame) {
                     None => continue,
                     Some(Err(message)) => {
                         request.fail(Failure::Arguments(message));
@@ -474,35 +755,45 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
                     outcome = tracing::field::Empty,
                     duration_us = tracing::field::Empty,
                 );
-                (request, Arc::new(frame), span)
+                Sent { request, frame: Arc::new(frame), stop, span, deaths: 0 }
             }
-            Item::Sent(sent) => {
-                if !sent.request.restart(stop(shared, id, sent.request.id(), link)) {
+            Item::Sent(mut sent) => {
+                if !sent.request.restart(Arc::clone(&stop) as Arc<dyn Stop>) {
                     continue;
                 }
-                (sent.request, sent.frame, sent.span)
+                sent.stop = stop;
+                sent
             }
         };
-        ready.push(Sent { request, frame, sent_at: Instant::now(), span });
+        ready.push(sent);
     }
     if ready.is_empty() {
         return;
     }
     // The writer is taken before the jobs enter the in-flight list and held until they are
-    // written, so that the worker gets them in the order of the list even when a caller's thread
-    // and the slot thread send at once. The reader can then match every reply; a failed write
-    // means the worker is gone, which the reader reports.
-    let mut writer = lock(&link.writer);
+    // written, so that the worker gets them in the order of the list (the order of their claims)
+    // even when a caller's thread and the slot thread send at once. A failed write means the
+    // worker is gone, which the reader reports. A caller's thread never waits for the writer: a
+    // slot thread holding it may be writing megabytes to a busy worker.
+    let mut writer = match link.writer.try_lock() {
+        Ok(writer) => Some(writer),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) if is_caller => None,
+        Err(TryLockError::WouldBlock) => Some(lock(&link.writer)),
+    };
     let frames: Vec<Arc<Vec<u8>>> = {
         let mut state = shared.lock();
         let slot = &state.slots[id];
-        let is_current = slot.link.as_ref().is_some_and(|now| now.epoch == link.epoch);
-        // Callers' threads may race each other to an idle worker: the limit holds all the same.
-        let max_sent = shared.config.max_tasks_per_worker.unwrap_or(usize::MAX);
-        let mut room = max_sent.saturating_sub(slot.sent);
+        let is_current = writer.is_some()
+            && slot.link.as_ref().is_some_and(|now| now.epoch == link.epoch)
+            && slot.ended.is_none();
+        // Callers' threads may race each other to an idle worker: the limits hold all the same.
+        let mut room = shared.max_sent().saturating_sub(slot.sent);
+        let mut places = MAX_IN_FLIGHT.saturating_sub(slot.in_flight.len());
         let (to_send, to_queue): (Vec<Sent>, Vec<Sent>) = ready.into_iter().partition(|sent| {
-            let fits = is_current && room > 0 && sent.frame.len() <= max_direct;
-            room -= usize::from(fits);
+            let fits = is_current && room > 0 && places > 0 && sent.frame.len() <= max_direct;
+            room -= u64::from(fits);
+            places -= usize::from(fits);
             fits
         });
         if !to_queue.is_empty() {
@@ -514,24 +805,31 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
         let slot = &mut state.slots[id];
         let mut frames = Vec::with_capacity(to_send.len());
         for sent in to_send {
-            // A cancel that came between the claim and now found the job in no list and could
-            // not stop it: it must not be sent. A cancel after this point finds it in flight.
+            // Resolved between its claim and now (cancelled): no need to send it.
             if sent.request.is_finished() {
                 continue;
             }
+            slot.sent += 1;
+            let seq = slot.sent;
+            claim::publish(link.claim(seq), seq);
+            sent.stop.enter(seq);
             frames.push(Arc::clone(&sent.frame));
-            slot.in_flight.push_back(sent);
+            slot.in_flight.push_back(Flight {
+                seq,
+                job: sent.request.id(),
+                sent_at: Instant::now(),
+                sent: Some(sent),
+            });
         }
-        slot.sent += frames.len();
         frames
     };
-    let result =
-        frames.iter().try_for_each(|frame| writer.write_all(frame)).and_then(|()| writer.flush());
-    drop(result);
-}
-
-fn stop(shared: &Arc<Shared>, slot: usize, job: u64, link: &Link) -> Arc<dyn Stop> {
-    Arc::new(InFlightStop { shared: Arc::downgrade(shared), slot, job, link: link.clone() })
+    if let Some(writer) = writer.as_mut() {
+        let result = frames
+            .iter()
+            .try_for_each(|frame| writer.write_all(frame))
+            .and_then(|()| writer.flush());
+        drop(result);
+    }
 }
 
 /// Starts a worker and its reader, retrying with backoff; after [`START_ATTEMPTS`] failures in a
@@ -616,13 +914,13 @@ fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
     let mut large = Vec::new();
     let mut has_ended = false;
     let mut idle_spins = 0u32;
-    let problem = loop {
+    let ended = loop {
         let body = match channel.ring.pop(&mut frame, channel.max_frame) {
             Ok(true) => {
                 idle_spins = 0;
                 &frame[..]
             }
-            Ok(false) if has_ended => break None,
+            Ok(false) if has_ended => break Ended::Closed,
             Ok(false) => {
                 // A reply due within microseconds (a worker busy with short tasks, or a round
                 // trip under way) is caught without the worker writing a `Wake` and this thread
@@ -640,9 +938,9 @@ fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
                     Ok(body) if protocol::decode_from_worker(body) == Ok(FromWorker::Wake) => {
                         continue
                     }
-                    Ok(_) => break Some("the worker sent a reply out of turn".to_owned()),
+                    Ok(_) => break Ended::Broke("the worker sent a reply out of turn".to_owned()),
                     Err(ReadError::Protocol(error)) => {
-                        break Some(format!("the worker broke the protocol: {error}"))
+                        break Ended::Broke(format!("the worker broke the protocol: {error}"))
                     }
                     // Resolve what the ring still holds, then report the end.
                     Err(ReadError::Closed | ReadError::Io(_)) => {
@@ -651,68 +949,83 @@ fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
                     }
                 }
             }
-            Err(error) => break Some(format!("the worker broke the protocol: {error}")),
+            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
         };
         let decoded = match protocol::decode_from_worker(body) {
             Ok(FromWorker::OnSocket) => match channel.read_socket(&mut large) {
                 Ok(body) => protocol::decode_from_worker(body),
                 Err(ReadError::Protocol(error)) => {
-                    break Some(format!("the worker broke the protocol: {error}"))
+                    break Ended::Broke(format!("the worker broke the protocol: {error}"))
                 }
-                Err(ReadError::Closed | ReadError::Io(_)) => break None,
+                Err(ReadError::Closed | ReadError::Io(_)) => break Ended::Closed,
             },
             other => other,
         };
         let (job, reply) = match decoded {
             Ok(FromWorker::Done { job, reply }) => (job, reply),
-            Ok(other) => break Some(format!("the worker sent {other:?} out of turn")),
-            Err(error) => break Some(format!("the worker broke the protocol: {error}")),
+            Ok(other) => break Ended::Broke(format!("the worker sent {other:?} out of turn")),
+            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
         };
         if let Err(problem) = resolve(shared, id, pid, job, reply) {
-            break Some(problem);
+            break Ended::Broke(problem);
         }
     };
     let mut state = shared.lock();
-    state.slots[id].broken = Some(problem);
+    state.slots[id].ended = Some(ended);
     drop(state);
     shared.wake[id].notify_one();
 }
 
 /// Resolves job `job`, which must be the first in flight on slot `id`, from its reply.
 fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> Result<(), String> {
-    let (sent, should_wake) = {
+    let (flight, should_wake) = {
         let mut state = shared.lock();
+        let others_wait = |state: &State| {
+            state
+                .slots
+                .iter()
+                .enumerate()
+                .any(|(other, slot)| other != id && slot.in_flight.len() > 1)
+        };
+        let others_wait = others_wait(&state);
         let slot = &mut state.slots[id];
         match slot.in_flight.front() {
-            Some(first) if first.request.id() == job => {}
+            Some(first) if first.job == job => {}
             _ => return Err(format!("the worker answered job {job}, which it was not running")),
         }
-        let sent = slot.in_flight.pop_front();
+        let flight = slot.in_flight.pop_front();
         let now = Instant::now();
-        if let Some(sent) = &sent {
-            let since = slot.last_reply.map_or(sent.sent_at, |last| last.max(sent.sent_at));
+        if let Some(flight) = flight.as_ref().filter(|flight| flight.sent.is_some()) {
+            let since = slot.last_reply.map_or(flight.sent_at, |last| last.max(flight.sent_at));
             let nanos = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
-            slot.task_nanos =
-                if slot.task_nanos == 0 { nanos.max(1) } else { (slot.task_nanos * 7 + nanos) / 8 };
+            let average = slot.task_nanos();
+            let average = if average == 0 { nanos.max(1) } else { (average * 7 + nanos) / 8 };
+            slot.task_nanos.store(average, Ordering::Relaxed);
         }
         slot.last_reply = Some(now);
         // Wake the slot thread when half its window is free and jobs wait (it then sends a
         // batch), not on every reply: a wake-up costs more than a short task. With nothing in
-        // flight any more, it may also have to retire its worker or exit.
+        // flight any more, it may also have to retire its worker, exit, or take back jobs that
+        // wait behind a long task on another worker.
         let left = slot.in_flight.len();
         let window = slot.window();
         let has_work = !state.queue.is_empty();
-        let must_look = state.is_stopping || shared.config.max_tasks_per_worker.is_some();
-        (sent, (left == 0 && (has_work || must_look)) || (has_work && left == window / 2))
+        let must_look =
+            state.is_stopping || shared.config.max_tasks_per_worker.is_some() || others_wait;
+        (flight, (left == 0 && (has_work || must_look)) || (has_work && left == window / 2))
     };
     if should_wake {
         shared.wake[id].notify_one();
     }
-    if let Some(sent) = sent {
+    // A job taken back for another worker: this one skipped it.
+    if let Some(sent) = flight.and_then(|flight| flight.sent) {
         if !sent.span.is_disabled() {
             sent.span.record("pid", pid);
             sent.span.record("outcome", reply.name());
-            sent.span.record("duration_us", sent.sent_at.elapsed().as_micros() as u64);
+            sent.span.record(
+                "duration_us",
+                sent.stop.entered_at.get().map_or(0, |at| at.elapsed().as_micros() as u64),
+            );
         }
         sent.request.finish(reply);
     }
@@ -720,8 +1033,8 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
 }
 
 /// Completes a death's reason with what the slot knows: a protocol problem, a memory limit.
-fn explain(death: &mut Death, problem: Option<String>, max_memory: Option<u64>) {
-    if let Some(problem) = problem {
+fn explain(death: &mut Death, ended: Ended, max_memory: Option<u64>) {
+    if let Ended::Broke(problem) = ended {
         death.reason = format!("{problem}; the worker was killed and {}", death.reason);
     } else if let Some(limit) = max_memory {
         if death.is_out_of_memory {

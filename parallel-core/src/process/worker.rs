@@ -6,17 +6,19 @@
 //! worker, whose death the pool observes. While no frame arrives the worker wakes up when its
 //! environment has entries due to expire, and drops them.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::id;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::Signal;
 
+use super::claim;
 use super::entry::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
 use super::ring::Ring;
@@ -115,30 +117,22 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
     let mut out = Vec::new();
 
     let mut environment = Environment::for_worker(marker.worker_id);
-    // Run frames read ahead of time, and jobs the pool cancelled before they started.
-    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut cancelled: HashSet<u64> = HashSet::new();
-    // `Cancel` frames read so far, against the count the pool publishes in the ring.
-    let mut cancels_read = 0u64;
+    // Run frames read ahead of time, with their place in the order the pool sent them.
+    let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    // `Run` frames read so far: the pool counts the same way, and a job's claim is its number's.
+    let mut runs_read = 0u64;
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut is_exit_asked = false;
     loop {
         // Take in every frame that has arrived; block only when there is nothing else to do.
+        // Reading ahead is never needed to learn of a cancel: cancels are in the claims.
         loop {
             let is_idle = pending.is_empty() && !is_exit_asked;
-            let has_input = if !reader.buffer().is_empty() {
-                true
-            } else if is_idle {
+            if reader.buffer().is_empty() {
+                if !is_idle {
+                    break;
+                }
                 wait_readable(reader.get_ref(), &mut environment)?;
-                true
-            } else {
-                // With jobs in hand, read on before starting the next one only if the pool has
-                // written a `Cancel` not read yet: one written before the caller's `cancel`
-                // returned must be seen in time. The count costs no system call.
-                replies.ring.cancels() != cancels_read
-            };
-            if !has_input {
-                break;
             }
             let mut frame = spare.pop().unwrap_or_default();
             match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
@@ -148,11 +142,9 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
                 Err(error) => return Err(error.to_string()),
             }
             match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
-                ToWorker::Run { .. } => pending.push_back(frame),
-                ToWorker::Cancel { job } => {
-                    cancels_read += 1;
-                    cancelled.insert(job);
-                    spare.push(frame);
+                ToWorker::Run { .. } => {
+                    runs_read += 1;
+                    pending.push_back((runs_read, frame));
                 }
                 ToWorker::Exit => {
                     is_exit_asked = true;
@@ -160,7 +152,7 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
                 }
             }
         }
-        let Some(frame) = pending.pop_front() else {
+        let Some((seq, frame)) = pending.pop_front() else {
             if is_exit_asked {
                 return Ok(());
             }
@@ -171,10 +163,15 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
         else {
             unreachable!("only run frames are queued");
         };
-        if cancelled.remove(&job) {
+        let claim = claim::slot(replies.ring.claims(), seq);
+        let is_started = claim::start(claim, seq).map_err(|found| {
+            format!("job {job} is the pool's job {seq} here, but its claim says {found:?}")
+        })?;
+        if !is_started {
             let done = FromWorker::Done { job, reply: Reply::Skipped };
             replies.send(&done, &mut out)?;
         } else {
+            replies.ring.started().fetch_add(1, Ordering::SeqCst);
             unwind::drop_values(|| environment.purge_expired());
             let ran = run(job, task, args, &mut environment, &mut out);
             let owned = match ran {
@@ -188,17 +185,7 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
                 },
                 Ran::Reply(owned) => Some(owned),
                 Ran::Panicked(report) => {
-                    let reply = Reply::Panicked {
-                        message: &report.message,
-                        location: report.location.as_deref(),
-                        backtrace: report.backtrace.as_deref(),
-                    };
-                    protocol::encode_from_worker(
-                        &FromWorker::Done { job, reply },
-                        &mut out,
-                        marker.max_frame,
-                    )
-                    .map_err(|e| e.to_string())?;
+                    encode_panic(job, &report, &mut out, marker.max_frame)?;
                     None
                 }
             };
@@ -209,10 +196,48 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
                     replies.send(&done, &mut out)?;
                 }
             }
+            if !claim::finish(claim, seq) {
+                // The pool stopped this job while it ran and is killing this process for it: no
+                // other job may start before the signal lands, or it would die in this one's place.
+                loop {
+                    std::thread::park();
+                }
+            }
         }
         spare.push(frame);
         spare.truncate(16);
     }
+}
+
+/// Encodes the reply of a job that panicked, cutting the message and backtrace to fit in a frame
+/// (saying so in the message): a panic is reported as one, however long its message.
+fn encode_panic(
+    job: u64,
+    report: &unwind::PanicReport,
+    out: &mut Vec<u8>,
+    max_frame: usize,
+) -> Result<(), String> {
+    let encode = |message: &str, backtrace: Option<&str>, out: &mut Vec<u8>| {
+        let reply = Reply::Panicked { message, location: report.location.as_deref(), backtrace };
+        protocol::encode_from_worker(&FromWorker::Done { job, reply }, out, max_frame)
+    };
+    if encode(&report.message, report.backtrace.as_deref(), out).is_ok() {
+        return Ok(());
+    }
+    // What the frame holds besides the message: header, job, location, backtrace length.
+    let overhead = 64 + report.location.as_ref().map_or(0, String::len);
+    let room = max_frame.saturating_sub(overhead).saturating_sub(200);
+    let mut cut = room.min(report.message.len());
+    while !report.message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let message = format!(
+        "{}… (cut to {cut} of {} bytes to fit the message limit of {max_frame} bytes; the backtrace \
+         is left out)",
+        &report.message[..cut],
+        report.message.len()
+    );
+    encode(&message, None, out).map_err(|error| error.to_string())
 }
 
 /// The worker's replies, each out of this process before the worker starts its next job.

@@ -1,0 +1,257 @@
+//! Who decides whether a job sent to a worker runs: one word per job in memory the pool and the
+//! worker share, moved by compare-and-set.
+//!
+//! A job sent to a worker may be cancelled by its caller, taken back by the pool for an idle
+//! worker, or caught in the worker's death, while the worker is about to start it. Asking through
+//! the socket cannot settle such races (the worker may be busy for an hour and not read it; a
+//! `SIGKILL` aimed at one job may land on the next). A word settles them: the worker starts a job
+//! only by moving its word from `Pending` to `Started`, and the pool stops it only by moving the
+//! same word away from `Pending` (it will never start) or from `Started` to `Killing` (the worker
+//! cannot go on to another job, so a `SIGKILL` sent next hits this job and no other). After a
+//! death, the words say exactly which job was running: that one is reported, the others never
+//! started and run elsewhere.
+//!
+//! A job's word is `claims[seq % CLAIMS]`, where `seq` counts the `Run` frames sent to this
+//! worker (the worker counts them as it reads). The pool keeps fewer than [`CLAIMS`] jobs in
+//! flight on a worker, so the jobs in flight never share a word; every value carries its `seq`,
+//! so a stale value of an earlier job never passes for a later one.
+//!
+//! ```text
+//!            worker: start            worker: reply out
+//!  Pending ------------------> Started -----------------> Done
+//!     |                           |
+//!     | pool: cancel, take back   | pool: cancel (then SIGKILL)
+//!     v                           v
+//!  Cancelled (never runs)      Killing (the worker stops before any other job)
+//! ```
+//!
+//! The worker is untrusted: whatever it writes here, the pool only reads values and sets them with
+//! compare-and-set, and a value it does not expect counts as "may have started", which can blame
+//! one of that worker's own jobs but never run a job twice.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How many words a worker's claims have: more than the jobs a pool keeps in flight on a worker.
+pub(crate) const CLAIMS: usize = 128;
+
+/// The state of a sent job, as its word says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Sent, not started: the worker may still start it, or the pool stop it.
+    Pending,
+    /// The worker started it.
+    Started,
+    /// Stopped before it started: it never runs.
+    Cancelled,
+    /// The worker put its reply out.
+    Done,
+    /// Stopped while it ran: the worker is being killed.
+    Killing,
+    /// The word belongs to another job (or holds garbage).
+    Other,
+}
+
+const PENDING: u64 = 0;
+const STARTED: u64 = 1;
+const CANCELLED: u64 = 2;
+const DONE: u64 = 3;
+const KILLING: u64 = 4;
+const STATE_BITS: u32 = 3;
+
+fn word(seq: u64, state: u64) -> u64 {
+    (seq << STATE_BITS) | state
+}
+
+/// The word of job `seq` among `claims`.
+pub(crate) fn slot(claims: &[AtomicU64; CLAIMS], seq: u64) -> &AtomicU64 {
+    &claims[(seq % CLAIMS as u64) as usize]
+}
+
+/// Reads job `seq`'s state.
+pub(crate) fn read(claim: &AtomicU64, seq: u64) -> Claim {
+    decode(claim.load(Ordering::SeqCst), seq)
+}
+
+fn decode(value: u64, seq: u64) -> Claim {
+    if value >> STATE_BITS != seq & (u64::MAX >> STATE_BITS) {
+        return Claim::Other;
+    }
+    match value & ((1 << STATE_BITS) - 1) {
+        PENDING => Claim::Pending,
+        STARTED => Claim::Started,
+        CANCELLED => Claim::Cancelled,
+        DONE => Claim::Done,
+        KILLING => Claim::Killing,
+        _ => Claim::Other,
+    }
+}
+
+fn swap(claim: &AtomicU64, seq: u64, from: u64, to: u64) -> bool {
+    claim
+        .compare_exchange(word(seq, from), word(seq, to), Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
+/// The pool's side, before the job's frame is written: job `seq` is pending.
+pub(crate) fn publish(claim: &AtomicU64, seq: u64) {
+    claim.store(word(seq, PENDING), Ordering::SeqCst);
+}
+
+/// What stopping a job found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// It had not started, and now never will.
+    BeforeStart,
+    /// It was running; the worker goes on to no other job, and must now be killed.
+    MustKill,
+    /// It was running, and is left to finish (its reply will be dropped).
+    LeftRunning,
+    /// It had finished, or was stopped already, or the word is not its own.
+    Nothing,
+}
+
+/// The pool's side: stops job `seq`. With `kill`, a running job is marked for killing (the caller
+/// then sends `SIGKILL`); without, it is left to finish.
+pub(crate) fn stop(claim: &AtomicU64, seq: u64, kill: bool) -> Stopped {
+    loop {
+        match read(claim, seq) {
+            Claim::Pending => {
+                if swap(claim, seq, PENDING, CANCELLED) {
+                    return Stopped::BeforeStart;
+                }
+            }
+            Claim::Started if kill => {
+                if swap(claim, seq, STARTED, KILLING) {
+                    return Stopped::MustKill;
+                }
+            }
+            Claim::Started => return Stopped::LeftRunning,
+            Claim::Cancelled | Claim::Done | Claim::Killing | Claim::Other => {
+                return Stopped::Nothing
+            }
+        }
+    }
+}
+
+/// The pool's side: takes job `seq` back if it has not started (to send it to another worker);
+/// `false` if it started (or is no longer this job's).
+pub(crate) fn take_back(claim: &AtomicU64, seq: u64) -> bool {
+    swap(claim, seq, PENDING, CANCELLED)
+}
+
+/// The worker's side, just before running job `seq`: `Ok(true)` to run it, `Ok(false)` to skip
+/// it (stopped before it started), `Err` if the word is not this job's (the pool and the worker
+/// disagree on the count of jobs: a broken channel).
+pub(crate) fn start(claim: &AtomicU64, seq: u64) -> Result<bool, Claim> {
+    if swap(claim, seq, PENDING, STARTED) {
+        return Ok(true);
+    }
+    match read(claim, seq) {
+        Claim::Cancelled => Ok(false),
+        other => Err(other),
+    }
+}
+
+/// The worker's side, once job `seq`'s reply is out: `false` if the pool is killing it for this
+/// job (the worker must then start nothing more and wait for its end).
+pub(crate) fn finish(claim: &AtomicU64, seq: u64) -> bool {
+    swap(claim, seq, STARTED, DONE) || read(claim, seq) != Claim::Killing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn fresh(seq: u64) -> AtomicU64 {
+        let claim = AtomicU64::new(u64::MAX);
+        publish(&claim, seq);
+        claim
+    }
+
+    #[test]
+    fn a_job_runs_and_finishes() {
+        let claim = fresh(5);
+        assert_eq!(read(&claim, 5), Claim::Pending);
+        assert_eq!(start(&claim, 5), Ok(true));
+        assert_eq!(read(&claim, 5), Claim::Started);
+        assert!(finish(&claim, 5));
+        assert_eq!(read(&claim, 5), Claim::Done);
+        assert_eq!(stop(&claim, 5, true), Stopped::Nothing, "a finished job is not killed");
+        assert!(!take_back(&claim, 5));
+    }
+
+    #[test]
+    fn a_job_stopped_before_it_starts_never_starts() {
+        for kill in [true, false] {
+            let claim = fresh(9);
+            assert_eq!(stop(&claim, 9, kill), Stopped::BeforeStart);
+            assert_eq!(start(&claim, 9), Ok(false));
+            assert_eq!(read(&claim, 9), Claim::Cancelled);
+            assert_eq!(stop(&claim, 9, kill), Stopped::Nothing, "stopped once");
+        }
+        let claim = fresh(9);
+        assert!(take_back(&claim, 9));
+        assert_eq!(start(&claim, 9), Ok(false));
+    }
+
+    #[test]
+    fn a_running_job_is_killed_or_left_running_and_the_worker_learns_it() {
+        let claim = fresh(3);
+        assert_eq!(start(&claim, 3), Ok(true));
+        assert!(!take_back(&claim, 3), "a started job cannot be taken back");
+        assert_eq!(stop(&claim, 3, false), Stopped::LeftRunning);
+        assert_eq!(stop(&claim, 3, true), Stopped::MustKill);
+        assert_eq!(read(&claim, 3), Claim::Killing);
+        assert!(!finish(&claim, 3), "the worker must not go on to another job");
+        assert_eq!(stop(&claim, 3, true), Stopped::Nothing, "killed once");
+    }
+
+    #[test]
+    fn stale_and_foreign_words_are_never_taken_for_the_job() {
+        let claim = fresh(7);
+        // The word of the job sent `CLAIMS` jobs earlier, or garbage a worker wrote.
+        assert_eq!(read(&claim, 7 + CLAIMS as u64), Claim::Other);
+        assert_eq!(stop(&claim, 7 + CLAIMS as u64, true), Stopped::Nothing);
+        assert!(start(&claim, 7 + CLAIMS as u64).is_err());
+        claim.store(word(7, 6), Ordering::SeqCst);
+        assert_eq!(read(&claim, 7), Claim::Other);
+        assert_eq!(stop(&claim, 7, true), Stopped::Nothing);
+        assert_eq!(start(&claim, 7), Err(Claim::Other));
+    }
+
+    #[test]
+    fn jobs_in_flight_have_their_own_words() {
+        let claims: [AtomicU64; CLAIMS] = std::array::from_fn(|_| AtomicU64::new(0));
+        for seq in 1..=CLAIMS as u64 {
+            publish(slot(&claims, seq), seq);
+        }
+        for seq in 1..=CLAIMS as u64 {
+            assert_eq!(read(slot(&claims, seq), seq), Claim::Pending, "job {seq}");
+        }
+    }
+
+    /// A worker starting and a pool stopping the same job at once: exactly one wins, and the job
+    /// runs if and only if the pool was not told it stopped before the start.
+    #[test]
+    fn start_and_stop_race_to_one_decision() {
+        for round in 0..2000u64 {
+            let claim = Arc::new(fresh(round));
+            let worker = {
+                let claim = Arc::clone(&claim);
+                std::thread::spawn(move || start(&claim, round))
+            };
+            let stopped = stop(&claim, round, round % 2 == 0);
+            let started = worker.join().unwrap();
+            match stopped {
+                Stopped::BeforeStart => assert_eq!(started, Ok(false), "round {round}"),
+                Stopped::MustKill | Stopped::LeftRunning => {
+                    assert_eq!(started, Ok(true), "round {round}")
+                }
+                Stopped::Nothing => {
+                    unreachable!("round {round}: a fresh job is pending or started")
+                }
+            }
+        }
+    }
+}
