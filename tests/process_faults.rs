@@ -56,6 +56,11 @@ fn hold(started: String, gate: String) -> u32 {
 }
 
 #[task]
+fn nap(millis: u64) {
+    std::thread::sleep(Duration::from_millis(millis));
+}
+
+#[task]
 fn shout(len: usize) -> u32 {
     panic!("{}", "x".repeat(len))
 }
@@ -127,19 +132,26 @@ fn callers_never_wait_for_a_write_to_a_busy_worker() {
     let gate = scratch.file("gate");
     let started = scratch.file("started");
     let pool = pool(1);
-    warm_up(&pool, 2_000);
-    // A running task and, pipelined behind it, frames of 8 MiB each: far more than the socket
-    // holds while the worker is busy, so that whoever writes them waits for the gate.
+    // Tasks of 2 ms: the slot keeps one job queued in the worker behind the running one.
+    for _ in 0..30 {
+        assert!(nap::dispatch_on(&pool, 2).join().is_ok());
+    }
+    let naps: Vec<_> = (0..2).map(|_| nap::dispatch_on(&pool, 2)).collect();
+    // A running task and, sent behind it, frames of 8 MiB each: far more than the socket holds
+    // while the worker is busy, so that whoever writes them waits for the gate.
     let running = hold_len::dispatch_on(&pool, started.clone(), gate.clone(), vec![1; 1 << 20]);
     let queued: Vec<_> =
         (0..4).map(|_| gated_len::dispatch_on(&pool, gate.clone(), vec![7; 8 << 20])).collect();
+    for nap in naps {
+        assert!(nap.join().is_ok());
+    }
     while !Path::new(&started).exists() {
         std::thread::sleep(Duration::from_millis(2));
     }
     // Time for the frames to fill the socket: this test is about a write that blocks.
     std::thread::sleep(Duration::from_millis(300));
     let (pool, queued, later) = within(Duration::from_secs(20), "cancel and dispatch", move || {
-        queued[1].cancel();
+        queued[0].cancel();
         let later = gated_len::dispatch_on(&pool, String::new(), vec![7; 8 << 20]);
         (pool, queued, later)
     });
