@@ -218,3 +218,30 @@ fn a_panic_message_over_the_message_limit_is_a_panic_cut_to_fit() {
     }
     assert_eq!(pid::dispatch_on(&pool).join(), Ok(before), "the worker survives");
 }
+
+#[task]
+fn weigh(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+#[test]
+fn a_job_whose_frame_kills_every_worker_before_it_starts_is_reported_not_resent_forever() {
+    // 256 MiB of address space is enough to serve, not to take in a frame of 512 MiB.
+    let pool = Pool::builder()
+        .backend(Backend::Process)
+        .workers(1)
+        .max_memory_per_worker(256 << 20)
+        .build()
+        .expect("a process pool");
+    let error = within(Duration::from_secs(120), "the oversized job", {
+        let handle = weigh::dispatch_on(&pool, vec![0; 512 << 20]);
+        move || handle.join()
+    });
+    match error {
+        Err(TaskError::WorkerDied { reason, .. }) => {
+            assert!(reason.contains("before starting it 3 times"), "{reason}")
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(weigh::dispatch_on(&pool, vec![0; 1 << 20]).join(), Ok(1 << 20));
+}

@@ -17,7 +17,7 @@
 //! Nothing a caller calls writes to a worker's socket or waits for a slot that writes to one.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
@@ -26,39 +26,27 @@ use std::time::{Duration, Instant};
 
 use super::child::{lock, Death, KillSwitch, Settings, Worker};
 use super::claim::{self, Claim, Stopped};
-use super::protocol::{self, FromWorker, ReadError, Reply};
+use super::pace::{self, MAX_IN_FLIGHT};
+use super::protocol;
 use super::ring::Ring;
 use super::{Config, Failure, Request};
 
 use crate::job::{Halt, Ledger, Stop};
 
+mod reader;
+mod supervise;
+
+use reader::{read_replies, Channel};
+use supervise::{Fate, InFlight, StartBackoff, START_ATTEMPTS};
+
 /// How long a retiring worker may take to exit before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(5);
-/// How many times in a row a slot tries to start a worker before it fails the job in hand.
-const START_ATTEMPTS: u32 = 5;
-/// The most jobs a slot keeps in flight on its worker (fewer than the worker's claims).
-const MAX_IN_FLIGHT: usize = 64;
-const _: () = assert!(MAX_IN_FLIGHT < claim::CLAIMS);
-/// How much work, in time, a slot aims to keep queued inside its worker: enough to hide a round
-/// trip, little enough that a long task does not hold back others another worker could run.
-const QUEUED_WORK: Duration = Duration::from_micros(200);
 /// The largest job a caller's thread writes to a worker itself; larger ones go through the slot
 /// thread, so that `dispatch` never waits for a worker to read megabytes.
 const DIRECT_FRAME: usize = 64 << 10;
 /// How many times a reader finding the reply ring empty yields its CPU and looks again before it
 /// sleeps (about 10 to 20 µs on an idle machine): one-at-a-time round trip 50 -> 12-26 µs here.
 const READER_SPINS: u32 = 16;
-/// Tasks up to this long get a job queued behind the running one even when `QUEUED_WORK` is less;
-/// a running task of a dropped `Map` this short is left to finish rather than killed.
-const SHORT_TASK: Duration = Duration::from_millis(10);
-/// An idle slot takes back the jobs waiting behind another worker's task once that task has run
-/// four times its worker's average, but never before `STEAL_AFTER_LEAST` nor later than
-/// `STEAL_AFTER_MOST`.
-const STEAL_AFTER_LEAST: Duration = Duration::from_millis(1);
-const STEAL_AFTER_MOST: Duration = Duration::from_millis(50);
-/// How many worker deaths a job may see while it waits, not started, in a worker that was running
-/// nothing else, before it is reported as the cause (a frame the worker could not take in, say).
-const DEATHS_BEFORE_START: u32 = 3;
 
 /// A job in the queue: new, or sent to a worker before and given back.
 enum Item {
@@ -155,16 +143,7 @@ impl SlotState {
 
     /// How many jobs this slot should keep in flight, from how long its tasks take.
     fn window(&self) -> usize {
-        let task_nanos = self.task_nanos();
-        if task_nanos == 0 {
-            return 1;
-        }
-        let window = (QUEUED_WORK.as_nanos() as u64 / task_nanos) as usize;
-        // One job waiting behind the running one spares the worker a round trip of idleness per
-        // task (7% of a 1 ms task here); for long tasks it could leave the job waiting while
-        // another worker has nothing to do, so only while that costs at most `SHORT_TASK`.
-        let least = if task_nanos <= SHORT_TASK.as_nanos() as u64 { 2 } else { 1 };
-        window.clamp(least, MAX_IN_FLIGHT)
+        pace::window(self.task_nanos())
     }
 
     /// Whether the slot has a worker with nothing in flight that could take a job now.
@@ -423,12 +402,10 @@ impl InFlightStop {
         }
     }
 
-    /// Whether the job is long enough to kill rather than let finish: its worker's tasks average
-    /// over [`SHORT_TASK`], or it has been in flight longer than that.
+    /// Whether the job is long enough to kill rather than let finish (see [`pace::is_long`]).
     fn is_long(&self) -> bool {
-        let average = Duration::from_nanos(self.task_nanos.load(Ordering::Relaxed));
         let in_flight = self.entered_at.get().map_or(Duration::ZERO, Instant::elapsed);
-        average > SHORT_TASK || in_flight > SHORT_TASK
+        pace::is_long(self.task_nanos.load(Ordering::Relaxed), in_flight)
     }
 }
 
@@ -488,8 +465,7 @@ fn steal(state: &mut State, id: usize) -> Steal {
         }
         let front = &slot.in_flight[0];
         let since = slot.last_reply.map_or(front.sent_at, |last| last.max(front.sent_at));
-        let after = Duration::from_nanos(slot.task_nanos().saturating_mul(4))
-            .clamp(STEAL_AFTER_LEAST, STEAL_AFTER_MOST);
+        let after = pace::steal_after(slot.task_nanos());
         let waited = now.saturating_duration_since(since);
         if waited < after {
             let left = after - waited;
@@ -519,7 +495,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
         max_memory: shared.config.max_memory_per_worker,
     };
     let mut running: Option<Running> = None;
-    let mut failed_starts = 0u32;
+    let mut backoff = StartBackoff::default();
     let mut has_started = false;
     let mut epoch = 0u64;
     let max_sent = shared.max_sent();
@@ -570,7 +546,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
         if !leave_to_others && room > 0 && !state.queue.is_empty() {
             if running.is_none() {
                 drop(state);
-                match start(shared, settings, id, &mut failed_starts) {
+                match start(shared, settings, id, &mut backoff) {
                     Ok(started) => {
                         tracing::debug!(
                             worker = id,
@@ -598,10 +574,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
                 state = shared.lock();
                 continue;
             }
-            // Share the queue with the other slots: take no more than an even part of it.
-            let share = state.queue.len().div_ceil(shared.config.workers).max(1);
-            let take = room.min(share);
-            let take = take.min(state.queue.len());
+            let take = pace::share(state.queue.len(), shared.config.workers, room);
             let items: Vec<Item> = state.queue.drain(..take).collect();
             let link = state.slots[id].link.clone();
             drop(state);
@@ -669,41 +642,33 @@ fn bury(
     // Reaped first: a dead worker moves no claim any more.
     let mut death = done.reap();
     explain(&mut death, ended, max_memory);
-    let is_started = |flight: &Flight| {
-        !matches!(
-            claim::read(claim::slot(ring.claims(), flight.seq), flight.seq),
-            Claim::Pending | Claim::Cancelled
-        )
-    };
-    let was_running = in_flight.iter().any(|flight| flight.sent.is_some() && is_started(flight));
+    // Jobs taken back for another worker are no longer this worker's.
+    let live: Vec<(u64, Sent)> =
+        in_flight.into_iter().filter_map(|flight| Some((flight.seq, flight.sent?))).collect();
+    let jobs: Vec<InFlight> =
+        live.iter().map(|(seq, sent)| InFlight { seq: *seq, deaths: sent.deaths }).collect();
+    let fates = supervise::settle(ring.claims(), &jobs);
     let mut requeued = Vec::new();
     let mut blamed = None;
-    for flight in in_flight {
-        let started = is_started(&flight);
-        let Some(mut sent) = flight.sent else { continue };
-        if started {
-            blamed.get_or_insert(flight.job);
-            sent.span.record("pid", death.pid);
-            sent.span.record("outcome", "worker died");
-            sent.request.fail(Failure::Died(death.clone()));
-            continue;
-        }
-        // A worker that dies running nothing may have died of taking in this job's frame: a job
-        // that keeps killing idle workers is reported, not sent on forever.
-        if !was_running {
-            sent.deaths += 1;
-            if sent.deaths >= DEATHS_BEFORE_START {
+    for ((_, mut sent), (fate, deaths)) in live.into_iter().zip(fates) {
+        sent.deaths = deaths;
+        match fate {
+            Fate::Died => {
+                blamed.get_or_insert(sent.request.id());
+                sent.span.record("pid", death.pid);
+                sent.span.record("outcome", "worker died");
+                sent.request.fail(Failure::Died(death.clone()));
+            }
+            Fate::DiedBeforeStart => {
                 let mut death = death.clone();
                 death.reason = format!(
-                    "{}; its worker died before starting it {} times in a row",
-                    death.reason, sent.deaths
+                    "{}; its worker died before starting it {deaths} times in a row",
+                    death.reason
                 );
                 sent.request.fail(Failure::Died(death));
-                continue;
             }
-        }
-        if !sent.request.is_finished() {
-            requeued.push(sent);
+            Fate::Requeue if sent.request.is_finished() => {}
+            Fate::Requeue => requeued.push(sent),
         }
     }
     tracing::warn!(
@@ -838,12 +803,12 @@ fn start(
     shared: &Arc<Shared>,
     settings: Settings,
     id: usize,
-    failed_starts: &mut u32,
+    backoff: &mut StartBackoff,
 ) -> Result<Running, Failure> {
     loop {
         match Worker::start(settings, shared.build) {
             Ok(mut worker) => {
-                *failed_starts = 0;
+                backoff.succeeded();
                 let reader = match worker.take_reader() {
                     Some(reader) => reader,
                     None => {
@@ -863,10 +828,10 @@ fn start(
                 return Ok(Running { worker, reader });
             }
             Err(error) => {
-                *failed_starts += 1;
-                tracing::warn!(worker = id, attempt = *failed_starts, error = %error.message, "could not start a worker process");
-                thread::sleep(Duration::from_millis(10 << (*failed_starts).min(8)));
-                if *failed_starts % START_ATTEMPTS == 0 {
+                let (delay, must_report) = backoff.failed();
+                tracing::warn!(worker = id, attempt = backoff.failures(), error = %error.message, "could not start a worker process");
+                thread::sleep(delay);
+                if must_report {
                     let mut reason =
                         format!("{START_ATTEMPTS} attempts failed; the last: {}", error.message);
                     if let Some(death) = error.death {
@@ -883,153 +848,6 @@ fn start(
             }
         }
     }
-}
-
-/// What a worker's replies come through.
-struct Channel {
-    socket: BufReader<UnixStream>,
-    ring: Arc<Ring>,
-    max_frame: usize,
-}
-
-impl Channel {
-    /// Reads the next frame from the socket that is not a `Wake`.
-    fn read_socket<'b>(&mut self, buffer: &'b mut Vec<u8>) -> Result<&'b [u8], ReadError> {
-        loop {
-            protocol::read_frame(&mut self.socket, buffer, self.max_frame)?;
-            if protocol::decode_from_worker(buffer) != Ok(FromWorker::Wake) {
-                return Ok(buffer);
-            }
-        }
-    }
-}
-
-/// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
-///
-/// Replies come through the shared ring (see [`super::ring`]); the socket brings a `Wake` when
-/// this thread sleeps, and the replies too large for the ring. When the socket ends (the worker
-/// died or left), the replies the worker put in the ring before are still resolved.
-fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
-    let mut frame = Vec::new();
-    let mut large = Vec::new();
-    let mut has_ended = false;
-    let mut idle_spins = 0u32;
-    let ended = loop {
-        let body = match channel.ring.pop(&mut frame, channel.max_frame) {
-            Ok(true) => {
-                idle_spins = 0;
-                &frame[..]
-            }
-            Ok(false) if has_ended => break Ended::Closed,
-            Ok(false) => {
-                // A reply due within microseconds (a worker busy with short tasks, or a round
-                // trip under way) is caught without the worker writing a `Wake` and this thread
-                // being woken on another CPU.
-                if idle_spins < READER_SPINS {
-                    idle_spins += 1;
-                    thread::yield_now();
-                    continue;
-                }
-                idle_spins = 0;
-                if !channel.ring.sleep() {
-                    continue;
-                }
-                match protocol::read_frame(&mut channel.socket, &mut large, channel.max_frame) {
-                    Ok(body) if protocol::decode_from_worker(body) == Ok(FromWorker::Wake) => {
-                        continue
-                    }
-                    Ok(_) => break Ended::Broke("the worker sent a reply out of turn".to_owned()),
-                    Err(ReadError::Protocol(error)) => {
-                        break Ended::Broke(format!("the worker broke the protocol: {error}"))
-                    }
-                    // Resolve what the ring still holds, then report the end.
-                    Err(ReadError::Closed | ReadError::Io(_)) => {
-                        has_ended = true;
-                        continue;
-                    }
-                }
-            }
-            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
-        };
-        let decoded = match protocol::decode_from_worker(body) {
-            Ok(FromWorker::OnSocket) => match channel.read_socket(&mut large) {
-                Ok(body) => protocol::decode_from_worker(body),
-                Err(ReadError::Protocol(error)) => {
-                    break Ended::Broke(format!("the worker broke the protocol: {error}"))
-                }
-                Err(ReadError::Closed | ReadError::Io(_)) => break Ended::Closed,
-            },
-            other => other,
-        };
-        let (job, reply) = match decoded {
-            Ok(FromWorker::Done { job, reply }) => (job, reply),
-            Ok(other) => break Ended::Broke(format!("the worker sent {other:?} out of turn")),
-            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
-        };
-        if let Err(problem) = resolve(shared, id, pid, job, reply) {
-            break Ended::Broke(problem);
-        }
-    };
-    let mut state = shared.lock();
-    state.slots[id].ended = Some(ended);
-    drop(state);
-    shared.wake[id].notify_one();
-}
-
-/// Resolves job `job`, which must be the first in flight on slot `id`, from its reply.
-fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> Result<(), String> {
-    let (flight, should_wake) = {
-        let mut state = shared.lock();
-        let others_wait = |state: &State| {
-            state
-                .slots
-                .iter()
-                .enumerate()
-                .any(|(other, slot)| other != id && slot.in_flight.len() > 1)
-        };
-        let others_wait = others_wait(&state);
-        let slot = &mut state.slots[id];
-        match slot.in_flight.front() {
-            Some(first) if first.job == job => {}
-            _ => return Err(format!("the worker answered job {job}, which it was not running")),
-        }
-        let flight = slot.in_flight.pop_front();
-        let now = Instant::now();
-        if let Some(flight) = flight.as_ref().filter(|flight| flight.sent.is_some()) {
-            let since = slot.last_reply.map_or(flight.sent_at, |last| last.max(flight.sent_at));
-            let nanos = u64::try_from(now.duration_since(since).as_nanos()).unwrap_or(u64::MAX);
-            let average = slot.task_nanos();
-            let average = if average == 0 { nanos.max(1) } else { (average * 7 + nanos) / 8 };
-            slot.task_nanos.store(average, Ordering::Relaxed);
-        }
-        slot.last_reply = Some(now);
-        // Wake the slot thread when half its window is free and jobs wait (it then sends a
-        // batch), not on every reply: a wake-up costs more than a short task. With nothing in
-        // flight any more, it may also have to retire its worker, exit, or take back jobs that
-        // wait behind a long task on another worker.
-        let left = slot.in_flight.len();
-        let window = slot.window();
-        let has_work = !state.queue.is_empty();
-        let must_look =
-            state.is_stopping || shared.config.max_tasks_per_worker.is_some() || others_wait;
-        (flight, (left == 0 && (has_work || must_look)) || (has_work && left == window / 2))
-    };
-    if should_wake {
-        shared.wake[id].notify_one();
-    }
-    // A job taken back for another worker: this one skipped it.
-    if let Some(sent) = flight.and_then(|flight| flight.sent) {
-        if !sent.span.is_disabled() {
-            sent.span.record("pid", pid);
-            sent.span.record("outcome", reply.name());
-            sent.span.record(
-                "duration_us",
-                sent.stop.entered_at.get().map_or(0, |at| at.elapsed().as_micros() as u64),
-            );
-        }
-        sent.request.finish(reply);
-    }
-    Ok(())
 }
 
 /// Completes a death's reason with what the slot knows: a protocol problem, a memory limit.

@@ -1,0 +1,156 @@
+//! A worker's reply reader: the thread that resolves jobs from the replies, in the order sent,
+//! through the shared ring and the socket, and tells the slot when the worker's channel ends.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use super::{pace, Ended, Shared, State, READER_SPINS};
+use crate::process::protocol::{self, FromWorker, ReadError, Reply};
+use crate::process::ring::Ring;
+
+/// What a worker's replies come through.
+pub(super) struct Channel {
+    pub(super) socket: BufReader<UnixStream>,
+    pub(super) ring: Arc<Ring>,
+    pub(super) max_frame: usize,
+}
+
+impl Channel {
+    /// Reads the next frame from the socket that is not a `Wake`.
+    fn read_socket<'b>(&mut self, buffer: &'b mut Vec<u8>) -> Result<&'b [u8], ReadError> {
+        loop {
+            protocol::read_frame(&mut self.socket, buffer, self.max_frame)?;
+            if protocol::decode_from_worker(buffer) != Ok(FromWorker::Wake) {
+                return Ok(buffer);
+            }
+        }
+    }
+}
+
+/// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
+///
+/// Replies come through the shared ring (see [`super::ring`]); the socket brings a `Wake` when
+/// this thread sleeps, and the replies too large for the ring. When the socket ends (the worker
+/// died or left), the replies the worker put in the ring before are still resolved.
+pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
+    let mut frame = Vec::new();
+    let mut large = Vec::new();
+    let mut has_ended = false;
+    let mut idle_spins = 0u32;
+    let ended = loop {
+        let body = match channel.ring.pop(&mut frame, channel.max_frame) {
+            Ok(true) => {
+                idle_spins = 0;
+                &frame[..]
+            }
+            Ok(false) if has_ended => break Ended::Closed,
+            Ok(false) => {
+                // A reply due within microseconds (a worker busy with short tasks, or a round
+                // trip under way) is caught without the worker writing a `Wake` and this thread
+                // being woken on another CPU.
+                if idle_spins < READER_SPINS {
+                    idle_spins += 1;
+                    thread::yield_now();
+                    continue;
+                }
+                idle_spins = 0;
+                if !channel.ring.sleep() {
+                    continue;
+                }
+                match protocol::read_frame(&mut channel.socket, &mut large, channel.max_frame) {
+                    Ok(body) if protocol::decode_from_worker(body) == Ok(FromWorker::Wake) => {
+                        continue
+                    }
+                    Ok(_) => break Ended::Broke("the worker sent a reply out of turn".to_owned()),
+                    Err(ReadError::Protocol(error)) => {
+                        break Ended::Broke(format!("the worker broke the protocol: {error}"))
+                    }
+                    // Resolve what the ring still holds, then report the end.
+                    Err(ReadError::Closed | ReadError::Io(_)) => {
+                        has_ended = true;
+                        continue;
+                    }
+                }
+            }
+            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
+        };
+        let decoded = match protocol::decode_from_worker(body) {
+            Ok(FromWorker::OnSocket) => match channel.read_socket(&mut large) {
+                Ok(body) => protocol::decode_from_worker(body),
+                Err(ReadError::Protocol(error)) => {
+                    break Ended::Broke(format!("the worker broke the protocol: {error}"))
+                }
+                Err(ReadError::Closed | ReadError::Io(_)) => break Ended::Closed,
+            },
+            other => other,
+        };
+        let (job, reply) = match decoded {
+            Ok(FromWorker::Done { job, reply }) => (job, reply),
+            Ok(other) => break Ended::Broke(format!("the worker sent {other:?} out of turn")),
+            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
+        };
+        if let Err(problem) = resolve(shared, id, pid, job, reply) {
+            break Ended::Broke(problem);
+        }
+    };
+    let mut state = shared.lock();
+    state.slots[id].ended = Some(ended);
+    drop(state);
+    shared.wake[id].notify_one();
+}
+
+/// Resolves job `job`, which must be the first in flight on slot `id`, from its reply.
+fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> Result<(), String> {
+    let (flight, should_wake) = {
+        let mut state = shared.lock();
+        let others_wait = |state: &State| {
+            state
+                .slots
+                .iter()
+                .enumerate()
+                .any(|(other, slot)| other != id && slot.in_flight.len() > 1)
+        };
+        let others_wait = others_wait(&state);
+        let slot = &mut state.slots[id];
+        match slot.in_flight.front() {
+            Some(first) if first.job == job => {}
+            _ => return Err(format!("the worker answered job {job}, which it was not running")),
+        }
+        let flight = slot.in_flight.pop_front();
+        let now = Instant::now();
+        if let Some(flight) = flight.as_ref().filter(|flight| flight.sent.is_some()) {
+            let average =
+                pace::next_average(slot.task_nanos(), flight.sent_at, slot.last_reply, now);
+            slot.task_nanos.store(average, Ordering::Relaxed);
+        }
+        slot.last_reply = Some(now);
+        // With nothing in flight any more, the slot may have to retire its worker, exit, or take
+        // back jobs that wait behind a long task on another worker.
+        let left = slot.in_flight.len();
+        let window = slot.window();
+        let has_work = !state.queue.is_empty();
+        let must_look =
+            state.is_stopping || shared.config.max_tasks_per_worker.is_some() || others_wait;
+        (flight, pace::wakes_after_reply(left, window, has_work, must_look))
+    };
+    if should_wake {
+        shared.wake[id].notify_one();
+    }
+    // A job taken back for another worker: this one skipped it.
+    if let Some(sent) = flight.and_then(|flight| flight.sent) {
+        if !sent.span.is_disabled() {
+            sent.span.record("pid", pid);
+            sent.span.record("outcome", reply.name());
+            sent.span.record(
+                "duration_us",
+                sent.stop.entered_at.get().map_or(0, |at| at.elapsed().as_micros() as u64),
+            );
+        }
+        sent.request.finish(reply);
+    }
+    Ok(())
+}
