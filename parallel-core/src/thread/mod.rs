@@ -45,8 +45,7 @@ impl ThreadBackend {
         max_tasks_per_worker: Option<usize>,
     ) -> Result<Self, Error> {
         crate::unwind::install_hook();
-        let shared =
-            Arc::new(Shared { ledger, max_tasks_per_worker, janitor: Janitor::new(workers) });
+        let shared = Arc::new(Shared { ledger, max_tasks_per_worker, janitor: Janitor::new() });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
         let rayon = rayon::ThreadPoolBuilder::new()

@@ -12,7 +12,7 @@
 //! large stack for it (see `STACK_SIZE` in the module above).
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ struct Worker {
     depth: usize,
     /// Tasks run at depth 0 since the environment was last renewed.
     tasks_run: usize,
+    /// Where this worker publishes the earliest expiry of its environments for the janitor.
+    expiry: Arc<AtomicU64>,
 }
 
 thread_local! {
@@ -44,6 +46,7 @@ pub(super) fn enter(shared: &Arc<Shared>, index: usize) {
             environments: Vec::new(),
             depth: 0,
             tasks_run: 0,
+            expiry: shared.janitor.register(),
         });
     });
 }
@@ -179,5 +182,5 @@ pub(super) fn purge_idle() {
 
 fn publish_expiry(worker: &Worker) {
     let earliest = worker.environments.iter().flatten().filter_map(Environment::next_expiry).min();
-    worker.shared.janitor.publish(worker.index, earliest);
+    worker.shared.janitor.publish(&worker.expiry, earliest);
 }
