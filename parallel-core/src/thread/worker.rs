@@ -69,10 +69,11 @@ pub(super) fn execute<T: Task>(job: &Job<T>) {
     }
 }
 
-/// Called by a handle about to block: on a worker of the job's own pool, a job still queued is
-/// run here, since the worker that would run it may be this very thread.
+/// Called by a handle about to wait (`join`, `join_timeout`, a `poll`): on a worker of the job's
+/// own pool, a job still queued is run here, since the worker that would run it may be this very
+/// thread. Elsewhere it costs a thread-local read.
 pub(crate) fn help<T: Task>(job: &Job<T>) {
-    if job.is_queued() && current_pool() == Some(job.pool_id()) {
+    if current_pool() == Some(job.pool_id()) && job.is_queued() {
         execute(job);
     }
 }
