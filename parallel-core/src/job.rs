@@ -190,6 +190,10 @@ impl<T: Task> Job<T> {
             slot.state = State::Done(outcome);
             slot.stop = None;
             self.is_done.store(true, Ordering::Release);
+            // Under the slot's lock, so that a waiter who takes the result (it takes this lock)
+            // no longer finds the job live in the pool's stats; after `is_done`, so that a
+            // shutdown that sees the ledger empty sees every handle finished.
+            self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
             (slot.waker.take(), slot.has_sleeper, stop)
         };
         if let Some(stop) = stop {
@@ -201,7 +205,6 @@ impl<T: Task> Job<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
-        self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
         true
     }
 
