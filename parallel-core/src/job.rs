@@ -186,7 +186,7 @@ impl<T: Task> Job<T> {
             }
             let was_running = matches!(slot.state, State::Running);
             let stop = if was_running && is_cancel { slot.stop.take() } else { None };
-            self.ledger.counts.finish(was_running, outcome.is_ok());
+            self.ledger.counts.finish(was_running, &outcome);
             slot.state = State::Done(outcome);
             slot.stop = None;
             self.is_done.store(true, Ordering::Release);
@@ -284,18 +284,25 @@ pub(crate) struct Counts {
     pub(crate) running: AtomicUsize,
     /// Jobs resolved with their output.
     pub(crate) completed: AtomicU64,
-    /// Jobs resolved with an error of any kind (failed, panicked, died, cancelled, ...).
+    /// Jobs resolved with an error other than a cancellation (failed, panicked, died, ...).
     pub(crate) failed: AtomicU64,
+    /// Jobs resolved as cancelled: a cancel, an expired `join_timeout` (which cancels its job),
+    /// a kill, a dropped `Map`.
+    pub(crate) cancelled: AtomicU64,
     /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
     pub(crate) restarts: AtomicU64,
 }
 
 impl Counts {
-    fn finish(&self, was_running: bool, is_ok: bool) {
+    fn finish<O, E>(&self, was_running: bool, outcome: &Result<O, TaskError<E>>) {
         if was_running {
             self.running.fetch_sub(1, Ordering::Relaxed);
         }
-        let counter = if is_ok { &self.completed } else { &self.failed };
+        let counter = match outcome {
+            Ok(_) => &self.completed,
+            Err(TaskError::Cancelled) => &self.cancelled,
+            Err(_) => &self.failed,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -112,6 +112,10 @@ fn take_environment() -> (Environment, usize) {
         Some(worker) => {
             let depth = worker.depth;
             worker.depth += 1;
+            worker.shared.running.fetch_add(1, Ordering::Relaxed);
+            if depth == 0 {
+                worker.shared.busy.fetch_add(1, Ordering::Relaxed);
+            }
             if worker.environments.len() <= depth {
                 worker.environments.resize_with(depth + 1, || None);
             }
@@ -132,6 +136,11 @@ fn put_back(environment: Environment, depth: usize) {
             return Some(environment);
         }
         worker.depth = depth;
+        // Before the job completes: once its handle has the result, it is no longer counted.
+        worker.shared.running.fetch_sub(1, Ordering::Relaxed);
+        if depth == 0 {
+            worker.shared.busy.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut retired = None;
         if depth == 0 {
             worker.tasks_run += 1;
