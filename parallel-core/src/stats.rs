@@ -61,8 +61,9 @@ pub struct PoolStats {
     /// Tasks resolved as cancelled: by [`TaskHandle::cancel`](crate::TaskHandle::cancel),
     /// [`Pool::kill`](crate::Pool::kill), a dropped [`Map`](crate::Map), or an expired
     /// [`TaskHandle::join_timeout`](crate::TaskHandle::join_timeout) — a timeout cancels its
-    /// task, so it counts here although its handle returns [`TaskError::TimedOut`](crate::TaskError::TimedOut).
-    /// A task that finished before the cancel reached it counts as completed or failed.
+    /// task, so it counts here although its handle returns
+    /// [`TaskError::TimedOut`](crate::TaskError::TimedOut). A task that finished before the
+    /// cancel reached it counts as completed or failed.
     pub cancelled: u64,
     /// Workers renewed or replaced: a new worker process after a death or after
     /// `max_tasks_per_worker` tasks, or a thread worker's fresh Environment after them.
