@@ -20,6 +20,12 @@ const WORKERS_VARIABLE: &str = "PARALLEL_WORKERS";
 /// | [`backend`](Self::backend) | `PARALLEL_BACKEND=thread\|process` | `Thread`, or `Process` with the `process` feature |
 /// | [`workers`](Self::workers) | `PARALLEL_WORKERS=N` | the available parallelism |
 /// | [`max_tasks_per_worker`](Self::max_tasks_per_worker) | — | unlimited |
+/// | [`max_memory_per_worker`](Self::max_memory_per_worker) | — | unlimited |
+/// | [`max_message_size`](Self::max_message_size) | — | 1 GiB |
+///
+/// A setting out of range is an [`Error`] from [`build`](Self::build), never a panic or an abort:
+/// a pool has 1 to [`max_workers`](Self::max_workers) workers, a message limit is 4 KiB to
+/// 4 GiB − 1 (what a frame's `u32` length can say).
 ///
 /// # Examples
 ///
@@ -72,7 +78,7 @@ impl PoolBuilder {
         self
     }
 
-    /// How many tasks run at once, each on its own worker; at least 1.
+    /// How many tasks run at once, each on its own worker: 1 to [`max_workers`](Self::max_workers).
     ///
     /// # Examples
     ///
@@ -83,6 +89,33 @@ impl PoolBuilder {
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
         self
+    }
+
+    /// The most workers a pool may have on this machine: 16 per available core, at least 256 and
+    /// at most 4096. [`build`](Self::build) refuses more, from [`workers`](Self::workers) or from
+    /// `PARALLEL_WORKERS`.
+    ///
+    /// Why: the thread backend's rayon threads each look through every other thread's queue when
+    /// they run out of work, so starting `n` of them costs about `n²` steps shared by the cores.
+    /// Measured on a 2-core VM (debug build): 256 threads start in 0.3 s, 512 in 3 s, 1024 in
+    /// 23 s, 4096 in about 7 minutes. Sixteen per core keeps the start near a second on any
+    /// machine (a 256-core server gets 4096, sixteen per core), 256 is allowed everywhere so that
+    /// a configuration that works on a large machine works on a small one up to there, and 4096
+    /// is more than a pool of processes or threads is ever useful with: it also bounds what a
+    /// pool reserves per worker (a 64 MiB stack per thread, a slot per process worker).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parallel::PoolBuilder;
+    ///
+    /// assert!((256..=4096).contains(&PoolBuilder::max_workers()));
+    /// let error = PoolBuilder::new().workers(PoolBuilder::max_workers() + 1).build().unwrap_err();
+    /// assert!(error.is_invalid_config());
+    /// ```
+    pub fn max_workers() -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        cores.saturating_mul(WORKERS_PER_CORE).clamp(MIN_MAX_WORKERS, MAX_MAX_WORKERS)
     }
 
     /// Renews a worker after it has run this many tasks; at least 1.
@@ -111,7 +144,8 @@ impl PoolBuilder {
         self
     }
 
-    /// Limits each worker process's address space to `bytes` (`RLIMIT_AS`); process backend only.
+    /// Limits each worker process's address space to `bytes` (`RLIMIT_AS`), more than 0;
+    /// process backend only.
     ///
     /// A task that allocates past the limit ends its worker; its handle resolves as
     /// [`TaskError::WorkerDied`](crate::TaskError::WorkerDied) whose reason says the memory limit
@@ -133,7 +167,8 @@ impl PoolBuilder {
     }
 
     /// The largest message, in bytes, that crosses between the pool and a worker process: a
-    /// task's serialized arguments, output or error. Default: 1 GiB. Process backend only.
+    /// task's serialized arguments, output or error: 4 KiB (room for a frame's own fields) to
+    /// 4 GiB − 1 (the most a frame's `u32` length can say). Default: 1 GiB. Process backend only.
     ///
     /// Arguments over the limit resolve their handle as
     /// [`TaskError::Serialization`](crate::TaskError::Serialization) without touching a worker;
@@ -170,13 +205,21 @@ impl PoolBuilder {
             Some(backend) => backend,
             None => backend_from(std::env::var(BACKEND_VARIABLE).ok().as_deref())?,
         };
+        let max_workers = Self::max_workers();
         let workers = match self.workers {
+            Some(0) => {
+                return Err(Error::invalid_config("a pool needs at least one worker, not 0"))
+            }
+            Some(workers) if workers > max_workers => {
+                return Err(Error::invalid_config(format!(
+                    "workers({workers}) is out of range: a pool has 1 to {max_workers} workers \
+                     on this machine ({WORKERS_PER_CORE} per core, at least {MIN_MAX_WORKERS}, \
+                     at most {MAX_MAX_WORKERS})"
+                )))
+            }
             Some(workers) => workers,
-            None => workers_from(std::env::var(WORKERS_VARIABLE).ok().as_deref())?,
+            None => workers_from(std::env::var(WORKERS_VARIABLE).ok().as_deref(), max_workers)?,
         };
-        if workers == 0 {
-            return Err(Error::invalid_config("a pool needs at least one worker, not 0"));
-        }
         if self.max_tasks_per_worker == Some(0) {
             return Err(Error::invalid_config(
                 "max_tasks_per_worker must be at least 1; leave it unset for no limit",
@@ -189,10 +232,19 @@ impl PoolBuilder {
                 "max_memory_per_worker and max_message_size apply to the process backend only",
             ));
         }
-        if self.max_message_size.is_some_and(|bytes| bytes < MIN_MESSAGE_SIZE) {
+        if let Some(bytes) = self
+            .max_message_size
+            .filter(|bytes| !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(bytes))
+        {
             return Err(Error::invalid_config(format!(
-                "max_message_size must be at least {MIN_MESSAGE_SIZE} bytes"
+                "max_message_size({bytes}) is out of range: {MIN_MESSAGE_SIZE} to \
+                 {MAX_MESSAGE_SIZE} bytes (a frame's length is a u32)"
             )));
+        }
+        if self.max_memory_per_worker == Some(0) {
+            return Err(Error::invalid_config(
+                "max_memory_per_worker must be more than 0 bytes; leave it unset for no limit",
+            ));
         }
         Pool::start(Settings {
             backend,
@@ -208,6 +260,16 @@ impl PoolBuilder {
 const DEFAULT_MESSAGE_SIZE: usize = 1 << 30;
 /// The smallest message limit that leaves room for a frame's own fields.
 const MIN_MESSAGE_SIZE: usize = 4096;
+/// The largest message limit: what a frame's `u32` length can say (see `process/protocol.rs`).
+/// Every platform `parallel` builds on has a `usize` of at least 32 bits, so nothing is cut.
+const MAX_MESSAGE_SIZE: usize = u32::MAX as usize;
+
+/// Workers allowed per available core; see [`PoolBuilder::max_workers`] for the measurement.
+const WORKERS_PER_CORE: usize = 16;
+/// The worker limit of machines with 16 cores or fewer.
+const MIN_MAX_WORKERS: usize = 256;
+/// The worker limit of machines with 256 cores or more.
+const MAX_MAX_WORKERS: usize = 4096;
 
 /// The backend named by `PARALLEL_BACKEND`, or the build's default when it is unset.
 ///
@@ -229,14 +291,25 @@ fn backend_from(variable: Option<&str>) -> Result<Backend, Error> {
     }
 }
 
-/// The worker count from `PARALLEL_WORKERS`, or the available parallelism when it is unset.
-fn workers_from(variable: Option<&str>) -> Result<usize, Error> {
+/// The worker count from `PARALLEL_WORKERS`, or the available parallelism when it is unset;
+/// `max` is [`PoolBuilder::max_workers`].
+fn workers_from(variable: Option<&str>, max: usize) -> Result<usize, Error> {
     match variable.map(str::trim) {
-        None | Some("") => Ok(std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
-        Some(value) => match value.parse::<usize>() {
-            Ok(workers) if workers > 0 => Ok(workers),
+        None | Some("") => {
+            Ok(std::thread::available_parallelism().map_or(1, NonZeroUsize::get).min(max))
+        }
+        Some(value) => match value.parse::<u128>() {
+            Ok(workers) if workers > 0 && workers <= max as u128 => {
+                // In range, so at most `max`, which is a `usize`.
+                Ok(usize::try_from(workers).unwrap_or(max))
+            }
+            Ok(workers) if workers > 0 => Err(Error::invalid_config(format!(
+                "{WORKERS_VARIABLE}={value:?} is out of range: a pool has 1 to {max} workers on \
+                 this machine ({WORKERS_PER_CORE} per core, at least {MIN_MAX_WORKERS}, at most \
+                 {MAX_MAX_WORKERS})"
+            ))),
             _ => Err(Error::invalid_config(format!(
-                "{WORKERS_VARIABLE}={value:?} is not a positive whole number"
+                "{WORKERS_VARIABLE}={value:?} is not a whole number from 1 to {max}"
             ))),
         },
     }
@@ -263,19 +336,55 @@ mod tests {
 
     #[test]
     fn workers_variable() {
-        assert_eq!(workers_from(Some("3")).unwrap(), 3);
-        assert!(workers_from(None).unwrap() >= 1);
-        for bad in ["0", "-1", "two", "1.5"] {
-            let error = workers_from(Some(bad)).unwrap_err();
-            assert!(error.to_string().contains(&format!("PARALLEL_WORKERS={bad:?}")), "{error}");
+        assert_eq!(workers_from(Some("3"), 256).unwrap(), 3);
+        assert_eq!(workers_from(Some(" 256 "), 256).unwrap(), 256);
+        assert!(workers_from(None, 256).unwrap() >= 1);
+        for bad in ["0", "-1", "two", "1.5", "257", "1099511627776", "18446744073709551616"] {
+            let error = workers_from(Some(bad), 256).unwrap_err();
+            assert!(error.is_invalid_config());
+            let message = error.to_string();
+            assert!(message.contains(&format!("PARALLEL_WORKERS={bad:?}")), "{message}");
+            assert!(message.contains("1 to 256"), "{message}");
         }
     }
 
     #[test]
+    fn the_worker_limit_follows_the_cores_within_bounds() {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let max = PoolBuilder::max_workers();
+        assert!((MIN_MAX_WORKERS..=MAX_MAX_WORKERS).contains(&max), "{max}");
+        assert!(max >= cores.saturating_mul(WORKERS_PER_CORE).min(MAX_MAX_WORKERS), "{max}");
+    }
+
+    #[test]
     fn out_of_range_settings_are_refused() {
-        assert!(PoolBuilder::new().workers(0).build().unwrap_err().is_invalid_config());
+        let max = PoolBuilder::max_workers();
+        for workers in [0, max + 1, 100_000, 1 << 40, usize::MAX] {
+            let error = PoolBuilder::new().workers(workers).build().unwrap_err();
+            assert!(error.is_invalid_config(), "{workers}: {error}");
+            if workers > 0 {
+                let expected = format!("workers({workers}) is out of range: a pool has 1 to {max}");
+                assert!(error.to_string().contains(&expected), "{error}");
+            }
+        }
         let error = PoolBuilder::new().workers(1).max_tasks_per_worker(0).build().unwrap_err();
         assert!(error.is_invalid_config());
+    }
+
+    #[test]
+    #[cfg(all(feature = "process", unix))]
+    fn out_of_range_process_limits_are_refused() {
+        let process = || PoolBuilder::new().backend(Backend::Process).workers(1);
+        let too_large = u32::MAX as usize + 1;
+        for bytes in [0, 4095, too_large, usize::MAX] {
+            let error = process().max_message_size(bytes).build().unwrap_err();
+            assert!(error.is_invalid_config(), "{bytes}: {error}");
+            let expected = format!("max_message_size({bytes}) is out of range: 4096 to 4294967295");
+            assert!(error.to_string().contains(&expected), "{error}");
+        }
+        let error = process().max_memory_per_worker(0).build().unwrap_err();
+        assert!(error.is_invalid_config());
+        assert!(error.to_string().contains("max_memory_per_worker"), "{error}");
     }
 
     #[test]

@@ -16,7 +16,10 @@ use crate::{thread, Task, TaskError};
 /// does not cancel its task: the task still runs, and its result is dropped.
 ///
 /// It is also a [`Future`] with the same output as [`join`](Self::join), woken by the worker that
-/// resolves it: awaiting it never blocks the async runtime and needs no polling thread.
+/// resolves it: awaiting it never blocks the async runtime and needs no polling thread. One
+/// exception, to rule out a deadlock: polled on a worker thread of the task's own thread pool
+/// (a task that awaits, or `block_on`s, a task it dispatched to its pool) while the task is still
+/// queued, `poll` runs the task in place, as [`join`](Self::join) does, and returns `Ready`.
 ///
 /// # Examples
 ///
@@ -80,6 +83,11 @@ impl<T: Task> TaskHandle<T> {
     /// runs to its end on its worker thread, and its result is dropped. A task that has not
     /// started yet never starts.
     ///
+    /// Called from inside a task of the same thread pool while the awaited task is still queued,
+    /// it runs that task right here, as [`join`](Self::join) does, and returns its result even
+    /// if that took longer than `timeout`: on a pool whose workers all wait, the task would
+    /// otherwise never start and the wait would always time out.
+    ///
     /// # Errors
     ///
     /// [`TaskError::TimedOut`] when the time is up, otherwise as [`join`](Self::join).
@@ -103,6 +111,7 @@ impl<T: Task> TaskHandle<T> {
     /// ```
     pub fn join_timeout(self, timeout: Duration) -> Result<T::Output, TaskError<T::Error>> {
         let deadline = Instant::now().checked_add(timeout);
+        thread::help(&self.job);
         if let Some(outcome) = self.job.wait(deadline) {
             return outcome;
         }
@@ -174,7 +183,11 @@ impl<T: Task> TaskHandle<T> {
 impl<T: Task> Future for TaskHandle<T> {
     type Output = Outcome<T>;
 
+    /// Takes the result if the task is resolved, else registers the waker. On a worker thread
+    /// of the task's own thread pool, a task still queued is first run in place (the worker
+    /// that would run it may be this very thread, blocked in a `block_on`).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        thread::help(&self.job);
         match self.job.poll(cx.waker()) {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,

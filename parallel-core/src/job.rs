@@ -206,10 +206,14 @@ impl<T: Task> Job<T> {
                 Some(halt) if was_running => slot.stop.take().map(|stop| (stop, halt)),
                 _ => None,
             };
-            self.ledger.counts.finish(was_running, outcome.is_ok());
+            self.ledger.counts.finish(was_running, &outcome);
             slot.state = State::Done(outcome);
             slot.stop = None;
             self.is_done.store(true, Ordering::Release);
+            // Under the slot's lock, so that a waiter who takes the result (it takes this lock)
+            // no longer finds the job live in the pool's stats; after `is_done`, so that a
+            // shutdown that sees the ledger empty sees every handle finished.
+            self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
             (slot.waker.take(), slot.has_sleeper, stop)
         };
         if let Some((stop, halt)) = stop {
@@ -221,7 +225,6 @@ impl<T: Task> Job<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
-        self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
         true
     }
 
@@ -301,18 +304,25 @@ pub(crate) struct Counts {
     pub(crate) running: AtomicUsize,
     /// Jobs resolved with their output.
     pub(crate) completed: AtomicU64,
-    /// Jobs resolved with an error of any kind (failed, panicked, died, cancelled, ...).
+    /// Jobs resolved with an error other than a cancellation (failed, panicked, died, ...).
     pub(crate) failed: AtomicU64,
+    /// Jobs resolved as cancelled: a cancel, an expired `join_timeout` (which cancels its job),
+    /// a kill, a dropped `Map`.
+    pub(crate) cancelled: AtomicU64,
     /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
     pub(crate) restarts: AtomicU64,
 }
 
 impl Counts {
-    fn finish(&self, was_running: bool, is_ok: bool) {
+    fn finish<O, E>(&self, was_running: bool, outcome: &Result<O, TaskError<E>>) {
         if was_running {
             self.running.fetch_sub(1, Ordering::Relaxed);
         }
-        let counter = if is_ok { &self.completed } else { &self.failed };
+        let counter = match outcome {
+            Ok(_) => &self.completed,
+            Err(TaskError::Cancelled) => &self.cancelled,
+            Err(_) => &self.failed,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -274,8 +274,8 @@ impl Pool {
         self.ledger.len()
     }
 
-    /// A snapshot of the pool's workers and tasks: queued, running, completed, failed, worker
-    /// restarts (see [`PoolStats`]).
+    /// A snapshot of the pool's workers and tasks: queued, running, completed, failed,
+    /// cancelled, worker restarts (see [`PoolStats`]).
     ///
     /// # Examples
     ///
@@ -287,21 +287,33 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         use std::sync::atomic::Ordering::Relaxed;
         let counts = &self.ledger.counts;
-        let running = match &self.engine {
-            // Jobs sent to a worker wait there until it gets to them: count the started ones.
-            #[cfg(all(feature = "process", unix))]
-            Engine::Process(engine) => engine.running(),
-            Engine::Thread(_) => counts.running.load(Relaxed),
-        };
+        // Jobs a worker has claimed and that are not resolved: the live jobs minus these wait.
+        let claimed = counts.running.load(Relaxed);
         let live = self.ledger.len();
+        // What the workers are doing. A thread keeps running a task abandoned by a cancel or a
+        // timeout, and may run tasks nested in another, so the thread backend counts for itself.
+        let (running, busy, queued) = match &self.engine {
+            Engine::Thread(engine) => {
+                let (running, busy) = engine.activity();
+                (running, busy, live.saturating_sub(claimed))
+            }
+            // Jobs sent to a worker wait there until it gets to them: they are queued until their
+            // claims say they started.
+            #[cfg(all(feature = "process", unix))]
+            Engine::Process(engine) => {
+                let running = engine.running();
+                (running, running, live.saturating_sub(running))
+            }
+        };
         PoolStats {
             backend: self.backend,
             workers: self.workers,
-            idle: self.workers.saturating_sub(running),
-            queued: live.saturating_sub(running),
+            idle: self.workers.saturating_sub(busy),
+            queued,
             running,
             completed: counts.completed.load(Relaxed),
             failed: counts.failed.load(Relaxed),
+            cancelled: counts.cancelled.load(Relaxed),
             restarts: counts.restarts.load(Relaxed),
         }
     }

@@ -23,8 +23,14 @@ use crate::Backend;
 ///     assert_eq!(sum, 9900);
 ///     let stats = pool.stats();
 ///     assert_eq!(stats.completed, 100);
-///     assert_eq!((stats.queued, stats.running, stats.failed), (0, 0, 0));
+///     assert_eq!((stats.queued, stats.running, stats.failed, stats.cancelled), (0, 0, 0, 0));
 ///     assert_eq!(stats.workers, 2);
+///
+///     let handle = double::dispatch_on(&pool, 1);
+///     handle.cancel();
+///     let stats = pool.stats();
+///     // Cancelled, unless it was done before the cancel reached it.
+///     assert_eq!(stats.cancelled + stats.completed, 101);
 /// }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,18 +40,31 @@ pub struct PoolStats {
     pub backend: Backend,
     /// How many workers the pool runs tasks on at most at once.
     pub workers: usize,
-    /// Workers with no task: `workers - running`, at least 0.
+    /// Workers with no task: on the thread backend the threads with no task on their stack, on
+    /// the process backend `workers - running`; at least 0.
     pub idle: usize,
-    /// Tasks submitted and not started yet.
+    /// Tasks submitted and not taken by a worker yet, nor resolved (a task cancelled while
+    /// queued is no longer counted).
     pub queued: usize,
-    /// Tasks a worker has taken and that are not resolved yet (on the process backend this
-    /// includes short tasks sent ahead to a worker, waiting behind the one it runs).
+    /// Tasks running on a worker. On the thread backend: tasks whose code runs on the pool's
+    /// threads, including tasks nested inside another on one thread and tasks abandoned by a
+    /// cancel or an expired `join_timeout` (a thread cannot be stopped: they keep it until they
+    /// return), so it can exceed the tasks a handle still waits for. On the process backend:
+    /// tasks a worker has taken and that are not resolved yet (this includes short tasks sent
+    /// ahead to a worker, waiting behind the one it runs).
     pub running: usize,
     /// Tasks resolved with their output.
     pub completed: u64,
-    /// Tasks resolved with an error of any kind: their own, a panic, a worker's death, a
-    /// timeout, a cancellation.
+    /// Tasks resolved with an error other than a cancellation: their own error, a panic, a
+    /// worker's death, a value that did not serialize, ...
     pub failed: u64,
+    /// Tasks resolved as cancelled: by [`TaskHandle::cancel`](crate::TaskHandle::cancel),
+    /// [`Pool::kill`](crate::Pool::kill), a dropped [`Map`](crate::Map), or an expired
+    /// [`TaskHandle::join_timeout`](crate::TaskHandle::join_timeout) — a timeout cancels its
+    /// task, so it counts here although its handle returns
+    /// [`TaskError::TimedOut`](crate::TaskError::TimedOut). A task that finished before the
+    /// cancel reached it counts as completed or failed.
+    pub cancelled: u64,
     /// Workers renewed or replaced: a new worker process after a death or after
     /// `max_tasks_per_worker` tasks, or a thread worker's fresh Environment after them.
     pub restarts: u64,

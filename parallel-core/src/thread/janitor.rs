@@ -22,20 +22,29 @@ const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 pub(crate) struct Janitor {
     base: Instant,
-    /// Per worker: the earliest expiry of its environments, in nanoseconds after `base`.
-    expiries: Box<[AtomicU64]>,
+    /// Per worker thread: the earliest expiry of its environments, in nanoseconds after `base`.
+    /// A worker registers its own as its thread starts, so nothing is set aside per worker
+    /// before a thread exists to use it.
+    expiries: Mutex<Vec<Arc<AtomicU64>>>,
     thread: Mutex<Option<Thread>>,
     is_stopped: AtomicBool,
 }
 
 impl Janitor {
-    pub(crate) fn new(workers: usize) -> Self {
+    pub(crate) fn new() -> Self {
         Janitor {
             base: Instant::now(),
-            expiries: (0..workers).map(|_| AtomicU64::new(NONE)).collect(),
+            expiries: Mutex::new(Vec::new()),
             thread: Mutex::new(None),
             is_stopped: AtomicBool::new(false),
         }
+    }
+
+    /// A new worker thread's place to publish its earliest expiry.
+    pub(crate) fn register(&self) -> Arc<AtomicU64> {
+        let expiry = Arc::new(AtomicU64::new(NONE));
+        self.expiries.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&expiry));
+        expiry
     }
 
     /// Starts the janitor thread for the pool that owns `shared` and `rayon`.
@@ -53,15 +62,12 @@ impl Janitor {
         Ok(())
     }
 
-    /// Records the earliest expiry of worker `index`'s environments, waking the janitor if it is
-    /// now due sooner than it planned.
-    pub(crate) fn publish(&self, index: usize, expiry: Option<Instant>) {
+    /// Records in `slot` (from [`register`](Self::register)) the earliest expiry of a worker's
+    /// environments, waking the janitor if it is now due sooner than it planned.
+    pub(crate) fn publish(&self, slot: &AtomicU64, expiry: Option<Instant>) {
         let nanos = expiry.map_or(NONE, |at| {
             u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NONE - 1)
         });
-        let Some(slot) = self.expiries.get(index) else {
-            return;
-        };
         let previous = slot.swap(nanos, Ordering::AcqRel);
         if nanos < previous {
             self.wake();
@@ -80,7 +86,8 @@ impl Janitor {
     }
 
     fn earliest(&self) -> Option<Instant> {
-        let nanos = self.expiries.iter().map(|slot| slot.load(Ordering::Acquire)).min()?;
+        let expiries = self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        let nanos = expiries.iter().map(|slot| slot.load(Ordering::Acquire)).min()?;
         (nanos != NONE).then(|| self.base + Duration::from_nanos(nanos))
     }
 }

@@ -8,6 +8,7 @@
 mod janitor;
 mod worker;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::job::{Job, Ledger};
@@ -28,6 +29,12 @@ pub(crate) struct Shared {
     /// After this many tasks a worker starts over with a fresh environment.
     pub(crate) max_tasks_per_worker: Option<usize>,
     pub(crate) janitor: Janitor,
+    /// Tasks whose code runs on the pool's threads right now, including tasks nested on one
+    /// thread and tasks abandoned by a cancel or a timeout, which keep their thread until they
+    /// return.
+    pub(crate) running: AtomicUsize,
+    /// Threads with at least one task on their stack.
+    pub(crate) busy: AtomicUsize,
 }
 
 /// A rayon pool and the state its workers share.
@@ -45,8 +52,13 @@ impl ThreadBackend {
         max_tasks_per_worker: Option<usize>,
     ) -> Result<Self, Error> {
         crate::unwind::install_hook();
-        let shared =
-            Arc::new(Shared { ledger, max_tasks_per_worker, janitor: Janitor::new(workers) });
+        let shared = Arc::new(Shared {
+            ledger,
+            max_tasks_per_worker,
+            janitor: Janitor::new(),
+            running: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+        });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
         let rayon = rayon::ThreadPoolBuilder::new()
@@ -81,6 +93,13 @@ impl ThreadBackend {
         let rayon = self.rayon.write().unwrap_or_else(PoisonError::into_inner).take();
         self.shared.janitor.stop();
         drop(rayon);
+    }
+
+    /// How many tasks run on the pool's threads, and on how many threads: what the threads do,
+    /// whether or not a handle still waits for the task.
+    pub(crate) fn activity(&self) -> (usize, usize) {
+        let running = self.shared.running.load(Ordering::Relaxed);
+        (running, self.shared.busy.load(Ordering::Relaxed))
     }
 
     /// Whether the calling thread is one of this pool's workers.

@@ -12,7 +12,7 @@
 //! large stack for it (see `STACK_SIZE` in the module above).
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ struct Worker {
     depth: usize,
     /// Tasks run at depth 0 since the environment was last renewed.
     tasks_run: usize,
+    /// Where this worker publishes the earliest expiry of its environments for the janitor.
+    expiry: Arc<AtomicU64>,
 }
 
 thread_local! {
@@ -44,6 +46,7 @@ pub(super) fn enter(shared: &Arc<Shared>, index: usize) {
             environments: Vec::new(),
             depth: 0,
             tasks_run: 0,
+            expiry: shared.janitor.register(),
         });
     });
 }
@@ -66,10 +69,11 @@ pub(super) fn execute<T: Task>(job: &Job<T>) {
     }
 }
 
-/// Called by a handle about to block: on a worker of the job's own pool, a job still queued is
-/// run here, since the worker that would run it may be this very thread.
+/// Called by a handle about to wait (`join`, `join_timeout`, a `poll`): on a worker of the job's
+/// own pool, a job still queued is run here, since the worker that would run it may be this very
+/// thread. Elsewhere it costs a thread-local read.
 pub(crate) fn help<T: Task>(job: &Job<T>) {
-    if job.is_queued() && current_pool() == Some(job.pool_id()) {
+    if current_pool() == Some(job.pool_id()) && job.is_queued() {
         execute(job);
     }
 }
@@ -108,6 +112,10 @@ fn take_environment() -> (Environment, usize) {
         Some(worker) => {
             let depth = worker.depth;
             worker.depth += 1;
+            worker.shared.running.fetch_add(1, Ordering::Relaxed);
+            if depth == 0 {
+                worker.shared.busy.fetch_add(1, Ordering::Relaxed);
+            }
             if worker.environments.len() <= depth {
                 worker.environments.resize_with(depth + 1, || None);
             }
@@ -128,6 +136,11 @@ fn put_back(environment: Environment, depth: usize) {
             return Some(environment);
         }
         worker.depth = depth;
+        // Before the job completes: once its handle has the result, it is no longer counted.
+        worker.shared.running.fetch_sub(1, Ordering::Relaxed);
+        if depth == 0 {
+            worker.shared.busy.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut retired = None;
         if depth == 0 {
             worker.tasks_run += 1;
@@ -179,5 +192,5 @@ pub(super) fn purge_idle() {
 
 fn publish_expiry(worker: &Worker) {
     let earliest = worker.environments.iter().flatten().filter_map(Environment::next_expiry).min();
-    worker.shared.janitor.publish(worker.index, earliest);
+    worker.shared.janitor.publish(&worker.expiry, earliest);
 }
