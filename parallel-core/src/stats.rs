@@ -43,15 +43,15 @@ pub struct PoolStats {
     /// Workers with no task: on the thread backend the threads with no task on their stack, on
     /// the process backend `workers - running`; at least 0.
     pub idle: usize,
-    /// Tasks submitted and not taken by a worker yet, nor resolved (a task cancelled while
-    /// queued is no longer counted).
+    /// Tasks submitted and not started by a worker yet, nor resolved (a task cancelled while
+    /// queued is no longer counted; on the process backend, a task sent ahead to a worker and
+    /// waiting there behind the one it runs is queued).
     pub queued: usize,
     /// Tasks running on a worker. On the thread backend: tasks whose code runs on the pool's
     /// threads, including tasks nested inside another on one thread and tasks abandoned by a
     /// cancel or an expired `join_timeout` (a thread cannot be stopped: they keep it until they
     /// return), so it can exceed the tasks a handle still waits for. On the process backend:
-    /// tasks a worker has taken and that are not resolved yet (this includes short tasks sent
-    /// ahead to a worker, waiting behind the one it runs).
+    /// tasks a worker process has started (by its claim in shared memory) and not finished.
     pub running: usize,
     /// Tasks resolved with their output.
     pub completed: u64,
