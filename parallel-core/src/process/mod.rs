@@ -14,6 +14,7 @@ pub(crate) mod fuzz;
 mod protocol;
 mod ring;
 mod slot;
+mod sys;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;
