@@ -550,20 +550,21 @@ fn copy_through(
     loop {
         match (&stop, drained) {
             (_, Some(bytes)) => {
-                let input =
-                    sys::wait_for_input(stderr.as_fd(), stderr.as_fd(), Some(Duration::ZERO));
+                let input = sys::wait_for_input(stderr.as_fd(), None, Some(Duration::ZERO));
                 if bytes >= DRAIN_LIMIT || !input.is_ok_and(|input| input.is_readable) {
                     break;
                 }
             }
-            (Some(stop), None) => match sys::wait_for_input(stderr.as_fd(), stop.as_fd(), None) {
-                Ok(input) if input.is_stopped => {
-                    drained = Some(0);
-                    continue;
+            (Some(stop), None) => {
+                match sys::wait_for_input(stderr.as_fd(), Some(stop.as_fd()), None) {
+                    Ok(input) if input.is_stopped => {
+                        drained = Some(0);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
                 }
-                Ok(_) => {}
-                Err(_) => break,
-            },
+            }
             // No stop pipe: a blocking read, until end-of-file.
             (None, None) => {}
         }

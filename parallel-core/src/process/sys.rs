@@ -316,11 +316,11 @@ pub(crate) struct Input {
     pub(crate) is_stopped: bool,
 }
 
-/// Blocks until `data` is readable or `stop` is signalled, for at most `timeout` (`None`:
-/// forever).
+/// Blocks until `data` is readable or `stop` (if any) is signalled, for at most `timeout`
+/// (`None`: forever).
 pub(crate) fn wait_for_input(
     data: BorrowedFd<'_>,
-    stop: BorrowedFd<'_>,
+    stop: Option<BorrowedFd<'_>>,
     timeout: Option<Duration>,
 ) -> io::Result<Input> {
     let timeout = match timeout {
@@ -328,7 +328,8 @@ pub(crate) fn wait_for_input(
         Some(limit) => PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX),
     };
     let readable = PollFlags::POLLIN;
-    let mut fds = [PollFd::new(data, readable), PollFd::new(stop, readable)];
+    let mut fds: Vec<PollFd<'_>> =
+        [Some(data), stop].into_iter().flatten().map(|fd| PollFd::new(fd, readable)).collect();
     loop {
         match poll(&mut fds, timeout) {
             Ok(_) => break,
@@ -336,8 +337,10 @@ pub(crate) fn wait_for_input(
             Err(error) => return Err(error.into()),
         }
     }
-    let has_news = |fd: &PollFd<'_>| fd.revents().is_some_and(|events| !events.is_empty());
-    Ok(Input { is_readable: has_news(&fds[0]), is_stopped: has_news(&fds[1]) })
+    let has_news = |fd: Option<&PollFd<'_>>| {
+        fd.and_then(PollFd::revents).is_some_and(|events| !events.is_empty())
+    };
+    Ok(Input { is_readable: has_news(fds.first()), is_stopped: has_news(fds.get(1)) })
 }
 
 /// Whether this process's standard error is a pipe (read by a pool).
