@@ -173,9 +173,12 @@ fn a_process_started_as_a_worker_by_mistake_says_why_it_cannot_serve() {
     let stderr = String::from_utf8_lossy(&no_channel.stderr);
     assert!(stderr.contains("stops"), "{stderr}");
 
-    // A marker naming another parent: the worker's pool is gone, so it exits quietly.
+    // A marker naming another parent: the worker cannot serve, and says why
+    // (`worker_hygiene.rs` tells a wrong parent from an ended one).
     let orphan = Command::new(&exe).env("PARALLEL_WORKER", "2:3:1:0:1048576:0").output().unwrap();
-    assert_eq!(orphan.status.code(), Some(0));
+    assert_eq!(orphan.status.code(), Some(101));
+    let stderr = String::from_utf8_lossy(&orphan.stderr);
+    assert!(stderr.contains("started as a worker but cannot serve"), "{stderr}");
     assert!(orphan.stdout.is_empty());
 }
 

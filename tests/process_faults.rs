@@ -245,3 +245,29 @@ fn a_job_whose_frame_kills_every_worker_before_it_starts_is_reported_not_resent_
     }
     assert_eq!(weigh::dispatch_on(&pool, vec![0; 1 << 20]).join(), Ok(1 << 20));
 }
+
+#[task]
+fn say_then(words: String, abort: bool) -> u32 {
+    eprintln!("{words}");
+    if abort {
+        std::process::abort();
+    }
+    std::process::id()
+}
+
+#[test]
+fn a_dying_task_is_shown_only_its_own_stderr() {
+    let pool = pool(1);
+    for round in 0..20 {
+        let earlier = format!("earlier task {round} speaking");
+        let worker = say_then::dispatch_on(&pool, earlier.clone(), false).join();
+        assert!(worker.is_ok(), "{worker:?}");
+        match say_then::dispatch_on(&pool, format!("dying task {round}"), true).join() {
+            Err(TaskError::WorkerDied { stderr_tail, .. }) => {
+                assert!(stderr_tail.contains(&format!("dying task {round}")), "{stderr_tail}");
+                assert!(!stderr_tail.contains(&earlier), "round {round}: {stderr_tail}");
+            }
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+    }
+}

@@ -1,36 +1,50 @@
 //! One worker process seen from the pool: starting it, talking to it, ending and reaping it.
 //!
 //! The worker is this program's own executable (`/proc/self/exe`, the very file this process
-//! runs even if it was replaced on disk since), started with the entry marker. It gets its end of
-//! a socket pair as descriptor 3 and dies with the thread that started it (`PR_SET_PDEATHSIG`),
-//! which is the pool's long-lived slot thread, and with its channel's end-of-file. Its standard
-//! output is ours; its standard error goes through a thread that copies it to ours and keeps the
-//! last lines for the report of a death.
+//! runs even if it was replaced on disk since), started with the entry marker as the leader of a
+//! process group of its own, which the processes its tasks start join. It gets its end of a
+//! socket pair as descriptor 0 and dies with the thread that started it (`PR_SET_PDEATHSIG`),
+//! which is the pool's long-lived slot thread, and with its channel's end-of-file, taking its
+//! group along. Its standard output is ours; its standard error goes through a thread that copies
+//! it to ours and keeps a bounded tail for the report of a death. Ending a worker ends its group.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use super::entry::{Marker, MARKER};
 use super::protocol::{self, FromWorker, ReadError};
 use super::ring::Ring;
+use super::sys;
 
 /// The descriptor number the worker finds its channel at: its standard input, the one descriptor
 /// `Command` hands over without a `pre_exec` hook (which would make it `fork` a copy of the pool's
 /// whole address space instead of spawning with `posix_spawn`). The worker moves the channel
 /// away and puts `/dev/null` in its place before any task runs.
 const CHANNEL_FD: i32 = 0;
-/// How many lines of a worker's standard error a death report keeps.
-const STDERR_LINES: usize = 20;
+/// How many lines of a worker's standard error a death report keeps, at most.
+const STDERR_LINES: usize = 40;
+/// How many bytes of a worker's standard error the pool keeps, at most: the rest is copied
+/// through and dropped as it arrives.
+const STDERR_BYTES: usize = 64 << 10;
+/// How much of a line the follower looks at for the messages it recognizes.
+const PATTERN_LINE: usize = 512;
+/// How much a follower still copies once its worker is reaped: what is in the pipe then, unless
+/// a process that left the worker's group keeps writing.
+const DRAIN_LIMIT: usize = 1 << 20;
+/// How long a reap waits for the follower to finish (it only waits longer if our own standard
+/// error blocks).
+const FOLLOWER_GRACE: Duration = Duration::from_secs(1);
 /// How long a new worker may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,9 +62,10 @@ pub(crate) struct Worker {
     pub(crate) pid: u32,
     /// The reading half, until a reader thread takes it.
     reader: Option<BufReader<UnixStream>>,
-    /// The writing half, shared: the slot writes jobs, a canceller writes `Cancel` frames.
+    /// The writing half, shared by the slot thread and callers' threads that send jobs.
     pub(crate) writer: Arc<Mutex<BufWriter<UnixStream>>>,
-    /// The worker's replies in shared memory, and the count of `Cancel` frames written.
+    /// The worker's replies in shared memory, the claims of its jobs, and how many jobs it has
+    /// started (for the stderr follower to tell one job's output from the next).
     pub(crate) ring: Arc<Ring>,
     stderr: StderrTail,
     /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
@@ -65,12 +80,12 @@ pub(crate) struct KillSwitch {
 }
 
 impl KillSwitch {
-    /// Sends SIGKILL, unless the worker is already reaped.
+    /// SIGKILLs the worker and its process group (what its tasks started), unless the worker is
+    /// already reaped: its pid, which is the group's id, is then no longer ours.
     pub(crate) fn kill(&self) {
         let is_reaped = lock(&self.is_reaped);
         if !*is_reaped {
-            // A failure means the process is already gone, which is what we wanted.
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            sys::kill_process_group(self.pid);
         }
     }
 }
@@ -84,6 +99,10 @@ pub(crate) struct Death {
     /// Whether the worker reported a failed allocation (Rust's `handle_alloc_error` message) on
     /// its standard error: with a memory limit set, that is the limit being hit.
     pub(crate) is_out_of_memory: bool,
+    /// Whether the worker reported a stack overflow (`thread '…' has overflowed its stack`);
+    /// `reason` says so already.
+    #[allow(dead_code, reason = "for the slot, which may trace it")]
+    pub(crate) is_stack_overflow: bool,
 }
 
 /// Why a worker could not be started.
@@ -116,7 +135,10 @@ impl Worker {
             .env(MARKER, marker.to_value())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::inherit())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // A group of its own: stopping the worker stops what its tasks started, and a
+            // Ctrl-C in our terminal reaches us alone. `posix_spawn` can do this.
+            .process_group(0);
         let mut child = command.spawn().map_err(|error| StartError {
             message: format!("cannot start {}: {error}", describe_exe()),
             death: None,
@@ -128,14 +150,19 @@ impl Worker {
         let sent = send_fd(&ours, &ring_fd);
         drop(ring_fd);
         if let Err(error) = sent {
-            // The worker is then stuck before its handshake: end it.
-            let _ = child.kill();
+            // The worker is then stuck before its handshake: end it (and its group, while its
+            // pid is still ours).
+            sys::kill_process_group(child.id());
             let _ = child.wait();
             let message = format!("cannot hand the reply ring to the worker: {error}");
             return Err(StartError { message, death: None });
         }
         let pid = child.id();
-        let stderr = StderrTail::follow(child.stderr.take(), pid);
+        let ring = Arc::new(ring);
+        let counted = Arc::clone(&ring);
+        let stderr = StderrTail::follow(child.stderr.take().map(OwnedFd::from), pid, move || {
+            counted.started().load(Ordering::Acquire)
+        });
         let reader = BufReader::with_capacity(
             64 * 1024,
             ours.try_clone().map_err(|error| StartError {
@@ -149,7 +176,7 @@ impl Worker {
             pid,
             reader: Some(reader),
             writer: Arc::new(Mutex::new(writer)),
-            ring: Arc::new(ring),
+            ring,
             stderr,
             is_reaped: Arc::new(Mutex::new(false)),
         };
@@ -190,10 +217,8 @@ impl Worker {
             && protocol::write_frame(&mut *lock(&self.writer), &frame).is_ok();
         if sent {
             let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break;
-                }
+            // Waits without reaping: until `reap`, the pid (and the group) stay ours to signal.
+            while Instant::now() < deadline && !sys::has_exited(self.pid).unwrap_or(true) {
                 thread::sleep(Duration::from_millis(1));
             }
         }
@@ -203,20 +228,34 @@ impl Worker {
 
     /// Waits for the worker to end (it must be ending: killed, or its channel broken) and says
     /// how it ended.
+    ///
+    /// What the worker's tasks started and left in its process group is killed first, while the
+    /// worker's pid (the group's id) is still ours: once the worker is reaped, its pid may be
+    /// another process's, or another group's, and the pool never signals it again. So nothing a
+    /// task started outlives its worker, unless it left the group on purpose (`setsid`).
     pub(crate) fn reap(&mut self) -> Death {
         let status = {
             let mut is_reaped = lock(&self.is_reaped);
+            sys::kill_process_group(self.pid);
             let status = self.child.wait();
             *is_reaped = true;
             status
         };
-        let reason = match status {
+        let tail = self.stderr.finish();
+        let mut reason = match status {
             Ok(status) => describe_status(status),
             Err(error) => format!("could not be waited for: {error}"),
         };
-        let stderr_tail = self.stderr.tail();
-        let is_out_of_memory = self.stderr.saw_allocation_failure();
-        Death { pid: self.pid, reason, stderr_tail, is_out_of_memory }
+        if tail.is_stack_overflow {
+            reason = format!("overflowed its stack and was {reason}");
+        }
+        Death {
+            pid: self.pid,
+            reason,
+            stderr_tail: tail.text,
+            is_out_of_memory: tail.is_out_of_memory,
+            is_stack_overflow: tail.is_stack_overflow,
+        }
     }
 }
 
@@ -331,39 +370,153 @@ pub(crate) fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-/// The last lines a worker wrote to its standard error, copied through to ours.
+/// The end of what a worker wrote to its standard error, kept while a thread (the follower)
+/// copies everything through to ours.
+///
+/// Memory is bounded: the tail keeps the last [`STDERR_BYTES`] and a report shows at most its
+/// last [`STDERR_LINES`] lines. It holds only what the worker wrote since its current job
+/// started: when the count of jobs started (`started`) moved since the last chunk, the tail is
+/// cleared and a report says that earlier output was left out. The count is read after the pipe
+/// is found readable and before it is read; the worker waits for the pipe to be drained before
+/// it moves the count ([`sys::wait_stderr_drained`]), so a chunk's count is the count of the
+/// job that wrote it.
+///
+/// Once the worker is reaped, [`StderrTail::finish`] stops the follower: it copies what is in
+/// the pipe then and ends, closing the pipe, even if a process the worker started (and that left
+/// its group) still holds the pipe's other end.
 struct StderrTail {
-    lines: Arc<Mutex<Lines>>,
+    tail: Arc<Mutex<Tail>>,
+    started: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Dropping it tells the follower to stop.
+    stop: Option<OwnedFd>,
     follower: Option<JoinHandle<()>>,
+}
+
+/// What a death report takes from a worker's standard error.
+struct TailReport {
+    text: String,
+    is_out_of_memory: bool,
+    is_stack_overflow: bool,
 }
 
 /// What the follower keeps of a worker's standard error.
 #[derive(Default)]
-struct Lines {
-    last: VecDeque<String>,
-    /// Rust's report of a failed allocation, kept even after it scrolls out of `last` (a
+struct Tail {
+    /// The last [`STDERR_BYTES`] bytes the worker wrote since its current job started.
+    bytes: VecDeque<u8>,
+    /// The count of jobs started that the kept bytes belong to.
+    job: Option<u64>,
+    /// Whether output of earlier jobs was cleared.
+    has_left_out: bool,
+    /// The start of the line being written, for the messages the follower recognizes.
+    line: Vec<u8>,
+    is_line_long: bool,
+    /// Rust's report of a failed allocation, kept even after it scrolls out of the tail (a
     /// backtrace printed after it would push it out), since it says why the worker died.
     allocation_failure: Option<String>,
+    /// Whether a line said a thread overflowed its stack.
+    is_stack_overflow: bool,
+}
+
+impl Tail {
+    /// Takes in a chunk written while the count of jobs started was `job`.
+    fn push(&mut self, job: u64, chunk: &[u8]) {
+        self.settle(job);
+        self.job = Some(job);
+        let keep = chunk.len().min(STDERR_BYTES);
+        self.bytes.extend(&chunk[chunk.len() - keep..]);
+        let excess = self.bytes.len().saturating_sub(STDERR_BYTES);
+        self.bytes.drain(..excess);
+        for piece in chunk.split_inclusive(|byte| *byte == b'\n') {
+            let room = PATTERN_LINE.saturating_sub(self.line.len());
+            self.is_line_long |= piece.len() > room;
+            self.line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if piece.ends_with(b"\n") {
+                self.recognize_line();
+                self.line.clear();
+                self.is_line_long = false;
+            }
+        }
+    }
+
+    /// Forgets what earlier jobs wrote if the count of jobs started is no longer the kept one's.
+    fn settle(&mut self, job: u64) {
+        if self.job.is_some_and(|kept| kept != job) {
+            *self = Tail { has_left_out: true, job: Some(job), ..Tail::default() };
+        }
+    }
+
+    fn recognize_line(&mut self) {
+        if self.is_line_long {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        let text = text.trim_end();
+        if text.starts_with("memory allocation of ") && text.ends_with(" failed") {
+            self.allocation_failure = Some(text.to_owned());
+        }
+        if text.starts_with("thread '") && text.ends_with(" has overflowed its stack") {
+            self.is_stack_overflow = true;
+        }
+    }
+
+    fn report(&self) -> TailReport {
+        let (front, back) = self.bytes.as_slices();
+        let text = String::from_utf8_lossy(&[front, back].concat()).into_owned();
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        let kept = &lines[lines.len().saturating_sub(STDERR_LINES)..];
+        let pinned = self.allocation_failure.as_deref().filter(|line| !kept.contains(line));
+        let note = self.has_left_out.then_some("(earlier output of this worker left out)");
+        let shown: Vec<&str> = note.into_iter().chain(pinned).chain(kept.iter().copied()).collect();
+        TailReport {
+            text: shown.join("\n"),
+            is_out_of_memory: self.allocation_failure.is_some(),
+            is_stack_overflow: self.is_stack_overflow,
+        }
+    }
 }
 
 impl StderrTail {
-    fn follow(stderr: Option<ChildStderr>, pid: u32) -> StderrTail {
-        let lines = Arc::new(Mutex::new(Lines::default()));
-        let follower = stderr.and_then(|stderr| {
-            let lines = Arc::clone(&lines);
-            thread::Builder::new()
-                .name(format!("parallel-stderr-{pid}"))
-                .spawn(move || copy_lines(stderr, &lines))
-                .ok()
-        });
-        StderrTail { lines, follower }
+    /// Follows `stderr`, the reading end of worker `pid`'s standard error, copying it to ours;
+    /// `started` reads the count of jobs the worker has started.
+    fn follow(
+        stderr: Option<OwnedFd>,
+        pid: u32,
+        started: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> StderrTail {
+        StderrTail::follow_into(stderr, pid, Arc::new(started), io::stderr())
     }
 
-    /// The kept lines, once the worker's standard error is closed (or a short wait is over: a
-    /// process the task started may still hold it open).
-    fn tail(&mut self) -> String {
+    /// [`StderrTail::follow`], copying to `sink`.
+    fn follow_into(
+        stderr: Option<OwnedFd>,
+        pid: u32,
+        started: Arc<dyn Fn() -> u64 + Send + Sync>,
+        sink: impl Write + Send + 'static,
+    ) -> StderrTail {
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let mut follower = StderrTail { tail, started, stop: None, follower: None };
+        let Some(stderr) = stderr else {
+            return follower;
+        };
+        // Without a stop pipe (out of descriptors) the follower still runs, until end-of-file.
+        let (stop_reader, stop_writer) = sys::pipe().ok().unzip();
+        follower.stop = stop_writer;
+        let tail = Arc::clone(&follower.tail);
+        let started = Arc::clone(&follower.started);
+        follower.follower = thread::Builder::new()
+            .name(format!("parallel-stderr-{pid}"))
+            .spawn(move || copy_through(File::from(stderr), stop_reader, &*started, sink, &tail))
+            .ok();
+        follower
+    }
+
+    /// Stops the follower, once the worker is reaped (all it wrote is in the pipe), and says
+    /// what the tail holds of the current job.
+    fn finish(&mut self) -> TailReport {
+        self.stop = None;
         if let Some(follower) = self.follower.take() {
-            let deadline = Instant::now() + Duration::from_millis(500);
+            let deadline = Instant::now() + FOLLOWER_GRACE;
             while !follower.is_finished() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(1));
             }
@@ -371,37 +524,59 @@ impl StderrTail {
                 let _ = follower.join();
             }
         }
-        let lines = lock(&self.lines);
-        let pinned = lines.allocation_failure.as_ref().filter(|line| !lines.last.contains(line));
-        let kept: Vec<&str> = pinned.into_iter().chain(&lines.last).map(String::as_str).collect();
-        kept.join("\n")
-    }
-
-    fn saw_allocation_failure(&self) -> bool {
-        lock(&self.lines).allocation_failure.is_some()
+        let mut tail = lock(&self.tail);
+        // A job that wrote nothing leaves the output of the job before in the tail.
+        tail.settle((self.started)());
+        tail.report()
     }
 }
 
-fn copy_lines(stderr: ChildStderr, lines: &Mutex<Lines>) {
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
-    let mut ours = io::stderr();
-    while let Ok(n) = reader.read_until(b'\n', &mut line) {
-        if n == 0 {
-            break;
+/// The follower: copies `stderr` to `sink` in chunks, keeping the tail, until end-of-file, or
+/// until `stop` is closed and what the pipe holds then is copied.
+fn copy_through(
+    mut stderr: File,
+    stop: Option<OwnedFd>,
+    started: &(dyn Fn() -> u64 + Send + Sync),
+    mut sink: impl Write,
+    tail: &Mutex<Tail>,
+) {
+    let mut buffer = vec![0; 64 << 10];
+    let mut drained: Option<usize> = None;
+    loop {
+        match (&stop, drained) {
+            (_, Some(bytes)) => {
+                let input = sys::wait_for_input(stderr.as_fd(), None, Some(Duration::ZERO));
+                if bytes >= DRAIN_LIMIT || !input.is_ok_and(|input| input.is_readable) {
+                    break;
+                }
+            }
+            (Some(stop), None) => {
+                match sys::wait_for_input(stderr.as_fd(), Some(stop.as_fd()), None) {
+                    Ok(input) if input.is_stopped => {
+                        drained = Some(0);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            // No stop pipe: a blocking read, until end-of-file.
+            (None, None) => {}
+        }
+        // Read after the pipe was found readable: the bytes there are the current job's.
+        let job = started();
+        let n = match stderr.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if let Some(bytes) = drained.as_mut() {
+            *bytes += n;
         }
         // Our own stderr failing must not stop the collection of the tail.
-        let _ = ours.write_all(&line);
-        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-        let mut lines = lock(lines);
-        if text.starts_with("memory allocation of ") && text.ends_with(" failed") {
-            lines.allocation_failure = Some(text.clone());
-        }
-        if lines.last.len() == STDERR_LINES {
-            lines.last.pop_front();
-        }
-        lines.last.push_back(text);
-        line.clear();
+        let _ = sink.write_all(&buffer[..n]);
+        lock(tail).push(job, &buffer[..n]);
     }
 }
 
@@ -445,6 +620,107 @@ mod tests {
         assert!(check(&[]).unwrap_err().contains("exited before it was ready"));
         assert!(check(&[3, 0, 0, 0, 99, 1, 2]).unwrap_err().contains("broke the protocol"));
         assert!(check(&[9, 0, 0, 0, 10]).unwrap_err().contains("never said it was ready"));
+    }
+
+    /// Follows a real pipe whose job count is `started`; the writing end is returned.
+    fn follow_pipe(started: &Arc<AtomicU64>) -> (StderrTail, File) {
+        let (reader, writer) = sys::pipe().unwrap();
+        let count = Arc::clone(started);
+        let started = Arc::new(move || count.load(Ordering::Acquire));
+        (StderrTail::follow_into(Some(reader), 0, started, io::sink()), File::from(writer))
+    }
+
+    /// What the worker does before it starts a job: waits until the pool has read its output,
+    /// then counts the job.
+    fn start_job(writer: &File, started: &AtomicU64) {
+        sys::wait_drained(writer.as_fd(), Duration::from_secs(30));
+        started.fetch_add(1, Ordering::Release);
+    }
+
+    #[test]
+    fn the_tail_holds_only_what_the_current_job_wrote() {
+        let started = Arc::new(AtomicU64::new(1));
+        let (mut tail, mut writer) = follow_pipe(&started);
+        writer.write_all(b"written by the first job\n").unwrap();
+        start_job(&writer, &started);
+        writer.write_all(b"written by the second job\n").unwrap();
+        drop(writer);
+        let report = tail.finish();
+        assert_eq!(
+            report.text,
+            "(earlier output of this worker left out)\nwritten by the second job"
+        );
+    }
+
+    #[test]
+    fn a_job_that_wrote_nothing_is_not_blamed_for_the_output_before_it() {
+        let started = Arc::new(AtomicU64::new(1));
+        let (mut tail, mut writer) = follow_pipe(&started);
+        writer.write_all(b"memory allocation of 8 bytes failed\n").unwrap();
+        start_job(&writer, &started);
+        drop(writer);
+        let report = tail.finish();
+        assert_eq!(report.text, "(earlier output of this worker left out)");
+        assert!(!report.is_out_of_memory);
+    }
+
+    #[test]
+    fn the_tail_is_bounded_in_bytes_and_lines() {
+        let started = Arc::new(AtomicU64::new(0));
+        let (mut tail, mut writer) = follow_pipe(&started);
+        // 4 MiB without a newline, then many short lines.
+        let flood = vec![b'y'; 1 << 16];
+        for _ in 0..64 {
+            writer.write_all(&flood).unwrap();
+        }
+        for line in 0..100 {
+            writer.write_all(format!("\nline {line}").as_bytes()).unwrap();
+        }
+        drop(writer);
+        let report = tail.finish();
+        let lines: Vec<&str> = report.text.lines().collect();
+        assert_eq!(lines.len(), STDERR_LINES);
+        assert_eq!(lines.first(), Some(&"line 60"));
+        assert_eq!(lines.last(), Some(&"line 99"));
+
+        let (mut tail, mut writer) = follow_pipe(&started);
+        for _ in 0..64 {
+            writer.write_all(&flood).unwrap();
+        }
+        drop(writer);
+        let report = tail.finish();
+        assert_eq!(report.text.len(), STDERR_BYTES);
+        assert!(report.text.bytes().all(|byte| byte == b'y'));
+    }
+
+    #[test]
+    fn the_follower_stops_when_told_even_if_the_pipe_stays_open() {
+        // The writing end stays open, as when a process that left the worker's group holds it.
+        let started = Arc::new(AtomicU64::new(0));
+        let (mut tail, mut writer) = follow_pipe(&started);
+        writer.write_all(b"before the reap\n").unwrap();
+        let report = tail.finish();
+        assert_eq!(report.text, "before the reap");
+        assert!(tail.follower.is_none());
+        // The follower closed its end: nobody reads the pipe any more.
+        let error = writer.write_all(b"after").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn messages_that_explain_a_death_are_recognized_across_chunks() {
+        let mut tail = Tail::default();
+        tail.push(0, b"memory allocation of 64 by");
+        tail.push(0, b"tes failed\nthread 'main' (77) has over");
+        tail.push(0, b"flowed its stack\nfatal runtime error: stack overflow, aborting\n");
+        let report = tail.report();
+        assert!(report.is_out_of_memory);
+        assert!(report.is_stack_overflow);
+        // A long line is copied, not inspected.
+        let mut tail = Tail::default();
+        tail.push(0, &[b'z'; PATTERN_LINE]);
+        tail.push(0, b"thread 'main' (77) has overflowed its stack\n");
+        assert!(!tail.report().is_stack_overflow);
     }
 
     #[test]

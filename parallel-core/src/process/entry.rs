@@ -3,7 +3,9 @@
 //!
 //! A pool starts a worker as the program's own executable with [`MARKER`] in its environment.
 //! The constructor sees the marker, removes it (so that anything the task starts, even this same
-//! executable, is a normal program) and serves tasks until the pool lets it go, then exits: the
+//! executable, is a normal program; its bytes in the initial environment block, which
+//! `/proc/<pid>/environ` shows, are zeroed too), checks that the pool it names is its parent
+//! (exit code 101 and a message if not) and serves tasks until the pool lets it go, then exits: the
 //! program's `main`, the test harness or the doc test never runs in a worker. Without the marker
 //! the constructor returns at once, having read one environment variable.
 //!
@@ -53,6 +55,28 @@ impl Marker {
         )
     }
 
+    /// Checks that the pool the marker names is this process's parent.
+    ///
+    /// # Errors
+    ///
+    /// Says why not: the pool has ended (it died before this worker could serve it: the worker
+    /// was then adopted by init or a subreaper), or the marker names a process that lives but is
+    /// not our parent (a marker copied into another program's environment by mistake).
+    pub(crate) fn check_parent(&self) -> Result<(), String> {
+        let parent = std::os::unix::process::parent_id();
+        if parent == self.parent {
+            Ok(())
+        } else if has_ended(self.parent) {
+            Err(format!("its pool, process {}, has ended", self.parent))
+        } else {
+            Err(format!(
+                "the marker names process {} as its pool, but its parent is process {parent} \
+                 (was {MARKER} copied into the environment of another program?)",
+                self.parent
+            ))
+        }
+    }
+
     pub(crate) fn parse(value: &OsStr) -> Result<Marker, String> {
         let text = value.to_str().ok_or("the marker is not UTF-8")?;
         let mut parts = text.split(':');
@@ -80,6 +104,26 @@ impl Marker {
     }
 }
 
+/// Says on standard error why a process started as a worker cannot serve. A failing standard
+/// error (its reader gone) is no reason to panic before `main`.
+pub(crate) fn cannot_serve(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "parallel: this process was started as a worker but cannot serve: {why}"
+    );
+}
+
+/// Whether process `pid` has ended: gone, or a zombie (`Z`) or dead (`X`) process not reaped yet.
+fn has_ended(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
+}
+
 /// Called when a pool is built, so that the linker keeps this module's object file, and with it
 /// the constructor below.
 #[inline(never)]
@@ -92,16 +136,17 @@ pub(crate) fn anchor() -> bool {
 // exits without returning; it relies on nothing that `main` sets up.
 #[ctor::ctor(unsafe)]
 fn parallel_worker_entry() {
-    let Some(value) = std::env::var_os(MARKER) else {
+    // Pre-`main`, no other thread exists yet that could read the environment concurrently. The
+    // marker goes from the environment and from the initial environment block, which
+    // `/proc/<pid>/environ` shows.
+    let Some(value) = super::sys::take_env_from_initial_block(MARKER) else {
         return;
     };
-    // Pre-`main`, no other thread exists yet that could read the environment concurrently.
-    std::env::remove_var(MARKER);
     IS_WORKER.store(true, Ordering::Relaxed);
     let code = match Marker::parse(&value) {
         Ok(marker) => super::worker::serve(&marker),
         Err(error) => {
-            eprintln!("parallel: this process was started as a worker but cannot serve: {error}");
+            cannot_serve(&error);
             super::worker::EXIT_CANNOT_SERVE
         }
     };

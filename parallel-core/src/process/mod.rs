@@ -16,6 +16,7 @@ mod pace;
 mod protocol;
 mod ring;
 mod slot;
+mod sys;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;

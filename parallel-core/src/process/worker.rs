@@ -12,41 +12,53 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::id;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
-use nix::sys::signal::Signal;
 
 use super::claim;
 use super::entry::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
 use super::ring::Ring;
+use super::sys;
 use crate::registry::{self, Outcome};
 use crate::{unwind, Environment};
+
+/// How long a job waits at most for the pool to read what the job before it wrote to stderr.
+const STDERR_DRAIN_LIMIT: Duration = Duration::from_millis(100);
 
 /// The exit code of a process started as a worker that could not serve at all.
 pub(crate) const EXIT_CANNOT_SERVE: i32 = 101;
 
 /// Serves tasks for the pool described by `marker`; returns the process's exit code.
 pub(crate) fn serve(marker: &Marker) -> i32 {
-    // Die with the pool's thread that started us. Set here, not between `fork` and `exec`, so
-    // that the pool can spawn workers with `posix_spawn`: a `fork` copies the pool's page tables,
-    // which costs milliseconds in a large program.
-    if let Err(error) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        eprintln!("parallel: worker {} stops: cannot ask to die with the pool: {error}", id());
-        return EXIT_CANNOT_SERVE;
+    // A failing standard error (its reader gone) is no reason to panic on top.
+    let stop = |error: &dyn std::fmt::Display| {
+        let _ = writeln!(std::io::stderr(), "parallel: worker {} stops: {error}", id());
+        EXIT_CANNOT_SERVE
+    };
+    // What the Rust runtime does before `main`, which never runs here: SIGPIPE ignored, a stack
+    // overflow reported as one.
+    if let Err(error) = sys::init_like_main() {
+        return stop(&error);
     }
-    // The pool may have died before the line above; then nobody will ever send a task.
-    if std::os::unix::process::parent_id() != marker.parent {
-        return 0;
+    // Die with the pool's thread that started us, and take the processes our tasks started (our
+    // process group) along. Set here, not between `fork` and `exec`, so that the pool can spawn
+    // workers with `posix_spawn`: a `fork` copies the pool's page tables, which costs
+    // milliseconds in a large program.
+    if let Err(error) = sys::die_with_parent() {
+        return stop(&format!("cannot ask to die with the pool: {error}"));
+    }
+    // The pool may have died before the line above (then nobody will ever send a task), or the
+    // marker is not ours.
+    if let Err(error) = marker.check_parent() {
+        super::entry::cannot_serve(&error);
+        return EXIT_CANNOT_SERVE;
     }
     match prepare(marker).and_then(|(channel, ring)| serve_channel(channel, ring, marker)) {
         Ok(()) => 0,
-        Err(error) => {
-            eprintln!("parallel: worker {} stops: {error}", id());
-            EXIT_CANNOT_SERVE
-        }
+        Err(error) => stop(&error),
     }
 }
 
@@ -171,6 +183,9 @@ fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(),
             let done = FromWorker::Done { job, reply: Reply::Skipped };
             replies.send(&done, &mut out)?;
         } else {
+            // What the job before wrote to stderr is read before the count moves: the pool's
+            // follower blames each chunk on the job counted when it read it.
+            sys::wait_stderr_drained(STDERR_DRAIN_LIMIT);
             replies.ring.started().fetch_add(1, Ordering::SeqCst);
             unwind::drop_values(|| environment.purge_expired());
             let ran = run(job, task, args, &mut environment, &mut out);
@@ -285,9 +300,10 @@ impl Replies {
 }
 
 /// Ends the worker as soon as the pool hangs up, even in the middle of a long task: a thread
-/// waits for the channel's hang-up (`POLLRDHUP`, which does not consume input) and exits the
-/// process. `PR_SET_PDEATHSIG` covers the pool's death; this covers a pool that is gone without
-/// its process dying (its slot thread ended, its channel closed).
+/// waits for the channel's hang-up (`POLLRDHUP`, which does not consume input) and kills the
+/// worker's process group, the worker and the processes its tasks started. The death signal
+/// covers the pool's death; this covers a pool that is gone without its process dying (its slot
+/// thread ended, its channel closed), and a task that took over the death signal.
 fn watch_for_hang_up(channel: &UnixStream) -> Result<(), String> {
     let channel = channel.try_clone().map_err(|error| error.to_string())?;
     std::thread::Builder::new()
@@ -298,7 +314,11 @@ fn watch_for_hang_up(channel: &UnixStream) -> Result<(), String> {
             match poll(&mut fds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => {}
                 // Hang-up, error, or a failing poll: the channel is no use any more.
-                _ => std::process::exit(0),
+                _ => {
+                    sys::kill_own_group();
+                    // Not reached: the line above killed this process.
+                    std::process::exit(0)
+                }
             }
         })
         .map(drop)

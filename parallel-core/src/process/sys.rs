@@ -1,0 +1,443 @@
+//! Every system call and `unsafe` block the process backend needs that has no safe std wrapper:
+//! the worker's start-up in place of the Rust runtime's (SIGPIPE, the stack overflow report),
+//! its death signal, process groups, waiting without reaping, the standard error pipe, and the
+//! scrubbing of the worker marker from the initial environment. Linux only, like the backend;
+//! nix's safe wrappers are used where they exist.
+
+use std::ffi::{c_int, c_void, OsString};
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpgrp, getpid, gettid, Pid};
+
+// ---------------------------------------------------------------------------------------------
+// The worker's start-up
+
+/// Does in a worker what the Rust runtime does before `main`, which never runs there: ignore
+/// SIGPIPE (a write to a closed pipe is then an `io::Error` of kind `BrokenPipe`), make sure
+/// descriptors 1 and 2 are open, and report a stack overflow of the main thread, which runs the
+/// tasks, as `thread 'main' (<tid>) has overflowed its stack` before aborting.
+///
+/// Threads a task spawns get no alternate signal stack (std makes one per thread only when its
+/// runtime started, which it did not in a worker), so an overflow on them still ends the worker
+/// as a plain SIGSEGV.
+///
+/// # Errors
+///
+/// Says which step failed; the worker cannot behave like a normal program then.
+pub(crate) fn init_like_main() -> Result<(), String> {
+    // SAFETY: ignoring a signal replaces no handler that could be running; the worker is still
+    // single-threaded here (the constructor runs before `main`).
+    unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+        .map_err(|error| format!("cannot ignore SIGPIPE: {error}"))?;
+    open_standard_descriptors()?;
+    report_stack_overflows().map_err(|error| format!("cannot watch for stack overflows: {error}"))
+}
+
+/// Opens `/dev/null` on descriptors 1 and 2 if they are closed, as std does for 0 to 2, so that
+/// no file a task opens ends up being written as our output. Descriptor 0 holds the channel.
+fn open_standard_descriptors() -> Result<(), String> {
+    for fd in [1, 2] {
+        if nix::fcntl::fcntl(borrow(fd), nix::fcntl::FcntlArg::F_GETFD) == Err(Errno::EBADF) {
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|error| format!("cannot open /dev/null: {error}"))?;
+            // The lowest free descriptor is `fd` itself; keep it open for good.
+            if null.as_raw_fd() == fd {
+                std::mem::forget(null);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Borrows a standard descriptor number.
+fn borrow(fd: c_int) -> BorrowedFd<'static> {
+    // SAFETY: only used for 0 to 2, which no code in this process closes; a closed one is an
+    // error of the call made with it (EBADF), never another file.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Where the main thread's stack would grow past its limit, and the main thread's id.
+static GUARD_START: AtomicUsize = AtomicUsize::new(0);
+static GUARD_END: AtomicUsize = AtomicUsize::new(0);
+static MAIN_THREAD: AtomicI32 = AtomicI32::new(0);
+/// The alternate signal stack: std's size (`SIGSTKSZ` is 8 KiB) with room to spare.
+const SIGNAL_STACK: usize = 64 << 10;
+
+/// Gives the calling thread (the worker's main thread) an alternate signal stack and handles
+/// SIGSEGV and SIGBUS on it, unless a handler is set already.
+fn report_stack_overflows() -> nix::Result<()> {
+    let Some(guard) = main_stack_guard() else {
+        // Without the stack's bounds a fault cannot be told from an overflow: nothing to add.
+        return Ok(());
+    };
+    GUARD_START.store(guard.start, Ordering::Relaxed);
+    GUARD_END.store(guard.end, Ordering::Relaxed);
+    MAIN_THREAD.store(gettid().as_raw(), Ordering::Relaxed);
+    install_signal_stack()?;
+    let action = SigAction::new(
+        SigHandler::SigAction(on_fault),
+        SaFlags::SA_SIGINFO | SaFlags::SA_ONSTACK,
+        SigSet::empty(),
+    );
+    for fault in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: `on_fault` is async-signal-safe (atomics, `write`, `abort`, `sigaction`).
+        let previous = unsafe { signal::sigaction(fault, &action) }?;
+        if previous.handler() != SigHandler::SigDfl {
+            // The program handles faults itself (a sanitizer, a constructor of its own): keep
+            // its handler, as std does.
+            // SAFETY: puts back the handler that was there a moment ago.
+            unsafe { signal::sigaction(fault, &previous) }?;
+        }
+    }
+    Ok(())
+}
+
+/// The page below the main thread's stack limit, where an overflow faults (std's reckoning:
+/// Linux grows the main stack on demand up to `RLIMIT_STACK`, which `pthread_getattr_np`
+/// reports as the stack's start).
+fn main_stack_guard() -> Option<std::ops::Range<usize>> {
+    let page = page_size();
+    let mut attributes = std::mem::MaybeUninit::<libc::pthread_attr_t>::zeroed();
+    // SAFETY: `pthread_getattr_np` initializes `attributes` for the calling thread when it
+    // returns 0, and only then are they read and destroyed.
+    unsafe {
+        if libc::pthread_getattr_np(libc::pthread_self(), attributes.as_mut_ptr()) != 0 {
+            return None;
+        }
+        let mut start = std::ptr::null_mut::<c_void>();
+        let mut size = 0;
+        let read = libc::pthread_attr_getstack(attributes.as_ptr(), &mut start, &mut size);
+        libc::pthread_attr_destroy(attributes.as_mut_ptr());
+        if read != 0 || start.is_null() {
+            return None;
+        }
+        // A parent may have set a limit that is not a multiple of the page size.
+        let start = (start as usize).next_multiple_of(page);
+        Some(start.checked_sub(page)?..start)
+    }
+}
+
+fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|size| usize::try_from(size).ok())
+        .unwrap_or(4096)
+}
+
+/// Maps an alternate signal stack, with a guard page below it, for the calling thread. It is
+/// never unmapped: the main thread lives as long as the process.
+fn install_signal_stack() -> nix::Result<()> {
+    use nix::sys::mman::{mmap_anonymous, mprotect, MapFlags, ProtFlags};
+    let page = page_size();
+    let length = NonZeroUsize::new(SIGNAL_STACK + page).ok_or(Errno::EINVAL)?;
+    // SAFETY: a new private anonymous mapping aliases nothing; the guard page at its bottom is
+    // made inaccessible before the stack above it is handed to the kernel.
+    unsafe {
+        let base = mmap_anonymous(
+            None,
+            length,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
+        )?;
+        mprotect(base, page, ProtFlags::PROT_NONE)?;
+        let stack = libc::stack_t {
+            ss_sp: base.as_ptr().cast::<u8>().add(page).cast(),
+            ss_flags: 0,
+            ss_size: SIGNAL_STACK,
+        };
+        Errno::result(libc::sigaltstack(&stack, std::ptr::null_mut())).map(drop)
+    }
+}
+
+/// The SIGSEGV and SIGBUS handler: a fault in the main thread's guard page is a stack overflow,
+/// reported as std reports it before aborting; anything else gets the default action.
+extern "C" fn on_fault(signal: c_int, info: *mut libc::siginfo_t, _context: *mut c_void) {
+    // SAFETY: the kernel passes an SA_SIGINFO handler a valid `siginfo_t`.
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let guard = GUARD_START.load(Ordering::Relaxed)..GUARD_END.load(Ordering::Relaxed);
+    let thread = gettid().as_raw();
+    // A positive code is a fault the kernel raised; a signal sent by a process has none.
+    if code > 0 && guard.contains(&address) && thread == MAIN_THREAD.load(Ordering::Relaxed) {
+        let mut message = Message::default();
+        message.push(b"\nthread 'main' (");
+        message.push_number(thread.unsigned_abs());
+        message
+            .push(b") has overflowed its stack\nfatal runtime error: stack overflow, aborting\n");
+        // SAFETY: `write` and `abort` are async-signal-safe; the buffer outlives the call.
+        unsafe {
+            libc::write(2, message.bytes.as_ptr().cast(), message.len);
+            libc::abort();
+        }
+    }
+    // SAFETY: `sigaction` is async-signal-safe; a zeroed `sigaction` with `SIG_DFL` is valid.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+    }
+    if code <= 0 {
+        // Sent, not raised by an instruction: returning would not repeat it, so send it again
+        // (blocked while this handler runs, it arrives on return, with the default action).
+        // SAFETY: `raise` is async-signal-safe.
+        unsafe { libc::raise(signal) };
+    }
+    // A fault repeats on return, now with the default action.
+}
+
+/// A message built without allocating, for a signal handler.
+struct Message {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl Default for Message {
+    fn default() -> Message {
+        Message { bytes: [0; 128], len: 0 }
+    }
+}
+
+impl Message {
+    fn push(&mut self, text: &[u8]) {
+        let n = text.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
+        self.len += n;
+    }
+
+    fn push_number(&mut self, number: u32) {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut rest = number;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker's death with its pool, and its process group
+
+/// The signal a worker asks to get when its pool's thread dies (`PR_SET_PDEATHSIG`). Not
+/// SIGKILL: the worker must take the processes its tasks started (its process group) with it,
+/// which only a handler can do. SIGHUP ("the controlling process is gone") is also what a
+/// terminal's hang-up sends; ending the group is the right answer to both.
+const DEATH_SIGNAL: Signal = Signal::SIGHUP;
+
+/// Makes the worker end its process group, itself included, when the pool's thread that
+/// started it dies.
+///
+/// # Errors
+///
+/// The system's message if the handler or the death signal cannot be set.
+pub(crate) fn die_with_parent() -> nix::Result<()> {
+    let action =
+        SigAction::new(SigHandler::Handler(on_parent_death), SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: `on_parent_death` is async-signal-safe (`getpid`, `getpgrp`, `kill`).
+    unsafe { signal::sigaction(DEATH_SIGNAL, &action) }?;
+    nix::sys::prctl::set_pdeathsig(DEATH_SIGNAL)
+}
+
+extern "C" fn on_parent_death(_signal: c_int) {
+    kill_own_group();
+}
+
+/// SIGKILLs the worker's process group if the worker leads it (the pool starts each worker as
+/// the leader of a group of its own), and the worker itself in any case. Async-signal-safe.
+pub(crate) fn kill_own_group() {
+    let me = getpid();
+    if getpgrp() == me {
+        // Failures leave nothing better to do; the next line still ends this process.
+        let _ = signal::killpg(me, Signal::SIGKILL);
+    }
+    let _ = signal::kill(me, Signal::SIGKILL);
+}
+
+/// SIGKILLs the process group led by worker `pid`, and the worker itself (in case a task moved
+/// it to another group).
+///
+/// Call it only while the worker is not reaped: until then its pid, and with it the group's id,
+/// cannot belong to anyone else (Linux allocates no pid that is still some process's group
+/// id, and the unreaped worker holds it). After the reap the number may be reused.
+pub(crate) fn kill_process_group(pid: u32) {
+    // Zero or a negative number would name our own group or every process we may signal.
+    let Some(pid) = i32::try_from(pid).ok().filter(|pid| *pid > 0).map(Pid::from_raw) else {
+        return;
+    };
+    // A failure means the processes are gone already, which is what we wanted.
+    let _ = signal::killpg(pid, Signal::SIGKILL);
+    let _ = signal::kill(pid, Signal::SIGKILL);
+}
+
+/// Whether child `pid` has ended, without reaping it (so that it can still be signalled safely
+/// as a group).
+pub(crate) fn has_exited(pid: u32) -> io::Result<bool> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(error) => Err(error.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The standard error pipe
+
+/// A pipe whose descriptors close on `exec`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// What [`wait_for_input`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Input {
+    /// A read of `data` will not block: it has bytes, or it ended.
+    pub(crate) is_readable: bool,
+    /// `stop` has something to say (its writer wrote or closed).
+    pub(crate) is_stopped: bool,
+}
+
+/// Blocks until `data` is readable or `stop` (if any) is signalled, for at most `timeout`
+/// (`None`: forever).
+pub(crate) fn wait_for_input(
+    data: BorrowedFd<'_>,
+    stop: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> io::Result<Input> {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(limit) => PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX),
+    };
+    let readable = PollFlags::POLLIN;
+    let mut fds: Vec<PollFd<'_>> =
+        [Some(data), stop].into_iter().flatten().map(|fd| PollFd::new(fd, readable)).collect();
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let has_news = |fd: Option<&PollFd<'_>>| {
+        fd.and_then(PollFd::revents).is_some_and(|events| !events.is_empty())
+    };
+    Ok(Input { is_readable: has_news(fds.first()), is_stopped: has_news(fds.get(1)) })
+}
+
+/// Whether this process's standard error is a pipe (read by a pool).
+fn is_stderr_a_pipe() -> bool {
+    static IS_PIPE: OnceLock<bool> = OnceLock::new();
+    *IS_PIPE.get_or_init(|| {
+        use nix::sys::stat::{fstat, SFlag};
+        fstat(borrow(2)).is_ok_and(|stat| {
+            SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO
+        })
+    })
+}
+
+/// Waits, yielding the CPU, until the pool has read everything this worker wrote to its
+/// standard error, or `limit` is over: called before a job starts, so that the output of the
+/// job before is never taken for this one's. Does nothing if standard error is not a pipe.
+pub(crate) fn wait_stderr_drained(limit: Duration) {
+    if is_stderr_a_pipe() {
+        wait_drained(borrow(2), limit);
+    }
+}
+
+/// Waits, yielding the CPU, until pipe `fd` holds no unread bytes, or `limit` is over.
+pub(crate) fn wait_drained(fd: BorrowedFd<'_>, limit: Duration) {
+    let mut deadline = None;
+    while unread_bytes(fd).is_ok_and(|unread| unread > 0) {
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limit);
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// How many bytes wait in pipe `fd` (`FIONREAD`).
+fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut unread: c_int = 0;
+    // SAFETY: FIONREAD writes one `int` through the pointer, which points at `unread`.
+    let result = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    Errno::result(result).map_err(io::Error::from)?;
+    Ok(usize::try_from(unread).unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker marker
+
+/// Removes environment variable `name` and returns its value; its `NAME=value` string is also
+/// overwritten with zeros in the initial environment block, which `/proc/<pid>/environ` shows
+/// to anyone allowed to look (removing the variable only drops the pointer to it).
+///
+/// Call it only while the process is single-threaded (before `main`): it reads `environ`.
+pub(crate) fn take_env_from_initial_block(name: &str) -> Option<OsString> {
+    let value = std::env::var_os(name)?;
+    let entry = find_in_environ(name.as_bytes());
+    std::env::remove_var(name);
+    if let (Some((start, len)), Some(block)) = (entry, initial_environment_block()) {
+        // Only bytes of the initial block: a string `setenv` made lives on the heap, where libc
+        // may still use it.
+        if block.start <= start && start + len <= block.end {
+            // SAFETY: `start..start + len` is a `NAME=value` string inside the process's initial
+            // environment block (the kernel's, on the main thread's stack, writable). After
+            // `remove_var` nothing points at it: `environ` lost its entry and `value` is a copy.
+            unsafe { std::ptr::write_bytes(start as *mut u8, 0, len) };
+        }
+    }
+    Some(value)
+}
+
+/// The address and length (without the NUL) of the `NAME=` entry in `environ`.
+fn find_in_environ(name: &[u8]) -> Option<(usize, usize)> {
+    // SAFETY: `environ` is a NULL-terminated array of NUL-terminated strings, which nothing
+    // changes while the process is single-threaded, as the caller ensures.
+    unsafe {
+        let mut entry = libc::environ as *const *const libc::c_char;
+        if entry.is_null() {
+            return None;
+        }
+        while !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if text.len() > name.len() && text.starts_with(name) && text[name.len()] == b'=' {
+                return Some((*entry as usize, text.len()));
+            }
+            entry = entry.add(1);
+        }
+    }
+    None
+}
+
+/// Where the kernel put the initial environment strings (`env_start`, `env_end`: fields 50 and
+/// 51 of `/proc/self/stat`).
+fn initial_environment_block() -> Option<std::ops::Range<usize>> {
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    let after_name = stat.iter().rposition(|byte| *byte == b')')? + 1;
+    let fields = String::from_utf8(stat[after_name..].to_vec()).ok()?;
+    // Field 3 (the state) is the first after the name.
+    let mut fields = fields.split_whitespace().skip(50 - 3);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    Some(start..end)
+}
