@@ -11,6 +11,7 @@
 /// assert_eq!(pool.backend(), Backend::Thread);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// Worker threads of a rayon pool inside this process: the cheapest round trip; a panic is
     /// caught, but a crash or a hang in a task takes the process with it.

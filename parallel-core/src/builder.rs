@@ -276,12 +276,12 @@ const MAX_MAX_WORKERS: usize = 4096;
 /// Inside a worker process (which inherits the variable) it is always the thread backend: a
 /// worker does not start workers of its own.
 fn backend_from(variable: Option<&str>) -> Result<Backend, Error> {
-    #[cfg(all(feature = "process", unix))]
+    #[cfg(process_backend)]
     if crate::process::is_worker() {
         return Ok(Backend::Thread);
     }
     match variable.map(str::trim) {
-        None | Some("") if cfg!(all(feature = "process", unix)) => Ok(Backend::Process),
+        None | Some("") if cfg!(process_backend) => Ok(Backend::Process),
         None | Some("") => Ok(Backend::Thread),
         Some(value) => Backend::parse(value).ok_or_else(|| {
             Error::invalid_config(format!(
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn backend_variable() {
-        let default = if cfg!(feature = "process") { Backend::Process } else { Backend::Thread };
+        let default = if cfg!(process_backend) { Backend::Process } else { Backend::Thread };
         assert_eq!(backend_from(None).unwrap(), default);
         assert_eq!(backend_from(Some("")).unwrap(), default);
         assert_eq!(backend_from(Some("Thread")).unwrap(), Backend::Thread);
@@ -372,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(all(feature = "process", unix))]
+    #[cfg(process_backend)]
     fn out_of_range_process_limits_are_refused() {
         let process = || PoolBuilder::new().backend(Backend::Process).workers(1);
         let too_large = u32::MAX as usize + 1;
@@ -388,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(not(feature = "process"))]
+    #[cfg(not(process_backend))]
     fn process_backend_needs_its_feature() {
         let error = PoolBuilder::new().backend(Backend::Process).build().unwrap_err();
         assert!(error.is_backend_unavailable());

@@ -271,7 +271,7 @@ enum ErrorKind {
         second: &'static str,
     },
     // Only a build without the process backend refuses a backend.
-    #[cfg_attr(all(feature = "process", unix), allow(dead_code))]
+    #[cfg_attr(process_backend, allow(dead_code))]
     BackendUnavailable(Backend),
     InvalidConfig(String),
     Io {
@@ -289,7 +289,7 @@ impl Error {
         Error { kind: ErrorKind::DuplicateTask { name, first, second } }
     }
 
-    #[cfg_attr(all(feature = "process", unix), allow(dead_code))]
+    #[cfg_attr(process_backend, allow(dead_code))]
     pub(crate) fn backend_unavailable(backend: Backend) -> Self {
         Error { kind: ErrorKind::BackendUnavailable(backend) }
     }
@@ -367,6 +367,11 @@ impl fmt::Display for Error {
                 f,
                 "task name `{name}` is registered twice, by `{first}` and by `{second}`; \
                  give one of them another name with #[task(name = \"...\")]"
+            ),
+            ErrorKind::BackendUnavailable(backend) if cfg!(feature = "process") => write!(
+                f,
+                "the {backend:?} backend runs on Linux only; on this platform use the Thread \
+                 backend"
             ),
             ErrorKind::BackendUnavailable(backend) => write!(
                 f,

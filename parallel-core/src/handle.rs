@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::engine::Engine;
 use crate::job::{Job, Outcome};
-use crate::{thread, Task, TaskError};
+use crate::{Task, TaskError};
 
 /// The caller's end of a submitted task: wait for it, poll it, or cancel it.
 ///
@@ -69,7 +70,7 @@ impl<T: Task> TaskHandle<T> {
     /// }
     /// ```
     pub fn join(self) -> Result<T::Output, TaskError<T::Error>> {
-        thread::help(&self.job);
+        Engine::help(&self.job);
         match self.job.wait(None) {
             Some(outcome) => outcome,
             None => unreachable!("waiting without a deadline returns only with a result"),
@@ -111,7 +112,7 @@ impl<T: Task> TaskHandle<T> {
     /// ```
     pub fn join_timeout(self, timeout: Duration) -> Result<T::Output, TaskError<T::Error>> {
         let deadline = Instant::now().checked_add(timeout);
-        thread::help(&self.job);
+        Engine::help(&self.job);
         if let Some(outcome) = self.job.wait(deadline) {
             return outcome;
         }
@@ -187,7 +188,7 @@ impl<T: Task> Future for TaskHandle<T> {
     /// of the task's own thread pool, a task still queued is first run in place (the worker
     /// that would run it may be this very thread, blocked in a `block_on`).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        thread::help(&self.job);
+        Engine::help(&self.job);
         match self.job.poll(cx.waker()) {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,

@@ -159,7 +159,7 @@ impl<T: Task> Job<T> {
 
     /// Replaces the stop of a running job, when it moves to another worker before it started;
     /// `false` if the job is no longer running (cancelled meanwhile).
-    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))] // the process backend's
+    #[cfg_attr(not(process_backend), allow(dead_code))] // the process backend's
     pub(crate) fn restop(&self, stop: Arc<dyn Stop>) -> bool {
         if self.ledger.is_halted() {
             self.cancel();

@@ -8,6 +8,7 @@
 mod alloc_probe;
 mod backend;
 mod builder;
+mod engine;
 mod environment;
 mod error;
 mod handle;
@@ -15,7 +16,7 @@ mod job;
 mod map;
 mod never;
 mod pool;
-#[cfg(all(feature = "process", unix))]
+#[cfg(process_backend)]
 mod process;
 mod registry;
 mod remote_error;
@@ -42,7 +43,7 @@ pub use task::Task;
 pub mod __private;
 
 /// Entry points for the fuzz targets in `fuzz/`; not an API.
-#[cfg(all(feature = "fuzzing", unix))]
+#[cfg(all(feature = "fuzzing", process_backend))]
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::process::fuzz::{pool_side, value, worker_side};

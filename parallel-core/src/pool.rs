@@ -4,10 +4,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::engine::Engine;
 use crate::job::{Job, Ledger};
-#[cfg(all(feature = "process", unix))]
-use crate::process::ProcessBackend;
-use crate::thread::ThreadBackend;
 use crate::{Backend, Error, Map, PoolBuilder, PoolStats, Task, TaskError, TaskHandle};
 
 /// A set of workers that run submitted tasks.
@@ -41,21 +39,15 @@ pub struct Pool {
     engine: Engine,
 }
 
-enum Engine {
-    Thread(ThreadBackend),
-    #[cfg(all(feature = "process", unix))]
-    Process(ProcessBackend),
-}
-
 /// A pool's settings, as the builder resolved them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     pub(crate) backend: Backend,
     pub(crate) workers: usize,
     pub(crate) max_tasks_per_worker: Option<usize>,
-    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))]
+    #[cfg_attr(not(process_backend), allow(dead_code))]
     pub(crate) max_memory_per_worker: Option<u64>,
-    #[cfg_attr(not(all(feature = "process", unix)), allow(dead_code))]
+    #[cfg_attr(not(process_backend), allow(dead_code))]
     pub(crate) max_message_size: usize,
 }
 
@@ -75,27 +67,9 @@ impl Pool {
     pub(crate) fn start(settings: Settings) -> Result<Pool, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         crate::registry::validate()?;
-        let Settings { backend, workers, max_tasks_per_worker, .. } = settings;
         let ledger = Arc::new(Ledger::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
-        let engine = match backend {
-            Backend::Thread => Engine::Thread(ThreadBackend::start(
-                Arc::clone(&ledger),
-                workers,
-                max_tasks_per_worker,
-            )?),
-            #[cfg(all(feature = "process", unix))]
-            Backend::Process => Engine::Process(ProcessBackend::start(
-                &ledger,
-                crate::process::Config {
-                    workers,
-                    max_tasks_per_worker,
-                    max_memory_per_worker: settings.max_memory_per_worker,
-                    max_frame: settings.max_message_size,
-                },
-            )?),
-            #[cfg(not(all(feature = "process", unix)))]
-            Backend::Process => return Err(Error::backend_unavailable(backend)),
-        };
+        let engine = Engine::start(settings, &ledger)?;
+        let Settings { backend, workers, .. } = settings;
         Ok(Pool { backend, workers, ledger, engine })
     }
 
@@ -125,12 +99,7 @@ impl Pool {
                 return TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME))))
             }
         };
-        let is_queued = match &self.engine {
-            Engine::Thread(engine) => engine.submit(Arc::clone(&job)),
-            #[cfg(all(feature = "process", unix))]
-            Engine::Process(engine) => engine.submit(Arc::clone(&job)),
-        };
-        if !is_queued {
+        if !self.engine.submit(Arc::clone(&job)) {
             job.complete(Err(TaskError::pool_closed(T::NAME)));
         }
         TaskHandle::new(job)
@@ -193,20 +162,12 @@ impl Pool {
     /// ```
     pub fn shutdown(&self) {
         self.ledger.close();
-        match &self.engine {
-            Engine::Thread(engine) => {
-                if engine.is_current_worker() {
-                    return;
-                }
-                self.ledger.wait_drained();
-                engine.stop();
-            }
-            #[cfg(all(feature = "process", unix))]
-            Engine::Process(engine) => {
-                self.ledger.wait_drained();
-                engine.stop(true);
-            }
+        // A worker waiting for its own pool to drain would wait for itself.
+        if self.engine.is_current_worker() {
+            return;
         }
+        self.ledger.wait_drained();
+        self.engine.stop();
     }
 
     /// Stops now: tasks not yet finished resolve as [`TaskError::Cancelled`] (or
@@ -238,11 +199,7 @@ impl Pool {
     /// ```
     pub fn kill(&self) {
         self.ledger.abort_all();
-        match &self.engine {
-            Engine::Thread(engine) => engine.stop(),
-            #[cfg(all(feature = "process", unix))]
-            Engine::Process(engine) => engine.kill(),
-        }
+        self.engine.kill();
     }
 
     /// The backend this pool runs tasks on.
@@ -290,27 +247,13 @@ impl Pool {
         // Jobs a worker has claimed and that are not resolved: the live jobs minus these wait.
         let claimed = counts.running.load(Relaxed);
         let live = self.ledger.len();
-        // What the workers are doing. A thread keeps running a task abandoned by a cancel or a
-        // timeout, and may run tasks nested in another, so the thread backend counts for itself.
-        let (running, busy, queued) = match &self.engine {
-            Engine::Thread(engine) => {
-                let (running, busy) = engine.activity();
-                (running, busy, live.saturating_sub(claimed))
-            }
-            // Jobs sent to a worker wait there until it gets to them: they are queued until their
-            // claims say they started.
-            #[cfg(all(feature = "process", unix))]
-            Engine::Process(engine) => {
-                let running = engine.running();
-                (running, running, live.saturating_sub(running))
-            }
-        };
+        let activity = self.engine.activity(live, claimed);
         PoolStats {
             backend: self.backend,
             workers: self.workers,
-            idle: self.workers.saturating_sub(busy),
-            queued,
-            running,
+            idle: self.workers.saturating_sub(activity.busy),
+            queued: activity.queued,
+            running: activity.running,
             completed: counts.completed.load(Relaxed),
             failed: counts.failed.load(Relaxed),
             cancelled: counts.cancelled.load(Relaxed),

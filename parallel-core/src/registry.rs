@@ -26,7 +26,7 @@ pub struct Registration {
     name: &'static str,
     type_name: fn() -> &'static str,
     // Read by the worker loop of the process backend, which looks tasks up by name.
-    #[cfg_attr(not(any(test, feature = "process")), allow(dead_code))]
+    #[cfg_attr(not(any(test, process_backend)), allow(dead_code))]
     runner: Runner,
 }
 
@@ -34,7 +34,7 @@ pub struct Registration {
 pub(crate) type Runner = fn(&mut Environment, &mut dyn erased_serde::Deserializer<'_>) -> Outcome;
 
 /// What an erased run produced; the caller serializes whichever value it holds.
-#[cfg_attr(not(any(test, feature = "process")), allow(dead_code))] // built for the process backend's worker loop
+#[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // built for the process backend's worker loop
 pub(crate) enum Outcome {
     /// The task returned `Ok`; the value is its output.
     Output(Box<dyn erased_serde::Serialize + Send>),
@@ -61,7 +61,7 @@ impl Registration {
     }
 
     /// Deserializes the task from `input`, runs it with `env` and returns what it produced.
-    #[cfg_attr(not(any(test, feature = "process")), allow(dead_code))] // called by the process backend's worker loop
+    #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // called by the process backend's worker loop
     pub(crate) fn run(
         &self,
         env: &mut Environment,
@@ -120,14 +120,14 @@ pub(crate) fn validate() -> Result<(), Error> {
 }
 
 /// The registration of the task called `name`, if the program has one.
-#[cfg_attr(not(any(test, feature = "process")), allow(dead_code))] // called by the process backend's worker loop
+#[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // called by the process backend's worker loop
 pub(crate) fn lookup(name: &str) -> Option<&'static Registration> {
     table().by_name.get(name).copied()
 }
 
 /// Feeds every registered task's name and Rust type to `hasher`: a worker of another build of
 /// the program hashes differently.
-#[cfg(feature = "process")]
+#[cfg(process_backend)]
 pub(crate) fn fingerprint(hasher: &mut impl std::hash::Hasher) {
     use std::hash::Hash;
     for (name, registration) in &table().by_name {

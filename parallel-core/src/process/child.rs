@@ -583,6 +583,7 @@ fn copy_through(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
     use crate::process::protocol::Reply;
 
     fn ready(version: u16, build: u64, pid: u32) -> Vec<u8> {

@@ -1,0 +1,12 @@
+//! One name for "the process backend is built": the `process` feature on Linux, the only system
+//! whose calls it uses (`prctl`, `memfd`, `/proc`). Elsewhere the feature compiles and a process
+//! pool is refused at `build` with `BackendUnavailable`.
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(process_backend)");
+    let is_linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    if is_linux && std::env::var_os("CARGO_FEATURE_PROCESS").is_some() {
+        println!("cargo::rustc-cfg=process_backend");
+    }
+    println!("cargo::rerun-if-changed=build.rs");
+}

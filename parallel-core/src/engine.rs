@@ -1,0 +1,135 @@
+//! The backend contract: the operations every engine offers a pool, and the one place that picks
+//! the engine. [`Pool`](crate::Pool) and [`TaskHandle`](crate::TaskHandle) speak only to
+//! [`Engine`], never to a backend's module (as crossbeam-channel's `flavors` each offer the same
+//! methods and `channel.rs` only dispatches).
+//!
+//! | operation | thread backend | process backend |
+//! | --- | --- | --- |
+//! | `submit` | a rayon `spawn_fifo` | the slots' queue, or straight to an idle worker |
+//! | `help` a waiting caller | run the job in place if this thread is one of its pool's workers | nothing (callers are never its workers) |
+//! | `stop` after a drain | stop the janitor and the rayon pool | retire the workers, join the slots |
+//! | `kill` | as `stop` (a running thread cannot be stopped) | kill every worker, join the slots |
+//! | `activity` (for stats) | tasks on the threads, threads busy | tasks whose claims say they started |
+//! | `is_current_worker` | whether this thread is one of its workers | never |
+
+use std::sync::Arc;
+
+use crate::job::{Job, Ledger};
+use crate::pool::Settings;
+#[cfg(process_backend)]
+use crate::process::{self, ProcessBackend};
+use crate::thread::{self, ThreadBackend};
+use crate::{Backend, Error, Task};
+
+/// A pool's engine: one backend, behind the operations every backend offers.
+pub(crate) enum Engine {
+    Thread(ThreadBackend),
+    #[cfg(process_backend)]
+    Process(ProcessBackend),
+}
+
+/// What a pool's workers are doing, for [`PoolStats`](crate::PoolStats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Activity {
+    /// Tasks running on a worker.
+    pub(crate) running: usize,
+    /// Workers with a task.
+    pub(crate) busy: usize,
+    /// Tasks submitted and not started nor resolved.
+    pub(crate) queued: usize,
+}
+
+impl Engine {
+    /// Starts the engine `settings.backend` names, for the jobs of `ledger`.
+    ///
+    /// # Errors
+    ///
+    /// `BackendUnavailable` for a backend this build or platform lacks; what the backend reports
+    /// when it cannot start.
+    pub(crate) fn start(settings: Settings, ledger: &Arc<Ledger>) -> Result<Engine, Error> {
+        match settings.backend {
+            Backend::Thread => Ok(Engine::Thread(ThreadBackend::start(
+                Arc::clone(ledger),
+                settings.workers,
+                settings.max_tasks_per_worker,
+            )?)),
+            #[cfg(process_backend)]
+            Backend::Process => Ok(Engine::Process(ProcessBackend::start(
+                ledger,
+                process::Config {
+                    workers: settings.workers,
+                    max_tasks_per_worker: settings.max_tasks_per_worker,
+                    max_memory_per_worker: settings.max_memory_per_worker,
+                    max_frame: settings.max_message_size,
+                },
+            )?)),
+            #[cfg(not(process_backend))]
+            Backend::Process => Err(Error::backend_unavailable(settings.backend)),
+        }
+    }
+
+    /// Hands `job` to the workers; `false` if the engine is stopping.
+    pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
+        match self {
+            Engine::Thread(engine) => engine.submit(job),
+            #[cfg(process_backend)]
+            Engine::Process(engine) => engine.submit(job),
+        }
+    }
+
+    /// Helps a caller about to wait for `job`: where the caller's thread is a worker of the job's
+    /// own pool and the job is still queued, runs it in place (waiting for it could deadlock a
+    /// pool of one worker). Any backend's job may be waited for from any thread, so this asks
+    /// every backend that has workers a caller's thread can be.
+    pub(crate) fn help<T: Task>(job: &Arc<Job<T>>) {
+        thread::help(job);
+    }
+
+    /// Whether the calling thread is one of this engine's workers.
+    pub(crate) fn is_current_worker(&self) -> bool {
+        match self {
+            Engine::Thread(engine) => engine.is_current_worker(),
+            #[cfg(process_backend)]
+            Engine::Process(_) => false,
+        }
+    }
+
+    /// Stops the workers once the ledger is drained and closed: they finish nothing more.
+    pub(crate) fn stop(&self) {
+        match self {
+            Engine::Thread(engine) => engine.stop(),
+            #[cfg(process_backend)]
+            Engine::Process(engine) => engine.stop(true),
+        }
+    }
+
+    /// Stops the workers now; every job is resolved already (the ledger was aborted).
+    pub(crate) fn kill(&self) {
+        match self {
+            // A running thread cannot be stopped: its task is abandoned, its result dropped.
+            Engine::Thread(engine) => engine.stop(),
+            #[cfg(process_backend)]
+            Engine::Process(engine) => engine.kill(),
+        }
+    }
+
+    /// What the workers are doing, given the jobs live in the ledger and those claimed by a
+    /// worker.
+    pub(crate) fn activity(&self, live: usize, claimed: usize) -> Activity {
+        match self {
+            // A thread keeps running a task abandoned by a cancel or a timeout, and may run tasks
+            // nested in another, so the thread backend counts for itself.
+            Engine::Thread(engine) => {
+                let (running, busy) = engine.activity();
+                Activity { running, busy, queued: live.saturating_sub(claimed) }
+            }
+            // Jobs sent to a worker wait there until it gets to them: they are queued until their
+            // claims say they started.
+            #[cfg(process_backend)]
+            Engine::Process(engine) => {
+                let running = engine.running();
+                Activity { running, busy: running, queued: live.saturating_sub(running) }
+            }
+        }
+    }
+}
