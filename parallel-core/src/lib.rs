@@ -4,7 +4,12 @@
 //! Users depend on the `parallel` facade, which re-exports this crate's public items together with
 //! the `#[task]` attribute; this crate is what the facade and the generated code stand on.
 
+#![deny(unsafe_code)]
+
+// A measuring allocator for tests, and the process backend's platform layer (`process/sys.rs`)
+// are the only `unsafe` code.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod alloc_probe;
 mod backend;
 mod builder;

@@ -181,6 +181,9 @@ mod tests {
         }
     }
 
+    // linkme places the entry with `link_section`, which `unsafe_code` counts; it is the same
+    // registration `#[task]` writes in users' crates.
+    #[allow(unsafe_code)]
     #[distributed_slice(TASKS)]
     static SHOUT: Registration = Registration::of::<Shout>();
 

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::entry::{Marker, MARKER};
 use super::protocol::{self, FromWorker, ReadError};
+use super::protocol::{Marker, MARKER};
 use super::ring::Ring;
 use super::sys;
 
@@ -131,7 +131,7 @@ impl Worker {
         let mut command = Command::new("/proc/self/exe");
         // Operators see which program and which slot a worker is, not `/proc/self/exe`.
         command
-            .arg0(format!("{} [parallel worker {}]", program_name(), settings.worker_id))
+            .arg0(format!("{} [parallel worker {}]", sys::program_name(), settings.worker_id))
             .env(MARKER, marker.to_value())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::inherit())
@@ -147,7 +147,7 @@ impl Worker {
         // channel would never report the worker's exit.
         drop(command);
         // The worker's first read on its channel takes the ring's memory file.
-        let sent = send_fd(&ours, &ring_fd);
+        let sent = sys::send_fd(&ours, &ring_fd);
         drop(ring_fd);
         if let Err(error) = sent {
             // The worker is then stuck before its handshake: end it (and its group, while its
@@ -307,47 +307,6 @@ fn check_ready(
         Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
         Err(error) => Err(format!("the worker never said it was ready: {error}")),
     }
-}
-
-/// Sends descriptor `fd` over `channel`, with one byte to carry it.
-fn send_fd(channel: &UnixStream, fd: &OwnedFd) -> nix::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let fds = [fd.as_raw_fd()];
-    let payload = [0u8];
-    let iov = [io::IoSlice::new(&payload)];
-    let control = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(channel.as_raw_fd(), &iov, &control, MsgFlags::MSG_NOSIGNAL, None).map(drop)
-}
-
-/// The worker's side of [`send_fd`]: receives the descriptor sent first on `channel`.
-pub(crate) fn receive_fd(channel: &UnixStream) -> Result<OwnedFd, String> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut payload = [0u8];
-    let mut iov = [io::IoSliceMut::new(&mut payload)];
-    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
-    let message =
-        recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(|error| format!("cannot receive the reply ring: {error}"))?;
-    let mut received = None;
-    for control in message.cmsgs().map_err(|error| error.to_string())? {
-        if let ControlMessageOwned::ScmRights(fds) = control {
-            for fd in fds {
-                // SAFETY: the kernel just installed `fd` in this process for this message; no
-                // one else owns it. Extra descriptors, if any, are closed by dropping them.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                received.get_or_insert(fd);
-            }
-        }
-    }
-    received.ok_or_else(|| "the pool sent no reply ring".to_owned())
-}
-
-/// The file name of this program's executable, for the names of its workers.
-pub(crate) fn program_name() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "parallel".to_owned())
 }
 
 fn describe_exe() -> String {
@@ -583,8 +542,8 @@ fn copy_through(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
     use crate::process::protocol::Reply;
+    use std::sync::atomic::AtomicU64;
 
     fn ready(version: u16, build: u64, pid: u32) -> Vec<u8> {
         let mut frame = Vec::new();

@@ -16,6 +16,8 @@ mod pace;
 mod protocol;
 mod ring;
 mod slot;
+// The platform layer: the only module of the backend with `unsafe` code.
+#[allow(unsafe_code)]
 mod sys;
 mod worker;
 

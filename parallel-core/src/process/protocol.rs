@@ -1,4 +1,5 @@
-//! The wire protocol between a pool and its worker processes: the only code that knows bytes.
+//! The wire protocol between a pool and its worker processes: the only code that knows bytes —
+//! the marker a worker is started with, the frames, and the values in them.
 //!
 //! Every message is one frame: a little-endian `u32` length, then that many bytes, the first of
 //! which is the message tag. Integers are little-endian; strings are a `u32` length and UTF-8.
@@ -31,6 +32,73 @@ const UNSERIALIZABLE: u8 = 16;
 const SKIPPED: u8 = 17;
 const WAKE: u8 = 18;
 const ON_SOCKET: u8 = 19;
+
+/// The environment variable that makes a process a worker, holding a [`Marker`].
+pub(crate) const MARKER: &str = "PARALLEL_WORKER";
+
+/// The marker's layout version; a worker refuses a marker of another layout.
+const MARKER_VERSION: &str = "2";
+
+/// What the pool tells a new worker through the marker, before any frame: the value of
+/// [`MARKER`] is `2:<fd>:<parent pid>:<worker id>:<frame limit>:<memory limit or 0>`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// The worker's end of the channel, as a file descriptor number (always 0: standard input).
+    pub(crate) fd: i32,
+    /// The pool's process, which the worker must outlive by no more than an instant.
+    pub(crate) parent: u32,
+    /// The worker slot: [`Environment::worker_id`](crate::Environment::worker_id).
+    pub(crate) worker_id: usize,
+    /// The largest frame either side sends.
+    pub(crate) max_frame: usize,
+    /// The worker's address space limit in bytes, which it sets itself (0 in the marker: none).
+    pub(crate) max_memory: Option<u64>,
+}
+
+impl Marker {
+    /// The marker's value, for the worker's environment.
+    pub(crate) fn to_value(&self) -> String {
+        format!(
+            "{MARKER_VERSION}:{}:{}:{}:{}:{}",
+            self.fd,
+            self.parent,
+            self.worker_id,
+            self.max_frame,
+            self.max_memory.unwrap_or(0)
+        )
+    }
+
+    /// Reads a marker's value.
+    ///
+    /// # Errors
+    ///
+    /// Says what is wrong with a value that is not a marker of this layout.
+    pub(crate) fn parse(value: &std::ffi::OsStr) -> Result<Marker, String> {
+        let text = value.to_str().ok_or("the marker is not UTF-8")?;
+        let mut parts = text.split(':');
+        if parts.next() != Some(MARKER_VERSION) {
+            return Err(format!("marker {text:?} is of another layout than {MARKER_VERSION}"));
+        }
+        let mut field = |what: &str| {
+            parts
+                .next()
+                .and_then(|part| part.parse::<u64>().ok())
+                .ok_or(format!("marker {text:?} lacks a valid {what}"))
+        };
+        let fd = i32::try_from(field("fd")?).map_err(|_| "the fd is out of range")?;
+        let parent =
+            u32::try_from(field("parent pid")?).map_err(|_| "the parent pid is out of range")?;
+        let worker_id =
+            usize::try_from(field("worker id")?).map_err(|_| "the worker id is out of range")?;
+        let max_frame = usize::try_from(field("frame limit")?)
+            .map_err(|_| "the frame limit is out of range")?;
+        let max_memory = Some(field("memory limit")?).filter(|bytes| *bytes > 0);
+        if parts.next().is_some() {
+            return Err(format!("marker {text:?} has more fields than layout {MARKER_VERSION}"));
+        }
+        Ok(Marker { fd, parent, worker_id, max_frame, max_memory })
+    }
+}
 
 /// What the pool tells a worker.
 #[derive(Debug, PartialEq, Eq)]
@@ -466,6 +534,26 @@ mod tests {
     fn read_one(bytes: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
         let mut buffer = Vec::new();
         read_frame(&mut &bytes[..], &mut buffer, max).map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn the_marker_round_trips_and_refuses_garbage() {
+        use std::ffi::OsStr;
+        for max_memory in [None, Some(1 << 30)] {
+            let marker = Marker { fd: 0, parent: 77, worker_id: 2, max_frame: 1 << 20, max_memory };
+            assert_eq!(Marker::parse(OsStr::new(&marker.to_value())), Ok(marker));
+        }
+        for bad in [
+            "",
+            "1:3:4:77:2:5",
+            "2:3:4:77",
+            "2:x:4:77:2:5",
+            "2:3:4:77:2:5:",
+            "2:99999999999:4:1:1:1",
+            "2:3:99999999999:1:1:1",
+        ] {
+            assert!(Marker::parse(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

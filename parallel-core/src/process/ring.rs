@@ -20,93 +20,52 @@
 //! like any frame from a socket, and a ring that breaks the rules is a protocol error for that
 //! worker, never a panic or an allocation larger than the frame limit.
 
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use crossbeam_utils::CachePadded;
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 use super::claim::CLAIMS;
 use super::protocol::ProtocolError;
+use super::sys::SharedMemory;
 
 /// The bytes of frames a ring holds; frames over a quarter of it go through the socket.
 pub(crate) const CAPACITY: usize = 1 << 20;
-/// Where the frames start in the mapping, after the control words.
-const DATA_OFFSET: usize = 4096;
-
-/// The control words at the start of the shared mapping.
-#[repr(C)]
-struct Control {
-    /// Bytes of frames published by the worker, ever (wraps at `u64::MAX`, never in practice).
-    head: CachePadded<AtomicU64>,
-    /// Bytes of frames consumed by the pool, ever.
-    tail: CachePadded<AtomicU64>,
-    /// 1 while the pool's reader waits on the socket for a `Wake`.
-    asleep: CachePadded<AtomicU32>,
-    /// One word per job in flight: whether it may start, started, or was stopped.
-    claims: CachePadded<[AtomicU64; CLAIMS]>,
-    /// How many jobs the worker has started, ever: what its standard error was written during.
-    started: CachePadded<AtomicU64>,
-}
-
-const _: () = assert!(std::mem::size_of::<Control>() <= DATA_OFFSET);
+/// The control words at the start of the shared mapping, each on a cache line of its own
+/// (eight words apart) where both sides write them often.
+///
+/// Bytes of frames published by the worker, ever (wraps at `u64::MAX`, never in practice).
+const HEAD: usize = 0;
+/// Bytes of frames consumed by the pool, ever.
+const TAIL: usize = 8;
+/// 1 while the pool's reader waits on the socket for a `Wake`.
+const ASLEEP: usize = 16;
+/// How many jobs the worker has started, ever: what its standard error was written during.
+const STARTED: usize = 24;
+/// One word per job in flight: whether it may start, started, or was stopped.
+const CLAIMS_AT: usize = 32;
+/// The words the control area holds: a page.
+const WORDS: usize = 512;
+const _: () = assert!(CLAIMS_AT + CLAIMS <= WORDS);
 
 /// One end of a ring: the same mapping in the pool and in its worker.
 pub(crate) struct Ring {
-    base: NonNull<u8>,
+    memory: SharedMemory,
 }
-
-// SAFETY: the mapping is shared memory accessed through atomics (control words) or by the one
-// side that owns a byte range at a time (frames); the pointer itself may move between threads.
-unsafe impl Send for Ring {}
-// SAFETY: as above; `&Ring` methods are safe to call from several threads (the pool's reader
-// consumes, a canceller moves a claim atomically).
-unsafe impl Sync for Ring {}
 
 impl Ring {
     /// Creates a ring in a fresh memory file; the descriptor is for the worker to map.
     pub(crate) fn create() -> Result<(Ring, OwnedFd), String> {
-        use nix::sys::memfd::{memfd_create, MFdFlags};
-        let fd = memfd_create("parallel-replies", MFdFlags::MFD_CLOEXEC)
-            .map_err(|error| format!("cannot create the reply ring: {error}"))?;
-        let len = DATA_OFFSET + CAPACITY;
-        nix::unistd::ftruncate(&fd, len as i64)
-            .map_err(|error| format!("cannot size the reply ring: {error}"))?;
-        let ring = Ring::map(&fd)?;
-        Ok((ring, fd))
+        let (memory, fd) = SharedMemory::create("parallel-replies", WORDS, CAPACITY)?;
+        Ok((Ring { memory }, fd))
     }
 
     /// Maps the ring the pool created (the worker's side), from its descriptor.
     pub(crate) fn map(fd: impl AsFd) -> Result<Ring, String> {
-        let len = NonZeroUsize::new(DATA_OFFSET + CAPACITY).expect("the ring has a size");
-        // SAFETY: a fresh shared mapping of a memory file the pool sized to `len`; nothing else
-        // in this process uses the address range the kernel picks.
-        let base = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                0,
-            )
-        }
-        .map_err(|error| format!("cannot map the reply ring: {error}"))?;
-        Ok(Ring { base: base.cast() })
+        Ok(Ring { memory: SharedMemory::map(fd, WORDS, CAPACITY)? })
     }
 
-    fn control(&self) -> &Control {
-        // SAFETY: the mapping starts with the control words, is page-aligned and lives as long as
-        // `self`; they are only ever accessed as atomics.
-        unsafe { self.base.cast::<Control>().as_ref() }
-    }
-
-    fn data(&self) -> *mut u8 {
-        // SAFETY: `DATA_OFFSET` is inside the mapping.
-        unsafe { self.base.as_ptr().add(DATA_OFFSET) }
+    fn word(&self, index: usize) -> &AtomicU64 {
+        &self.memory.words()[index]
     }
 
     /// Whether a frame of `len` bytes goes through the ring (else through the socket).
@@ -119,38 +78,29 @@ impl Ring {
     /// asleep and must be woken through the socket.
     pub(crate) fn push(&self, frame: &[u8]) -> bool {
         debug_assert!(self.fits(frame.len()));
-        let control = self.control();
-        let head = control.head.load(Ordering::Relaxed);
+        let (head, tail, asleep) = (self.word(HEAD), self.word(TAIL), self.word(ASLEEP));
+        let at = head.load(Ordering::Relaxed);
         let mut waited = 0u32;
         // Room comes back as the pool consumes; a pool that stopped consuming kills this worker.
-        while CAPACITY - (head.wrapping_sub(control.tail.load(Ordering::Acquire)) as usize)
-            < frame.len()
-        {
+        while CAPACITY - (at.wrapping_sub(tail.load(Ordering::Acquire)) as usize) < frame.len() {
             back_off(&mut waited);
         }
-        let start = head as usize % CAPACITY;
+        // The bytes from `head` on are free (checked above) and belong to this side until
+        // `head` moves past them.
+        let start = at as usize % CAPACITY;
         let first = frame.len().min(CAPACITY - start);
-        // SAFETY: the bytes from `head` for `frame.len()` are free (checked above) and belong to
-        // this side until `head` moves past them; both ranges are inside the data area.
-        unsafe {
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), self.data().add(start), first);
-            std::ptr::copy_nonoverlapping(
-                frame[first..].as_ptr(),
-                self.data(),
-                frame.len() - first,
-            );
-        }
-        control.head.store(head.wrapping_add(frame.len() as u64), Ordering::SeqCst);
+        self.memory.copy_in(start, &frame[..first]);
+        self.memory.copy_in(0, &frame[first..]);
+        head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
         // Pairs with `sleep`: either the reader sees the new head, or this sees it asleep.
-        control.asleep.load(Ordering::SeqCst) == 1 && control.asleep.swap(0, Ordering::SeqCst) == 1
+        asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1
     }
 
     /// The pool's side: copies the next frame's body (after its length) into `body`; `false` if
     /// the ring is empty.
     pub(crate) fn pop(&self, body: &mut Vec<u8>, max_frame: usize) -> Result<bool, ProtocolError> {
-        let control = self.control();
-        let tail = control.tail.load(Ordering::Relaxed);
-        let head = control.head.load(Ordering::Acquire);
+        let tail = self.word(TAIL).load(Ordering::Relaxed);
+        let head = self.word(HEAD).load(Ordering::Acquire);
         let published = head.wrapping_sub(tail);
         if published == 0 {
             return Ok(false);
@@ -170,58 +120,46 @@ impl Ring {
         body.clear();
         body.resize(len, 0);
         self.copy_out(tail.wrapping_add(4), body);
-        control.tail.store(tail.wrapping_add(4 + len as u64), Ordering::Release);
+        self.word(TAIL).store(tail.wrapping_add(4 + len as u64), Ordering::Release);
         Ok(true)
     }
 
     /// Copies `out.len()` bytes from ring position `at` (within the published bytes).
     fn copy_out(&self, at: u64, out: &mut [u8]) {
+        // The bytes are published and belong to this side until `tail` moves past them; a worker
+        // that writes them anyway can only garble this copy, which is then checked like any bytes
+        // from a worker.
         let start = at as usize % CAPACITY;
         let first = out.len().min(CAPACITY - start);
-        // SAFETY: both ranges are inside the data area. The bytes are published and belong to
-        // this side until `tail` moves past them; a worker that writes them anyway can only garble
-        // this copy, which is then checked like any bytes from a worker.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data().add(start), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(
-                self.data(),
-                out[first..].as_mut_ptr(),
-                out.len() - first,
-            );
-        }
+        let (wrapped, rest) = out.split_at_mut(first);
+        self.memory.copy_out(start, wrapped);
+        self.memory.copy_out(0, rest);
     }
 
     /// The pool's reader is about to wait on the socket: `false` if a frame came in meanwhile
     /// (then it must not wait). After `true`, the worker writes a `Wake` for its next frame.
     pub(crate) fn sleep(&self) -> bool {
-        let control = self.control();
-        control.asleep.store(1, Ordering::SeqCst);
-        let tail = control.tail.load(Ordering::Relaxed);
-        if control.head.load(Ordering::SeqCst) == tail {
+        let asleep = self.word(ASLEEP);
+        asleep.store(1, Ordering::SeqCst);
+        let tail = self.word(TAIL).load(Ordering::Relaxed);
+        if self.word(HEAD).load(Ordering::SeqCst) == tail {
             return true;
         }
         // A frame came in after all. If the worker took the flag, its `Wake` is on the way and
         // is read later as a spurious one.
-        control.asleep.store(0, Ordering::SeqCst);
+        asleep.store(0, Ordering::SeqCst);
         false
     }
 
     /// The claims of the jobs sent to the worker, shared by both sides.
     pub(crate) fn claims(&self) -> &[AtomicU64; CLAIMS] {
-        &self.control().claims
+        let claims = &self.memory.words()[CLAIMS_AT..CLAIMS_AT + CLAIMS];
+        claims.try_into().expect("the claims are `CLAIMS` words: a constant range")
     }
 
     /// How many jobs the worker has started: it bumps the count as it starts each one.
     pub(crate) fn started(&self) -> &AtomicU64 {
-        &self.control().started
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this length and is not used after this.
-        // A failure would leak the mapping, nothing worse.
-        let _ = unsafe { munmap(self.base.cast(), DATA_OFFSET + CAPACITY) };
+        self.word(STARTED)
     }
 }
 
@@ -315,12 +253,11 @@ mod tests {
 
     /// Sets the raw state of a ring as a hostile worker could.
     fn forge(ring: &Ring, head: u64, tail: u64, bytes: &[u8]) {
-        ring.control().head.store(head, Ordering::SeqCst);
-        ring.control().tail.store(tail, Ordering::SeqCst);
+        ring.word(HEAD).store(head, Ordering::SeqCst);
+        ring.word(TAIL).store(tail, Ordering::SeqCst);
         let start = tail as usize % CAPACITY;
         let n = bytes.len().min(CAPACITY - start);
-        // SAFETY: inside the data area; the test owns both ends.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring.data().add(start), n) };
+        ring.memory.copy_in(start, &bytes[..n]);
     }
 
     proptest! {

@@ -1,8 +1,11 @@
-//! Every system call and `unsafe` block the process backend needs that has no safe std wrapper:
-//! the worker's start-up in place of the Rust runtime's (SIGPIPE, the stack overflow report),
-//! its death signal, process groups, waiting without reaping, the standard error pipe, and the
-//! scrubbing of the worker marker from the initial environment. Linux only, like the backend;
-//! nix's safe wrappers are used where they exist.
+//! The platform layer: every system call and every `unsafe` block the process backend needs that
+//! has no safe std wrapper — memory shared with a worker, descriptor passing, the worker's
+//! start-up in place of the Rust runtime's (SIGPIPE, the stack overflow report), its name, its
+//! death signal, process groups, waiting without reaping, the standard error pipe, and the
+//! scrubbing of the worker marker from the initial environment. The rest of the crate denies
+//! `unsafe_code` and calls this module's safe functions (the worker's constructor in `entry.rs`
+//! is an attribute, not an `unsafe` block). Linux only, like the backend (`prctl`, `memfd`, `/proc`); nix's safe wrappers are
+//! used where they exist.
 
 use std::ffi::{c_int, c_void, OsString};
 use std::io;
@@ -440,4 +443,185 @@ fn initial_environment_block() -> Option<std::ops::Range<usize>> {
     let start = fields.next()?.parse().ok()?;
     let end = fields.next()?.parse().ok()?;
     Some(start..end)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory shared with a worker
+
+/// A mapping of a memory file that the pool and one worker both map: the pool creates it and
+/// hands the worker its descriptor. It starts with `words` 64-bit atomic words, then `bytes`
+/// bytes of data, which either side copies in and out by offset (bounds-checked).
+pub(crate) struct SharedMemory {
+    base: std::ptr::NonNull<u8>,
+    words: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; the words are only accessed as atomics, and the
+// data only by bounds-checked copies, so it may move to and be used from any thread.
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above: `&SharedMemory` offers only atomic words and copies.
+unsafe impl Sync for SharedMemory {}
+
+impl SharedMemory {
+    /// Creates a zeroed memory file of `words` words and `bytes` bytes and maps it; the
+    /// descriptor is for the worker.
+    pub(crate) fn create(
+        name: &str,
+        words: usize,
+        bytes: usize,
+    ) -> Result<(SharedMemory, OwnedFd), String> {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)
+            .map_err(|error| format!("cannot create the {name} memory: {error}"))?;
+        let len = i64::try_from(Self::len(words, bytes)).map_err(|_| "a mapping too large")?;
+        nix::unistd::ftruncate(&fd, len)
+            .map_err(|error| format!("cannot size the {name} memory: {error}"))?;
+        let memory = SharedMemory::map(&fd, words, bytes)?;
+        Ok((memory, fd))
+    }
+
+    /// Maps the memory file the pool created (the worker's side).
+    pub(crate) fn map(
+        fd: impl std::os::fd::AsFd,
+        words: usize,
+        bytes: usize,
+    ) -> Result<SharedMemory, String> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len = NonZeroUsize::new(Self::len(words, bytes)).ok_or("an empty mapping")?;
+        // A file shorter than the mapping would fault on access: check before mapping.
+        let size = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|error| format!("cannot inspect the shared memory: {error}"))?
+            .st_size;
+        if usize::try_from(size).ok() != Some(len.get()) {
+            return Err(format!("the shared memory has {size} bytes, not {len}"));
+        }
+        // SAFETY: a fresh shared mapping of a file of exactly `len` bytes (checked above);
+        // nothing else in this process uses the address range the kernel picks.
+        let base = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|error| format!("cannot map the shared memory: {error}"))?;
+        Ok(SharedMemory { base: base.cast(), words, bytes })
+    }
+
+    fn len(words: usize, bytes: usize) -> usize {
+        words * 8 + bytes
+    }
+
+    /// The atomic words at the start of the mapping.
+    pub(crate) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned, holds `words` 8-byte words first, lives as long
+        // as `self`, and these words are only ever accessed as atomics (by both processes).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.cast::<std::sync::atomic::AtomicU64>().as_ptr(),
+                self.words,
+            )
+        }
+    }
+
+    /// Copies `from` into the data at `offset`; panics if it does not fit (a caller's bug).
+    pub(crate) fn copy_in(&self, offset: usize, from: &[u8]) {
+        assert!(offset <= self.bytes && from.len() <= self.bytes - offset, "copy_in out of bounds");
+        // SAFETY: the range is inside the data area (checked above). The protocol gives the
+        // range to this side while it writes; a hostile worker writing it at the same time can
+        // only garble these bytes, which the reader checks like any bytes from a worker.
+        unsafe {
+            let data = self.base.as_ptr().add(self.words * 8);
+            std::ptr::copy_nonoverlapping(from.as_ptr(), data.add(offset), from.len());
+        }
+    }
+
+    /// Copies the data at `offset` into `to`; panics if it does not fit (a caller's bug).
+    pub(crate) fn copy_out(&self, offset: usize, to: &mut [u8]) {
+        assert!(offset <= self.bytes && to.len() <= self.bytes - offset, "copy_out out of bounds");
+        // SAFETY: as in `copy_in`: inside the data area, owned by this side by the protocol.
+        unsafe {
+            let data = self.base.as_ptr().add(self.words * 8);
+            std::ptr::copy_nonoverlapping(data.add(offset), to.as_mut_ptr(), to.len());
+        }
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `map` with this length and is not used after this.
+        // A failure would leak the mapping, nothing worse.
+        let _ =
+            unsafe { nix::sys::mman::munmap(self.base.cast(), Self::len(self.words, self.bytes)) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors and names
+
+/// Sends descriptor `fd` over `channel`, with one byte to carry it.
+pub(crate) fn send_fd(channel: &std::os::unix::net::UnixStream, fd: &OwnedFd) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let payload = [0u8];
+    let iov = [io::IoSlice::new(&payload)];
+    let control = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(channel.as_raw_fd(), &iov, &control, MsgFlags::MSG_NOSIGNAL, None).map(drop)
+}
+
+/// The worker's side of [`send_fd`]: receives the descriptor sent first on `channel`.
+pub(crate) fn receive_fd(channel: &std::os::unix::net::UnixStream) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut payload = [0u8];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let message =
+        recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|error| format!("cannot receive the shared memory: {error}"))?;
+    let mut received = None;
+    for control in message.cmsgs().map_err(|error| error.to_string())? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for this message; no
+                // one else owns it. Extra descriptors, if any, are closed by dropping them.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
+            }
+        }
+    }
+    received.ok_or_else(|| "the pool sent no shared memory".to_owned())
+}
+
+/// The worker's side: takes the channel the pool put at standard input and puts `/dev/null`
+/// there instead, so that a task reading standard input never reads the channel.
+pub(crate) fn take_channel_from_stdin() -> Result<OwnedFd, String> {
+    let channel = borrow(0).try_clone_to_owned().map_err(|error| error.to_string())?;
+    let null = std::fs::File::open("/dev/null").map_err(|error| error.to_string())?;
+    nix::unistd::dup2_stdin(&null).map_err(|error| error.to_string())?;
+    Ok(channel)
+}
+
+/// The file name of this program's executable, for the names of its workers.
+pub(crate) fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "parallel".to_owned())
+}
+
+/// Names this process after the program (its `comm`, what `top` shows; at most 15 bytes), not
+/// after the `/proc/self/exe` it was started through.
+pub(crate) fn name_this_process() {
+    let mut name = program_name().into_bytes();
+    name.retain(|byte| *byte != 0);
+    name.truncate(15);
+    if let Ok(name) = std::ffi::CString::new(name) {
+        // A name is a courtesy to operators; failing to set it changes nothing else.
+        let _ = nix::sys::prctl::set_name(&name);
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufReader, Write};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::id;
 use std::sync::atomic::Ordering;
@@ -18,7 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
 
 use super::claim;
-use super::entry::Marker;
+use super::protocol::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
 use super::ring::Ring;
 use super::sys;
@@ -53,7 +53,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
     // The pool may have died before the line above (then nobody will ever send a task), or the
     // marker is not ours.
     if let Err(error) = marker.check_parent() {
-        super::entry::cannot_serve(&error);
+        cannot_serve(&error);
         return EXIT_CANNOT_SERVE;
     }
     match prepare(marker).and_then(|(channel, ring)| serve_channel(channel, ring, marker)) {
@@ -62,43 +62,31 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
     }
 }
 
+/// Says on standard error why a process started as a worker cannot serve. A failing standard
+/// error (its reader gone) is no reason to panic before `main`.
+pub(crate) fn cannot_serve(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "parallel: this process was started as a worker but cannot serve: {why}"
+    );
+}
+
 /// Sets the worker up: memory limit, name, channel (moved off standard input) and reply ring.
 fn prepare(marker: &Marker) -> Result<(UnixStream, Ring), String> {
     if let Some(bytes) = marker.max_memory {
         setrlimit(Resource::RLIMIT_AS, bytes, bytes)
             .map_err(|error| format!("cannot set the memory limit of {bytes} bytes: {error}"))?;
     }
-    name_this_process();
-    let channel = if marker.fd == 0 {
-        // SAFETY: descriptor 0 is open (a process always has one; the pool put the channel
-        // there) and only borrowed for the duplication.
-        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
-        let channel = stdin.try_clone_to_owned().map_err(|error| error.to_string())?;
-        // Tasks that read standard input must not read the channel.
-        let null = std::fs::File::open("/dev/null").map_err(|error| error.to_string())?;
-        nix::unistd::dup2_stdin(&null).map_err(|error| error.to_string())?;
-        channel
-    } else {
-        // SAFETY: the pool put its end of a fresh socket pair at this descriptor for this
-        // process alone and told us its number in the marker; nothing else here owns it.
-        unsafe { OwnedFd::from_raw_fd(marker.fd) }
-    };
-    let channel = UnixStream::from(channel);
-    let ring = Ring::map(super::child::receive_fd(&channel)?)?;
-    Ok((channel, ring))
-}
-
-/// Names the process after the program (its `comm`, what `top` shows), not after the
-/// `/proc/self/exe` it was started through.
-fn name_this_process() {
-    let mut name = super::child::program_name().into_bytes();
-    name.retain(|byte| *byte != 0);
-    name.truncate(15);
-    name.push(0);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which `name` is.
-    unsafe {
-        nix::libc::prctl(nix::libc::PR_SET_NAME, name.as_ptr());
+    sys::name_this_process();
+    // The pool always puts the channel at standard input (see `child::CHANNEL_FD`).
+    if marker.fd != 0 {
+        return Err(format!("the marker puts the channel at descriptor {}, not 0", marker.fd));
     }
+    let channel = sys::take_channel_from_stdin()?;
+    let channel = UnixStream::from(channel);
+    let ring = Ring::map(sys::receive_fd(&channel)?)?;
+    Ok((channel, ring))
 }
 
 fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(), String> {
