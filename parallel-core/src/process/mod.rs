@@ -14,6 +14,7 @@ pub(crate) mod fuzz;
 mod protocol;
 mod ring;
 mod slot;
+mod wire_value;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;
