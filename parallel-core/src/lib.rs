@@ -45,7 +45,7 @@ pub mod __private;
 #[cfg(all(feature = "fuzzing", unix))]
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::process::fuzz::{pool_side, value, worker_side};
+    pub use crate::process::fuzz::{pool_side, pool_side_values, reply_frame, value, worker_side};
 }
 
 #[cfg(test)]
