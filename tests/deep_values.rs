@@ -43,11 +43,8 @@ impl Drop for Nest {
         // Detach the chain link by link; each link is dropped holding a `Leaf`.
         let Nest::Node(inner) = self else { return };
         let mut next = std::mem::replace(&mut **inner, Nest::Leaf);
-        loop {
-            let rest = match &mut next {
-                Nest::Node(inner) => std::mem::replace(&mut **inner, Nest::Leaf),
-                Nest::Leaf => break,
-            };
+        while let Nest::Node(inner) = &mut next {
+            let rest = std::mem::replace(&mut **inner, Nest::Leaf);
             next = rest;
         }
     }
