@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the wire protocol's decoders (fuzz/fuzz_targets/): frames on both ends of a worker's
-# channel, and task values decoded from untrusted bytes.
+# channel, task values decoded from untrusted bytes, and replies whose values nest deep.
 #
 #   scripts/fuzz.sh [seconds per target, default 600]
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${1:-600}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 
-for target in frames values; do
+for target in frames values deep_values; do
     echo "== fuzzing ${target} for ${seconds}s"
     RUSTC_BOOTSTRAP=1 cargo fuzz run "${target}" -- \
         -max_total_time="${seconds}" -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1

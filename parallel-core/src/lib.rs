@@ -51,7 +51,7 @@ pub mod __private;
 #[cfg(all(feature = "fuzzing", process_backend))]
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::process::fuzz::{pool_side, value, worker_side};
+    pub use crate::process::fuzz::{pool_side, pool_side_values, reply_frame, value, worker_side};
 }
 
 #[cfg(test)]

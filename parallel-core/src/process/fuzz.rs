@@ -36,3 +36,36 @@ pub fn worker_side(bytes: &[u8], limit: usize) -> usize {
 pub fn value<T: serde::de::DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
     protocol::decode_value(bytes)
 }
+
+/// Reads frames from `bytes` as the pool reads a worker's channel, under frame limit `limit`,
+/// and decodes the value of each output or error reply as a `T`, as the pool's reader thread
+/// does; returns how many decoded. Must never panic nor overflow the stack, however deep the
+/// values nest.
+pub fn pool_side_values<T: serde::de::DeserializeOwned + 'static>(
+    bytes: &[u8],
+    limit: usize,
+) -> usize {
+    let mut reader = bytes;
+    let mut buffer = Vec::new();
+    let mut decoded = 0;
+    while let Ok(body) = protocol::read_frame(&mut reader, &mut buffer, limit) {
+        if let Ok(protocol::FromWorker::Done {
+            reply: protocol::Reply::Output(value) | protocol::Reply::Failed(value),
+            ..
+        }) = protocol::decode_from_worker(body)
+        {
+            decoded += usize::from(protocol::decode_value::<T>(value).is_ok());
+        }
+    }
+    decoded
+}
+
+/// Frames `value` as a worker's reply to job 1 (an output, or with `is_error` an error).
+pub fn reply_frame(value: &[u8], is_error: bool) -> Vec<u8> {
+    let mut frame = Vec::new();
+    protocol::begin_value_reply(&mut frame, 1, is_error);
+    frame.extend_from_slice(value);
+    // The frame limit is the caller's to pick; here any length that fits the header does.
+    let _ = protocol::finish_frame(&mut frame, u32::MAX as usize);
+    frame
+}

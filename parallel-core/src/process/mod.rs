@@ -19,6 +19,7 @@ mod slot;
 // The platform layer: the only module of the backend with `unsafe` code.
 #[allow(unsafe_code)]
 mod sys;
+mod wire_value;
 mod worker;
 
 use std::collections::hash_map::DefaultHasher;

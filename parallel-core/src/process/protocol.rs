@@ -3,9 +3,11 @@
 //!
 //! Every message is one frame: a little-endian `u32` length, then that many bytes, the first of
 //! which is the message tag. Integers are little-endian; strings are a `u32` length and UTF-8.
-//! Task arguments, outputs and errors are MessagePack (`rmp-serde`, structs as maps), a
-//! self-describing format, so every serde shape crosses: `#[serde(flatten)]`, untagged enums,
-//! `serde_json::Value`. The protocol version travels in the worker's first frame.
+//! Task arguments, outputs and errors are MessagePack as [`wire_value`] writes it (structs as
+//! maps), a self-describing format, so every serde shape crosses: `#[serde(flatten)]`, untagged
+//! enums, `serde_json::Value`, `Some(None)`; a value nested deeper than
+//! [`wire_value::MAX_DEPTH`] levels is refused on both sides. The protocol version travels in
+//! the worker's first frame.
 //!
 //! Bytes from a worker are untrusted: a frame over the limit, a truncated frame, an unknown tag
 //! or a malformed body is a [`ProtocolError`] for that worker, never a panic, and a frame's buffer
@@ -17,8 +19,12 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The version of this protocol; a worker that speaks another one is refused.
-pub(crate) const VERSION: u16 = 3;
+use super::wire_value;
+
+/// The version of this protocol; a worker that speaks another one is refused. 3: no `Cancel`
+/// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
+/// [`wire_value`]).
+pub(crate) const VERSION: u16 = 4;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
@@ -492,16 +498,15 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    value
-        .serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
-        .map_err(|e| e.to_string())
+    wire_value::encode(value, out).map_err(|error| error.to_string())
 }
 
 /// Deserializes a task value (a `Vec<u8>` from one byte string, see [`crate::value`]).
 pub(crate) fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    let mut deserializer = wire_value::Deserializer::new(bytes);
     crate::value::deserialize(&mut deserializer)
-        .map_err(|error: rmp_serde::decode::Error| error.to_string())
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error: wire_value::Error| error.to_string())
 }
 
 /// Runs `f` with a type-erased deserializer over `bytes`, for the worker's registry lookup.
@@ -509,7 +514,7 @@ pub(crate) fn with_deserializer<R>(
     bytes: &[u8],
     f: impl FnOnce(&mut dyn erased_serde::Deserializer<'_>) -> R,
 ) -> R {
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    let mut deserializer = wire_value::Deserializer::new(bytes);
     f(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut deserializer))
 }
 
@@ -737,6 +742,26 @@ mod tests {
             let stream = [frame.clone(), frame].concat();
             assert_eq!(consume(&stream), 2);
         }
+    }
+
+    #[test]
+    fn too_deep_arguments_are_an_error_in_the_worker() {
+        // What the worker's registry does with a job's arguments (`registry::run_erased`): the
+        // error becomes its `BadArguments` reply, and the worker lives on.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)] // only ever read, never looked at
+        enum Nest {
+            Leaf,
+            Node(Box<Nest>),
+        }
+        let mut bytes = [0x81, 0xa4, b'N', b'o', b'd', b'e'].repeat(50_000);
+        bytes.push(0xa4);
+        bytes.extend_from_slice(b"Leaf");
+        let error =
+            with_deserializer(&bytes, |input| erased_serde::deserialize::<Nest>(input).map(|_| ()))
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains(&format!("limit of {} levels", wire_value::MAX_DEPTH)), "{error}");
     }
 
     #[test]

@@ -1,0 +1,1196 @@
+//! Task values on the wire: serde's data model as MessagePack, written and read here so that
+//! every serde value crosses unchanged and no value can nest deeper than [`MAX_DEPTH`].
+//!
+//! The layout is rmp-serde's with structs as maps (self-describing, so `#[serde(flatten)]`,
+//! untagged enums and `serde_json::Value` work): a unit struct is `[]`, a unit variant its name,
+//! any other variant a map of one entry `{name: content}`, a newtype struct its content, an
+//! `i128`/`u128` 16 big-endian bytes, a sequence or map of unknown length a 32-bit header
+//! filled in at the end. Two things differ, and they are why this module exists:
+//!
+//! - **`Some` of a value written as nil.** MessagePack writes `None` and `()` as nil and `Some(x)`
+//!   as `x`, so `Some(None)` and `Some(())` would come back as `None`. Here a `Some(x)` whose `x`
+//!   came out as exactly nil is written as the extension [`SOME_EXT`] holding `k = 1`, and a
+//!   `Some` of that marker as the marker with `k + 1`; reading the marker yields `Some` of
+//!   (nil, or the marker with `k - 1`). `Some(x)` of any other `x` stays `x`: the common path pays
+//!   nothing. No other extension is ever written; one in the input is an error.
+//! - **Depth.** Every level of serde nesting (an element of a sequence, tuple, map or struct, the
+//!   content of a variant, a `Some`, a newtype) counts, on both sides, so a value too deep is an
+//!   [`Error`] naming the limit before it can overflow the stack of the thread that serializes
+//!   or reads it. rmp-serde's own limit counts arrays and maps only: a deep enum or option chain
+//!   passed it and crashed the pool's reader thread.
+//!
+//! The rest of the crate reaches this module only through `protocol` (`encode_value`,
+//! `decode_value`, `with_deserializer`).
+
+use std::fmt;
+
+use rmp::Marker;
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::ser::{self, Serialize};
+
+/// The deepest a task value may nest (serde levels, see the module docs): far beyond what real
+/// data nests (serde_json stops at 128 arrays or objects). Values at this depth in the shapes
+/// that cost the most stack (an untagged enum, whose content serde buffers and reads again, a
+/// flattened struct, `serde_json::Value`) need between 768 KiB and 1 MiB of stack in a debug
+/// build, so they fit the default 2 MiB stack of the pool's reader thread twice over
+/// (`the_limit_fits_in_half_a_reader_thread_stack`).
+pub(crate) const MAX_DEPTH: usize = 256;
+
+/// The MessagePack extension type of the `Some` marker (application types are 0 to 127).
+const SOME_EXT: i8 = 0x53;
+const NIL: u8 = 0xc0;
+const FIXEXT1: u8 = 0xd4;
+const FIXEXT2: u8 = 0xd5;
+const ARRAY32: u8 = 0xdd;
+const MAP32: u8 = 0xdf;
+
+// A marker's count is at most the depth, and it is written in at most two bytes.
+const _: () = assert!(MAX_DEPTH <= u16::MAX as usize);
+
+/// Why a value could not be written or read.
+#[derive(Debug)]
+pub(crate) struct Error(String);
+
+impl Error {
+    fn too_deep() -> Error {
+        Error(format!(
+            "the value nests deeper than the limit of {MAX_DEPTH} levels that a task value may have"
+        ))
+    }
+
+    fn malformed(what: impl fmt::Display) -> Error {
+        Error(format!("malformed MessagePack: {what}"))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl ser::Error for Error {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        Error(message.to_string())
+    }
+}
+
+impl de::Error for Error {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        Error(message.to_string())
+    }
+}
+
+impl From<rmp::encode::ValueWriteError<std::io::Error>> for Error {
+    // Writes go to a `Vec<u8>`, which never fails; the conversion only satisfies the types.
+    fn from(error: rmp::encode::ValueWriteError<std::io::Error>) -> Self {
+        Error(format!("cannot write MessagePack: {error}"))
+    }
+}
+
+/// Appends `value` to `out`.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+    value.serialize(&mut Serializer { out, room: MAX_DEPTH })
+}
+
+/// Writes a value into a byte buffer; `room` is how many more levels may nest.
+struct Serializer<'a> {
+    out: &'a mut Vec<u8>,
+    room: usize,
+}
+
+impl<'a> Serializer<'a> {
+    fn enter(&mut self) -> Result<(), Error> {
+        self.room = self.room.checked_sub(1).ok_or_else(Error::too_deep)?;
+        Ok(())
+    }
+
+    fn leave(&mut self, levels: usize) {
+        self.room += levels;
+    }
+
+    fn nested<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.enter()?;
+        value.serialize(&mut *self)?;
+        self.leave(1);
+        Ok(())
+    }
+
+    /// Starts a sequence (`map == false`) or map of `len` elements, `levels` deep (2 for a
+    /// variant's fields: the variant, then its sequence or map).
+    fn compound(
+        &mut self,
+        len: Option<usize>,
+        map: bool,
+        levels: usize,
+    ) -> Result<Compound<'_, 'a>, Error> {
+        for _ in 0..levels {
+            self.enter()?;
+        }
+        let header = match len {
+            Some(len) => {
+                let len = u32::try_from(len)
+                    .map_err(|_| Error(format!("a sequence of {len} elements is too long")))?;
+                if map {
+                    rmp::encode::write_map_len(self.out, len)?;
+                } else {
+                    rmp::encode::write_array_len(self.out, len)?;
+                }
+                Header::Known(len)
+            }
+            None => {
+                // The count is filled in by `end`; a 32-bit header has room for any count.
+                let at = self.out.len();
+                self.out.extend_from_slice(&[if map { MAP32 } else { ARRAY32 }, 0, 0, 0, 0]);
+                Header::Unknown(at)
+            }
+        };
+        Ok(Compound { ser: self, header, count: 0, levels })
+    }
+
+    fn variant_name(&mut self, variant: &str) -> Result<(), Error> {
+        rmp::encode::write_map_len(self.out, 1)?;
+        rmp::encode::write_str(self.out, variant)?;
+        Ok(())
+    }
+}
+
+/// The `k` of a `Some` marker that `bytes` are exactly, with nil as `k = 0`.
+fn nils_in(bytes: &[u8]) -> Option<usize> {
+    match *bytes {
+        [NIL] => Some(0),
+        [FIXEXT1, ty, k] if ty == SOME_EXT as u8 => Some(usize::from(k)),
+        [FIXEXT2, ty, high, low] if ty == SOME_EXT as u8 => {
+            Some(usize::from(u16::from_be_bytes([high, low])))
+        }
+        _ => None,
+    }
+}
+
+fn write_some_marker(out: &mut Vec<u8>, k: usize) {
+    match (u8::try_from(k), u16::try_from(k)) {
+        (Ok(k), _) => out.extend_from_slice(&[FIXEXT1, SOME_EXT as u8, k]),
+        (_, Ok(k)) => {
+            out.extend_from_slice(&[FIXEXT2, SOME_EXT as u8]);
+            out.extend_from_slice(&k.to_be_bytes());
+        }
+        // `k` counts nested levels, at most MAX_DEPTH, which fits in a u16 (asserted above).
+        _ => unreachable!("a Some marker of {k} levels is beyond the depth limit"),
+    }
+}
+
+impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Compound<'a, 'b>;
+    type SerializeTuple = Compound<'a, 'b>;
+    type SerializeTupleStruct = Compound<'a, 'b>;
+    type SerializeTupleVariant = Compound<'a, 'b>;
+    type SerializeMap = Compound<'a, 'b>;
+    type SerializeStruct = Compound<'a, 'b>;
+    type SerializeStructVariant = Compound<'a, 'b>;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn serialize_bool(self, v: bool) -> Result<(), Error> {
+        self.out.push(if v { 0xc3 } else { 0xc2 });
+        Ok(())
+    }
+
+    fn serialize_i8(self, v: i8) -> Result<(), Error> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i16(self, v: i16) -> Result<(), Error> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i32(self, v: i32) -> Result<(), Error> {
+        self.serialize_i64(v.into())
+    }
+
+    fn serialize_i64(self, v: i64) -> Result<(), Error> {
+        rmp::encode::write_sint(self.out, v)?;
+        Ok(())
+    }
+
+    fn serialize_i128(self, v: i128) -> Result<(), Error> {
+        self.serialize_bytes(&v.to_be_bytes())
+    }
+
+    fn serialize_u8(self, v: u8) -> Result<(), Error> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u16(self, v: u16) -> Result<(), Error> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u32(self, v: u32) -> Result<(), Error> {
+        self.serialize_u64(v.into())
+    }
+
+    fn serialize_u64(self, v: u64) -> Result<(), Error> {
+        rmp::encode::write_uint(self.out, v)?;
+        Ok(())
+    }
+
+    fn serialize_u128(self, v: u128) -> Result<(), Error> {
+        self.serialize_bytes(&v.to_be_bytes())
+    }
+
+    fn serialize_f32(self, v: f32) -> Result<(), Error> {
+        rmp::encode::write_f32(self.out, v)?;
+        Ok(())
+    }
+
+    fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        rmp::encode::write_f64(self.out, v)?;
+        Ok(())
+    }
+
+    fn serialize_char(self, v: char) -> Result<(), Error> {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        rmp::encode::write_str(self.out, v)?;
+        Ok(())
+    }
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
+        rmp::encode::write_bin(self.out, v)?;
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), Error> {
+        self.out.push(NIL);
+        Ok(())
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        let start = self.out.len();
+        self.nested(value)?;
+        if let Some(k) = nils_in(&self.out[start..]) {
+            self.out.truncate(start);
+            write_some_marker(self.out, k + 1);
+        }
+        Ok(())
+    }
+
+    fn serialize_unit(self) -> Result<(), Error> {
+        self.serialize_none()
+    }
+
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
+        rmp::encode::write_array_len(self.out, 0)?;
+        Ok(())
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.serialize_str(variant)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.nested(value)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.variant_name(variant)?;
+        self.nested(value)
+    }
+
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, Error> {
+        self.compound(len, false, 1)
+    }
+
+    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, Error> {
+        self.compound(Some(len), false, 1)
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleStruct, Error> {
+        self.compound(Some(len), false, 1)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, Error> {
+        self.variant_name(variant)?;
+        self.compound(Some(len), false, 2)
+    }
+
+    fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, Error> {
+        self.compound(len, true, 1)
+    }
+
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStruct, Error> {
+        self.compound(Some(len), true, 1)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, Error> {
+        self.variant_name(variant)?;
+        self.compound(Some(len), true, 2)
+    }
+}
+
+enum Header {
+    /// Written with this count, which the elements must match.
+    Known(u32),
+    /// A 32-bit header at this offset, filled in by `end`.
+    Unknown(usize),
+}
+
+/// A sequence or map being written; its elements are one level deeper than it.
+struct Compound<'a, 'b> {
+    ser: &'a mut Serializer<'b>,
+    header: Header,
+    count: u32,
+    levels: usize,
+}
+
+impl Compound<'_, '_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        value.serialize(&mut *self.ser)?;
+        self.count = self.count.checked_add(1).ok_or_else(|| Error("too many elements".into()))?;
+        Ok(())
+    }
+
+    fn end(self) -> Result<(), Error> {
+        match self.header {
+            Header::Known(len) if len != self.count => {
+                return Err(Error(format!(
+                    "a sequence or map announced {len} elements but has {}",
+                    self.count
+                )));
+            }
+            Header::Known(_) => {}
+            Header::Unknown(at) => {
+                self.ser.out[at + 1..at + 5].copy_from_slice(&self.count.to_be_bytes());
+            }
+        }
+        self.ser.leave(self.levels);
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeMap for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        key.serialize(&mut *self.ser)
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        rmp::encode::write_str(self.ser.out, key)?;
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        rmp::encode::write_str(self.ser.out, key)?;
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Compound::end(self)
+    }
+}
+
+/// Reads one value from bytes that are untrusted: every length is checked against the input
+/// left, every level against the depth limit; strings and byte strings are borrowed, not copied.
+pub(crate) struct Deserializer<'de> {
+    input: &'de [u8],
+    room: usize,
+}
+
+impl<'de> Deserializer<'de> {
+    pub(crate) fn new(input: &'de [u8]) -> Self {
+        Deserializer { input, room: MAX_DEPTH }
+    }
+
+    /// Fails if bytes are left after the value.
+    pub(crate) fn end(&self) -> Result<(), Error> {
+        match self.input.len() {
+            0 => Ok(()),
+            left => Err(Error::malformed(format_args!("{left} bytes after the value"))),
+        }
+    }
+
+    fn peek(&self) -> Result<u8, Error> {
+        self.input.first().copied().ok_or_else(|| Error::malformed("the value ends early"))
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'de [u8], Error> {
+        if len > self.input.len() {
+            return Err(Error::malformed("the value ends early"));
+        }
+        let (head, rest) = self.input.split_at(len);
+        self.input = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn byte(&mut self) -> Result<u8, Error> {
+        self.array::<1>().map(|[byte]| byte)
+    }
+
+    /// The length after a marker whose length is 8, 16 or 32 bits.
+    fn len(&mut self, bits: u8) -> Result<usize, Error> {
+        Ok(match bits {
+            8 => usize::from(self.byte()?),
+            16 => usize::from(u16::from_be_bytes(self.array()?)),
+            _ => u32::from_be_bytes(self.array()?) as usize,
+        })
+    }
+
+    /// Consumes a `Some` marker if the input starts with one, returning its `k`.
+    fn some_marker(&mut self) -> Result<Option<usize>, Error> {
+        let k = match *self.input {
+            [FIXEXT1, ty, k, ..] if ty == SOME_EXT as u8 => {
+                self.input = &self.input[3..];
+                usize::from(k)
+            }
+            [FIXEXT2, ty, high, low, ..] if ty == SOME_EXT as u8 => {
+                self.input = &self.input[4..];
+                usize::from(u16::from_be_bytes([high, low]))
+            }
+            _ => return Ok(None),
+        };
+        match k {
+            0 => Err(Error::malformed("a Some marker of zero levels")),
+            k => Ok(Some(k)),
+        }
+    }
+
+    /// Runs `f` one level deeper.
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, Error>) -> Result<T, Error> {
+        self.room = self.room.checked_sub(1).ok_or_else(Error::too_deep)?;
+        let result = f(self);
+        self.room += 1;
+        result
+    }
+
+    /// Visits the next value as it is; a byte string as a sequence when `bytes_as_seq`.
+    fn any<V: Visitor<'de>>(&mut self, visitor: V, bytes_as_seq: bool) -> Result<V::Value, Error> {
+        if let Some(k) = self.some_marker()? {
+            return self.nested(|de| visitor.visit_some(Nils { k: k - 1, room: de.room }));
+        }
+        match Marker::from_u8(self.byte()?) {
+            Marker::Null => visitor.visit_unit(),
+            Marker::True => visitor.visit_bool(true),
+            Marker::False => visitor.visit_bool(false),
+            Marker::FixPos(v) => visitor.visit_u8(v),
+            Marker::FixNeg(v) => visitor.visit_i8(v),
+            Marker::U8 => visitor.visit_u8(self.byte()?),
+            Marker::U16 => visitor.visit_u16(u16::from_be_bytes(self.array()?)),
+            Marker::U32 => visitor.visit_u32(u32::from_be_bytes(self.array()?)),
+            Marker::U64 => visitor.visit_u64(u64::from_be_bytes(self.array()?)),
+            Marker::I8 => visitor.visit_i8(i8::from_be_bytes(self.array()?)),
+            Marker::I16 => visitor.visit_i16(i16::from_be_bytes(self.array()?)),
+            Marker::I32 => visitor.visit_i32(i32::from_be_bytes(self.array()?)),
+            Marker::I64 => visitor.visit_i64(i64::from_be_bytes(self.array()?)),
+            Marker::F32 => visitor.visit_f32(f32::from_be_bytes(self.array()?)),
+            Marker::F64 => visitor.visit_f64(f64::from_be_bytes(self.array()?)),
+            Marker::FixStr(len) => self.str(usize::from(len), visitor),
+            Marker::Str8 => self.len(8).and_then(|len| self.str(len, visitor)),
+            Marker::Str16 => self.len(16).and_then(|len| self.str(len, visitor)),
+            Marker::Str32 => self.len(32).and_then(|len| self.str(len, visitor)),
+            Marker::Bin8 => self.len(8).and_then(|len| self.bytes(len, visitor, bytes_as_seq)),
+            Marker::Bin16 => self.len(16).and_then(|len| self.bytes(len, visitor, bytes_as_seq)),
+            Marker::Bin32 => self.len(32).and_then(|len| self.bytes(len, visitor, bytes_as_seq)),
+            Marker::FixArray(len) => self.seq(usize::from(len), visitor),
+            Marker::Array16 => self.len(16).and_then(|len| self.seq(len, visitor)),
+            Marker::Array32 => self.len(32).and_then(|len| self.seq(len, visitor)),
+            Marker::FixMap(len) => self.map(usize::from(len), visitor),
+            Marker::Map16 => self.len(16).and_then(|len| self.map(len, visitor)),
+            Marker::Map32 => self.len(32).and_then(|len| self.map(len, visitor)),
+            other => Err(Error::malformed(format_args!("unexpected marker {other:?}"))),
+        }
+    }
+
+    fn str<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        match std::str::from_utf8(self.take(len)?) {
+            Ok(text) => visitor.visit_borrowed_str(text),
+            Err(_) => Err(Error::malformed("a string that is not UTF-8")),
+        }
+    }
+
+    fn bytes<V: Visitor<'de>>(
+        &mut self,
+        len: usize,
+        visitor: V,
+        as_seq: bool,
+    ) -> Result<V::Value, Error> {
+        let bytes = self.take(len)?;
+        if as_seq {
+            visitor.visit_seq(de::value::SeqDeserializer::new(bytes.iter().copied()))
+        } else {
+            visitor.visit_borrowed_bytes(bytes)
+        }
+    }
+
+    fn seq<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.nested(|de| {
+            let mut access = Elements { de, left: len };
+            let value = visitor.visit_seq(&mut access)?;
+            match access.left {
+                0 => Ok(value),
+                left => Err(Error::malformed(format_args!("{left} elements left unread"))),
+            }
+        })
+    }
+
+    fn map<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.nested(|de| {
+            let mut access = Elements { de, left: len };
+            let value = visitor.visit_map(&mut access)?;
+            match access.left {
+                0 => Ok(value),
+                left => Err(Error::malformed(format_args!("{left} entries left unread"))),
+            }
+        })
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
+    type Error = Error;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.any(visitor, false)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        if self.peek()? == NIL {
+            self.input = &self.input[1..];
+            return visitor.visit_none();
+        }
+        match self.some_marker()? {
+            Some(k) => self.nested(|de| visitor.visit_some(Nils { k: k - 1, room: de.room })),
+            None => self.nested(|de| visitor.visit_some(de)),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.nested(|de| visitor.visit_newtype_struct(de))
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        // Written as `[]`; nil is read as well, as rmp-serde does.
+        match self.peek()? {
+            NIL | 0x90 => {
+                self.input = &self.input[1..];
+                visitor.visit_unit()
+            }
+            _ => self.any(visitor, false),
+        }
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        match Marker::from_u8(self.peek()?) {
+            Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+                let variant: &'de str = de::Deserialize::deserialize(&mut *self)?;
+                visitor.visit_enum(variant.into_deserializer())
+            }
+            Marker::FixMap(1) => {
+                self.input = &self.input[1..];
+                self.nested(|de| visitor.visit_enum(Variant { de }))
+            }
+            _ => Err(Error::malformed("an enum that is neither a name nor a map of one entry")),
+        }
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.any(visitor, true)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.any(visitor, true)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.any(visitor, true)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.any(visitor, true)
+    }
+
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match *self.input {
+            [0xc4, 16, ..] => {
+                self.input = &self.input[2..];
+                visitor.visit_i128(i128::from_be_bytes(self.array()?))
+            }
+            _ => self.any(visitor, false),
+        }
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match *self.input {
+            [0xc4, 16, ..] => {
+                self.input = &self.input[2..];
+                visitor.visit_u128(u128::from_be_bytes(self.array()?))
+            }
+            _ => self.any(visitor, false),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 u8 u16 u32 u64 f32 f64 char str string bytes byte_buf unit map
+        identifier ignored_any
+    }
+}
+
+/// The elements of a sequence, or the entries of a map, still to read.
+struct Elements<'a, 'de> {
+    de: &'a mut Deserializer<'de>,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+    type Error = Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        seed.deserialize(&mut *self.de)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left)
+    }
+}
+
+/// A variant written as a map of one entry: its name, then its content.
+struct Variant<'a, 'de> {
+    de: &'a mut Deserializer<'de>,
+}
+
+impl<'de> de::EnumAccess<'de> for Variant<'_, 'de> {
+    type Error = Error;
+    type Variant = Self;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Error> {
+        Ok((seed.deserialize(&mut *self.de)?, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
+    type Error = Error;
+
+    fn unit_variant(self) -> Result<(), Error> {
+        de::Deserialize::deserialize(self.de)
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
+        seed.deserialize(self.de)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_tuple(self.de, len, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_struct(self.de, "", fields, visitor)
+    }
+}
+
+/// What a `Some` marker holds: nil inside `k` more levels of `Some`, with `room` levels left.
+struct Nils {
+    k: usize,
+    room: usize,
+}
+
+impl Nils {
+    fn inner(&self, k: usize) -> Result<Nils, Error> {
+        Ok(Nils { k, room: self.room.checked_sub(1).ok_or_else(Error::too_deep)? })
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Nils {
+    type Error = Error;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.k {
+            0 => visitor.visit_unit(),
+            k => visitor.visit_some(self.inner(k - 1)?),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.k {
+            0 => visitor.visit_none(),
+            k => visitor.visit_some(self.inner(k - 1)?),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self.inner(self.k)?)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    fn round_trip<T: Serialize + DeserializeOwned + 'static>(value: &T) -> Result<T, String> {
+        let mut bytes = Vec::new();
+        crate::value::serialize(value, &mut Serializer { out: &mut bytes, room: MAX_DEPTH })
+            .map_err(|e| e.to_string())?;
+        decode::<T>(&bytes)
+    }
+
+    fn decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+        let mut deserializer = Deserializer::new(bytes);
+        let value = crate::value::deserialize(&mut deserializer).map_err(|e| e.to_string())?;
+        deserializer.end().map_err(|e| e.to_string())?;
+        Ok(value)
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Unit;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Wrapper(Option<()>);
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Shape {
+        Unit,
+        Newtype(Option<Option<()>>),
+        Tuple(Option<Unit>, Option<Option<Option<u8>>>),
+        Struct { unit: (), wrapper: Option<Wrapper>, text: String },
+        Pairs(BTreeMap<(u8, bool), Option<()>>),
+        ByOption(BTreeMap<Option<u32>, i8>),
+        Json(serde_json::Value),
+        Bytes(#[serde(with = "bytes")] Vec<u8>, Vec<u8>),
+        Wide(i128, u128, char, f64),
+        Many(Vec<Shape>),
+    }
+
+    /// `Vec<u8>` as one MessagePack byte string, as `serde_bytes` writes it.
+    mod bytes {
+        pub(super) fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(v)
+        }
+
+        pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<u8>, D::Error> {
+            crate::value::deserialize(d)
+        }
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,4}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        let leaf = prop_oneof![
+            Just(Shape::Unit),
+            any::<Option<Option<()>>>().prop_map(Shape::Newtype),
+            (any::<Option<()>>(), any::<Option<Option<Option<u8>>>>())
+                .prop_map(|(unit, nested)| Shape::Tuple(unit.map(|()| Unit), nested)),
+            (any::<Option<Option<()>>>(), ".{0,8}").prop_map(|(wrapper, text)| {
+                Shape::Struct { unit: (), wrapper: wrapper.map(Wrapper), text }
+            }),
+            proptest::collection::btree_map(any::<(u8, bool)>(), any::<Option<()>>(), 0..4)
+                .prop_map(Shape::Pairs),
+            proptest::collection::btree_map(any::<Option<u32>>(), any::<i8>(), 0..4)
+                .prop_map(Shape::ByOption),
+            json().prop_map(Shape::Json),
+            (any::<Vec<u8>>(), any::<Vec<u8>>()).prop_map(|(a, b)| Shape::Bytes(a, b)),
+            (any::<i128>(), any::<u128>(), any::<char>(), -1e300..1e300f64)
+                .prop_map(|(a, b, c, d)| Shape::Wide(a, b, c, d)),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            proptest::collection::vec(inner, 0..4).prop_map(Shape::Many)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_shape_round_trips(shape in shape()) {
+            prop_assert_eq!(round_trip(&shape), Ok(shape.clone()));
+            // The same value inside options of every depth, and as a top-level option.
+            let wrapped = Some(Some(Some(shape)));
+            prop_assert_eq!(round_trip(&wrapped), Ok(wrapped.clone()));
+        }
+
+        #[test]
+        fn nested_options_round_trip(value in any::<Option<Option<Option<Option<u8>>>>>()) {
+            prop_assert_eq!(round_trip(&value), Ok(value));
+        }
+
+        #[test]
+        fn top_level_bytes_and_text_round_trip(bytes in any::<Vec<u8>>(), text in ".*") {
+            prop_assert_eq!(round_trip(&bytes), Ok(bytes));
+            prop_assert_eq!(round_trip(&text), Ok(text));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<Shape>(&bytes);
+            let _ = decode::<serde_json::Value>(&bytes);
+            let _ = decode::<Option<Option<Unit>>>(&bytes);
+        }
+    }
+
+    #[test]
+    fn some_of_nil_is_a_marker_and_other_somes_cost_nothing() {
+        let bytes = |value: &dyn erased_serde::Serialize| {
+            let mut out = Vec::new();
+            encode(value, &mut out).unwrap();
+            out
+        };
+        assert_eq!(bytes(&None::<()>), [NIL]);
+        assert_eq!(bytes(&Some(())), [FIXEXT1, SOME_EXT as u8, 1]);
+        assert_eq!(bytes(&Some(None::<u8>)), [FIXEXT1, SOME_EXT as u8, 1]);
+        assert_eq!(bytes(&Some(Some(None::<u8>))), [FIXEXT1, SOME_EXT as u8, 2]);
+        assert_eq!(bytes(&Some(Wrapper(None))), [FIXEXT1, SOME_EXT as u8, 1]);
+        assert_eq!(bytes(&Some(Some(5u8))), [5]);
+        assert_eq!(bytes(&Some(Unit)), [0x90], "a unit struct is [], not nil");
+        // Any-based readers (untagged enums, flatten, Value) see the `Some` too.
+        assert_eq!(decode::<serde_json::Value>(&bytes(&Some(()))), Ok(serde_json::Value::Null));
+    }
+
+    #[test]
+    fn foreign_extensions_and_trailing_bytes_are_refused() {
+        for bytes in [
+            &[FIXEXT1, 1, 1][..],
+            &[FIXEXT1, SOME_EXT as u8, 0],
+            &[0xc7, 0, SOME_EXT as u8],
+            &[NIL, NIL],
+            &[0xc1],
+        ] {
+            assert!(decode::<Option<Option<u8>>>(bytes).is_err(), "{bytes:x?}");
+            assert!(decode::<serde_json::Value>(bytes).is_err(), "{bytes:x?}");
+        }
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Nest {
+        Leaf,
+        Node(Box<Nest>),
+    }
+
+    fn nest(depth: usize) -> Nest {
+        (0..depth).fold(Nest::Leaf, |inner, _| Nest::Node(Box::new(inner)))
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Untagged {
+        Leaf(u8),
+        List(Vec<Untagged>),
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Flat {
+        #[serde(flatten)]
+        rest: BTreeMap<String, Option<Box<Flat>>>,
+    }
+
+    #[test]
+    fn the_depth_limit_is_exact_on_both_sides() {
+        assert_eq!(round_trip(&nest(MAX_DEPTH)), Ok(nest(MAX_DEPTH)));
+        let error = round_trip(&nest(MAX_DEPTH + 1)).unwrap_err();
+        assert!(error.contains(&format!("limit of {MAX_DEPTH} levels")), "{error}");
+        // Options and newtypes count as levels too: a chain of them is as deep as it looks.
+        let mut chain = serde_json::Value::Null;
+        for _ in 0..MAX_DEPTH {
+            chain = serde_json::Value::Array(vec![chain]);
+        }
+        assert!(round_trip(&chain).is_ok());
+        assert!(round_trip(&Some(chain)).is_err());
+    }
+
+    /// Bytes of `depth` nested values, each opened by `open`, around a nil.
+    fn deep_bytes(open: &[u8], depth: usize) -> Vec<u8> {
+        let mut bytes = open.repeat(depth);
+        bytes.push(NIL);
+        bytes
+    }
+
+    #[test]
+    fn deep_input_is_an_error_not_a_stack_overflow() {
+        const DEEP: usize = 100_000;
+        let arrays = deep_bytes(&[0x91], DEEP);
+        let variants = deep_bytes(&[0x81, 0xa4, b'N', b'o', b'd', b'e'], DEEP);
+        let maps = deep_bytes(&[0x81, 0xa1, b'k'], DEEP);
+        let newtypes = [FIXEXT2, SOME_EXT as u8, 0xff, 0xff];
+        for bytes in [&arrays[..], &variants, &maps, &newtypes] {
+            // Whatever type reads them, an error: no overflow, no panic.
+            assert!(decode::<serde_json::Value>(bytes).is_err());
+            assert!(decode::<Nest>(bytes).is_err());
+            assert!(decode::<Untagged>(bytes).is_err());
+            assert!(decode::<Flat>(bytes).is_err());
+            assert!(decode::<Option<Wrapper>>(bytes).is_err());
+            assert!(decode::<serde::de::IgnoredAny>(bytes).is_err());
+        }
+        // Read as what they were made to look like, they fail on the limit itself.
+        for (bytes, error) in [
+            (&arrays[..], decode::<serde_json::Value>(&arrays).unwrap_err()),
+            (&variants, decode::<Nest>(&variants).unwrap_err()),
+            (&maps, decode::<Flat>(&maps).unwrap_err()),
+            (&newtypes, decode::<serde_json::Value>(&newtypes).unwrap_err()),
+        ] {
+            assert!(error.contains(&format!("limit of {MAX_DEPTH} levels")), "{bytes:x?}: {error}");
+        }
+    }
+
+    /// Values at the limit, in the shapes that cost the most stack per level, are read and
+    /// written on a thread with half the stack of the pool's reader thread (the default 2 MiB),
+    /// in whatever profile the tests are built (debug frames are the largest).
+    #[test]
+    fn the_limit_fits_in_half_a_reader_thread_stack() {
+        let run = || {
+            let mut json = serde_json::Value::Null;
+            let mut untagged = Untagged::Leaf(1);
+            let mut flat = Flat { rest: BTreeMap::new() };
+            for _ in 0..MAX_DEPTH / 2 {
+                json = serde_json::json!([{ "k": json }]);
+            }
+            for _ in 0..MAX_DEPTH {
+                untagged = Untagged::List(vec![untagged]);
+            }
+            // Two levels a link (the map, the option), and the innermost map is one more.
+            for _ in 0..MAX_DEPTH / 2 - 1 {
+                flat = Flat { rest: [("k".to_owned(), Some(Box::new(flat)))].into() };
+            }
+            assert_eq!(round_trip(&json).err(), None);
+            assert_eq!(round_trip(&untagged).err(), None);
+            assert_eq!(round_trip(&flat).err(), None);
+            assert_eq!(round_trip(&nest(MAX_DEPTH)).err(), None);
+            // The same shapes one level too deep fail cleanly on this stack too.
+            assert!(round_trip(&Untagged::List(vec![untagged])).is_err());
+            // Dropped here, on this thread, by serde_json's and our own recursive drop glue.
+        };
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(run)
+            .expect("a thread starts")
+            .join()
+            .expect("no overflow, no failure");
+    }
+}
