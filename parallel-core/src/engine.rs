@@ -14,7 +14,8 @@
 
 use std::sync::Arc;
 
-use crate::job::{Job, Ledger};
+use crate::job::Job;
+use crate::ledger::Ledger;
 use crate::pool::Settings;
 #[cfg(process_backend)]
 use crate::process::{self, ProcessBackend};
@@ -56,7 +57,7 @@ impl Engine {
             #[cfg(process_backend)]
             Backend::Process => Ok(Engine::Process(ProcessBackend::start(
                 ledger,
-                process::Config {
+                process::Settings {
                     workers: settings.workers,
                     max_tasks_per_worker: settings.max_tasks_per_worker,
                     max_memory_per_worker: settings.max_memory_per_worker,

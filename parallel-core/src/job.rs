@@ -1,4 +1,4 @@
-//! [`Job`]: the shared state of one submitted task, and the [`Ledger`] of a pool's live jobs.
+//! [`Job`]: the shared state of one submitted task.
 //!
 //! A job moves `Queued(task) -> Running -> Done(result) -> Taken`, or straight from `Queued` or
 //! `Running` to `Done` when it is cancelled. Whoever moves it to `Done` first decides the result:
@@ -10,9 +10,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Instant;
 
-use crossbeam_utils::{Backoff, CachePadded};
-use slab::Slab;
+use crossbeam_utils::Backoff;
 
+use crate::ledger::{Abort, Ledger};
 use crate::{Task, TaskError};
 
 /// What a finished task produced.
@@ -25,7 +25,7 @@ enum State<T: Task> {
     Taken,
 }
 
-struct Slot<T: Task> {
+struct Inner<T: Task> {
     state: State<T>,
     waker: Option<Waker>,
     /// Whether a thread sleeps on `Job::done`; notifying a condition variable costs a system
@@ -59,7 +59,7 @@ pub(crate) struct Job<T: Task> {
     key: AtomicUsize,
     /// Set once the slot holds `Done`: lets a waiter spin on it without taking the lock.
     is_done: AtomicBool,
-    slot: Mutex<Slot<T>>,
+    slot: Mutex<Inner<T>>,
     done: Condvar,
     ledger: Arc<Ledger>,
 }
@@ -72,7 +72,7 @@ impl<T: Task> Job<T> {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(false),
-            slot: Mutex::new(Slot {
+            slot: Mutex::new(Inner {
                 state: State::Queued(task),
                 waker: None,
                 has_sleeper: false,
@@ -87,7 +87,7 @@ impl<T: Task> Job<T> {
             job.key.store(key, Ordering::Relaxed);
             Ok(job)
         } else {
-            match Arc::try_unwrap(job).ok().map(|job| job.into_slot().state) {
+            match Arc::try_unwrap(job).ok().map(|job| job.into_inner().state) {
                 Some(State::Queued(task)) => Err(task),
                 // Only this function has seen the job, and nothing moved it out of `Queued`.
                 _ => unreachable!("a job refused by the ledger is still queued and unshared"),
@@ -101,7 +101,7 @@ impl<T: Task> Job<T> {
             id: 0,
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(true),
-            slot: Mutex::new(Slot {
+            slot: Mutex::new(Inner {
                 state: State::Done(outcome),
                 waker: None,
                 has_sleeper: false,
@@ -112,11 +112,11 @@ impl<T: Task> Job<T> {
         })
     }
 
-    fn into_slot(self) -> Slot<T> {
+    fn into_inner(self) -> Inner<T> {
         self.slot.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // A poisoned slot only means a waker panicked while we held the lock; the state is whole.
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -282,167 +282,9 @@ impl<T: Task> Job<T> {
     }
 }
 
-/// A job seen without its task type: what the pool needs to cancel it.
-pub(crate) trait Abort: Send + Sync {
-    fn abort(&self);
-}
-
 impl<T: Task> Abort for Job<T> {
     fn abort(&self) {
         self.cancel();
-    }
-}
-
-/// How many shards the ledger splits its jobs into, so that submitters and workers rarely
-/// contend for one lock.
-const SHARDS: usize = 16;
-
-/// What a pool has done, for [`PoolStats`](crate::PoolStats).
-#[derive(Default)]
-pub(crate) struct Counts {
-    /// Jobs claimed by a worker and not resolved.
-    pub(crate) running: AtomicUsize,
-    /// Jobs resolved with their output.
-    pub(crate) completed: AtomicU64,
-    /// Jobs resolved with an error other than a cancellation (failed, panicked, died, ...).
-    pub(crate) failed: AtomicU64,
-    /// Jobs resolved as cancelled: a cancel, an expired `join_timeout` (which cancels its job),
-    /// a kill, a dropped `Map`.
-    pub(crate) cancelled: AtomicU64,
-    /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
-    pub(crate) restarts: AtomicU64,
-}
-
-impl Counts {
-    fn finish<O, E>(&self, was_running: bool, outcome: &Result<O, TaskError<E>>) {
-        if was_running {
-            self.running.fetch_sub(1, Ordering::Relaxed);
-        }
-        let counter = match outcome {
-            Ok(_) => &self.completed,
-            Err(TaskError::Cancelled) => &self.cancelled,
-            Err(_) => &self.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// One shard of a ledger: live jobs by key.
-type Shard = Slab<Weak<dyn Abort>>;
-
-/// The jobs a pool has accepted and not yet resolved: what `kill` cancels and `shutdown` waits
-/// for.
-pub(crate) struct Ledger {
-    pool_id: u64,
-    /// Padded so that shards used by different threads share no cache line.
-    shards: [CachePadded<Mutex<Shard>>; SHARDS],
-    is_closed: AtomicBool,
-    /// Set by `abort_all`: no job of this ledger starts any more.
-    is_halted: AtomicBool,
-    /// Set while `wait_drained` waits, so that only then does a leaving job take
-    /// `drained_lock` to wake it.
-    is_draining: AtomicBool,
-    drained_lock: Mutex<()>,
-    drained: Condvar,
-    /// Padded: every job's start and end update these.
-    pub(crate) counts: CachePadded<Counts>,
-}
-
-impl Ledger {
-    pub(crate) fn new(pool_id: u64) -> Self {
-        Ledger {
-            pool_id,
-            shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(Slab::new()))),
-            is_closed: AtomicBool::new(false),
-            is_halted: AtomicBool::new(false),
-            is_draining: AtomicBool::new(false),
-            drained_lock: Mutex::new(()),
-            drained: Condvar::new(),
-            counts: CachePadded::new(Counts::default()),
-        }
-    }
-
-    /// The id of the pool this ledger belongs to.
-    pub(crate) fn pool_id(&self) -> u64 {
-        self.pool_id
-    }
-
-    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
-        // Ids are consecutive, so the low bits spread them evenly.
-        let shard = &self.shards[(id % SHARDS as u64) as usize];
-        shard.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Enters job `id`, returning its key in the shard; refused once the ledger is closed.
-    fn enter(&self, id: u64, job: Weak<dyn Abort>) -> Option<usize> {
-        let mut shard = self.shard(id);
-        // Checked under the shard lock: `abort_all` closes first, then drains every shard, so a
-        // job is either refused here or found there.
-        if self.is_closed.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(shard.insert(job))
-    }
-
-    /// Removes job `id`, entered under `key`, unless `abort_all` took it already.
-    fn leave(&self, id: u64, key: usize) {
-        // A key is reused only after its job left. `abort_all` empties the shards, but it closes
-        // the ledger first, so no job enters after it: a key it took finds nothing here.
-        let is_removed = self.shard(id).try_remove(key).is_some();
-        if is_removed && self.is_draining.load(Ordering::SeqCst) {
-            self.wake_drain_waiters();
-        }
-    }
-
-    fn wake_drain_waiters(&self) {
-        // Taking the lock orders this wake-up after a waiter's check of the shards.
-        let _guard = self.drained_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        self.drained.notify_all();
-    }
-
-    /// How many jobs are accepted and not resolved.
-    pub(crate) fn len(&self) -> usize {
-        (0..SHARDS as u64).map(|id| self.shard(id).len()).sum()
-    }
-
-    /// Refuses new jobs from now on.
-    pub(crate) fn close(&self) {
-        self.is_closed.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether [`close`](Self::close) was called.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.is_closed.load(Ordering::SeqCst)
-    }
-
-    /// Blocks until every accepted job is resolved.
-    pub(crate) fn wait_drained(&self) {
-        let mut guard = self.drained_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        self.is_draining.store(true, Ordering::SeqCst);
-        while self.len() != 0 {
-            guard = self.drained.wait(guard).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// Whether [`abort_all`](Self::abort_all) was called.
-    pub(crate) fn is_halted(&self) -> bool {
-        self.is_halted.load(Ordering::SeqCst)
-    }
-
-    /// Closes the ledger, halts it (no job starts any more) and cancels every live job.
-    pub(crate) fn abort_all(&self) {
-        self.is_halted.store(true, Ordering::SeqCst);
-        self.close();
-        for id in 0..SHARDS as u64 {
-            let jobs: Vec<Weak<dyn Abort>> = self.shard(id).drain().collect();
-            // Resolving a job makes it leave, and it finds itself gone already.
-            for job in jobs.iter().filter_map(Weak::upgrade) {
-                job.abort();
-            }
-        }
-        if self.is_draining.load(Ordering::SeqCst) {
-            self.wake_drain_waiters();
-        }
     }
 }
 

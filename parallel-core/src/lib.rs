@@ -18,6 +18,7 @@ mod environment;
 mod error;
 mod handle;
 mod job;
+mod ledger;
 mod map;
 mod never;
 mod pool;

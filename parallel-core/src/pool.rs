@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::engine::Engine;
-use crate::job::{Job, Ledger};
+use crate::job::Job;
+use crate::ledger::Ledger;
 use crate::{Backend, Error, Map, PoolBuilder, PoolStats, Task, TaskError, TaskHandle};
 
 /// A set of workers that run submitted tasks.

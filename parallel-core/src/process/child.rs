@@ -26,6 +26,7 @@ use super::protocol::{self, FromWorker, ReadError};
 use super::protocol::{Marker, MARKER};
 use super::ring::Ring;
 use super::sys;
+use super::Settings;
 
 /// The descriptor number the worker finds its channel at: its standard input, the one descriptor
 /// `Command` hands over without a `pre_exec` hook (which would make it `fork` a copy of the pool's
@@ -48,16 +49,8 @@ const FOLLOWER_GRACE: Duration = Duration::from_secs(1);
 /// How long a new worker may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What a worker needs to know at start.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Settings {
-    pub(crate) worker_id: usize,
-    pub(crate) max_frame: usize,
-    pub(crate) max_memory: Option<u64>,
-}
-
 /// A running worker process and the pool's end of its channel.
-pub(crate) struct Worker {
+pub(crate) struct WorkerProcess {
     child: Child,
     pub(crate) pid: u32,
     /// The reading half, until a reader thread takes it.
@@ -112,9 +105,13 @@ pub(crate) struct StartError {
     pub(crate) death: Option<Death>,
 }
 
-impl Worker {
+impl WorkerProcess {
     /// Starts a worker and waits for its handshake.
-    pub(crate) fn start(settings: Settings, build: u64) -> Result<Worker, StartError> {
+    pub(crate) fn start(
+        settings: &Settings,
+        worker_id: usize,
+        build: u64,
+    ) -> Result<WorkerProcess, StartError> {
         let (ours, theirs) = UnixStream::pair().map_err(|error| StartError {
             message: format!("cannot create a socket pair: {error}"),
             death: None,
@@ -124,14 +121,14 @@ impl Worker {
         let marker = Marker {
             fd: CHANNEL_FD,
             parent: std::process::id(),
-            worker_id: settings.worker_id,
+            worker_id,
             max_frame: settings.max_frame,
-            max_memory: settings.max_memory,
+            max_memory: settings.max_memory_per_worker,
         };
         let mut command = Command::new("/proc/self/exe");
         // Operators see which program and which slot a worker is, not `/proc/self/exe`.
         command
-            .arg0(format!("{} [parallel worker {}]", sys::program_name(), settings.worker_id))
+            .arg0(format!("{} [parallel worker {}]", sys::program_name(), worker_id))
             .env(MARKER, marker.to_value())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::inherit())
@@ -171,7 +168,7 @@ impl Worker {
             })?,
         );
         let writer = BufWriter::with_capacity(64 * 1024, ours);
-        let mut worker = Worker {
+        let mut worker = WorkerProcess {
             child,
             pid,
             reader: Some(reader),
@@ -259,7 +256,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let is_reaped = *lock(&self.is_reaped);
         if !is_reaped {

@@ -69,10 +69,10 @@ pub(super) fn enter() {
     };
     IS_WORKER.store(true, Ordering::Relaxed);
     let code = match Marker::parse(&value) {
-        Ok(marker) => super::worker::serve(&marker),
+        Ok(marker) => super::serve::serve(&marker),
         Err(error) => {
-            super::worker::cannot_serve(&error);
-            super::worker::EXIT_CANNOT_SERVE
+            super::serve::cannot_serve(&error);
+            super::serve::EXIT_CANNOT_SERVE
         }
     };
     std::process::exit(code);

@@ -17,10 +17,10 @@ mod protocol;
 mod ring;
 mod slot;
 // The platform layer: the only module of the backend with `unsafe` code.
+mod serve;
 #[allow(unsafe_code)]
 mod sys;
 mod wire_value;
-mod worker;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -29,7 +29,8 @@ use std::sync::{Arc, OnceLock};
 use child::Death;
 use protocol::Reply;
 
-use crate::job::{Job, Ledger, Stop};
+use crate::job::{Job, Stop};
+use crate::ledger::Ledger;
 use crate::{Error, Task, TaskError};
 
 pub(crate) use entry::is_worker;
@@ -48,9 +49,9 @@ pub(crate) fn build_id() -> u64 {
     })
 }
 
-/// The settings of a process pool.
+/// The settings of a process pool: the one settings type of the process layer.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Config {
+pub(crate) struct Settings {
     pub(crate) workers: usize,
     pub(crate) max_tasks_per_worker: Option<usize>,
     pub(crate) max_memory_per_worker: Option<u64>,
@@ -172,7 +173,7 @@ pub(crate) struct ProcessBackend {
 }
 
 impl ProcessBackend {
-    pub(crate) fn start(ledger: &Arc<Ledger>, config: Config) -> Result<Self, Error> {
+    pub(crate) fn start(ledger: &Arc<Ledger>, settings: Settings) -> Result<Self, Error> {
         if is_worker() {
             return Err(Error::invalid_config(
                 "a worker process cannot start worker processes of its own; \
@@ -183,7 +184,7 @@ impl ProcessBackend {
         entry::anchor();
         crate::unwind::install_hook();
         // Slot threads and workers start as work arrives: nothing per worker before it is needed.
-        let shared = slot::Shared::new(config, build_id(), Arc::clone(ledger));
+        let shared = slot::Shared::new(settings, build_id(), Arc::clone(ledger));
         Ok(ProcessBackend { shared })
     }
 

@@ -11,7 +11,8 @@ mod worker;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::job::{Job, Ledger};
+use crate::job::Job;
+use crate::ledger::Ledger;
 use crate::{Error, Task};
 
 use janitor::Janitor;

@@ -20,7 +20,7 @@ use super::Shared;
 use crate::job::{Job, Outcome};
 use crate::{unwind, Environment, Task, TaskError};
 
-struct Worker {
+struct WorkerThread {
     shared: Arc<Shared>,
     index: usize,
     /// One environment per nesting depth; `None` while a task at that depth has it.
@@ -34,13 +34,13 @@ struct Worker {
 }
 
 thread_local! {
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Option<WorkerThread>> = const { RefCell::new(None) };
 }
 
 /// Makes the current thread worker `index` of the pool that owns `shared`.
 pub(super) fn enter(shared: &Arc<Shared>, index: usize) {
     WORKER.with_borrow_mut(|worker| {
-        *worker = Some(Worker {
+        *worker = Some(WorkerThread {
             shared: Arc::clone(shared),
             index,
             environments: Vec::new(),
@@ -190,7 +190,7 @@ pub(super) fn purge_idle() {
     });
 }
 
-fn publish_expiry(worker: &Worker) {
+fn publish_expiry(worker: &WorkerThread) {
     let earliest = worker.environments.iter().flatten().filter_map(Environment::next_expiry).min();
     worker.shared.janitor.publish(&worker.expiry, earliest);
 }

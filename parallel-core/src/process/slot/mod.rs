@@ -24,14 +24,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockE
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::child::{lock, Death, KillSwitch, Settings, Worker};
+use super::child::{lock, Death, KillSwitch, WorkerProcess};
 use super::claim::{self, Claim, Stopped};
 use super::pace::{self, MAX_IN_FLIGHT};
 use super::protocol;
 use super::ring::Ring;
-use super::{Config, Failure, Request};
+use super::{Failure, Request, Settings};
 
-use crate::job::{Halt, Ledger, Stop};
+use crate::job::{Halt, Stop};
+use crate::ledger::Ledger;
 
 mod reader;
 mod supervise;
@@ -98,7 +99,7 @@ struct Link {
 }
 
 impl Link {
-    fn of(worker: &Worker, epoch: u64) -> Link {
+    fn of(worker: &WorkerProcess, epoch: u64) -> Link {
         Link {
             writer: Arc::clone(&worker.writer),
             kill: worker.kill_switch(),
@@ -187,7 +188,7 @@ enum Help {
 pub(super) struct Shared {
     state: Mutex<State>,
     wake: Vec<Condvar>,
-    config: Config,
+    settings: Settings,
     build: u64,
     /// The pool's ledger, for its counts.
     ledger: Arc<Ledger>,
@@ -196,8 +197,8 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(config: Config, build: u64, ledger: Arc<Ledger>) -> Arc<Shared> {
-        let slots = (0..config.workers)
+    pub(super) fn new(settings: Settings, build: u64, ledger: Arc<Ledger>) -> Arc<Shared> {
+        let slots = (0..settings.workers)
             .map(|_| SlotState {
                 in_flight: VecDeque::new(),
                 link: None,
@@ -215,8 +216,8 @@ impl Shared {
                 slots,
                 threads: 0,
             }),
-            wake: (0..config.workers).map(|_| Condvar::new()).collect(),
-            config,
+            wake: (0..settings.workers).map(|_| Condvar::new()).collect(),
+            settings,
             build,
             ledger,
             handles: Mutex::new(Vec::new()),
@@ -228,7 +229,7 @@ impl Shared {
     }
 
     fn max_sent(&self) -> u64 {
-        self.config.max_tasks_per_worker.map_or(u64::MAX, |max| max as u64)
+        self.settings.max_tasks_per_worker.map_or(u64::MAX, |max| max as u64)
     }
 
     /// Sends a job to an idle worker from the caller's thread, or queues it; `false` once the
@@ -422,7 +423,7 @@ impl Stop for InFlightStop {
 
 /// A running worker with the thread that reads its replies.
 struct Running {
-    worker: Worker,
+    worker: WorkerProcess,
     reader: JoinHandle<()>,
 }
 
@@ -489,11 +490,6 @@ fn steal(state: &mut State, id: usize) -> Steal {
 }
 
 fn run(shared: &Arc<Shared>, id: usize) {
-    let settings = Settings {
-        worker_id: id,
-        max_frame: shared.config.max_frame,
-        max_memory: shared.config.max_memory_per_worker,
-    };
     let mut running: Option<Running> = None;
     let mut backoff = StartBackoff::default();
     let mut has_started = false;
@@ -510,7 +506,9 @@ fn run(shared: &Arc<Shared>, id: usize) {
             let in_flight = std::mem::take(&mut state.slots[id].in_flight);
             drop(state);
             let requeued = match running.take() {
-                Some(done) => bury(done, ended, in_flight, id, shared.config.max_memory_per_worker),
+                Some(done) => {
+                    bury(done, ended, in_flight, id, shared.settings.max_memory_per_worker)
+                }
                 None => Vec::new(),
             };
             state = shared.lock();
@@ -546,7 +544,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
         if !leave_to_others && room > 0 && !state.queue.is_empty() {
             if running.is_none() {
                 drop(state);
-                match start(shared, settings, id, &mut backoff) {
+                match start(shared, id, &mut backoff) {
                     Ok(started) => {
                         tracing::debug!(
                             worker = id,
@@ -574,7 +572,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
                 state = shared.lock();
                 continue;
             }
-            let take = pace::share(state.queue.len(), shared.config.workers, room);
+            let take = pace::share(state.queue.len(), shared.settings.workers, room);
             let items: Vec<Item> = state.queue.drain(..take).collect();
             let link = state.slots[id].link.clone();
             drop(state);
@@ -687,7 +685,7 @@ fn bury(
 /// and (from a caller's thread) every job if another thread is writing to the worker, go back to
 /// the front of the queue for the slot thread, already claimed.
 fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max_direct: usize) {
-    let max_frame = shared.config.max_frame;
+    let max_frame = shared.settings.max_frame;
     let is_caller = max_direct != usize::MAX;
     let task_nanos = Arc::clone(&shared.lock().slots[id].task_nanos);
     let mut ready = Vec::with_capacity(items.len());
@@ -799,14 +797,9 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
 
 /// Starts a worker and its reader, retrying with backoff; after [`START_ATTEMPTS`] failures in a
 /// row, reports the last one (the next job tries afresh, still backing off).
-fn start(
-    shared: &Arc<Shared>,
-    settings: Settings,
-    id: usize,
-    backoff: &mut StartBackoff,
-) -> Result<Running, Failure> {
+fn start(shared: &Arc<Shared>, id: usize, backoff: &mut StartBackoff) -> Result<Running, Failure> {
     loop {
-        match Worker::start(settings, shared.build) {
+        match WorkerProcess::start(&shared.settings, id, shared.build) {
             Ok(mut worker) => {
                 backoff.succeeded();
                 let reader = match worker.take_reader() {
@@ -816,7 +809,7 @@ fn start(
                     }
                 };
                 let for_reader = Arc::clone(shared);
-                let max_frame = shared.config.max_frame;
+                let max_frame = shared.settings.max_frame;
                 let pid = worker.pid;
                 let channel = Channel { socket: reader, ring: Arc::clone(&worker.ring), max_frame };
                 let reader = thread::Builder::new()

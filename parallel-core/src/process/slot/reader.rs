@@ -134,7 +134,7 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
         let window = slot.window();
         let has_work = !state.queue.is_empty();
         let must_look =
-            state.is_stopping || shared.config.max_tasks_per_worker.is_some() || others_wait;
+            state.is_stopping || shared.settings.max_tasks_per_worker.is_some() || others_wait;
         (flight, pace::wakes_after_reply(left, window, has_work, must_look))
     };
     if should_wake {

@@ -1,4 +1,5 @@
-//! The worker's side: serve tasks from the channel until the pool lets go.
+//! The worker's side: serve tasks from the channel until the pool lets go (the pool's side of a
+//! worker process is `child.rs`; the two meet only in `protocol`, `ring`, `claim` and `sys`).
 //!
 //! One task at a time: read a frame, look the task up in the registry, run it with the worker's
 //! [`Environment`], write the reply. Panics are caught and reported like on the thread backend;

@@ -1,0 +1,168 @@
+//! The [`Ledger`] of a pool's live jobs: what `kill` cancels, what `shutdown` waits for, and the
+//! counts behind [`PoolStats`](crate::PoolStats).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, Weak};
+
+use crossbeam_utils::CachePadded;
+use slab::Slab;
+
+use crate::TaskError;
+
+/// A job seen without its task type: what the pool needs to cancel it.
+pub(crate) trait Abort: Send + Sync {
+    fn abort(&self);
+}
+
+/// How many shards the ledger splits its jobs into, so that submitters and workers rarely
+/// contend for one lock.
+const SHARDS: usize = 16;
+
+/// What a pool has done, for [`PoolStats`](crate::PoolStats).
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Jobs claimed by a worker and not resolved.
+    pub(crate) running: AtomicUsize,
+    /// Jobs resolved with their output.
+    pub(crate) completed: AtomicU64,
+    /// Jobs resolved with an error other than a cancellation (failed, panicked, died, ...).
+    pub(crate) failed: AtomicU64,
+    /// Jobs resolved as cancelled: a cancel, an expired `join_timeout` (which cancels its job),
+    /// a kill, a dropped `Map`.
+    pub(crate) cancelled: AtomicU64,
+    /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
+    pub(crate) restarts: AtomicU64,
+}
+
+impl Counts {
+    pub(crate) fn finish<O, E>(&self, was_running: bool, outcome: &Result<O, TaskError<E>>) {
+        if was_running {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+        }
+        let counter = match outcome {
+            Ok(_) => &self.completed,
+            Err(TaskError::Cancelled) => &self.cancelled,
+            Err(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One shard of a ledger: live jobs by key.
+type Shard = Slab<Weak<dyn Abort>>;
+
+/// The jobs a pool has accepted and not yet resolved: what `kill` cancels and `shutdown` waits
+/// for.
+pub(crate) struct Ledger {
+    pool_id: u64,
+    /// Padded so that shards used by different threads share no cache line.
+    shards: [CachePadded<Mutex<Shard>>; SHARDS],
+    is_closed: AtomicBool,
+    /// Set by `abort_all`: no job of this ledger starts any more.
+    is_halted: AtomicBool,
+    /// Set while `wait_drained` waits, so that only then does a leaving job take
+    /// `drained_lock` to wake it.
+    is_draining: AtomicBool,
+    drained_lock: Mutex<()>,
+    drained: Condvar,
+    /// Padded: every job's start and end update these.
+    pub(crate) counts: CachePadded<Counts>,
+}
+
+impl Ledger {
+    pub(crate) fn new(pool_id: u64) -> Self {
+        Ledger {
+            pool_id,
+            shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(Slab::new()))),
+            is_closed: AtomicBool::new(false),
+            is_halted: AtomicBool::new(false),
+            is_draining: AtomicBool::new(false),
+            drained_lock: Mutex::new(()),
+            drained: Condvar::new(),
+            counts: CachePadded::new(Counts::default()),
+        }
+    }
+
+    /// The id of the pool this ledger belongs to.
+    pub(crate) fn pool_id(&self) -> u64 {
+        self.pool_id
+    }
+
+    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
+        // Ids are consecutive, so the low bits spread them evenly.
+        let shard = &self.shards[(id % SHARDS as u64) as usize];
+        shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Enters job `id`, returning its key in the shard; refused once the ledger is closed.
+    pub(crate) fn enter(&self, id: u64, job: Weak<dyn Abort>) -> Option<usize> {
+        let mut shard = self.shard(id);
+        // Checked under the shard lock: `abort_all` closes first, then drains every shard, so a
+        // job is either refused here or found there.
+        if self.is_closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(shard.insert(job))
+    }
+
+    /// Removes job `id`, entered under `key`, unless `abort_all` took it already.
+    pub(crate) fn leave(&self, id: u64, key: usize) {
+        // A key is reused only after its job left. `abort_all` empties the shards, but it closes
+        // the ledger first, so no job enters after it: a key it took finds nothing here.
+        let is_removed = self.shard(id).try_remove(key).is_some();
+        if is_removed && self.is_draining.load(Ordering::SeqCst) {
+            self.wake_drain_waiters();
+        }
+    }
+
+    fn wake_drain_waiters(&self) {
+        // Taking the lock orders this wake-up after a waiter's check of the shards.
+        let _guard = self.drained_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.drained.notify_all();
+    }
+
+    /// How many jobs are accepted and not resolved.
+    pub(crate) fn len(&self) -> usize {
+        (0..SHARDS as u64).map(|id| self.shard(id).len()).sum()
+    }
+
+    /// Refuses new jobs from now on.
+    pub(crate) fn close(&self) {
+        self.is_closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until every accepted job is resolved.
+    pub(crate) fn wait_drained(&self) {
+        let mut guard = self.drained_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.is_draining.store(true, Ordering::SeqCst);
+        while self.len() != 0 {
+            guard = self.drained.wait(guard).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Whether [`abort_all`](Self::abort_all) was called.
+    pub(crate) fn is_halted(&self) -> bool {
+        self.is_halted.load(Ordering::SeqCst)
+    }
+
+    /// Closes the ledger, halts it (no job starts any more) and cancels every live job.
+    pub(crate) fn abort_all(&self) {
+        self.is_halted.store(true, Ordering::SeqCst);
+        self.close();
+        for id in 0..SHARDS as u64 {
+            let jobs: Vec<Weak<dyn Abort>> = self.shard(id).drain().collect();
+            // Resolving a job makes it leave, and it finds itself gone already.
+            for job in jobs.iter().filter_map(Weak::upgrade) {
+                job.abort();
+            }
+        }
+        if self.is_draining.load(Ordering::SeqCst) {
+            self.wake_drain_waiters();
+        }
+    }
+}
