@@ -24,7 +24,7 @@ use nix::sys::signal::Signal;
 
 use super::protocol::{self, FromWorker, ReadError};
 use super::protocol::{Marker, MARKER};
-use super::ring::Ring;
+use super::ring::Consumer;
 use super::sys;
 use super::Settings;
 
@@ -59,7 +59,7 @@ pub(crate) struct WorkerProcess {
     pub(crate) writer: Arc<Mutex<BufWriter<UnixStream>>>,
     /// The worker's replies in shared memory, the claims of its jobs, and how many jobs it has
     /// started (for the stderr follower to tell one job's output from the next).
-    pub(crate) ring: Arc<Ring>,
+    pub(crate) ring: Arc<Consumer>,
     stderr: StderrTail,
     /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
     is_reaped: Arc<Mutex<bool>>,
@@ -117,7 +117,7 @@ impl WorkerProcess {
             death: None,
         })?;
         let (ring, ring_fd) =
-            Ring::create().map_err(|message| StartError { message, death: None })?;
+            Consumer::create().map_err(|message| StartError { message, death: None })?;
         let marker = Marker {
             fd: CHANNEL_FD,
             parent: std::process::id(),

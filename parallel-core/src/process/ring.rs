@@ -1,4 +1,6 @@
-//! The worker's replies in shared memory: a single-producer, single-consumer ring of frames.
+//! The worker's replies in shared memory: a single-producer, single-consumer ring of frames, in
+//! two halves whose types say who writes what: the worker's [`Producer`] pushes replies and
+//! starts jobs through their claims, the pool's [`Consumer`] pops replies and stops jobs.
 //!
 //! A reply must leave the worker before the worker starts its next job: a reply still inside a
 //! worker that the next job crashes is lost, and the pool would blame the job that finished and
@@ -47,53 +49,51 @@ const CLAIMS_AT: usize = 32;
 const WORDS: usize = 512;
 const _: () = assert!(CLAIMS_AT + CLAIMS <= WORDS);
 
-/// One end of a ring: the same mapping in the pool and in its worker.
-pub(crate) struct Ring {
+/// The mapping both halves share: control words, then the frames.
+struct Mapping {
     memory: SharedMemory,
 }
 
-impl Ring {
-    /// Creates a ring in a fresh memory file; the descriptor is for the worker to map.
-    pub(crate) fn create() -> Result<(Ring, OwnedFd), String> {
-        let (memory, fd) = SharedMemory::create("parallel-replies", WORDS, CAPACITY)?;
-        Ok((Ring { memory }, fd))
-    }
-
-    /// Maps the ring the pool created (the worker's side), from its descriptor.
-    pub(crate) fn map(fd: impl AsFd) -> Result<Ring, String> {
-        Ok(Ring { memory: SharedMemory::map(fd, WORDS, CAPACITY)? })
-    }
-
+impl Mapping {
     fn word(&self, index: usize) -> &AtomicU64 {
         &self.memory.words()[index]
     }
 
-    /// Whether a frame of `len` bytes goes through the ring (else through the socket).
-    pub(crate) fn fits(&self, len: usize) -> bool {
-        len <= CAPACITY / 4
+    /// The claims of the jobs sent to the worker, shared by both sides.
+    fn claims(&self) -> &[AtomicU64; CLAIMS] {
+        let claims = &self.memory.words()[CLAIMS_AT..CLAIMS_AT + CLAIMS];
+        claims.try_into().expect("the claims are `CLAIMS` words: a constant range")
     }
 
-    /// The worker's side: copies `frame` (a whole frame, length included, that [`Ring::fits`])
-    /// into the ring, waiting for room, and publishes it. Returns whether the pool's reader is
-    /// asleep and must be woken through the socket.
-    pub(crate) fn push(&self, frame: &[u8]) -> bool {
-        debug_assert!(self.fits(frame.len()));
-        let (head, tail, asleep) = (self.word(HEAD), self.word(TAIL), self.word(ASLEEP));
-        let at = head.load(Ordering::Relaxed);
-        let mut waited = 0u32;
-        // Room comes back as the pool consumes; a pool that stopped consuming kills this worker.
-        while CAPACITY - (at.wrapping_sub(tail.load(Ordering::Acquire)) as usize) < frame.len() {
-            back_off(&mut waited);
-        }
-        // The bytes from `head` on are free (checked above) and belong to this side until
-        // `head` moves past them.
-        let start = at as usize % CAPACITY;
-        let first = frame.len().min(CAPACITY - start);
-        self.memory.copy_in(start, &frame[..first]);
-        self.memory.copy_in(0, &frame[first..]);
-        head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
-        // Pairs with `sleep`: either the reader sees the new head, or this sees it asleep.
-        asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1
+    /// How many jobs the worker has started: it bumps the count as it starts each one.
+    fn started(&self) -> &AtomicU64 {
+        self.word(STARTED)
+    }
+}
+
+/// The pool's half of a ring: it consumes the worker's replies, and moves claims to stop jobs.
+pub(crate) struct Consumer {
+    mapping: Mapping,
+}
+
+/// The worker's half of a ring: it produces replies, and moves claims to start jobs.
+pub(crate) struct Producer {
+    mapping: Mapping,
+}
+
+impl Consumer {
+    /// Creates a ring in a fresh memory file; the descriptor is for the worker to map.
+    pub(crate) fn create() -> Result<(Consumer, OwnedFd), String> {
+        let (memory, fd) = SharedMemory::create("parallel-replies", WORDS, CAPACITY)?;
+        Ok((Consumer { mapping: Mapping { memory } }, fd))
+    }
+
+    fn word(&self, index: usize) -> &AtomicU64 {
+        self.mapping.word(index)
+    }
+
+    fn memory(&self) -> &SharedMemory {
+        &self.mapping.memory
     }
 
     /// The pool's side: copies the next frame's body (after its length) into `body`; `false` if
@@ -132,8 +132,8 @@ impl Ring {
         let start = at as usize % CAPACITY;
         let first = out.len().min(CAPACITY - start);
         let (wrapped, rest) = out.split_at_mut(first);
-        self.memory.copy_out(start, wrapped);
-        self.memory.copy_out(0, rest);
+        self.memory().copy_out(start, wrapped);
+        self.memory().copy_out(0, rest);
     }
 
     /// The pool's reader is about to wait on the socket: `false` if a frame came in meanwhile
@@ -151,15 +151,67 @@ impl Ring {
         false
     }
 
-    /// The claims of the jobs sent to the worker, shared by both sides.
+    /// The claims of the jobs sent to the worker.
     pub(crate) fn claims(&self) -> &[AtomicU64; CLAIMS] {
-        let claims = &self.memory.words()[CLAIMS_AT..CLAIMS_AT + CLAIMS];
-        claims.try_into().expect("the claims are `CLAIMS` words: a constant range")
+        self.mapping.claims()
     }
 
-    /// How many jobs the worker has started: it bumps the count as it starts each one.
+    /// How many jobs the worker has started.
     pub(crate) fn started(&self) -> &AtomicU64 {
-        self.word(STARTED)
+        self.mapping.started()
+    }
+}
+
+impl Producer {
+    /// Maps the ring the pool created (the worker's side), from its descriptor.
+    pub(crate) fn map(fd: impl AsFd) -> Result<Producer, String> {
+        Ok(Producer { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, CAPACITY)? } })
+    }
+
+    fn word(&self, index: usize) -> &AtomicU64 {
+        self.mapping.word(index)
+    }
+
+    fn memory(&self) -> &SharedMemory {
+        &self.mapping.memory
+    }
+
+    /// Whether a frame of `len` bytes goes through the ring (else through the socket).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        len <= CAPACITY / 4
+    }
+
+    /// The worker's side: copies `frame` (a whole frame, length included, that [`Producer::fits`])
+    /// into the ring, waiting for room, and publishes it. Returns whether the pool's reader is
+    /// asleep and must be woken through the socket.
+    pub(crate) fn push(&self, frame: &[u8]) -> bool {
+        debug_assert!(self.fits(frame.len()));
+        let (head, tail, asleep) = (self.word(HEAD), self.word(TAIL), self.word(ASLEEP));
+        let at = head.load(Ordering::Relaxed);
+        let mut waited = 0u32;
+        // Room comes back as the pool consumes; a pool that stopped consuming kills this worker.
+        while CAPACITY - (at.wrapping_sub(tail.load(Ordering::Acquire)) as usize) < frame.len() {
+            back_off(&mut waited);
+        }
+        // The bytes from `head` on are free (checked above) and belong to this side until
+        // `head` moves past them.
+        let start = at as usize % CAPACITY;
+        let first = frame.len().min(CAPACITY - start);
+        self.memory().copy_in(start, &frame[..first]);
+        self.memory().copy_in(0, &frame[first..]);
+        head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
+        // Pairs with `sleep`: either the reader sees the new head, or this sees it asleep.
+        asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1
+    }
+
+    /// The claims of the jobs sent to this worker.
+    pub(crate) fn claims(&self) -> &[AtomicU64; CLAIMS] {
+        self.mapping.claims()
+    }
+
+    /// How many jobs this worker has started: it bumps the count as it starts each one.
+    pub(crate) fn started(&self) -> &AtomicU64 {
+        self.mapping.started()
     }
 }
 
@@ -186,9 +238,9 @@ mod tests {
     }
 
     /// Two mappings of one memory file, as the pool and its worker have.
-    fn pair() -> (Ring, Ring) {
-        let (pool, fd) = Ring::create().unwrap();
-        let worker = Ring::map(&fd).unwrap();
+    fn pair() -> (Consumer, Producer) {
+        let (pool, fd) = Consumer::create().unwrap();
+        let worker = Producer::map(&fd).unwrap();
         (pool, worker)
     }
 
@@ -252,12 +304,12 @@ mod tests {
     }
 
     /// Sets the raw state of a ring as a hostile worker could.
-    fn forge(ring: &Ring, head: u64, tail: u64, bytes: &[u8]) {
+    fn forge(ring: &Consumer, head: u64, tail: u64, bytes: &[u8]) {
         ring.word(HEAD).store(head, Ordering::SeqCst);
         ring.word(TAIL).store(tail, Ordering::SeqCst);
         let start = tail as usize % CAPACITY;
         let n = bytes.len().min(CAPACITY - start);
-        ring.memory.copy_in(start, &bytes[..n]);
+        ring.memory().copy_in(start, &bytes[..n]);
     }
 
     proptest! {

@@ -21,7 +21,7 @@ use nix::sys::resource::{setrlimit, Resource};
 use super::claim;
 use super::protocol::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
-use super::ring::Ring;
+use super::ring::Producer;
 use super::sys;
 use crate::registry::{self, Outcome};
 use crate::{unwind, Environment};
@@ -74,7 +74,7 @@ pub(crate) fn cannot_serve(why: &str) {
 }
 
 /// Sets the worker up: memory limit, name, channel (moved off standard input) and reply ring.
-fn prepare(marker: &Marker) -> Result<(UnixStream, Ring), String> {
+fn prepare(marker: &Marker) -> Result<(UnixStream, Producer), String> {
     if let Some(bytes) = marker.max_memory {
         setrlimit(Resource::RLIMIT_AS, bytes, bytes)
             .map_err(|error| format!("cannot set the memory limit of {bytes} bytes: {error}"))?;
@@ -86,11 +86,11 @@ fn prepare(marker: &Marker) -> Result<(UnixStream, Ring), String> {
     }
     let channel = sys::take_channel_from_stdin()?;
     let channel = UnixStream::from(channel);
-    let ring = Ring::map(sys::receive_fd(&channel)?)?;
+    let ring = Producer::map(sys::receive_fd(&channel)?)?;
     Ok((channel, ring))
 }
 
-fn serve_channel(channel: UnixStream, ring: Ring, marker: &Marker) -> Result<(), String> {
+fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
     let mut reader =
         BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
@@ -252,7 +252,7 @@ fn encode_panic(
 /// survives the worker.
 struct Replies {
     stream: UnixStream,
-    ring: Ring,
+    ring: Producer,
     max_frame: usize,
     /// The `Wake` and `OnSocket` frames, built once.
     wake: Vec<u8>,

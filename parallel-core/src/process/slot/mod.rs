@@ -28,7 +28,7 @@ use super::child::{lock, Death, KillSwitch, WorkerProcess};
 use super::claim::{self, Claim, Stopped};
 use super::pace::{self, MAX_IN_FLIGHT};
 use super::protocol;
-use super::ring::Ring;
+use super::ring::Consumer;
 use super::{Failure, Request, Settings};
 
 use crate::job::{Halt, Stop};
@@ -92,7 +92,7 @@ struct Flight {
 struct Link {
     writer: Arc<Mutex<BufWriter<UnixStream>>>,
     kill: KillSwitch,
-    ring: Arc<Ring>,
+    ring: Arc<Consumer>,
     /// Which of the slot's workers this is: a sender that finds another one (or none) in the slot
     /// state knows that its worker is gone.
     epoch: u64,
@@ -347,7 +347,7 @@ impl Shared {
 /// Stops a job in flight through its claim: a job not started never starts (the worker skips
 /// it); a running one is killed with its worker, which can start no other job meanwhile.
 struct InFlightStop {
-    ring: Arc<Ring>,
+    ring: Arc<Consumer>,
     kill: KillSwitch,
     /// The average task time of the job's worker, for [`Halt::IfLong`].
     task_nanos: Arc<AtomicU64>,

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use super::{pace, Ended, Shared, State, READER_SPINS};
 use crate::process::protocol::{self, FromWorker, ReadError, Reply};
-use crate::process::ring::Ring;
+use crate::process::ring::Consumer;
 
 /// What a worker's replies come through.
 pub(super) struct Channel {
     pub(super) socket: BufReader<UnixStream>,
-    pub(super) ring: Arc<Ring>,
+    pub(super) ring: Arc<Consumer>,
     pub(super) max_frame: usize,
 }
 
