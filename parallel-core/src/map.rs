@@ -17,8 +17,9 @@ const WINDOW_PER_WORKER: usize = 128;
 /// Pulls the next tasks from its input only as results are consumed, keeping a bounded window
 /// of them in flight. Dropping it cancels the tasks still in the window: those not started never
 /// start; on the process backend a running task that is short (its worker's tasks average up to
-/// 10 ms, and it has run less than that) is left to finish, its result dropped, so that a
-/// `take(n)` of an endless stream costs no worker and no Environment; a longer one is killed.
+/// 10 ms, and it has been sent less than a second ago) is left to finish, its result dropped, so
+/// that a `take(n)` of an endless stream costs no worker and no Environment; a longer one is
+/// killed.
 ///
 /// # Examples
 ///
