@@ -85,7 +85,8 @@ enum Kind {
     Exit,
     /// A normal task, submitted together with a request to SIGKILL some live worker.
     Kill,
-    /// Sleeps; joined with a `join_timeout` shorter than the sleep.
+    /// Sleeps; joined with a `join_timeout` shorter than the sleep, at once (odd ids: it may
+    /// not have started) or once seen running (even ids).
     Timeout,
     /// A normal task, cancelled right after it was submitted.
     CancelEarly,
@@ -150,6 +151,11 @@ fn flood(id: u64) -> String {
 /// Whether a grandchild task is stopped by a timeout (or else by a cancel).
 fn is_timed(id: u64) -> bool {
     id % 2 == 0
+}
+
+/// Whether a task sleeps until it is stopped.
+fn is_sleeper(kind: Kind) -> bool {
+    matches!(kind, Kind::Timeout | Kind::CancelRunning | Kind::Grandchild)
 }
 
 /// Records a run of task `id` in `dir/ran-<id>`, panicking if the file exists: the task ran
@@ -832,34 +838,67 @@ impl Soak<'_> {
             }
             pending.push(task);
         }
-        for mut task in pending {
-            let mut started_before_timeout = false;
-            let outcome = match task.kind {
-                Kind::Timeout => {
-                    started_before_timeout = self.scratch.has(&format!("started-{}", task.id));
-                    task.handle.join_timeout(TIMEOUT)
-                }
-                Kind::CancelRunning | Kind::Grandchild => {
-                    let started = self.scratch.path(&format!("started-{}", task.id));
-                    let is_seen =
-                        wait_until(HANG_LIMIT, || started.exists() || task.handle.is_finished());
-                    assert!(is_seen, "task {} neither started nor resolved", task.id);
-                    if task.kind == Kind::Grandchild && is_timed(task.id) {
-                        started_before_timeout = started.exists();
-                        task.handle.join_timeout(TIMEOUT)
-                    } else {
-                        Self::cancel(&mut task);
-                        task.handle.join()
-                    }
-                }
-                _ => task.handle.join(),
-            };
+        // The sleepers are stopped first, each as soon as it runs: joined in id order, a task
+        // sent behind a running sleeper (requeued after its worker died, say) would wait for it
+        // while the other worker runs another one, and both would sleep to the end.
+        let (sleepers, others): (Vec<Pending>, Vec<Pending>) =
+            pending.into_iter().partition(|task| is_sleeper(task.kind));
+        self.stop_sleepers(sleepers);
+        for task in others {
+            let outcome = task.handle.join();
             self.resolved.push(Resolved {
                 resolved_before_cancel: task.resolved_before_cancel,
-                started_before_timeout,
                 ..Resolved::new(task.id, task.kind, outcome)
             });
         }
+    }
+
+    /// Stops `sleepers`: a timeout of an odd id at once, the others once seen running (or
+    /// resolved, by a chaos kill), in whatever order they run.
+    fn stop_sleepers(&mut self, sleepers: Vec<Pending>) {
+        let (at_once, mut waiting): (Vec<Pending>, Vec<Pending>) =
+            sleepers.into_iter().partition(|task| task.kind == Kind::Timeout && task.id % 2 == 1);
+        for task in at_once {
+            self.stop(task);
+        }
+        let started = Instant::now();
+        while !waiting.is_empty() {
+            let ids: Vec<u64> = waiting.iter().map(|task| task.id).collect();
+            assert!(started.elapsed() < HANG_LIMIT, "tasks {ids:?} neither started nor resolved");
+            let (seen, rest): (Vec<Pending>, Vec<Pending>) =
+                waiting.into_iter().partition(|task| {
+                    self.scratch.has(&format!("started-{}", task.id)) || task.handle.is_finished()
+                });
+            waiting = rest;
+            if seen.is_empty() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            for task in seen {
+                self.stop(task);
+            }
+        }
+    }
+
+    /// Stops sleeper `task` by a timeout or a cancel, as its kind says, and records how it
+    /// resolved.
+    fn stop(&mut self, mut task: Pending) {
+        let is_started = self.scratch.has(&format!("started-{}", task.id));
+        let is_timed = match task.kind {
+            Kind::Timeout => true,
+            Kind::Grandchild => is_timed(task.id),
+            _ => false,
+        };
+        let outcome = if is_timed {
+            task.handle.join_timeout(TIMEOUT)
+        } else {
+            Self::cancel(&mut task);
+            task.handle.join()
+        };
+        self.resolved.push(Resolved {
+            resolved_before_cancel: task.resolved_before_cancel,
+            started_before_timeout: is_timed && is_started,
+            ..Resolved::new(task.id, task.kind, outcome)
+        });
     }
 }
 
