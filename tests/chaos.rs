@@ -14,7 +14,7 @@
 //! `PARALLEL_SOAK_SEED` picks another fault pattern; `scripts/soak.sh` runs 100 000 in release.
 //!
 //! This file holds a single test, so no other pool of this process disturbs the counts of
-//! children and file descriptors.
+//! children, threads and file descriptors.
 
 #![cfg(feature = "process")]
 
