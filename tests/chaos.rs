@@ -1,9 +1,12 @@
 //! Chaos soak of the process backend: many tasks on two worker processes with about one task in
 //! a hundred misbehaving — it returns `Err`, panics, aborts, exits, has its worker SIGKILLed from
-//! outside, times out, or is cancelled before or while it runs — and every handle must resolve
-//! exactly once to the outcome its kind allows, no task may run twice, and afterwards the pool
-//! must still have both workers and, once shut down and dropped, leave no child process, zombie or
-//! file descriptor behind.
+//! outside, times out, or is cancelled before or while it runs, or while queued or sent behind a
+//! running task; it starts a child process of its own and is timed out or cancelled; it floods
+//! stderr and aborts; it returns a value nested deeper than the wire allows; or it is submitted
+//! right after an idle worker was SIGKILLed — and every handle must resolve exactly once to the
+//! outcome its kind allows, no task may run twice, and afterwards the pool must still have both
+//! workers and, once shut down and dropped, leave no child process, zombie, process started by a
+//! task, stderr thread or file descriptor behind.
 //!
 //! Each task creates `ran-<id>` in a scratch directory with `create_new`, so a second run of the
 //! same task panics with "ran twice" (and leaves `twice-<id>`). The faults come from a seeded
@@ -11,7 +14,7 @@
 //! `PARALLEL_SOAK_SEED` picks another fault pattern; `scripts/soak.sh` runs 100 000 in release.
 //!
 //! This file holds a single test, so no other pool of this process disturbs the counts of
-//! children and file descriptors.
+//! children, threads and file descriptors.
 
 #![cfg(feature = "process")]
 
@@ -21,7 +24,7 @@ use common::{open_fds, publish, touch, within, Scratch};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -48,6 +51,21 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 const SLEEP: Duration = Duration::from_secs(3);
 /// The reason of a worker death by SIGABRT, as `WorkerDied` reports it.
 const ABORT_REASON: &str = "killed by signal 6 (SIGABRT)";
+/// How much a flooding task writes to stderr, with no newline, before it aborts: more than the
+/// pool keeps of it, and little enough that a 100k soak's log stays a few MiB.
+const FLOOD_BYTES: usize = 80 << 10;
+/// How many bytes of a worker's stderr a death report keeps at most (`STDERR_BYTES` in
+/// `parallel-core/src/process/child.rs`).
+const TAIL_BYTES: usize = 64 << 10;
+/// The line a death report puts before the tail when the worker wrote output for earlier jobs
+/// (`Tail::report` in `parallel-core/src/process/child.rs`).
+const LEFT_OUT: &str = "(earlier output of this worker left out)";
+/// How deep a deep task's output nests: far beyond the wire's limit.
+const DEEP: u32 = 1_000;
+/// How the wire's depth limit is named in a `Serialization` error.
+const DEPTH_LIMIT: &str = "limit of 256 levels";
+/// How many short tasks follow a pipelined victim into a hold round, uncancelled.
+const FOLLOWERS: usize = 2;
 
 // ---------------------------------------------------------------------------------------------
 // Tasks
@@ -67,7 +85,8 @@ enum Kind {
     Exit,
     /// A normal task, submitted together with a request to SIGKILL some live worker.
     Kill,
-    /// Sleeps; joined with a `join_timeout` shorter than the sleep.
+    /// Sleeps; joined with a `join_timeout` shorter than the sleep, at once (odd ids: it may
+    /// not have started) or once seen running (even ids).
     Timeout,
     /// A normal task, cancelled right after it was submitted.
     CancelEarly,
@@ -75,10 +94,25 @@ enum Kind {
     CancelRunning,
     /// A normal task, cancelled while both workers are held by other tasks: it must never run.
     CancelQueued,
+    /// A normal task submitted while both workers are held, followed by [`FOLLOWERS`] short
+    /// tasks that stay uncancelled, and cancelled once the pool may have sent it to a worker
+    /// behind a running task (see `Soak::hold_round`): it must never run, and the tasks after
+    /// it run.
+    CancelPipelined,
+    /// Starts `sleep 300` (recording its pid and start time in `grandchild-<id>`), then sleeps;
+    /// timed out (even ids) or cancelled (odd ids) once seen running. The `sleep` must be gone
+    /// at the end.
+    Grandchild,
+    /// Writes [`FLOOD_BYTES`] of `flood(id)` to stderr without a newline, then aborts.
+    Flood,
+    /// Returns a value nested [`DEEP`] levels (the `deep` task), which the worker cannot send.
+    Deep,
+    /// A normal task, submitted right after one or both idle workers were SIGKILLed.
+    IdleKill,
 }
 
 /// The faults, drawn uniformly when a task is a fault.
-const FAULTS: [Kind; 9] = [
+const FAULTS: [Kind; 14] = [
     Kind::Fail,
     Kind::Panic,
     Kind::Abort,
@@ -88,6 +122,11 @@ const FAULTS: [Kind; 9] = [
     Kind::CancelEarly,
     Kind::CancelRunning,
     Kind::CancelQueued,
+    Kind::CancelPipelined,
+    Kind::Grandchild,
+    Kind::Flood,
+    Kind::Deep,
+    Kind::IdleKill,
 ];
 
 fn failure_message(id: u64) -> String {
@@ -103,11 +142,25 @@ fn exit_code(id: u64) -> i32 {
     1 + (id % 100) as i32
 }
 
-/// Records its run in `dir/ran-<id>` (panicking if the file exists: the task ran before), then
-/// does what `kind` says.
-#[task]
-fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
-    let dir = Path::new(&dir);
+/// The bytes a flooding task writes: its id over and over, so that its tail can only be its own.
+fn flood(id: u64) -> String {
+    let unit = format!("{id},");
+    unit.repeat(FLOOD_BYTES.div_ceil(unit.len()))
+}
+
+/// Whether a grandchild task is stopped by a timeout (or else by a cancel).
+fn is_timed(id: u64) -> bool {
+    id % 2 == 0
+}
+
+/// Whether a task sleeps until it is stopped.
+fn is_sleeper(kind: Kind) -> bool {
+    matches!(kind, Kind::Timeout | Kind::CancelRunning | Kind::Grandchild)
+}
+
+/// Records a run of task `id` in `dir/ran-<id>`, panicking if the file exists: the task ran
+/// before.
+fn record_run(dir: &Path, id: u64, kind: Kind) {
     let recorded =
         fs::OpenOptions::new().write(true).create_new(true).open(dir.join(format!("ran-{id}")));
     match recorded {
@@ -119,8 +172,20 @@ fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
         }
         Err(error) => panic!("cannot record task {id}: {error}"),
     }
+}
+
+/// Records its run, then does what `kind` says.
+#[task]
+fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
+    let dir = Path::new(&dir);
+    record_run(dir, id, kind);
     match kind {
-        Kind::Normal | Kind::Kill | Kind::CancelEarly | Kind::CancelQueued => Ok(id),
+        Kind::Normal
+        | Kind::Kill
+        | Kind::CancelEarly
+        | Kind::CancelQueued
+        | Kind::CancelPipelined
+        | Kind::IdleKill => Ok(id),
         Kind::Fail => Err(failure_message(id)),
         Kind::Panic => panic!("{}", panic_message(id)),
         Kind::Abort => std::process::abort(),
@@ -132,7 +197,70 @@ fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
             touch(dir.join(format!("overslept-{id}")));
             Ok(id)
         }
+        Kind::Grandchild => {
+            let mut sleep = Command::new("sleep").arg("300").spawn().expect("`sleep` starts");
+            // Until this worker waits for it, the `sleep` holds its pid even if it has ended.
+            let started = process_state(sleep.id()).expect("an unreaped child has a stat").1;
+            publish(dir.join(format!("grandchild-{id}")), &format!("{} {started}", sleep.id()));
+            touch(dir.join(format!("started-{id}")));
+            thread::sleep(SLEEP);
+            touch(dir.join(format!("overslept-{id}")));
+            let _ = sleep.kill();
+            let _ = sleep.wait();
+            Ok(id)
+        }
+        Kind::Flood => {
+            // A failing stderr shows in the tail, which the judge checks.
+            let _ = std::io::stderr().lock().write_all(flood(id).as_bytes());
+            std::process::abort()
+        }
+        Kind::Deep => unreachable!("deep tasks run as `deep`"),
     }
+}
+
+/// A value that nests one level per `Node`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Nest {
+    Leaf,
+    Node(Box<Nest>),
+}
+
+impl Nest {
+    fn of_depth(depth: u32) -> Nest {
+        (0..depth).fold(Nest::Leaf, |inner, _| Nest::Node(Box::new(inner)))
+    }
+
+    fn depth(&self) -> u32 {
+        let mut depth = 0;
+        let mut at = self;
+        while let Nest::Node(inner) = at {
+            depth += 1;
+            at = inner;
+        }
+        depth
+    }
+}
+
+/// Dropped without recursion: the soak is about what the pool does with deep values, not about
+/// Rust's drop glue, which recurses once per level.
+impl Drop for Nest {
+    fn drop(&mut self) {
+        let Nest::Node(inner) = self else { return };
+        let mut next = std::mem::replace(&mut **inner, Nest::Leaf);
+        while let Nest::Node(inner) = &mut next {
+            next = std::mem::replace(&mut **inner, Nest::Leaf);
+        }
+    }
+}
+
+/// Records its run and its worker's pid (in `pid-<id>`), then returns a value nested [`DEEP`]
+/// levels.
+#[task]
+fn deep(id: u64, dir: String) -> Nest {
+    let dir = Path::new(&dir);
+    record_run(dir, id, Kind::Deep);
+    publish(dir.join(format!("pid-{id}")), &std::process::id().to_string());
+    Nest::of_depth(DEEP)
 }
 
 /// Publishes its worker's pid in `started`, then waits until `gate` exists.
@@ -227,6 +355,34 @@ fn live_workers(exe: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The state letter and start time (in clock ticks since boot) of process `pid`, from
+/// `/proc/<pid>/stat`; `None` once the process is gone and reaped.
+fn process_state(pid: u32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: the state is field 3 and the start time field 22.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
+}
+
+/// Whether the process that had `pid` and started at `started` has stopped: gone, a zombie
+/// (killed, and its new parent has not reaped it yet), or its pid is another process's now.
+fn has_stopped(pid: u32, started: u64) -> bool {
+    process_state(pid).is_none_or(|(state, now)| now != started || matches!(state, 'Z' | 'X'))
+}
+
+/// The names of this process's threads (cut to 15 bytes by the kernel), sorted.
+fn thread_names() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir("/proc/self/task")
+        .expect("/proc is mounted")
+        .filter_map(|entry| fs::read_to_string(entry.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 /// Polls `done` until it holds or `limit` passes; returns whether it held.
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
@@ -273,6 +429,15 @@ impl XorShift {
     }
 }
 
+/// Sends SIGKILL to `pid`; returns whether it was sent.
+fn sigkill(pid: u32) -> bool {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("the kill command runs");
+    status.success()
+}
+
 enum ChaosRequest {
     /// SIGKILL one live worker, if there is one.
     Kill,
@@ -295,11 +460,7 @@ fn chaos(requests: mpsc::Receiver<ChaosRequest>, seed: u64, exe: PathBuf) -> u64
                     continue;
                 }
                 let pid = workers[rng.below(workers.len() as u64) as usize];
-                let status = Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status()
-                    .expect("the kill command runs");
-                if status.success() {
+                if sigkill(pid) {
                     sent += 1;
                 }
             }
@@ -333,6 +494,21 @@ struct Resolved {
     resolved_before_cancel: Option<bool>,
     /// For a timed task: whether it was seen running before `join_timeout` was called.
     started_before_timeout: bool,
+    /// For a deep task: whether the worker that ran it ran the next task too.
+    worker_survived: bool,
+}
+
+impl Resolved {
+    fn new(id: u64, kind: Kind, outcome: Outcome) -> Resolved {
+        Resolved {
+            id,
+            kind,
+            outcome,
+            resolved_before_cancel: None,
+            started_before_timeout: false,
+            worker_survived: false,
+        }
+    }
 }
 
 /// What a resolved task counts as in the summary.
@@ -347,6 +523,10 @@ enum Class {
     Killed,
     TimedOut,
     Cancelled,
+    /// Aborted after a flood on stderr, reported with the end of its own flood.
+    Flooded,
+    /// Its output nested too deep to send; the worker survived.
+    TooDeep,
 }
 
 fn is_sigkill(outcome: &Outcome) -> bool {
@@ -354,10 +534,23 @@ fn is_sigkill(outcome: &Outcome) -> bool {
         if reason.contains("SIGKILL") && *pid != std::process::id())
 }
 
+/// What a death report's `stderr_tail` holds after the note on earlier jobs' output, if any.
+fn without_note(tail: &str) -> &str {
+    tail.strip_prefix(LEFT_OUT).and_then(|rest| rest.strip_prefix('\n')).unwrap_or(tail)
+}
+
+/// Whether `tail` is what a death report may show of flooding task `id`: the end of its own
+/// flood, some of it and at most [`TAIL_BYTES`], after the note on earlier output at most.
+fn is_own_flood(id: u64, tail: &str) -> bool {
+    let flooded = without_note(tail);
+    !flooded.is_empty() && flooded.len() <= TAIL_BYTES && flood(id).ends_with(flooded)
+}
+
 /// Checks `task` against what its kind allows; `Err` says what is wrong.
 fn judge(task: &Resolved, scratch: &Scratch) -> Result<Class, String> {
     let id = task.id;
     let ran = scratch.has(&format!("ran-{id}"));
+    let started = scratch.has(&format!("started-{id}"));
     let overslept = scratch.has(&format!("overslept-{id}"));
     let resolved_first = task.resolved_before_cancel == Some(true);
     let class = match (task.kind, &task.outcome) {
@@ -367,9 +560,21 @@ fn judge(task: &Resolved, scratch: &Scratch) -> Result<Class, String> {
         (Kind::CancelEarly | Kind::CancelRunning, outcome) if is_sigkill(outcome) => {
             resolved_first.then_some(Class::Killed)
         }
-        (Kind::CancelQueued, _) => {
+        (Kind::Grandchild, outcome) if is_sigkill(outcome) && !is_timed(id) => {
+            resolved_first.then_some(Class::Killed)
+        }
+        // Cancelled while both workers were held, before or after the pool sent them there.
+        (Kind::CancelQueued | Kind::CancelPipelined, _) => {
             (task.outcome == Err(TaskError::Cancelled) && !ran).then_some(Class::Cancelled)
         }
+        // Deep tasks and tasks after an idle kill run in rounds of their own, with no chaos:
+        // nothing but what they are may stop them.
+        (Kind::IdleKill, outcome) => (*outcome == Ok(id) && ran).then_some(Class::Ok),
+        (Kind::Deep, Err(TaskError::Serialization { value, message, .. })) => {
+            (*value == "output" && message.contains(DEPTH_LIMIT) && ran && task.worker_survived)
+                .then_some(Class::TooDeep)
+        }
+        (Kind::Deep, _) => None,
         (_, outcome) if is_sigkill(outcome) => Some(Class::Killed),
         (Kind::Normal | Kind::Kill, Ok(value)) => (*value == id && ran).then_some(Class::Ok),
         (Kind::CancelEarly, Ok(value)) => {
@@ -388,6 +593,10 @@ fn judge(task: &Resolved, scratch: &Scratch) -> Result<Class, String> {
             (*reason == format!("exited with code {}", exit_code(id)) && ran)
                 .then_some(Class::Exited)
         }
+        (Kind::Flood, Err(TaskError::WorkerDied { reason, stderr_tail, .. })) => {
+            (reason == ABORT_REASON && ran && is_own_flood(id, stderr_tail))
+                .then_some(Class::Flooded)
+        }
         // A task seen running when its timeout began was running when it expired: its worker
         // must have been killed. One not seen running may have started just as it expired,
         // which lets it run on, its result dropped.
@@ -401,13 +610,41 @@ fn judge(task: &Resolved, scratch: &Scratch) -> Result<Class, String> {
         (Kind::CancelRunning, Err(TaskError::Cancelled)) => {
             (!resolved_first && !overslept).then_some(Class::Cancelled)
         }
+        // Timed out or cancelled once seen running (its `sleep` started): its worker must have
+        // been killed. Whether its `sleep` stopped is checked at the end.
+        (Kind::Grandchild, Err(TaskError::TimedOut)) => {
+            (is_timed(id) && task.started_before_timeout && !overslept).then_some(Class::TimedOut)
+        }
+        (Kind::Grandchild, Err(TaskError::Cancelled)) => {
+            (!is_timed(id) && !resolved_first && started && !overslept).then_some(Class::Cancelled)
+        }
         _ => None,
     };
     class.ok_or_else(|| {
+        // A flood's tail is long: show its size and ends.
+        let outcome = match &task.outcome {
+            Err(TaskError::WorkerDied { pid, reason, stderr_tail, .. })
+                if stderr_tail.len() > 400 =>
+            {
+                let head: String = stderr_tail.chars().take(100).collect();
+                let tail: String =
+                    stderr_tail.chars().skip(stderr_tail.chars().count() - 100).collect();
+                format!(
+                    "WorkerDied {{ pid: {pid}, reason: {reason:?}, stderr_tail: {} bytes, \
+                     {head:?} … {tail:?} }}",
+                    stderr_tail.len()
+                )
+            }
+            outcome => format!("{outcome:?}"),
+        };
         format!(
             "task {id} ({:?}, resolved before cancel: {:?}, seen started before timeout: {}, \
-             ran: {ran}, overslept: {overslept}) resolved {:?}",
-            task.kind, task.resolved_before_cancel, task.started_before_timeout, task.outcome
+             worker survived: {}, ran: {ran}, started: {started}, overslept: {overslept}) \
+             resolved {outcome}",
+            task.kind,
+            task.resolved_before_cancel,
+            task.started_before_timeout,
+            task.worker_survived,
         )
     })
 }
@@ -418,13 +655,17 @@ fn judge(task: &Resolved, scratch: &Scratch) -> Result<Class, String> {
 struct Soak<'a> {
     pool: &'a Pool,
     scratch: &'a Scratch,
+    /// This test binary, which the workers run.
+    exe: &'a Path,
     dir: String,
     chaos: mpsc::Sender<ChaosRequest>,
     resolved: Vec<Resolved>,
     /// Tasks of each kind submitted.
     submitted: BTreeMap<Kind, u64>,
-    /// Rounds that held both workers to cancel queued tasks.
+    /// Rounds that held both workers to cancel queued or pipelined tasks.
     rounds: u64,
+    /// SIGKILLs sent to idle workers.
+    idle_kills: u64,
 }
 
 impl Soak<'_> {
@@ -448,36 +689,57 @@ impl Soak<'_> {
         settle(what);
     }
 
-    /// Holds both workers with `hold` tasks, submits `victims` and cancels them, then lets the
-    /// workers go: the victims were cancelled before they could start, so they must never run.
-    fn cancel_while_held(&mut self, victims: &[u64]) -> Vec<Pending> {
+    /// Starts a `hold` task that waits for its own gate; `name` names its files.
+    fn hold(&self, name: &str) -> Hold {
+        let started = self.scratch.path(&format!("held-{name}"));
+        let gate = self.scratch.path(&format!("gate-{name}"));
+        let handle = hold::dispatch_on(
+            self.pool,
+            started.to_string_lossy().into_owned(),
+            gate.to_string_lossy().into_owned(),
+        );
+        Hold { handle, started, gate }
+    }
+
+    /// Holds both workers with `hold` tasks and submits `tasks` (victims, and the followers of
+    /// pipelined victims), cancelling the queued victims at once. With pipelined victims, a
+    /// third hold goes first, and the first worker is let go: it takes the third hold and, as
+    /// far as its window allows, the jobs behind it; once that hold runs, both workers are held
+    /// again and the pipelined victims are cancelled, sent ahead or still queued. Then every
+    /// worker is let go: the victims were cancelled before they could start, so they must never
+    /// run, and the followers must run.
+    fn hold_round(&mut self, tasks: &[(u64, Kind)]) -> Vec<Pending> {
         self.quiesce("before holding the workers");
         self.rounds += 1;
         let round = self.rounds;
-        let gate = self.scratch.path(&format!("gate-{round}"));
-        let started = |index: usize| self.scratch.path(&format!("held-{round}-{index}"));
-        let holds: Vec<_> = (0..2)
-            .map(|index| {
-                hold::dispatch_on(
-                    self.pool,
-                    started(index).to_string_lossy().into_owned(),
-                    gate.to_string_lossy().into_owned(),
-                )
-            })
-            .collect();
+        let mut holds: Vec<Hold> =
+            (0..2).map(|index| self.hold(&format!("{round}-{index}"))).collect();
         for (index, hold) in holds.iter().enumerate() {
-            let is_held = wait_until(HANG_LIMIT, || started(index).exists() || hold.is_finished());
-            assert!(is_held && !hold.is_finished(), "round {round}: hold {index} did not start");
+            assert!(hold.is_started(), "round {round}: hold {index} did not start");
+        }
+        let has_pipelined = tasks.iter().any(|&(_, kind)| kind == Kind::CancelPipelined);
+        if has_pipelined {
+            holds.push(self.hold(&format!("{round}-2")));
         }
         let mut pending: Vec<Pending> =
-            victims.iter().map(|&id| self.submit(id, Kind::CancelQueued)).collect();
-        for victim in &mut pending {
+            tasks.iter().map(|&(id, kind)| self.submit(id, kind)).collect();
+        for victim in pending.iter_mut().filter(|task| task.kind == Kind::CancelQueued) {
             Self::cancel(victim);
         }
-        touch(&gate);
+        if has_pipelined {
+            touch(&holds[0].gate);
+            // The third hold can only run on the first worker: the second is held.
+            assert!(holds[2].is_started(), "round {round}: the third hold did not start");
+            for victim in pending.iter_mut().filter(|task| task.kind == Kind::CancelPipelined) {
+                Self::cancel(victim);
+            }
+        }
+        for hold in &holds {
+            touch(&hold.gate);
+        }
         let pids: Vec<u32> = holds
             .into_iter()
-            .map(|hold| match hold.join_timeout(HANG_LIMIT) {
+            .map(|hold| match hold.handle.join_timeout(HANG_LIMIT) {
                 Ok(pid) => pid,
                 other => panic!("round {round}: a hold resolved {other:?}"),
             })
@@ -486,17 +748,86 @@ impl Soak<'_> {
         pending
     }
 
-    /// Submits tasks `ids` (whose kinds are `kinds`) and joins them in order.
+    /// With no task running and no chaos, SIGKILLs one idle worker (even ids, alternating
+    /// between the two) or both (odd ids), then at once submits normal task `id`: it never
+    /// started on a killed worker, so it must run.
+    fn idle_kill_round(&mut self, id: u64) {
+        self.quiesce("before an idle kill");
+        let is_idle = wait_until(HANG_LIMIT, || self.pool.stats().running == 0);
+        assert!(is_idle, "task {id}: the pool never went idle: {:?}", self.pool.stats());
+        let workers = live_workers(self.exe);
+        let victims = match workers.len() {
+            0 => &[][..],
+            n if id % 2 == 0 => {
+                let one = (id / 2 % n as u64) as usize;
+                &workers[one..=one]
+            }
+            _ => &workers[..],
+        };
+        self.idle_kills += victims.iter().filter(|&&pid| sigkill(pid)).count() as u64;
+        let task = self.submit(id, Kind::IdleKill);
+        let outcome = task.handle.join();
+        self.resolved.push(Resolved::new(id, Kind::IdleKill, outcome));
+    }
+
+    /// With no chaos and one worker held, runs deep task `id` on the other, then a next task,
+    /// which can only run there too: the worker survived if the next task ran in the same
+    /// process.
+    fn deep_round(&mut self, id: u64) {
+        self.quiesce("before a deep task");
+        let other = self.hold(&format!("deep-{id}"));
+        assert!(other.is_started(), "deep task {id}: the hold did not start");
+        *self.submitted.entry(Kind::Deep).or_default() += 1;
+        let outcome = deep::dispatch_on(self.pool, id, self.dir.clone())
+            .join()
+            .map(|nest| u64::from(nest.depth()))
+            .map_err(|error| error.map_failed(|never| match never {}));
+        let next = self.hold(&format!("deep-{id}-next"));
+        touch(&next.gate);
+        let next = next.handle.join_timeout(HANG_LIMIT);
+        touch(&other.gate);
+        let other = other.handle.join_timeout(HANG_LIMIT);
+        let ran_on = fs::read_to_string(self.scratch.path(&format!("pid-{id}")))
+            .ok()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let worker_survived = matches!((ran_on, next, other),
+            (Some(pid), Ok(next), Ok(other)) if pid == next && pid != other);
+        self.resolved.push(Resolved { worker_survived, ..Resolved::new(id, Kind::Deep, outcome) });
+    }
+
+    /// Submits tasks `ids` (whose kinds are `kinds`) and joins them in order; the kinds that
+    /// need a calm pool or held workers run first, in rounds of their own.
     fn batch(&mut self, ids: std::ops::Range<u64>, kinds: &[Kind]) {
-        let victims: Vec<u64> = ids
-            .clone()
-            .filter(|&id| kinds[(id - ids.start) as usize] == Kind::CancelQueued)
-            .collect();
-        let mut pending =
-            if victims.is_empty() { Vec::new() } else { self.cancel_while_held(&victims) };
+        let kind_of = |id: u64| kinds[(id - ids.start) as usize];
         for id in ids.clone() {
-            let kind = kinds[(id - ids.start) as usize];
-            if kind == Kind::CancelQueued {
+            match kind_of(id) {
+                Kind::IdleKill => self.idle_kill_round(id),
+                Kind::Deep => self.deep_round(id),
+                _ => {}
+            }
+        }
+        // The victims of the hold round, each pipelined one followed by the next normal tasks.
+        let mut held: Vec<(u64, Kind)> = Vec::new();
+        let mut followers_wanted = 0;
+        for id in ids.clone() {
+            match kind_of(id) {
+                kind @ Kind::CancelQueued => held.push((id, kind)),
+                kind @ Kind::CancelPipelined => {
+                    held.push((id, kind));
+                    followers_wanted += FOLLOWERS;
+                }
+                Kind::Normal if followers_wanted > 0 => {
+                    held.push((id, Kind::Normal));
+                    followers_wanted -= 1;
+                }
+                _ => {}
+            }
+        }
+        let mut pending = if held.is_empty() { Vec::new() } else { self.hold_round(&held) };
+        let in_rounds: HashSet<u64> = held.iter().map(|&(id, _)| id).collect();
+        for id in ids.clone() {
+            let kind = kind_of(id);
+            if matches!(kind, Kind::IdleKill | Kind::Deep) || in_rounds.contains(&id) {
                 continue;
             }
             let mut task = self.submit(id, kind);
@@ -507,32 +838,99 @@ impl Soak<'_> {
             }
             pending.push(task);
         }
-        for mut task in pending {
-            let mut started_before_timeout = false;
-            let outcome = match task.kind {
-                Kind::Timeout => {
-                    started_before_timeout = self.scratch.has(&format!("started-{}", task.id));
-                    task.handle.join_timeout(TIMEOUT)
-                }
-                Kind::CancelRunning => {
-                    let started = self.scratch.path(&format!("started-{}", task.id));
-                    let is_seen =
-                        wait_until(HANG_LIMIT, || started.exists() || task.handle.is_finished());
-                    assert!(is_seen, "task {} neither started nor resolved", task.id);
-                    Self::cancel(&mut task);
-                    task.handle.join()
-                }
-                _ => task.handle.join(),
-            };
+        // The sleepers are stopped first, each as soon as it runs: joined in id order, a task
+        // sent behind a running sleeper (requeued after its worker died, say) would wait for it
+        // while the other worker runs another one, and both would sleep to the end.
+        let (sleepers, others): (Vec<Pending>, Vec<Pending>) =
+            pending.into_iter().partition(|task| is_sleeper(task.kind));
+        self.stop_sleepers(sleepers);
+        for task in others {
+            let outcome = task.handle.join();
             self.resolved.push(Resolved {
-                id: task.id,
-                kind: task.kind,
-                outcome,
                 resolved_before_cancel: task.resolved_before_cancel,
-                started_before_timeout,
+                ..Resolved::new(task.id, task.kind, outcome)
             });
         }
     }
+
+    /// Stops `sleepers`: a timeout of an odd id at once, the others once seen running (or
+    /// resolved, by a chaos kill), in whatever order they run.
+    fn stop_sleepers(&mut self, sleepers: Vec<Pending>) {
+        let (at_once, mut waiting): (Vec<Pending>, Vec<Pending>) =
+            sleepers.into_iter().partition(|task| task.kind == Kind::Timeout && task.id % 2 == 1);
+        for task in at_once {
+            self.stop(task);
+        }
+        let started = Instant::now();
+        while !waiting.is_empty() {
+            let ids: Vec<u64> = waiting.iter().map(|task| task.id).collect();
+            assert!(started.elapsed() < HANG_LIMIT, "tasks {ids:?} neither started nor resolved");
+            let (seen, rest): (Vec<Pending>, Vec<Pending>) =
+                waiting.into_iter().partition(|task| {
+                    self.scratch.has(&format!("started-{}", task.id)) || task.handle.is_finished()
+                });
+            waiting = rest;
+            if seen.is_empty() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            for task in seen {
+                self.stop(task);
+            }
+        }
+    }
+
+    /// Stops sleeper `task` by a timeout or a cancel, as its kind says, and records how it
+    /// resolved.
+    fn stop(&mut self, mut task: Pending) {
+        let is_started = self.scratch.has(&format!("started-{}", task.id));
+        let is_timed = match task.kind {
+            Kind::Timeout => true,
+            Kind::Grandchild => is_timed(task.id),
+            _ => false,
+        };
+        let outcome = if is_timed {
+            task.handle.join_timeout(TIMEOUT)
+        } else {
+            Self::cancel(&mut task);
+            task.handle.join()
+        };
+        self.resolved.push(Resolved {
+            resolved_before_cancel: task.resolved_before_cancel,
+            started_before_timeout: is_timed && is_started,
+            ..Resolved::new(task.id, task.kind, outcome)
+        });
+    }
+}
+
+/// A `hold` task: it publishes its worker's pid in `started` once it runs, then waits for
+/// `gate` to exist.
+struct Hold {
+    handle: TaskHandle<hold::Task>,
+    started: PathBuf,
+    gate: PathBuf,
+}
+
+impl Hold {
+    /// Waits until the hold runs; `false` if it resolved instead, or never ran.
+    fn is_started(&self) -> bool {
+        let is_seen = wait_until(HANG_LIMIT, || self.started.exists() || self.handle.is_finished());
+        is_seen && !self.handle.is_finished()
+    }
+}
+
+/// The processes that grandchild tasks started, as they recorded them: task id, pid and start
+/// time.
+fn grandchildren(scratch: &Scratch) -> Vec<(u64, u32, u64)> {
+    scratch
+        .ids("grandchild")
+        .into_iter()
+        .map(|id| {
+            let record = fs::read_to_string(scratch.path(&format!("grandchild-{id}")))
+                .expect("a published record is whole");
+            let (pid, started) = record.split_once(' ').expect("the record is \"<pid> <start>\"");
+            (id, pid.parse().expect("a pid"), started.parse().expect("a start time"))
+        })
+        .collect()
 }
 
 /// Figures of one soak, for the summary line.
@@ -544,7 +942,12 @@ struct Summary<'a> {
     /// Tasks that resolved as `WorkerDied`, whatever the reason.
     deaths: u64,
     kills_sent: u64,
+    idle_kills: u64,
     rounds: u64,
+    /// Processes started by tasks, all stopped by the end.
+    grandchildren: usize,
+    /// Floods whose report held the full [`TAIL_BYTES`] of their end.
+    full_tails: usize,
     wrong: usize,
     twice: usize,
     elapsed: Duration,
@@ -558,17 +961,22 @@ impl Summary<'_> {
             .collect();
         let outcomes: Vec<String> =
             self.classes.iter().map(|(class, n)| format!("{class:?} {n}")).collect();
+        // On a line of its own: a flood's last bytes end with no newline.
         eprintln!(
-            "chaos soak: {} tasks, seed {:#x}, {:.1?}; faults: {}; kills sent {}, hold rounds \
-             {}; outcomes: {}; worker deaths {}; wrong {}, ran twice {}",
+            "\nchaos soak: {} tasks, seed {:#x}, {:.1?}; faults: {}; kills sent {}, idle kills {}, \
+             hold rounds {}; outcomes: {}; worker deaths {}; task processes stopped {}, flood \
+             tails of 64 KiB {}; wrong {}, ran twice {}",
             self.tasks,
             self.seed,
             self.elapsed,
             faults.join(", "),
             self.kills_sent,
+            self.idle_kills,
             self.rounds,
             outcomes.join(", "),
             self.deaths,
+            self.grandchildren,
+            self.full_tails,
             self.wrong,
             self.twice,
         );
@@ -599,6 +1007,7 @@ fn soak(tasks: u64, seed: u64) {
     fs::remove_file(scratch.path("arrived-0")).expect("the warm-up task arrived");
     assert!(wait_until(REAP_LIMIT, || children().is_empty()), "the warm-up worker is not reaped");
     let fds_before = open_fds();
+    let threads_before = thread_names();
 
     let started = Instant::now();
     let pool = Pool::builder().backend(Backend::Process).workers(2).build().expect("builds");
@@ -610,11 +1019,13 @@ fn soak(tasks: u64, seed: u64) {
     let mut soak = Soak {
         pool: &pool,
         scratch: &scratch,
+        exe: &exe,
         dir: scratch.string(),
         chaos: chaos_sender,
         resolved: Vec::with_capacity(tasks as usize),
         submitted: BTreeMap::new(),
         rounds: 0,
+        idle_kills: 0,
     };
     let mut rng = XorShift::new(seed);
     let mut start = 0;
@@ -633,7 +1044,7 @@ fn soak(tasks: u64, seed: u64) {
         start = end;
     }
     soak.quiesce("after the soak");
-    let Soak { resolved, submitted, rounds, chaos: chaos_sender, .. } = soak;
+    let Soak { resolved, submitted, rounds, idle_kills, chaos: chaos_sender, .. } = soak;
     drop(chaos_sender);
     let kills_sent = chaos_thread.join().expect("the chaos thread");
 
@@ -675,6 +1086,19 @@ fn soak(tasks: u64, seed: u64) {
         .iter()
         .filter(|task| matches!(task.outcome, Err(TaskError::WorkerDied { .. })))
         .count() as u64;
+    let full_tails = resolved
+        .iter()
+        .filter(|task| {
+            matches!(&task.outcome, Err(TaskError::WorkerDied { stderr_tail, .. })
+                if task.kind == Kind::Flood && without_note(stderr_tail).len() == TAIL_BYTES)
+        })
+        .count();
+    // Every process a task started stopped with its worker's process group (a zombie whose new
+    // parent has not reaped it yet has stopped too).
+    let grandchildren = grandchildren(&scratch);
+    let has_stopped_all = wait_until(REAP_LIMIT, || {
+        grandchildren.iter().all(|&(_, pid, started)| has_stopped(pid, started))
+    });
     Summary {
         tasks,
         seed,
@@ -682,7 +1106,10 @@ fn soak(tasks: u64, seed: u64) {
         classes: &classes,
         deaths,
         kills_sent,
+        idle_kills,
         rounds,
+        grandchildren: grandchildren.len(),
+        full_tails,
         wrong: wrong.len(),
         twice: twice.len(),
         elapsed,
@@ -701,10 +1128,27 @@ fn soak(tasks: u64, seed: u64) {
         "{killed} tasks died of SIGKILL, but {kills_sent} kills were sent"
     );
 
-    // Nothing is left behind: no child, no zombie, no file descriptor.
-    let is_clean = wait_until(REAP_LIMIT, || children().is_empty() && open_fds() == fds_before);
+    // Nothing is left behind: no child, no zombie, no process a task started, no thread that
+    // followed a worker's stderr, no file descriptor.
+    let running: Vec<_> = grandchildren
+        .iter()
+        .filter(|&&(_, pid, started)| !has_stopped(pid, started))
+        .map(|&(id, pid, _)| (id, pid, process_state(pid)))
+        .collect();
+    assert!(
+        has_stopped_all,
+        "processes started by tasks still run {REAP_LIMIT:?} after shutdown (task, pid, \
+         state): {running:?}"
+    );
+    let is_stderr_thread = |name: &String| name.starts_with("parallel-stderr");
+    let is_clean = wait_until(REAP_LIMIT, || {
+        children().is_empty() && open_fds() == fds_before && thread_names() == threads_before
+    });
     let left = children();
     assert!(left.is_empty(), "children left after shutdown and drop: {left:?}");
+    let followers: Vec<String> = thread_names().into_iter().filter(is_stderr_thread).collect();
+    assert!(followers.is_empty(), "stderr threads left after shutdown and drop: {followers:?}");
+    assert_eq!(thread_names(), threads_before, "threads after shutdown and drop, and before");
     assert!(is_clean, "file descriptors leaked: {} open, {fds_before} before", open_fds());
 }
 
