@@ -20,12 +20,11 @@
 //! available parallelism). It exits with status 1 when a file could not be hashed.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use parallel::{task, Backend, Environment, Pool, TaskError};
 use sha2::{Digest, Sha256};
 
@@ -187,6 +186,42 @@ fn regular_files(root: &Path, problems: &mut Vec<String>) -> Vec<String> {
     files
 }
 
+/// A progress line on stderr, `hashed/total files`, shown only when stderr is a terminal and
+/// redrawn at most every [`Progress::PERIOD`].
+struct Progress {
+    total: usize,
+    done: usize,
+    is_shown: bool,
+    drawn_at: Option<Instant>,
+}
+
+impl Progress {
+    /// How often the line is redrawn.
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    fn new(total: usize) -> Progress {
+        Progress { total, done: 0, is_shown: std::io::stderr().is_terminal(), drawn_at: None }
+    }
+
+    /// Counts one more file done.
+    fn inc(&mut self) {
+        self.done += 1;
+        let is_due = self.drawn_at.is_none_or(|drawn_at| drawn_at.elapsed() >= Self::PERIOD);
+        if self.is_shown && is_due {
+            eprint!("\r{}/{} files", self.done, self.total);
+            self.drawn_at = Some(Instant::now());
+        }
+    }
+
+    /// Erases the line, before a line of the listing or the summary; the next `inc` redraws it.
+    fn clear(&mut self) {
+        if self.drawn_at.take().is_some() {
+            // Carriage return, then erase the line (ANSI "erase in line").
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
 /// What one run over the files found.
 struct Run {
     /// The files hashed.
@@ -215,11 +250,7 @@ fn run(
         builder = builder.workers(workers);
     }
     let pool = builder.build().map_err(|error| format!("cannot build the pool: {error}"))?;
-    let progress = ProgressBar::new(files.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files")
-            .expect("the template is a valid constant"),
-    );
+    let mut progress = Progress::new(files.len());
 
     let mut run = Run { hashed: 0, bytes: 0, buffers: 0, problems: Vec::new(), seconds: 0.0 };
     let mut stdout = std::io::stdout();
@@ -232,8 +263,9 @@ fn run(
                 run.buffers += usize::from(checksum.allocated_buffer);
                 if is_listing {
                     let line = format!("{}  {}", checksum.digest, checksum.path);
+                    progress.clear();
                     // A reader that went away (`| head`) ends the listing, not the run.
-                    is_listing = progress.suspend(|| writeln!(stdout, "{line}")).is_ok();
+                    is_listing = writeln!(stdout, "{line}").is_ok();
                 }
             }
             Err(TaskError::Failed(unreadable)) => {
@@ -242,9 +274,9 @@ fn run(
             }
             Err(other) => run.problems.push(format!("{path}: {other}")),
         }
-        progress.inc(1);
+        progress.inc();
     }
-    progress.finish_and_clear();
+    progress.clear();
     run.seconds = started.elapsed().as_secs_f64();
     Ok((pool, run))
 }
