@@ -3,8 +3,8 @@
 //! the same scenarios in the same run, each figure the median of several runs with its min–max.
 //!
 //! ```text
-//! cargo bench --features process --bench compare                # writes the docs (~3 min)
-//! cargo bench --features process --bench compare -- --quick     # smoke run, prints only
+//! cargo bench -p parallel-bench --bench compare                # writes the docs (~3 min)
+//! cargo bench -p parallel-bench --bench compare -- --quick     # smoke run, prints only
 //! ```
 //!
 //! Options after `--`: `--runs N` (samples per figure; 10, or 3 with `--quick`), `--quick` (a tenth
@@ -654,9 +654,11 @@ fn main() {
     environment(&mut bench);
     throughput_plot(&mut bench);
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // This package is `benches/` of the repository, whose `docs/` the report goes to.
+    let benches = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = benches.parent().unwrap_or(benches);
     let python = if options.has_python {
-        let script = root.join("benches/python_peers.py");
+        let script = benches.join("python_peers.py");
         python::run(&script, options.runs, options.is_quick, &mut bench.results)
     } else {
         python::Python {
@@ -672,7 +674,7 @@ fn main() {
         &report::Context {
             runs: options.runs,
             python: &python.description,
-            command: "cargo bench --features process --bench compare",
+            command: "cargo bench -p parallel-bench --bench compare",
             method: &method,
         },
     );

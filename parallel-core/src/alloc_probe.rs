@@ -42,6 +42,7 @@ unsafe impl GlobalAlloc for Probe {
 }
 
 /// Runs `f` and returns its result with the largest single allocation it made on this thread.
+#[cfg_attr(not(process_backend), allow(dead_code))] // its callers test the process backend
 pub(crate) fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
     LARGEST.with(|largest| largest.set(Some(0)));
     let result = f();

@@ -37,7 +37,7 @@ const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 ///
 /// ```
 /// use std::time::Duration;
-/// use parallel_core::Environment;
+/// use parallel::Environment;
 ///
 /// struct Connection {
 ///     queries: u32,
@@ -88,7 +88,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let env = Environment::new();
     /// assert!(env.is_empty());
@@ -115,7 +115,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// assert_eq!(Environment::new().worker_id(), 0);
     /// ```
@@ -130,7 +130,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// assert!(!env.exists("answer"));
@@ -149,7 +149,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set("answer", 42_u64);
@@ -172,7 +172,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set("seen", Vec::<String>::new());
@@ -198,7 +198,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set("greeting", "hello");
@@ -227,7 +227,7 @@ impl Environment {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set_with_ttl("token", String::from("abc"), Duration::from_secs(300));
@@ -250,7 +250,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set("answer", 42);
@@ -270,7 +270,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set("a", 1);
@@ -295,7 +295,7 @@ impl Environment {
     /// Count the tasks this worker has run:
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// for _ in 0..3 {
@@ -333,7 +333,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// env.set("a", 1);
@@ -359,7 +359,7 @@ impl Environment {
     /// # Examples
     ///
     /// ```
-    /// use parallel_core::Environment;
+    /// use parallel::Environment;
     ///
     /// let mut env = Environment::new();
     /// assert!(env.is_empty());

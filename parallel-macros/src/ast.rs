@@ -94,6 +94,11 @@ impl TaskFn {
         }
     }
 
+    /// Whether it takes `self`: a method, which `check` rejects.
+    pub(crate) fn has_receiver(&self) -> bool {
+        self.params.iter().any(|param| matches!(param, Param::Receiver(_)))
+    }
+
     /// The arguments that travel in the task value: name and type, in order.
     ///
     /// Arguments whose pattern is not a plain name are skipped; `check` reports them.

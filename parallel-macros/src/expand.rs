@@ -12,7 +12,7 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit_mut::{self, VisitMut};
-use syn::{parse_quote, Path, PathSegment, Type, VisRestricted, Visibility};
+use syn::{parse_quote, Generics, Path, PathSegment, Type, VisRestricted, Visibility};
 
 use crate::ast::{Access, Input, Output, TaskFn, TaskImpl};
 use crate::attr::Args;
@@ -239,16 +239,16 @@ fn run_method(private: &TokenStream, task: &TaskFn, names: &[&Ident]) -> TokenSt
 }
 
 /// The short docs of the generated items, so that a crate denying `missing_docs` still builds.
-struct Docs {
-    module_doc: String,
-    task_doc: String,
-    new_doc: String,
-    dispatch_doc: String,
-    dispatch_on_doc: String,
+pub(crate) struct Docs {
+    pub(crate) module_doc: String,
+    pub(crate) task_doc: String,
+    pub(crate) new_doc: String,
+    pub(crate) dispatch_doc: String,
+    pub(crate) dispatch_on_doc: String,
 }
 
 impl Docs {
-    fn of(ident: &Ident) -> Docs {
+    pub(crate) fn of(ident: &Ident) -> Docs {
         let function = format!("[`{}`](fn@{ident})", unraw(ident));
         Docs {
             module_doc: format!(
@@ -305,7 +305,7 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
 }
 
 /// The path to the runtime as seen from the item's own module.
-fn root(args: &Args) -> Path {
+pub(crate) fn root(args: &Args) -> Path {
     match &args.krate {
         Some(path) => path.clone(),
         None => parse_quote!(::parallel),
@@ -317,7 +317,7 @@ fn root(args: &Args) -> Path {
 /// Absolute paths (`::a`, `crate::a`) and bare names (found through the child's `use super::*`
 /// or the extern prelude) stay as they are; `self::a` becomes `super::a` and `super::a` becomes
 /// `super::super::a`.
-fn one_module_down(path: &Path) -> Path {
+pub(crate) fn one_module_down(path: &Path) -> Path {
     let mut path = path.clone();
     if path.leading_colon.is_some() {
         return path;
@@ -337,32 +337,42 @@ fn one_module_down(path: &Path) -> Path {
 /// `ty`, written in some module, rewritten to mean the same inside `mod NAME` declared there:
 /// every path in it goes [`one_module_down`], and a path starting with `Task` (the user's own
 /// type, which the generated `Task` would shadow) is reached through `super::`.
-fn type_one_module_down(ty: &Type) -> Type {
-    struct OneModuleDown;
-
-    impl VisitMut for OneModuleDown {
-        fn visit_path_mut(&mut self, path: &mut Path) {
-            let is_users_task = path.leading_colon.is_none()
-                && path.segments.first().is_some_and(|first| first.ident == "Task");
-            if is_users_task {
-                let span = path.segments[0].ident.span();
-                path.segments.insert(0, PathSegment::from(Ident::new("super", span)));
-            } else {
-                *path = one_module_down(path);
-            }
-            visit_mut::visit_path_mut(self, path);
-        }
-    }
-
+pub(crate) fn type_one_module_down(ty: &Type) -> Type {
     let mut ty = ty.clone();
     OneModuleDown.visit_type_mut(&mut ty);
     ty
 }
 
+/// `generics`, written on a function in some module, rewritten to mean the same on a function
+/// inside `mod NAME` declared there: every path in their bounds goes one module down, as in
+/// [`type_one_module_down`].
+pub(crate) fn generics_one_module_down(generics: &Generics) -> Generics {
+    let mut generics = generics.clone();
+    OneModuleDown.visit_generics_mut(&mut generics);
+    generics
+}
+
+/// Rewrites every path it visits to mean the same one module down.
+struct OneModuleDown;
+
+impl VisitMut for OneModuleDown {
+    fn visit_path_mut(&mut self, path: &mut Path) {
+        let is_users_task = path.leading_colon.is_none()
+            && path.segments.first().is_some_and(|first| first.ident == "Task");
+        if is_users_task {
+            let span = path.segments[0].ident.span();
+            path.segments.insert(0, PathSegment::from(Ident::new("super", span)));
+        } else {
+            *path = one_module_down(path);
+        }
+        visit_mut::visit_path_mut(self, path);
+    }
+}
+
 /// The visibility that items inside `mod NAME` need so that they are visible wherever a `NAME`
 /// with visibility `vis` is: private becomes `pub(super)`, `pub(super)` becomes
 /// `pub(in super::super)`, and so on; `pub` and `pub(crate)` stay as they are.
-fn one_module_up(vis: &Visibility) -> TokenStream {
+pub(crate) fn one_module_up(vis: &Visibility) -> TokenStream {
     match vis {
         Visibility::Public(token) => quote!(#token),
         Visibility::Inherited => quote!(pub(super)),
@@ -394,7 +404,7 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 }
 
 /// A path as text, for the `crate = "..."` option of serde, which takes a string.
-fn path_text(path: &Path) -> String {
+pub(crate) fn path_text(path: &Path) -> String {
     let segments: Vec<String> =
         path.segments.iter().map(|segment| segment.ident.to_string()).collect();
     let leading = if path.leading_colon.is_some() { "::" } else { "" };

@@ -4,17 +4,19 @@
 //! through the hidden `parallel::__private` module. The attribute works in stages: `attr` and
 //! `ast` parse the attribute and the item into a typed model, `check` records every mistake in
 //! it, `expand` generates the code; `errors` gathers the mistakes so that one build reports them
-//! all.
+//! all, and `fallback` stands in for the generated module when there are some.
 
 mod ast;
 mod attr;
 mod check;
 mod errors;
 mod expand;
+mod fallback;
 
 use proc_macro::TokenStream;
 use quote::quote;
 
+use crate::ast::Input;
 use crate::errors::Errors;
 
 /// Turns a plain function into a task that a pool runs on its workers, or registers a
@@ -49,7 +51,8 @@ use crate::errors::Errors;
 /// or outputs (`&str`: take `String`; `&[T]`: take `Vec<T>`; `&T`: take `T`); an `Environment`
 /// that is not the first parameter, a second one, or one taken by value; an argument pattern
 /// that is not a plain name; an unknown or repeated attribute key. The function itself is still
-/// emitted, so the rest of the crate keeps compiling while the task is fixed.
+/// emitted, and a stub of `mod NAME` beside it, so the rest of the crate keeps compiling while the
+/// task is fixed: a mistake is one error, not one more at each `NAME::dispatch`.
 ///
 /// A `#[task]` function is a module item: the module generated beside it reaches it through
 /// `super::`, which cannot see into a function body. In a doc test, write `fn main` yourself so
@@ -130,14 +133,22 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     check::input(&args, &input, &mut errors);
     if errors.is_empty() {
-        expand::input(&args, &input).into()
-    } else {
-        with_errors(item, errors)
+        return expand::input(&args, &input).into();
+    }
+    match &input {
+        // A `self` receiver means a method, in an impl or a trait, where no module may stand.
+        Input::Fn(task) if !task.has_receiver() => {
+            let stub = fallback::task_fn(&args, task);
+            with_errors(quote!(#item #stub), errors)
+        }
+        // The impl block names its own type, which callers use; it needs no stand-in.
+        Input::Fn(_) | Input::Impl(_) => with_errors(item, errors),
     }
 }
 
-/// The user's item unchanged, followed by the errors: the rest of the crate (and the IDE) keeps
-/// seeing the function while the mistakes are fixed.
+/// The user's item unchanged (with the stub of its module, for a function), followed by the
+/// errors: the rest of the crate (and the IDE) keeps seeing the function and its module while the
+/// mistakes are fixed.
 fn with_errors(item: proc_macro2::TokenStream, errors: Errors) -> TokenStream {
     let errors = errors.finish().err().map(|error| error.to_compile_error());
     quote!(#item #errors).into()

@@ -2,7 +2,7 @@
 //! backend: every failure comes back precisely as a [`TaskError`], and the pool goes on serving.
 //!
 //! ```text
-//! cargo run --features process --example crash_isolation
+//! cargo run -p crash_isolation
 //! ```
 //!
 //! - the segfault and the abort kill their worker process: [`TaskError::WorkerDied`] with its pid

@@ -8,8 +8,8 @@
 //! exits with status 1 when something does not match.
 //!
 //! ```text
-//! cargo run --example sqlite_cache
-//! cargo run --features process --example sqlite_cache -- --backend process --workers 4
+//! cargo run -p sqlite_cache                                    # the process backend
+//! cargo run -p sqlite_cache -- --backend thread --workers 4
 //! ```
 //!
 //! `rusqlite::Connection` is not `Send`: that is fine, values in an `Environment` never leave

@@ -1,5 +1,5 @@
 //! Hashes every regular file under a directory with SHA-256, one task per file — the main job of
-//! `parallel`.
+//! `parallel` — on worker processes, then the same files on threads beside it.
 //!
 //! Each worker keeps one 1 MiB read buffer in its [`Environment`] and reads every file it is
 //! given through it, in chunks: the summary counts the buffers that were allocated, which is at
@@ -8,22 +8,23 @@
 //! the run goes on.
 //!
 //! ```text
-//! cargo run --release --example checksum                      # this repository
-//! cargo run --release --features process --example checksum -- /usr/lib --backend process --workers 4
-//! cargo run --release --example checksum -- --list            # sha256sum-style lines on stdout
+//! cargo run --release -p checksum                           # this repository, both backends
+//! cargo run --release -p checksum -- /usr/lib --backend process --workers 4
+//! cargo run --release -p checksum -- --list --backend thread  # sha256sum-style lines on stdout
 //! ```
 //!
 //! Without a directory it hashes the repository it was built from, skipping `target/` and
-//! `.git/`. The backend and worker count default to the default pool's (`PARALLEL_BACKEND`,
-//! `PARALLEL_WORKERS`). It exits with status 1 when a file could not be hashed.
+//! `.git/`. Without `--backend` it runs the process backend and then the thread backend on the
+//! same files and prints a line for each (the second run may find the files in the page cache
+//! the first one filled). The worker count defaults to the pools' (`PARALLEL_WORKERS`, else the
+//! available parallelism). It exits with status 1 when a file could not be hashed.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use parallel::{task, Backend, Environment, Pool, TaskError};
 use sha2::{Digest, Sha256};
 
@@ -97,8 +98,9 @@ fn hash_file(env: &mut Environment, path: String) -> Result<Checksum, Unreadable
 struct Options {
     /// The directory to hash.
     root: PathBuf,
-    /// The backend asked for, if any.
-    backend: Option<Backend>,
+    /// The backends to run, in order: the one asked for, or the process backend and then the
+    /// thread backend.
+    backends: Vec<Backend>,
     /// The worker count asked for, if any.
     workers: Option<usize>,
     /// Whether to print a `sha256sum`-style line per file.
@@ -109,8 +111,9 @@ impl Options {
     /// Parses the arguments after the program name.
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         let mut options = Options {
-            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            backend: None,
+            // This package is `examples/checksum/` of the repository.
+            root: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+            backends: vec![Backend::Process, Backend::Thread],
             workers: None,
             is_listing: false,
         };
@@ -118,13 +121,13 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--backend" => {
-                    options.backend = Some(match args.next().as_deref() {
+                    options.backends = vec![match args.next().as_deref() {
                         Some("thread") => Backend::Thread,
                         Some("process") => Backend::Process,
                         other => {
                             return Err(format!("--backend takes thread or process, not {other:?}"))
                         }
-                    });
+                    }];
                 }
                 "--workers" => {
                     let value = args.next().unwrap_or_default();
@@ -183,8 +186,112 @@ fn regular_files(root: &Path, problems: &mut Vec<String>) -> Vec<String> {
     files
 }
 
+/// A progress line on stderr, `hashed/total files`, shown only when stderr is a terminal and
+/// redrawn at most every [`Progress::PERIOD`].
+struct Progress {
+    total: usize,
+    done: usize,
+    is_shown: bool,
+    drawn_at: Option<Instant>,
+}
+
+impl Progress {
+    /// How often the line is redrawn.
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    fn new(total: usize) -> Progress {
+        Progress { total, done: 0, is_shown: std::io::stderr().is_terminal(), drawn_at: None }
+    }
+
+    /// Counts one more file done.
+    fn inc(&mut self) {
+        self.done += 1;
+        let is_due = self.drawn_at.is_none_or(|drawn_at| drawn_at.elapsed() >= Self::PERIOD);
+        if self.is_shown && is_due {
+            eprint!("\r{}/{} files", self.done, self.total);
+            self.drawn_at = Some(Instant::now());
+        }
+    }
+
+    /// Erases the line, before a line of the listing or the summary; the next `inc` redraws it.
+    fn clear(&mut self) {
+        if self.drawn_at.take().is_some() {
+            // Carriage return, then erase the line (ANSI "erase in line").
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// What one run over the files found.
+struct Run {
+    /// The files hashed.
+    hashed: u64,
+    /// The bytes they held.
+    bytes: u64,
+    /// The read buffers the workers allocated.
+    buffers: usize,
+    /// The files that could not be hashed, with why.
+    problems: Vec<String>,
+    /// The run's wall-clock time, from building the pool to the last result.
+    seconds: f64,
+}
+
+/// Hashes `files` on a pool of `backend` (with `workers`, or the pool's default count), printing
+/// a `sha256sum`-style line per file when `is_listing`.
+fn run(
+    backend: Backend,
+    workers: Option<usize>,
+    files: &[String],
+    mut is_listing: bool,
+) -> Result<(Pool, Run), String> {
+    let started = Instant::now();
+    let mut builder = Pool::builder().backend(backend);
+    if let Some(workers) = workers {
+        builder = builder.workers(workers);
+    }
+    let pool = builder.build().map_err(|error| format!("cannot build the pool: {error}"))?;
+    let mut progress = Progress::new(files.len());
+
+    let mut run = Run { hashed: 0, bytes: 0, buffers: 0, problems: Vec::new(), seconds: 0.0 };
+    let mut stdout = std::io::stdout();
+    let tasks = files.iter().map(|path| hash_file::new(path.clone()));
+    for (path, result) in files.iter().zip(pool.map(tasks)) {
+        match result {
+            Ok(checksum) => {
+                run.hashed += 1;
+                run.bytes += checksum.size;
+                run.buffers += usize::from(checksum.allocated_buffer);
+                if is_listing {
+                    let line = format!("{}  {}", checksum.digest, checksum.path);
+                    progress.clear();
+                    // A reader that went away (`| head`) ends the listing, not the run.
+                    is_listing = writeln!(stdout, "{line}").is_ok();
+                }
+            }
+            Err(TaskError::Failed(unreadable)) => {
+                run.buffers += usize::from(unreadable.allocated_buffer);
+                run.problems.push(unreadable.message);
+            }
+            Err(other) => run.problems.push(format!("{path}: {other}")),
+        }
+        progress.inc();
+    }
+    progress.clear();
+    run.seconds = started.elapsed().as_secs_f64();
+    Ok((pool, run))
+}
+
+/// The backend's name as `--backend` takes it.
+fn backend_name(backend: Backend) -> &'static str {
+    if backend == Backend::Process {
+        "process"
+    } else {
+        "thread"
+    }
+}
+
 fn main() -> ExitCode {
-    let mut options = match Options::parse(std::env::args().skip(1)) {
+    let options = match Options::parse(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(message) => {
             eprintln!("checksum: {message}");
@@ -194,84 +301,53 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut builder = Pool::builder();
-    if let Some(backend) = options.backend {
-        builder = builder.backend(backend);
-    }
-    if let Some(workers) = options.workers {
-        builder = builder.workers(workers);
-    }
-    let pool = match builder.build() {
-        Ok(pool) => pool,
-        Err(error) => {
-            eprintln!("checksum: cannot build the pool: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-
-    let started = Instant::now();
-    let mut problems = Vec::new();
-    let files = regular_files(&options.root, &mut problems);
-    let progress = ProgressBar::new(files.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files")
-            .expect("the template is a valid constant"),
-    );
-
-    let mut hashed = 0u64;
-    let mut bytes = 0u64;
-    let mut buffers = 0usize;
-    let mut stdout = std::io::stdout();
-    let tasks = files.iter().map(|path| hash_file::new(path.clone()));
-    for (path, result) in files.iter().zip(pool.map(tasks)) {
-        match result {
-            Ok(checksum) => {
-                hashed += 1;
-                bytes += checksum.size;
-                buffers += usize::from(checksum.allocated_buffer);
-                if options.is_listing {
-                    let line = format!("{}  {}", checksum.digest, checksum.path);
-                    // A reader that went away (`| head`) ends the listing, not the run.
-                    options.is_listing = progress.suspend(|| writeln!(stdout, "{line}")).is_ok();
-                }
-            }
-            Err(TaskError::Failed(unreadable)) => {
-                buffers += usize::from(unreadable.allocated_buffer);
-                problems.push(unreadable.message);
-            }
-            Err(other) => problems.push(format!("{path}: {other}")),
-        }
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-
-    for problem in &problems {
+    let root = options.root.canonicalize().unwrap_or_else(|_| options.root.clone());
+    let mut listing_problems = Vec::new();
+    let files = regular_files(&root, &mut listing_problems);
+    for problem in &listing_problems {
         eprintln!("error: {problem}");
     }
+    let mut stdout = std::io::stdout();
     // Written like the listing: a closed stdout is not worth a panic.
-    let _ = writeln!(
-        stdout,
-        "hashed {hashed} files, {:.1} MB under {} in {elapsed:.2} s: {:.0} files/s, {:.1} MB/s",
-        bytes as f64 / 1e6,
-        options.root.display(),
-        hashed as f64 / elapsed,
-        bytes as f64 / 1e6 / elapsed,
-    );
-    let _ = writeln!(
-        stdout,
-        "{} {} workers allocated {buffers} read buffer(s) of {} KiB for {} tasks; {} error(s)",
-        pool.workers(),
-        if pool.backend() == Backend::Process { "process" } else { "thread" },
-        BUFFER_SIZE / 1024,
-        files.len(),
-        problems.len(),
-    );
-    if buffers > pool.workers() {
-        eprintln!("error: more buffers than workers: the Environment did not keep them");
-        return ExitCode::FAILURE;
+    let _ = writeln!(stdout, "checksum: {} files under {}", files.len(), root.display());
+
+    let mut is_ok = listing_problems.is_empty();
+    for (index, &backend) in options.backends.iter().enumerate() {
+        // The listing is the same on every backend: print it once.
+        let is_listing = options.is_listing && index == 0;
+        let (pool, run) = match run(backend, options.workers, &files, is_listing) {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                eprintln!("checksum: {} backend: {message}", backend_name(backend));
+                is_ok = false;
+                continue;
+            }
+        };
+        for problem in &run.problems {
+            eprintln!("error: {problem}");
+        }
+        let _ = writeln!(
+            stdout,
+            "{:>7} backend, {} workers: {} files, {:.1} MB in {:.3} s: {:.0} files/s, {:.1} MB/s; \
+             {} read buffer(s) of {} KiB; {} error(s)",
+            backend_name(pool.backend()),
+            pool.workers(),
+            run.hashed,
+            run.bytes as f64 / 1e6,
+            run.seconds,
+            run.hashed as f64 / run.seconds,
+            run.bytes as f64 / 1e6 / run.seconds,
+            run.buffers,
+            BUFFER_SIZE / 1024,
+            run.problems.len(),
+        );
+        if run.buffers > pool.workers() {
+            eprintln!("error: more buffers than workers: the Environment did not keep them");
+            is_ok = false;
+        }
+        is_ok &= run.problems.is_empty();
     }
-    if problems.is_empty() {
+    if is_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -9,8 +9,8 @@
 //! handler called the blocking `join`.
 //!
 //! ```text
-//! cargo run --example async_service
-//! cargo run --features process --example async_service -- --backend process --workers 2
+//! cargo run -p async_service                                   # the process backend
+//! cargo run -p async_service -- --backend thread --workers 2
 //! ```
 //!
 //! Every 25th request is malformed: its typed validation error comes back through `.await` as

@@ -1,7 +1,8 @@
 //! The 20-line tour of `parallel`: plain functions become tasks, each worker keeps an
 //! Environment, errors come back typed.
 //!
-//! Run it with `cargo run --example quickstart`.
+//! Run it with `cargo run -p quickstart` (the default pool: worker processes, or threads with
+//! `PARALLEL_BACKEND=thread`).
 
 use parallel::{task, Environment, Pool, TaskError};
 
@@ -28,7 +29,8 @@ fn parse_port(text: String) -> Result<u16, String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lines = ["the quick brown fox", "jumps over", "the lazy dog"];
 
-    // On the default pool: one worker per core, thread backend unless configured otherwise.
+    // On the default pool: one worker per core, on worker processes (this package turns on the
+    // `process` feature) unless `PARALLEL_BACKEND=thread`.
     let handles: Vec<_> = lines.iter().map(|line| word_count::dispatch(line.to_string())).collect();
     let words: usize = handles.into_iter().map(|h| h.join()).sum::<Result<usize, _>>()?;
     println!("{words} words in {} lines", lines.len());
