@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 const DEEP: u32 = 20_000;
 
 /// The limit the process backend puts on a task value's nesting, as its errors name it.
+#[cfg(feature = "process")]
 const LIMIT: &str = "limit of 256 levels";
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +70,7 @@ fn pool(backend: Backend) -> Pool {
     Pool::builder().backend(backend).workers(1).build().expect("the pool builds")
 }
 
+#[cfg(feature = "process")]
 fn assert_too_deep<T: std::fmt::Debug, E: std::fmt::Debug>(
     result: Result<T, TaskError<E>>,
     which: &str,
