@@ -96,15 +96,18 @@ struct Link {
     /// Which of the slot's workers this is: a sender that finds another one (or none) in the slot
     /// state knows that its worker is gone.
     epoch: u64,
+    /// The slot's average task time, for the stops of its jobs.
+    task_nanos: Arc<AtomicU64>,
 }
 
 impl Link {
-    fn of(worker: &WorkerProcess, epoch: u64) -> Link {
+    fn of(worker: &WorkerProcess, epoch: u64, task_nanos: &Arc<AtomicU64>) -> Link {
         Link {
             writer: Arc::clone(&worker.writer),
             kill: worker.kill_switch(),
             ring: Arc::clone(&worker.ring),
             epoch,
+            task_nanos: Arc::clone(task_nanos),
         }
     }
 
@@ -367,11 +370,11 @@ fn halt_code(halt: Halt) -> u8 {
 }
 
 impl InFlightStop {
-    fn new(link: &Link, task_nanos: &Arc<AtomicU64>) -> Arc<InFlightStop> {
+    fn new(link: &Link) -> Arc<InFlightStop> {
         Arc::new(InFlightStop {
             ring: Arc::clone(&link.ring),
             kill: link.kill.clone(),
-            task_nanos: Arc::clone(task_nanos),
+            task_nanos: Arc::clone(&link.task_nanos),
             seq: AtomicU64::new(0),
             asked: AtomicU8::new(0),
             entered_at: OnceLock::new(),
@@ -557,7 +560,8 @@ fn run(shared: &Arc<Shared>, id: usize) {
                         has_started = true;
                         epoch += 1;
                         let mut state = shared.lock();
-                        state.slots[id].link = Some(Link::of(&started.worker, epoch));
+                        let pace = Arc::clone(&state.slots[id].task_nanos);
+                        state.slots[id].link = Some(Link::of(&started.worker, epoch, &pace));
                         state.slots[id].sent = 0;
                         drop(state);
                         running = Some(started);
@@ -687,10 +691,9 @@ fn bury(
 fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max_direct: usize) {
     let max_frame = shared.settings.max_frame;
     let is_caller = max_direct != usize::MAX;
-    let task_nanos = Arc::clone(&shared.lock().slots[id].task_nanos);
     let mut ready = Vec::with_capacity(items.len());
     for item in items {
-        let stop = InFlightStop::new(link, &task_nanos);
+        let stop = InFlightStop::new(link);
         let sent = match item {
             Item::Fresh(request) => {
                 let mut frame = Vec::new();
