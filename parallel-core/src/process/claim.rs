@@ -31,8 +31,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// How many words a worker's claims have: more than the jobs a pool keeps in flight on a worker.
+/// How many claims a worker has: more than the jobs a pool keeps in flight on a worker.
 pub(crate) const CLAIMS: usize = 128;
+/// Words from one claim to the next: each on a cache line of its own, so that the pool publishing
+/// the next job's claim and the worker moving the running job's do not take a line from each
+/// other (two processes on two cores, several moves per job).
+const STRIDE: usize = 8;
+/// The words the claims take in shared memory.
+pub(crate) const CLAIM_WORDS: usize = CLAIMS * STRIDE;
+
+/// A worker's claims, as they lie in shared memory.
+pub(crate) type Claims = [AtomicU64; CLAIM_WORDS];
 
 /// The state of a sent job, as its word says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +72,8 @@ fn word(seq: u64, state: u64) -> u64 {
 }
 
 /// The word of job `seq` among `claims`.
-pub(crate) fn slot(claims: &[AtomicU64; CLAIMS], seq: u64) -> &AtomicU64 {
-    &claims[(seq % CLAIMS as u64) as usize]
+pub(crate) fn slot(claims: &Claims, seq: u64) -> &AtomicU64 {
+    &claims[(seq % CLAIMS as u64) as usize * STRIDE]
 }
 
 /// Reads job `seq`'s state.
@@ -222,7 +231,7 @@ mod tests {
 
     #[test]
     fn jobs_in_flight_have_their_own_words() {
-        let claims: [AtomicU64; CLAIMS] = std::array::from_fn(|_| AtomicU64::new(0));
+        let claims: Claims = std::array::from_fn(|_| AtomicU64::new(0));
         for seq in 1..=CLAIMS as u64 {
             publish(slot(&claims, seq), seq);
         }

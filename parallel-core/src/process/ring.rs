@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::claim::CLAIMS;
+use super::claim::{Claims, CLAIM_WORDS};
 use super::protocol::ProtocolError;
 use super::sys::SharedMemory;
 
@@ -45,9 +45,9 @@ const ASLEEP: usize = 16;
 const STARTED: usize = 24;
 /// One word per job in flight: whether it may start, started, or was stopped.
 const CLAIMS_AT: usize = 32;
-/// The words the control area holds: a page.
-const WORDS: usize = 512;
-const _: () = assert!(CLAIMS_AT + CLAIMS <= WORDS);
+/// The words the control area holds: four pages.
+const WORDS: usize = 2048;
+const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= WORDS);
 
 /// The mapping both halves share: control words, then the frames.
 struct Mapping {
@@ -60,9 +60,9 @@ impl Mapping {
     }
 
     /// The claims of the jobs sent to the worker, shared by both sides.
-    fn claims(&self) -> &[AtomicU64; CLAIMS] {
-        let claims = &self.memory.words()[CLAIMS_AT..CLAIMS_AT + CLAIMS];
-        claims.try_into().expect("the claims are `CLAIMS` words: a constant range")
+    fn claims(&self) -> &Claims {
+        let claims = &self.memory.words()[CLAIMS_AT..CLAIMS_AT + CLAIM_WORDS];
+        claims.try_into().expect("the claims are `CLAIM_WORDS` words: a constant range")
     }
 
     /// How many jobs the worker has started: it bumps the count as it starts each one.
@@ -152,7 +152,7 @@ impl Consumer {
     }
 
     /// The claims of the jobs sent to the worker.
-    pub(crate) fn claims(&self) -> &[AtomicU64; CLAIMS] {
+    pub(crate) fn claims(&self) -> &Claims {
         self.mapping.claims()
     }
 
@@ -205,7 +205,7 @@ impl Producer {
     }
 
     /// The claims of the jobs sent to this worker.
-    pub(crate) fn claims(&self) -> &[AtomicU64; CLAIMS] {
+    pub(crate) fn claims(&self) -> &Claims {
         self.mapping.claims()
     }
 

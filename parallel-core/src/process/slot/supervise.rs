@@ -2,10 +2,9 @@
 //! of each job in flight when its worker dies, and how starting a worker backs off after failures.
 //! Each is a unit test below, with real claims and no process.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::process::claim::{self, Claim, CLAIMS};
+use crate::process::claim::{self, Claim, Claims};
 
 /// How many worker deaths a job may see while it waits, not started, in a worker that was running
 /// nothing else, before it is reported as the cause (a frame the worker could not take in, say).
@@ -37,7 +36,7 @@ pub(super) struct InFlight {
 /// Decides the fate of each job in flight on a dead worker, in order, from its claim (read after
 /// the worker was reaped, when nothing moves them any more); returns each fate with the job's
 /// count of idle deaths after this one.
-pub(super) fn settle(claims: &[AtomicU64; CLAIMS], in_flight: &[InFlight]) -> Vec<(Fate, u32)> {
+pub(super) fn settle(claims: &Claims, in_flight: &[InFlight]) -> Vec<(Fate, u32)> {
     let is_started = |job: &InFlight| {
         !matches!(
             claim::read(claim::slot(claims, job.seq), job.seq),
@@ -94,13 +93,14 @@ impl StartBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
-    fn claims() -> [AtomicU64; CLAIMS] {
+    fn claims() -> Claims {
         std::array::from_fn(|_| AtomicU64::new(0))
     }
 
     /// Jobs 1..=n published, as the pool does before writing their frames.
-    fn sent(claims: &[AtomicU64; CLAIMS], n: u64) -> Vec<InFlight> {
+    fn sent(claims: &Claims, n: u64) -> Vec<InFlight> {
         (1..=n)
             .map(|seq| {
                 claim::publish(claim::slot(claims, seq), seq);
