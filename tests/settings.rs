@@ -77,6 +77,11 @@ fn absurd_worker_variables_panic_cleanly() {
             );
             let range = format!("1 to {}", PoolBuilder::max_workers());
             assert!(text.contains(&range), "the panic names the allowed range: {text}");
+            // Located at the user's `dispatch`, not at a line of the library.
+            assert!(
+                text.contains("panicked at tests/settings.rs:"),
+                "the panic is located at the caller: {text}"
+            );
         }
     }
 }

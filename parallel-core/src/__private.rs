@@ -23,7 +23,9 @@ pub use core::{concat, module_path};
     message = "`{Self}` cannot cross the worker boundary",
     label = "not `Serialize + DeserializeOwned + 'static`",
     note = "task arguments, outputs and errors must implement `serde::Serialize`, \
-            `serde::Deserialize` and `Send`, and own their data"
+            `serde::Deserialize` and `Send`, and own their data",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` \
+            (serde with its `derive` feature); for another crate's type, wrap it in one of yours"
 )]
 pub trait CrossesBoundary: serde::Serialize + serde::de::DeserializeOwned + 'static {}
 

@@ -282,8 +282,9 @@ impl fmt::Debug for Pool {
 ///
 /// # Panics
 ///
-/// On first use, if the pool cannot be built: a malformed `PARALLEL_*` variable, two tasks
-/// registered under one name, or a system that refuses threads. The message says which.
+/// If the pool cannot be built (on first use, and on every use after): a malformed `PARALLEL_*`
+/// variable, two tasks registered under one name, or a system that refuses threads. The message
+/// says which, and the panic is located at the caller (of this function or of `NAME::dispatch`).
 ///
 /// # Examples
 ///
@@ -291,10 +292,13 @@ impl fmt::Debug for Pool {
 /// let pool = parallel::default_pool();
 /// assert!(pool.workers() >= 1);
 /// ```
+#[track_caller]
 pub fn default_pool() -> &'static Pool {
-    static DEFAULT: OnceLock<Pool> = OnceLock::new();
-    DEFAULT.get_or_init(|| match PoolBuilder::new().build() {
+    // The error is kept, so that every call fails alike, each at its caller's location (a
+    // `NAME::dispatch` passes its own caller on), not at a line of this library.
+    static DEFAULT: OnceLock<Result<Pool, String>> = OnceLock::new();
+    match DEFAULT.get_or_init(|| PoolBuilder::new().build().map_err(|error| error.to_string())) {
         Ok(pool) => pool,
         Err(error) => panic!("parallel: cannot build the default pool: {error}"),
-    })
+    }
 }

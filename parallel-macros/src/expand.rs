@@ -106,6 +106,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
 
             #[doc = #dispatch_doc]
             #[allow(dead_code)]
+            #[track_caller]
             #inner_vis fn dispatch(#(#names: #types),*) -> #private::TaskHandle<#task_ty> {
                 #private::default_pool().submit(#task_ty { #(#names),* })
             }
