@@ -383,8 +383,8 @@ impl InFlightStop {
 
     /// The sender's side, under the writer lock before the job's frame is written, its claim
     /// published: the job is in flight as number `seq`.
-    fn enter(&self, seq: u64) {
-        let _ = self.entered_at.set(Instant::now());
+    fn enter(&self, seq: u64, now: Instant) {
+        let _ = self.entered_at.set(now);
         // Pairs with `stop`: either the stopper sees the number, or this sees its request (both
         // sequentially consistent, so at least one side sees the other's write).
         self.seq.store(seq, Ordering::SeqCst);
@@ -770,6 +770,8 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
         }
         let slot = &mut state.slots[id];
         let mut frames = Vec::with_capacity(to_send.len());
+        // One reading of the clock for the batch: a job's send time only paces the slot.
+        let now = Instant::now();
         for sent in to_send {
             // Resolved between its claim and now (cancelled): no need to send it.
             if sent.request.is_finished() {
@@ -778,12 +780,12 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
             slot.sent += 1;
             let seq = slot.sent;
             claim::publish(link.claim(seq), seq);
-            sent.stop.enter(seq);
+            sent.stop.enter(seq, now);
             frames.push(Arc::clone(&sent.frame));
             slot.in_flight.push_back(Flight {
                 seq,
                 job: sent.request.id(),
-                sent_at: Instant::now(),
+                sent_at: now,
                 sent: Some(sent),
             });
         }
