@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{open_fds, publish, touch, within, Scratch};
+use common::{open_fds, publish, touch, within, Nest, Scratch};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -215,41 +215,6 @@ fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
             std::process::abort()
         }
         Kind::Deep => unreachable!("deep tasks run as `deep`"),
-    }
-}
-
-/// A value that nests one level per `Node`.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-enum Nest {
-    Leaf,
-    Node(Box<Nest>),
-}
-
-impl Nest {
-    fn of_depth(depth: u32) -> Nest {
-        (0..depth).fold(Nest::Leaf, |inner, _| Nest::Node(Box::new(inner)))
-    }
-
-    fn depth(&self) -> u32 {
-        let mut depth = 0;
-        let mut at = self;
-        while let Nest::Node(inner) = at {
-            depth += 1;
-            at = inner;
-        }
-        depth
-    }
-}
-
-/// Dropped without recursion: the soak is about what the pool does with deep values, not about
-/// Rust's drop glue, which recurses once per level.
-impl Drop for Nest {
-    fn drop(&mut self) {
-        let Nest::Node(inner) = self else { return };
-        let mut next = std::mem::replace(&mut **inner, Nest::Leaf);
-        while let Nest::Node(inner) = &mut next {
-            next = std::mem::replace(&mut **inner, Nest::Leaf);
-        }
     }
 }
 

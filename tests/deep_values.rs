@@ -3,8 +3,10 @@
 //! caller or of the worker, and the pool keeps serving; on the thread backend they are handed
 //! over as they are.
 
+mod common;
+
+use common::Nest;
 use parallel::{task, Backend, Pool, TaskError};
-use serde::{Deserialize, Serialize};
 
 /// How deep the values of these tests nest: far beyond the process backend's limit, and beyond
 /// what the 2 MiB stack of a thread that decoded them without a limit survives (4 000 aborted
@@ -14,42 +16,6 @@ const DEEP: u32 = 20_000;
 /// The limit the process backend puts on a task value's nesting, as its errors name it.
 #[cfg(feature = "process")]
 const LIMIT: &str = "limit of 256 levels";
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-enum Nest {
-    Leaf,
-    Node(Box<Nest>),
-}
-
-impl Nest {
-    fn of_depth(depth: u32) -> Nest {
-        (0..depth).fold(Nest::Leaf, |inner, _| Nest::Node(Box::new(inner)))
-    }
-
-    fn depth(&self) -> u32 {
-        let mut depth = 0;
-        let mut at = self;
-        while let Nest::Node(inner) = at {
-            depth += 1;
-            at = inner;
-        }
-        depth
-    }
-}
-
-/// Dropped without recursion: the default drop glue would recurse once per level, and these
-/// tests are about what the pool does with deep values, not about Rust's drop glue.
-impl Drop for Nest {
-    fn drop(&mut self) {
-        // Detach the chain link by link; each link is dropped holding a `Leaf`.
-        let Nest::Node(inner) = self else { return };
-        let mut next = std::mem::replace(&mut **inner, Nest::Leaf);
-        while let Nest::Node(inner) = &mut next {
-            let rest = std::mem::replace(&mut **inner, Nest::Leaf);
-            next = rest;
-        }
-    }
-}
 
 #[task]
 fn build(depth: u32) -> Nest {

@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::{publish, stat, Scratch};
+use common::{kill_9, publish, stat, HelperProcess, Scratch};
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -61,37 +61,12 @@ fn say(line: String) {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A copy of this test binary running `helper` in `role`; killed and reaped when dropped.
-struct HelperProcess {
-    child: Child,
-}
-
 impl HelperProcess {
+    /// Starts the copy running `helper` in `role`, in the scratch directory `dir`.
     fn start(helper: &str, role: &str, dir: &Path, stdout: Stdio) -> HelperProcess {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let child = Command::new(exe)
-            .args(["--exact", helper, "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env(DIR, dir)
-            .stdout(stdout)
-            .spawn()
-            .expect("the test binary starts again");
-        HelperProcess { child }
-    }
-
-    /// Fails if the copy has ended: it was meant to wait for the test.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("the helper ended early with {status}; its stderr is above");
-        }
-    }
-}
-
-impl Drop for HelperProcess {
-    fn drop(&mut self) {
-        // Cleanup on every path; the copy may be dead already.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        HelperProcess::spawn(
+            HelperProcess::command(&[], helper).env(ROLE, role).env(DIR, dir).stdout(stdout),
+        )
     }
 }
 
@@ -104,14 +79,6 @@ fn is_running(pid: u32) -> bool {
 fn is_this_executable(pid: u32) -> bool {
     let exe = std::env::current_exe().ok().and_then(|exe| fs::canonicalize(exe).ok());
     exe.is_some() && fs::read_link(format!("/proc/{pid}/exe")).ok() == exe
-}
-
-fn kill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("the kill command runs");
-    assert!(status.success(), "kill -9 {pid}: {status}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,7 +110,7 @@ fn workers_die_with_their_parent(role: &str) {
         );
     }
 
-    kill(copy.child.id());
+    kill_9(copy.child.id());
     copy.child.wait().expect("reaping the killed helper");
     let killed = Instant::now();
     while workers.iter().any(|&worker| is_running(worker)) && killed.elapsed() < DEATH_LIMIT {
@@ -152,7 +119,7 @@ fn workers_die_with_their_parent(role: &str) {
     let survivors: Vec<u32> = workers.into_iter().filter(|&worker| is_running(worker)).collect();
     for &survivor in &survivors {
         if is_this_executable(survivor) {
-            kill(survivor);
+            kill_9(survivor);
         }
     }
     assert!(

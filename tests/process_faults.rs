@@ -113,11 +113,7 @@ fn a_task_sent_to_a_worker_killed_while_idle_runs_on_a_new_one() {
         let pool = pool(1);
         for round in 0..50 {
             let victim = pid::dispatch_on(&pool).join().expect("a worker answers");
-            let status = std::process::Command::new("kill")
-                .args(["-9", &victim.to_string()])
-                .status()
-                .expect("the kill command runs");
-            assert!(status.success(), "kill -9 {victim}: {status}");
+            common::kill_9(victim);
             match square::dispatch_on(&pool, 4).join() {
                 Ok(16) => {}
                 other => panic!("round {round}: a task that never ran came back {other:?}"),

@@ -13,12 +13,12 @@
 
 mod common;
 
-use common::{publish, stat, Scratch};
+use common::{kill_9, publish, stat, HelperProcess, Scratch};
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -200,60 +200,18 @@ fn threads_named(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// A copy of this test binary running `helper` in `role`; killed and reaped when dropped.
-struct HelperProcess {
-    child: Child,
-}
-
 impl HelperProcess {
-    /// Starts the copy through `wrapper` (a command and its arguments, or nothing), as the leader
-    /// of its own process group.
+    /// Starts the copy running `helper` in `role` through `wrapper` (a command and its arguments,
+    /// or nothing), as the leader of its own process group.
     fn start(helper: &str, role: &str, dir: &Path, wrapper: &[&str]) -> HelperProcess {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(exe);
-                command
-            }
-            None => Command::new(exe),
-        };
         use std::os::unix::process::CommandExt;
-        let child = command
-            .args(["--exact", helper, "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env(DIR, dir)
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("the test binary starts again");
-        HelperProcess { child }
-    }
-
-    /// Fails if the copy has ended: it was meant to wait for the test.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("the helper ended early with {status}; its stderr is above");
-        }
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + HANG_LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the helper did not end");
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for HelperProcess {
-    fn drop(&mut self) {
-        // Cleanup on every path; the copy may be dead already.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        HelperProcess::spawn(
+            HelperProcess::command(wrapper, helper)
+                .env(ROLE, role)
+                .env(DIR, dir)
+                .stdout(Stdio::null())
+                .process_group(0),
+        )
     }
 }
 
@@ -263,14 +221,6 @@ fn signal_group(group: u32, signal: &str) {
         .status()
         .expect("the kill command runs");
     assert!(status.success(), "kill -s {signal} -- -{group}: {status}");
-}
-
-fn kill(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("the kill command runs");
-    assert!(status.success(), "kill -9 {pid}: {status}");
 }
 
 /// The kB figure of `field` in `/proc/self/status`.
@@ -461,7 +411,7 @@ fn a_killed_parent_takes_its_workers_processes_with_it() {
     let mut copy = HelperProcess::start("helper_starts_a_sleep", "sleep", &scratch.path, &[]);
     let (worker, sleep) = read_pids(&scratch.path("pids"), Some(&mut copy));
     assert_eq!(stat(worker).map(|(_, ppid)| ppid), Some(copy.child.id()));
-    kill(copy.child.id());
+    kill_9(copy.child.id());
     copy.child.wait().expect("reaping the killed helper");
     let worker_ended = ends_within(worker, STOP_LIMIT);
     let sleep_ended = ends_within(sleep, STOP_LIMIT);
@@ -506,7 +456,7 @@ fn ctrl_c_to_a_caller_that_handles_it_leaves_its_running_tasks_alone() {
     common::touch(scratch.path("go"));
     let done = wait_for_file(&scratch.path("done"), Some(&mut copy));
     assert_eq!(done, format!("ran on {worker}"), "the task went on after the caller's Ctrl-C");
-    assert!(copy.wait().success());
+    assert!(copy.wait(HANG_LIMIT).success());
 }
 
 #[test]
@@ -530,7 +480,7 @@ fn ctrl_c_to_a_caller_without_a_handler_ends_it_and_its_workers_processes() {
     let mut copy = HelperProcess::start("helper_starts_a_sleep", "sleep", &scratch.path, &[]);
     let (worker, sleep) = read_pids(&scratch.path("pids"), Some(&mut copy));
     signal_group(copy.child.id(), "INT");
-    let status = copy.wait();
+    let status = copy.wait(HANG_LIMIT);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(2), "the caller dies of SIGINT: {status}");
     let worker_ended = ends_within(worker, STOP_LIMIT);

@@ -134,3 +134,103 @@ pub(crate) fn stat(pid: u32) -> Option<(char, u32)> {
 pub(crate) fn open_fds() -> usize {
     fs::read_dir("/proc/self/fd").expect("/proc is mounted").count()
 }
+
+/// A copy of this test binary running one of its helper tests (a test that does its work only
+/// when the copy's environment says so); killed and reaped when dropped.
+pub(crate) struct HelperProcess {
+    pub(crate) child: std::process::Child,
+}
+
+impl HelperProcess {
+    /// The command that runs helper test `helper` of this binary alone, its output not captured,
+    /// through `wrapper` (a program and its arguments that run the binary, or nothing).
+    pub(crate) fn command(wrapper: &[&str], helper: &str) -> std::process::Command {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(exe);
+                command
+            }
+            None => std::process::Command::new(exe),
+        };
+        command.args(["--exact", helper, "--nocapture", "--test-threads=1"]);
+        command
+    }
+
+    pub(crate) fn spawn(command: &mut std::process::Command) -> HelperProcess {
+        HelperProcess { child: command.spawn().expect("the test binary starts again") }
+    }
+
+    /// Fails if the copy has ended: it was meant to wait for the test.
+    pub(crate) fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("the helper ended early with {status}; its stderr is above");
+        }
+    }
+
+    /// Waits for the copy to end, failing after `limit`.
+    pub(crate) fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the helper did not end");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        // Cleanup on every path; the copy may be dead already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGKILL to `pid` with the `kill` command, and fails if it cannot.
+pub(crate) fn kill_9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("the kill command runs");
+    assert!(status.success(), "kill -9 {pid}: {status}");
+}
+
+/// A value that nests one level per `Node`, for tests of deep values.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Nest {
+    Leaf,
+    Node(Box<Nest>),
+}
+
+impl Nest {
+    pub(crate) fn of_depth(depth: u32) -> Nest {
+        (0..depth).fold(Nest::Leaf, |inner, _| Nest::Node(Box::new(inner)))
+    }
+
+    pub(crate) fn depth(&self) -> u32 {
+        let mut depth = 0;
+        let mut at = self;
+        while let Nest::Node(inner) = at {
+            depth += 1;
+            at = inner;
+        }
+        depth
+    }
+}
+
+/// Dropped without recursion: these tests are about what the pool does with deep values, not
+/// about Rust's drop glue, which recurses once per level.
+impl Drop for Nest {
+    fn drop(&mut self) {
+        // Detach the chain link by link; each link is dropped holding a `Leaf`.
+        let Nest::Node(inner) = self else { return };
+        let mut next = std::mem::replace(&mut **inner, Nest::Leaf);
+        while let Nest::Node(inner) = &mut next {
+            next = std::mem::replace(&mut **inner, Nest::Leaf);
+        }
+    }
+}
