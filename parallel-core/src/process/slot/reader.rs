@@ -107,14 +107,6 @@ pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Ch
 fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> Result<(), String> {
     let (flight, should_wake) = {
         let mut state = shared.lock();
-        let others_wait = |state: &State| {
-            state
-                .slots
-                .iter()
-                .enumerate()
-                .any(|(other, slot)| other != id && slot.in_flight.len() > 1)
-        };
-        let others_wait = others_wait(&state);
         let slot = &mut state.slots[id];
         match slot.in_flight.front() {
             Some(first) if first.job == job => {}
@@ -133,8 +125,11 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
         let left = slot.in_flight.len();
         let window = slot.window();
         let has_work = !state.queue.is_empty();
-        let must_look =
-            state.is_stopping || shared.settings.max_tasks_per_worker.is_some() || others_wait;
+        // Whether jobs wait behind a running one elsewhere is looked up only when this slot has
+        // just run dry: a scan of every slot on every reply would cost the busy path.
+        let must_look = state.is_stopping
+            || shared.settings.max_tasks_per_worker.is_some()
+            || (left == 0 && others_wait(&state, id));
         (flight, pace::wakes_after_reply(left, window, has_work, must_look))
     };
     if should_wake {
@@ -153,4 +148,9 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
         sent.request.finish(reply);
     }
     Ok(())
+}
+
+/// Whether a slot other than `id` has jobs waiting behind the one its worker runs.
+fn others_wait(state: &State, id: usize) -> bool {
+    state.slots.iter().enumerate().any(|(other, slot)| other != id && slot.in_flight.len() > 1)
 }
