@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockE
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::child::{lock, Death, KillSwitch, WorkerProcess};
+use super::child::{lock, Death, KillSwitch, StartError, WorkerProcess};
 use super::claim::{self, Claim, Stopped};
 use super::pace::{self, MAX_IN_FLIGHT};
 use super::protocol;
@@ -38,7 +38,7 @@ mod reader;
 mod supervise;
 
 use reader::{read_replies, Channel};
-use supervise::{Fate, InFlight, StartBackoff, START_ATTEMPTS};
+use supervise::{Burial, Child, Ended, Spawn, Supervisor, Waiting};
 
 /// How long a retiring worker may take to exit before it is killed.
 const RETIRE_GRACE: Duration = Duration::from_secs(5);
@@ -114,15 +114,6 @@ impl Link {
     fn claim(&self, seq: u64) -> &AtomicU64 {
         claim::slot(self.ring.claims(), seq)
     }
-}
-
-/// Why a worker's channel ended, as its reader saw it.
-#[derive(Debug)]
-enum Ended {
-    /// End of file: the worker exited or was killed.
-    Closed,
-    /// The worker sent something the protocol does not allow; it is killed.
-    Broke(String),
 }
 
 struct SlotState {
@@ -430,20 +421,84 @@ struct Running {
     reader: JoinHandle<()>,
 }
 
-impl Running {
-    /// Waits for the reader (the channel has ended) and reaps the worker.
-    fn reap(mut self) -> Death {
+/// The claims of a reaped worker's jobs, in the reply ring's page, which the pool keeps mapped.
+struct KeptClaims(Arc<Consumer>);
+
+impl std::ops::Deref for KeptClaims {
+    type Target = claim::Claims;
+
+    fn deref(&self) -> &claim::Claims {
+        self.0.claims()
+    }
+}
+
+impl Child for Running {
+    type Claims = KeptClaims;
+
+    fn pid(&self) -> u32 {
+        self.worker.pid
+    }
+
+    /// Kills the worker (its channel has ended, or must), reaps it and waits for the reader.
+    fn reap(mut self) -> (Death, KeptClaims) {
         self.worker.kill_switch().kill();
         let death = self.worker.reap();
         let _ = self.reader.join();
-        death
+        (death, KeptClaims(Arc::clone(&self.worker.ring)))
     }
 
-    /// Asks the worker to exit, then reaps it.
     fn retire(self) {
-        let Running { worker, reader, .. } = self;
+        let Running { worker, reader } = self;
         worker.retire(RETIRE_GRACE);
         let _ = reader.join();
+    }
+}
+
+/// Starts slot `id`'s worker processes, each with its reply reader.
+struct WorkerSpawn {
+    shared: Arc<Shared>,
+    id: usize,
+}
+
+impl Spawn for WorkerSpawn {
+    type Child = Running;
+
+    fn spawn(&mut self) -> Result<Running, StartError> {
+        let Self { shared, id } = self;
+        let mut worker = WorkerProcess::start(&shared.settings, *id, shared.build)?;
+        let not_started = |message: String| StartError { message, death: None };
+        let socket = worker
+            .take_reader()
+            .ok_or_else(|| not_started("the worker's channel is gone".into()))?;
+        let channel = Channel {
+            socket,
+            ring: Arc::clone(&worker.ring),
+            max_frame: shared.settings.max_frame,
+        };
+        let (for_reader, id, pid) = (Arc::clone(shared), *id, worker.pid);
+        let reader = thread::Builder::new()
+            .name(format!("parallel-reader-{pid}"))
+            .spawn(move || read_replies(&for_reader, id, pid, channel))
+            .map_err(|error| not_started(format!("cannot start a reader thread: {error}")))?;
+        Ok(Running { worker, reader })
+    }
+
+    fn pause(&mut self, delay: Duration) {
+        thread::sleep(delay);
+    }
+}
+
+impl Waiting for Sent {
+    fn is_finished(&self) -> bool {
+        self.request.is_finished()
+    }
+
+    fn deaths(&self) -> u32 {
+        self.deaths
+    }
+
+    fn set_deaths(&mut self, deaths: u32) {
+        self.deaths = deaths;
     }
 }
 
@@ -493,10 +548,7 @@ fn steal(state: &mut State, id: usize) -> Steal {
 }
 
 fn run(shared: &Arc<Shared>, id: usize) {
-    let mut running: Option<Running> = None;
-    let mut backoff = StartBackoff::default();
-    let mut has_started = false;
-    let mut epoch = 0u64;
+    let mut supervisor = Supervisor::new(WorkerSpawn { shared: Arc::clone(shared), id });
     let max_sent = shared.max_sent();
     let mut state = shared.lock();
     loop {
@@ -508,12 +560,13 @@ fn run(shared: &Arc<Shared>, id: usize) {
             state.slots[id].sent = 0;
             let in_flight = std::mem::take(&mut state.slots[id].in_flight);
             drop(state);
-            let requeued = match running.take() {
-                Some(done) => {
-                    bury(done, ended, in_flight, id, shared.settings.max_memory_per_worker)
-                }
-                None => Vec::new(),
-            };
+            // Jobs taken back for another worker are no longer this worker's.
+            let in_flight = in_flight
+                .into_iter()
+                .filter_map(|flight| Some((flight.seq, flight.sent?)))
+                .collect();
+            let burial = supervisor.bury(ended, in_flight, shared.settings.max_memory_per_worker);
+            let requeued = burial.map(|burial| resolve(burial, id)).unwrap_or_default();
             state = shared.lock();
             let has_requeued = !requeued.is_empty();
             for sent in requeued.into_iter().rev() {
@@ -545,31 +598,31 @@ fn run(shared: &Arc<Shared>, id: usize) {
             }
         };
         if !leave_to_others && room > 0 && !state.queue.is_empty() {
-            if running.is_none() {
+            if supervisor.child().is_none() {
                 drop(state);
-                match start(shared, id, &mut backoff) {
+                match supervisor.start() {
                     Ok(started) => {
-                        tracing::debug!(
-                            worker = id,
-                            pid = started.worker.pid,
-                            "worker process started"
-                        );
-                        if has_started {
-                            shared.ledger.counts.restarts.fetch_add(1, Ordering::Relaxed);
+                        if let Some(running) = supervisor.child() {
+                            tracing::debug!(
+                                worker = id,
+                                pid = running.pid(),
+                                "worker process started"
+                            );
+                            if started.is_restart {
+                                shared.ledger.counts.restarts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let mut state = shared.lock();
+                            let pace = Arc::clone(&state.slots[id].task_nanos);
+                            let link = Link::of(&running.worker, started.epoch, &pace);
+                            state.slots[id].link = Some(link);
+                            state.slots[id].sent = 0;
                         }
-                        has_started = true;
-                        epoch += 1;
-                        let mut state = shared.lock();
-                        let pace = Arc::clone(&state.slots[id].task_nanos);
-                        state.slots[id].link = Some(Link::of(&started.worker, epoch, &pace));
-                        state.slots[id].sent = 0;
-                        drop(state);
-                        running = Some(started);
                     }
-                    Err(failure) => {
+                    Err(reason) => {
+                        tracing::warn!(worker = id, %reason, "giving up starting a worker for now");
                         let item = shared.lock().queue.pop_front();
                         if let Some(item) = item {
-                            item.request().fail(failure);
+                            item.request().fail(Failure::Unavailable(reason));
                         }
                     }
                 }
@@ -591,15 +644,15 @@ fn run(shared: &Arc<Shared>, id: usize) {
             state.slots[id].link = None;
             state.slots[id].sent = 0;
             drop(state);
-            if let Some(done) = running.take() {
+            if let Some(done) = supervisor.child() {
                 tracing::debug!(
                     worker = id,
-                    pid = done.worker.pid,
+                    pid = done.pid(),
                     tasks = sent_so_far,
                     "worker process renewed"
                 );
-                done.retire();
             }
+            supervisor.retire();
             state = shared.lock();
             continue;
         }
@@ -626,52 +679,17 @@ fn run(shared: &Arc<Shared>, id: usize) {
         state.asleep.retain(|slot| *slot != id);
     }
     drop(state);
-    if let Some(running) = running {
-        running.retire();
-    }
+    supervisor.retire();
 }
 
-/// Reaps a worker whose channel ended and settles its jobs in flight by their claims: the one it
-/// was running resolves as `WorkerDied`; the ones it never started are returned, to be requeued.
-fn bury(
-    done: Running,
-    ended: Ended,
-    in_flight: VecDeque<Flight>,
-    id: usize,
-    max_memory: Option<u64>,
-) -> Vec<Sent> {
-    let ring = Arc::clone(&done.worker.ring);
-    // Reaped first: a dead worker moves no claim any more.
-    let mut death = done.reap();
-    explain(&mut death, ended, max_memory);
-    // Jobs taken back for another worker are no longer this worker's.
-    let live: Vec<(u64, Sent)> =
-        in_flight.into_iter().filter_map(|flight| Some((flight.seq, flight.sent?))).collect();
-    let jobs: Vec<InFlight> =
-        live.iter().map(|(seq, sent)| InFlight { seq: *seq, deaths: sent.deaths }).collect();
-    let fates = supervise::settle(ring.claims(), &jobs);
-    let mut requeued = Vec::new();
-    let mut blamed = None;
-    for ((_, mut sent), (fate, deaths)) in live.into_iter().zip(fates) {
-        sent.deaths = deaths;
-        match fate {
-            Fate::Died => {
-                blamed.get_or_insert(sent.request.id());
-                sent.span.record("pid", death.pid);
-                sent.span.record("outcome", "worker died");
-                sent.request.fail(Failure::Died(death.clone()));
-            }
-            Fate::DiedBeforeStart => {
-                let mut death = death.clone();
-                death.reason = format!(
-                    "{}; its worker died before starting it {deaths} times in a row",
-                    death.reason
-                );
-                sent.request.fail(Failure::Died(death));
-            }
-            Fate::Requeue if sent.request.is_finished() => {}
-            Fate::Requeue => requeued.push(sent),
-        }
+/// Resolves the jobs a dead worker ran as `WorkerDied`; returns the ones to requeue.
+fn resolve(burial: Burial<Sent>, id: usize) -> Vec<Sent> {
+    let Burial { death, died, requeued } = burial;
+    let blamed = died.first().map(|(sent, _)| sent.request.id());
+    for (sent, death) in died {
+        sent.span.record("pid", death.pid);
+        sent.span.record("outcome", "worker died");
+        sent.request.fail(Failure::Died(death));
     }
     tracing::warn!(
         worker = id,
@@ -797,64 +815,5 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
             .try_for_each(|frame| writer.write_all(frame))
             .and_then(|()| writer.flush());
         drop(result);
-    }
-}
-
-/// Starts a worker and its reader, retrying with backoff; after [`START_ATTEMPTS`] failures in a
-/// row, reports the last one (the next job tries afresh, still backing off).
-fn start(shared: &Arc<Shared>, id: usize, backoff: &mut StartBackoff) -> Result<Running, Failure> {
-    loop {
-        match WorkerProcess::start(&shared.settings, id, shared.build) {
-            Ok(mut worker) => {
-                backoff.succeeded();
-                let reader = match worker.take_reader() {
-                    Some(reader) => reader,
-                    None => {
-                        return Err(Failure::Unavailable("the worker's channel is gone".into()))
-                    }
-                };
-                let for_reader = Arc::clone(shared);
-                let max_frame = shared.settings.max_frame;
-                let pid = worker.pid;
-                let channel = Channel { socket: reader, ring: Arc::clone(&worker.ring), max_frame };
-                let reader = thread::Builder::new()
-                    .name(format!("parallel-reader-{pid}"))
-                    .spawn(move || read_replies(&for_reader, id, pid, channel))
-                    .map_err(|error| {
-                        Failure::Unavailable(format!("cannot start a reader thread: {error}"))
-                    })?;
-                return Ok(Running { worker, reader });
-            }
-            Err(error) => {
-                let (delay, must_report) = backoff.failed();
-                tracing::warn!(worker = id, attempt = backoff.failures(), error = %error.message, "could not start a worker process");
-                thread::sleep(delay);
-                if must_report {
-                    let mut reason =
-                        format!("{START_ATTEMPTS} attempts failed; the last: {}", error.message);
-                    if let Some(death) = error.death {
-                        reason.push_str(&format!("; worker {} {}", death.pid, death.reason));
-                        if !death.stderr_tail.is_empty() {
-                            reason.push_str(&format!(
-                                "; its stderr ended with: {}",
-                                death.stderr_tail
-                            ));
-                        }
-                    }
-                    return Err(Failure::Unavailable(reason));
-                }
-            }
-        }
-    }
-}
-
-/// Completes a death's reason with what the slot knows: a protocol problem, a memory limit.
-fn explain(death: &mut Death, ended: Ended, max_memory: Option<u64>) {
-    if let Ended::Broke(problem) = ended {
-        death.reason = format!("{problem}; the worker was killed and {}", death.reason);
-    } else if let Some(limit) = max_memory {
-        if death.is_out_of_memory {
-            death.reason = format!("hit its memory limit of {limit} bytes and {}", death.reason);
-        }
     }
 }

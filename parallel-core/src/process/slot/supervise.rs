@@ -1,9 +1,11 @@
-//! The decisions of supervision, apart from the threads and processes they concern: what becomes
-//! of each job in flight when its worker dies, and how starting a worker backs off after failures.
-//! Each is a unit test below, with real claims and no process.
+//! Supervision of a slot's worker, apart from the threads and processes it concerns: the life of
+//! the worker (absent, or serving), starting one with backoff, and when it dies, what becomes of
+//! each job it had in flight. It is generic over how workers are spawned ([`Spawn`], [`Child`]),
+//! so that every decision is a unit test below with a fake child and real claims.
 
 use std::time::Duration;
 
+use crate::process::child::{Death, StartError};
 use crate::process::claim::{self, Claim, Claims};
 
 /// How many worker deaths a job may see while it waits, not started, in a worker that was running
@@ -70,11 +72,6 @@ pub(super) struct StartBackoff {
 }
 
 impl StartBackoff {
-    /// A worker started: the next failure starts the count afresh.
-    pub(super) fn succeeded(&mut self) {
-        self.failures = 0;
-    }
-
     /// A start failed: how long to wait before the next try (20 ms doubling to 2.56 s), and
     /// whether to fail the job in hand now (every [`START_ATTEMPTS`]-th failure in a row, so a
     /// broken setup is reported, never retried in silence).
@@ -87,6 +84,194 @@ impl StartBackoff {
     /// Failures in a row so far.
     pub(super) fn failures(&self) -> u32 {
         self.failures
+    }
+}
+
+/// Why a worker's channel ended, as its reader saw it.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// End of file: the worker exited or was killed.
+    Closed,
+    /// The worker sent something the protocol does not allow; it is killed.
+    Broke(String),
+}
+
+/// A worker process, as supervision needs it.
+pub(super) trait Child {
+    /// The claims of its jobs, kept after it is reaped.
+    type Claims: std::ops::Deref<Target = Claims>;
+    fn pid(&self) -> u32;
+    /// Kills it if it still runs, waits for it, and says how it ended; hands back the claims of
+    /// its jobs, which nothing moves any more.
+    fn reap(self) -> (Death, Self::Claims);
+    /// Asks it to exit, kills it if it does not in time, and waits for it.
+    fn retire(self);
+}
+
+/// Starts the worker processes of one slot.
+pub(super) trait Spawn {
+    type Child: Child;
+    fn spawn(&mut self) -> Result<Self::Child, StartError>;
+    /// Waits between two attempts to start (a fake records the delay instead).
+    fn pause(&mut self, delay: Duration);
+}
+
+/// A job in flight on a worker, as supervision settles it.
+pub(super) trait Waiting {
+    /// Whether its caller has it resolved already (cancelled, timed out): nothing to requeue.
+    fn is_finished(&self) -> bool;
+    /// Deaths of idle workers it has been through (see [`DEATHS_BEFORE_START`]).
+    fn deaths(&self) -> u32;
+    fn set_deaths(&mut self, deaths: u32);
+}
+
+/// Where a slot's worker is in its life.
+enum Life<C> {
+    /// None yet, or the last one is gone: the next job starts one, backing off after failures.
+    Absent { backoff: StartBackoff },
+    /// A worker serves the slot's jobs; `epoch` tells it from the slot's earlier ones.
+    Serving { child: C, epoch: u64 },
+}
+
+/// A worker that was just started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Started {
+    pub(super) epoch: u64,
+    /// Whether it replaces an earlier worker of the slot (counted in the pool's restarts).
+    pub(super) is_restart: bool,
+}
+
+/// What became of a dead worker's jobs.
+pub(super) struct Burial<J> {
+    pub(super) death: Death,
+    /// Jobs to resolve as `WorkerDied`, each with the death to report.
+    pub(super) died: Vec<(J, Death)>,
+    /// Jobs that never started, to run on another worker.
+    pub(super) requeued: Vec<J>,
+}
+
+/// The supervisor of one slot's worker.
+pub(super) struct Supervisor<S: Spawn> {
+    spawn: S,
+    life: Life<S::Child>,
+    /// Workers started so far.
+    epochs: u64,
+}
+
+impl<S: Spawn> Supervisor<S> {
+    pub(super) fn new(spawn: S) -> Self {
+        Supervisor { spawn, life: Life::Absent { backoff: StartBackoff::default() }, epochs: 0 }
+    }
+
+    /// The serving worker, if any.
+    pub(super) fn child(&self) -> Option<&S::Child> {
+        match &self.life {
+            Life::Serving { child, .. } => Some(child),
+            Life::Absent { .. } => None,
+        }
+    }
+
+    /// Starts a worker, trying again with backoff; after [`START_ATTEMPTS`] failures in a row,
+    /// gives up with the reason to fail the job in hand (the next job tries afresh, still backing
+    /// off). Does nothing if a worker serves already.
+    pub(super) fn start(&mut self) -> Result<Started, String> {
+        let backoff = match &mut self.life {
+            Life::Serving { epoch, .. } => return Ok(Started { epoch: *epoch, is_restart: false }),
+            Life::Absent { backoff } => backoff,
+        };
+        loop {
+            match self.spawn.spawn() {
+                Ok(child) => {
+                    self.epochs += 1;
+                    let epoch = self.epochs;
+                    self.life = Life::Serving { child, epoch };
+                    return Ok(Started { epoch, is_restart: epoch > 1 });
+                }
+                Err(error) => {
+                    let (delay, must_report) = backoff.failed();
+                    tracing::warn!(attempt = backoff.failures(), error = %error.message, "could not start a worker process");
+                    self.spawn.pause(delay);
+                    if must_report {
+                        return Err(start_failure(&error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker's channel ended: reaps it (so that no claim moves any more), then settles its
+    /// jobs in flight, in the order sent, with their numbers on it, by their claims.
+    pub(super) fn bury<J: Waiting>(
+        &mut self,
+        ended: Ended,
+        in_flight: Vec<(u64, J)>,
+        max_memory: Option<u64>,
+    ) -> Option<Burial<J>> {
+        let Life::Serving { child, .. } =
+            std::mem::replace(&mut self.life, Life::Absent { backoff: StartBackoff::default() })
+        else {
+            return None;
+        };
+        let jobs: Vec<InFlight> = in_flight
+            .iter()
+            .map(|(seq, job)| InFlight { seq: *seq, deaths: job.deaths() })
+            .collect();
+        // Reaped first: a dead worker moves no claim any more. The claims outlive it, in the
+        // pool's mapping, which the child hands over with its death.
+        let (mut death, claims) = child.reap();
+        explain(&mut death, &ended, max_memory);
+        let settled = settle(&claims, &jobs);
+        let mut burial = Burial { death, died: Vec::new(), requeued: Vec::new() };
+        for ((_, mut job), (fate, deaths)) in in_flight.into_iter().zip(settled) {
+            job.set_deaths(deaths);
+            match fate {
+                Fate::Died => burial.died.push((job, burial.death.clone())),
+                Fate::DiedBeforeStart => {
+                    let mut death = burial.death.clone();
+                    death.reason = format!(
+                        "{}; its worker died before starting it {deaths} times in a row",
+                        death.reason
+                    );
+                    burial.died.push((job, death));
+                }
+                Fate::Requeue if job.is_finished() => {}
+                Fate::Requeue => burial.requeued.push(job),
+            }
+        }
+        Some(burial)
+    }
+
+    /// Asks the serving worker, if any, to exit (it has run its share, or the pool stops).
+    pub(super) fn retire(&mut self) {
+        let life =
+            std::mem::replace(&mut self.life, Life::Absent { backoff: StartBackoff::default() });
+        if let Life::Serving { child, .. } = life {
+            child.retire();
+        }
+    }
+}
+
+/// The reason a job fails with after [`START_ATTEMPTS`] failed starts: the last failure, and the
+/// worker's death and standard error when it died before its handshake.
+fn start_failure(error: &StartError) -> String {
+    let mut reason = format!("{START_ATTEMPTS} attempts failed; the last: {}", error.message);
+    if let Some(death) = &error.death {
+        reason.push_str(&format!("; worker {} {}", death.pid, death.reason));
+        if !death.stderr_tail.is_empty() {
+            reason.push_str(&format!("; its stderr ended with: {}", death.stderr_tail));
+        }
+    }
+    reason
+}
+
+/// Completes a death's reason with what the slot knows: a protocol problem, a memory limit.
+fn explain(death: &mut Death, ended: &Ended, max_memory: Option<u64>) {
+    if let Ended::Broke(problem) = ended {
+        death.reason = format!("{problem}; the worker was killed and {}", death.reason);
+    } else if let Some(limit) = max_memory {
+        if death.is_out_of_memory {
+            death.reason = format!("hit its memory limit of {limit} bytes and {}", death.reason);
+        }
     }
 }
 
@@ -189,7 +374,307 @@ mod tests {
         assert_eq!(delays, [20, 40, 80, 160, 320, 640, 1280, 2560, 2560, 2560, 2560, 2560]);
         assert_eq!(reports, [5, 10]);
         assert_eq!(backoff.failures(), 12);
-        backoff.succeeded();
-        assert_eq!(backoff.failed(), (Duration::from_millis(20), false), "afresh after a start");
+    }
+
+    /// Supervision with fake workers: what a test did to them is in `Log`.
+    mod fake {
+        use super::*;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub(super) enum Event {
+            Spawned(u32),
+            Reaped(u32),
+            Retired(u32),
+            Paused(u128),
+        }
+
+        pub(super) type Log = Arc<Mutex<Vec<Event>>>;
+
+        pub(super) struct FakeChild {
+            pub(super) pid: u32,
+            pub(super) claims: Arc<Claims>,
+            log: Log,
+        }
+
+        impl Child for FakeChild {
+            type Claims = Arc<Claims>;
+
+            fn pid(&self) -> u32 {
+                self.pid
+            }
+
+            fn reap(self) -> (Death, Arc<Claims>) {
+                self.log.lock().unwrap().push(Event::Reaped(self.pid));
+                let death = Death {
+                    pid: self.pid,
+                    reason: "was killed by signal 9 (SIGKILL)".to_owned(),
+                    stderr_tail: String::new(),
+                    is_out_of_memory: false,
+                    is_stack_overflow: false,
+                };
+                (death, self.claims)
+            }
+
+            fn retire(self) {
+                self.log.lock().unwrap().push(Event::Retired(self.pid));
+            }
+        }
+
+        /// Spawns workers with fresh claims; fails while `failures` says so.
+        pub(super) struct FakeSpawn {
+            pub(super) log: Log,
+            pub(super) next_pid: u32,
+            /// For each coming spawn: fail with this message (`Some`) or start (`None`).
+            pub(super) failures: std::collections::VecDeque<Option<&'static str>>,
+        }
+
+        impl Spawn for FakeSpawn {
+            type Child = FakeChild;
+
+            fn spawn(&mut self) -> Result<FakeChild, StartError> {
+                if let Some(message) = self.failures.pop_front().flatten() {
+                    let death = Death {
+                        pid: 7,
+                        reason: "exited with status 101".to_owned(),
+                        stderr_tail: "bad setup".to_owned(),
+                        is_out_of_memory: false,
+                        is_stack_overflow: false,
+                    };
+                    return Err(StartError { message: message.to_owned(), death: Some(death) });
+                }
+                self.next_pid += 1;
+                self.log.lock().unwrap().push(Event::Spawned(self.next_pid));
+                let claims = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
+                Ok(FakeChild { pid: self.next_pid, claims, log: Arc::clone(&self.log) })
+            }
+
+            fn pause(&mut self, delay: Duration) {
+                self.log.lock().unwrap().push(Event::Paused(delay.as_millis()));
+            }
+        }
+
+        /// A job as the slot keeps it.
+        #[derive(Debug, PartialEq, Eq)]
+        pub(super) struct Job {
+            pub(super) name: &'static str,
+            pub(super) deaths: u32,
+            pub(super) is_finished: bool,
+        }
+
+        impl Waiting for Job {
+            fn is_finished(&self) -> bool {
+                self.is_finished
+            }
+
+            fn deaths(&self) -> u32 {
+                self.deaths
+            }
+
+            fn set_deaths(&mut self, deaths: u32) {
+                self.deaths = deaths;
+            }
+        }
+
+        pub(super) fn supervisor(
+            failures: &[Option<&'static str>],
+        ) -> (Supervisor<FakeSpawn>, Log) {
+            let log = Log::default();
+            let spawn = FakeSpawn {
+                log: Arc::clone(&log),
+                next_pid: 100,
+                failures: failures.iter().copied().collect(),
+            };
+            (Supervisor::new(spawn), log)
+        }
+
+        pub(super) fn job(name: &'static str) -> Job {
+            Job { name, deaths: 0, is_finished: false }
+        }
+    }
+
+    use fake::{job, supervisor, Event, Job};
+    use std::sync::Arc;
+
+    /// Sends `jobs` to the supervisor's worker as the slot does: numbered from 1, claims
+    /// published before the frames go out.
+    fn send(supervisor: &Supervisor<fake::FakeSpawn>, jobs: Vec<Job>) -> Vec<(u64, Job)> {
+        let claims = &supervisor.child().expect("a worker serves").claims;
+        jobs.into_iter()
+            .zip(1..)
+            .map(|(job, seq)| {
+                claim::publish(claim::slot(claims, seq), seq);
+                (seq, job)
+            })
+            .collect()
+    }
+
+    fn worker_starts(supervisor: &Supervisor<fake::FakeSpawn>, seq: u64) {
+        let claims = &supervisor.child().expect("a worker serves").claims;
+        assert_eq!(claim::start(claim::slot(claims, seq), seq), Ok(true));
+    }
+
+    fn names(jobs: &[Job]) -> Vec<&'static str> {
+        jobs.iter().map(|job| job.name).collect()
+    }
+
+    #[test]
+    fn a_death_fails_the_running_job_and_requeues_the_rest_for_a_restarted_worker() {
+        let (mut supervisor, log) = supervisor(&[]);
+        assert_eq!(supervisor.start(), Ok(Started { epoch: 1, is_restart: false }));
+        let in_flight = send(&supervisor, vec![job("a"), job("b"), job("c")]);
+        worker_starts(&supervisor, 1);
+        let burial = supervisor.bury(Ended::Closed, in_flight, None).expect("a worker served");
+        assert_eq!(burial.death.pid, 101);
+        assert_eq!(burial.died.len(), 1);
+        let (died, death) = &burial.died[0];
+        assert_eq!((died.name, death.reason.as_str()), ("a", "was killed by signal 9 (SIGKILL)"));
+        assert_eq!(names(&burial.requeued), ["b", "c"]);
+        assert!(supervisor.child().is_none(), "the slot has no worker until the next job");
+        assert_eq!(supervisor.start(), Ok(Started { epoch: 2, is_restart: true }));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [Event::Spawned(101), Event::Reaped(101), Event::Spawned(102)]
+        );
+    }
+
+    #[test]
+    fn a_job_that_finished_without_its_reply_is_never_requeued() {
+        let (mut supervisor, _) = supervisor(&[]);
+        supervisor.start().unwrap();
+        let in_flight = send(&supervisor, vec![job("done"), job("next")]);
+        worker_starts(&supervisor, 1);
+        let claims = Arc::clone(&supervisor.child().unwrap().claims);
+        assert!(claim::finish(claim::slot(&claims, 1), 1));
+        let burial = supervisor.bury(Ended::Closed, in_flight, None).unwrap();
+        assert_eq!(burial.died.iter().map(|(job, _)| job.name).collect::<Vec<_>>(), ["done"]);
+        assert_eq!(names(&burial.requeued), ["next"]);
+    }
+
+    #[test]
+    fn a_job_cancelled_in_flight_is_neither_requeued_nor_failed_again() {
+        let (mut supervisor, _) = supervisor(&[]);
+        supervisor.start().unwrap();
+        let mut jobs = vec![job("running"), job("cancelled"), job("waiting")];
+        jobs[1].is_finished = true;
+        let in_flight = send(&supervisor, jobs);
+        worker_starts(&supervisor, 1);
+        let claims = Arc::clone(&supervisor.child().unwrap().claims);
+        assert_eq!(claim::stop(claim::slot(&claims, 2), 2, true), claim::Stopped::BeforeStart);
+        let burial = supervisor.bury(Ended::Closed, in_flight, None).unwrap();
+        assert_eq!(burial.died.len(), 1);
+        assert_eq!(names(&burial.requeued), ["waiting"], "the cancelled job resolved already");
+    }
+
+    #[test]
+    fn a_job_killed_by_its_cancel_while_running_counts_as_run() {
+        let (mut supervisor, _) = supervisor(&[]);
+        supervisor.start().unwrap();
+        let in_flight = send(&supervisor, vec![job("killed"), job("behind")]);
+        worker_starts(&supervisor, 1);
+        let claims = Arc::clone(&supervisor.child().unwrap().claims);
+        assert_eq!(claim::stop(claim::slot(&claims, 1), 1, true), claim::Stopped::MustKill);
+        let burial = supervisor.bury(Ended::Closed, in_flight, None).unwrap();
+        assert_eq!(burial.died[0].0.name, "killed", "never run twice");
+        assert_eq!(names(&burial.requeued), ["behind"]);
+    }
+
+    #[test]
+    fn a_job_whose_workers_die_idle_three_times_is_reported_not_resent() {
+        let (mut supervisor, _) = supervisor(&[]);
+        let mut pending = vec![job("poison")];
+        for round in 1..DEATHS_BEFORE_START {
+            supervisor.start().unwrap();
+            let in_flight = send(&supervisor, pending);
+            let burial = supervisor.bury(Ended::Closed, in_flight, None).unwrap();
+            assert!(burial.died.is_empty(), "round {round}: an idle death fails nobody yet");
+            assert_eq!(burial.requeued[0].deaths, round);
+            pending = burial.requeued;
+        }
+        supervisor.start().unwrap();
+        let in_flight = send(&supervisor, pending);
+        let burial = supervisor.bury(Ended::Closed, in_flight, None).unwrap();
+        let (job, death) = &burial.died[0];
+        assert_eq!(job.name, "poison");
+        assert!(
+            death.reason.ends_with("its worker died before starting it 3 times in a row"),
+            "{}",
+            death.reason
+        );
+    }
+
+    #[test]
+    fn a_broken_protocol_and_a_memory_limit_are_in_the_reason() {
+        let (mut supervisor, _) = supervisor(&[]);
+        supervisor.start().unwrap();
+        let burial = supervisor
+            .bury(Ended::Broke("the worker sent garbage".into()), Vec::<(u64, Job)>::new(), None)
+            .unwrap();
+        assert_eq!(
+            burial.death.reason,
+            "the worker sent garbage; the worker was killed and was killed by signal 9 (SIGKILL)"
+        );
+        let mut death = burial.death.clone();
+        death.reason = "was killed by signal 9 (SIGKILL)".into();
+        death.is_out_of_memory = true;
+        explain(&mut death, &Ended::Closed, Some(1 << 20));
+        assert_eq!(
+            death.reason,
+            "hit its memory limit of 1048576 bytes and was killed by signal 9 (SIGKILL)"
+        );
+    }
+
+    #[test]
+    fn burying_without_a_worker_reaps_nothing() {
+        let (mut supervisor, log) = supervisor(&[]);
+        assert!(supervisor.bury(Ended::Closed, vec![(1, job("a"))], None).is_none());
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn retiring_asks_the_worker_to_exit_and_the_next_one_is_a_restart() {
+        let (mut supervisor, log) = supervisor(&[]);
+        supervisor.start().unwrap();
+        assert_eq!(supervisor.start(), Ok(Started { epoch: 1, is_restart: false }), "serving");
+        supervisor.retire();
+        supervisor.retire();
+        assert!(supervisor.child().is_none());
+        assert_eq!(supervisor.start(), Ok(Started { epoch: 2, is_restart: true }));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [Event::Spawned(101), Event::Retired(101), Event::Spawned(102)]
+        );
+    }
+
+    #[test]
+    fn failed_starts_back_off_report_the_fifth_and_go_on_backing_off() {
+        let failures = [Some("cannot exec"); 7];
+        let (mut supervisor, log) = supervisor(&failures);
+        let reason = supervisor.start().unwrap_err();
+        assert_eq!(
+            reason,
+            "5 attempts failed; the last: cannot exec; worker 7 exited with status 101; \
+             its stderr ended with: bad setup"
+        );
+        let pauses = |log: &fake::Log| -> Vec<u128> {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter_map(|event| match event {
+                    Event::Paused(ms) => Some(*ms),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(pauses(&log), [20, 40, 80, 160, 320]);
+        assert!(supervisor.child().is_none());
+        // The next job tries again, still backing off, and gets a worker at the eighth try.
+        assert_eq!(supervisor.start(), Ok(Started { epoch: 1, is_restart: false }));
+        assert_eq!(pauses(&log), [20, 40, 80, 160, 320, 640, 1280]);
+        // Once a worker served, the count starts afresh: one failure waits 20 ms again.
+        supervisor.retire();
+        supervisor.spawn.failures.push_back(Some("once"));
+        assert_eq!(supervisor.start(), Ok(Started { epoch: 2, is_restart: true }));
+        assert_eq!(pauses(&log)[7..], [20]);
     }
 }
