@@ -131,3 +131,34 @@ impl<T> DeserializeArgumentFallback for &Incoming<T> {
         Err(serde::de::Error::custom("this task argument is not `Deserialize`"))
     }
 }
+
+/// Runs the future of an `async fn` task on its worker's tokio runtime: what the `run` that
+/// `#[task]` writes for an `async fn` calls, as `block_on::<AsyncTasks, _>(...)`.
+///
+/// The feature check is a trait bound, so that a build without the `tokio` feature fails at the
+/// task's `async` with [`AsyncTasks`]'s message rather than at a missing item.
+pub fn block_on<M: RunsAsyncTasks, F: core::future::Future>(future: F) -> F::Output {
+    M::block_on(future)
+}
+
+/// What runs `async fn` tasks; implemented for [`AsyncTasks`] with the `tokio` feature only.
+#[diagnostic::on_unimplemented(
+    message = "an `async fn` task needs the `tokio` feature of `parallel`",
+    label = "this task is an `async fn`",
+    note = "enable it in Cargo.toml: `parallel = {{ version = \"...\", features = [\"tokio\"] }}`, \
+            or write a plain `fn`"
+)]
+pub trait RunsAsyncTasks {
+    /// Runs `future` to completion on this worker's runtime.
+    fn block_on<F: core::future::Future>(future: F) -> F::Output;
+}
+
+/// The runner of `async fn` tasks (see [`block_on`]).
+pub struct AsyncTasks;
+
+#[cfg(feature = "tokio")]
+impl RunsAsyncTasks for AsyncTasks {
+    fn block_on<F: core::future::Future>(future: F) -> F::Output {
+        crate::runtime::block_on(future)
+    }
+}

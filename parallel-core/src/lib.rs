@@ -26,6 +26,8 @@ mod pool;
 mod process;
 mod registry;
 mod remote_error;
+#[cfg(feature = "tokio")]
+mod runtime;
 mod stats;
 mod task;
 mod thread;

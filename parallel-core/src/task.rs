@@ -49,6 +49,10 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     type Error: Serialize + DeserializeOwned + Send + 'static;
     /// The name the task is registered under; unique in the program.
     const NAME: &'static str;
+    /// Whether [`run`](Task::run) drives an `async fn` on its worker's tokio runtime (feature
+    /// `tokio`); `#[task]` on an `async fn` sets it. A worker waiting for such a task from inside
+    /// another async task leaves it to another worker instead of running it in place.
+    const ASYNC: bool = false;
 
     /// Runs the task on a worker, with that worker's [`Environment`].
     ///

@@ -26,12 +26,6 @@ pub(crate) fn input(args: &Args, input: &Input, errors: &mut Errors) {
 
 fn task_fn(task: &TaskFn, errors: &mut Errors) {
     let sig = &task.item.sig;
-    if let Some(token) = &sig.asyncness {
-        errors.spanned(
-            token,
-            "tasks are synchronous; write a plain `fn` and `.await` the `TaskHandle` instead",
-        );
-    }
     if let Some(token) = &sig.unsafety {
         errors.spanned(
             token,

@@ -62,6 +62,11 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
     let checks = checks(&private, &types);
     let (field_attrs, serde_glue) = argument_serde(&private, &types);
     let run = run_method(&private, task, &names);
+    let is_async = task.item.sig.asyncness.map(|_| {
+        quote!(
+            const ASYNC: bool = true;
+        )
+    });
     let field_docs =
         names.iter().map(|name| format!("Argument `{}` of [`{ident}`](fn@{ident}).", unraw(name)));
     let Docs { module_doc, task_doc, new_doc, dispatch_doc, dispatch_on_doc } = Docs::of(ident);
@@ -94,6 +99,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
                 type Output = #output;
                 type Error = #error;
                 const NAME: &'static str = #name;
+                #is_async
 
                 #run
             }
@@ -218,7 +224,12 @@ fn run_method(private: &TokenStream, task: &TaskFn, names: &[&Ident]) -> TokenSt
         Some(Access::Shared) => quote!(&*__parallel_env,),
         None => quote!(),
     };
-    let call = quote!(super::#ident(#environment #(self.#names),*));
+    let mut call = quote!(super::#ident(#environment #(self.#names),*));
+    if let Some(token) = &task.item.sig.asyncness {
+        // Spanned at `async`: a build without the `tokio` feature is told so there.
+        let block_on = respan(quote!(#private::block_on::<#private::AsyncTasks, _>), token.span);
+        call = quote!(#block_on(#call));
+    }
     let body = match &task.output {
         Output::Result { .. } => call,
         Output::Unit | Output::Value(_) => quote!(#private::Result::Ok(#call)),

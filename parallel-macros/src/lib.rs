@@ -37,6 +37,15 @@ use crate::errors::Errors;
 /// `&mut Environment` (or `&Environment`) receives the worker's environment when the task runs;
 /// it is not an argument of `new` or `dispatch` and is never sent.
 ///
+/// An `async fn` is a task too, with the `tokio` feature of `parallel`: each worker runs its
+/// async tasks on a current-thread tokio runtime of its own, created by its first async task and
+/// kept for the worker's whole life, so that clients and pools kept in its `Environment`, and
+/// tasks they `tokio::spawn`, keep working from one task to the next (they wait while the worker
+/// runs no async task). The caller's side does not change: `dispatch`, `join`, `.await`. A panic,
+/// a crash or a timeout of an async task is reported as for any task. On a thread pool, an async
+/// task that waits for another async task of the same pool needs another free worker for it (its
+/// own thread drives its runtime and cannot run a second one in place).
+///
 /// The task is registered under `module_path!()` followed by `::NAME`, or under the name given
 /// with `#[task(name = "billing::charge")]`. `#[task(crate = path::to::parallel)]` names the
 /// runtime when it is not reachable as `::parallel`, for a crate that re-exports it.
@@ -46,7 +55,8 @@ use crate::errors::Errors;
 /// Arguments, output and error cross the worker boundary, so each must be
 /// `Serialize + DeserializeOwned + Send + 'static`; the compiler reports a type that is not at
 /// the type itself. The attribute also rejects, each at the offending token and with what to
-/// write instead, all in one build: `async fn`, `unsafe fn`, `extern fn`; generic parameters,
+/// write instead, all in one build: `unsafe fn`, `extern fn`, `async fn` without the `tokio`
+/// feature; generic parameters,
 /// lifetimes, `where` clauses and `impl Trait` arguments; a `self` receiver; borrowed arguments
 /// or outputs (`&str`: take `String`; `&[T]`: take `Vec<T>`; `&T`: take `T`); an `Environment`
 /// that is not the first parameter, a second one, or one taken by value; an argument pattern

@@ -5,6 +5,8 @@
 mod common;
 mod support;
 
+#[cfg(feature = "tokio")]
+mod async_tasks;
 mod cancellation;
 mod environment;
 mod errors;

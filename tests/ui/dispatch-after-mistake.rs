@@ -4,7 +4,7 @@
 use parallel::{task, Environment, Pool};
 
 #[task]
-async fn visits(env: &mut Environment, user: String) -> u64 {
+unsafe fn visits(env: &mut Environment, user: String) -> u64 {
     let n = env.get_or_insert_with(&user, || 0u64);
     *n += 1;
     *n

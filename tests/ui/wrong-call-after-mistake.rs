@@ -3,7 +3,7 @@
 use parallel::{task, Environment};
 
 #[task]
-async fn visits(env: &mut Environment, user: String) -> u64 {
+unsafe fn visits(env: &mut Environment, user: String) -> u64 {
     let n = env.get_or_insert_with(&user, || 0u64);
     *n += 1;
     *n

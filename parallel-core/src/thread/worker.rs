@@ -72,10 +72,23 @@ pub(super) fn execute<T: Task>(job: &Job<T>) {
 /// Called by a handle about to wait (`join`, `join_timeout`, a `poll`): on a worker of the job's
 /// own pool, a job still queued is run here, since the worker that would run it may be this very
 /// thread. Elsewhere it costs a thread-local read.
+///
+/// An async task is not run in place from inside another async task: the thread is driving that
+/// task's runtime, which cannot be entered twice; it runs on another worker.
 pub(crate) fn help<T: Task>(job: &Job<T>) {
-    if current_pool() == Some(job.pool_id()) && job.is_queued() {
+    if current_pool() == Some(job.pool_id()) && job.is_queued() && !(T::ASYNC && in_runtime()) {
         execute(job);
     }
+}
+
+#[cfg(feature = "tokio")]
+fn in_runtime() -> bool {
+    crate::runtime::is_entered()
+}
+
+#[cfg(not(feature = "tokio"))]
+fn in_runtime() -> bool {
+    false
 }
 
 fn run<T: Task>(task: T, id: u64) -> Outcome<T> {
