@@ -471,6 +471,13 @@ mod tests {
     }
 
     #[test]
+    fn the_set_moves_between_threads_and_tasks() {
+        fn is_send<S: Send>() {}
+        is_send::<AsCompleted<Unit>>();
+        is_send::<Completion<Unit>>();
+    }
+
+    #[test]
     fn the_queue_is_first_in_first_out() {
         let queue = ReadyQueue::default();
         for key in [3, 1, 2] {
