@@ -43,6 +43,13 @@ const WORKERS: usize = 2;
 /// The CPU-bound scenario: this many tasks of this many µs.
 const CPU_TASKS: u64 = 100;
 const CPU_MICROS: u64 = 1000;
+/// The completion-order scenarios: this many tasks of random length, 1 µs to 1 ms, drawn from a
+/// SplitMix64 sequence with this seed (benches/python_peers.py draws the same lengths).
+const RANDOM_TASKS: usize = 1000;
+const RANDOM_SEED: u64 = 16;
+/// Tasks in each stream whose first result is timed, and streams per sample.
+const FIRST_BATCH: usize = 200;
+const FIRST_STREAMS: usize = 10;
 /// Keys in the `Environment` and in its floor.
 const ENVIRONMENT_KEYS: usize = 64;
 
@@ -350,6 +357,90 @@ fn cpu_bound(bench: &mut Bench) {
     }
 }
 
+/// `count` task lengths in µs, uniform in 1..=1000, from a SplitMix64 sequence seeded with
+/// [`RANDOM_SEED`]: the same every run, and the same as Python's.
+fn random_micros(count: usize) -> Vec<u64> {
+    let mut state = RANDOM_SEED;
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            1 + z % 1000
+        })
+        .collect()
+}
+
+/// Mean seconds from starting a stream to its first result, over `count` streams; the rest of
+/// each stream is drained off the clock, so that the next one starts on idle workers.
+fn first_result<S: Iterator>(count: usize, mut start: impl FnMut() -> S) -> f64 {
+    let mut total = Duration::ZERO;
+    for _ in 0..count {
+        let begin = Instant::now();
+        let mut stream = start();
+        black_box(stream.next().expect("a stream of at least one task"));
+        total += begin.elapsed();
+        stream.for_each(|result| drop(black_box(result)));
+    }
+    total.as_secs_f64() / count as f64
+}
+
+/// `map` against `map_unordered` on tasks of random length: throughput, and time to the first
+/// result.
+fn completion_order(bench: &mut Bench) {
+    let thread = pool(Backend::Thread, WORKERS);
+    let process = pool(Backend::Process, WORKERS);
+    let lengths = random_micros(RANDOM_TASKS);
+    let tasks = |n: usize| lengths[..n.min(lengths.len())].iter().map(|&micros| spin::new(micros));
+    let ordered = |pool: &Pool, n: usize| {
+        per_op(n, || {
+            for result in pool.map(tasks(n)) {
+                black_box(result.expect("a spin task failed"));
+            }
+        })
+    };
+    let unordered = |pool: &Pool, n: usize| {
+        per_op(n, || {
+            for (_, result) in pool.map_unordered(tasks(n)) {
+                black_box(result.expect("a spin task failed"));
+            }
+        })
+    };
+    bench.measure(
+        "random_map",
+        vec![
+            Variant::new(Peer::Thread, RANDOM_TASKS, |n| ordered(&thread, n)),
+            Variant::new(Peer::Process, RANDOM_TASKS, |n| ordered(&process, n)),
+        ],
+    );
+    bench.measure(
+        "random_unordered",
+        vec![
+            Variant::new(Peer::Thread, RANDOM_TASKS, |n| unordered(&thread, n)),
+            Variant::new(Peer::Process, RANDOM_TASKS, |n| unordered(&process, n)),
+        ],
+    );
+    let first_ordered = |pool: &Pool, n: usize| first_result(n, || pool.map(tasks(FIRST_BATCH)));
+    let first_unordered =
+        |pool: &Pool, n: usize| first_result(n, || pool.map_unordered(tasks(FIRST_BATCH)));
+    bench.measure(
+        "random_first_map",
+        vec![
+            Variant::new(Peer::Thread, FIRST_STREAMS, |n| first_ordered(&thread, n)),
+            Variant::new(Peer::Process, FIRST_STREAMS, |n| first_ordered(&process, n)),
+        ],
+    );
+    bench.measure(
+        "random_first_unordered",
+        vec![
+            Variant::new(Peer::Thread, FIRST_STREAMS, |n| first_unordered(&thread, n)),
+            Variant::new(Peer::Process, FIRST_STREAMS, |n| first_unordered(&process, n)),
+        ],
+    );
+}
+
 fn bytes(bench: &mut Bench) {
     let thread = pool(Backend::Thread, 1);
     let process = pool(Backend::Process, 1);
@@ -597,6 +688,10 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
         ("bulk_map", "`map`: ours streams through `Pool::map`; Python's `map` with chunksize 1"),
         ("bulk_map_chunk100", "Python's `map` with chunksize 100: a hundred tasks per message"),
         ("cpu_1", "CPU-bound: 100 tasks that each spin on the clock for 1 ms, all submitted, then all joined (ours and Python's through `map`); the speedup is the 1-worker time over the 2-worker time, run by run"),
+        ("random_map", "random lengths: tasks that spin 1 µs to 1 ms (uniform, seeded: the same lengths every run and in Python), streamed through `map` (Python: `ProcessPoolExecutor.map`, `multiprocessing.Pool.imap`), in input order, on 2 workers"),
+        ("random_unordered", "the same tasks through `map_unordered` (Python: `submit` all then `as_completed`, `imap_unordered`), in completion order"),
+        ("random_first_map", "first result: start a stream of the first 200 of those tasks and time its first result (the rest is drained off the clock), through `map` (Python: as above)"),
+        ("random_first_unordered", "first result through `map_unordered` (Python: `as_completed`, `imap_unordered`)"),
         ("bytes_1k", "bytes: a `Vec<u8>` (Python: `bytes`) sent to a task that returns it; the clone of the payload is off the clock; the raw peers write it with an 8-byte length and read the echo back"),
         ("cold_start", "cold start: build a 1-worker pool and wait for its first no-op result; shutting it down (waiting for its workers to stop, where the pool can) is off the clock; Python's clock starts at the pool's constructor, the interpreter already running"),
         ("plot_1", "plot: submit all, then join all, of tasks that spin 1, 10, 100 or 1000 µs, on 2 workers; the counts below are at 1 µs, longer tasks take about 0.25 s of ideal work per sample (at least 40 tasks)"),
@@ -649,6 +744,7 @@ fn main() {
     round_trip(&mut bench);
     bulk(&mut bench);
     cpu_bound(&mut bench);
+    completion_order(&mut bench);
     bytes(&mut bench);
     cold_start(&mut bench);
     environment(&mut bench);

@@ -19,12 +19,20 @@ import multiprocessing
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 WORKERS = 2
 CPU_TASKS = 100
 CPU_MICROS = 1000
 PLOT_SIZES = (1, 10, 100, 1000)
+# The completion-order scenarios, as in benches/compare.rs: tasks of random length (1 µs to 1 ms,
+# SplitMix64 seeded with RANDOM_SEED), and how many of them make a stream whose first result is
+# timed, and how many such streams make a sample.
+RANDOM_TASKS = 1000
+RANDOM_SEED = 16
+FIRST_BATCH = 200
+FIRST_STREAMS = 10
+MASK = (1 << 64) - 1
 
 
 def noop(x):
@@ -44,6 +52,34 @@ def spin(micros):
     while time.perf_counter() < deadline:
         n += 1
     return n
+
+
+def random_micros(count):
+    """`count` task lengths in µs, uniform in 1..=1000: the SplitMix64 sequence of compare.rs."""
+    state = RANDOM_SEED
+    lengths = []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & MASK
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        z ^= z >> 31
+        lengths.append(1 + z % 1000)
+    return lengths
+
+
+def first_result(streams, start):
+    """Mean seconds from `start()` to the first item of the stream it returns, over `streams`
+    streams; the rest of each is drained off the clock."""
+    total = 0.0
+    for _ in range(streams):
+        begin = time.perf_counter()
+        stream = start()
+        next(stream)
+        total += time.perf_counter() - begin
+        for _ in stream:
+            pass
+    return total / streams
 
 
 def per_op(operations, run):
@@ -111,6 +147,34 @@ def round_trip_and_bulk(report, executor, pool, quick):
     report.measure("bulk_map_chunk100", n, {
         "executor": lambda: per_op(n, lambda: list(executor.map(noop, range(n), chunksize=100))),
         "pool": lambda: per_op(n, lambda: pool.map(noop, range(n), chunksize=100)),
+    })
+
+
+def completion_order(report, executor, pool, quick):
+    n = RANDOM_TASKS // 10 if quick else RANDOM_TASKS
+    lengths = random_micros(RANDOM_TASKS)[:n]
+
+    def submitted(tasks):
+        return as_completed([executor.submit(spin, micros) for micros in tasks])
+
+    report.measure("random_map", n, {
+        "executor": lambda: per_op(n, lambda: list(executor.map(spin, lengths))),
+        "pool": lambda: per_op(n, lambda: list(pool.imap(spin, lengths))),
+    })
+    report.measure("random_unordered", n, {
+        "executor": lambda: per_op(n, lambda: [f.result() for f in submitted(lengths)]),
+        "pool": lambda: per_op(n, lambda: list(pool.imap_unordered(spin, lengths))),
+    })
+    streams = max(2, FIRST_STREAMS // 10) if quick else FIRST_STREAMS
+    batch = random_micros(FIRST_BATCH)
+    report.measure("random_first_map", streams, {
+        "executor": lambda: first_result(streams, lambda: iter(executor.map(spin, batch))),
+        "pool": lambda: first_result(streams, lambda: pool.imap(spin, batch)),
+    })
+    report.measure("random_first_unordered", streams, {
+        "executor": lambda: first_result(
+            streams, lambda: (f.result() for f in submitted(batch))),
+        "pool": lambda: first_result(streams, lambda: pool.imap_unordered(spin, batch)),
     })
 
 
@@ -195,6 +259,7 @@ def main():
     with ProcessPoolExecutor(max_workers=WORKERS) as executor, \
             multiprocessing.Pool(WORKERS) as pool:
         round_trip_and_bulk(report, executor, pool, args.quick)
+        completion_order(report, executor, pool, args.quick)
         throughput_plot(report, executor, args.quick)
     cpu_bound(report)
     byte_round_trips(report, args.quick)

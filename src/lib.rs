@@ -108,8 +108,8 @@
 //! default pool and for every builder that leaves the setting out ([`PoolBuilder`]).
 
 pub use parallel_core::{
-    default_pool, registered_tasks, Backend, Environment, Error, Map, Never, Pool, PoolBuilder,
-    PoolStats, RemoteError, Task, TaskError, TaskHandle,
+    as_completed, default_pool, registered_tasks, AsCompleted, Backend, Environment, Error, Map,
+    MapUnordered, Never, Pool, PoolBuilder, PoolStats, RemoteError, Task, TaskError, TaskHandle,
 };
 
 pub use parallel_macros::task;

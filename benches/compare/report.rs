@@ -29,7 +29,7 @@ impl Row {
     }
 }
 
-const ROWS: [Row; 11] = [
+const ROWS: [Row; 15] = [
     Row::new("round_trip", "one-at-a-time no-op round trip, 2 workers", Unit::Time),
     Row::new("bulk_submit", "no-op tasks, submit all then join all, 2 workers", Unit::Rate),
     Row::new("bulk_map", "no-op tasks through `map` (Python: chunksize 1), 2 workers", Unit::Rate),
@@ -40,6 +40,18 @@ const ROWS: [Row; 11] = [
     Row::new("cpu_1", "100 CPU-bound 1 ms tasks, 1 worker", Unit::Time),
     Row::new("cpu_2", "100 CPU-bound 1 ms tasks, 2 workers", Unit::Time),
     Row::new("speedup", "speedup from 1 to 2 workers (ideal 2×)", Unit::Factor),
+    Row::new("random_map", "random-length tasks (1 µs–1 ms) through `map`, 2 workers", Unit::Rate),
+    Row::new(
+        "random_unordered",
+        "random-length tasks through `map_unordered` (Python: `as_completed`, `imap_unordered`), 2 workers",
+        Unit::Rate,
+    ),
+    Row::new("random_first_map", "first result of 200 random-length tasks, `map`", Unit::Time),
+    Row::new(
+        "random_first_unordered",
+        "first result of 200 random-length tasks, `map_unordered`",
+        Unit::Time,
+    ),
     Row::new("bytes_1k", "`Vec<u8>` argument + result, 1 KiB, 1 worker", Unit::Time),
     Row::new("bytes_1m", "`Vec<u8>` argument + result, 1 MiB, 1 worker", Unit::Time),
     Row::new("bytes_16m", "`Vec<u8>` argument + result, 16 MiB, 1 worker", Unit::Time),

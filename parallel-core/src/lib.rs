@@ -13,6 +13,7 @@
 mod alloc_probe;
 mod backend;
 mod builder;
+mod completed;
 mod engine;
 mod environment;
 mod error;
@@ -36,10 +37,11 @@ mod value;
 
 pub use backend::Backend;
 pub use builder::PoolBuilder;
+pub use completed::{as_completed, AsCompleted};
 pub use environment::Environment;
 pub use error::{Error, TaskError};
 pub use handle::TaskHandle;
-pub use map::Map;
+pub use map::{Map, MapUnordered};
 pub use never::Never;
 pub use pool::{default_pool, Pool};
 pub use registry::registered_tasks;

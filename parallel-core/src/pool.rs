@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use crate::engine::Engine;
 use crate::job::Job;
 use crate::ledger::Ledger;
-use crate::{Backend, Error, Map, PoolBuilder, PoolStats, Task, TaskError, TaskHandle};
+use crate::{
+    Backend, Error, Map, MapUnordered, PoolBuilder, PoolStats, Task, TaskError, TaskHandle,
+};
 
 /// A set of workers that run submitted tasks.
 ///
@@ -135,6 +137,42 @@ impl Pool {
         I::Item: Task,
     {
         Map::new(self, tasks.into_iter())
+    }
+
+    /// Runs every task of `tasks` and yields `(index, result)` for each as soon as it finishes,
+    /// `index` being the task's position in `tasks`.
+    ///
+    /// Takes what [`map`](Self::map) takes and pulls it the same way (lazily, on the caller's
+    /// thread, with a bounded window in flight); only the order differs: a slow task does not
+    /// hold back the results behind it. Dropping the returned iterator cancels the tasks still
+    /// in its window. Use [`as_completed`](crate::as_completed) for handles already submitted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[parallel::task]
+    /// fn nap(millis: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(millis));
+    ///     millis
+    /// }
+    ///
+    /// fn main() {
+    ///     let naps = [300, 1, 2];
+    ///     let pool = parallel::Pool::builder().workers(3).build().unwrap();
+    ///     let mut results = pool.map_unordered(naps.iter().map(|&ms| nap::new(ms)));
+    ///     let (first, _) = results.next().unwrap();
+    ///     assert_ne!(naps[first], 300, "the long nap finishes last");
+    ///     assert_eq!(results.count(), 2);
+    /// }
+    /// ```
+    pub fn map_unordered<I>(&self, tasks: I) -> MapUnordered<'_, I::IntoIter>
+    where
+        I: IntoIterator,
+        I::Item: Task,
+    {
+        MapUnordered::new(self, tasks.into_iter())
     }
 
     /// Finishes every task already submitted, then stops the workers; tasks submitted from now on

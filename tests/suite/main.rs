@@ -15,6 +15,7 @@ mod map;
 mod nesting;
 mod results;
 mod stats;
+mod unordered;
 
 /// Instantiates each listed test function once per backend compiled into this build.
 #[macro_export]
