@@ -109,7 +109,7 @@
 
 pub use parallel_core::{
     default_pool, registered_tasks, Backend, Environment, Error, Map, Never, Pool, PoolBuilder,
-    PoolStats, RemoteError, Task, TaskError, TaskHandle,
+    Policy, PoolStats, RemoteError, Task, TaskError, TaskHandle,
 };
 
 pub use parallel_macros::task;

@@ -21,6 +21,7 @@ mod job;
 mod ledger;
 mod map;
 mod never;
+mod policy;
 mod pool;
 #[cfg(process_backend)]
 mod process;
@@ -29,6 +30,7 @@ mod remote_error;
 mod stats;
 mod task;
 mod thread;
+mod timer;
 mod unwind;
 mod value;
 
@@ -39,6 +41,7 @@ pub use error::{Error, TaskError};
 pub use handle::TaskHandle;
 pub use map::Map;
 pub use never::Never;
+pub use policy::Policy;
 pub use pool::{default_pool, Pool};
 pub use registry::registered_tasks;
 pub use remote_error::RemoteError;

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::Environment;
+use crate::{Environment, Policy};
 
 /// A unit of work that a [`Pool`](crate::Pool) runs on one of its workers.
 ///
@@ -49,6 +49,10 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     type Error: Serialize + DeserializeOwned + Send + 'static;
     /// The name the task is registered under; unique in the program.
     const NAME: &'static str;
+    /// How the task is run: a limit per attempt, retries, the backoff between them (see
+    /// [`Policy`]). `#[task(timeout = "2s", retries = 3, backoff = "100ms", retry_failed)]` writes
+    /// it, on a function or on an `impl Task` block; by default a task runs once, without limit.
+    const POLICY: Policy = Policy::DEFAULT;
 
     /// Runs the task on a worker, with that worker's [`Environment`].
     ///
