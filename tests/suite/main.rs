@@ -11,6 +11,7 @@ mod errors;
 mod lifecycle;
 mod map;
 mod nesting;
+mod policies;
 mod results;
 mod stats;
 
