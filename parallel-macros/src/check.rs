@@ -22,7 +22,7 @@ pub(crate) fn input(args: &Args, input: &Input, errors: &mut Errors) {
         Input::Fn(task) => {
             task_fn(task, errors);
             if matches!(task.output, Output::Unit | Output::Value(_)) {
-                infallible_retry_failed(args, errors);
+                infallible_retry_failed(args, "it does not return `Result<T, E>`", errors);
             }
         }
         Input::Impl(task) => {
@@ -33,13 +33,15 @@ pub(crate) fn input(args: &Args, input: &Input, errors: &mut Errors) {
 }
 
 /// `retry_failed` on a task that cannot fail: nothing for it to retry.
-fn infallible_retry_failed(args: &Args, errors: &mut Errors) {
+fn infallible_retry_failed(args: &Args, because: &str, errors: &mut Errors) {
     if let Some(key) = &args.retry_failed {
         errors.spanned(
             key,
-            "`retry_failed` retries the task's own `Err(e)`, and this task cannot fail: it does \
-             not return `Result<T, E>`; remove `retry_failed` (panics, crashes and timeouts are \
-             retried without it)",
+            format_args!(
+                "`retry_failed` retries the task's own `Err(e)`, and this task cannot fail: \
+                 {because}; remove `retry_failed` (panics, crashes and timeouts are retried \
+                 without it)"
+            ),
         );
     }
 }
@@ -72,7 +74,7 @@ fn policy_of_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
         _ => false,
     };
     if error.is_some_and(is_never) {
-        infallible_retry_failed(args, errors);
+        infallible_retry_failed(args, "its `Error` is `Never`", errors);
     }
 }
 
