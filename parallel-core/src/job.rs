@@ -83,6 +83,16 @@ pub(crate) enum Halt {
     IfLong,
 }
 
+/// How [`Job::wait_for_turn`] returned.
+pub(crate) enum Wait<T: Task> {
+    /// The job's result, taken.
+    Done(Outcome<T>),
+    /// The job was queued again, for a retry.
+    Requeued,
+    /// The deadline passed.
+    Expired,
+}
+
 /// One submitted task: its state, who waits for it, and the pool it belongs to.
 pub(crate) struct Job<T: Task> {
     /// Picks the ledger shard.
@@ -361,7 +371,15 @@ impl<T: Task> Job<T> {
             return;
         };
         slot.state = State::Queued(task);
+        // A waiter that may run it in place looks again (see `wait_for_turn`).
+        let (has_sleeper, waker) = (slot.has_sleeper, slot.waker.take());
         drop(slot);
+        if has_sleeper {
+            self.done.notify_all();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         if !engine.submit(Arc::clone(&self)) {
             let mut slot = self.lock();
             // Unless a thread of the pool ran it in place meanwhile (see `Engine::help`).
@@ -438,25 +456,42 @@ impl<T: Task> Job<T> {
     /// Spins briefly before sleeping: most tasks are short, and waking a thread that sleeps on
     /// the condition variable costs several microseconds, more than a short task itself.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Outcome<T>> {
+        match self.wait_for_turn(deadline) {
+            Wait::Done(outcome) => Some(outcome),
+            // Not returned without a deadline or once it passed: the loop waits on.
+            Wait::Requeued | Wait::Expired => None,
+        }
+    }
+
+    /// Like [`wait`](Self::wait), but also returns when the job is queued again for a retry,
+    /// so that a caller that may run it in place (a worker of its own pool, see `Engine::help`)
+    /// gets the chance to: the worker that would run it may be the caller itself.
+    pub(crate) fn wait_for_turn(&self, deadline: Option<Instant>) -> Wait<T> {
         let backoff = Backoff::new();
         while !self.is_done.load(Ordering::Acquire) && !backoff.is_completed() {
             backoff.snooze();
         }
         let mut slot = self.lock();
+        let mut was_queued = matches!(slot.state, State::Queued(_));
         loop {
             if let State::Done(_) = slot.state {
                 return match std::mem::replace(&mut slot.state, State::Taken) {
-                    State::Done(outcome) => Some(outcome),
+                    State::Done(outcome) => Wait::Done(outcome),
                     _ => unreachable!("the state was just matched as Done"),
                 };
             }
+            let is_queued = matches!(slot.state, State::Queued(_));
+            if is_queued && !was_queued {
+                return Wait::Requeued;
+            }
+            was_queued = is_queued;
             slot.has_sleeper = true;
             slot = match deadline {
                 None => self.done.wait(slot).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return None;
+                        return Wait::Expired;
                     }
                     self.done.wait_timeout(slot, left).unwrap_or_else(PoisonError::into_inner).0
                 }

@@ -306,6 +306,25 @@ crate::backends!(
     the_policy_is_on_the_task_type,
 );
 
+/// The pool of one thread that `joins_a_retried_task` dispatches to from inside its task.
+static ONE_THREAD: std::sync::OnceLock<parallel::Pool> = std::sync::OnceLock::new();
+
+#[task]
+fn joins_a_retried_task(dir: String) -> usize {
+    let pool = ONE_THREAD.get().expect("the test set the pool");
+    panics_until::dispatch_on(pool, dir, 1).join().expect("the retry returns")
+}
+
+/// A task that joins a task of its own pool runs it in place when it is queued (a pool of one
+/// would deadlock otherwise); it must do so again for each retry, which is queued anew.
+#[test]
+fn a_task_joining_a_retried_task_on_its_own_pool_of_one_thread() {
+    let pool = ONE_THREAD.get_or_init(|| pool(Backend::Thread, 1));
+    let scratch = Scratch::new("nested-retry");
+    let handle = joins_a_retried_task::dispatch_on(pool, scratch.string());
+    assert_eq!(within_limit("a nested retried task", move || handle.join()), Ok(2));
+}
+
 /// A worker process that dies under an attempt (here: `abort`) is replaced, and the attempt runs
 /// again on the new one; on threads an abort would take the test down, so this is process only.
 #[cfg(feature = "process")]
