@@ -108,8 +108,8 @@
 //! default pool and for every builder that leaves the setting out ([`PoolBuilder`]).
 
 pub use parallel_core::{
-    default_pool, registered_tasks, Backend, Environment, Error, Map, Never, Pool, PoolBuilder,
-    Policy, PoolStats, RemoteError, Task, TaskError, TaskHandle,
+    default_pool, registered_tasks, Backend, Environment, Error, Map, Never, Policy, Pool,
+    PoolBuilder, PoolStats, RemoteError, Task, TaskError, TaskHandle,
 };
 
 pub use parallel_macros::task;

@@ -1130,7 +1130,9 @@ fn soak(tasks: u64, seed: u64) {
     }
     .print();
     match &retried {
-        Ok(counts) => eprintln!("chaos soak, retry phase: {retry_tasks} tasks; outcomes {counts:?}"),
+        Ok(counts) => {
+            eprintln!("chaos soak, retry phase: {retry_tasks} tasks; outcomes {counts:?}")
+        }
         Err(wrong) => panic!(
             "seed {seed:#x}: {} flaky tasks ran too often or resolved wrongly, the first ones:\n{}",
             wrong.len(),
@@ -1206,9 +1208,8 @@ fn retry_phase(
     let mut wrong = Vec::new();
     for (id, plan, handle) in pending {
         let outcome = handle.join();
-        let runs = (0..=FLAKY_ATTEMPTS)
-            .take_while(|n| scratch.has(&format!("attempt-{id}-{n}")))
-            .count();
+        let runs =
+            (0..=FLAKY_ATTEMPTS).take_while(|n| scratch.has(&format!("attempt-{id}-{n}"))).count();
         let last = runs.checked_sub(1).map(|n| plan[n.min(FLAKY_ATTEMPTS - 1)]);
         let (name, is_right) = match &outcome {
             Ok(n) => ("Ok", *n as usize + 1 == runs && last == Some(Step::Return)),

@@ -56,7 +56,15 @@ struct Inner<T: Task> {
 
 impl<T: Task> Inner<T> {
     fn new(state: State<T>) -> Self {
-        Inner { state, waker: None, has_sleeper: false, stop: None, attempt: 0, last: None, timer: None }
+        Inner {
+            state,
+            waker: None,
+            has_sleeper: false,
+            stop: None,
+            attempt: 0,
+            last: None,
+            timer: None,
+        }
     }
 }
 
@@ -223,7 +231,10 @@ impl<T: Task> Job<T> {
                 // A timeout beyond the clock's range never expires.
                 None => {}
                 Some(Err(_)) => {
-                    tracing::warn!(task = T::NAME, "no timer thread: the attempt runs without its timeout")
+                    tracing::warn!(
+                        task = T::NAME,
+                        "no timer thread: the attempt runs without its timeout"
+                    )
                 }
             }
         }
@@ -330,9 +341,9 @@ impl<T: Task> Job<T> {
     fn is_retried(&self, attempt: u32, outcome: &Outcome<T>) -> bool {
         let policy = T::POLICY;
         let is_retryable = match outcome {
-            Err(TaskError::Panicked { .. } | TaskError::WorkerDied { .. } | TaskError::TimedOut) => {
-                true
-            }
+            Err(
+                TaskError::Panicked { .. } | TaskError::WorkerDied { .. } | TaskError::TimedOut,
+            ) => true,
             Err(TaskError::Failed(_)) => policy.retries_failed(),
             _ => false,
         };

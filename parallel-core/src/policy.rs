@@ -268,6 +268,9 @@ mod tests {
     fn a_copy_comes_back_unchanged() {
         let value = (Some(None::<u8>), vec![1u8, 2], String::from("x"), Some(()));
         let bytes = keep_copy(&value).unwrap();
-        assert_eq!(from_copy::<(Option<Option<u8>>, Vec<u8>, String, Option<()>)>(&bytes), Ok(value));
+        assert_eq!(
+            from_copy::<(Option<Option<u8>>, Vec<u8>, String, Option<()>)>(&bytes),
+            Ok(value)
+        );
     }
 }

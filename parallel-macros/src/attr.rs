@@ -361,7 +361,10 @@ mod tests {
     #[test]
     fn reports_policy_mistakes() {
         let found = messages(quote!(
-            timeout = "2 seconds", backoff = 100, retries = -1, retry_failed = true
+            timeout = "2 seconds",
+            backoff = 100,
+            retries = -1,
+            retry_failed = true
         ));
         assert_eq!(found.len(), 4, "{found:?}");
         assert!(found[0].contains("is not a duration"), "{found:?}");
