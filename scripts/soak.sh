@@ -6,7 +6,9 @@
 #                           while queued and while sent behind a running task; tasks that start
 #                           a `sleep` and are stopped; 80 KiB stderr floods then abort; outputs
 #                           nested 1 000 levels; SIGKILL of idle workers); ends checking that no
-#                           child, task-started process, stderr thread or descriptor is left
+#                           child, task-started process, stderr thread or descriptor is left;
+#                           then TASKS/10 tasks with `retries = 2` following random plans of
+#                           faults, under SIGKILLs, none of which may run more than 3 times
 #   tests/thread_stress.rs  TASKS tasks per test on a two-thread pool (panics, rayon inside
 #                           tasks, nested dispatch; shutdown, kill and drop with tasks queued)
 #
@@ -48,7 +50,7 @@ run() {
 }
 
 run chaos '^chaos soak:|^test result' \
-    env PARALLEL_SOAK_TASKS="$tasks" \
+    env PARALLEL_SOAK_TASKS="$tasks" PARALLEL_SOAK_RETRY_TASKS="$((tasks / 10))" \
     cargo test --release --features process --test chaos -- --nocapture
 run thread_stress '^thread stress:|^test result' \
     env PARALLEL_STRESS_TASKS="$tasks" \

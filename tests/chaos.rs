@@ -13,6 +13,13 @@
 //! xorshift generator: `PARALLEL_SOAK_TASKS` (default 10 000) sets how many tasks run and
 //! `PARALLEL_SOAK_SEED` picks another fault pattern; `scripts/soak.sh` runs 100 000 in release.
 //!
+//! A second phase retries: `PARALLEL_SOAK_RETRY_TASKS` (default 500) tasks of `flaky`, which
+//! has `retries = 2` and `retry_failed`, each following a random plan of three attempts (return,
+//! fail, panic, abort or exit), with the chaos thread SIGKILLing workers under some of them.
+//! Each attempt that runs creates `attempt-<id>-<n>` with the next free `n`, and a task must
+//! never run more than three times (`retries + 1`); its handle must resolve once, with what its
+//! last recorded attempt did (or a worker's death, which a kill may cause).
+//!
 //! This file holds a single test, so no other pool of this process disturbs the counts of
 //! children, threads and file descriptors.
 
@@ -40,6 +47,8 @@ const HANG_LIMIT: Duration = Duration::from_secs(60);
 const REAP_LIMIT: Duration = Duration::from_secs(5);
 /// How many tasks run when `PARALLEL_SOAK_TASKS` is not set.
 const DEFAULT_TASKS: u64 = 10_000;
+/// How many `flaky` tasks the retry phase runs when `PARALLEL_SOAK_RETRY_TASKS` is not set.
+const DEFAULT_RETRY_TASKS: u64 = 500;
 /// Tasks are submitted and joined in batches of this many.
 const BATCH: u64 = 500;
 /// One task in this many is a fault.
@@ -215,6 +224,39 @@ fn work(id: u64, kind: Kind, dir: String) -> Result<u64, String> {
             std::process::abort()
         }
         Kind::Deep => unreachable!("deep tasks run as `deep`"),
+    }
+}
+
+/// The attempts a `flaky` task may run: its retries plus one.
+const FLAKY_ATTEMPTS: usize = 3;
+
+/// What one attempt of a `flaky` task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Step {
+    Return,
+    Fail,
+    Panic,
+    Abort,
+    Exit,
+}
+
+/// Records its attempt as `attempt-<id>-<n>` with the next free `n` (a fourth attempt records
+/// `n = 3`, which the judge reports), then does what `plan[n]` says.
+#[task(retries = 2, backoff = "1ms", retry_failed)]
+fn flaky(id: u64, plan: Vec<Step>, dir: String) -> Result<u64, String> {
+    let dir = Path::new(&dir);
+    let attempt = (0..)
+        .find(|n| {
+            let path = dir.join(format!("attempt-{id}-{n}"));
+            fs::OpenOptions::new().write(true).create_new(true).open(path).is_ok()
+        })
+        .expect("a free attempt number");
+    match plan.get(attempt).copied().unwrap_or(Step::Return) {
+        Step::Return => Ok(attempt as u64),
+        Step::Fail => Err(format!("flaky failure {id} {attempt}")),
+        Step::Panic => panic!("flaky panic {id} {attempt}"),
+        Step::Abort => std::process::abort(),
+        Step::Exit => std::process::exit(3),
     }
 }
 
@@ -967,6 +1009,10 @@ fn soak(tasks: u64, seed: u64) {
     // A first pool, so that what the backend sets up once per program is not counted as a leak.
     let warm_up = Pool::builder().backend(Backend::Process).workers(1).build().expect("builds");
     rendezvous::dispatch_on(&warm_up, scratch.string(), 0, 1).join().expect("a first task");
+    // A retried task starts the process-wide timer thread, which stays.
+    let plan = vec![Step::Fail, Step::Return];
+    let warmed = flaky::dispatch_on(&warm_up, 0, plan, scratch.string()).join();
+    assert_eq!(warmed, Ok(1), "a first retried task");
     warm_up.shutdown();
     drop(warm_up);
     fs::remove_file(scratch.path("arrived-0")).expect("the warm-up task arrived");
@@ -1009,6 +1055,9 @@ fn soak(tasks: u64, seed: u64) {
         start = end;
     }
     soak.quiesce("after the soak");
+    let retry_tasks = env_u64("PARALLEL_SOAK_RETRY_TASKS", DEFAULT_RETRY_TASKS);
+    let retried = retry_phase(&pool, &scratch, &soak.chaos, retry_tasks, seed ^ 0x7e7);
+    soak.quiesce("after the retry phase");
     let Soak { resolved, submitted, rounds, idle_kills, chaos: chaos_sender, .. } = soak;
     drop(chaos_sender);
     let kills_sent = chaos_thread.join().expect("the chaos thread");
@@ -1080,6 +1129,16 @@ fn soak(tasks: u64, seed: u64) {
         elapsed,
     }
     .print();
+    match &retried {
+        Ok(counts) => {
+            eprintln!("chaos soak, retry phase: {retry_tasks} tasks; outcomes {counts:?}")
+        }
+        Err(wrong) => panic!(
+            "seed {seed:#x}: {} flaky tasks ran too often or resolved wrongly, the first ones:\n{}",
+            wrong.len(),
+            wrong.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        ),
+    }
     assert!(
         wrong.is_empty() && twice.is_empty(),
         "seed {seed:#x}: tasks that ran twice: {twice:?}; {} of {tasks} tasks resolved \
@@ -1115,6 +1174,74 @@ fn soak(tasks: u64, seed: u64) {
     assert!(followers.is_empty(), "stderr threads left after shutdown and drop: {followers:?}");
     assert_eq!(thread_names(), threads_before, "threads after shutdown and drop, and before");
     assert!(is_clean, "file descriptors leaked: {} open, {fds_before} before", open_fds());
+}
+
+/// The retry phase (see the module's docs): returns the outcomes' counts by name, or what is
+/// wrong.
+fn retry_phase(
+    pool: &Pool,
+    scratch: &Scratch,
+    chaos: &mpsc::Sender<ChaosRequest>,
+    tasks: u64,
+    seed: u64,
+) -> Result<BTreeMap<&'static str, u64>, Vec<String>> {
+    const STEPS: [Step; 5] = [Step::Return, Step::Fail, Step::Panic, Step::Abort, Step::Exit];
+    let mut rng = XorShift::new(seed);
+    let dir = scratch.string();
+    let mut pending = Vec::new();
+    for index in 0..tasks {
+        // Two times in three an attempt returns; the faults share the third.
+        let plan: Vec<Step> = (0..FLAKY_ATTEMPTS)
+            .map(|_| match rng.below(3) {
+                0 => STEPS[1 + rng.below(4) as usize],
+                _ => Step::Return,
+            })
+            .collect();
+        let id = 1_000_000_000 + index;
+        let handle = flaky::dispatch_on(pool, id, plan.clone(), dir.clone());
+        if rng.below(20) == 0 {
+            chaos.send(ChaosRequest::Kill).expect("the chaos thread runs");
+        }
+        pending.push((id, plan, handle));
+    }
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for (id, plan, handle) in pending {
+        let outcome = handle.join();
+        let runs =
+            (0..=FLAKY_ATTEMPTS).take_while(|n| scratch.has(&format!("attempt-{id}-{n}"))).count();
+        let last = runs.checked_sub(1).map(|n| plan[n.min(FLAKY_ATTEMPTS - 1)]);
+        let (name, is_right) = match &outcome {
+            Ok(n) => ("Ok", *n as usize + 1 == runs && last == Some(Step::Return)),
+            Err(TaskError::Failed(message)) => (
+                "Failed",
+                last == Some(Step::Fail)
+                    && runs == FLAKY_ATTEMPTS
+                    && *message == format!("flaky failure {id} {}", runs - 1),
+            ),
+            Err(TaskError::Panicked { message, .. }) => (
+                "Panicked",
+                last == Some(Step::Panic) && *message == format!("flaky panic {id} {}", runs - 1),
+            ),
+            // A worker's death: its own abort or exit, or a chaos kill, which may also land
+            // before the attempt recorded itself.
+            Err(TaskError::WorkerDied { .. }) => ("WorkerDied", true),
+            Err(_) => ("other", false),
+        };
+        if runs > FLAKY_ATTEMPTS {
+            wrong.push(format!("flaky task {id} ran {runs} times (plan {plan:?}): {outcome:?}"));
+        } else if !is_right {
+            wrong.push(format!(
+                "flaky task {id} (plan {plan:?}, {runs} attempts recorded) resolved {outcome:?}"
+            ));
+        }
+        *counts.entry(name).or_default() += 1;
+    }
+    if wrong.is_empty() {
+        Ok(counts)
+    } else {
+        Err(wrong)
+    }
 }
 
 #[test]

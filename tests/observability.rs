@@ -84,6 +84,12 @@ fn traced(kind: u8) -> Result<u8, String> {
     }
 }
 
+/// Panics at every attempt: three spans, attempts 1 to 3, on each backend.
+#[task(retries = 2, backoff = "1ms")]
+fn traced_retried(backend: String) -> u8 {
+    panic!("attempt on {backend}")
+}
+
 fn spans_of(task_id_prefix: &str) -> Vec<Fields> {
     let spans = collector().spans.lock().unwrap();
     spans
@@ -103,6 +109,20 @@ fn outcomes(backend: &str) -> Vec<String> {
     outcomes
 }
 
+/// Each attempt of a retried task is a span of its own, numbered.
+fn attempts_are_spans(backend: Backend, name: &str) {
+    let pool = Pool::builder().backend(backend).workers(1).build().unwrap();
+    let _ = traced_retried::dispatch_on(&pool, name.to_owned()).join();
+    pool.shutdown();
+    let mut attempts: Vec<String> = spans_of("observability::traced_retried")
+        .into_iter()
+        .filter(|span| span["backend"] == name)
+        .map(|span| span["attempt"].clone())
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, ["1", "2", "3"], "{name}");
+}
+
 #[test]
 fn every_task_is_a_span_with_its_outcome_on_both_backends() {
     collector();
@@ -117,7 +137,9 @@ fn every_task_is_a_span_with_its_outcome_on_both_backends() {
         .find(|span| span["backend"] == "thread")
         .unwrap();
     assert_eq!(span["worker"], "0");
+    assert_eq!(span["attempt"], "1");
     assert!(span["duration_us"].parse::<u64>().is_ok(), "{span:?}");
+    attempts_are_spans(Backend::Thread, "thread");
     assert!(span["id"].parse::<u64>().is_ok(), "{span:?}");
 
     #[cfg(feature = "process")]
@@ -128,6 +150,7 @@ fn every_task_is_a_span_with_its_outcome_on_both_backends() {
         }
         pool.shutdown();
         assert_eq!(outcomes("process"), ["failed", "ok", "panicked", "worker died"]);
+        attempts_are_spans(Backend::Process, "process");
         let spans = spans_of("observability::traced");
         let pids: Vec<&String> = spans
             .iter()

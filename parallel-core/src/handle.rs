@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
-use crate::job::{Job, Outcome};
+use crate::job::{Job, Outcome, Wait};
 use crate::{Task, TaskError};
 
 /// The caller's end of a submitted task: wait for it, poll it, or cancel it.
@@ -70,10 +70,12 @@ impl<T: Task> TaskHandle<T> {
     /// }
     /// ```
     pub fn join(self) -> Result<T::Output, TaskError<T::Error>> {
-        Engine::help(&self.job);
-        match self.job.wait(None) {
-            Some(outcome) => outcome,
-            None => unreachable!("waiting without a deadline returns only with a result"),
+        loop {
+            Engine::help(&self.job);
+            // Queued again for a retry: helped again (it may have to run right here).
+            if let Wait::Done(outcome) = self.job.wait_for_turn(None) {
+                return outcome;
+            }
         }
     }
 
@@ -112,9 +114,14 @@ impl<T: Task> TaskHandle<T> {
     /// ```
     pub fn join_timeout(self, timeout: Duration) -> Result<T::Output, TaskError<T::Error>> {
         let deadline = Instant::now().checked_add(timeout);
-        Engine::help(&self.job);
-        if let Some(outcome) = self.job.wait(deadline) {
-            return outcome;
+        loop {
+            Engine::help(&self.job);
+            match self.job.wait_for_turn(deadline) {
+                Wait::Done(outcome) => return outcome,
+                // Queued again for a retry: helped again (it may have to run right here).
+                Wait::Requeued => continue,
+                Wait::Expired => break,
+            }
         }
         self.job.cancel();
         // The task may have resolved between the deadline and the cancel; then its result stands.

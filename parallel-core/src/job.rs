@@ -4,16 +4,26 @@
 //! `Running` to `Done` when it is cancelled. Whoever moves it to `Done` first decides the result:
 //! that is how every handle resolves exactly once, whatever races between a worker finishing, a
 //! caller cancelling and the pool being killed.
+//!
+//! A task whose [`Policy`](crate::Policy) asks for retries goes round instead: an attempt that did
+//! not return (or failed, with `retry_failed`) moves `Running -> Waiting`, and the timer moves it
+//! back to `Queued(copy)` after the backoff and resubmits it. Each claim starts a numbered
+//! attempt, and a worker reports its outcome with that number: the outcome of an attempt that is
+//! over (timed out, abandoned) finds another number and is dropped, so an attempt ends once, and
+//! the job resolves once, with its last attempt's outcome. A timeout is the timer's deadline for
+//! the running attempt: it ends the attempt as `TimedOut` and stops it where the backend can.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Instant;
 
 use crossbeam_utils::Backoff;
 
+use crate::engine::Engine;
 use crate::ledger::{Abort, Ledger};
-use crate::{Task, TaskError};
+use crate::{policy, timer, Task, TaskError};
 
 /// What a finished task produced.
 pub(crate) type Outcome<T> = Result<<T as Task>::Output, TaskError<<T as Task>::Error>>;
@@ -21,6 +31,8 @@ pub(crate) type Outcome<T> = Result<<T as Task>::Output, TaskError<<T as Task>::
 enum State<T: Task> {
     Queued(T),
     Running,
+    /// Between two attempts, for the backoff; the timer queues the next one.
+    Waiting,
     Done(Outcome<T>),
     Taken,
 }
@@ -33,6 +45,34 @@ struct Inner<T: Task> {
     has_sleeper: bool,
     /// How to stop the task while it runs, where the backend can (a worker process to kill).
     stop: Option<Arc<dyn Stop>>,
+    /// The attempts started so far: the running one, or the last one, is this number.
+    attempt: u32,
+    /// The outcome of the last attempt while the job waits for the next one, which it resolves
+    /// with if the next one cannot be run.
+    last: Option<Outcome<T>>,
+    /// The timer entry pending for the job: the running attempt's deadline or the backoff's end.
+    timer: Option<timer::Key>,
+}
+
+impl<T: Task> Inner<T> {
+    fn new(state: State<T>) -> Self {
+        Inner {
+            state,
+            waker: None,
+            has_sleeper: false,
+            stop: None,
+            attempt: 0,
+            last: None,
+            timer: None,
+        }
+    }
+}
+
+/// What a job with retries needs to run again: the task as bytes and where to resubmit it.
+pub(crate) struct Retry {
+    pub(crate) copy: Vec<u8>,
+    /// The pool's engine; gone once the pool is dropped, and then no retry runs.
+    pub(crate) engine: Weak<Engine>,
 }
 
 /// Stops a task that a worker holds, for backends that can: one not started never starts, one
@@ -51,6 +91,16 @@ pub(crate) enum Halt {
     IfLong,
 }
 
+/// How [`Job::wait_for_turn`] returned.
+pub(crate) enum Wait<T: Task> {
+    /// The job's result, taken.
+    Done(Outcome<T>),
+    /// The job was queued again, for a retry.
+    Requeued,
+    /// The deadline passed.
+    Expired,
+}
+
 /// One submitted task: its state, who waits for it, and the pool it belongs to.
 pub(crate) struct Job<T: Task> {
     /// Picks the ledger shard.
@@ -59,27 +109,33 @@ pub(crate) struct Job<T: Task> {
     key: AtomicUsize,
     /// Set once the slot holds `Done`: lets a waiter spin on it without taking the lock.
     is_done: AtomicBool,
+    /// The attempt started last, readable without the lock (see [`is_attempt_over`]).
+    ///
+    /// [`is_attempt_over`]: Self::is_attempt_over
+    attempt: AtomicU32,
     slot: Mutex<Inner<T>>,
     done: Condvar,
     ledger: Arc<Ledger>,
+    /// The job itself, for the timer's entries, which must not keep it alive.
+    me: Weak<Job<T>>,
+    /// Set before the job is handed to its engine when the task's policy has retries.
+    retry: OnceLock<Retry>,
 }
 
 impl<T: Task> Job<T> {
     /// A queued job, entered in `ledger` (unless the ledger is closed, then it is `None`).
     pub(crate) fn enqueue(task: T, ledger: &Arc<Ledger>) -> Result<Arc<Self>, T> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let job = Arc::new(Job {
+        let job = Arc::new_cyclic(|me| Job {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(false),
-            slot: Mutex::new(Inner {
-                state: State::Queued(task),
-                waker: None,
-                has_sleeper: false,
-                stop: None,
-            }),
+            attempt: AtomicU32::new(0),
+            slot: Mutex::new(Inner::new(State::Queued(task))),
             done: Condvar::new(),
             ledger: Arc::clone(ledger),
+            me: me.clone(),
+            retry: OnceLock::new(),
         });
         let weak: Weak<dyn Abort> = Arc::downgrade(&job) as Weak<dyn Abort>;
         if let Some(key) = ledger.enter(job.id, weak) {
@@ -97,19 +153,23 @@ impl<T: Task> Job<T> {
 
     /// A job that is already resolved, entered in no ledger.
     pub(crate) fn resolved(outcome: Outcome<T>) -> Arc<Self> {
-        Arc::new(Job {
+        Arc::new_cyclic(|me| Job {
             id: 0,
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(true),
-            slot: Mutex::new(Inner {
-                state: State::Done(outcome),
-                waker: None,
-                has_sleeper: false,
-                stop: None,
-            }),
+            attempt: AtomicU32::new(0),
+            slot: Mutex::new(Inner::new(State::Done(outcome))),
             done: Condvar::new(),
             ledger: Arc::new(Ledger::new(0)),
+            me: me.clone(),
+            retry: OnceLock::new(),
         })
+    }
+
+    /// Lets the job run again under its task's retry policy; before it is handed to the engine.
+    pub(crate) fn allow_retries(&self, retry: Retry) {
+        // Set once, by the submit that created the job.
+        let _ = self.retry.set(retry);
     }
 
     fn into_inner(self) -> Inner<T> {
@@ -132,45 +192,75 @@ impl<T: Task> Job<T> {
     }
 
     /// Claims the task for running: `Queued -> Running`. `None` if it was cancelled or claimed.
+    #[cfg(test)]
     pub(crate) fn start(&self) -> Option<T> {
-        self.start_stoppable(None)
+        self.start_attempt(None).map(|(task, _)| task)
     }
 
-    /// Like [`start`](Self::start), and a cancellation while it runs calls `stop`.
-    pub(crate) fn start_stoppable(&self, stop: Option<Arc<dyn Stop>>) -> Option<T> {
+    /// Claims the task for its next attempt: `Queued -> Running`, with the attempt's number (1
+    /// for the first) to report its outcome with; a cancellation while it runs, or its timeout,
+    /// calls `stop`. `None` if it was cancelled or claimed.
+    pub(crate) fn start_attempt(&self, stop: Option<Arc<dyn Stop>>) -> Option<(T, u32)> {
         // A pool being killed starts nothing more, even a job its abort has not reached yet.
         if self.ledger.is_halted() {
             self.cancel();
             return None;
         }
         let mut slot = self.lock();
-        slot.stop = stop;
-        match std::mem::replace(&mut slot.state, State::Running) {
-            State::Queued(task) => {
-                self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
-                Some(task)
-            }
+        let task = match std::mem::replace(&mut slot.state, State::Running) {
+            State::Queued(task) => task,
             other => {
                 slot.state = other;
-                None
+                return None;
+            }
+        };
+        slot.stop = stop;
+        slot.attempt += 1;
+        let attempt = slot.attempt;
+        self.attempt.store(attempt, Ordering::Release);
+        self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
+        if let Some(timeout) = T::POLICY.timeout() {
+            let me = Weak::clone(&self.me);
+            let expire = Box::new(move || {
+                if let Some(job) = me.upgrade() {
+                    job.expire(attempt);
+                }
+            });
+            match Instant::now().checked_add(timeout).map(|at| timer::schedule(at, expire)) {
+                Some(Ok(key)) => slot.timer = Some(key),
+                // A timeout beyond the clock's range never expires.
+                None => {}
+                Some(Err(_)) => {
+                    tracing::warn!(
+                        task = T::NAME,
+                        "no timer thread: the attempt runs without its timeout"
+                    )
+                }
             }
         }
+        Some((task, attempt))
     }
 
-    /// Replaces the stop of a running job, when it moves to another worker before it started;
-    /// `false` if the job is no longer running (cancelled meanwhile).
+    /// Replaces the stop of attempt `attempt`, when it moves to another worker before it started;
+    /// `false` if that attempt is no longer running (cancelled or timed out meanwhile).
     #[cfg_attr(not(process_backend), allow(dead_code))] // the process backend's
-    pub(crate) fn restop(&self, stop: Arc<dyn Stop>) -> bool {
+    pub(crate) fn restop(&self, attempt: u32, stop: Arc<dyn Stop>) -> bool {
         if self.ledger.is_halted() {
             self.cancel();
             return false;
         }
         let mut slot = self.lock();
-        let is_running = matches!(slot.state, State::Running);
+        let is_running = matches!(slot.state, State::Running) && slot.attempt == attempt;
         if is_running {
             slot.stop = Some(stop);
         }
         is_running
+    }
+
+    /// Whether attempt `attempt` has ended: the job is resolved, or went on to another attempt.
+    #[cfg_attr(not(process_backend), allow(dead_code))] // the process backend's
+    pub(crate) fn is_attempt_over(&self, attempt: u32) -> bool {
+        self.is_finished() || self.attempt.load(Ordering::Acquire) != attempt
     }
 
     /// Whether the task has not been claimed by a worker yet.
@@ -179,8 +269,137 @@ impl<T: Task> Job<T> {
     }
 
     /// Resolves the job unless it is resolved already; returns whether this call resolved it.
+    /// For an outcome that did not come from an attempt (the pool is closed, no worker starts):
+    /// it is never retried.
     pub(crate) fn complete(&self, outcome: Outcome<T>) -> bool {
         self.resolve(outcome, None)
+    }
+
+    /// Ends attempt `attempt` with `outcome`: resolves the job, or, when the task's policy says
+    /// so, waits for the backoff and runs it again. `false` if that attempt had ended already
+    /// (timed out, cancelled) and `outcome` is dropped.
+    pub(crate) fn finish_attempt(&self, attempt: u32, outcome: Outcome<T>) -> bool {
+        let slot = self.lock();
+        if !matches!(slot.state, State::Running) || slot.attempt != attempt {
+            return false;
+        }
+        self.end_attempt(slot, outcome);
+        true
+    }
+
+    /// The timer's deadline for attempt `attempt`: if it still runs, it ends as `TimedOut` and is
+    /// stopped (the process backend kills its worker; a thread is abandoned).
+    fn expire(&self, attempt: u32) {
+        let mut slot = self.lock();
+        if !matches!(slot.state, State::Running) || slot.attempt != attempt {
+            return;
+        }
+        // This very entry is running: nothing to cancel.
+        slot.timer = None;
+        let stop = slot.stop.take();
+        tracing::debug!(task = T::NAME, id = self.id, attempt, "attempt timed out");
+        self.end_attempt(slot, Err(TaskError::TimedOut));
+        if let Some(stop) = stop {
+            stop.stop(Halt::Kill);
+        }
+    }
+
+    /// Ends the running attempt, under the lock: a retry if the policy allows one, else the
+    /// job's result.
+    fn end_attempt(&self, mut slot: MutexGuard<'_, Inner<T>>, outcome: Outcome<T>) {
+        if let Some(key) = slot.timer.take() {
+            timer::cancel(key);
+        }
+        if !self.is_retried(slot.attempt, &outcome) {
+            self.settle(slot, outcome, None);
+            return;
+        }
+        let attempt = slot.attempt;
+        let wait = T::POLICY.backoff_before(attempt);
+        let me = Weak::clone(&self.me);
+        let retry = Box::new(move || {
+            if let Some(job) = me.upgrade() {
+                job.retry(attempt);
+            }
+        });
+        match Instant::now().checked_add(wait).map(|at| timer::schedule(at, retry)) {
+            Some(Ok(key)) => {
+                slot.timer = Some(key);
+                slot.state = State::Waiting;
+                slot.stop = None;
+                slot.last = Some(outcome);
+                let counts = &self.ledger.counts;
+                counts.running.fetch_sub(1, Ordering::Relaxed);
+                counts.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(task = T::NAME, id = self.id, attempt, ?wait, "attempt to retry");
+            }
+            _ => self.settle(slot, outcome, None),
+        }
+    }
+
+    /// Whether attempt `attempt`, which ended with `outcome`, runs again.
+    fn is_retried(&self, attempt: u32, outcome: &Outcome<T>) -> bool {
+        let policy = T::POLICY;
+        let is_retryable = match outcome {
+            Err(
+                TaskError::Panicked { .. } | TaskError::WorkerDied { .. } | TaskError::TimedOut,
+            ) => true,
+            Err(TaskError::Failed(_)) => policy.retries_failed(),
+            _ => false,
+        };
+        is_retryable
+            && attempt <= policy.retries()
+            && self.retry.get().is_some()
+            && !self.ledger.is_halted()
+    }
+
+    /// The timer, once the backoff after attempt `attempt` is over: queues the next attempt and
+    /// hands it to the engine, or resolves the job with the last outcome if it cannot run again
+    /// (the pool was dropped, the copy does not deserialize).
+    fn retry(self: Arc<Self>, attempt: u32) {
+        let mut slot = self.lock();
+        if !matches!(slot.state, State::Waiting) || slot.attempt != attempt {
+            return;
+        }
+        slot.timer = None;
+        let engine = self.retry.get().and_then(|retry| retry.engine.upgrade());
+        let task = self.retry.get().and_then(|retry| {
+            // A user's `Deserialize` may panic; the job must resolve all the same.
+            match catch_unwind(AssertUnwindSafe(|| policy::from_copy::<T>(&retry.copy))) {
+                Ok(Ok(task)) => Some(task),
+                Ok(Err(message)) => {
+                    tracing::warn!(task = T::NAME, %message, "the task's copy does not deserialize");
+                    None
+                }
+                Err(_) => None,
+            }
+        });
+        let (Some(engine), Some(task)) = (engine, task) else {
+            let last = slot.last.take();
+            if let Some(last) = last {
+                self.settle(slot, last, None);
+            }
+            return;
+        };
+        slot.state = State::Queued(task);
+        // A waiter that may run it in place looks again (see `wait_for_turn`).
+        let (has_sleeper, waker) = (slot.has_sleeper, slot.waker.take());
+        drop(slot);
+        if has_sleeper {
+            self.done.notify_all();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if !engine.submit(Arc::clone(&self)) {
+            let mut slot = self.lock();
+            // Unless a thread of the pool ran it in place meanwhile (see `Engine::help`).
+            if matches!(slot.state, State::Queued(_)) {
+                if let Some(last) = slot.last.take() {
+                    self.settle(slot, last, None);
+                }
+            }
+        }
     }
 
     /// Resolves the job as cancelled if nothing resolved it yet, stopping it if it runs where it
@@ -196,19 +415,29 @@ impl<T: Task> Job<T> {
     }
 
     fn resolve(&self, outcome: Outcome<T>, halt: Option<Halt>) -> bool {
+        let slot = self.lock();
+        if matches!(slot.state, State::Done(_) | State::Taken) {
+            return false;
+        }
+        self.settle(slot, outcome, halt);
+        true
+    }
+
+    /// Resolves the job, not resolved yet, with `outcome`, under its lock, then wakes its waiters.
+    fn settle(&self, mut slot: MutexGuard<'_, Inner<T>>, outcome: Outcome<T>, halt: Option<Halt>) {
         let (waker, has_sleeper, stop) = {
-            let mut slot = self.lock();
-            if matches!(slot.state, State::Done(_) | State::Taken) {
-                return false;
-            }
             let was_running = matches!(slot.state, State::Running);
             let stop = match halt {
                 Some(halt) if was_running => slot.stop.take().map(|stop| (stop, halt)),
                 _ => None,
             };
+            if let Some(key) = slot.timer.take() {
+                timer::cancel(key);
+            }
             self.ledger.counts.finish(was_running, &outcome);
             slot.state = State::Done(outcome);
             slot.stop = None;
+            slot.last = None;
             self.is_done.store(true, Ordering::Release);
             // Under the slot's lock, so that a waiter who takes the result (it takes this lock)
             // no longer finds the job live in the pool's stats; after `is_done`, so that a
@@ -216,6 +445,7 @@ impl<T: Task> Job<T> {
             self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
             (slot.waker.take(), slot.has_sleeper, stop)
         };
+        drop(slot);
         if let Some((stop, halt)) = stop {
             stop.stop(halt);
         }
@@ -225,7 +455,6 @@ impl<T: Task> Job<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
-        true
     }
 
     /// Whether the job is resolved.
@@ -238,25 +467,42 @@ impl<T: Task> Job<T> {
     /// Spins briefly before sleeping: most tasks are short, and waking a thread that sleeps on
     /// the condition variable costs several microseconds, more than a short task itself.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Outcome<T>> {
+        match self.wait_for_turn(deadline) {
+            Wait::Done(outcome) => Some(outcome),
+            // Not returned without a deadline or once it passed: the loop waits on.
+            Wait::Requeued | Wait::Expired => None,
+        }
+    }
+
+    /// Like [`wait`](Self::wait), but also returns when the job is queued again for a retry,
+    /// so that a caller that may run it in place (a worker of its own pool, see `Engine::help`)
+    /// gets the chance to: the worker that would run it may be the caller itself.
+    pub(crate) fn wait_for_turn(&self, deadline: Option<Instant>) -> Wait<T> {
         let backoff = Backoff::new();
         while !self.is_done.load(Ordering::Acquire) && !backoff.is_completed() {
             backoff.snooze();
         }
         let mut slot = self.lock();
+        let mut was_queued = matches!(slot.state, State::Queued(_));
         loop {
             if let State::Done(_) = slot.state {
                 return match std::mem::replace(&mut slot.state, State::Taken) {
-                    State::Done(outcome) => Some(outcome),
+                    State::Done(outcome) => Wait::Done(outcome),
                     _ => unreachable!("the state was just matched as Done"),
                 };
             }
+            let is_queued = matches!(slot.state, State::Queued(_));
+            if is_queued && !was_queued {
+                return Wait::Requeued;
+            }
+            was_queued = is_queued;
             slot.has_sleeper = true;
             slot = match deadline {
                 None => self.done.wait(slot).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return None;
+                        return Wait::Expired;
                     }
                     self.done.wait_timeout(slot, left).unwrap_or_else(PoisonError::into_inner).0
                 }

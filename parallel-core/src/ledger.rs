@@ -32,6 +32,8 @@ pub(crate) struct Counts {
     pub(crate) cancelled: AtomicU64,
     /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
     pub(crate) restarts: AtomicU64,
+    /// Attempts that ended in a retry rather than in their job's result.
+    pub(crate) retries: AtomicU64,
 }
 
 impl Counts {

@@ -22,6 +22,7 @@ mod job;
 mod ledger;
 mod map;
 mod never;
+mod policy;
 mod pool;
 #[cfg(process_backend)]
 mod process;
@@ -32,6 +33,7 @@ mod runtime;
 mod stats;
 mod task;
 mod thread;
+mod timer;
 mod unwind;
 mod value;
 
@@ -43,6 +45,7 @@ pub use error::{Error, TaskError};
 pub use handle::TaskHandle;
 pub use map::{Map, MapUnordered};
 pub use never::Never;
+pub use policy::Policy;
 pub use pool::{default_pool, Pool};
 pub use registry::registered_tasks;
 pub use remote_error::RemoteError;

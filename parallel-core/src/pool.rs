@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::engine::Engine;
-use crate::job::Job;
+use crate::job::{Job, Retry};
 use crate::ledger::Ledger;
 use crate::{
-    Backend, Error, Map, MapUnordered, PoolBuilder, PoolStats, Task, TaskError, TaskHandle,
+    policy, Backend, Error, Map, MapUnordered, PoolBuilder, PoolStats, Task, TaskError, TaskHandle,
 };
 
 /// A set of workers that run submitted tasks.
@@ -39,7 +39,8 @@ pub struct Pool {
     backend: Backend,
     workers: usize,
     ledger: Arc<Ledger>,
-    engine: Engine,
+    /// Shared only with jobs waiting for a retry, weakly: a dropped pool runs no more retries.
+    engine: Arc<Engine>,
 }
 
 /// A pool's settings, as the builder resolved them.
@@ -71,7 +72,7 @@ impl Pool {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         crate::registry::validate()?;
         let ledger = Arc::new(Ledger::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
-        let engine = Engine::start(settings, &ledger)?;
+        let engine = Arc::new(Engine::start(settings, &ledger)?);
         let Settings { backend, workers, .. } = settings;
         Ok(Pool { backend, workers, ledger, engine })
     }
@@ -96,12 +97,27 @@ impl Pool {
     /// }
     /// ```
     pub fn submit<T: Task>(&self, task: T) -> TaskHandle<T> {
+        // A task that may run again is kept as bytes: its first attempt consumes it.
+        let copy = match T::POLICY.retries() {
+            0 => None,
+            _ => match policy::keep_copy(&task) {
+                Ok(copy) => Some(copy),
+                Err(message) => {
+                    let task = T::NAME.to_owned();
+                    let error = TaskError::Serialization { task, value: "arguments", message };
+                    return TaskHandle::new(Job::resolved(Err(error)));
+                }
+            },
+        };
         let job = match Job::enqueue(task, &self.ledger) {
             Ok(job) => job,
             Err(_refused) => {
                 return TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME))))
             }
         };
+        if let Some(copy) = copy {
+            job.allow_retries(Retry { copy, engine: Arc::downgrade(&self.engine) });
+        }
         if !self.engine.submit(Arc::clone(&job)) {
             job.complete(Err(TaskError::pool_closed(T::NAME)));
         }
@@ -297,6 +313,7 @@ impl Pool {
             failed: counts.failed.load(Relaxed),
             cancelled: counts.cancelled.load(Relaxed),
             restarts: counts.restarts.load(Relaxed),
+            retries: counts.retries.load(Relaxed),
         }
     }
 }

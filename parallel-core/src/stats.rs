@@ -68,4 +68,9 @@ pub struct PoolStats {
     /// Workers renewed or replaced: a new worker process after a death or after
     /// `max_tasks_per_worker` tasks, or a thread worker's fresh Environment after them.
     pub restarts: u64,
+    /// Attempts run again under a task's [`Policy`](crate::Policy): attempts that panicked, died,
+    /// timed out (or failed, with `retry_failed`) and were followed by another. A task counts
+    /// once in `completed`, `failed` or `cancelled`, with its last attempt's outcome, and here
+    /// once per retry.
+    pub retries: u64,
 }

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::Environment;
+use crate::{Environment, Policy};
 
 /// A unit of work that a [`Pool`](crate::Pool) runs on one of its workers.
 ///
@@ -53,6 +53,10 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// `tokio`); `#[task]` on an `async fn` sets it. A worker waiting for such a task from inside
     /// another async task leaves it to another worker instead of running it in place.
     const ASYNC: bool = false;
+    /// How the task is run: a limit per attempt, retries, the backoff between them (see
+    /// [`Policy`]). `#[task(timeout = "2s", retries = 3, backoff = "100ms", retry_failed)]` writes
+    /// it, on a function or on an `impl Task` block; by default a task runs once, without limit.
+    const POLICY: Policy = Policy::DEFAULT;
 
     /// Runs the task on a worker, with that worker's [`Environment`].
     ///

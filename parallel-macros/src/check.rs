@@ -8,7 +8,7 @@
 
 use quote::{quote, ToTokens};
 use syn::{
-    GenericArgument, GenericParam, Lifetime, PathArguments, ReturnType, Type, TypePath,
+    GenericArgument, GenericParam, ImplItem, Lifetime, PathArguments, ReturnType, Type, TypePath,
     TypeReference,
 };
 
@@ -19,8 +19,62 @@ use crate::errors::Errors;
 /// Records every mistake in `input` and in how `args` apply to it.
 pub(crate) fn input(args: &Args, input: &Input, errors: &mut Errors) {
     match input {
-        Input::Fn(task) => task_fn(task, errors),
-        Input::Impl(task) => task_impl(args, task, errors),
+        Input::Fn(task) => {
+            task_fn(task, errors);
+            if matches!(task.output, Output::Unit | Output::Value(_)) {
+                infallible_retry_failed(args, "it does not return `Result<T, E>`", errors);
+            }
+        }
+        Input::Impl(task) => {
+            task_impl(args, task, errors);
+            policy_of_impl(args, task, errors);
+        }
+    }
+}
+
+/// `retry_failed` on a task that cannot fail: nothing for it to retry.
+fn infallible_retry_failed(args: &Args, because: &str, errors: &mut Errors) {
+    if let Some(key) = &args.retry_failed {
+        errors.spanned(
+            key,
+            format_args!(
+                "`retry_failed` retries the task's own `Err(e)`, and this task cannot fail: \
+                 {because}; remove `retry_failed` (panics, crashes and timeouts are retried \
+                 without it)"
+            ),
+        );
+    }
+}
+
+/// The policy keys on an impl block: the impl may not set `const POLICY` too, and `retry_failed`
+/// needs an error type other than `Never`.
+fn policy_of_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
+    if !args.has_policy() {
+        return;
+    }
+    let policy = task.item.items.iter().find_map(|item| match item {
+        ImplItem::Const(item) if item.ident == "POLICY" => Some(&item.ident),
+        _ => None,
+    });
+    if let Some(existing) = policy {
+        errors.spanned(
+            existing,
+            "the impl sets `const POLICY` and the attribute gives policy keys; give the policy in \
+             one place: remove the keys or the `const POLICY` item",
+        );
+    }
+    let error = task.item.items.iter().find_map(|item| match item {
+        ImplItem::Type(item) if item.ident == "Error" => Some(&item.ty),
+        _ => None,
+    });
+    let is_never = |ty: &Type| match ty {
+        Type::Path(TypePath { qself: None, path }) => {
+            path.segments.last().is_some_and(|last| last.ident == "Never")
+        }
+        _ => false,
+    };
+    if error.is_some_and(is_never) {
+        infallible_retry_failed(args, "its `Error` is `Never`", errors);
     }
 }
 

@@ -67,6 +67,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
             const ASYNC: bool = true;
         )
     });
+    let policy = policy_const(&private, args);
     let field_docs =
         names.iter().map(|name| format!("Argument `{}` of [`{ident}`](fn@{ident}).", unraw(name)));
     let Docs { module_doc, task_doc, new_doc, dispatch_doc, dispatch_on_doc } = Docs::of(ident);
@@ -100,6 +101,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
                 type Error = #error;
                 const NAME: &'static str = #name;
                 #is_async
+                #policy
 
                 #run
             }
@@ -250,6 +252,31 @@ fn run_method(private: &TokenStream, task: &TaskFn, names: &[&Ident]) -> TokenSt
     quote!(#signature #body)
 }
 
+/// `const POLICY` from the attribute's policy keys; nothing without them (the trait's default).
+fn policy_const(private: &TokenStream, args: &Args) -> TokenStream {
+    if !args.has_policy() {
+        return TokenStream::new();
+    }
+    let duration = |duration: std::time::Duration| {
+        let (secs, nanos) = (duration.as_secs(), duration.subsec_nanos());
+        quote!(#private::Duration::new(#secs, #nanos))
+    };
+    let timeout = args.timeout.map(|timeout| {
+        let timeout = duration(timeout);
+        quote!(.with_timeout(#timeout))
+    });
+    let retries = args.retries.map(|retries| quote!(.with_retries(#retries)));
+    let backoff = args.backoff.map(|backoff| {
+        let backoff = duration(backoff);
+        quote!(.with_backoff(#backoff))
+    });
+    let retry_failed = args.retry_failed.as_ref().map(|_| quote!(.with_retry_failed()));
+    quote! {
+        const POLICY: #private::Policy =
+            #private::Policy::new() #timeout #retries #backoff #retry_failed;
+    }
+}
+
 /// The short docs of the generated items, so that a crate denying `missing_docs` still builds.
 pub(crate) struct Docs {
     pub(crate) module_doc: String,
@@ -300,6 +327,10 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
         item.items.push(parse_quote! {
             const NAME: &'static str = #name;
         });
+    }
+    if args.has_policy() {
+        let policy = policy_const(&private, args);
+        item.items.push(parse_quote!(#policy));
     }
     let self_ty = &item.self_ty;
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));

@@ -50,6 +50,59 @@ use crate::errors::Errors;
 /// with `#[task(name = "billing::charge")]`. `#[task(crate = path::to::parallel)]` names the
 /// runtime when it is not reachable as `::parallel`, for a crate that re-exports it.
 ///
+/// # Policies: timeouts and retries
+///
+/// `#[task(timeout = "2s", retries = 3, backoff = "100ms", retry_failed)]` sets the task's
+/// `Task::POLICY` (see `parallel::Policy`); each key is optional, and the same keys work on an
+/// impl block:
+///
+/// - `timeout = "DURATION"`: the limit of each attempt (`"250ms"`, `"2s"`, `"1.5s"`, `"1m"`,
+///   `"1h"`). On expiry the attempt ends as `TimedOut`: on the process backend its worker is
+///   killed and replaced; on the thread backend the attempt is abandoned (the thread runs it to
+///   its end and its result is dropped). The clock starts when a worker is handed the attempt.
+/// - `retries = N` (default 0): an attempt that did not return — `Panicked`, `WorkerDied`,
+///   `TimedOut` — runs again, up to `N` more times. The handle resolves once, with the last
+///   attempt's outcome. Without `retries`, nothing ever runs twice.
+/// - `retry_failed`: the task's own `Err(e)` is retried too (without it, `Failed(e)` is the
+///   answer). Only on a task that can fail, and with `retries`.
+/// - `backoff = "DURATION"` (default `"100ms"`, at most `"1m"`): the wait before the first retry,
+///   doubled for each later one, with a jitter of at most +25%, capped at one minute.
+///
+/// A retried task is kept as bytes for its later attempts, so its arguments must serialize (they
+/// must anyway, to cross to a worker process). A cancel, a `join_timeout` or a `kill` during a
+/// backoff resolves the handle and no retry runs; `shutdown` waits for the retries of the tasks
+/// it finishes; a dropped pool runs no more retries: a task waiting for one resolves with its
+/// last attempt's outcome at the end of the backoff. `PoolStats::retries` counts the retries.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use parallel::{task, Pool, TaskError};
+///
+/// static CALLS: AtomicU32 = AtomicU32::new(0);
+///
+/// /// Fails twice, then answers (on the thread backend, where a static counts every call).
+/// #[task(retries = 2, backoff = "10ms", retry_failed)]
+/// fn flaky(n: u32) -> Result<u32, String> {
+///     match CALLS.fetch_add(1, Ordering::SeqCst) {
+///         0 | 1 => Err("not yet".to_owned()),
+///         _ => Ok(n),
+///     }
+/// }
+///
+/// #[task(timeout = "100ms")]
+/// fn slow() -> u32 {
+///     std::thread::sleep(std::time::Duration::from_secs(1));
+///     1
+/// }
+///
+/// fn main() {
+///     let pool = Pool::builder().backend(parallel::Backend::Thread).build().unwrap();
+///     assert_eq!(flaky::dispatch_on(&pool, 7).join(), Ok(7));
+///     assert_eq!(pool.stats().retries, 2);
+///     assert_eq!(slow::dispatch_on(&pool).join(), Err(TaskError::TimedOut));
+/// }
+/// ```
+///
 /// # Compile errors
 ///
 /// Arguments, output and error cross the worker boundary, so each must be
@@ -60,7 +113,9 @@ use crate::errors::Errors;
 /// lifetimes, `where` clauses and `impl Trait` arguments; a `self` receiver; borrowed arguments
 /// or outputs (`&str`: take `String`; `&[T]`: take `Vec<T>`; `&T`: take `T`); an `Environment`
 /// that is not the first parameter, a second one, or one taken by value; an argument pattern
-/// that is not a plain name; an unknown or repeated attribute key. The function itself is still
+/// that is not a plain name; an unknown or repeated attribute key; a malformed duration, a
+/// zero `timeout`, a `backoff` over a minute, `retries` that is not a whole number, and
+/// `retry_failed` without `retries` or on a task that cannot fail. The function itself is still
 /// emitted, and a stub of `mod NAME` beside it, so the rest of the crate keeps compiling while the
 /// task is fixed: a mistake is one error, not one more at each `NAME::dispatch`.
 ///

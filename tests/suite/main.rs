@@ -13,6 +13,7 @@ mod errors;
 mod lifecycle;
 mod map;
 mod nesting;
+mod policies;
 mod results;
 mod stats;
 mod unordered;

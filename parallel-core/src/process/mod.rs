@@ -24,6 +24,7 @@ mod wire_value;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use child::Death;
@@ -34,6 +35,7 @@ use crate::ledger::Ledger;
 use crate::{Error, Task, TaskError};
 
 pub(crate) use entry::is_worker;
+pub(crate) use protocol::{decode_value, encode_value};
 
 /// What identifies this build to its workers: the task registry and the executable's identity.
 pub(crate) fn build_id() -> u64 {
@@ -68,7 +70,10 @@ trait Request: Send {
     fn restart(&self, stop: Arc<dyn Stop>) -> bool;
     fn task(&self) -> &'static str;
     fn id(&self) -> u64;
-    /// Whether the job is resolved (a cancel may resolve it between its claim and its send).
+    /// The job's attempt this request carries (1 for the first; 0 before its claim).
+    fn attempt(&self) -> u32;
+    /// Whether the job's attempt is over: resolved (a cancel may resolve it between its claim and
+    /// its send) or timed out.
     fn is_finished(&self) -> bool;
     /// Resolves the job from its reply; `false` if something else resolved it first.
     fn finish(&self, reply: Reply<'_>) -> bool;
@@ -88,11 +93,17 @@ enum Failure {
 
 struct Submitted<T: Task> {
     job: Arc<Job<T>>,
+    /// The attempt claimed by `start`; 0 before.
+    attempt: AtomicU32,
 }
 
 impl<T: Task> Submitted<T> {
     fn complete(&self, outcome: crate::job::Outcome<T>) -> bool {
-        self.job.complete(outcome)
+        match self.attempt() {
+            // Never claimed (no worker could start): not an attempt, never retried.
+            0 => self.job.complete(outcome),
+            attempt => self.job.finish_attempt(attempt, outcome),
+        }
     }
 
     fn serialization(value: &'static str, message: String) -> TaskError<T::Error> {
@@ -102,12 +113,13 @@ impl<T: Task> Submitted<T> {
 
 impl<T: Task> Request for Submitted<T> {
     fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>> {
-        let task = self.job.start_stoppable(Some(stop))?;
+        let (task, attempt) = self.job.start_attempt(Some(stop))?;
+        self.attempt.store(attempt, Ordering::Relaxed);
         Some(protocol::encode_value(&task, frame))
     }
 
     fn restart(&self, stop: Arc<dyn Stop>) -> bool {
-        self.job.restop(stop)
+        self.job.restop(self.attempt(), stop)
     }
 
     fn task(&self) -> &'static str {
@@ -118,8 +130,15 @@ impl<T: Task> Request for Submitted<T> {
         self.job.id()
     }
 
+    fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
+    }
+
     fn is_finished(&self) -> bool {
-        self.job.is_finished()
+        match self.attempt() {
+            0 => self.job.is_finished(),
+            attempt => self.job.is_attempt_over(attempt),
+        }
     }
 
     fn finish(&self, reply: Reply<'_>) -> bool {
@@ -190,7 +209,7 @@ impl ProcessBackend {
 
     /// Queues `job`; `false` if the pool is stopping.
     pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
-        self.shared.submit(Box::new(Submitted { job }))
+        self.shared.submit(Box::new(Submitted { job, attempt: AtomicU32::new(0) }))
     }
 
     /// Lets the slots finish the queue, retire their workers and exit; with `wait`, waits for it.

@@ -64,8 +64,9 @@ pub(super) fn current_pool() -> Option<u64> {
 
 /// Runs `job` on the current worker thread, unless it was cancelled or claimed meanwhile.
 pub(super) fn execute<T: Task>(job: &Job<T>) {
-    if let Some(task) = job.start() {
-        job.complete(run(task, job.id()));
+    if let Some((task, attempt)) = job.start_attempt(None) {
+        // An attempt that timed out meanwhile was abandoned: its outcome is dropped.
+        job.finish_attempt(attempt, run(task, job.id(), attempt));
     }
 }
 
@@ -91,12 +92,13 @@ fn in_runtime() -> bool {
     false
 }
 
-fn run<T: Task>(task: T, id: u64) -> Outcome<T> {
+fn run<T: Task>(task: T, id: u64, attempt: u32) -> Outcome<T> {
     let (mut environment, depth) = take_environment();
     let span = tracing::debug_span!(
         "parallel.task",
         task = T::NAME,
         id,
+        attempt,
         backend = "thread",
         worker = environment.worker_id(),
         outcome = tracing::field::Empty,

@@ -733,6 +733,7 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
                     "parallel.task",
                     task = request.task(),
                     id = request.id(),
+                    attempt = request.attempt(),
                     backend = "process",
                     worker = id,
                     pid = tracing::field::Empty,
