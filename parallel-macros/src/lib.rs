@@ -54,9 +54,13 @@ use crate::errors::Errors;
 /// emitted, and a stub of `mod NAME` beside it, so the rest of the crate keeps compiling while the
 /// task is fixed: a mistake is one error, not one more at each `NAME::dispatch`.
 ///
-/// A `#[task]` function is a module item: the module generated beside it reaches it through
-/// `super::`, which cannot see into a function body. In a doc test, write `fn main` yourself so
-/// that the task stays outside it.
+/// A `#[task]` function may also be declared in a block (a `fn main` body, a test, a doc test):
+/// `NAME::dispatch` and the rest work there as well, and its output and error types may be the
+/// block's own. Its argument types may not: they travel in `NAME::Task`, a struct of the module
+/// `NAME`, which sees the enclosing module's items but not the block's, so an argument type
+/// declared in the block is "not found"; declare it in the module. The default name of a task in
+/// a block is the enclosing module's path followed by `::NAME`, so two such tasks with one name
+/// in one module are refused as duplicates when a pool is built: give one a `name = "..."`.
 ///
 /// # Examples
 ///
