@@ -88,6 +88,8 @@ enum Failure {
 
 struct Submitted<T: Task> {
     job: Arc<Job<T>>,
+    /// The pool's `max_message_size`: the arguments' frame may not be longer.
+    max_frame: usize,
 }
 
 impl<T: Task> Submitted<T> {
@@ -103,7 +105,7 @@ impl<T: Task> Submitted<T> {
 impl<T: Task> Request for Submitted<T> {
     fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>> {
         let task = self.job.start_stoppable(Some(stop))?;
-        Some(protocol::encode_value(&task, frame))
+        Some(protocol::encode_value(&task, frame, self.max_frame))
     }
 
     fn restart(&self, stop: Arc<dyn Stop>) -> bool {
@@ -170,6 +172,7 @@ impl<T: Task> Request for Submitted<T> {
 /// The parent side of a process pool.
 pub(crate) struct ProcessBackend {
     shared: Arc<slot::Shared>,
+    max_frame: usize,
 }
 
 impl ProcessBackend {
@@ -185,12 +188,12 @@ impl ProcessBackend {
         crate::unwind::install_hook();
         // Slot threads and workers start as work arrives: nothing per worker before it is needed.
         let shared = slot::Shared::new(settings, build_id(), Arc::clone(ledger));
-        Ok(ProcessBackend { shared })
+        Ok(ProcessBackend { shared, max_frame: settings.max_frame })
     }
 
     /// Queues `job`; `false` if the pool is stopping.
     pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
-        self.shared.submit(Box::new(Submitted { job }))
+        self.shared.submit(Box::new(Submitted { job, max_frame: self.max_frame }))
     }
 
     /// Lets the slots finish the queue, retire their workers and exit; with `wait`, waits for it.
