@@ -950,11 +950,11 @@ mod tests {
     fn get_or_insert_with_ttl_inserts_with_the_ttl_when_missing() {
         let (mut env, clock) = env_with_clock();
         let built = Cell::new(0);
-        let mut build = || {
+        let build = || {
             built.set(built.get() + 1);
             7_u32
         };
-        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), &mut build), 7);
+        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), build), 7);
         assert_eq!(built.get(), 1);
         assert!(env.next_expiry().is_some());
         clock.advance(secs(9));
@@ -962,7 +962,7 @@ mod tests {
         clock.advance(secs(1));
         assert!(!env.exists("k"), "expired one TTL after it was stored, with no read");
         // Expired, so built again, with a fresh TTL.
-        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), &mut build), 7);
+        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), build), 7);
         assert_eq!(built.get(), 2);
         clock.advance(secs(9));
         assert!(env.exists("k"));
