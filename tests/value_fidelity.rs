@@ -36,6 +36,10 @@ struct Shape {
     json: serde_json::Value,
     optional_json: Option<serde_json::Value>,
     bytes: Vec<u8>,
+    // Sequences of `u8` cross as byte strings; these look like them and must stay what they are.
+    optional_bytes: Vec<Option<u8>>,
+    wide: Vec<u16>,
+    hash: [u8; 32],
     text: String,
 }
 
@@ -125,11 +129,14 @@ prop_compose! {
         json in json(),
         optional_json in proptest::option::of(json()),
         bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        optional_bytes in proptest::collection::vec(any::<Option<u8>>(), 0..64),
+        wide in proptest::collection::vec(0..300u16, 0..64),
+        hash in any::<[u8; 32]>(),
         text in ".{0,16}",
     ) -> Shape {
         Shape {
             nested, unit: (), optional_unit, marker: Marker, meters: meters.map(Meters), kinds,
-            pairs, by_option, json, optional_json, bytes, text,
+            pairs, by_option, json, optional_json, bytes, optional_bytes, wide, hash, text,
         }
     }
 }
@@ -189,6 +196,9 @@ fn some_none_and_some_unit_cross_as_struct_fields() {
         json: serde_json::json!({"a": [null, {"b": null}]}),
         optional_json: Some(serde_json::Value::Null),
         bytes: vec![],
+        optional_bytes: vec![Some(1); 40],
+        wide: vec![1; 40],
+        hash: [9; 32],
         text: String::new(),
     };
     for pool in pools() {

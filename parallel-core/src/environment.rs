@@ -312,18 +312,80 @@ impl Environment {
         key: impl AsRef<str>,
         f: impl FnOnce() -> T,
     ) -> &mut T {
+        self.get_or_insert_entry(key.as_ref(), None, f)
+    }
+
+    /// Returns the `T` stored under `key`, first storing `f()` there with a time to live of `ttl`
+    /// (as [`set_with_ttl`](Self::set_with_ttl) does) if the key holds no unexpired `T`.
+    ///
+    /// An unexpired `T` that is found is returned as [`get_or_insert_with`](Self::get_or_insert_with)
+    /// returns it: its expiry slides forward by the TTL it was stored with, and `ttl` is not
+    /// applied to it (nor is a TTL removed from a value stored without one). A value of another
+    /// type under `key` is replaced (and dropped), as is an expired one. A TTL longer than a
+    /// century is shortened to a century.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `ttl` is zero, whether or not a value is found, as
+    /// [`set_with_ttl`](Self::set_with_ttl) does.
+    ///
+    /// # Examples
+    ///
+    /// Keep an expensive value (here a parsed table standing in for a compiled regex or a client)
+    /// for the tasks that follow on this worker, and let it go once no task has used it for ten
+    /// minutes:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use parallel::Environment;
+    ///
+    /// fn table(env: &mut Environment) -> &mut Vec<u32> {
+    ///     env.get_or_insert_with_ttl("table", Duration::from_secs(600), || {
+    ///         "3 1 2".split(' ').map(|n| n.parse().unwrap()).collect()
+    ///     })
+    /// }
+    ///
+    /// let mut env = Environment::new();
+    /// table(&mut env).sort();
+    /// // The second call finds the sorted table: nothing was built again.
+    /// assert_eq!(table(&mut env), &[1, 2, 3]);
+    /// ```
+    pub fn get_or_insert_with_ttl<T: 'static>(
+        &mut self,
+        key: impl AsRef<str>,
+        ttl: Duration,
+        f: impl FnOnce() -> T,
+    ) -> &mut T {
+        assert!(
+            !ttl.is_zero(),
+            "a zero TTL would expire the value at once; use `Environment::get_or_insert_with` for \
+             a value that never expires"
+        );
+        self.get_or_insert_entry(key.as_ref(), Some(ttl), f)
+    }
+
+    /// The `T` under `key`, slid as by a read, or `f()` stored there with `ttl`, if any.
+    fn get_or_insert_entry<T: 'static>(
+        &mut self,
+        key: &str,
+        ttl: Option<Duration>,
+        f: impl FnOnce() -> T,
+    ) -> &mut T {
         self.purge_expired();
         // The type is checked first so that only a `T` has its expiry slid. Looking the key up
         // again below costs a hash; allocating an owned key on every hit would cost more.
         let is_hit = self
             .entries
-            .get(key.as_ref())
+            .get(key)
             .is_some_and(|entry| entry.value.is::<T>() && entry.try_slide(&self.clock));
         if !is_hit {
-            self.insert(key.as_ref().to_owned(), Entry { value: Box::new(f()), expiry: None });
+            let value = Box::new(f());
+            // The time is read after `f` ran: building the value may take a while.
+            let expiry = ttl.map(|ttl| Expiry::new(ttl, self.clock.now()));
+            self.insert(key.to_owned(), Entry { value, expiry });
         }
         self.entries
-            .get_mut(key.as_ref())
+            .get_mut(key)
             .and_then(|entry| entry.value.downcast_mut())
             .expect("the entry holds a `T`: it was just checked or just stored")
     }
@@ -882,6 +944,80 @@ mod tests {
         assert_eq!(env.next_expiry(), None);
         clock.advance(secs(1000));
         assert_eq!(env.get::<&str>("k"), Some(&"new"));
+    }
+
+    #[test]
+    fn get_or_insert_with_ttl_inserts_with_the_ttl_when_missing() {
+        let (mut env, clock) = env_with_clock();
+        let built = Cell::new(0);
+        let build = || {
+            built.set(built.get() + 1);
+            7_u32
+        };
+        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), build), 7);
+        assert_eq!(built.get(), 1);
+        assert!(env.next_expiry().is_some());
+        clock.advance(secs(9));
+        assert!(env.exists("k"));
+        clock.advance(secs(1));
+        assert!(!env.exists("k"), "expired one TTL after it was stored, with no read");
+        // Expired, so built again, with a fresh TTL.
+        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), build), 7);
+        assert_eq!(built.get(), 2);
+        clock.advance(secs(9));
+        assert!(env.exists("k"));
+    }
+
+    #[test]
+    fn get_or_insert_with_ttl_returns_a_live_value_and_slides_it_by_its_own_ttl() {
+        let (mut env, clock) = env_with_clock();
+        env.set_with_ttl("k", 1_u32, secs(10));
+        clock.advance(secs(8));
+        *env.get_or_insert_with_ttl::<u32>("k", secs(100), || panic!("the value is there")) += 1;
+        // Slid by its own 10 s, not by the 100 s asked for a new value.
+        clock.advance(secs(9));
+        assert_eq!(env.get::<u32>("k"), Some(&2));
+        clock.advance(secs(10));
+        assert!(!env.exists("k"));
+    }
+
+    #[test]
+    fn get_or_insert_with_ttl_keeps_a_value_without_ttl_as_it_is() {
+        let (mut env, clock) = env_with_clock();
+        env.set("k", 1_u32);
+        assert_eq!(*env.get_or_insert_with_ttl("k", secs(10), || 2_u32), 1);
+        assert_eq!(env.next_expiry(), None);
+        clock.advance(secs(1000));
+        assert_eq!(env.get::<u32>("k"), Some(&1));
+    }
+
+    #[test]
+    fn get_or_insert_with_ttl_replaces_a_value_of_another_type() {
+        let (mut env, clock) = env_with_clock();
+        let dropped = drop_counter();
+        env.set("k", Tracked(dropped.clone()));
+        assert_eq!(env.get_or_insert_with_ttl("k", secs(10), || "new"), &"new");
+        assert_eq!(dropped.get(), 1);
+        clock.advance(secs(10));
+        assert!(!env.exists("k"), "the new value has the new TTL");
+    }
+
+    #[test]
+    fn get_or_insert_with_ttl_reads_the_time_after_building_the_value() {
+        let (mut env, clock) = env_with_clock();
+        env.get_or_insert_with_ttl("k", secs(10), || clock.advance(secs(5)));
+        clock.advance(secs(9));
+        assert!(env.exists("k"), "the TTL runs from when the value was stored");
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "use `Environment::get_or_insert_with` for a value that never expires"
+    )]
+    fn get_or_insert_with_ttl_panics_on_a_zero_ttl_even_on_a_hit() {
+        let mut env = Environment::new();
+        env.set("k", 1_u8);
+        env.get_or_insert_with_ttl("k", Duration::ZERO, || 2_u8);
     }
 
     #[test]

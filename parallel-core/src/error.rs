@@ -257,8 +257,9 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for TaskError<E> {}
 /// let error = Pool::builder().workers(0).build().unwrap_err();
 /// assert!(error.is_invalid_config());
 /// assert!(error.to_string().contains("at least one worker"));
+/// // `Debug`, which `unwrap` prints, carries the same message.
+/// assert!(format!("{error:?}").contains("message: \"invalid pool configuration: a pool needs"));
 /// ```
-#[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
 }
@@ -384,11 +385,46 @@ impl fmt::Display for Error {
     }
 }
 
+/// The kind, then the message that `Display` writes: `unwrap()` on a `Result<_, Error>` prints
+/// this, and a bare kind (`BackendUnavailable(Process)`) would not say what to do about it.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ErrorKind::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_an_error_carries_its_message() {
+        let error = Error::invalid_config("a pool needs at least one worker, not 0");
+        assert_eq!(
+            format!("{error:?}"),
+            "Error { kind: InvalidConfig(\"a pool needs at least one worker, not 0\"), \
+             message: \"invalid pool configuration: a pool needs at least one worker, not 0\" }"
+        );
+        let error = Error::backend_unavailable(Backend::Process);
+        let expected = if cfg!(feature = "process") {
+            "Error { kind: BackendUnavailable(Process), message: \"the Process backend runs on \
+             Linux only; on this platform use the Thread backend\" }"
+        } else {
+            "Error { kind: BackendUnavailable(Process), message: \"the Process backend is not \
+             available in this build; enable the `process` feature of `parallel`\" }"
+        };
+        assert_eq!(format!("{error:?}"), expected);
     }
 }

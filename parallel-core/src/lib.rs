@@ -36,6 +36,7 @@ mod thread;
 mod timer;
 mod unwind;
 mod value;
+mod wire_value;
 
 pub use backend::Backend;
 pub use builder::PoolBuilder;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::wire_value;
+
 /// The longest wait before a retry, however many attempts came before.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -184,8 +186,10 @@ impl Default for Policy {
 ///
 /// The serializer's message, when the task does not serialize.
 pub(crate) fn keep_copy<T: Serialize + 'static>(task: &T) -> Result<Vec<u8>, String> {
+    // The process backend's value format: it carries every serde value unchanged
+    // (self-describing, `Some(None)` kept, depth bounded).
     let mut bytes = Vec::new();
-    copy::encode_value(task, &mut bytes)?;
+    wire_value::encode(task, &mut bytes, usize::MAX).map_err(|error| error.to_string())?;
     Ok(bytes)
 }
 
@@ -195,42 +199,7 @@ pub(crate) fn keep_copy<T: Serialize + 'static>(task: &T) -> Result<Vec<u8>, Str
 ///
 /// The deserializer's message, when the bytes do not make a `T` again.
 pub(crate) fn from_copy<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
-    copy::decode_value(bytes)
-}
-
-/// The copy uses the process backend's value format, which carries every serde value unchanged
-/// (self-describing, `Some(None)` kept, depth bounded); a build without that backend compiles the
-/// same module here.
-#[cfg(process_backend)]
-mod copy {
-    pub(crate) use crate::process::{decode_value, encode_value};
-}
-
-#[cfg(not(process_backend))]
-#[allow(dead_code)] // the module serves the process backend, which uses more of it
-#[path = "process/wire_value.rs"]
-mod wire_value;
-
-#[cfg(not(process_backend))]
-mod copy {
-    use serde::de::DeserializeOwned;
-    use serde::Serialize;
-
-    use super::wire_value;
-
-    pub(crate) fn encode_value<T: Serialize + 'static>(
-        value: &T,
-        out: &mut Vec<u8>,
-    ) -> Result<(), String> {
-        wire_value::encode(value, out).map_err(|error| error.to_string())
-    }
-
-    pub(crate) fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
-        let mut deserializer = wire_value::Deserializer::new(bytes);
-        crate::value::deserialize(&mut deserializer)
-            .and_then(|value| deserializer.end().map(|()| value))
-            .map_err(|error: wire_value::Error| error.to_string())
-    }
+    wire_value::decode(bytes)
 }
 
 #[cfg(test)]

@@ -25,49 +25,60 @@ pub(crate) fn input(args: &Args, input: &Input) -> TokenStream {
     }
 }
 
-/// The user's function, then `mod NAME` with `Task`, `new`, `dispatch`, `dispatch_on` and the
-/// registration.
+/// The user's function, its `impl Task`, then `mod NAME` with `Task`, `new`, `dispatch`,
+/// `dispatch_on` and the registration.
+///
+/// The `impl Task` — the one item that calls the function — stands beside the function rather
+/// than inside `mod NAME`, so that it names the function (and the output and error types) as the
+/// function's own scope does, with no `super::`. That is what lets `#[task]` work on a function
+/// declared in a block (a `fn main` body, a test): `super::` from a module declared in a block
+/// is the enclosing module, which cannot see the block's items. What stays in `mod NAME` names
+/// only the argument types, through `use super::*`.
 fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
     let item = &task.item;
     let ident = task.ident();
-    // Everything below is emitted one module down, inside `mod NAME`, and says so in its paths.
+    // The `impl Task` is emitted where the function is, and uses the paths as written.
+    let private_here = {
+        let root = root(args);
+        quote!(#root::__private)
+    };
+    // Everything in `mod NAME` is emitted one module down, and says so in its paths.
     let root = one_module_down(&root(args));
     let private = quote!(#root::__private);
     let serde_crate = format!("{}::__private::serde", path_text(&root));
     let vis = &item.vis;
     let inner_vis = one_module_up(vis);
-    let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
+    let cfgs: Vec<_> = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).collect();
     let (names, types): (Vec<&Ident>, Vec<Type>) =
         task.arguments().map(|(name, ty)| (name, type_one_module_down(ty))).unzip();
 
     let name = match &args.name {
         Some(name) => name.value.to_token_stream(),
-        // Evaluated inside `mod NAME`: the parent module's path followed by `::NAME`.
-        None => quote!(#private::module_path!()),
+        // The module's path followed by `::NAME`, as `module_path!()` inside `mod NAME` says it
+        // (a raw identifier keeps its `r#`). A function in a block has the path of the module
+        // around the block.
+        None => {
+            let ident = ident.to_string();
+            quote!(#private_here::concat!(#private_here::module_path!(), "::", #ident))
+        }
     };
     let (output, error) = match &task.output {
-        Output::Unit => (quote!(()), quote!(#private::Never)),
-        Output::Value(ty) => {
-            let ty = type_one_module_down(ty);
-            (quote!(#ty), quote!(#private::Never))
-        }
-        Output::Result { ok, err } => {
-            let (ok, err) = (type_one_module_down(ok), type_one_module_down(err));
-            (quote!(#ok), quote!(#err))
-        }
+        Output::Unit => (quote!(()), quote!(#private_here::Never)),
+        Output::Value(ty) => (quote!(#ty), quote!(#private_here::Never)),
+        Output::Result { ok, err } => (quote!(#ok), quote!(#err)),
     };
     // Where the task type is named, it carries the function's name as its span: an error about
     // the task value as a whole (a field that is not `Send`) then points at the function, once.
     let task_ty = quote_spanned!(ident.span()=> Task);
     let checks = checks(&private, &types);
     let (field_attrs, serde_glue) = argument_serde(&private, &types);
-    let run = run_method(&private, task, &names);
+    let run = run_method(&private_here, task, &names);
     let is_async = task.item.sig.asyncness.map(|_| {
         quote!(
             const ASYNC: bool = true;
         )
     });
-    let policy = policy_const(&private, args);
+    let policy = policy_const(&private_here, args);
     let field_docs =
         names.iter().map(|name| format!("Argument `{}` of [`{ident}`](fn@{ident}).", unraw(name)));
     let Docs { module_doc, task_doc, new_doc, dispatch_doc, dispatch_on_doc } = Docs::of(ident);
@@ -95,16 +106,6 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
             }
 
             #serde_glue
-
-            impl #private::Task for #task_ty {
-                type Output = #output;
-                type Error = #error;
-                const NAME: &'static str = #name;
-                #is_async
-                #policy
-
-                #run
-            }
 
             #[doc = #new_doc]
             #[allow(dead_code)]
@@ -135,6 +136,20 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
                     #private::Registration::of::<#task_ty>();
             };
         }
+
+        // After the module, so that its checks of the argument types come first.
+        #(#cfgs)*
+        const _: () = {
+            impl #private_here::Task for #ident::#task_ty {
+                type Output = #output;
+                type Error = #error;
+                const NAME: &'static str = #name;
+                #is_async
+                #policy
+
+                #run
+            }
+        };
     }
 }
 
@@ -226,7 +241,7 @@ fn run_method(private: &TokenStream, task: &TaskFn, names: &[&Ident]) -> TokenSt
         Some(Access::Shared) => quote!(&*__parallel_env,),
         None => quote!(),
     };
-    let mut call = quote!(super::#ident(#environment #(self.#names),*));
+    let mut call = quote!(#ident(#environment #(self.#names),*));
     if let Some(token) = &task.item.sig.asyncness {
         // Spanned at `async`: a build without the `tokio` feature is told so there.
         let block_on = respan(quote!(#private::block_on::<#private::AsyncTasks, _>), token.span);

@@ -50,6 +50,11 @@ use crate::errors::Errors;
 /// with `#[task(name = "billing::charge")]`. `#[task(crate = path::to::parallel)]` names the
 /// runtime when it is not reachable as `::parallel`, for a crate that re-exports it.
 ///
+/// A `Vec<u8>` argument, output or error crosses to a worker process as one byte string. A large
+/// `Vec<u8>` inside a type of your own is written as a byte string too, but serde reads it back
+/// one byte at a time (over 20 times slower for 200 MiB): mark such a field
+/// `#[serde(with = "serde_bytes")]` (crate `serde_bytes`), or take it as an argument of its own.
+///
 /// # Policies: timeouts and retries
 ///
 /// `#[task(timeout = "2s", retries = 3, backoff = "100ms", retry_failed)]` sets the task's
@@ -119,9 +124,13 @@ use crate::errors::Errors;
 /// emitted, and a stub of `mod NAME` beside it, so the rest of the crate keeps compiling while the
 /// task is fixed: a mistake is one error, not one more at each `NAME::dispatch`.
 ///
-/// A `#[task]` function is a module item: the module generated beside it reaches it through
-/// `super::`, which cannot see into a function body. In a doc test, write `fn main` yourself so
-/// that the task stays outside it.
+/// A `#[task]` function may also be declared in a block (a `fn main` body, a test, a doc test):
+/// `NAME::dispatch` and the rest work there as well, and its output and error types may be the
+/// block's own. Its argument types may not: they travel in `NAME::Task`, a struct of the module
+/// `NAME`, which sees the enclosing module's items but not the block's, so an argument type
+/// declared in the block is "not found"; declare it in the module. The default name of a task in
+/// a block is the enclosing module's path followed by `::NAME`, so two such tasks with one name
+/// in one module are refused as duplicates when a pool is built: give one a `name = "..."`.
 ///
 /// # Examples
 ///

@@ -11,6 +11,7 @@ mod cancellation;
 mod environment;
 mod errors;
 mod lifecycle;
+mod local_tasks;
 mod map;
 mod nesting;
 mod policies;

@@ -20,7 +20,6 @@ mod slot;
 mod serve;
 #[allow(unsafe_code)]
 mod sys;
-mod wire_value;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -35,7 +34,6 @@ use crate::ledger::Ledger;
 use crate::{Error, Task, TaskError};
 
 pub(crate) use entry::is_worker;
-pub(crate) use protocol::{decode_value, encode_value};
 
 /// What identifies this build to its workers: the task registry and the executable's identity.
 pub(crate) fn build_id() -> u64 {
@@ -95,6 +93,8 @@ struct Submitted<T: Task> {
     job: Arc<Job<T>>,
     /// The attempt claimed by `start`; 0 before.
     attempt: AtomicU32,
+    /// The pool's `max_message_size`: the arguments' frame may not be longer.
+    max_frame: usize,
 }
 
 impl<T: Task> Submitted<T> {
@@ -115,7 +115,7 @@ impl<T: Task> Request for Submitted<T> {
     fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>> {
         let (task, attempt) = self.job.start_attempt(Some(stop))?;
         self.attempt.store(attempt, Ordering::Relaxed);
-        Some(protocol::encode_value(&task, frame))
+        Some(protocol::encode_value(&task, frame, self.max_frame))
     }
 
     fn restart(&self, stop: Arc<dyn Stop>) -> bool {
@@ -189,6 +189,7 @@ impl<T: Task> Request for Submitted<T> {
 /// The parent side of a process pool.
 pub(crate) struct ProcessBackend {
     shared: Arc<slot::Shared>,
+    max_frame: usize,
 }
 
 impl ProcessBackend {
@@ -204,12 +205,16 @@ impl ProcessBackend {
         crate::unwind::install_hook();
         // Slot threads and workers start as work arrives: nothing per worker before it is needed.
         let shared = slot::Shared::new(settings, build_id(), Arc::clone(ledger));
-        Ok(ProcessBackend { shared })
+        Ok(ProcessBackend { shared, max_frame: settings.max_frame })
     }
 
     /// Queues `job`; `false` if the pool is stopping.
     pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
-        self.shared.submit(Box::new(Submitted { job, attempt: AtomicU32::new(0) }))
+        self.shared.submit(Box::new(Submitted {
+            job,
+            attempt: AtomicU32::new(0),
+            max_frame: self.max_frame,
+        }))
     }
 
     /// Lets the slots finish the queue, retire their workers and exit; with `wait`, waits for it.

@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::wire_value;
+use crate::wire_value;
 
 /// The version of this protocol; a worker that speaks another one is refused. 3: no `Cancel`
 /// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
@@ -179,7 +179,7 @@ impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProtocolError::Oversized { len, max } => {
-                write!(f, "a frame of {len} bytes is over the limit of {max} bytes")
+                write!(f, "a frame of {len} bytes is over the `max_message_size` of {max} bytes")
             }
             ProtocolError::Empty => f.write_str("an empty frame"),
             ProtocolError::UnknownTag(tag) => write!(f, "a frame with unknown tag {tag}"),
@@ -493,20 +493,36 @@ pub(crate) fn write_frame(writer: &mut impl Write, frame: &[u8]) -> io::Result<(
     writer.flush()
 }
 
-/// Serializes a task value (arguments, output or error), appending to `out`.
+/// Serializes a task value (arguments, output or error), appending to the frame that `out` holds
+/// (begun by [`begin_run`] or [`begin_value_reply`]), which may not grow longer than `max`.
+///
+/// A value over the limit is refused as soon as writing it crosses the limit, so that a value of
+/// gigabytes costs no more than `max` bytes of work before it is refused.
 pub(crate) fn encode_value<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
+    max: usize,
 ) -> Result<(), String> {
-    wire_value::encode(value, out).map_err(|error| error.to_string())
+    // The frame's length header is not part of its length.
+    match wire_value::encode(value, out, max.saturating_add(4)) {
+        Ok(()) => Ok(()),
+        Err(wire_value::EncodeError::OverLimit) => Err(over_limit(max)),
+        Err(wire_value::EncodeError::Refused(error)) => Err(error.to_string()),
+    }
+}
+
+/// What a value over the message limit is told: the setting's name and what to do.
+fn over_limit(max: usize) -> String {
+    format!(
+        "the value is over the `max_message_size` of {max} bytes; raise it with \
+         `Pool::builder().max_message_size(bytes)` or send less (a file's path instead of its \
+         contents)"
+    )
 }
 
 /// Deserializes a task value (a `Vec<u8>` from one byte string, see [`crate::value`]).
 pub(crate) fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
-    let mut deserializer = wire_value::Deserializer::new(bytes);
-    crate::value::deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|error: wire_value::Error| error.to_string())
+    wire_value::decode(bytes)
 }
 
 /// Runs `f` with a type-erased deserializer over `bytes`, for the worker's registry lookup.
@@ -787,11 +803,11 @@ mod tests {
         let outer =
             Outer { inner: Inner { a: 1, b: None }, extra: serde_json::json!({"k": [1, "x"]}) };
         let mut bytes = Vec::new();
-        encode_value(&outer, &mut bytes).unwrap();
+        encode_value(&outer, &mut bytes, usize::MAX).unwrap();
         assert_eq!(decode_value::<Outer>(&bytes).unwrap(), outer);
         for either in [Either::Number(-3), Either::Text("t".into())] {
             let mut bytes = Vec::new();
-            encode_value(&either, &mut bytes).unwrap();
+            encode_value(&either, &mut bytes, usize::MAX).unwrap();
             assert_eq!(decode_value::<Either>(&bytes).unwrap(), either);
         }
         assert!(decode_value::<Outer>(&[0xc1]).is_err());

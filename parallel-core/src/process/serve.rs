@@ -177,7 +177,7 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
             sys::wait_stderr_drained(STDERR_DRAIN_LIMIT);
             replies.ring.started().fetch_add(1, Ordering::SeqCst);
             unwind::drop_values(|| environment.purge_expired());
-            let ran = run(job, task, args, &mut environment, &mut out);
+            let ran = run(job, task, args, &mut environment, &mut out, marker.max_frame);
             let owned = match ran {
                 // The value's frame is already built in `out`.
                 Ran::Value => match protocol::finish_frame(&mut out, marker.max_frame) {
@@ -363,7 +363,14 @@ impl Owned {
 }
 
 /// Runs job `job`; an output or error is serialized straight into `out` after its frame header.
-fn run(job: u64, task: &str, args: &[u8], environment: &mut Environment, out: &mut Vec<u8>) -> Ran {
+fn run(
+    job: u64,
+    task: &str,
+    args: &[u8],
+    environment: &mut Environment,
+    out: &mut Vec<u8>,
+    max_frame: usize,
+) -> Ran {
     let Some(registration) = registry::lookup(task) else {
         return Ran::Reply(Owned::UnknownTask);
     };
@@ -377,7 +384,7 @@ fn run(job: u64, task: &str, args: &[u8], environment: &mut Environment, out: &m
             Outcome::BadInput(message) => return Ran::Reply(Owned::BadArguments(message)),
         };
         protocol::begin_value_reply(out, job, is_error);
-        match protocol::encode_value(&value, out) {
+        match protocol::encode_value(&value, out, max_frame) {
             Ok(()) => Ran::Value,
             Err(message) => Ran::Reply(Owned::Unserializable { is_error, message }),
         }

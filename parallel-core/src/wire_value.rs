@@ -38,9 +38,18 @@ pub(crate) const MAX_DEPTH: usize = 256;
 
 /// The MessagePack extension type of the `Some` marker (application types are 0 to 127).
 const SOME_EXT: i8 = 0x53;
+/// The MessagePack extension type of a sequence of `u8` written as its bytes.
+const BYTES_EXT: i8 = 0x42;
+/// The fewest elements a sequence of `u8` has for it to be written as [`BYTES_EXT`]: below it,
+/// the array is as small and the extension gains nothing worth the unusual form.
+const BYTES_MIN: u32 = 32;
 const NIL: u8 = 0xc0;
 const FIXEXT1: u8 = 0xd4;
 const FIXEXT2: u8 = 0xd5;
+const EXT8: u8 = 0xc7;
+const EXT16: u8 = 0xc8;
+const EXT32: u8 = 0xc9;
+const UINT8: u8 = 0xcc;
 const ARRAY32: u8 = 0xdd;
 const MAP32: u8 = 0xdf;
 
@@ -60,6 +69,28 @@ impl Error {
 
     fn malformed(what: impl fmt::Display) -> Error {
         Error(format!("malformed MessagePack: {what}"))
+    }
+
+    fn over_limit() -> Error {
+        Error("the value is over the size limit".into())
+    }
+}
+
+/// Why a value could not be written.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    /// The value takes more bytes than the limit; writing stopped as soon as it crossed it.
+    OverLimit,
+    /// The value's own `Serialize`, or this format (a value too deep), refused it.
+    Refused(Error),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::OverLimit => f.write_str("the value is over the size limit"),
+            EncodeError::Refused(error) => error.fmt(f),
+        }
     }
 }
 
@@ -90,18 +121,62 @@ impl From<rmp::encode::ValueWriteError<std::io::Error>> for Error {
     }
 }
 
-/// Appends `value` to `out`.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
-    value.serialize(&mut Serializer { out, room: MAX_DEPTH })
+/// Appends `value` to `out`, which may grow to `limit` bytes (what it holds already included).
+///
+/// The limit is checked as the value is written (before each string or byte string, after each
+/// element of a sequence, map or struct), so a value far over it fails after writing about
+/// `limit` bytes, not all of it.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), EncodeError> {
+    let mut serializer = Serializer::new(out, limit);
+    let written = value.serialize(&mut serializer);
+    // Crossing the limit is why it stopped, whatever the value's `Serialize` made of our error.
+    if serializer.is_over_limit || serializer.out.len() > limit {
+        return Err(EncodeError::OverLimit);
+    }
+    written.map_err(EncodeError::Refused)
+}
+
+/// Reads a whole value from `bytes` (a `Vec<u8>` from one byte string, see [`crate::value`]);
+/// bytes left over are an error.
+pub(crate) fn decode<T: de::DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
+    let mut deserializer = Deserializer::new(bytes);
+    crate::value::deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error: Error| error.to_string())
 }
 
 /// Writes a value into a byte buffer; `room` is how many more levels may nest.
 struct Serializer<'a> {
     out: &'a mut Vec<u8>,
     room: usize,
+    /// The length `out` may reach.
+    limit: usize,
+    is_over_limit: bool,
+    /// The `room` at which `serialize_u8` last ran. An element of a sequence was one plain
+    /// `u8` exactly when this equals the room the element started at: a `u8` inside an option, a
+    /// newtype or a nested sequence is written one level deeper, and an element's `Serialize`
+    /// makes one call to the serializer.
+    u8_room: usize,
 }
 
 impl<'a> Serializer<'a> {
+    fn new(out: &'a mut Vec<u8>, limit: usize) -> Self {
+        Serializer { out, room: MAX_DEPTH, limit, is_over_limit: false, u8_room: usize::MAX }
+    }
+
+    /// Fails once `out`, grown by `more` bytes, would be over the limit.
+    fn check_limit(&mut self, more: usize) -> Result<(), Error> {
+        if self.out.len().saturating_add(more) > self.limit {
+            self.is_over_limit = true;
+            return Err(Error::over_limit());
+        }
+        Ok(())
+    }
+
     fn enter(&mut self) -> Result<(), Error> {
         self.room = self.room.checked_sub(1).ok_or_else(Error::too_deep)?;
         Ok(())
@@ -129,6 +204,7 @@ impl<'a> Serializer<'a> {
         for _ in 0..levels {
             self.enter()?;
         }
+        let at = self.out.len();
         let header = match len {
             Some(len) => {
                 let len = u32::try_from(len)
@@ -142,12 +218,12 @@ impl<'a> Serializer<'a> {
             }
             None => {
                 // The count is filled in by `end`; a 32-bit header has room for any count.
-                let at = self.out.len();
                 self.out.extend_from_slice(&[if map { MAP32 } else { ARRAY32 }, 0, 0, 0, 0]);
                 Header::Unknown(at)
             }
         };
-        Ok(Compound { ser: self, header, count: 0, levels })
+        let elements = self.out.len();
+        Ok(Compound { ser: self, header, at, elements, count: 0, levels, is_bytes: !map })
     }
 
     fn variant_name(&mut self, variant: &str) -> Result<(), Error> {
@@ -223,6 +299,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
     }
 
     fn serialize_u8(self, v: u8) -> Result<(), Error> {
+        self.u8_room = self.room;
         self.serialize_u64(v.into())
     }
 
@@ -258,11 +335,13 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
     }
 
     fn serialize_str(self, v: &str) -> Result<(), Error> {
+        self.check_limit(v.len().saturating_add(5))?;
         rmp::encode::write_str(self.out, v)?;
         Ok(())
     }
 
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
+        self.check_limit(v.len().saturating_add(5))?;
         rmp::encode::write_bin(self.out, v)?;
         Ok(())
     }
@@ -381,15 +460,24 @@ enum Header {
 struct Compound<'a, 'b> {
     ser: &'a mut Serializer<'b>,
     header: Header,
+    /// Where its header starts in `out`.
+    at: usize,
+    /// Where its first element starts in `out`.
+    elements: usize,
     count: u32,
     levels: usize,
+    /// Whether it is a sequence and every element so far was one plain `u8`.
+    is_bytes: bool,
 }
 
 impl Compound<'_, '_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        let room = self.ser.room;
+        self.ser.u8_room = usize::MAX;
         value.serialize(&mut *self.ser)?;
+        self.is_bytes &= self.ser.u8_room == room;
         self.count = self.count.checked_add(1).ok_or_else(|| Error("too many elements".into()))?;
-        Ok(())
+        self.ser.check_limit(0)
     }
 
     fn end(self) -> Result<(), Error> {
@@ -405,9 +493,62 @@ impl Compound<'_, '_> {
                 self.ser.out[at + 1..at + 5].copy_from_slice(&self.count.to_be_bytes());
             }
         }
+        if self.is_bytes && self.count >= BYTES_MIN {
+            write_as_bytes(self.ser.out, self.at, self.elements, self.count);
+        }
         self.ser.leave(self.levels);
         Ok(())
     }
+}
+
+/// Rewrites the array at `at` in `out`, whose `count` elements (from `elements` to the end of
+/// `out`) are each a MessagePack uint of one `u8`, as the extension [`BYTES_EXT`] holding those
+/// bytes: one byte each instead of one or two, and a reader copies them in one go.
+///
+/// A reader hands the extension to every visitor as the sequence of `u8` it was, element by
+/// element through the same reader (see [`ByteElements`]): nothing but the bytes on the wire
+/// changes.
+fn write_as_bytes(out: &mut Vec<u8>, at: usize, elements: usize, count: u32) {
+    // Each element is `0xxxxxxx` (a positive fixint) or `0xcc` then the byte, as `write_uint`
+    // writes a u8; no fixint is 0xcc. The bytes are gathered in place at `elements`.
+    let (mut read, mut write) = (elements, elements);
+    while read < out.len() {
+        if out[read] == UINT8 {
+            read += 1;
+        }
+        out[write] = out[read];
+        read += 1;
+        write += 1;
+    }
+    let len = count as usize;
+    debug_assert_eq!(write - elements, len, "one byte per element");
+    let mut header = [0; 6];
+    let header_len = match (u8::try_from(count), u16::try_from(count)) {
+        (Ok(count), _) => {
+            header[..3].copy_from_slice(&[EXT8, count, BYTES_EXT as u8]);
+            3
+        }
+        (_, Ok(count)) => {
+            header[0] = EXT16;
+            header[1..3].copy_from_slice(&count.to_be_bytes());
+            header[3] = BYTES_EXT as u8;
+            4
+        }
+        _ => {
+            header[0] = EXT32;
+            header[1..5].copy_from_slice(&count.to_be_bytes());
+            header[5] = BYTES_EXT as u8;
+            6
+        }
+    };
+    // The header may be longer than the array's (by at most 3 bytes): make room before moving.
+    let end = at + header_len + len;
+    if end > out.len() {
+        out.resize(end, 0);
+    }
+    out.copy_within(elements..elements + len, at + header_len);
+    out[at..at + header_len].copy_from_slice(&header[..header_len]);
+    out.truncate(end);
 }
 
 /// The compounds whose items are plain values, one `impl` each with the same two bodies.
@@ -465,7 +606,8 @@ impl ser::SerializeMap for Compound<'_, '_> {
     type Error = Error;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        key.serialize(&mut *self.ser)
+        key.serialize(&mut *self.ser)?;
+        self.ser.check_limit(0)
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
@@ -588,6 +730,9 @@ impl<'de> Deserializer<'de> {
             Marker::Array16 => self.len(16).and_then(|len| self.seq(len, visitor)),
             Marker::Array32 => self.len(32).and_then(|len| self.seq(len, visitor)),
             Marker::FixMap(len) => self.map(usize::from(len), visitor),
+            Marker::Ext8 => self.len(8).and_then(|len| self.ext(len, visitor)),
+            Marker::Ext16 => self.len(16).and_then(|len| self.ext(len, visitor)),
+            Marker::Ext32 => self.len(32).and_then(|len| self.ext(len, visitor)),
             Marker::Map16 => self.len(16).and_then(|len| self.map(len, visitor)),
             Marker::Map32 => self.len(32).and_then(|len| self.map(len, visitor)),
             other => Err(Error::malformed(format_args!("unexpected marker {other:?}"))),
@@ -613,6 +758,24 @@ impl<'de> Deserializer<'de> {
         } else {
             visitor.visit_borrowed_bytes(bytes)
         }
+    }
+
+    /// An extension of `len` bytes after its marker and length: only [`BYTES_EXT`] is known, a
+    /// sequence of `u8` visited as the array it was written from.
+    fn ext<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        let ty = self.byte()?;
+        if ty != BYTES_EXT as u8 {
+            return Err(Error::malformed(format_args!("an extension of unknown type {ty}")));
+        }
+        let bytes = self.take(len)?;
+        self.nested(|de| {
+            let mut access = ByteElements { bytes: bytes.iter(), room: de.room };
+            let value = visitor.visit_seq(&mut access)?;
+            match access.bytes.len() {
+                0 => Ok(value),
+                left => Err(Error::malformed(format_args!("{left} elements left unread"))),
+            }
+        })
     }
 
     fn seq<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
@@ -806,6 +969,44 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
     }
 }
 
+/// The elements of a [`BYTES_EXT`] still to read, each read by a [`Deserializer`] over the uint it
+/// was written as before [`write_as_bytes`]: a visitor sees exactly what the array would give it.
+struct ByteElements<'de> {
+    bytes: std::slice::Iter<'de, u8>,
+    room: usize,
+}
+
+/// The MessagePack uint of each `u8`, as `write_uint` writes it: the byte itself below 128, else
+/// `0xcc` then the byte (the second byte of an entry below 128 is unused).
+static UINTS: [[u8; 2]; 256] = {
+    let mut uints = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        uints[byte] = if byte < 128 { [byte as u8, 0] } else { [UINT8, byte as u8] };
+        byte += 1;
+    }
+    uints
+};
+
+impl<'de> de::SeqAccess<'de> for ByteElements<'_> {
+    type Error = Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
+        let Some(&byte) = self.bytes.next() else {
+            return Ok(None);
+        };
+        let uint = &UINTS[usize::from(byte)][..if byte < 128 { 1 } else { 2 }];
+        seed.deserialize(&mut Deserializer { input: uint, room: self.room }).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.bytes.len())
+    }
+}
+
 /// A variant written as a map of one entry: its name, then its content.
 struct Variant<'a, 'de> {
     de: &'a mut Deserializer<'de>,
@@ -903,7 +1104,7 @@ mod tests {
 
     fn round_trip<T: Serialize + DeserializeOwned + 'static>(value: &T) -> Result<T, String> {
         let mut bytes = Vec::new();
-        crate::value::serialize(value, &mut Serializer { out: &mut bytes, room: MAX_DEPTH })
+        crate::value::serialize(value, &mut Serializer::new(&mut bytes, usize::MAX))
             .map_err(|e| e.to_string())?;
         decode::<T>(&bytes)
     }
@@ -933,6 +1134,67 @@ mod tests {
         Bytes(#[serde(with = "bytes")] Vec<u8>, Vec<u8>),
         Wide(i128, u128, char, f64),
         Many(Vec<Shape>),
+        Octets(Octets),
+    }
+
+    /// Sequences of `u8` (written as [`BYTES_EXT`] from [`BYTES_MIN`] elements on) beside
+    /// sequences that look like them and must stay arrays, read by every kind of visitor.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Octets {
+        plain: Vec<u8>,
+        wide: Vec<u16>,
+        optional: Vec<Option<u8>>,
+        signed: Vec<i8>,
+        wrapped: Vec<Byte>,
+        array: [u8; 32],
+        nested: Vec<Vec<u8>>,
+        untagged: Either,
+        #[serde(flatten)]
+        flat: BTreeMap<String, Vec<u8>>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+    struct Byte(u8);
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    fn octets() -> impl Strategy<Value = Octets> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..80);
+        (
+            (bytes(), proptest::collection::vec(0..300u16, 0..80)),
+            (proptest::collection::vec(any::<Option<u8>>(), 0..80), any::<Vec<i8>>()),
+            (bytes(), any::<[u8; 32]>(), proptest::collection::vec(bytes(), 0..3)),
+            (bytes(), proptest::collection::btree_map("[a-z]{1,4}", bytes(), 0..3)),
+        )
+            .prop_map(
+                |(
+                    (plain, wide),
+                    (optional, signed),
+                    (wrapped, array, nested),
+                    (untagged, flat),
+                )| {
+                    Octets {
+                        plain,
+                        wide,
+                        optional,
+                        signed,
+                        wrapped: wrapped.into_iter().map(Byte).collect(),
+                        array,
+                        nested,
+                        untagged: Either::Bytes(untagged),
+                        // Keys that are not the struct's own fields, so that they come back as theirs.
+                        flat: flat
+                            .into_iter()
+                            .map(|(key, value)| (format!("x{key}"), value))
+                            .collect(),
+                    }
+                },
+            )
     }
 
     /// `Vec<u8>` as one MessagePack byte string, as `serde_bytes` writes it.
@@ -984,6 +1246,7 @@ mod tests {
             (any::<Vec<u8>>(), any::<Vec<u8>>()).prop_map(|(a, b)| Shape::Bytes(a, b)),
             (any::<i128>(), any::<u128>(), any::<char>(), -1e300..1e300f64)
                 .prop_map(|(a, b, c, d)| Shape::Wide(a, b, c, d)),
+            octets().prop_map(Shape::Octets),
         ];
         leaf.prop_recursive(3, 16, 4, |inner| {
             proptest::collection::vec(inner, 0..4).prop_map(Shape::Many)
@@ -1022,7 +1285,7 @@ mod tests {
     fn some_of_nil_is_a_marker_and_other_somes_cost_nothing() {
         let bytes = |value: &dyn erased_serde::Serialize| {
             let mut out = Vec::new();
-            encode(value, &mut out).unwrap();
+            encode(value, &mut out, usize::MAX).unwrap();
             out
         };
         assert_eq!(bytes(&None::<()>), [NIL]);
@@ -1034,6 +1297,149 @@ mod tests {
         assert_eq!(bytes(&Some(Unit)), [0x90], "a unit struct is [], not nil");
         // Any-based readers (untagged enums, flatten, Value) see the `Some` too.
         assert_eq!(decode::<serde_json::Value>(&bytes(&Some(()))), Ok(serde_json::Value::Null));
+    }
+
+    /// `value` as written, without the limit.
+    fn written(value: &(impl Serialize + ?Sized)) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(value, &mut out, usize::MAX).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_sequence_of_u8_is_written_as_its_bytes_from_the_threshold_on() {
+        let short = vec![200u8; BYTES_MIN as usize - 1];
+        assert_eq!(written(&short)[0], 0xdc, "below it, an array");
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut expected = vec![EXT16, 1, 0, BYTES_EXT as u8];
+        expected.extend(&bytes);
+        assert_eq!(written(&bytes), expected);
+        let mut expected = vec![EXT8, 32, BYTES_EXT as u8];
+        expected.extend([7; 32]);
+        assert_eq!(written(&[7u8; 32]), expected, "a tuple of u8 too");
+        // Inside a struct: the field name, then the extension; an unknown length as well.
+        let mut expected = vec![0x81, 0xa1, b'v', EXT32, 0, 1, 0, 0, BYTES_EXT as u8];
+        expected.extend(vec![1u8; 1 << 16]);
+        assert_eq!(written(&BTreeMap::from([("v", vec![1u8; 1 << 16])])), expected);
+        // A sequence of unknown length: its 32-bit array header becomes the extension's.
+        struct Filtered(Vec<u8>);
+        impl Serialize for Filtered {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().filter(|_| true))
+            }
+        }
+        let mut expected = vec![EXT8, 40, BYTES_EXT as u8];
+        expected.extend([200; 40]);
+        assert_eq!(written(&Filtered(vec![200; 40])), expected);
+        assert_eq!(decode::<Vec<u8>>(&expected), Ok(vec![200; 40]));
+    }
+
+    #[test]
+    fn sequences_that_only_look_like_bytes_stay_arrays() {
+        const ARRAY16: u8 = 0xdc;
+        let array = |value: &dyn erased_serde::Serialize| written(value)[0] == ARRAY16;
+        assert!(array(&vec![1u16; 40]), "u16 values below 256");
+        assert!(array(&vec![Some(1u8); 40]), "options of u8");
+        assert!(array(&vec![Byte(1); 40]), "newtypes of u8");
+        assert!(array(&vec![1i8; 40]), "i8");
+        let mixed: Vec<serde_json::Value> = (0..40).map(|i| serde_json::json!(i)).collect();
+        assert_eq!(written(&mixed)[0], ARRAY16, "numbers that serialize as u64");
+    }
+
+    #[test]
+    fn bytes_read_as_any_other_type_read_as_the_array_would() {
+        let bytes: Vec<u8> = (0..64).map(|i| i * 4).collect();
+        let ext = written(&bytes);
+        assert_eq!(ext[0], EXT8);
+        let as_u16: Vec<u16> = bytes.iter().copied().map(u16::from).collect();
+        assert_eq!(decode::<Vec<u16>>(&ext), Ok(as_u16));
+        let as_options: Vec<Option<u8>> = bytes.iter().copied().map(Some).collect();
+        assert_eq!(decode::<Vec<Option<u8>>>(&ext), Ok(as_options));
+        assert_eq!(decode::<serde_json::Value>(&ext), Ok(serde_json::json!(bytes)));
+        assert_eq!(decode::<Either>(&ext), Ok(Either::Bytes(bytes.clone())));
+        assert!(decode::<serde::de::IgnoredAny>(&ext).is_ok());
+        // A visitor that stops early, or a type the bytes are not, is the array's error.
+        let error = decode::<(u8, u8)>(&ext).unwrap_err();
+        assert!(error.contains("62 elements left unread"), "{error}");
+        assert!(decode::<Vec<bool>>(&ext).unwrap_err().contains("invalid type: integer `0`"));
+    }
+
+    #[test]
+    fn a_bytes_extension_that_lies_is_refused() {
+        for bytes in [
+            &[EXT8, 40, BYTES_EXT as u8, 1, 2][..],
+            &[EXT8, 1][..],
+            &[EXT16, 0, 40, 0x41, 1, 2][..],
+            &[EXT32, 0xff, 0xff, 0xff, 0xff, BYTES_EXT as u8][..],
+        ] {
+            assert!(decode::<Vec<u8>>(bytes).is_err(), "{bytes:x?}");
+            assert!(decode::<serde_json::Value>(bytes).is_err(), "{bytes:x?}");
+        }
+    }
+
+    #[test]
+    fn writing_stops_as_soon_as_the_value_crosses_the_limit() {
+        /// A sequence of `len` values that counts how many were asked for.
+        struct Counted {
+            len: usize,
+            asked: std::cell::Cell<usize>,
+        }
+
+        impl Serialize for Counted {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq((0..self.len).map(|i| {
+                    self.asked.set(i + 1);
+                    i as u64
+                }))
+            }
+        }
+
+        const LIMIT: usize = 1 << 16;
+        let huge = Counted { len: 1 << 31, asked: Default::default() };
+        let mut out = Vec::new();
+        assert!(matches!(encode(&huge, &mut out, LIMIT), Err(EncodeError::OverLimit)));
+        // Each element is at most 9 bytes: writing stopped within one of the limit.
+        assert!(huge.asked.get() <= LIMIT, "{} elements written", huge.asked.get());
+        assert!(out.len() <= LIMIT + 9, "{} bytes", out.len());
+
+        // A string or byte string over the limit is refused before it is copied.
+        let mut out = vec![0; 10];
+        let text = "x".repeat(LIMIT);
+        assert!(matches!(encode(&text, &mut out, LIMIT), Err(EncodeError::OverLimit)));
+        assert!(matches!(
+            encode(&serde_bytes_like(&text), &mut out, LIMIT),
+            Err(EncodeError::OverLimit)
+        ));
+        assert_eq!(out.len(), 10, "nothing written");
+
+        // A value that fits exactly is written, what `out` held before included.
+        let mut out = vec![0; 10];
+        encode(&vec![7u8; 100], &mut out, 10 + 3 + 100).unwrap();
+        assert!(matches!(
+            encode(&vec![7u8; 100], &mut vec![0; 11], 113),
+            Err(EncodeError::OverLimit)
+        ));
+        // Crossing the limit wins over whatever error the value's own `Serialize` makes of it.
+        struct Disguised(String);
+        impl Serialize for Disguised {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0).map_err(|_| serde::ser::Error::custom("something else"))
+            }
+        }
+        let mut out = Vec::new();
+        let wrapped = Some(vec![Disguised(text)]);
+        assert!(matches!(encode(&wrapped, &mut out, LIMIT), Err(EncodeError::OverLimit)));
+    }
+
+    /// `text` as a byte string.
+    fn serde_bytes_like(text: &str) -> impl Serialize + '_ {
+        struct AsBytes<'a>(&'a str);
+        impl Serialize for AsBytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0.as_bytes())
+            }
+        }
+        AsBytes(text)
     }
 
     #[test]
