@@ -1,5 +1,5 @@
-//! The synchronization primitives of the concurrency protocols: `std`'s in every build, `loom`'s
-//! when the crate is built with `RUSTFLAGS="--cfg loom"` to model-check the protocols.
+//! The synchronization primitives of the concurrency protocols: `std`'s, or `loom`'s when the
+//! crate's tests are built with `RUSTFLAGS="--cfg loom"` to model-check the protocols.
 //!
 //! A job's states (`job.rs`), the ledger's close and drain (`ledger.rs`), the claims
 //! (`process/claim.rs`) and the reply ring's control words (`process/ring.rs`) take their mutexes,
@@ -9,9 +9,8 @@
 //! `process/README.md` says which protocols are checked and how to run the models.
 //!
 //! What stays `std` even under loom, because it is no part of a protocol: reference counts
-//! (`Arc`/`Weak`: loom's `Arc` has neither `Weak` nor coercion to `dyn`), the process-wide job id
-//! counter (a `static`, which loom's atomics cannot be), and the ledger's statistics (relaxed
-//! counters that decide nothing). Under loom the process backend itself is not built (`build.rs`);
+//! (`Arc`/`Weak`: loom's `Arc` has neither `Weak` nor coercion to `dyn`) and the ledger's
+//! statistics (relaxed counters that decide nothing). Under loom the process backend itself is not built (`build.rs`);
 //! its shared memory is modelled by [`SharedMemory`] on the heap.
 
 #[cfg(not(all(test, loom)))]
@@ -109,6 +108,7 @@ mod model {
     /// atomics, and each data byte is a loom cell, so that loom fails a model in which one side
     /// copies bytes the other side owns. Both halves of a ring hold a clone.
     #[derive(Clone)]
+    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
     pub(crate) struct SharedMemory(Arc<Heap>);
 
     struct Heap {
@@ -116,6 +116,7 @@ mod model {
         bytes: Box<[UnsafeCell<u8>]>,
     }
 
+    #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
     impl SharedMemory {
         /// Zeroed memory of `words` words and `bytes` bytes of data.
         pub(crate) fn new(words: usize, bytes: usize) -> Self {
