@@ -14,15 +14,14 @@
 //! the running attempt: it ends the attempt as `TimedOut` and stops it where the backend can.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, OnceLock, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Instant;
 
-use crossbeam_utils::Backoff;
-
 use crate::engine::Engine;
 use crate::ledger::{Abort, Ledger};
+use crate::sync::{AtomicBool, AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering};
 use crate::{policy, timer, Task, TaskError};
 
 /// What a finished task produced.
@@ -125,9 +124,8 @@ pub(crate) struct Job<T: Task> {
 impl<T: Task> Job<T> {
     /// A queued job, entered in `ledger` (unless the ledger is closed, then it is `None`).
     pub(crate) fn enqueue(task: T, ledger: &Arc<Ledger>) -> Result<Arc<Self>, T> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let job = Arc::new_cyclic(|me| Job {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: crate::sync::next_job_id(),
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(false),
             attempt: AtomicU32::new(0),
@@ -534,7 +532,7 @@ impl<T: Task> Abort for Job<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::{Environment, Never};
@@ -655,5 +653,121 @@ mod tests {
         job.complete(Ok(1));
         assert!(flag.0.load(Ordering::SeqCst), "completion wakes the registered waker");
         assert_eq!(job.poll(&waker), Some(Ok(1)));
+    }
+}
+
+/// Models of a job's states, checked by loom in every interleaving (see `crate::sync`).
+#[cfg(all(test, loom))]
+mod loom {
+    use super::*;
+    use crate::{Environment, Never};
+    use ::loom::thread;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Unit;
+
+    impl Task for Unit {
+        type Output = u8;
+        type Error = Never;
+        const NAME: &'static str = "job::loom::unit";
+
+        fn run(self, _: &mut Environment) -> Result<u8, Never> {
+            Ok(1)
+        }
+    }
+
+    fn enqueue(ledger: &Arc<Ledger>) -> Arc<Job<Unit>> {
+        Job::enqueue(Unit, ledger).ok().expect("the ledger is open")
+    }
+
+    /// Counts how often a job was stopped.
+    #[derive(Default)]
+    struct Stops(AtomicUsize);
+
+    impl Stop for Stops {
+        fn stop(&self, halt: Halt) {
+            assert_eq!(halt, Halt::Kill);
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A worker starts and completes a job while a caller cancels it and another waits for it:
+    /// one resolution wins, the waiter gets exactly its outcome and is always woken (a waiter
+    /// left asleep is a deadlock, which fails the model), and a running job is stopped only by a
+    /// cancel that won.
+    #[test]
+    fn loom_completion_races_cancel_and_the_waiter_gets_the_one_outcome() {
+        ::loom::model(|| {
+            let ledger = Arc::new(Ledger::new(1));
+            let job = enqueue(&ledger);
+            let stops = Arc::new(Stops::default());
+            let worker = {
+                let (job, stops) = (Arc::clone(&job), Arc::clone(&stops));
+                thread::spawn(move || {
+                    let stop: Arc<dyn Stop> = stops;
+                    match job.start_attempt(Some(stop)) {
+                        Some((_, attempt)) => (true, job.finish_attempt(attempt, Ok(1))),
+                        None => (false, false),
+                    }
+                })
+            };
+            let canceller = {
+                let job = Arc::clone(&job);
+                thread::spawn(move || job.cancel())
+            };
+            let outcome = job.wait(None);
+            let (is_started, is_completed) = worker.join().unwrap();
+            let is_cancelled = canceller.join().unwrap();
+
+            assert!(is_completed != is_cancelled, "exactly one resolution wins");
+            match outcome {
+                Some(Ok(1)) => assert!(is_completed),
+                Some(Err(TaskError::Cancelled)) => assert!(is_cancelled),
+                other => panic!("the waiter got {other:?}"),
+            }
+            let stopped = stops.0.load(Ordering::SeqCst);
+            assert_eq!(
+                stopped,
+                usize::from(is_started && is_cancelled),
+                "stopped iff cancelled while running"
+            );
+            assert!(job.is_finished());
+            assert_eq!(ledger.len(), 0, "the job left the ledger");
+            assert_eq!(ledger.counts.running.load(Ordering::SeqCst), 0);
+        });
+    }
+
+    /// A task polled as a future while a worker completes it: either the poll finds the result,
+    /// or the waker it left is woken and the next poll finds it.
+    #[test]
+    fn loom_completion_wakes_a_polling_waiter() {
+        use std::task::Wake;
+
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+
+        ::loom::model(|| {
+            let job = enqueue(&Arc::new(Ledger::new(1)));
+            let worker = {
+                let job = Arc::clone(&job);
+                thread::spawn(move || assert!(job.complete(Ok(1))))
+            };
+            let flag = Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(Arc::clone(&flag));
+            let first = job.poll(&waker);
+            worker.join().unwrap();
+            match first {
+                Some(outcome) => assert_eq!(outcome, Ok(1)),
+                None => {
+                    assert!(flag.0.load(Ordering::SeqCst), "the waker left by the poll is woken");
+                    assert_eq!(job.poll(&waker), Some(Ok(1)));
+                }
+            }
+        });
     }
 }

@@ -1,12 +1,14 @@
 //! The [`Ledger`] of a pool's live jobs: what `kill` cancels, what `shutdown` waits for, and the
 //! counts behind [`PoolStats`](crate::PoolStats).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, Weak};
+// The counts are statistics, no part of the close-and-drain protocol: `std`'s even under loom.
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{PoisonError, Weak};
 
 use crossbeam_utils::CachePadded;
 use slab::Slab;
 
+use crate::sync::{AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 use crate::TaskError;
 
 /// A job seen without its task type: what the pool needs to cancel it.
@@ -166,5 +168,98 @@ impl Ledger {
         if self.is_draining.load(Ordering::SeqCst) {
             self.wake_drain_waiters();
         }
+    }
+}
+
+/// Models of the ledger's close and drain, checked by loom in every interleaving (see
+/// `crate::sync`).
+#[cfg(all(test, loom))]
+mod loom {
+    use std::sync::Arc;
+
+    use ::loom::thread;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::job::Job;
+    use crate::{Environment, Never, Task};
+
+    #[derive(Serialize, Deserialize)]
+    struct Unit;
+
+    impl Task for Unit {
+        type Output = u8;
+        type Error = Never;
+        const NAME: &'static str = "ledger::loom::unit";
+
+        fn run(self, _: &mut Environment) -> Result<u8, Never> {
+            Ok(1)
+        }
+    }
+
+    /// A job submitted while the pool is killed: it is refused at `enter`, or `abort_all` finds
+    /// it and cancels it; never accepted and forgotten.
+    #[test]
+    fn loom_a_job_entering_during_a_kill_is_refused_or_cancelled() {
+        ::loom::model(|| {
+            let ledger = Arc::new(Ledger::new(1));
+            let killer = {
+                let ledger = Arc::clone(&ledger);
+                thread::spawn(move || ledger.abort_all())
+            };
+            let entered = Job::enqueue(Unit, &ledger);
+            killer.join().unwrap();
+            if let Ok(job) = entered {
+                assert_eq!(job.wait(None), Some(Err(TaskError::Cancelled)), "found by abort_all");
+            }
+            assert!(ledger.is_closed() && ledger.is_halted());
+            assert_eq!(ledger.len(), 0);
+        });
+    }
+
+    /// `shutdown`'s wait for the last job, while a worker completes it: the waiter is woken
+    /// (a waiter left asleep is a deadlock, which fails the model).
+    #[test]
+    fn loom_wait_drained_is_woken_by_the_last_job_leaving() {
+        ::loom::model(|| {
+            let ledger = Arc::new(Ledger::new(1));
+            let job = Job::enqueue(Unit, &ledger).ok().expect("the ledger is open");
+            let worker = thread::spawn(move || {
+                if job.start().is_some() {
+                    job.complete(Ok(1));
+                }
+            });
+            ledger.close();
+            ledger.wait_drained();
+            assert_eq!(ledger.len(), 0);
+            worker.join().unwrap();
+        });
+    }
+
+    /// `kill` during `shutdown`'s wait: `abort_all` empties the ledger and wakes the waiter, while
+    /// the job's worker may complete it. Three threads and sixteen shards: every interleaving
+    /// with up to two preemptions (in a second; three take half a minute).
+    #[test]
+    fn loom_wait_drained_is_woken_by_a_kill() {
+        let mut model = ::loom::model::Builder::new();
+        model.preemption_bound = Some(2);
+        model.check(|| {
+            let ledger = Arc::new(Ledger::new(1));
+            let job = Job::enqueue(Unit, &ledger).ok().expect("the ledger is open");
+            let killer = {
+                let ledger = Arc::clone(&ledger);
+                thread::spawn(move || ledger.abort_all())
+            };
+            let worker = thread::spawn(move || {
+                if job.start().is_some() {
+                    job.complete(Ok(1));
+                }
+            });
+            ledger.close();
+            ledger.wait_drained();
+            assert_eq!(ledger.len(), 0);
+            killer.join().unwrap();
+            worker.join().unwrap();
+        });
     }
 }

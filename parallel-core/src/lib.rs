@@ -26,11 +26,21 @@ mod policy;
 mod pool;
 #[cfg(process_backend)]
 mod process;
+// Under loom the process backend is not built (`build.rs`), but the protocols of the memory it
+// shares with its workers are, to be model-checked over heap memory (see `sync.rs`).
+#[cfg(all(test, loom, unix, feature = "process"))]
+#[allow(dead_code)]
+mod process {
+    mod claim;
+    mod protocol;
+    mod ring;
+}
 mod registry;
 mod remote_error;
 #[cfg(feature = "tokio")]
 mod runtime;
 mod stats;
+mod sync;
 mod task;
 mod thread;
 mod timer;

@@ -29,7 +29,7 @@
 //! compare-and-set, and a value it does not expect counts as "may have started", which can blame
 //! one of that worker's own jobs but never run a job twice.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 /// How many claims a worker has: more than the jobs a pool keeps in flight on a worker.
 pub(crate) const CLAIMS: usize = 128;
@@ -167,7 +167,7 @@ pub(crate) fn finish(claim: &AtomicU64, seq: u64) -> bool {
     swap(claim, seq, STARTED, DONE) || read(claim, seq) != Claim::Killing
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
@@ -262,5 +262,105 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Models of the claims, checked by loom in every interleaving (see `crate::sync`).
+#[cfg(all(test, loom))]
+mod loom {
+    use super::*;
+    use ::loom::sync::Arc;
+    use ::loom::thread;
+
+    fn fresh(seq: u64) -> AtomicU64 {
+        let claim = AtomicU64::new(u64::MAX);
+        publish(&claim, seq);
+        claim
+    }
+
+    /// The worker runs a job (start, then finish once its reply is out) while the pool stops it:
+    /// exactly one of `Pending → Started` and `Pending → Cancelled` happens, the job runs if and
+    /// only if the pool was not told it stopped before its start, and a worker whose finish
+    /// fails is exactly one the pool must kill.
+    #[test]
+    fn loom_start_races_stop_to_one_decision() {
+        for kill in [true, false] {
+            ::loom::model(move || {
+                let claim = Arc::new(fresh(5));
+                let worker = {
+                    let claim = Arc::clone(&claim);
+                    thread::spawn(move || {
+                        let is_started = start(&claim, 5).expect("the word is this job's");
+                        (is_started, is_started && !finish(&claim, 5))
+                    })
+                };
+                let stopped = stop(&claim, 5, kill);
+                let (is_started, must_stop) = worker.join().unwrap();
+                match stopped {
+                    Stopped::BeforeStart => assert!(!is_started, "stopped before it started"),
+                    Stopped::MustKill => assert!(is_started && must_stop && kill),
+                    Stopped::LeftRunning => assert!(is_started && !must_stop && !kill),
+                    // The worker finished first.
+                    Stopped::Nothing => assert!(is_started && !must_stop),
+                }
+                let expected = match stopped {
+                    Stopped::BeforeStart => Claim::Cancelled,
+                    Stopped::MustKill => Claim::Killing,
+                    Stopped::LeftRunning | Stopped::Nothing => Claim::Done,
+                };
+                assert_eq!(read(&claim, 5), expected);
+            });
+        }
+    }
+
+    /// A worker with two jobs in flight, as `serve` runs them, while the pool cancels the first
+    /// (with a kill) and an idle slot takes back the second. A `SIGKILL` the pool sends after
+    /// `MustKill` lands at any later moment; the worker has then started nothing else (invariant
+    /// 2), each job is started by the worker or stopped by the pool and never both (1), and once
+    /// the worker is gone (here: joined) a job whose word is `Pending` or `Cancelled` never ran
+    /// (3).
+    #[test]
+    fn loom_a_killed_job_is_the_last_its_worker_starts() {
+        ::loom::model(|| {
+            let claims = Arc::new([fresh(1), fresh(2)]);
+            let worker = {
+                let claims = Arc::clone(&claims);
+                thread::spawn(move || {
+                    let mut started = Vec::new();
+                    for (claim, seq) in claims.iter().zip(1..) {
+                        if !start(claim, seq).expect("the word is this job's") {
+                            continue; // `Skipped`
+                        }
+                        started.push(seq);
+                        if !finish(claim, seq) {
+                            break; // waits for its SIGKILL
+                        }
+                    }
+                    started
+                })
+            };
+            let taker = {
+                let claims = Arc::clone(&claims);
+                thread::spawn(move || take_back(&claims[1], 2))
+            };
+            let stopped = stop(&claims[0], 1, true);
+            let started = worker.join().unwrap();
+            let is_taken_back = taker.join().unwrap();
+
+            if stopped == Stopped::MustKill {
+                assert_eq!(started, [1], "the worker started nothing after the job to kill");
+            }
+            assert!(started.contains(&1) != (stopped == Stopped::BeforeStart));
+            assert!(!(started.contains(&2) && is_taken_back), "job 2 started and taken back");
+            for (claim, seq) in claims.iter().zip(1..) {
+                let state = read(claim, seq);
+                if matches!(state, Claim::Pending | Claim::Cancelled) {
+                    assert!(!started.contains(&seq), "job {seq} ran, its word says {state:?}");
+                }
+                if started.contains(&seq) {
+                    assert!(matches!(state, Claim::Started | Claim::Done | Claim::Killing));
+                }
+            }
+        });
     }
 }

@@ -22,16 +22,26 @@
 //! like any frame from a socket, and a ring that breaks the rules is a protocol error for that
 //! worker, never a panic or an allocation larger than the frame limit.
 
+#[cfg(not(all(test, loom)))]
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(all(test, loom)))]
 use std::time::Duration;
 
 use super::claim::{Claims, CLAIM_WORDS};
 use super::protocol::ProtocolError;
+#[cfg(not(all(test, loom)))]
 use super::sys::SharedMemory;
+#[cfg(all(test, loom))]
+use crate::sync::SharedMemory;
+use crate::sync::{seq_cst_handshake, AtomicU64, Ordering};
 
 /// The bytes of frames a ring holds; frames over a quarter of it go through the socket.
+#[cfg(not(all(test, loom)))]
 pub(crate) const CAPACITY: usize = 1 << 20;
+/// Under loom, room for four frames of 6 bytes, so that a model of a few frames wraps around and
+/// waits for room.
+#[cfg(all(test, loom))]
+pub(crate) const CAPACITY: usize = 24;
 /// The control words at the start of the shared mapping, each on a cache line of its own
 /// (eight words apart) where both sides write them often.
 ///
@@ -83,6 +93,7 @@ pub(crate) struct Producer {
 
 impl Consumer {
     /// Creates a ring in a fresh memory file; the descriptor is for the worker to map.
+    #[cfg(not(all(test, loom)))]
     pub(crate) fn create() -> Result<(Consumer, OwnedFd), String> {
         let (memory, fd) = SharedMemory::create("parallel-replies", WORDS, CAPACITY)?;
         Ok((Consumer { mapping: Mapping { memory } }, fd))
@@ -141,6 +152,7 @@ impl Consumer {
     pub(crate) fn sleep(&self) -> bool {
         let asleep = self.word(ASLEEP);
         asleep.store(1, Ordering::SeqCst);
+        seq_cst_handshake();
         let tail = self.word(TAIL).load(Ordering::Relaxed);
         if self.word(HEAD).load(Ordering::SeqCst) == tail {
             return true;
@@ -164,6 +176,7 @@ impl Consumer {
 
 impl Producer {
     /// Maps the ring the pool created (the worker's side), from its descriptor.
+    #[cfg(not(all(test, loom)))]
     pub(crate) fn map(fd: impl AsFd) -> Result<Producer, String> {
         Ok(Producer { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, CAPACITY)? } })
     }
@@ -200,6 +213,7 @@ impl Producer {
         self.memory().copy_in(start, &frame[..first]);
         self.memory().copy_in(0, &frame[first..]);
         head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
+        seq_cst_handshake();
         // Pairs with `sleep`: either the reader sees the new head, or this sees it asleep.
         asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1
     }
@@ -216,6 +230,7 @@ impl Producer {
 }
 
 /// Waits a little longer each time: spins, then yields, then sleeps.
+#[cfg(not(all(test, loom)))]
 fn back_off(waited: &mut u32) {
     *waited += 1;
     match *waited {
@@ -225,7 +240,13 @@ fn back_off(waited: &mut u32) {
     }
 }
 
-#[cfg(test)]
+/// Under loom, waiting lets the other side run.
+#[cfg(all(test, loom))]
+fn back_off(_: &mut u32) {
+    ::loom::thread::yield_now();
+}
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::alloc_probe::largest_allocation;
@@ -338,5 +359,122 @@ mod tests {
                 prop_assert!(largest <= LIMIT, "allocated {largest} bytes");
             }
         }
+    }
+}
+
+/// Models of the ring's positions and the reader's sleep, checked by loom in every interleaving
+/// over heap memory (see `crate::sync`).
+#[cfg(all(test, loom))]
+mod loom {
+    use super::*;
+    use ::loom::sync::{Arc, Condvar, Mutex};
+    use ::loom::thread;
+
+    /// Both halves of one ring whose positions start at `at` (bytes that went through it before).
+    fn pair(at: u64) -> (Consumer, Producer) {
+        let memory = SharedMemory::new(WORDS, CAPACITY);
+        memory.words()[HEAD].store(at, Ordering::Relaxed);
+        memory.words()[TAIL].store(at, Ordering::Relaxed);
+        let consumer = Consumer { mapping: Mapping { memory: memory.clone() } };
+        (consumer, Producer { mapping: Mapping { memory } })
+    }
+
+    /// Frame `n`: 6 bytes, the most a ring of `CAPACITY` bytes takes (a quarter).
+    fn frame(n: u8) -> Vec<u8> {
+        vec![2, 0, 0, 0, n, !n]
+    }
+
+    /// The socket, as far as the sleep protocol uses it: the `Wake` frames on it.
+    #[derive(Default)]
+    struct Socket {
+        wakes: Mutex<usize>,
+        readable: Condvar,
+    }
+
+    impl Socket {
+        fn write_wake(&self) {
+            *self.wakes.lock().unwrap() += 1;
+            self.readable.notify_one();
+        }
+
+        /// Blocks until a `Wake` comes, and reads it.
+        fn read_wake(&self) {
+            let mut wakes = self.wakes.lock().unwrap();
+            while *wakes == 0 {
+                wakes = self.readable.wait(wakes).unwrap();
+            }
+            *wakes -= 1;
+        }
+    }
+
+    /// The worker's side: pushes `frames`, writing a `Wake` when the reader sleeps.
+    fn produce(ring: Producer, socket: Arc<Socket>, frames: std::ops::Range<u8>) {
+        for n in frames {
+            if ring.push(&frame(n)) {
+                socket.write_wake();
+            }
+        }
+    }
+
+    /// The pool's reader, as `read_replies` runs it: pops while there are frames, sleeps on the
+    /// socket when the ring is empty, until it has `count` frames.
+    fn consume(ring: &Consumer, socket: &Socket, count: usize) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut body = Vec::new();
+        while frames.len() < count {
+            if ring.pop(&mut body, 64).expect("a well-behaved worker's ring") {
+                frames.push(body.clone());
+            } else if ring.sleep() {
+                socket.read_wake();
+            }
+        }
+        frames
+    }
+
+    fn bodies(frames: std::ops::Range<u8>) -> Vec<Vec<u8>> {
+        frames.map(|n| frame(n)[4..].to_vec()).collect()
+    }
+
+    /// One worker pushing three frames (the second wraps around the end of the ring) while the
+    /// reader pops and sleeps: every frame arrives once, in order, and a sleeping reader is
+    /// always woken (a reader left asleep is a deadlock, which fails the model). Loom also fails
+    /// the model if either side copies a byte while the other owns it.
+    #[test]
+    fn loom_the_reader_sleeps_and_is_woken_without_losing_a_frame() {
+        let mut model = ::loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let (consumer, producer) = pair(CAPACITY as u64 - 8);
+            let socket = Arc::new(Socket::default());
+            let worker = {
+                let socket = Arc::clone(&socket);
+                thread::spawn(move || produce(producer, socket, 0..3))
+            };
+            assert_eq!(consume(&consumer, &socket, 3), bodies(0..3));
+            worker.join().unwrap();
+            assert!(!consumer.pop(&mut Vec::new(), 64).unwrap(), "no frame twice");
+        });
+    }
+
+    /// A full ring: the worker waits for the reader to free room (its fifth frame needs the
+    /// first one's bytes), and frames still cross once and in order.
+    #[test]
+    fn loom_a_full_ring_makes_the_worker_wait_without_losing_a_frame() {
+        let mut model = ::loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let (consumer, producer) = pair(CAPACITY as u64 - 8);
+            for n in 0..3 {
+                assert!(!producer.push(&frame(n)));
+            }
+            let socket = Arc::new(Socket::default());
+            let worker = {
+                let socket = Arc::clone(&socket);
+                thread::spawn(move || produce(producer, socket, 3..5))
+            };
+            assert_eq!(consume(&consumer, &socket, 5), bodies(0..5));
+            worker.join().unwrap();
+            assert!(!consumer.pop(&mut Vec::new(), 64).unwrap(), "no frame twice");
+        });
     }
 }
