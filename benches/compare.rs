@@ -223,6 +223,14 @@ fn procspawn_all(pool: &procspawn::Pool, count: u64, argument: u64, function: fn
     }
 }
 
+/// Returns its argument from an `async fn`: the no-op of the async round trip. It lives here,
+/// not in `peers::tasks`, because the `process_backend` bench shares that module and has no use
+/// for it.
+#[parallel::task]
+async fn noop_async(x: u64) -> u64 {
+    x
+}
+
 fn round_trip(bench: &mut Bench) {
     let thread = pool(Backend::Thread, WORKERS);
     let process = pool(Backend::Process, WORKERS);
@@ -276,6 +284,22 @@ fn round_trip(bench: &mut Bench) {
             Variant::new(Peer::RawSocketpair, 2_000, |n| {
                 per_op(n, || (0..n).for_each(|_| socketpair.round_trip(&[7; 64], &mut back_too)))
             }),
+        ],
+    );
+    // The same round trip with an `async fn` no-op, on the same pools: the price of running a
+    // task on its worker's tokio runtime (made by the warm-up sample) against a plain call.
+    let ours_async = |pool: &Pool, n: usize| {
+        per_op(n, || {
+            for i in 0..n as u64 {
+                black_box(noop_async::dispatch_on(pool, i).join().expect("a no-op task failed"));
+            }
+        })
+    };
+    bench.measure(
+        "round_trip_async",
+        vec![
+            Variant::new(Peer::Thread, 20_000, |n| ours_async(&thread, n)),
+            Variant::new(Peer::Process, 2_000, |n| ours_async(&process, n)),
         ],
     );
 }
@@ -684,6 +708,7 @@ fn speedups(results: &mut Results) {
 fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
     let describe = [
         ("round_trip", "round trip: submit one no-op task (a `u64` there and back; 64 bytes for the raw peers), wait for its result, repeat"),
+        ("round_trip_async", "async round trip: the same with a no-op `async fn` task, on the same pools, measured right after; each worker's tokio runtime is made during the warm-up; the ratio is the sync round trip's time over this one's"),
         ("bulk_submit", "submit all: submit every no-op task, then join every handle (rayon: `spawn` each with a channel sender; Python: `submit`/`apply_async`)"),
         ("bulk_map", "`map`: ours streams through `Pool::map`; Python's `map` with chunksize 1"),
         ("bulk_map_chunk100", "Python's `map` with chunksize 100: a hundred tasks per message"),

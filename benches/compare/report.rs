@@ -21,16 +21,27 @@ struct Row {
     unit: Unit,
     /// The scenario whose figures stand for ours in the ratios, when this row has none of ours.
     ours_from: Option<&'static str>,
+    /// The scenario of ours this row's figures are compared with in place of the peers, and its
+    /// name in the ratio cell.
+    against: Option<(&'static str, &'static str)>,
 }
 
 impl Row {
     const fn new(key: &'static str, label: &'static str, unit: Unit) -> Row {
-        Row { key, label, unit, ours_from: None }
+        Row { key, label, unit, ours_from: None, against: None }
     }
 }
 
-const ROWS: [Row; 15] = [
+const ROWS: [Row; 16] = [
     Row::new("round_trip", "one-at-a-time no-op round trip, 2 workers", Unit::Time),
+    Row {
+        against: Some(("round_trip", "sync")),
+        ..Row::new(
+            "round_trip_async",
+            "one-at-a-time no-op `async fn` round trip, 2 workers",
+            Unit::Time,
+        )
+    },
     Row::new("bulk_submit", "no-op tasks, submit all then join all, 2 workers", Unit::Rate),
     Row::new("bulk_map", "no-op tasks through `map` (Python: chunksize 1), 2 workers", Unit::Rate),
     Row {
@@ -142,6 +153,20 @@ fn ratios(results: &Results, row: &Row) -> String {
                     "{} {:.0}% of ideal",
                     ours.short(),
                     speedup.median() / 2.0 * 100.0
+                ));
+            }
+        }
+        return parts.join("; ");
+    }
+    if let Some((against, name)) = row.against {
+        for ours in [Peer::Thread, Peer::Process] {
+            if let (Some(this), Some(that)) =
+                (results.get(row.key, ours), results.get(against, ours))
+            {
+                parts.push(format!(
+                    "{} {} {name}",
+                    ours.short(),
+                    speed(this.median(), that.median())
                 ));
             }
         }
