@@ -26,6 +26,7 @@ mod policy;
 mod pool;
 #[cfg(process_backend)]
 mod process;
+mod progress;
 mod registry;
 mod remote_error;
 #[cfg(feature = "tokio")]
@@ -48,6 +49,7 @@ pub use map::{Map, MapUnordered};
 pub use never::Never;
 pub use policy::Policy;
 pub use pool::{default_pool, Pool};
+pub use progress::{Progress, ProgressReader};
 pub use registry::registered_tasks;
 pub use remote_error::RemoteError;
 pub use stats::PoolStats;
