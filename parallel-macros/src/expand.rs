@@ -83,7 +83,8 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
         Some(message) => quote!(#message),
         None => quote!(#private_here::Never),
     };
-    // `P` crosses the boundary like an argument; checked first in the module, at its tokens.
+    // `P` crosses the boundary like an argument: the boundary check's message, at `P` (after the
+    // complaints of `Task::Progress`'s own bounds, which the compiler reports first).
     let progress_check = task.progress().map(|message| {
         let message = type_one_module_down(message);
         quote_spanned! {message.span()=>
@@ -371,16 +372,7 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
         let policy = policy_const(&private, args);
         item.items.push(parse_quote!(#policy));
     }
-    // Associated type defaults are unstable: a task that reports nothing gets `Never` here.
-    let has_progress = item
-        .items
-        .iter()
-        .any(|item| matches!(item, syn::ImplItem::Type(ty) if ty.ident == "Progress"));
-    if !has_progress {
-        item.items.push(parse_quote! {
-            type Progress = #private::Never;
-        });
-    }
+    fill_progress(&private, &mut item);
     let self_ty = &item.self_ty;
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
     quote! {
@@ -393,6 +385,25 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
             static __PARALLEL_REGISTRATION: #private::Registration =
                 #private::Registration::of::<#self_ty>();
         };
+    }
+}
+
+/// Writes `type Progress = Never` into an `impl Task` block that leaves it out: associated type
+/// defaults are unstable, and a task that reports nothing should not have to say so.
+pub(crate) fn fill_progress(private: &TokenStream, item: &mut syn::ItemImpl) {
+    let is_task = item
+        .trait_
+        .as_ref()
+        .and_then(|(_, path, _)| path.segments.last())
+        .is_some_and(|last| last.ident == "Task");
+    let has_progress = item
+        .items
+        .iter()
+        .any(|item| matches!(item, syn::ImplItem::Type(ty) if ty.ident == "Progress"));
+    if is_task && !has_progress {
+        item.items.push(parse_quote! {
+            type Progress = #private::Never;
+        });
     }
 }
 
