@@ -350,7 +350,8 @@ impl<P> Feed<P> {
         let old: Vec<_> = {
             let mut state = self.lock();
             state.readers -= 1;
-            let excess = if state.readers == 0 { state.queue.len().saturating_sub(KEPT) } else { 0 };
+            let excess =
+                if state.readers == 0 { state.queue.len().saturating_sub(KEPT) } else { 0 };
             state.dropped += excess as u64;
             state.queue.drain(..excess).collect()
         };

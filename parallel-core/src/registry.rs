@@ -32,8 +32,11 @@ pub struct Registration {
 }
 
 /// Runs a task from a deserializer and hands back its outcome, with the task's type erased.
-pub(crate) type Runner =
-    fn(&mut Environment, &mut dyn erased_serde::Deserializer<'_>, Option<Arc<dyn Outbox>>) -> Outcome;
+pub(crate) type Runner = fn(
+    &mut Environment,
+    &mut dyn erased_serde::Deserializer<'_>,
+    Option<Arc<dyn Outbox>>,
+) -> Outcome;
 
 /// What an erased run produced; the caller serializes whichever value it holds.
 #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // built for the process backend's worker loop

@@ -115,9 +115,9 @@ impl TaskFn {
 
     /// The parameters before the first argument: where injected ones belong, in either order.
     pub(crate) fn injected(&self) -> impl Iterator<Item = &Param> {
-        self.params.iter().take_while(|param| {
-            matches!(param, Param::Environment { .. } | Param::Progress { .. })
-        })
+        self.params
+            .iter()
+            .take_while(|param| matches!(param, Param::Environment { .. } | Param::Progress { .. }))
     }
 
     /// Whether it takes `self`: a method, which `check` rejects.

@@ -181,7 +181,8 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
             replies.ring.started().fetch_add(1, Ordering::SeqCst);
             unwind::drop_values(|| environment.purge_expired());
             replies.open_progress(job);
-            let outbox: Arc<dyn Outbox> = Arc::new(JobOutbox { replies: Arc::clone(&replies), job });
+            let outbox: Arc<dyn Outbox> =
+                Arc::new(JobOutbox { replies: Arc::clone(&replies), job });
             let ran = run(job, task, args, &mut environment, &mut out, marker.max_frame, outbox);
             // Its messages are all out, before its reply; later ones (from threads it left
             // running) are dropped.
@@ -432,8 +433,9 @@ fn run(
         return Ran::Reply(Owned::UnknownTask);
     };
     let caught = unwind::catch(|| {
-        let outcome =
-            protocol::with_deserializer(args, |input| registration.run(environment, input, Some(outbox)));
+        let outcome = protocol::with_deserializer(args, |input| {
+            registration.run(environment, input, Some(outbox))
+        });
         // Serializing runs user code too (`Serialize` impls), so it stays inside the catch.
         let (value, is_error) = match outcome {
             Outcome::Output(output) => (output, false),
