@@ -109,8 +109,8 @@
 
 pub use parallel_core::{
     as_completed, default_pool, registered_tasks, AsCompleted, Backend, Environment, Error, Map,
-    MapUnordered, Never, Policy, Pool, PoolBuilder, PoolStats, RemoteError, Task, TaskError,
-    TaskHandle,
+    MapUnordered, Never, Policy, Pool, PoolBuilder, PoolStats, Progress, ProgressReader,
+    RemoteError, Task, TaskError, TaskHandle,
 };
 
 pub use parallel_macros::task;

@@ -123,6 +123,7 @@ struct Unregistered;
 impl Task for Unregistered {
     type Output = u8;
     type Error = Never;
+    type Progress = Never;
     const NAME: &'static str = "process_edges::unregistered";
 
     fn run(self, _: &mut Environment) -> Result<u8, Never> {

@@ -7,7 +7,7 @@ pub use linkme;
 pub use serde;
 
 pub use crate::registry::{Registration, TASKS};
-pub use crate::{default_pool, Environment, Never, Policy, Pool, Task, TaskHandle};
+pub use crate::{default_pool, Environment, Never, Policy, Pool, Progress, Task, TaskHandle};
 pub use core::time::Duration;
 
 pub use core::result::Result;

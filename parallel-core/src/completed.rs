@@ -425,6 +425,7 @@ mod tests {
     impl Task for Unit {
         type Output = u8;
         type Error = Never;
+        type Progress = crate::Never;
         const NAME: &'static str = "completed::tests::unit";
 
         fn run(self, _: &mut Environment) -> Result<u8, Never> {

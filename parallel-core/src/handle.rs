@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::job::{Job, Outcome, Wait};
-use crate::{Task, TaskError};
+use crate::{ProgressReader, Task, TaskError};
 
 /// The caller's end of a submitted task: wait for it, poll it, or cancel it.
 ///
@@ -163,6 +163,42 @@ impl<T: Task> TaskHandle<T> {
     /// never starts, and a short running one is left to finish instead of killing its worker.
     pub(crate) fn abandon(&self) {
         self.job.abandon();
+    }
+
+    /// The messages the task sends through its [`Progress`](crate::Progress) while it runs: a
+    /// blocking [`Iterator`] that is also a [`Stream`](futures_core::Stream), and ends once the
+    /// task is resolved and every message it sent is yielded. [`join`](Self::join) still returns
+    /// the result, before, during or after the reading.
+    ///
+    /// Messages come in the order sent, from every attempt (a retried task's failed attempts
+    /// included; [`ProgressReader::attempt`] tells which). While no reader exists the handle
+    /// keeps the newest 1024 messages and drops older ones ([`ProgressReader::dropped`] counts
+    /// them), so a task whose messages nobody reads holds bounded memory; while a reader exists
+    /// nothing is dropped. Several readers of one handle share its messages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parallel::{task, Progress};
+    ///
+    /// #[task]
+    /// fn crawl(progress: &Progress<String>, root: String) -> usize {
+    ///     let pages = ["a", "b", "c"];
+    ///     for page in pages {
+    ///         progress.send(format!("{root}/{page}"));
+    ///     }
+    ///     pages.len()
+    /// }
+    ///
+    /// fn main() {
+    ///     let handle = crawl::dispatch("https://example.org".into());
+    ///     let found: Vec<String> = handle.progress().collect();
+    ///     assert_eq!(found[0], "https://example.org/a");
+    ///     assert_eq!(handle.join(), Ok(3));
+    /// }
+    /// ```
+    pub fn progress(&self) -> ProgressReader<T::Progress> {
+        self.job.progress().attach()
     }
 
     /// Whether the task is resolved, so that [`join`](Self::join) would not block.

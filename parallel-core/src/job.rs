@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use crate::engine::Engine;
 use crate::ledger::{Abort, Ledger};
+use crate::progress::Feed;
 use crate::sync::{AtomicBool, AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering};
 use crate::{policy, timer, Task, TaskError};
 
@@ -119,6 +120,10 @@ pub(crate) struct Job<T: Task> {
     me: Weak<Job<T>>,
     /// Set before the job is handed to its engine when the task's policy has retries.
     retry: OnceLock<Retry>,
+    /// The progress messages its attempts send, for the handle's readers. Each attempt opens it
+    /// when it starts and ends it when it ends (under the slot's lock, with the state); the
+    /// resolution closes it.
+    progress: Arc<Feed<T::Progress>>,
 }
 
 impl<T: Task> Job<T> {
@@ -134,6 +139,7 @@ impl<T: Task> Job<T> {
             ledger: Arc::clone(ledger),
             me: me.clone(),
             retry: OnceLock::new(),
+            progress: Arc::new(Feed::new()),
         });
         let weak: Weak<dyn Abort> = Arc::downgrade(&job) as Weak<dyn Abort>;
         if let Some(key) = ledger.enter(job.id, weak) {
@@ -151,6 +157,8 @@ impl<T: Task> Job<T> {
 
     /// A job that is already resolved, entered in no ledger.
     pub(crate) fn resolved(outcome: Outcome<T>) -> Arc<Self> {
+        let progress = Arc::new(Feed::new());
+        progress.close();
         Arc::new_cyclic(|me| Job {
             id: 0,
             key: AtomicUsize::new(usize::MAX),
@@ -161,6 +169,7 @@ impl<T: Task> Job<T> {
             ledger: Arc::new(Ledger::new(0)),
             me: me.clone(),
             retry: OnceLock::new(),
+            progress,
         })
     }
 
@@ -182,6 +191,11 @@ impl<T: Task> Job<T> {
     /// The job's id, unique in the process.
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The job's progress messages.
+    pub(crate) fn progress(&self) -> &Arc<Feed<T::Progress>> {
+        &self.progress
     }
 
     /// The id of the pool the job was submitted to.
@@ -216,6 +230,7 @@ impl<T: Task> Job<T> {
         slot.attempt += 1;
         let attempt = slot.attempt;
         self.attempt.store(attempt, Ordering::Release);
+        self.progress.open_attempt(attempt);
         self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
         if let Some(timeout) = T::POLICY.timeout() {
             let me = Weak::clone(&self.me);
@@ -322,6 +337,7 @@ impl<T: Task> Job<T> {
         });
         match Instant::now().checked_add(wait).map(|at| timer::schedule(at, retry)) {
             Some(Ok(key)) => {
+                self.progress.end_attempt();
                 slot.timer = Some(key);
                 slot.state = State::Waiting;
                 slot.stop = None;
@@ -434,6 +450,8 @@ impl<T: Task> Job<T> {
             }
             self.ledger.counts.finish(was_running, &outcome);
             slot.state = State::Done(outcome);
+            // Nothing more is taken from here on (see the close below).
+            self.progress.end_attempt();
             slot.stop = None;
             slot.last = None;
             self.is_done.store(true, Ordering::Release);
@@ -444,6 +462,9 @@ impl<T: Task> Job<T> {
             (slot.waker.take(), slot.has_sleeper, stop)
         };
         drop(slot);
+        // What the attempts sent is all in: readers end once they have read it. Out of the
+        // slot's lock, since it wakes the readers' wakers.
+        self.progress.close();
         if let Some((stop, halt)) = stop {
             stop.stop(halt);
         }
@@ -545,6 +566,7 @@ mod tests {
     impl Task for Unit {
         type Output = u8;
         type Error = Never;
+        type Progress = Never;
         const NAME: &'static str = "job::tests::unit";
 
         fn run(self, _: &mut Environment) -> Result<u8, Never> {

@@ -35,6 +35,7 @@ mod process {
     mod protocol;
     mod ring;
 }
+mod progress;
 mod registry;
 mod remote_error;
 #[cfg(feature = "tokio")]
@@ -58,6 +59,7 @@ pub use map::{Map, MapUnordered};
 pub use never::Never;
 pub use policy::Policy;
 pub use pool::{default_pool, Pool};
+pub use progress::{Progress, ProgressReader};
 pub use registry::registered_tasks;
 pub use remote_error::RemoteError;
 pub use stats::PoolStats;

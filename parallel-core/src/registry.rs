@@ -7,10 +7,11 @@
 
 use std::any::type_name;
 use std::collections::btree_map::{BTreeMap, Entry};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use linkme::distributed_slice;
 
+use crate::progress::{self, Outbox, Progress};
 use crate::value::Wire;
 use crate::{Environment, Error, Task};
 
@@ -31,7 +32,11 @@ pub struct Registration {
 }
 
 /// Runs a task from a deserializer and hands back its outcome, with the task's type erased.
-pub(crate) type Runner = fn(&mut Environment, &mut dyn erased_serde::Deserializer<'_>) -> Outcome;
+pub(crate) type Runner = fn(
+    &mut Environment,
+    &mut dyn erased_serde::Deserializer<'_>,
+    Option<Arc<dyn Outbox>>,
+) -> Outcome;
 
 /// What an erased run produced; the caller serializes whichever value it holds.
 #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // built for the process backend's worker loop
@@ -60,23 +65,27 @@ impl Registration {
         (self.type_name)()
     }
 
-    /// Deserializes the task from `input`, runs it with `env` and returns what it produced.
+    /// Deserializes the task from `input`, runs it with `env` and returns what it produced; its
+    /// progress messages go to `progress` (nowhere without one).
     #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // called by the process backend's worker loop
     pub(crate) fn run(
         &self,
         env: &mut Environment,
         input: &mut dyn erased_serde::Deserializer<'_>,
+        progress: Option<Arc<dyn Outbox>>,
     ) -> Outcome {
-        (self.runner)(env, input)
+        (self.runner)(env, input, progress)
     }
 }
 
 fn run_erased<T: Task>(
     env: &mut Environment,
     input: &mut dyn erased_serde::Deserializer<'_>,
+    progress: Option<Arc<dyn Outbox>>,
 ) -> Outcome {
+    let progress = progress.map_or_else(Progress::<T::Progress>::detached, Progress::remote);
     match erased_serde::deserialize::<T>(input) {
-        Ok(task) => match task.run(env) {
+        Ok(task) => match progress::scope(progress, || task.run(env)) {
             Ok(output) => Outcome::Output(Box::new(Wire(output))),
             Err(error) => Outcome::Failed(Box::new(Wire(error))),
         },
@@ -169,6 +178,7 @@ mod tests {
     impl Task for Shout {
         type Output = String;
         type Error = String;
+        type Progress = crate::Never;
         const NAME: &'static str = "registry::tests::shout";
 
         fn run(self, env: &mut Environment) -> Result<String, String> {
@@ -191,7 +201,7 @@ mod tests {
         let registration = lookup(name).expect("the test registers this task");
         let mut json = serde_json::Deserializer::from_str(input);
         let mut erased = <dyn erased_serde::Deserializer<'_>>::erase(&mut json);
-        match registration.run(env, &mut erased) {
+        match registration.run(env, &mut erased, None) {
             Outcome::Output(value) => ("output", serde_json::to_string(&value).unwrap()),
             Outcome::Failed(value) => ("failed", serde_json::to_string(&value).unwrap()),
             Outcome::BadInput(message) => ("bad input", message),

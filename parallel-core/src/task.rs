@@ -47,6 +47,11 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// What the task returns when it fails; [`Never`](crate::Never) for a task that cannot fail.
     type Error: Serialize + DeserializeOwned + Send + 'static;
+    /// What the task reports while it runs, through its [`Progress`](crate::Progress) sender;
+    /// [`Never`](crate::Never) for a task that reports nothing. `#[task]` writes it: from a
+    /// function's `progress: &Progress<P>` parameter, and as `Never` on an `impl` block that
+    /// leaves it out (a hand-written impl without `#[task]` writes it itself).
+    type Progress: Serialize + DeserializeOwned + Send + 'static;
     /// The name the task is registered under; unique in the program.
     const NAME: &'static str;
     /// Whether [`run`](Task::run) drives an `async fn` on its worker's tokio runtime (feature

@@ -41,6 +41,16 @@ pub(crate) enum Param {
         /// How it is borrowed; `None` when taken by value.
         access: Option<Access>,
     },
+    /// A parameter whose type is `Progress<P>` (by path's last segment, with one type argument),
+    /// by reference or not.
+    Progress {
+        /// The whole parameter type, for error spans.
+        ty: Box<Type>,
+        /// How it is borrowed; `None` when taken by value.
+        access: Option<Access>,
+        /// `P`: what the task sends.
+        message: Box<Type>,
+    },
     /// An argument that travels to the worker inside the task value.
     Value {
         /// The argument's pattern as written.
@@ -50,7 +60,7 @@ pub(crate) enum Param {
     },
 }
 
-/// How the injected `Environment` is borrowed.
+/// How an injected parameter (`Environment`, `Progress`) is borrowed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
     /// `&Environment`.
@@ -86,12 +96,28 @@ impl TaskFn {
         &self.item.sig.ident
     }
 
-    /// The injected `Environment` parameter, if it is well-formed and first.
+    /// The injected `Environment` parameter, if it is well-formed and before the arguments.
+    #[cfg(test)]
     pub(crate) fn environment(&self) -> Option<Access> {
-        match self.params.first() {
-            Some(Param::Environment { access, .. }) => *access,
+        self.injected().find_map(|param| match param {
+            Param::Environment { access, .. } => *access,
             _ => None,
-        }
+        })
+    }
+
+    /// `P` of the injected `&Progress<P>` parameter, if it is before the arguments.
+    pub(crate) fn progress(&self) -> Option<&Type> {
+        self.injected().find_map(|param| match param {
+            Param::Progress { message, .. } => Some(&**message),
+            _ => None,
+        })
+    }
+
+    /// The parameters before the first argument: where injected ones belong, in either order.
+    pub(crate) fn injected(&self) -> impl Iterator<Item = &Param> {
+        self.params
+            .iter()
+            .take_while(|param| matches!(param, Param::Environment { .. } | Param::Progress { .. }))
     }
 
     /// Whether it takes `self`: a method, which `check` rejects.
@@ -172,9 +198,14 @@ fn parse_fn(item: ItemFn) -> TaskFn {
         .iter()
         .map(|input| match input {
             FnArg::Receiver(receiver) => Param::Receiver(receiver.clone()),
-            FnArg::Typed(typed) => match environment_access(&typed.ty) {
-                Some(access) => Param::Environment { ty: typed.ty.clone(), access },
-                None => Param::Value { pat: typed.pat.clone(), ty: typed.ty.clone() },
+            FnArg::Typed(typed) => match (environment_access(&typed.ty), progress(&typed.ty)) {
+                (Some(access), _) => Param::Environment { ty: typed.ty.clone(), access },
+                (None, Some((access, message))) => Param::Progress {
+                    ty: typed.ty.clone(),
+                    access,
+                    message: Box::new(message.clone()),
+                },
+                (None, None) => Param::Value { pat: typed.pat.clone(), ty: typed.ty.clone() },
             },
         })
         .collect();
@@ -200,6 +231,41 @@ fn environment_access(ty: &Type) -> Option<Option<Access>> {
         Type::Paren(inner) => environment_access(&inner.elem),
         Type::Group(inner) => environment_access(&inner.elem),
         ty if is_environment(ty) => Some(None),
+        _ => None,
+    }
+}
+
+/// `Some((access, P))` when `ty` is a `Progress<P>` parameter, by value or by reference.
+fn progress(ty: &Type) -> Option<(Option<Access>, &Type)> {
+    match ty {
+        Type::Reference(TypeReference { elem, mutability, .. }) => {
+            let access = if mutability.is_some() { Access::Mut } else { Access::Shared };
+            progress_message(elem).map(|message| (Some(access), message))
+        }
+        Type::Paren(inner) => progress(&inner.elem),
+        Type::Group(inner) => progress(&inner.elem),
+        ty => progress_message(ty).map(|message| (None, message)),
+    }
+}
+
+/// `P` when `ty` is a path whose last segment is `Progress<P>`, with exactly one type argument.
+fn progress_message(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Path(TypePath { qself: None, path }) => {
+            let last = path.segments.last()?;
+            if last.ident != "Progress" {
+                return None;
+            }
+            let PathArguments::AngleBracketed(arguments) = &last.arguments else {
+                return None;
+            };
+            match (arguments.args.len(), arguments.args.first()) {
+                (1, Some(GenericArgument::Type(message))) => Some(message),
+                _ => None,
+            }
+        }
+        Type::Paren(inner) => progress_message(&inner.elem),
+        Type::Group(inner) => progress_message(&inner.elem),
         _ => None,
     }
 }
@@ -328,7 +394,40 @@ mod tests {
         let task = task_fn(quote!(
             fn f(a: u8, env: &mut Environment) {}
         ));
-        assert!(task.environment().is_none(), "only a first parameter is injected");
+        assert!(task.environment().is_none(), "only a parameter before the arguments is injected");
+    }
+
+    #[test]
+    fn finds_the_progress_in_either_order() {
+        let task = task_fn(quote!(
+            fn f(progress: &Progress<String>, env: &mut Environment, a: u8) {}
+        ));
+        assert!(task.environment() == Some(Access::Mut));
+        assert_eq!(task.progress().map(|p| quote!(#p).to_string()), Some("String".to_owned()));
+        assert_eq!(task.arguments().count(), 1);
+
+        let task = task_fn(quote!(
+            fn f(env: &mut Environment, progress: &parallel::Progress<Vec<u8>>) {}
+        ));
+        assert!(task.progress().is_some() && task.environment().is_some());
+
+        let task = task_fn(quote!(
+            fn f(a: u8, progress: &Progress<u8>) {}
+        ));
+        assert!(task.progress().is_none(), "only a parameter before the arguments is injected");
+
+        // Without its type argument, a `Progress` is the user's own type, sent as an argument.
+        let task = task_fn(quote!(
+            fn f(progress: Progress) {}
+        ));
+        assert_eq!(task.arguments().count(), 1);
+        assert!(matches!(
+            task_fn(quote!(
+                fn f(progress: Progress<u8>) {}
+            ))
+            .params[0],
+            Param::Progress { access: None, .. }
+        ));
     }
 
     #[test]

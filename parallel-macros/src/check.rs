@@ -12,7 +12,7 @@ use syn::{
     TypeReference,
 };
 
-use crate::ast::{self, Input, Output, Param, TaskFn, TaskImpl};
+use crate::ast::{self, Access, Input, Output, Param, TaskFn, TaskImpl};
 use crate::attr::Args;
 use crate::errors::Errors;
 
@@ -116,6 +116,8 @@ fn task_fn(task: &TaskFn, errors: &mut Errors) {
 
 fn parameters(task: &TaskFn, errors: &mut Errors) {
     let mut environment_seen = false;
+    let mut progress_seen = false;
+    let injected = task.injected().count();
     for (index, param) in task.params.iter().enumerate() {
         match param {
             Param::Receiver(receiver) => errors.spanned(
@@ -129,10 +131,10 @@ fn parameters(task: &TaskFn, errors: &mut Errors) {
                         ty,
                         "a task gets one `Environment`; remove this second `Environment` parameter",
                     );
-                } else if index != 0 {
+                } else if index >= injected {
                     errors.spanned(
                         ty,
-                        "the `Environment` is injected, not sent; move it to the first parameter",
+                        "the `Environment` is injected, not sent; move it before the arguments",
                     );
                 } else if access.is_none() {
                     errors.spanned(
@@ -142,6 +144,31 @@ fn parameters(task: &TaskFn, errors: &mut Errors) {
                     );
                 }
                 environment_seen = true;
+            }
+            Param::Progress { ty, access, message } => {
+                if progress_seen {
+                    errors.spanned(
+                        ty,
+                        "a task gets one `Progress`; remove this second `Progress` parameter",
+                    );
+                } else if index >= injected {
+                    errors.spanned(
+                        ty,
+                        "the `Progress` is injected, not sent; move it before the arguments",
+                    );
+                } else if *access != Some(Access::Shared) {
+                    errors.spanned(
+                        ty,
+                        format_args!(
+                            "the `Progress` is lent to the task and sends through a shared \
+                             reference; take `&Progress<{}>`",
+                            display(message)
+                        ),
+                    );
+                } else {
+                    boundary_type(message, Role::Argument, errors);
+                }
+                progress_seen = true;
             }
             Param::Value { pat, ty } => {
                 if ast::binding(pat).is_none() {

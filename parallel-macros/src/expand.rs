@@ -14,7 +14,7 @@ use syn::spanned::Spanned;
 use syn::visit_mut::{self, VisitMut};
 use syn::{parse_quote, Generics, Path, PathSegment, Type, VisRestricted, Visibility};
 
-use crate::ast::{Access, Input, Output, TaskFn, TaskImpl};
+use crate::ast::{Access, Input, Output, Param, TaskFn, TaskImpl};
 use crate::attr::Args;
 
 /// The code for a checked `input`.
@@ -79,6 +79,20 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
         )
     });
     let policy = policy_const(&private_here, args);
+    let progress = match task.progress() {
+        Some(message) => quote!(#message),
+        None => quote!(#private_here::Never),
+    };
+    // `P` crosses the boundary like an argument: the boundary check's message, at `P` (after the
+    // complaints of `Task::Progress`'s own bounds, which the compiler reports first).
+    let progress_check = task.progress().map(|message| {
+        let message = type_one_module_down(message);
+        quote_spanned! {message.span()=>
+            const _: () = {
+                let _ = #private::assert_crosses_boundary::<#message>;
+            };
+        }
+    });
     let field_docs =
         names.iter().map(|name| format!("Argument `{}` of [`{ident}`](fn@{ident}).", unraw(name)));
     let Docs { module_doc, task_doc, new_doc, dispatch_doc, dispatch_on_doc } = Docs::of(ident);
@@ -93,6 +107,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
             use super::*;
 
             #checks
+            #progress_check
 
             #[doc = #task_doc]
             #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
@@ -143,6 +158,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
             impl #private_here::Task for #ident::#task_ty {
                 type Output = #output;
                 type Error = #error;
+                type Progress = #progress;
                 const NAME: &'static str = #name;
                 #is_async
                 #policy
@@ -236,21 +252,30 @@ fn argument_serde(private: &TokenStream, types: &[Type]) -> (Vec<TokenStream>, T
 /// fields, wrapping an infallible function's value in `Ok`.
 fn run_method(private: &TokenStream, task: &TaskFn, names: &[&Ident]) -> TokenStream {
     let ident = task.ident();
-    let environment = match task.environment() {
-        Some(Access::Mut) => quote!(__parallel_env,),
-        Some(Access::Shared) => quote!(&*__parallel_env,),
-        None => quote!(),
-    };
-    let mut call = quote!(#ident(#environment #(self.#names),*));
+    // The injected parameters in the order written, then the fields.
+    let injected = task.injected().map(|param| match param {
+        Param::Environment { access: Some(Access::Shared), .. } => quote!(&*__parallel_env,),
+        Param::Environment { .. } => quote!(__parallel_env,),
+        _ => quote!(&__parallel_progress,),
+    });
+    let mut call = quote!(#ident(#(#injected)* #(self.#names),*));
     if let Some(token) = &task.item.sig.asyncness {
         // Spanned at `async`: a build without the `tokio` feature is told so there.
         let block_on = respan(quote!(#private::block_on::<#private::AsyncTasks, _>), token.span);
         call = quote!(#block_on(#call));
     }
-    let body = match &task.output {
+    let mut body = match &task.output {
         Output::Result { .. } => call,
         Output::Unit | Output::Value(_) => quote!(#private::Result::Ok(#call)),
     };
+    if task.progress().is_some() {
+        // Taken before the call (and before an `async fn`'s future starts): the sender lent to
+        // this run on this thread.
+        body = quote! {
+            let __parallel_progress = #private::Progress::<Self::Progress>::current();
+            #body
+        };
+    }
     // Spanned at the function's name, like the task type: the compiler points at the signature
     // when the task as a whole is not `Send`, and must not point at the attribute.
     let signature = respan(
@@ -347,6 +372,7 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
         let policy = policy_const(&private, args);
         item.items.push(parse_quote!(#policy));
     }
+    fill_progress(&private, &mut item);
     let self_ty = &item.self_ty;
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
     quote! {
@@ -359,6 +385,25 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
             static __PARALLEL_REGISTRATION: #private::Registration =
                 #private::Registration::of::<#self_ty>();
         };
+    }
+}
+
+/// Writes `type Progress = Never` into an `impl Task` block that leaves it out: associated type
+/// defaults are unstable, and a task that reports nothing should not have to say so.
+pub(crate) fn fill_progress(private: &TokenStream, item: &mut syn::ItemImpl) {
+    let is_task = item
+        .trait_
+        .as_ref()
+        .and_then(|(_, path, _)| path.segments.last())
+        .is_some_and(|last| last.ident == "Task");
+    let has_progress = item
+        .items
+        .iter()
+        .any(|item| matches!(item, syn::ImplItem::Type(ty) if ty.ident == "Progress"));
+    if is_task && !has_progress {
+        item.items.push(parse_quote! {
+            type Progress = #private::Never;
+        });
     }
 }
 

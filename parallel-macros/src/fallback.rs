@@ -45,7 +45,7 @@ pub(crate) fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
         .iter()
         .filter_map(|param| match param {
             Param::Value { ty, .. } => Some(type_one_module_down(ty)),
-            Param::Receiver(_) | Param::Environment { .. } => None,
+            Param::Receiver(_) | Param::Environment { .. } | Param::Progress { .. } => None,
         })
         .collect();
     let names: Vec<Ident> =
@@ -86,6 +86,7 @@ pub(crate) fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
             impl #private::Task for Task {
                 type Output = #output;
                 type Error = #error;
+                type Progress = #private::Never;
                 const NAME: &'static str = "";
 
                 fn run(

@@ -215,8 +215,15 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
             let stub = fallback::task_fn(&args, task);
             with_errors(quote!(#item #stub), errors)
         }
-        // The impl block names its own type, which callers use; it needs no stand-in.
-        Input::Fn(_) | Input::Impl(_) => with_errors(item, errors),
+        // The impl block names its own type, which callers use; it needs no stand-in, only the
+        // `type Progress` that `#[task]` would write (one mistake is one error).
+        Input::Impl(task) => {
+            let root = expand::root(&args);
+            let mut item = task.item.clone();
+            expand::fill_progress(&quote!(#root::__private), &mut item);
+            with_errors(quote!(#item), errors)
+        }
+        Input::Fn(_) => with_errors(item, errors),
     }
 }
 

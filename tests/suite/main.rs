@@ -15,6 +15,7 @@ mod local_tasks;
 mod map;
 mod nesting;
 mod policies;
+mod progress;
 mod results;
 mod stats;
 mod unordered;

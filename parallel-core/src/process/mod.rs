@@ -31,6 +31,7 @@ use protocol::Reply;
 
 use crate::job::{Job, Stop};
 use crate::ledger::Ledger;
+use crate::progress::{Decode, Incoming};
 use crate::{Error, Task, TaskError};
 
 pub(crate) use entry::is_worker;
@@ -77,6 +78,8 @@ trait Request: Send {
     fn finish(&self, reply: Reply<'_>) -> bool;
     /// Resolves the job with an error not tied to a reply; `false` if already resolved.
     fn fail(&self, error: Failure) -> bool;
+    /// Where the progress messages of the job's claimed attempt go, decoded from their bytes.
+    fn progress(&self) -> Arc<dyn Decode>;
 }
 
 /// Why a job failed outside the task itself.
@@ -167,6 +170,10 @@ impl<T: Task> Request for Submitted<T> {
             )),
         };
         self.complete(outcome)
+    }
+
+    fn progress(&self) -> Arc<dyn Decode> {
+        Arc::new(Incoming { feed: Arc::clone(self.job.progress()), attempt: self.attempt() })
     }
 
     fn fail(&self, failure: Failure) -> bool {

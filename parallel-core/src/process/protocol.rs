@@ -23,8 +23,8 @@ use crate::wire_value;
 
 /// The version of this protocol; a worker that speaks another one is refused. 3: no `Cancel`
 /// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
-/// [`wire_value`]).
-pub(crate) const VERSION: u16 = 4;
+/// [`wire_value`]); 5: `Progress` frames, a running job's messages, before its reply.
+pub(crate) const VERSION: u16 = 5;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
@@ -38,6 +38,7 @@ const UNSERIALIZABLE: u8 = 16;
 const SKIPPED: u8 = 17;
 const WAKE: u8 = 18;
 const ON_SOCKET: u8 = 19;
+const PROGRESS: u8 = 20;
 
 /// The environment variable that makes a process a worker, holding a [`Marker`].
 pub(crate) const MARKER: &str = "PARALLEL_WORKER";
@@ -122,6 +123,9 @@ pub(crate) enum FromWorker<'a> {
     Ready { version: u16, build: u64, pid: u32 },
     /// Job `job` finished with this reply.
     Done { job: u64, reply: Reply<'a> },
+    /// Job `job`, running, sent a progress message (serialized like a task value); it comes
+    /// before the job's `Done`, in the order sent.
+    Progress { job: u64, message: &'a [u8] },
     /// On the socket: the pool's reader went to sleep, and the reply ring has a new frame.
     Wake,
     /// In the reply ring: the next reply is too large for the ring and comes on the socket.
@@ -266,6 +270,13 @@ pub(crate) fn begin_value_reply(out: &mut Vec<u8>, job: u64, is_error: bool) {
     out.extend_from_slice(&job.to_le_bytes());
 }
 
+/// Starts a frame that carries a progress message of job `job`; the caller appends the
+/// serialized message, then calls [`finish_frame`].
+pub(crate) fn begin_progress(out: &mut Vec<u8>, job: u64) {
+    start_frame(out, PROGRESS);
+    out.extend_from_slice(&job.to_le_bytes());
+}
+
 /// Writes the length of the frame built in `out`.
 pub(crate) fn finish_frame(out: &mut [u8], max: usize) -> Result<(), ProtocolError> {
     let len = out.len() - 4;
@@ -325,6 +336,10 @@ pub(crate) fn encode_from_worker(
         }
         FromWorker::Wake => start_frame(out, WAKE),
         FromWorker::OnSocket => start_frame(out, ON_SOCKET),
+        FromWorker::Progress { job, message } => {
+            begin_progress(out, *job);
+            out.extend_from_slice(message);
+        }
         FromWorker::Done { job, reply } => {
             let tag = match reply {
                 Reply::Output(_) => OUTPUT,
@@ -443,6 +458,10 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
     }
     if tag == ON_SOCKET {
         return fields.end("on socket: trailing bytes").map(|()| FromWorker::OnSocket);
+    }
+    if tag == PROGRESS {
+        let job = fields.u64("progress: job id")?;
+        return Ok(FromWorker::Progress { job, message: fields.rest() });
     }
     let job = match tag {
         OUTPUT | FAILED | PANICKED | BAD_ARGUMENTS | UNKNOWN_TASK | UNSERIALIZABLE | SKIPPED => {
@@ -606,6 +625,8 @@ mod tests {
             FromWorker::Ready { version: VERSION, build: 42, pid: 1234 },
             FromWorker::Wake,
             FromWorker::OnSocket,
+            FromWorker::Progress { job: 9, message: &[1, 2, 3] },
+            FromWorker::Progress { job: 0, message: &[] },
         ];
         messages.extend(replies.into_iter().map(|reply| FromWorker::Done { job: 3, reply }));
         for message in messages {

@@ -13,6 +13,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::id;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -23,6 +24,7 @@ use super::protocol::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
 use super::ring::Producer;
 use super::sys;
+use crate::progress::Outbox;
 use crate::registry::{self, Outcome};
 use crate::{unwind, Environment};
 
@@ -101,13 +103,14 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
             .map(|()| frame)
             .map_err(|e| e.to_string())
     };
-    let replies = Replies {
+    let replies = Arc::new(Replies {
         stream: channel,
         ring,
         max_frame: marker.max_frame,
         wake: encode(&FromWorker::Wake)?,
         on_socket: encode(&FromWorker::OnSocket)?,
-    };
+        posting: Mutex::new(Posting { job: None, frame: Vec::new() }),
+    });
     let ready = FromWorker::Ready {
         version: protocol::VERSION,
         build: super::build_id(),
@@ -177,7 +180,13 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
             sys::wait_stderr_drained(STDERR_DRAIN_LIMIT);
             replies.ring.started().fetch_add(1, Ordering::SeqCst);
             unwind::drop_values(|| environment.purge_expired());
-            let ran = run(job, task, args, &mut environment, &mut out, marker.max_frame);
+            replies.open_progress(job);
+            let outbox: Arc<dyn Outbox> =
+                Arc::new(JobOutbox { replies: Arc::clone(&replies), job });
+            let ran = run(job, task, args, &mut environment, &mut out, marker.max_frame, outbox);
+            // Its messages are all out, before its reply; later ones (from threads it left
+            // running) are dropped.
+            replies.close_progress();
             let owned = match ran {
                 // The value's frame is already built in `out`.
                 Ran::Value => match protocol::finish_frame(&mut out, marker.max_frame) {
@@ -244,7 +253,8 @@ fn encode_panic(
     encode(&message, None, out).map_err(|error| error.to_string())
 }
 
-/// The worker's replies, each out of this process before the worker starts its next job.
+/// The worker's replies, each out of this process before the worker starts its next job, and
+/// the running job's progress messages, each out of this process before `send` returns.
 ///
 /// Batching replies in the worker would be cheaper still, but a reply still in this process when
 /// the next job crashes it is lost: the pool would blame the job that finished and send the job
@@ -257,9 +267,55 @@ struct Replies {
     /// The `Wake` and `OnSocket` frames, built once.
     wake: Vec<u8>,
     on_socket: Vec<u8>,
+    /// Which job's progress messages are taken now. Held while one is sent, so that messages
+    /// sent from several threads go out one at a time, and none after the job's run ended: the
+    /// main thread sends replies only while no job's messages are taken.
+    posting: Mutex<Posting>,
+}
+
+struct Posting {
+    /// The job that runs now; `None` between runs.
+    job: Option<u64>,
+    /// Where a message's frame is built.
+    frame: Vec<u8>,
+}
+
+/// The progress sender of one job: its messages go into the reply stream while it runs.
+struct JobOutbox {
+    replies: Arc<Replies>,
+    job: u64,
+}
+
+impl Outbox for JobOutbox {
+    fn post(&self, message: &dyn erased_serde::Serialize) {
+        let mut posting = self.replies.posting.lock().unwrap_or_else(PoisonError::into_inner);
+        if posting.job != Some(self.job) {
+            return;
+        }
+        let Posting { frame, .. } = &mut *posting;
+        protocol::begin_progress(frame, self.job);
+        let max = self.replies.max_frame;
+        let encoded = protocol::encode_value(message, frame, max)
+            .and_then(|()| protocol::finish_frame(frame, max).map_err(|e| e.to_string()));
+        let sent = encoded.and_then(|()| self.replies.send_frame(frame));
+        if let Err(error) = sent {
+            tracing::warn!(job = self.job, %error, "a progress message is dropped");
+        }
+    }
 }
 
 impl Replies {
+    /// Job `job` starts: its progress messages are taken.
+    fn open_progress(&self, job: u64) {
+        self.posting.lock().unwrap_or_else(PoisonError::into_inner).job = Some(job);
+    }
+
+    /// The running job's run ended: its later messages are dropped. Waits for a message being
+    /// sent to be out.
+    fn close_progress(&self) {
+        self.posting.lock().unwrap_or_else(PoisonError::into_inner).job = None;
+    }
+
     /// Encodes `message` into `out` and sends it.
     fn send(&self, message: &FromWorker<'_>, out: &mut Vec<u8>) -> Result<(), String> {
         protocol::encode_from_worker(message, out, self.max_frame).map_err(|e| e.to_string())?;
@@ -362,7 +418,8 @@ impl Owned {
     }
 }
 
-/// Runs job `job`; an output or error is serialized straight into `out` after its frame header.
+/// Runs job `job`, its progress messages sent through `outbox`; an output or error is serialized
+/// straight into `out` after its frame header.
 fn run(
     job: u64,
     task: &str,
@@ -370,13 +427,15 @@ fn run(
     environment: &mut Environment,
     out: &mut Vec<u8>,
     max_frame: usize,
+    outbox: Arc<dyn Outbox>,
 ) -> Ran {
     let Some(registration) = registry::lookup(task) else {
         return Ran::Reply(Owned::UnknownTask);
     };
     let caught = unwind::catch(|| {
-        let outcome =
-            protocol::with_deserializer(args, |input| registration.run(environment, input));
+        let outcome = protocol::with_deserializer(args, |input| {
+            registration.run(environment, input, Some(outbox))
+        });
         // Serializing runs user code too (`Serialize` impls), so it stays inside the catch.
         let (value, is_error) = match outcome {
             Outcome::Output(output) => (output, false),

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use super::Shared;
 use crate::job::{Job, Outcome};
+use crate::progress::{self, Progress};
 use crate::{unwind, Environment, Task, TaskError};
 
 struct WorkerThread {
@@ -66,7 +67,8 @@ pub(super) fn current_pool() -> Option<u64> {
 pub(super) fn execute<T: Task>(job: &Job<T>) {
     if let Some((task, attempt)) = job.start_attempt(None) {
         // An attempt that timed out meanwhile was abandoned: its outcome is dropped.
-        job.finish_attempt(attempt, run(task, job.id(), attempt));
+        let progress = Progress::local(Arc::clone(job.progress()), attempt);
+        job.finish_attempt(attempt, run(task, job.id(), attempt, progress));
     }
 }
 
@@ -92,7 +94,7 @@ fn in_runtime() -> bool {
     false
 }
 
-fn run<T: Task>(task: T, id: u64, attempt: u32) -> Outcome<T> {
+fn run<T: Task>(task: T, id: u64, attempt: u32, progress: Progress<T::Progress>) -> Outcome<T> {
     let (mut environment, depth) = take_environment();
     let span = tracing::debug_span!(
         "parallel.task",
@@ -107,7 +109,7 @@ fn run<T: Task>(task: T, id: u64, attempt: u32) -> Outcome<T> {
     let started = (!span.is_disabled()).then(Instant::now);
     let entered = span.enter();
     unwind::drop_values(|| environment.purge_expired());
-    let result = unwind::catch(|| task.run(&mut environment));
+    let result = unwind::catch(|| progress::scope(progress, || task.run(&mut environment)));
     drop(entered);
     put_back(environment, depth);
     let (outcome, name) = match result {

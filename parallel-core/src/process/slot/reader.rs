@@ -11,6 +11,7 @@ use std::time::Instant;
 use super::{pace, Ended, Shared, State, READER_SPINS};
 use crate::process::protocol::{self, FromWorker, ReadError, Reply};
 use crate::process::ring::Consumer;
+use crate::progress::Decode;
 
 /// What a worker's replies come through.
 pub(super) struct Channel {
@@ -41,6 +42,8 @@ pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Ch
     let mut large = Vec::new();
     let mut has_ended = false;
     let mut idle_spins = 0u32;
+    // Where the running job's progress messages go, looked up at its first message.
+    let mut progress: Option<(u64, Arc<dyn Decode>)> = None;
     let ended = loop {
         let body = match channel.ring.pop(&mut frame, channel.max_frame) {
             Ok(true) => {
@@ -90,9 +93,26 @@ pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Ch
         };
         let (job, reply) = match decoded {
             Ok(FromWorker::Done { job, reply }) => (job, reply),
+            Ok(FromWorker::Progress { job, message }) => {
+                let sink = match &progress {
+                    Some((running, sink)) if *running == job => Arc::clone(sink),
+                    _ => match progress_of(shared, id, job) {
+                        Ok(sink) => {
+                            progress = Some((job, Arc::clone(&sink)));
+                            sink
+                        }
+                        Err(problem) => break Ended::Broke(problem),
+                    },
+                };
+                // Decoded out of the pool's lock: a message's `Deserialize` is user code.
+                sink.decode(message);
+                continue;
+            }
             Ok(other) => break Ended::Broke(format!("the worker sent {other:?} out of turn")),
             Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
         };
+        // The next job's messages go to the next job.
+        progress = None;
         if let Err(problem) = resolve(shared, id, pid, job, reply) {
             break Ended::Broke(problem);
         }
@@ -101,6 +121,19 @@ pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Ch
     state.slots[id].ended = Some(ended);
     drop(state);
     shared.wake[id].notify_one();
+}
+
+/// Where the progress messages of job `job`, which must be the first in flight on slot `id` (the
+/// one its worker runs), go.
+fn progress_of(shared: &Shared, id: usize, job: u64) -> Result<Arc<dyn Decode>, String> {
+    let state = shared.lock();
+    match state.slots[id].in_flight.front() {
+        Some(first) if first.job == job => match &first.sent {
+            Some(sent) => Ok(sent.request.progress()),
+            None => Err(format!("the worker sent progress for job {job}, which it skipped")),
+        },
+        _ => Err(format!("the worker sent progress for job {job}, which it was not running")),
+    }
 }
 
 /// Resolves job `job`, which must be the first in flight on slot `id`, from its reply.
