@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::{open_fds, publish, touch, within, Nest, Scratch};
+use common::{open_fds, publish, quietly, touch, within, Nest, Scratch};
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -1246,9 +1246,11 @@ fn retry_phase(
 
 #[test]
 fn chaos_soak_on_two_worker_processes() {
-    let tasks = env_u64("PARALLEL_SOAK_TASKS", DEFAULT_TASKS);
-    let seed = env_u64("PARALLEL_SOAK_SEED", 0x5eed_c4a0_5eed);
-    // Generous: a debug build on two cores runs the default 10 000 tasks in a fraction of this.
-    let limit = Duration::from_secs(60) + Duration::from_millis(3) * tasks as u32;
-    within(limit, "the chaos soak", move || soak(tasks, seed));
+    quietly(module_path!(), "chaos_soak_on_two_worker_processes", || {
+        let tasks = env_u64("PARALLEL_SOAK_TASKS", DEFAULT_TASKS);
+        let seed = env_u64("PARALLEL_SOAK_SEED", 0x5eed_c4a0_5eed);
+        // Generous: a debug build on two cores runs the default 10 000 tasks in a fraction of this.
+        let limit = Duration::from_secs(60) + Duration::from_millis(3) * tasks as u32;
+        within(limit, "the chaos soak", move || soak(tasks, seed));
+    });
 }

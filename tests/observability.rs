@@ -2,10 +2,13 @@
 //! duration; the pid on the process backend), and events for worker processes that start, die
 //! and are renewed. A subscriber of our own collects them.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use common::quietly;
 use parallel::{task, Backend, Pool};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -125,49 +128,54 @@ fn attempts_are_spans(backend: Backend, name: &str) {
 
 #[test]
 fn every_task_is_a_span_with_its_outcome_on_both_backends() {
-    collector();
-    let pool = Pool::builder().backend(Backend::Thread).workers(1).build().unwrap();
-    for kind in 0..3 {
-        let _ = traced::dispatch_on(&pool, kind).join();
-    }
-    drop(pool);
-    assert_eq!(outcomes("thread"), ["failed", "ok", "panicked"]);
-    let span = spans_of("observability::traced")
-        .into_iter()
-        .find(|span| span["backend"] == "thread")
-        .unwrap();
-    assert_eq!(span["worker"], "0");
-    assert_eq!(span["attempt"], "1");
-    assert!(span["duration_us"].parse::<u64>().is_ok(), "{span:?}");
-    attempts_are_spans(Backend::Thread, "thread");
-    assert!(span["id"].parse::<u64>().is_ok(), "{span:?}");
-
-    #[cfg(feature = "process")]
-    {
-        let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
-        for kind in 0..4 {
+    quietly(module_path!(), "every_task_is_a_span_with_its_outcome_on_both_backends", || {
+        collector();
+        let pool = Pool::builder().backend(Backend::Thread).workers(1).build().unwrap();
+        for kind in 0..3 {
             let _ = traced::dispatch_on(&pool, kind).join();
         }
-        pool.shutdown();
-        assert_eq!(outcomes("process"), ["failed", "ok", "panicked", "worker died"]);
-        attempts_are_spans(Backend::Process, "process");
-        let spans = spans_of("observability::traced");
-        let pids: Vec<&String> = spans
-            .iter()
-            .filter(|span| span["backend"] == "process")
-            .map(|span| &span["pid"])
-            .collect();
-        assert!(pids
-            .iter()
-            .all(|pid| pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id())));
-        let events = collector().events.lock().unwrap();
-        let messages: Vec<&str> =
-            events.iter().filter_map(|event| event.get("message")).map(String::as_str).collect();
-        assert!(messages.contains(&"worker process started"), "{messages:?}");
-        let died = events
-            .iter()
-            .find(|event| event.get("message").map(String::as_str) == Some("worker process died"));
-        let died = died.expect("the abort was traced");
-        assert!(died["reason"].contains("SIGABRT"), "{died:?}");
-    }
+        drop(pool);
+        assert_eq!(outcomes("thread"), ["failed", "ok", "panicked"]);
+        let span = spans_of("observability::traced")
+            .into_iter()
+            .find(|span| span["backend"] == "thread")
+            .unwrap();
+        assert_eq!(span["worker"], "0");
+        assert_eq!(span["attempt"], "1");
+        assert!(span["duration_us"].parse::<u64>().is_ok(), "{span:?}");
+        assert!(span["id"].parse::<u64>().is_ok(), "{span:?}");
+        attempts_are_spans(Backend::Thread, "thread");
+
+        #[cfg(feature = "process")]
+        {
+            let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+            for kind in 0..4 {
+                let _ = traced::dispatch_on(&pool, kind).join();
+            }
+            pool.shutdown();
+            assert_eq!(outcomes("process"), ["failed", "ok", "panicked", "worker died"]);
+            attempts_are_spans(Backend::Process, "process");
+            let spans = spans_of("observability::traced");
+            let pids: Vec<&String> = spans
+                .iter()
+                .filter(|span| span["backend"] == "process")
+                .map(|span| &span["pid"])
+                .collect();
+            assert!(pids
+                .iter()
+                .all(|pid| pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id())));
+            let events = collector().events.lock().unwrap();
+            let messages: Vec<&str> = events
+                .iter()
+                .filter_map(|event| event.get("message"))
+                .map(String::as_str)
+                .collect();
+            assert!(messages.contains(&"worker process started"), "{messages:?}");
+            let died = events.iter().find(|event| {
+                event.get("message").map(String::as_str) == Some("worker process died")
+            });
+            let died = died.expect("the abort was traced");
+            assert!(died["reason"].contains("SIGABRT"), "{died:?}");
+        }
+    });
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{open_fds, publish, stat, touch, within, Scratch};
+use common::{open_fds, publish, quietly, stat, touch, within, Scratch};
 
 use std::collections::HashSet;
 use std::fs;
@@ -387,42 +387,52 @@ fn a_death_takes_only_its_own_task(how: Death, expected_reason: &str) {
 
 #[test]
 fn an_abort_kills_only_its_worker() {
-    a_death_takes_only_its_own_task(Death::Abort, "killed by signal 6 (SIGABRT)");
+    quietly(module_path!(), "an_abort_kills_only_its_worker", || {
+        a_death_takes_only_its_own_task(Death::Abort, "killed by signal 6 (SIGABRT)");
+    });
 }
 
 #[test]
 fn a_segfault_kills_only_its_worker() {
-    a_death_takes_only_its_own_task(Death::Segfault, "killed by signal 11 (SIGSEGV)");
+    quietly(module_path!(), "a_segfault_kills_only_its_worker", || {
+        a_death_takes_only_its_own_task(Death::Segfault, "killed by signal 11 (SIGSEGV)");
+    });
 }
 
 #[test]
 fn an_exit_kills_only_its_worker() {
-    a_death_takes_only_its_own_task(Death::Exit3, "exited with code 3");
+    quietly(module_path!(), "an_exit_kills_only_its_worker", || {
+        a_death_takes_only_its_own_task(Death::Exit3, "exited with code 3");
+    });
 }
 
 #[test]
 fn a_sigkill_from_outside_kills_only_its_worker() {
-    a_death_takes_only_its_own_task(Death::Killed, "killed by signal 9 (SIGKILL)");
+    quietly(module_path!(), "a_sigkill_from_outside_kills_only_its_worker", || {
+        a_death_takes_only_its_own_task(Death::Killed, "killed by signal 9 (SIGKILL)");
+    });
 }
 
 #[test]
 fn a_panic_leaves_the_worker_alive() {
-    let pool = process_pool(1);
-    let (before, first) = count::dispatch_on(&pool).join().unwrap();
-    let message = format!("panic-token-{}", std::process::id());
-    let error = within_limit("the panicking task", {
-        let handle = panics::dispatch_on(&pool, message.clone());
-        move || handle.join()
-    })
-    .expect_err("the task panicked");
-    let TaskError::Panicked { task, message: reported, .. } = &error else {
-        panic!("expected Panicked, got {error:?}");
-    };
-    assert_eq!(task, <panics::Task as Task>::NAME);
-    assert_eq!(reported, &message);
-    let (after, second) = count::dispatch_on(&pool).join().unwrap();
-    assert_eq!(after, before, "a panic must not cost the worker its process");
-    assert_eq!((first, second), (1, 2), "the worker's Environment survived the panic");
+    quietly(module_path!(), "a_panic_leaves_the_worker_alive", || {
+        let pool = process_pool(1);
+        let (before, first) = count::dispatch_on(&pool).join().unwrap();
+        let message = format!("panic-token-{}", std::process::id());
+        let error = within_limit("the panicking task", {
+            let handle = panics::dispatch_on(&pool, message.clone());
+            move || handle.join()
+        })
+        .expect_err("the task panicked");
+        let TaskError::Panicked { task, message: reported, .. } = &error else {
+            panic!("expected Panicked, got {error:?}");
+        };
+        assert_eq!(task, <panics::Task as Task>::NAME);
+        assert_eq!(reported, &message);
+        let (after, second) = count::dispatch_on(&pool).join().unwrap();
+        assert_eq!(after, before, "a panic must not cost the worker its process");
+        assert_eq!((first, second), (1, 2), "the worker's Environment survived the panic");
+    });
 }
 
 /// Holds the only worker of a pool until `stop` gives up on it, then checks that the worker
@@ -524,33 +534,35 @@ fn max_tasks_per_worker_renews_the_process() {
 
 #[test]
 fn a_worker_over_its_memory_limit_dies_and_is_replaced() {
-    let pool = Pool::builder()
-        .backend(Backend::Process)
-        .workers(1)
-        .max_memory_per_worker(256 << 20)
-        .build()
-        .expect("the process pool builds");
-    let before = whoami::dispatch_on(&pool).join().unwrap();
-    assert_eq!(
-        allocate::dispatch_on(&pool, 16 << 20).join(),
-        Ok(4096),
-        "a task within the limit runs"
-    );
-    let error = within_limit("the allocating task", {
-        let handle = allocate::dispatch_on(&pool, 1 << 30);
-        move || handle.join()
-    })
-    .expect_err("1 GiB does not fit in 256 MiB");
-    let TaskError::WorkerDied { pid, reason, stderr_tail, .. } = &error else {
-        panic!("expected WorkerDied, got {error:?}");
-    };
-    assert_eq!(*pid, before.pid, "{error:?}");
-    assert!(reason.contains("memory limit"), "{error:?}");
-    assert!(stderr_tail.contains("memory allocation of 1073741824 bytes failed"), "{error:?}");
-    let after = whoami::dispatch_on(&pool).join().unwrap();
-    assert_ne!(after.pid, before.pid);
-    assert_eq!(after.id, before.id);
-    assert_eq!(allocate::dispatch_on(&pool, 16 << 20).join(), Ok(4096));
+    quietly(module_path!(), "a_worker_over_its_memory_limit_dies_and_is_replaced", || {
+        let pool = Pool::builder()
+            .backend(Backend::Process)
+            .workers(1)
+            .max_memory_per_worker(256 << 20)
+            .build()
+            .expect("the process pool builds");
+        let before = whoami::dispatch_on(&pool).join().unwrap();
+        assert_eq!(
+            allocate::dispatch_on(&pool, 16 << 20).join(),
+            Ok(4096),
+            "a task within the limit runs"
+        );
+        let error = within_limit("the allocating task", {
+            let handle = allocate::dispatch_on(&pool, 1 << 30);
+            move || handle.join()
+        })
+        .expect_err("1 GiB does not fit in 256 MiB");
+        let TaskError::WorkerDied { pid, reason, stderr_tail, .. } = &error else {
+            panic!("expected WorkerDied, got {error:?}");
+        };
+        assert_eq!(*pid, before.pid, "{error:?}");
+        assert!(reason.contains("memory limit"), "{error:?}");
+        assert!(stderr_tail.contains("memory allocation of 1073741824 bytes failed"), "{error:?}");
+        let after = whoami::dispatch_on(&pool).join().unwrap();
+        assert_ne!(after.pid, before.pid);
+        assert_eq!(after.id, before.id);
+        assert_eq!(allocate::dispatch_on(&pool, 16 << 20).join(), Ok(4096));
+    });
 }
 
 #[test]
@@ -654,24 +666,27 @@ fn kill_stops_running_tasks_cancels_queued_ones_and_ends_the_workers() {
 
 #[test]
 fn workers_outlive_the_thread_that_started_them() {
-    // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: workers must not be
-    // tied to the thread that built the pool or that noticed a death.
-    let scratch = Scratch::new("thread-exit");
-    let (pool, survivors, scratch) = thread::spawn(move || {
-        let pool = process_pool(2);
-        occupy_all(&pool, &scratch, "first");
-        let victim = die::dispatch_on(&pool, Death::Exit3, scratch.file("victim"), String::new());
-        assert!(matches!(victim.join(), Err(TaskError::WorkerDied { .. })));
-        let survivors: HashSet<Worker> =
-            occupy_all(&pool, &scratch, "second").into_iter().collect();
-        (pool, survivors, scratch)
-    })
-    .join()
-    .expect("the pool's first thread");
-    // This test is about real time: a parent-death signal would land right after the exit.
-    thread::sleep(Duration::from_millis(300));
-    let after: HashSet<Worker> = occupy_all(&pool, &scratch, "third").into_iter().collect();
-    assert_eq!(after, survivors, "a worker died with the thread that started it");
+    quietly(module_path!(), "workers_outlive_the_thread_that_started_them", || {
+        // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits: workers must not be
+        // tied to the thread that built the pool or that noticed a death.
+        let scratch = Scratch::new("thread-exit");
+        let (pool, survivors, scratch) = thread::spawn(move || {
+            let pool = process_pool(2);
+            occupy_all(&pool, &scratch, "first");
+            let victim =
+                die::dispatch_on(&pool, Death::Exit3, scratch.file("victim"), String::new());
+            assert!(matches!(victim.join(), Err(TaskError::WorkerDied { .. })));
+            let survivors: HashSet<Worker> =
+                occupy_all(&pool, &scratch, "second").into_iter().collect();
+            (pool, survivors, scratch)
+        })
+        .join()
+        .expect("the pool's first thread");
+        // This test is about real time: a parent-death signal would land right after the exit.
+        thread::sleep(Duration::from_millis(300));
+        let after: HashSet<Worker> = occupy_all(&pool, &scratch, "third").into_iter().collect();
+        assert_eq!(after, survivors, "a worker died with the thread that started it");
+    });
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! mistake, values that will not cross, payloads at and over the limit.
 #![cfg(feature = "process")]
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::quietly;
 use parallel::{task, Backend, Environment, Never, Pool, Task, TaskError};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -145,23 +148,25 @@ fn a_task_the_worker_does_not_know_is_reported_by_name() {
 
 #[test]
 fn a_worker_that_cannot_start_is_reported_after_bounded_retries() {
-    // Under a 4 MiB address-space limit the executable cannot even be loaded.
-    let pool = Pool::builder()
-        .backend(Backend::Process)
-        .workers(1)
-        .max_memory_per_worker(4 << 20)
-        .build()
-        .unwrap();
-    // The first task gets the error after five attempts with backoff (20 ms to 320 ms); later
-    // ones back off longer still, so a broken setup never becomes a crash loop.
-    match echo::dispatch_on(&pool, vec![1]).join() {
-        Err(error @ TaskError::WorkerUnavailable { .. }) => {
-            let shown = error.to_string();
-            assert!(shown.contains("no worker could be started for task"), "{shown}");
-            assert!(shown.contains("5 attempts failed"), "{shown}");
+    quietly(module_path!(), "a_worker_that_cannot_start_is_reported_after_bounded_retries", || {
+        // Under a 4 MiB address-space limit the executable cannot even be loaded.
+        let pool = Pool::builder()
+            .backend(Backend::Process)
+            .workers(1)
+            .max_memory_per_worker(4 << 20)
+            .build()
+            .unwrap();
+        // The first task gets the error after five attempts with backoff (20 ms to 320 ms); later
+        // ones back off longer still, so a broken setup never becomes a crash loop.
+        match echo::dispatch_on(&pool, vec![1]).join() {
+            Err(error @ TaskError::WorkerUnavailable { .. }) => {
+                let shown = error.to_string();
+                assert!(shown.contains("no worker could be started for task"), "{shown}");
+                assert!(shown.contains("5 attempts failed"), "{shown}");
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
-    }
+    });
 }
 
 #[test]

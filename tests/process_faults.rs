@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{within, Scratch};
+use common::{quietly, within, Scratch};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -197,22 +197,24 @@ fn no_task_waits_behind_a_hung_one_while_a_worker_idles() {
 
 #[test]
 fn a_panic_message_over_the_message_limit_is_a_panic_cut_to_fit() {
-    let pool = Pool::builder()
-        .backend(Backend::Process)
-        .workers(1)
-        .max_message_size(64 << 10)
-        .build()
-        .expect("a process pool");
-    let before = pid::dispatch_on(&pool).join().expect("a worker answers");
-    match shout::dispatch_on(&pool, 1 << 20).join() {
-        Err(TaskError::Panicked { message, .. }) => {
-            assert!(message.len() < 64 << 10, "{} bytes", message.len());
-            assert!(message.starts_with("xxxx"), "{}", &message[..100]);
-            assert!(message.contains("cut to"), "{}", &message[message.len() - 200..]);
+    quietly(module_path!(), "a_panic_message_over_the_message_limit_is_a_panic_cut_to_fit", || {
+        let pool = Pool::builder()
+            .backend(Backend::Process)
+            .workers(1)
+            .max_message_size(64 << 10)
+            .build()
+            .expect("a process pool");
+        let before = pid::dispatch_on(&pool).join().expect("a worker answers");
+        match shout::dispatch_on(&pool, 1 << 20).join() {
+            Err(TaskError::Panicked { message, .. }) => {
+                assert!(message.len() < 64 << 10, "{} bytes", message.len());
+                assert!(message.starts_with("xxxx"), "{}", &message[..100]);
+                assert!(message.contains("cut to"), "{}", &message[message.len() - 200..]);
+            }
+            other => panic!("expected a panic, got {other:?}"),
         }
-        other => panic!("expected a panic, got {other:?}"),
-    }
-    assert_eq!(pid::dispatch_on(&pool).join(), Ok(before), "the worker survives");
+        assert_eq!(pid::dispatch_on(&pool).join(), Ok(before), "the worker survives");
+    });
 }
 
 #[task]
@@ -222,24 +224,30 @@ fn weigh(bytes: Vec<u8>) -> usize {
 
 #[test]
 fn a_job_whose_frame_kills_every_worker_before_it_starts_is_reported_not_resent_forever() {
-    // 256 MiB of address space is enough to serve, not to take in a frame of 512 MiB.
-    let pool = Pool::builder()
-        .backend(Backend::Process)
-        .workers(1)
-        .max_memory_per_worker(256 << 20)
-        .build()
-        .expect("a process pool");
-    let error = within(Duration::from_secs(120), "the oversized job", {
-        let handle = weigh::dispatch_on(&pool, vec![0; 512 << 20]);
-        move || handle.join()
-    });
-    match error {
-        Err(TaskError::WorkerDied { reason, .. }) => {
-            assert!(reason.contains("before starting it 3 times"), "{reason}")
-        }
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
-    assert_eq!(weigh::dispatch_on(&pool, vec![0; 1 << 20]).join(), Ok(1 << 20));
+    quietly(
+        module_path!(),
+        "a_job_whose_frame_kills_every_worker_before_it_starts_is_reported_not_resent_forever",
+        || {
+            // 256 MiB of address space is enough to serve, not to take in a frame of 512 MiB.
+            let pool = Pool::builder()
+                .backend(Backend::Process)
+                .workers(1)
+                .max_memory_per_worker(256 << 20)
+                .build()
+                .expect("a process pool");
+            let error = within(Duration::from_secs(120), "the oversized job", {
+                let handle = weigh::dispatch_on(&pool, vec![0; 512 << 20]);
+                move || handle.join()
+            });
+            match error {
+                Err(TaskError::WorkerDied { reason, .. }) => {
+                    assert!(reason.contains("before starting it 3 times"), "{reason}")
+                }
+                other => panic!("expected WorkerDied, got {other:?}"),
+            }
+            assert_eq!(weigh::dispatch_on(&pool, vec![0; 1 << 20]).join(), Ok(1 << 20));
+        },
+    );
 }
 
 #[task]
@@ -253,17 +261,19 @@ fn say_then(words: String, abort: bool) -> u32 {
 
 #[test]
 fn a_dying_task_is_shown_only_its_own_stderr() {
-    let pool = pool(1);
-    for round in 0..20 {
-        let earlier = format!("earlier task {round} speaking");
-        let worker = say_then::dispatch_on(&pool, earlier.clone(), false).join();
-        assert!(worker.is_ok(), "{worker:?}");
-        match say_then::dispatch_on(&pool, format!("dying task {round}"), true).join() {
-            Err(TaskError::WorkerDied { stderr_tail, .. }) => {
-                assert!(stderr_tail.contains(&format!("dying task {round}")), "{stderr_tail}");
-                assert!(!stderr_tail.contains(&earlier), "round {round}: {stderr_tail}");
+    quietly(module_path!(), "a_dying_task_is_shown_only_its_own_stderr", || {
+        let pool = pool(1);
+        for round in 0..20 {
+            let earlier = format!("earlier task {round} speaking");
+            let worker = say_then::dispatch_on(&pool, earlier.clone(), false).join();
+            assert!(worker.is_ok(), "{worker:?}");
+            match say_then::dispatch_on(&pool, format!("dying task {round}"), true).join() {
+                Err(TaskError::WorkerDied { stderr_tail, .. }) => {
+                    assert!(stderr_tail.contains(&format!("dying task {round}")), "{stderr_tail}");
+                    assert!(!stderr_tail.contains(&earlier), "round {round}: {stderr_tail}");
+                }
+                other => panic!("expected WorkerDied, got {other:?}"),
             }
-            other => panic!("expected WorkerDied, got {other:?}"),
         }
-    }
+    });
 }

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{kill_9, publish, stat, HelperProcess, Scratch};
+use common::{kill_9, publish, quietly, stat, HelperProcess, Scratch};
 
 use std::fs;
 use std::io::{Read, Write};
@@ -252,20 +252,25 @@ fn a_write_to_a_closed_pipe_is_an_error_value_and_the_worker_survives() {
 
 #[test]
 fn a_stack_overflow_is_reported_as_one() {
-    let _serial = serial();
-    let pool = pool(1);
-    match recurse::dispatch_on(&pool, u64::MAX).join_timeout(HANG_LIMIT) {
-        Err(TaskError::WorkerDied { reason, stderr_tail, .. }) => {
-            assert!(reason.contains("overflowed its stack"), "{reason}");
-            assert!(reason.contains("SIGABRT"), "{reason}");
-            assert!(stderr_tail.contains("has overflowed its stack"), "{stderr_tail}");
-            assert!(stderr_tail.contains("fatal runtime error: stack overflow"), "{stderr_tail}");
+    quietly(module_path!(), "a_stack_overflow_is_reported_as_one", || {
+        let _serial = serial();
+        let pool = pool(1);
+        match recurse::dispatch_on(&pool, u64::MAX).join_timeout(HANG_LIMIT) {
+            Err(TaskError::WorkerDied { reason, stderr_tail, .. }) => {
+                assert!(reason.contains("overflowed its stack"), "{reason}");
+                assert!(reason.contains("SIGABRT"), "{reason}");
+                assert!(stderr_tail.contains("has overflowed its stack"), "{stderr_tail}");
+                assert!(
+                    stderr_tail.contains("fatal runtime error: stack overflow"),
+                    "{stderr_tail}"
+                );
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
-    }
-    // A segfault elsewhere is still a segfault, and the pool goes on.
-    assert!(pid::dispatch_on(&pool).join().is_ok());
-    pool.shutdown();
+        // A segfault elsewhere is still a segfault, and the pool goes on.
+        assert!(pid::dispatch_on(&pool).join().is_ok());
+        pool.shutdown();
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

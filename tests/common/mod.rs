@@ -190,6 +190,75 @@ impl Drop for HelperProcess {
     }
 }
 
+/// Set in the copy of a test binary that [`quietly`] starts, to the name of the test it runs.
+const QUIET_COPY: &str = "PARALLEL_TEST_QUIET_COPY";
+
+/// How long a test run by [`quietly`] may take in its copy; the tests have tighter limits inside.
+const QUIET_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `body`, the whole of test `test` (`module` is the test's `module_path!()`), in a copy of
+/// this test binary whose output is captured and shown only if the test fails there.
+///
+/// For tests whose workers write to standard error on purpose (a provoked panic, a crash, a
+/// flood): the pool copies a worker's standard error to its own, which the test harness does not
+/// capture, so a green run would print it. In the copy it goes to a pipe instead.
+pub(crate) fn quietly(module: &str, test: &str, body: impl FnOnce()) {
+    // The test's name as the harness knows it: its module path without the crate's name.
+    let name = match module.split_once("::") {
+        Some((_, path)) => format!("{path}::{test}"),
+        None => test.to_owned(),
+    };
+    if std::env::var_os(QUIET_COPY).is_some_and(|running| running == *name) {
+        return body();
+    }
+    let mut command = HelperProcess::command(&[], &name);
+    command
+        .env(QUIET_COPY, &name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut copy = HelperProcess::spawn(&mut command);
+    let stdout = read_all(copy.child.stdout.take());
+    let stderr = read_all(copy.child.stderr.take());
+    let deadline = std::time::Instant::now() + QUIET_LIMIT;
+    let status = loop {
+        if let Some(status) = copy.child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes end when the copy and its workers are gone (killed by `drop` on a timeout).
+    drop(copy);
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let ran = stdout.contains("test result: ok. 1 passed");
+    if status.is_some_and(|status| status.success()) && ran {
+        return;
+    }
+    // Printed through the harness's capture, so it shows with this test's failure.
+    println!("--- the copy's stdout:\n{stdout}\n--- the copy's stderr:\n{stderr}");
+    match status {
+        None => panic!("`{name}` did not finish within {QUIET_LIMIT:?} in its copy"),
+        Some(status) if status.success() => panic!("`{name}` did not run in its copy"),
+        Some(status) => panic!("`{name}` failed in its copy ({status}); its output is above"),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own, so that two pipes cannot block each other.
+fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            // A read error ends what we can show; the exit status still decides.
+            let _ = pipe.read_to_end(&mut text);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
 /// Sends SIGKILL to `pid` with the `kill` command, and fails if it cannot.
 pub(crate) fn kill_9(pid: u32) {
     let status = std::process::Command::new("kill")

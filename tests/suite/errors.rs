@@ -34,4 +34,4 @@ fn display_tells_what_where_and_why(backend: Backend) {
     assert!(!TaskError::<String>::TimedOut.to_string().is_empty());
 }
 
-crate::backends!(display_tells_what_where_and_why);
+crate::backends!(; quietly: display_tells_what_where_and_why);

@@ -20,10 +20,13 @@ mod results;
 mod stats;
 mod unordered;
 
-/// Instantiates each listed test function once per backend compiled into this build.
+/// Instantiates each listed test function once per backend compiled into this build. The tests
+/// listed after `quietly:` make worker processes write to standard error on purpose (a provoked
+/// panic): on the process backend each runs in a copy of this binary whose output is shown only if
+/// it fails (`common::quietly`).
 #[macro_export]
 macro_rules! backends {
-    ($($test:ident),* $(,)?) => {
+    ($($test:ident),* $(,)? $(; quietly: $($noisy:ident),+ $(,)?)?) => {
         mod thread {
             $(
                 #[test]
@@ -31,6 +34,12 @@ macro_rules! backends {
                     super::$test(parallel::Backend::Thread)
                 }
             )*
+            $($(
+                #[test]
+                fn $noisy() {
+                    super::$noisy(parallel::Backend::Thread)
+                }
+            )+)?
         }
 
         #[cfg(feature = "process")]
@@ -41,6 +50,14 @@ macro_rules! backends {
                     super::$test(parallel::Backend::Process)
                 }
             )*
+            $($(
+                #[test]
+                fn $noisy() {
+                    $crate::common::quietly(module_path!(), stringify!($noisy), || {
+                        super::$noisy(parallel::Backend::Process)
+                    })
+                }
+            )+)?
         }
     };
 }
