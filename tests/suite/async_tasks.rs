@@ -130,8 +130,10 @@ crate::backends!(
     async_tasks_await_tokio_timers_and_return_values,
     async_tasks_get_the_workers_environment,
     a_spawned_task_keeps_serving_between_async_tasks,
-    an_async_panic_is_reported_and_the_runtime_serves_the_next_task,
     an_async_task_that_times_out_is_stopped_and_the_next_one_runs,
+    ;
+    quietly:
+    an_async_panic_is_reported_and_the_runtime_serves_the_next_task,
 );
 
 /// The pool of the nested test, reachable from inside its tasks.

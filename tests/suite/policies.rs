@@ -290,20 +290,22 @@ fn wait_for_retries(pool: &parallel::Pool, at_least: u64) {
 }
 
 crate::backends!(
-    a_panicking_attempt_runs_again,
-    retries_end_with_the_last_attempt_s_outcome,
     a_timed_out_attempt_runs_again,
     the_late_answer_of_a_timed_out_attempt_is_dropped,
     a_failed_attempt_runs_again_with_retry_failed,
     a_failed_attempt_is_the_answer_without_retry_failed,
-    nothing_runs_twice_without_retries,
+    the_policy_is_on_the_task_type,
+    ;
+    quietly:
     a_timeout_leaves_the_pool_serving,
     the_backoff_doubles,
+    a_panicking_attempt_runs_again,
+    retries_end_with_the_last_attempt_s_outcome,
+    nothing_runs_twice_without_retries,
     a_cancel_during_the_backoff_cancels_the_retry,
     a_kill_during_the_backoff_cancels_the_retry,
     a_shutdown_during_the_backoff_runs_the_retry,
     a_dropped_pool_resolves_a_waiting_task_with_its_last_outcome,
-    the_policy_is_on_the_task_type,
 );
 
 /// The pool of one thread that `joins_a_retried_task` dispatches to from inside its task.

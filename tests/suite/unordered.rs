@@ -195,8 +195,10 @@ crate::backends!(
     staggered_tasks_come_back_shortest_first,
     indices_map_back_to_inputs_and_the_input_is_pulled_lazily,
     an_early_drop_cancels_the_rest_and_harms_no_later_task,
-    panics_and_crashes_come_back_in_place,
     a_hundred_thousand_no_ops_each_come_back_once,
     as_completed_yields_in_the_order_tasks_finish,
     as_completed_sees_finished_handles_at_once_and_cancel_stops_the_rest,
+    ;
+    quietly:
+    panics_and_crashes_come_back_in_place,
 );

@@ -129,7 +129,8 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let pool = Pool::builder().workers(2).build().map_err(|error| error.to_string())?;
     let can_crash = pool.backend() == Backend::Process;
-    let ledger = Ledger::new().map_err(|error| format!("cannot make a ledger directory: {error}"))?;
+    let ledger =
+        Ledger::new().map_err(|error| format!("cannot make a ledger directory: {error}"))?;
     let dir = ledger.0.to_string_lossy().into_owned();
 
     let started = Instant::now();
