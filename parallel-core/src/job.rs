@@ -692,6 +692,7 @@ mod loom {
     impl Task for Unit {
         type Output = u8;
         type Error = Never;
+        type Progress = Never;
         const NAME: &'static str = "job::loom::unit";
 
         fn run(self, _: &mut Environment) -> Result<u8, Never> {

@@ -190,6 +190,7 @@ mod loom {
     impl Task for Unit {
         type Output = u8;
         type Error = Never;
+        type Progress = Never;
         const NAME: &'static str = "ledger::loom::unit";
 
         fn run(self, _: &mut Environment) -> Result<u8, Never> {
