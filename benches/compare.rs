@@ -231,6 +231,15 @@ async fn noop_async(x: u64) -> u64 {
     x
 }
 
+/// Sends `n` progress messages, then returns: the task of the progress row.
+#[parallel::task]
+fn chatter(progress: &parallel::Progress<u64>, n: u64) -> u64 {
+    for i in 0..n {
+        progress.send(i);
+    }
+    n
+}
+
 fn round_trip(bench: &mut Bench) {
     let thread = pool(Backend::Thread, WORKERS);
     let process = pool(Backend::Process, WORKERS);
@@ -300,6 +309,28 @@ fn round_trip(bench: &mut Bench) {
         vec![
             Variant::new(Peer::Thread, 20_000, |n| ours_async(&thread, n)),
             Variant::new(Peer::Process, 2_000, |n| ours_async(&process, n)),
+        ],
+    );
+}
+
+/// Progress messages from one task, read as they come, against the pool's raw task throughput.
+fn progress(bench: &mut Bench) {
+    let thread = pool(Backend::Thread, WORKERS);
+    let process = pool(Backend::Process, WORKERS);
+    let talk = |pool: &Pool, n: usize| {
+        per_op(n, || {
+            let handle = chatter::dispatch_on(pool, n as u64);
+            let read = handle.progress().map(black_box).count();
+            assert_eq!(read, n, "every progress message is read");
+            black_box(handle.join().expect("the chatter task failed"));
+        })
+    };
+    bench.measure(
+        "progress",
+        vec![
+            // Fewer than the 65 536 a handle keeps before its reader exists: none is dropped.
+            Variant::new(Peer::Thread, 50_000, |n| talk(&thread, n)),
+            Variant::new(Peer::Process, 50_000, |n| talk(&process, n)),
         ],
     );
 }
@@ -709,6 +740,7 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
     let describe = [
         ("round_trip", "round trip: submit one no-op task (a `u64` there and back; 64 bytes for the raw peers), wait for its result, repeat"),
         ("round_trip_async", "async round trip: the same with a no-op `async fn` task, on the same pools, measured right after; each worker's tokio runtime is made during the warm-up; the ratio is the sync round trip's time over this one's"),
+        ("progress", "progress: one task sends this many `u64` messages through `&Progress<u64>` while the caller reads them from `handle.progress()`; the ratio is the message rate over the submit-all task rate"),
         ("bulk_submit", "submit all: submit every no-op task, then join every handle (rayon: `spawn` each with a channel sender; Python: `submit`/`apply_async`)"),
         ("bulk_map", "`map`: ours streams through `Pool::map`; Python's `map` with chunksize 1"),
         ("bulk_map_chunk100", "Python's `map` with chunksize 100: a hundred tasks per message"),
@@ -768,6 +800,7 @@ fn main() {
     };
     round_trip(&mut bench);
     bulk(&mut bench);
+    progress(&mut bench);
     cpu_bound(&mut bench);
     completion_order(&mut bench);
     bytes(&mut bench);

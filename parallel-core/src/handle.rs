@@ -172,7 +172,7 @@ impl<T: Task> TaskHandle<T> {
     ///
     /// Messages come in the order sent, from every attempt (a retried task's failed attempts
     /// included; [`ProgressReader::attempt`] tells which). While no reader exists the handle
-    /// keeps the newest 1024 messages and drops older ones ([`ProgressReader::dropped`] counts
+    /// keeps the newest 65 536 messages and drops older ones ([`ProgressReader::dropped`] counts
     /// them), so a task whose messages nobody reads holds bounded memory; while a reader exists
     /// nothing is dropped. Several readers of one handle share its messages.
     ///

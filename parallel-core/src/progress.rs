@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// How many messages a job keeps while no [`ProgressReader`] of it exists: the newest ones.
-pub(crate) const KEPT: usize = 1024;
+pub(crate) const KEPT: usize = 65_536;
 
 /// The sending end of a task's progress messages, lent to the task while it runs.
 ///
@@ -385,9 +385,10 @@ impl<P> FeedState<P> {
 ///
 /// What is kept: while a reader of the handle exists, every message until it is read (the reader
 /// asked for all of them; one that stops reading keeps them all). While none exists (before the
-/// first call to `progress()`, after the readers are dropped), the handle keeps the newest 1024
+/// first call to `progress()`, after the readers are dropped), the handle keeps the newest 65 536
 /// messages and drops older ones, counting them in [`dropped`](Self::dropped); a task that sends
-/// millions of messages nobody reads holds 1024 at most. Several readers of one handle share its
+/// millions of messages nobody reads holds 65 536 at most. So many that a reader taken right
+/// after `dispatch` misses none of a fast task's first messages. Several readers of one handle share its
 /// messages: each message goes to one of them.
 ///
 /// # Examples
@@ -444,7 +445,7 @@ impl<P> ProgressReader<P> {
     }
 
     /// How many messages of this task were dropped so far: the oldest ones, while no reader
-    /// existed and more than 1024 waited, and any that arrived but did not deserialize.
+    /// existed and more than 65 536 waited, and any that arrived but did not deserialize.
     ///
     /// # Examples
     ///
@@ -457,14 +458,14 @@ impl<P> ProgressReader<P> {
     /// }
     ///
     /// fn main() {
-    ///     let handle = chatty::dispatch(5_000);
+    ///     let handle = chatty::dispatch(100_000);
     ///     while !handle.is_finished() {
     ///         std::thread::yield_now();
     ///     }
-    ///     // Nobody read while it ran: the newest 1024 messages are kept.
+    ///     // Nobody read while it ran: the newest 65 536 messages are kept.
     ///     let mut reader = handle.progress();
-    ///     assert_eq!(reader.next(), Some(5_000 - 1024));
-    ///     assert_eq!(reader.dropped(), 5_000 - 1024);
+    ///     assert_eq!(reader.next(), Some(100_000 - 65_536));
+    ///     assert_eq!(reader.dropped(), 100_000 - 65_536);
     /// }
     /// ```
     pub fn dropped(&self) -> u64 {
