@@ -297,13 +297,16 @@ impl<P> Feed<P> {
 
     /// The job is resolved: readers end once they have read what is queued.
     pub(crate) fn close(&self) {
-        let wakers = {
+        let (wakers, has_sleepers) = {
             let mut state = self.lock();
             state.live = 0;
             state.is_closed = true;
-            std::mem::take(&mut state.wakers)
+            (std::mem::take(&mut state.wakers), state.sleepers > 0)
         };
-        self.ready.notify_all();
+        // Notifying costs a system call even with nobody asleep, and every job closes its feed.
+        if has_sleepers {
+            self.ready.notify_all();
+        }
         wakers.into_iter().for_each(Waker::wake);
     }
 
