@@ -64,7 +64,9 @@ use crate::errors::Errors;
 /// - `timeout = "DURATION"`: the limit of each attempt (`"250ms"`, `"2s"`, `"1.5s"`, `"1m"`,
 ///   `"1h"`). On expiry the attempt ends as `TimedOut`: on the process backend its worker is
 ///   killed and replaced; on the thread backend the attempt is abandoned (the thread runs it to
-///   its end and its result is dropped). The clock starts when a worker is handed the attempt.
+///   its end and its result is dropped). The clock starts when a worker is handed the attempt;
+///   on worker processes such a task is handed only to a worker with nothing else to do, so it
+///   never waits behind another task on its clock.
 /// - `retries = N` (default 0): an attempt that did not return — `Panicked`, `WorkerDied`,
 ///   `TimedOut` — runs again, up to `N` more times. The handle resolves once, with the last
 ///   attempt's outcome. Without `retries`, nothing ever runs twice.

@@ -114,6 +114,25 @@ fn panics_once(dir: String) -> usize {
     run
 }
 
+/// Naps `millis`, within a limit of 300 ms.
+#[task(timeout = "300ms")]
+fn nap_within_a_limit(millis: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(millis));
+    millis
+}
+
+/// Found by `examples/retries`: on worker processes, jobs with a timeout were sent ahead in a
+/// batch, and the clock of one waiting behind another ran out before it started. Its clock now
+/// starts when it starts: two 200 ms naps in a row each stay within their 300 ms.
+fn a_time_limit_does_not_run_while_the_task_waits_behind_another(backend: Backend) {
+    let pool = pool(backend, 1);
+    let naps = (0..50).map(|_| 0).chain([200, 200]).chain((0..10).map(|_| 0));
+    let answers: Vec<_> = pool.map(naps.map(nap_within_a_limit::new)).collect();
+    let timed_out = answers.iter().filter(|answer| answer.is_err()).count();
+    assert_eq!(timed_out, 0, "{answers:?}");
+    assert_eq!(pool.stats().restarts, 0, "no worker was killed for a limit");
+}
+
 fn a_panicking_attempt_runs_again(backend: Backend) {
     let pool = pool(backend, 2);
     let scratch = Scratch::new("retry-panic");
@@ -290,6 +309,7 @@ fn wait_for_retries(pool: &parallel::Pool, at_least: u64) {
 }
 
 crate::backends!(
+    a_time_limit_does_not_run_while_the_task_waits_behind_another,
     a_timed_out_attempt_runs_again,
     the_late_answer_of_a_timed_out_attempt_is_dropped,
     a_failed_attempt_runs_again_with_retry_failed,

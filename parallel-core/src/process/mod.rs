@@ -80,6 +80,9 @@ trait Request: Send {
     fn fail(&self, error: Failure) -> bool;
     /// Where the progress messages of the job's claimed attempt go, decoded from their bytes.
     fn progress(&self) -> Arc<dyn Decode>;
+    /// Whether each attempt of the job has a time limit: such a job is sent only to a worker with
+    /// nothing in flight, so that its clock does not run while it waits behind another job.
+    fn has_timeout(&self) -> bool;
 }
 
 /// Why a job failed outside the task itself.
@@ -115,6 +118,10 @@ impl<T: Task> Submitted<T> {
 }
 
 impl<T: Task> Request for Submitted<T> {
+    fn has_timeout(&self) -> bool {
+        T::POLICY.timeout().is_some()
+    }
+
     fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>> {
         let (task, attempt) = self.job.start_attempt(Some(stop))?;
         self.attempt.store(attempt, Ordering::Relaxed);

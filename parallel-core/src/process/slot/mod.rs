@@ -630,14 +630,19 @@ fn run(shared: &Arc<Shared>, id: usize) {
                 continue;
             }
             let take = pace::share(state.queue.len(), shared.settings.workers, room);
-            let items: Vec<Item> = state.queue.drain(..take).collect();
-            let link = state.slots[id].link.clone();
-            drop(state);
-            if let Some(link) = link {
-                send_jobs(shared, id, &link, items, usize::MAX);
+            let is_idle = state.slots[id].in_flight.is_empty();
+            let items = take_sendable(&mut state.queue, take, is_idle);
+            if !items.is_empty() {
+                let link = state.slots[id].link.clone();
+                drop(state);
+                if let Some(link) = link {
+                    send_jobs(shared, id, &link, items, usize::MAX);
+                }
+                state = shared.lock();
+                continue;
             }
-            state = shared.lock();
-            continue;
+            // A job with a time limit waits at the front for this worker to be idle (its reader
+            // wakes the slot then), or for another slot.
         }
         let is_spent = sent_so_far >= max_sent;
         if is_spent && state.slots[id].in_flight.is_empty() {
@@ -680,6 +685,24 @@ fn run(shared: &Arc<Shared>, id: usize) {
     }
     drop(state);
     supervisor.retire();
+}
+
+/// Takes up to `take` jobs from the front of the queue for one worker, in order. A job whose
+/// attempts have a time limit goes only to an idle worker and alone, so that its clock starts
+/// when it starts rather than while it waits behind another job in the worker.
+fn take_sendable(queue: &mut VecDeque<Item>, take: usize, is_idle: bool) -> Vec<Item> {
+    let mut items = Vec::new();
+    while items.len() < take {
+        let Some(front) = queue.front() else { break };
+        if front.request().has_timeout() {
+            if is_idle && items.is_empty() {
+                items.extend(queue.pop_front());
+            }
+            break;
+        }
+        items.extend(queue.pop_front());
+    }
+    items
 }
 
 /// Resolves the jobs a dead worker ran as `WorkerDied`; returns the ones to requeue.
