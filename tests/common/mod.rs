@@ -196,6 +196,9 @@ const QUIET_COPY: &str = "PARALLEL_TEST_QUIET_COPY";
 /// How long a test run by [`quietly`] may take in its copy; the tests have tighter limits inside.
 const QUIET_LIMIT: Duration = Duration::from_secs(300);
 
+/// How the lines of figures that a quiet test prints begin: they are passed on from its copy.
+const FIGURES: &[&str] = &["chaos soak"];
+
 /// Runs `body`, the whole of test `test` (`module` is the test's `module_path!()`), in a copy of
 /// this test binary whose output is captured and shown only if the test fails there.
 ///
@@ -236,6 +239,11 @@ pub(crate) fn quietly(module: &str, test: &str, body: impl FnOnce()) {
     let stderr = stderr.join().unwrap_or_default();
     let ran = stdout.contains("test result: ok. 1 passed");
     if status.is_some_and(|status| status.success()) && ran {
+        // The figures a green copy reports (the chaos soak's summary, which `scripts/soak.sh`
+        // reads) pass through the harness: shown with `--nocapture`, captured otherwise.
+        for line in stderr.lines().filter(|line| FIGURES.iter().any(|at| line.starts_with(at))) {
+            eprintln!("{line}");
+        }
         return;
     }
     // Printed through the harness's capture, so it shows with this test's failure.
