@@ -49,7 +49,7 @@ run() {
     fi
 }
 
-run chaos '^chaos soak:|^test result' \
+run chaos '^chaos soak|^test result' \
     env PARALLEL_SOAK_TASKS="$tasks" PARALLEL_SOAK_RETRY_TASKS="$((tasks / 10))" \
     cargo test --release --features process --test chaos -- --nocapture
 run thread_stress '^thread stress:|^test result' \
