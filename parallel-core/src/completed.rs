@@ -415,23 +415,10 @@ mod tests {
     use super::*;
     use crate::job::Job;
     use crate::ledger::Ledger;
-    use crate::{Environment, Never, TaskError};
-    use serde::{Deserialize, Serialize};
+    use crate::TaskError;
     use std::sync::atomic::AtomicUsize;
 
-    #[derive(Serialize, Deserialize)]
-    struct Unit;
-
-    impl Task for Unit {
-        type Output = u8;
-        type Error = Never;
-        type Progress = crate::Never;
-        const NAME: &'static str = "completed::tests::unit";
-
-        fn run(self, _: &mut Environment) -> Result<u8, Never> {
-            Ok(1)
-        }
-    }
+    use crate::task::Unit;
 
     /// `n` queued jobs (run by nobody: the test resolves them) and their handles.
     fn jobs(n: usize) -> (Vec<Arc<Job<Unit>>>, Vec<TaskHandle<Unit>>) {

@@ -556,23 +556,9 @@ impl<T: Task> Abort for Job<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::{Environment, Never};
-    use serde::{Deserialize, Serialize};
     use std::time::Duration;
 
-    #[derive(Serialize, Deserialize)]
-    struct Unit;
-
-    impl Task for Unit {
-        type Output = u8;
-        type Error = Never;
-        type Progress = Never;
-        const NAME: &'static str = "job::tests::unit";
-
-        fn run(self, _: &mut Environment) -> Result<u8, Never> {
-            Ok(1)
-        }
-    }
+    use crate::task::Unit;
 
     fn ledger() -> Arc<Ledger> {
         Arc::new(Ledger::new(7))
@@ -682,23 +668,9 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom {
     use super::*;
-    use crate::{Environment, Never};
     use ::loom::thread;
-    use serde::{Deserialize, Serialize};
 
-    #[derive(Serialize, Deserialize)]
-    struct Unit;
-
-    impl Task for Unit {
-        type Output = u8;
-        type Error = Never;
-        type Progress = Never;
-        const NAME: &'static str = "job::loom::unit";
-
-        fn run(self, _: &mut Environment) -> Result<u8, Never> {
-            Ok(1)
-        }
-    }
+    use crate::task::Unit;
 
     fn enqueue(ledger: &Arc<Ledger>) -> Arc<Job<Unit>> {
         Job::enqueue(Unit, ledger).ok().expect("the ledger is open")

@@ -178,25 +178,11 @@ mod loom {
     use std::sync::Arc;
 
     use ::loom::thread;
-    use serde::{Deserialize, Serialize};
 
     use super::*;
     use crate::job::Job;
-    use crate::{Environment, Never, Task};
 
-    #[derive(Serialize, Deserialize)]
-    struct Unit;
-
-    impl Task for Unit {
-        type Output = u8;
-        type Error = Never;
-        type Progress = Never;
-        const NAME: &'static str = "ledger::loom::unit";
-
-        fn run(self, _: &mut Environment) -> Result<u8, Never> {
-            Ok(1)
-        }
-    }
+    use crate::task::Unit;
 
     /// A job submitted while the pool is killed: it is refused at `enter`, or `abort_all` finds
     /// it and cancels it; never accepted and forgotten.

@@ -71,3 +71,20 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// [`TaskError::Failed`](crate::TaskError::Failed).
     fn run(self, env: &mut Environment) -> Result<Self::Output, Self::Error>;
 }
+
+/// The smallest task, for the runtime's own unit tests and loom models: it returns 1.
+#[cfg(test)]
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Unit;
+
+#[cfg(test)]
+impl Task for Unit {
+    type Output = u8;
+    type Error = crate::Never;
+    type Progress = crate::Never;
+    const NAME: &'static str = "parallel_core::task::Unit";
+
+    fn run(self, _: &mut Environment) -> Result<u8, crate::Never> {
+        Ok(1)
+    }
+}
