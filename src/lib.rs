@@ -115,5 +115,8 @@ pub use parallel_core::{
 
 pub use parallel_macros::task;
 
+#[cfg(feature = "cluster")]
+pub use parallel_core::serve;
+
 #[doc(hidden)]
 pub use parallel_core::__private;

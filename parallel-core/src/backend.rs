@@ -20,17 +20,18 @@ pub enum Backend {
     /// task's arguments and result cross a pipe through serde; a crash kills only its worker, and
     /// a timeout really stops the task.
     Process,
+    /// Serving copies of this program on other machines, through a NATS JetStream server (needs
+    /// the `cluster` feature and [`PoolBuilder::cluster`](crate::PoolBuilder::cluster)): each
+    /// task is published into the server's stream and runs on a slot of a serving process that
+    /// has the same task with the same signature.
+    Cluster,
 }
 
 impl Backend {
-    /// Parses a `PARALLEL_BACKEND` value: `thread` or `process`, in any case.
+    /// Parses a `PARALLEL_BACKEND` value: `thread`, `process` or `cluster`, in any case.
     pub(crate) fn parse(value: &str) -> Option<Backend> {
-        if value.eq_ignore_ascii_case("thread") {
-            Some(Backend::Thread)
-        } else if value.eq_ignore_ascii_case("process") {
-            Some(Backend::Process)
-        } else {
-            None
-        }
+        [Backend::Thread, Backend::Process, Backend::Cluster]
+            .into_iter()
+            .find(|backend| value.eq_ignore_ascii_case(&format!("{backend:?}")))
     }
 }

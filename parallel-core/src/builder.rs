@@ -22,6 +22,8 @@ const WORKERS_VARIABLE: &str = "PARALLEL_WORKERS";
 /// | [`max_tasks_per_worker`](Self::max_tasks_per_worker) | — | unlimited |
 /// | [`max_memory_per_worker`](Self::max_memory_per_worker) | — | unlimited |
 /// | [`max_message_size`](Self::max_message_size) | — | 1 GiB |
+/// | [`cluster`](Self::cluster) | `PARALLEL_CLUSTER=URL` | — (needed by `Backend::Cluster`) |
+/// | [`namespace`](Self::namespace) | `PARALLEL_NAMESPACE=NAME` | `parallel` |
 ///
 /// A setting out of range is an [`Error`] from [`build`](Self::build), never a panic or an abort:
 /// a pool has 1 to [`max_workers`](Self::max_workers) workers, a message limit is 4 KiB to
@@ -48,6 +50,8 @@ pub struct PoolBuilder {
     max_tasks_per_worker: Option<usize>,
     max_memory_per_worker: Option<u64>,
     max_message_size: Option<usize>,
+    cluster: Option<String>,
+    namespace: Option<String>,
 }
 
 impl PoolBuilder {
@@ -79,6 +83,8 @@ impl PoolBuilder {
     }
 
     /// How many tasks run at once, each on its own worker: 1 to [`max_workers`](Self::max_workers).
+    /// On a [`Backend::Cluster`] pool the serving processes have the slots, and this is how many
+    /// tasks [`Pool::map`] keeps out for them (64 by default).
     ///
     /// # Examples
     ///
@@ -185,6 +191,40 @@ impl PoolBuilder {
         self
     }
 
+    /// The NATS server of a [`Backend::Cluster`] pool (feature `cluster`): `nats://host:4222`,
+    /// `tls://host:4222` (TLS required), with credentials as `nats://TOKEN@host:4222` or
+    /// `nats://USER:PASSWORD@host:4222`, several servers of one NATS cluster separated by commas.
+    /// `PARALLEL_CLUSTER_CREDS` names a credentials file, `PARALLEL_CLUSTER_CA` the certificate
+    /// authorities of TLS servers. A plaintext URL to another machine is refused unless
+    /// `PARALLEL_CLUSTER_PLAINTEXT=1`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use parallel::{Backend, Pool};
+    ///
+    /// let builder = Pool::builder().backend(Backend::Cluster).cluster("nats://127.0.0.1:4222");
+    /// # drop(builder);
+    /// ```
+    pub fn cluster(mut self, url: impl Into<String>) -> Self {
+        self.cluster = Some(url.into());
+        self
+    }
+
+    /// The namespace of a [`Backend::Cluster`] pool: its tasks go to the serving processes of
+    /// the same namespace only (`parallel` by default; letters, digits, `-` and `_`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = parallel::Pool::builder().namespace("reports");
+    /// # drop(builder);
+    /// ```
+    pub fn namespace(mut self, name: impl Into<String>) -> Self {
+        self.namespace = Some(name.into());
+        self
+    }
+
     /// Builds the pool and starts its workers.
     ///
     /// # Errors
@@ -218,7 +258,9 @@ impl PoolBuilder {
                 )))
             }
             Some(workers) => workers,
-            None => workers_from(std::env::var(WORKERS_VARIABLE).ok().as_deref(), max_workers)?,
+            // A cluster's slots are far away and many: `map` keeps enough tasks out for them.
+            None if backend == Backend::Cluster => CLUSTER_WORKERS,
+            None => workers_from_env()?,
         };
         if self.max_tasks_per_worker == Some(0) {
             return Err(Error::invalid_config(
@@ -252,12 +294,33 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             max_memory_per_worker: self.max_memory_per_worker,
             max_message_size: self.max_message_size.unwrap_or(DEFAULT_MESSAGE_SIZE),
+            #[cfg(feature = "cluster")]
+            cluster: self.cluster_target(backend),
         })
+    }
+
+    /// The server and namespace of a cluster pool, from the builder or the variables.
+    #[cfg(feature = "cluster")]
+    fn cluster_target(&self, backend: Backend) -> Option<crate::cluster::Target> {
+        if backend != Backend::Cluster {
+            return None;
+        }
+        let url = self.cluster.clone().or_else(|| std::env::var("PARALLEL_CLUSTER").ok())?;
+        let namespace = self
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("PARALLEL_NAMESPACE").ok())
+            .unwrap_or_else(|| "parallel".to_owned());
+        Some(crate::cluster::Target { url, namespace })
     }
 }
 
+/// The worker count of a cluster pool whose builder sets none: what it tells `map` to keep in
+/// flight, spread over the serving processes (`PARALLEL_WORKERS` is their slot count there).
+const CLUSTER_WORKERS: usize = 64;
+
 /// The default message limit: 1 GiB.
-const DEFAULT_MESSAGE_SIZE: usize = 1 << 30;
+pub(crate) const DEFAULT_MESSAGE_SIZE: usize = 1 << 30;
 /// The smallest message limit that leaves room for a frame's own fields.
 const MIN_MESSAGE_SIZE: usize = 4096;
 /// The largest message limit: what a frame's `u32` length can say (see `process/protocol.rs`).
@@ -285,10 +348,15 @@ fn backend_from(variable: Option<&str>) -> Result<Backend, Error> {
         None | Some("") => Ok(Backend::Thread),
         Some(value) => Backend::parse(value).ok_or_else(|| {
             Error::invalid_config(format!(
-                "{BACKEND_VARIABLE}={value:?} is neither `thread` nor `process`"
+                "{BACKEND_VARIABLE}={value:?} is not `thread`, `process` or `cluster`"
             ))
         }),
     }
+}
+
+/// The worker count from `PARALLEL_WORKERS`, or the available parallelism when it is unset.
+pub(crate) fn workers_from_env() -> Result<usize, Error> {
+    workers_from(std::env::var(WORKERS_VARIABLE).ok().as_deref(), PoolBuilder::max_workers())
 }
 
 /// The worker count from `PARALLEL_WORKERS`, or the available parallelism when it is unset;
@@ -330,7 +398,8 @@ mod tests {
         assert!(error.is_invalid_config());
         assert_eq!(
             error.to_string(),
-            "invalid pool configuration: PARALLEL_BACKEND=\"fork\" is neither `thread` nor `process`"
+            "invalid pool configuration: PARALLEL_BACKEND=\"fork\" is not `thread`, `process` or \
+             `cluster`"
         );
     }
 

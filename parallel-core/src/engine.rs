@@ -11,9 +11,15 @@
 //! | `kill` | as `stop` (a running thread cannot be stopped) | kill every worker, join the slots |
 //! | `activity` (for stats) | tasks on the threads, threads busy | tasks whose claims say they started |
 //! | `is_current_worker` | whether this thread is one of its workers | never |
+//!
+//! The cluster backend (feature `cluster`) publishes into the server's stream on `submit`, helps
+//! no caller, flushes and closes its connection on `stop` and `kill` (the cancels of a killed
+//! pool are sent first), and counts as running the tasks a serving slot said it started.
 
 use std::sync::Arc;
 
+#[cfg(feature = "cluster")]
+use crate::cluster::ClusterBackend;
 use crate::job::Job;
 use crate::ledger::Ledger;
 use crate::pool::Settings;
@@ -27,6 +33,8 @@ pub(crate) enum Engine {
     Thread(ThreadBackend),
     #[cfg(process_backend)]
     Process(ProcessBackend),
+    #[cfg(feature = "cluster")]
+    Cluster(ClusterBackend),
 }
 
 /// What a pool's workers are doing, for [`PoolStats`](crate::PoolStats).
@@ -66,6 +74,20 @@ impl Engine {
             )?)),
             #[cfg(not(process_backend))]
             Backend::Process => Err(Error::backend_unavailable(settings.backend)),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster => match &settings.cluster {
+                Some(target) => Ok(Engine::Cluster(ClusterBackend::start(
+                    target,
+                    settings.max_message_size,
+                    ledger,
+                )?)),
+                None => Err(Error::invalid_config(
+                    "a cluster pool needs its server: PoolBuilder::cluster(url) or \
+                     PARALLEL_CLUSTER=url",
+                )),
+            },
+            #[cfg(not(feature = "cluster"))]
+            Backend::Cluster => Err(Error::backend_unavailable(settings.backend)),
         }
     }
 
@@ -75,6 +97,8 @@ impl Engine {
             Engine::Thread(engine) => engine.submit(job),
             #[cfg(process_backend)]
             Engine::Process(engine) => engine.submit(job),
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(engine) => engine.submit(job),
         }
     }
 
@@ -92,6 +116,8 @@ impl Engine {
             Engine::Thread(engine) => engine.is_current_worker(),
             #[cfg(process_backend)]
             Engine::Process(_) => false,
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(_) => false,
         }
     }
 
@@ -101,6 +127,8 @@ impl Engine {
             Engine::Thread(engine) => engine.stop(),
             #[cfg(process_backend)]
             Engine::Process(engine) => engine.stop(true),
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(engine) => engine.stop(),
         }
     }
 
@@ -111,6 +139,9 @@ impl Engine {
             Engine::Thread(engine) => engine.stop(),
             #[cfg(process_backend)]
             Engine::Process(engine) => engine.kill(),
+            // Every job's cancel is queued already (the ledger was aborted): sent, then stopped.
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(engine) => engine.stop(),
         }
     }
 
@@ -129,6 +160,12 @@ impl Engine {
             #[cfg(process_backend)]
             Engine::Process(engine) => {
                 let running = engine.running();
+                Activity { running, busy: running, queued: live.saturating_sub(running) }
+            }
+            // Tasks out and not started wait in the server's stream for a serving slot.
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(engine) => {
+                let (running, _) = engine.activity();
                 Activity { running, busy: running, queued: live.saturating_sub(running) }
             }
         }

@@ -275,6 +275,9 @@ enum ErrorKind {
     #[cfg_attr(process_backend, allow(dead_code))]
     BackendUnavailable(Backend),
     InvalidConfig(String),
+    // Only the cluster backend connects to anything.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Connection(String),
     Io {
         what: &'static str,
         source: std::io::Error,
@@ -297,6 +300,11 @@ impl Error {
 
     pub(crate) fn invalid_config(message: impl Into<String>) -> Self {
         Error { kind: ErrorKind::InvalidConfig(message.into()) }
+    }
+
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn connection(message: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Connection(message.into()) }
     }
 
     pub(crate) fn io(what: &'static str, source: std::io::Error) -> Self {
@@ -348,6 +356,19 @@ impl Error {
         matches!(self.kind, ErrorKind::InvalidConfig(_))
     }
 
+    /// A cluster pool could not reach its NATS server, or the server refused its credentials
+    /// (feature `cluster`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let error = parallel::Pool::builder().workers(0).build().unwrap_err();
+    /// assert!(!error.is_connection());
+    /// ```
+    pub fn is_connection(&self) -> bool {
+        matches!(self.kind, ErrorKind::Connection(_))
+    }
+
     /// The operating system refused something the pool needs (a thread, a process, a pipe).
     ///
     /// # Examples
@@ -380,6 +401,7 @@ impl fmt::Display for Error {
                  enable the `process` feature of `parallel`"
             ),
             ErrorKind::InvalidConfig(message) => write!(f, "invalid pool configuration: {message}"),
+            ErrorKind::Connection(message) => write!(f, "cluster unreachable: {message}"),
             ErrorKind::Io { what, source } => write!(f, "could not {what}: {source}"),
         }
     }

@@ -213,6 +213,18 @@ impl<T: Task> Job<T> {
     /// for the first) to report its outcome with; a cancellation while it runs, or its timeout,
     /// calls `stop`. `None` if it was cancelled or claimed.
     pub(crate) fn start_attempt(&self, stop: Option<Arc<dyn Stop>>) -> Option<(T, u32)> {
+        self.claim(stop, true)
+    }
+
+    /// Claims the task like [`start_attempt`](Self::start_attempt), for a backend whose workers
+    /// keep the attempt's time limit themselves (a cluster slot: the task may wait in a queue
+    /// far away before its clock starts).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn start_attempt_untimed(&self, stop: Arc<dyn Stop>) -> Option<(T, u32)> {
+        self.claim(Some(stop), false)
+    }
+
+    fn claim(&self, stop: Option<Arc<dyn Stop>>, is_timed: bool) -> Option<(T, u32)> {
         // A pool being killed starts nothing more, even a job its abort has not reached yet.
         if self.ledger.is_halted() {
             self.cancel();
@@ -232,7 +244,7 @@ impl<T: Task> Job<T> {
         self.attempt.store(attempt, Ordering::Release);
         self.progress.open_attempt(attempt);
         self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
-        if let Some(timeout) = T::POLICY.timeout() {
+        if let Some(timeout) = T::POLICY.timeout().filter(|_| is_timed) {
             let me = Weak::clone(&self.me);
             let expire = Box::new(move || {
                 if let Some(job) = me.upgrade() {

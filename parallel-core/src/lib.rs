@@ -13,6 +13,8 @@
 mod alloc_probe;
 mod backend;
 mod builder;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod completed;
 mod engine;
 mod environment;
@@ -51,6 +53,8 @@ mod wire_value;
 
 pub use backend::Backend;
 pub use builder::PoolBuilder;
+#[cfg(feature = "cluster")]
+pub use cluster::serve;
 pub use completed::{as_completed, AsCompleted};
 pub use environment::Environment;
 pub use error::{Error, TaskError};

@@ -44,15 +44,18 @@ pub struct Pool {
 }
 
 /// A pool's settings, as the builder resolved them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) backend: Backend,
     pub(crate) workers: usize,
     pub(crate) max_tasks_per_worker: Option<usize>,
     #[cfg_attr(not(process_backend), allow(dead_code))]
     pub(crate) max_memory_per_worker: Option<u64>,
-    #[cfg_attr(not(process_backend), allow(dead_code))]
+    #[cfg_attr(not(any(process_backend, feature = "cluster")), allow(dead_code))]
     pub(crate) max_message_size: usize,
+    /// The server and namespace of a cluster pool.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<crate::cluster::Target>,
 }
 
 impl Pool {
@@ -72,8 +75,10 @@ impl Pool {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         crate::registry::validate()?;
         let ledger = Arc::new(Ledger::new(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
-        let engine = Arc::new(Engine::start(settings, &ledger)?);
         let Settings { backend, workers, .. } = settings;
+        #[cfg(feature = "cluster")]
+        crate::cluster::anchor();
+        let engine = Arc::new(Engine::start(settings, &ledger)?);
         Ok(Pool { backend, workers, ledger, engine })
     }
 

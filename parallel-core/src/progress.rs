@@ -542,21 +542,22 @@ impl<P> fmt::Debug for ProgressReader<P> {
 }
 
 /// The feed's input for serialized messages: what the process backend's reader thread decodes
-/// a worker's progress frame into, for attempt `attempt` of the job.
-#[cfg(process_backend)]
+/// a worker's progress frame into (and the cluster backend a serving slot's progress message),
+/// for attempt `attempt` of the job.
+#[cfg(any(process_backend, feature = "cluster"))]
 pub(crate) struct Incoming<P> {
     pub(crate) feed: Arc<Feed<P>>,
     pub(crate) attempt: u32,
 }
 
 /// An [`Incoming`] with its message type erased.
-#[cfg(process_backend)]
+#[cfg(any(process_backend, feature = "cluster"))]
 pub(crate) trait Decode: Send + Sync {
     /// Decodes `bytes` as a message and appends it; counts it lost if it does not decode.
     fn decode(&self, bytes: &[u8]);
 }
 
-#[cfg(process_backend)]
+#[cfg(any(process_backend, feature = "cluster"))]
 impl<P: serde::de::DeserializeOwned + Send + 'static> Decode for Incoming<P> {
     fn decode(&self, bytes: &[u8]) {
         // A user's `Deserialize` may panic; this runs on the pool's reader thread.

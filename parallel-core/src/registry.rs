@@ -26,6 +26,9 @@ pub static TASKS: [Registration];
 pub struct Registration {
     name: &'static str,
     type_name: fn() -> &'static str,
+    // Read by the cluster backend, which routes tasks by it.
+    #[cfg_attr(not(any(test, feature = "cluster")), allow(dead_code))]
+    fingerprint: fn() -> u64,
     // Read by the worker loop of the process backend, which looks tasks up by name.
     #[cfg_attr(not(any(test, process_backend)), allow(dead_code))]
     runner: Runner,
@@ -52,7 +55,12 @@ pub(crate) enum Outcome {
 impl Registration {
     /// The registration of task type `T`.
     pub const fn of<T: Task>() -> Self {
-        Registration { name: T::NAME, type_name: type_name::<T>, runner: run_erased::<T> }
+        Registration {
+            name: T::NAME,
+            type_name: type_name::<T>,
+            fingerprint: fingerprint_of::<T>,
+            runner: run_erased::<T>,
+        }
     }
 
     /// The name the task is registered under.
@@ -63,6 +71,13 @@ impl Registration {
     /// The Rust type that implements the task.
     pub(crate) fn type_name(&self) -> &'static str {
         (self.type_name)()
+    }
+
+    /// The fingerprint of the task's name, signature and types: two builds agree on it when they
+    /// name the task the same and give it the same argument, output, error and progress types.
+    #[cfg_attr(not(any(test, feature = "cluster")), allow(dead_code))]
+    pub(crate) fn fingerprint(&self) -> u64 {
+        (self.fingerprint)()
     }
 
     /// Deserializes the task from `input`, runs it with `env` and returns what it produced; its
@@ -76,6 +91,30 @@ impl Registration {
     ) -> Outcome {
         (self.runner)(env, input, progress)
     }
+}
+
+/// The fingerprint of task `T`: FNV-1a over its name, its signature as `#[task]` wrote it
+/// (without spaces) and the names of its Rust types. Stable from build to build and machine to
+/// machine, unlike `std`'s `DefaultHasher`, whose algorithm may change.
+pub(crate) fn fingerprint_of<T: Task>() -> u64 {
+    let signature: String = T::SIGNATURE.split_whitespace().collect();
+    let parts = [
+        T::NAME,
+        &signature,
+        type_name::<T>(),
+        type_name::<T::Output>(),
+        type_name::<T::Error>(),
+        type_name::<T::Progress>(),
+    ];
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        // Each part ends with a byte no UTF-8 text holds, so that parts cannot run together.
+        for &byte in part.as_bytes().iter().chain(&[0xff]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 fn run_erased<T: Task>(
@@ -132,6 +171,12 @@ pub(crate) fn validate() -> Result<(), Error> {
 #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // called by the process backend's worker loop
 pub(crate) fn lookup(name: &str) -> Option<&'static Registration> {
     table().by_name.get(name).copied()
+}
+
+/// Every registered task, by name.
+#[cfg(feature = "cluster")]
+pub(crate) fn all() -> impl Iterator<Item = &'static Registration> {
+    table().by_name.values().copied()
 }
 
 /// Feeds every registered task's name and Rust type to `hasher`: a worker of another build of
@@ -231,6 +276,30 @@ mod tests {
         let (kind, message) = run_json(&mut Environment::new(), Shout::NAME, r#"{"txt":1}"#);
         assert_eq!(kind, "bad input");
         assert!(message.contains("text"), "{message}");
+    }
+
+    #[test]
+    fn fingerprints_tell_signatures_apart_and_are_stable() {
+        #[derive(Serialize, Deserialize)]
+        struct Wider {
+            text: String,
+        }
+        impl Task for Wider {
+            type Output = String;
+            type Error = String;
+            type Progress = crate::Never;
+            const NAME: &'static str = "registry::tests::shout";
+            const SIGNATURE: &'static str = "fn(text: String) -> Result<String, String>";
+
+            fn run(self, _: &mut Environment) -> Result<String, String> {
+                Ok(self.text)
+            }
+        }
+        let shout = fingerprint_of::<Shout>();
+        assert_eq!(shout, fingerprint_of::<Shout>());
+        assert_eq!(lookup(Shout::NAME).unwrap().fingerprint(), shout);
+        // Same name, another signature and type.
+        assert_ne!(fingerprint_of::<Wider>(), shout);
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     type Progress: Serialize + DeserializeOwned + Send + 'static;
     /// The name the task is registered under; unique in the program.
     const NAME: &'static str;
+    /// The task's types as its source writes them: the arguments with their names, the output,
+    /// the error and the progress messages. `#[task]` writes it. The cluster backend sends a task
+    /// only to serving processes whose task of that name has the same signature (and the same
+    /// Rust types), so that code of another build never decodes it.
+    const SIGNATURE: &'static str = "";
     /// Whether [`run`](Task::run) drives an `async fn` on its worker's tokio runtime (feature
     /// `tokio`); `#[task]` on an `async fn` sets it. A worker waiting for such a task from inside
     /// another async task leaves it to another worker instead of running it in place.

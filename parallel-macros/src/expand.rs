@@ -83,6 +83,18 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
         Some(message) => quote!(#message),
         None => quote!(#private_here::Never),
     };
+    let signature = {
+        let arguments =
+            task.arguments().map(|(name, ty)| format!("{}: {}", unraw(name), tokens(ty)));
+        let text = format!(
+            "fn({}) -> Result<{}, {}>, progress {}",
+            arguments.collect::<Vec<_>>().join(", "),
+            tokens(&output),
+            tokens(&error),
+            tokens(&progress)
+        );
+        quote!(const SIGNATURE: &'static str = #text;)
+    };
     // `P` crosses the boundary like an argument: the boundary check's message, at `P` (after the
     // complaints of `Task::Progress`'s own bounds, which the compiler reports first).
     let progress_check = task.progress().map(|message| {
@@ -160,6 +172,7 @@ fn task_fn(args: &Args, task: &TaskFn) -> TokenStream {
                 type Error = #error;
                 type Progress = #progress;
                 const NAME: &'static str = #name;
+                #signature
                 #is_async
                 #policy
 
@@ -373,6 +386,7 @@ fn task_impl(args: &Args, task: &TaskImpl) -> TokenStream {
         item.items.push(parse_quote!(#policy));
     }
     fill_progress(&private, &mut item);
+    fill_signature(&mut item);
     let self_ty = &item.self_ty;
     let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
     quote! {
@@ -405,6 +419,33 @@ pub(crate) fn fill_progress(private: &TokenStream, item: &mut syn::ItemImpl) {
             type Progress = #private::Never;
         });
     }
+}
+
+/// Writes `const SIGNATURE` into an `impl Task` block: its self type and associated types as
+/// written (the fields of the self type are out of the attribute's sight).
+fn fill_signature(item: &mut syn::ItemImpl) {
+    let has_signature = item
+        .items
+        .iter()
+        .any(|item| matches!(item, syn::ImplItem::Const(c) if c.ident == "SIGNATURE"));
+    if has_signature {
+        return;
+    }
+    let mut text = format!("impl {}", tokens(&item.self_ty));
+    for associated in &item.items {
+        if let syn::ImplItem::Type(ty) = associated {
+            text.push_str(&format!(", {} = {}", ty.ident, tokens(&ty.ty)));
+        }
+    }
+    item.items.push(parse_quote! {
+        const SIGNATURE: &'static str = #text;
+    });
+}
+
+/// The tokens of `item` as text, with the spacing of `proc_macro2`'s printing, which is the same
+/// for the same tokens whatever their layout in the source.
+fn tokens(item: &impl ToTokens) -> String {
+    item.to_token_stream().to_string()
 }
 
 /// The path to the runtime as seen from the item's own module.

@@ -14,6 +14,8 @@ mod entry;
 pub(crate) mod fuzz;
 mod pace;
 mod protocol;
+#[cfg(feature = "cluster")]
+mod remote;
 mod ring;
 mod slot;
 // The platform layer: the only module of the backend with `unsafe` code.
@@ -35,6 +37,8 @@ use crate::progress::{Decode, Incoming};
 use crate::{Error, Task, TaskError};
 
 pub(crate) use entry::is_worker;
+#[cfg(feature = "cluster")]
+pub(crate) use remote::RemoteSlots;
 
 /// What identifies this build to its workers: the task registry and the executable's identity.
 pub(crate) fn build_id() -> u64 {
@@ -229,6 +233,13 @@ impl ProcessBackend {
             attempt: AtomicU32::new(0),
             max_frame: self.max_frame,
         }))
+    }
+
+    /// Queues a request that is no pool's job (a cluster serving process's task); `false` if
+    /// the pool is stopping.
+    #[cfg(feature = "cluster")]
+    fn submit_request(&self, request: Box<dyn Request>) -> bool {
+        self.shared.submit(request)
     }
 
     /// Lets the slots finish the queue, retire their workers and exit; with `wait`, waits for it.

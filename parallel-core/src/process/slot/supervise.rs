@@ -78,7 +78,7 @@ impl StartBackoff {
     pub(super) fn failed(&mut self) -> (Duration, bool) {
         self.failures = self.failures.saturating_add(1);
         let delay = Duration::from_millis(10 << self.failures.min(8));
-        (delay, self.failures % START_ATTEMPTS == 0)
+        (delay, self.failures.is_multiple_of(START_ATTEMPTS))
     }
 
     /// Failures in a row so far.

@@ -1,0 +1,621 @@
+//! The caller's side of the cluster backend: a pool whose tasks run on serving processes.
+//!
+//! `submit` claims the job's attempt (untimed: the serving slot keeps the time limit, since the
+//! task may wait in the stream first), serializes the task and hands it to the publisher, an
+//! async task on the pool's own tokio runtime that publishes it into the stream and records its
+//! sequence number when the server acknowledges it. Replies come on the caller's own subject:
+//! `started` (which slot, and how often it will say it is alive), `alive`, progress messages, and
+//! one ending, which resolves the attempt. Each flight (an attempt published and not ended) is in
+//! one table, and every path that ends a flight removes it from the table first: an ending, a
+//! cancel, the sweep that finds a started flight silent for longer than its lease (its serving
+//! process was killed or cut off: `WorkerDied`), a publish the server refused. The job's own
+//! state machine then makes sure its handle resolves once (`Job::finish_attempt`).
+//!
+//! A cancelled flight's message is deleted from the stream, so a task still queued never runs,
+//! and every serving process hears the cancel, so a running one has its slot stopped. A task
+//! delivered a second time (its first serving process vanished before it could say `started`)
+//! runs only if its caller, asked on its claim subject, still waits for it and never saw it
+//! start.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, HeaderMap, Message};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::connect::{self, Target};
+use super::wire::{self, CallId, Ending, Kind, Names, Report};
+use crate::job::{Halt, Job, Stop};
+use crate::ledger::Ledger;
+use crate::progress::{Decode, Incoming};
+use crate::{wire_value, Error, Task, TaskError};
+
+/// How often the caller looks for started flights gone silent.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// The caller's side of a cluster pool.
+pub(crate) struct ClusterBackend {
+    shared: Arc<Shared>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+/// What the pool's threads and its async tasks share.
+struct Shared {
+    names: Names,
+    /// This pool's id, which names its reply and claim subjects.
+    caller: String,
+    reply_subject: String,
+    flights: Mutex<HashMap<CallId, Flight>>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    max_frame: usize,
+    is_stopping: AtomicBool,
+}
+
+/// An attempt published and not ended.
+struct Flight {
+    call: Arc<dyn Call>,
+    /// Its message's sequence in the stream, once the server acknowledged it.
+    sequence: Option<u64>,
+    started: Option<Started>,
+    /// Deleted from the stream as soon as its sequence is known (a cancel before the ack).
+    is_withdrawn: bool,
+}
+
+/// Which slot runs a flight, and when it last said so.
+struct Started {
+    slot: String,
+    pid: u32,
+    lease: Duration,
+    heard: Instant,
+}
+
+enum Outgoing {
+    Publish {
+        call: CallId,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    },
+    /// Stop `call` everywhere: delete its message, tell the serving processes.
+    Cancel {
+        call: CallId,
+        sequence: Option<u64>,
+    },
+    /// Delete a message whose flight ended otherwise (lost with its serving process).
+    Delete {
+        sequence: u64,
+    },
+    /// Everything before this is sent: flush, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// A flight's job with its task type erased.
+trait Call: Send + Sync {
+    fn task(&self) -> &'static str;
+    /// Ends attempt `attempt` with what its slot reported (`Err`: a reply that does not decode).
+    fn end(&self, attempt: u32, ending: Result<Ending, String>);
+    /// Decodes a progress message of attempt `attempt` into the job's feed.
+    fn decode_progress(&self, attempt: u32, bytes: &[u8]);
+}
+
+struct Submitted<T: Task> {
+    job: Arc<Job<T>>,
+}
+
+impl<T: Task> Submitted<T> {
+    fn serialization(value: &'static str, message: String) -> TaskError<T::Error> {
+        TaskError::Serialization { task: T::NAME.to_owned(), value, message }
+    }
+
+    fn outcome(ending: Result<Ending, String>) -> crate::job::Outcome<T> {
+        let ending = match ending {
+            Ok(ending) => ending,
+            Err(message) => {
+                return Err(Self::serialization(
+                    "output",
+                    format!("the serving process's reply does not decode: {message}"),
+                ))
+            }
+        };
+        match ending {
+            Ending::Output(bytes) => decode::<T::Output>(&bytes)
+                .map_err(|message| Self::serialization("output", message)),
+            Ending::Failed(bytes) => match decode::<T::Error>(&bytes) {
+                Ok(error) => Err(TaskError::Failed(error)),
+                Err(message) => Err(Self::serialization("error", message)),
+            },
+            Ending::Report(report) => Err(match report {
+                Report::Panicked { message, location, backtrace } => {
+                    TaskError::Panicked { task: T::NAME.to_owned(), message, location, backtrace }
+                }
+                Report::BadArguments(message) => Self::serialization("arguments", message),
+                Report::Unserializable { is_error, message } => {
+                    Self::serialization(if is_error { "error" } else { "output" }, message)
+                }
+                Report::Died { pid, reason, stderr_tail } => {
+                    TaskError::WorkerDied { task: T::NAME.to_owned(), pid, reason, stderr_tail }
+                }
+                Report::Unavailable(reason) => {
+                    TaskError::WorkerUnavailable { task: T::NAME.to_owned(), reason }
+                }
+                Report::TimedOut => TaskError::TimedOut,
+            }),
+        }
+    }
+}
+
+/// Decodes a value from a serving process; a user's `Deserialize` that panics is an error too.
+fn decode<V: serde::de::DeserializeOwned + 'static>(bytes: &[u8]) -> Result<V, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wire_value::decode::<V>(bytes)))
+        .unwrap_or_else(|_| Err("its `Deserialize` panicked".to_owned()))
+}
+
+impl<T: Task> Call for Submitted<T> {
+    fn task(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn end(&self, attempt: u32, ending: Result<Ending, String>) {
+        self.job.finish_attempt(attempt, Self::outcome(ending));
+    }
+
+    fn decode_progress(&self, attempt: u32, bytes: &[u8]) {
+        if !self.job.is_attempt_over(attempt) {
+            Incoming { feed: Arc::clone(self.job.progress()), attempt }.decode(bytes);
+        }
+    }
+}
+
+/// Stops one flight when its job is cancelled (or abandoned) while it is out.
+struct CallStop {
+    shared: Weak<Shared>,
+    job: u64,
+    /// Set right after the claim; a stop before it finds nothing to stop, and the submit sees
+    /// the attempt over and publishes nothing.
+    attempt: OnceLock<u32>,
+}
+
+impl Stop for CallStop {
+    fn stop(&self, halt: Halt) {
+        let (Some(shared), Some(&attempt)) = (self.shared.upgrade(), self.attempt.get()) else {
+            return;
+        };
+        shared.withdraw(CallId { job: self.job, attempt }, halt);
+    }
+}
+
+impl ClusterBackend {
+    /// Connects to the cluster and starts the pool's async side.
+    ///
+    /// # Errors
+    ///
+    /// `Connection` when the server cannot be reached, refuses the credentials or has no
+    /// JetStream; `InvalidConfig` for a malformed URL or namespace.
+    pub(crate) fn start(
+        target: &Target,
+        max_frame: usize,
+        ledger: &Arc<Ledger>,
+    ) -> Result<Self, Error> {
+        let _ = ledger;
+        wire::check_namespace(&target.namespace).map_err(Error::invalid_config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("parallel-cluster")
+            .enable_all()
+            .build()
+            .map_err(|error| Error::io("start the cluster client's runtime", error))?;
+        let names = Names::new(&target.namespace);
+        let (client, jetstream, stream) = runtime
+            .block_on(async {
+                let client = connect::connect(target, "parallel caller").await?;
+                let jetstream = jetstream::new(client.clone());
+                let stream = ensure_stream(&jetstream, &names).await?;
+                Ok::<_, String>((client, jetstream, stream))
+            })
+            .map_err(Error::connection)?;
+        let caller = client.new_inbox().rsplit('.').next().unwrap_or_default().to_owned();
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            reply_subject: names.reply(&caller),
+            names,
+            caller,
+            flights: Mutex::new(HashMap::new()),
+            outgoing,
+            max_frame,
+            is_stopping: AtomicBool::new(false),
+        });
+        let subscriptions = runtime
+            .block_on(async {
+                let replies = client.subscribe(shared.reply_subject.clone()).await?;
+                let claims = client.subscribe(shared.names.claim(&shared.caller)).await?;
+                // The subscriptions are on the server before the first task can be answered.
+                client.flush().await.map_err(|error| error.to_string())?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((replies, claims))
+            })
+            .map_err(|error| Error::connection(format!("cannot subscribe to replies: {error}")))?;
+        let (replies, claims) = subscriptions;
+        runtime.spawn(publish(Arc::clone(&shared), client.clone(), jetstream, stream, queue));
+        runtime.spawn(listen(Arc::clone(&shared), replies));
+        runtime.spawn(answer_claims(Arc::clone(&shared), client, claims));
+        runtime.spawn(sweep(Arc::downgrade(&shared)));
+        Ok(ClusterBackend { shared, runtime: Mutex::new(Some(runtime)) })
+    }
+
+    /// Publishes `job`'s next attempt; `false` if the pool is stopping.
+    pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
+        let shared = &self.shared;
+        if shared.is_stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let stop = Arc::new(CallStop {
+            shared: Arc::downgrade(shared),
+            job: job.id(),
+            attempt: OnceLock::new(),
+        });
+        let Some((task, attempt)) = job.start_attempt_untimed(Arc::clone(&stop) as Arc<dyn Stop>)
+        else {
+            // Cancelled meanwhile: resolved already.
+            return true;
+        };
+        let _ = stop.attempt.set(attempt);
+        let call = CallId { job: job.id(), attempt };
+        let submitted: Arc<dyn Call> = Arc::new(Submitted { job: Arc::clone(&job) });
+        let mut payload = Vec::new();
+        // A user's `Serialize` may panic; the job must resolve all the same.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            encode(&task, &mut payload, shared.max_frame)
+        }))
+        .unwrap_or_else(|_| Err("its `Serialize` panicked".to_owned()));
+        drop(task);
+        if let Err(message) = encoded {
+            let ending = Ending::Report(Report::BadArguments(message));
+            submitted.end(attempt, Ok(ending));
+            return true;
+        }
+        if job.is_attempt_over(attempt) {
+            return true;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::CALL, call.to_string().as_str());
+        headers.insert(wire::REPLY, shared.reply_subject.as_str());
+        headers.insert(wire::TASK, T::NAME);
+        if let Some(timeout) = T::POLICY.timeout() {
+            headers.insert(wire::TIMEOUT, wire::millis(timeout).as_str());
+        }
+        headers.insert("Nats-Msg-Id", format!("{}.{call}", shared.caller).as_str());
+        let fingerprint = crate::registry::fingerprint_of::<T>();
+        shared.lock().insert(
+            call,
+            Flight { call: submitted, sequence: None, started: None, is_withdrawn: false },
+        );
+        let publish = Outgoing::Publish {
+            call,
+            subject: shared.names.task(fingerprint),
+            headers,
+            payload: Bytes::from(payload),
+        };
+        if shared.outgoing.send(publish).is_err() {
+            shared.end(
+                call,
+                Ok(Ending::Report(Report::Unavailable("the cluster client stopped".into()))),
+            );
+        }
+        true
+    }
+
+    /// Tasks started on a serving slot, and tasks out and not started.
+    pub(crate) fn activity(&self) -> (usize, usize) {
+        let flights = self.shared.lock();
+        let running = flights.values().filter(|flight| flight.started.is_some()).count();
+        (running, flights.len() - running)
+    }
+
+    /// Stops the client once everything sent is out: the pool is drained (or killed, and its
+    /// cancels are queued).
+    pub(crate) fn stop(&self) {
+        self.shared.is_stopping.store(true, Ordering::Release);
+        let Some(runtime) = self.runtime.lock().unwrap_or_else(PoisonError::into_inner).take()
+        else {
+            return;
+        };
+        let (flushed, wait) = std::sync::mpsc::channel();
+        if self.shared.outgoing.send(Outgoing::Flush(flushed)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
+        // Safe in any context, even inside another runtime.
+        runtime.shutdown_background();
+    }
+}
+
+impl Drop for ClusterBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, Flight>> {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends flight `call` with `ending`, if it is still out.
+    fn end(&self, call: CallId, ending: Result<Ending, String>) {
+        let flight = self.lock().remove(&call);
+        if let Some(flight) = flight {
+            flight.call.end(call.attempt, ending);
+        }
+    }
+
+    /// The job of `call` was cancelled or abandoned: forget the flight, delete its message, tell
+    /// the serving processes. An abandoned flight that runs already is left to finish.
+    fn withdraw(&self, call: CallId, halt: Halt) {
+        let mut flights = self.lock();
+        let Some(flight) = flights.get_mut(&call) else {
+            return;
+        };
+        if halt == Halt::IfLong && flight.started.is_some() {
+            flights.remove(&call);
+            return;
+        }
+        let sequence = flight.sequence;
+        if sequence.is_none() {
+            // Not acknowledged yet: the ack deletes it.
+            flight.is_withdrawn = true;
+        } else {
+            flights.remove(&call);
+        }
+        drop(flights);
+        let _ = self.outgoing.send(Outgoing::Cancel { call, sequence });
+    }
+
+    /// The server stored `call`'s message as `sequence`.
+    fn published(&self, call: CallId, sequence: u64) {
+        let mut flights = self.lock();
+        match flights.get_mut(&call) {
+            Some(flight) if flight.is_withdrawn => {
+                flights.remove(&call);
+                drop(flights);
+                let _ = self.outgoing.send(Outgoing::Delete { sequence });
+            }
+            Some(flight) => flight.sequence = Some(sequence),
+            // Ended before its ack (a very fast slot): its message is acknowledged already.
+            None => {}
+        }
+    }
+
+    /// A reply from a serving process.
+    fn on_reply(&self, message: &Message) {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str())
+        };
+        let Some(kind) = header(wire::KIND).and_then(Kind::parse) else {
+            tracing::warn!(subject = %message.subject, "a reply without a known kind; dropped");
+            return;
+        };
+        if kind == Kind::Alive {
+            let calls = std::str::from_utf8(&message.payload)
+                .map_err(|error| error.to_string())
+                .and_then(CallId::split);
+            match calls {
+                Ok(calls) => {
+                    let now = Instant::now();
+                    let mut flights = self.lock();
+                    for call in calls {
+                        if let Some(started) =
+                            flights.get_mut(&call).and_then(|f| f.started.as_mut())
+                        {
+                            started.heard = now;
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "a bad `alive` reply; dropped"),
+            }
+            return;
+        }
+        let Some(Ok(call)) = header(wire::CALL).map(CallId::parse) else {
+            tracing::warn!(kind = kind.name(), "a reply without a valid call; dropped");
+            return;
+        };
+        match kind {
+            Kind::Started => {
+                let slot = header(wire::SLOT).unwrap_or("?").to_owned();
+                let pid = slot.split('@').next().and_then(|pid| pid.parse().ok()).unwrap_or(0);
+                let lease = header(wire::LEASE)
+                    .and_then(|lease| wire::parse_millis(lease).ok())
+                    .unwrap_or(Duration::from_secs(10));
+                if let Some(flight) = self.lock().get_mut(&call) {
+                    flight.started = Some(Started { slot, pid, lease, heard: Instant::now() });
+                }
+            }
+            Kind::Progress => {
+                let call_of = self.lock().get(&call).map(|flight| Arc::clone(&flight.call));
+                if let Some(target) = call_of {
+                    target.decode_progress(call.attempt, &message.payload);
+                }
+            }
+            Kind::Output | Kind::Failed | Kind::Ended => {
+                if let Some(ending) = Ending::from_message(kind, message.payload.to_vec()) {
+                    self.end(call, ending);
+                }
+            }
+            Kind::Alive => {}
+        }
+    }
+
+    /// Ends every started flight whose serving process has been silent for longer than its lease.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let lost: Vec<(CallId, Flight)> = {
+            let mut flights = self.lock();
+            let silent: Vec<CallId> = flights
+                .iter()
+                .filter(|(_, flight)| {
+                    flight.started.as_ref().is_some_and(|s| now.duration_since(s.heard) > s.lease)
+                })
+                .map(|(call, _)| *call)
+                .collect();
+            silent.into_iter().filter_map(|call| flights.remove(&call).map(|f| (call, f))).collect()
+        };
+        for (call, flight) in lost {
+            if let Some(sequence) = flight.sequence {
+                let _ = self.outgoing.send(Outgoing::Delete { sequence });
+            }
+            let Some(started) = flight.started else { continue };
+            tracing::warn!(task = flight.call.task(), slot = %started.slot, "serving slot lost");
+            let reason = format!(
+                "the serving process {} stopped answering for {:?} while it ran the task (killed, \
+                 or cut off from the server)",
+                started.slot, started.lease
+            );
+            let ending = Ending::Report(Report::Died {
+                pid: started.pid,
+                reason,
+                stderr_tail: String::new(),
+            });
+            flight.call.end(call.attempt, Ok(ending));
+        }
+    }
+
+    /// Whether a task delivered again may run: its flight is out and never started.
+    fn may_run(&self, call: CallId) -> bool {
+        self.lock()
+            .get(&call)
+            .is_some_and(|flight| flight.started.is_none() && !flight.is_withdrawn)
+    }
+}
+
+/// Serializes the task value within the pool's message limit.
+fn encode<T: Task>(task: &T, out: &mut Vec<u8>, max: usize) -> Result<(), String> {
+    match wire_value::encode(task, out, max) {
+        Ok(()) => Ok(()),
+        Err(wire_value::EncodeError::OverLimit) => Err(format!(
+            "the value is over the `max_message_size` of {max} bytes; raise it with \
+             `Pool::builder().max_message_size(bytes)` or send less"
+        )),
+        Err(wire_value::EncodeError::Refused(error)) => Err(error.to_string()),
+    }
+}
+
+/// The namespace's task stream: created by the first caller or serving process that needs it.
+pub(super) async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    names: &Names,
+) -> Result<stream::Stream, String> {
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: names.stream(),
+            subjects: vec![names.all_tasks()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            description: Some("tasks of parallel waiting for a serving slot".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| format!("cannot open the task stream {}: {error}", names.stream()))
+}
+
+/// Publishes tasks and cancels in order, and records each task's sequence as its ack arrives.
+async fn publish(
+    shared: Arc<Shared>,
+    client: Client,
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let stream = Arc::new(stream);
+    while let Some(outgoing) = queue.recv().await {
+        match outgoing {
+            Outgoing::Publish { call, subject, headers, payload } => {
+                match jetstream.publish_with_headers(subject, headers, payload).await {
+                    Ok(ack) => {
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(async move {
+                            match ack.await {
+                                Ok(ack) => shared.published(call, ack.sequence),
+                                Err(error) => shared.end(
+                                    call,
+                                    Ok(Ending::Report(Report::Unavailable(format!(
+                                        "the server did not take the task: {error}"
+                                    )))),
+                                ),
+                            }
+                        });
+                    }
+                    Err(error) => shared.end(
+                        call,
+                        Ok(Ending::Report(Report::Unavailable(format!(
+                            "the task could not be published: {error}"
+                        )))),
+                    ),
+                }
+            }
+            Outgoing::Cancel { call, sequence } => {
+                let mut headers = HeaderMap::new();
+                headers.insert(wire::CALL, call.to_string().as_str());
+                headers.insert(wire::REPLY, shared.reply_subject.as_str());
+                if let Err(error) =
+                    client.publish_with_headers(shared.names.cancel(), headers, Bytes::new()).await
+                {
+                    tracing::warn!(%error, "a cancel could not be sent");
+                }
+                if let Some(sequence) = sequence {
+                    delete(&stream, sequence);
+                }
+            }
+            Outgoing::Delete { sequence } => delete(&stream, sequence),
+            Outgoing::Flush(done) => {
+                let _ = client.flush().await;
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Deletes a task's message from the stream, in the background: gone already is fine.
+fn delete(stream: &Arc<stream::Stream>, sequence: u64) {
+    let stream = Arc::clone(stream);
+    tokio::spawn(async move {
+        if let Err(error) = stream.delete_message(sequence).await {
+            tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
+        }
+    });
+}
+
+async fn listen(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
+    while let Some(message) = replies.next().await {
+        shared.on_reply(&message);
+    }
+}
+
+async fn answer_claims(shared: Arc<Shared>, client: Client, mut claims: async_nats::Subscriber) {
+    while let Some(request) = claims.next().await {
+        let call = request
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(wire::CALL))
+            .and_then(|value| CallId::parse(value.as_str()).ok());
+        let answer = if call.is_some_and(|call| shared.may_run(call)) { "run" } else { "drop" };
+        if let Some(reply) = request.reply {
+            let _ = client.publish(reply, Bytes::from_static(answer.as_bytes())).await;
+        }
+    }
+}
+
+async fn sweep(shared: Weak<Shared>) {
+    let mut ticks = tokio::time::interval(SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        shared.sweep();
+    }
+}

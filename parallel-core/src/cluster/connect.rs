@@ -1,0 +1,222 @@
+//! Reaching the NATS servers: the URL list with its credentials, TLS, and the refusal of a
+//! plaintext connection to a host that is not this machine.
+//!
+//! A URL is `nats://host:port` or `tls://host:port` (TLS required), with credentials in it as
+//! `nats://TOKEN@host:port` or `nats://USER:PASSWORD@host:port`; several URLs are separated by
+//! commas, and are servers of one cluster. Two variables complete it: `PARALLEL_CLUSTER_CREDS`,
+//! a NATS credentials file (JWT and NKey seed), and `PARALLEL_CLUSTER_CA`, a PEM file of the
+//! certificate authorities that sign the servers' certificates (the system's roots otherwise).
+//! A plaintext URL to a host other than `localhost` or a loopback address is refused unless
+//! `PARALLEL_CLUSTER_PLAINTEXT=1`: tasks, results and credentials would cross the network in
+//! the clear.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, ServerAddr};
+
+/// Where a pool or a serving process connects, and under which namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// One URL or several, comma-separated.
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+}
+
+/// Connects a pool's or a serving process's NATS client; `name` is how the server lists it.
+///
+/// # Errors
+///
+/// A message that says what was wrong: a malformed URL, plaintext to a remote host, a
+/// credentials file that does not read, a server that cannot be reached or refuses the
+/// credentials.
+pub(crate) async fn connect(target: &Target, name: &str) -> Result<Client, String> {
+    let servers = parse_urls(&target.url)?;
+    let allow_plaintext =
+        std::env::var("PARALLEL_CLUSTER_PLAINTEXT").is_ok_and(|value| value == "1");
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        // After the first connection, a lost server is waited for, however long.
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            tracing::info!(%event, "cluster connection");
+        });
+    let mut credentials = None;
+    for server in &servers {
+        if !server.is_tls && !server.is_loopback() && !allow_plaintext {
+            return Err(format!(
+                "{} is a plaintext URL to another machine: tasks, results and credentials would \
+                 cross the network in the clear; use tls://{}:{} (or set \
+                 PARALLEL_CLUSTER_PLAINTEXT=1 on a network you trust)",
+                server.shown(),
+                server.host,
+                server.port
+            ));
+        }
+        if server.credentials.is_some() {
+            if credentials.is_some() && credentials != server.credentials {
+                return Err("the URLs carry different credentials; give them once".to_owned());
+            }
+            credentials.clone_from(&server.credentials);
+        }
+    }
+    options = match credentials {
+        Some(Credentials::Token(token)) => options.token(token),
+        Some(Credentials::User { user, password }) => options.user_and_password(user, password),
+        None => options,
+    };
+    if let Some(path) = std::env::var_os("PARALLEL_CLUSTER_CREDS") {
+        options = options.credentials_file(&path).await.map_err(|error| {
+            format!("PARALLEL_CLUSTER_CREDS={}: {error}", PathBuf::from(&path).display())
+        })?;
+    }
+    if let Some(path) = std::env::var_os("PARALLEL_CLUSTER_CA") {
+        options = options.add_root_certificates(PathBuf::from(path));
+    }
+    if servers.iter().any(|server| server.is_tls) {
+        options = options.require_tls(true);
+    }
+    let addresses = servers.iter().map(Server::address).collect::<Result<Vec<_>, _>>()?;
+    let shown = servers.iter().map(Server::shown).collect::<Vec<_>>().join(",");
+    options
+        .connect(addresses)
+        .await
+        .map_err(|error| format!("cannot connect to the NATS server at {shown}: {error}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credentials {
+    Token(String),
+    User { user: String, password: String },
+}
+
+/// One server of the URL list.
+#[derive(Debug, PartialEq, Eq)]
+struct Server {
+    is_tls: bool,
+    host: String,
+    port: u16,
+    credentials: Option<Credentials>,
+}
+
+impl Server {
+    fn is_loopback(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|address| address.is_loopback())
+    }
+
+    /// The URL without its credentials, for messages.
+    fn shown(&self) -> String {
+        let scheme = if self.is_tls { "tls" } else { "nats" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
+    fn address(&self) -> Result<ServerAddr, String> {
+        self.shown().parse().map_err(|error| format!("{}: {error}", self.shown()))
+    }
+}
+
+/// Parses `nats://[cred@]host[:port]` or `tls://…`, comma-separated; a URL without a scheme is
+/// `nats://`.
+fn parse_urls(urls: &str) -> Result<Vec<Server>, String> {
+    let servers = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(parse_url)
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(format!("no server URL in {urls:?}"));
+    }
+    Ok(servers)
+}
+
+fn parse_url(url: &str) -> Result<Server, String> {
+    let bad = |why: &str| format!("bad cluster URL (credentials hidden): {why}");
+    let (is_tls, rest) = match url.split_once("://") {
+        Some(("nats", rest)) => (false, rest),
+        Some(("tls", rest)) => (true, rest),
+        Some((scheme, _)) => return Err(bad(&format!("scheme {scheme:?} is not nats or tls"))),
+        None => (false, url),
+    };
+    let rest = rest.trim_end_matches('/');
+    let (credentials, address) = match rest.rsplit_once('@') {
+        Some((credentials, address)) => (Some(credentials), address),
+        None => (None, rest),
+    };
+    let credentials = match credentials {
+        None => None,
+        Some("") => return Err(bad("empty credentials before `@`")),
+        Some(text) => Some(match text.split_once(':') {
+            Some((user, password)) => {
+                Credentials::User { user: user.to_owned(), password: password.to_owned() }
+            }
+            None => Credentials::Token(text.to_owned()),
+        }),
+    };
+    let (host, port) = match address.rsplit_once(':') {
+        // An IPv6 address without a port: `[::1]`.
+        Some((host, port)) if !port.ends_with(']') => {
+            let port = port.parse::<u16>().map_err(|_| bad(&format!("bad port {port:?}")))?;
+            (host, port)
+        }
+        _ => (address, 4222),
+    };
+    if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+        return Err(bad(&format!("bad host {host:?}")));
+    }
+    Ok(Server { is_tls, host: host.to_owned(), port, credentials })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_credentials_and_schemes() {
+        let servers =
+            parse_urls("nats://s3cret@127.0.0.1:4333, tls://ann:pw@nats.example:7422,host")
+                .unwrap();
+        assert_eq!(
+            servers,
+            [
+                Server {
+                    is_tls: false,
+                    host: "127.0.0.1".into(),
+                    port: 4333,
+                    credentials: Some(Credentials::Token("s3cret".into())),
+                },
+                Server {
+                    is_tls: true,
+                    host: "nats.example".into(),
+                    port: 7422,
+                    credentials: Some(Credentials::User {
+                        user: "ann".into(),
+                        password: "pw".into()
+                    }),
+                },
+                Server { is_tls: false, host: "host".into(), port: 4222, credentials: None },
+            ]
+        );
+        assert_eq!(servers[0].shown(), "nats://127.0.0.1:4333");
+        assert!(servers[0].is_loopback());
+        assert!(!servers[1].is_loopback());
+        assert!(parse_url("nats://[::1]:4222").unwrap().is_loopback());
+        assert!(parse_url("localhost").unwrap().is_loopback());
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_showing_credentials() {
+        for bad in
+            ["http://h:1", "nats://h:port", "nats://h:99999", "nats://@h", "nats://", "", " , "]
+        {
+            let error = parse_urls(bad).unwrap_err();
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+        let error = parse_urls("nats://s3cret@h:x").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+}

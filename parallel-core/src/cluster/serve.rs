@@ -1,0 +1,690 @@
+//! A serving process: this program's registered tasks, taken from the stream and run on its
+//! slots, with the replies sent to each task's caller.
+//!
+//! Each task of the registry has a durable pull consumer named by its fingerprint, shared by
+//! every serving process that has it. A puller per consumer asks for as many messages as the
+//! process has room for (its free slots, plus a few more queued here when tasks are short, so
+//! that a pull's round trip is not paid per task), and the pump hands queued messages to free
+//! slots in order. Every message held here, queued or running, has its lease renewed every
+//! third of the lease, and each caller hears `alive` for its running tasks as often: a serving
+//! process that vanishes stops both, so its tasks are redelivered by the server (those not
+//! started) or reported lost by their callers (those started).
+//!
+//! A message is acknowledged after its ending is published, on the same connection, so the
+//! caller has the ending before the server forgets the message. A message delivered a second
+//! time runs only if its caller says so (it waits for it and never heard it start). A message
+//! that cannot be answered (no call or reply subject) goes to the namespace's dead letters.
+//! SIGTERM or SIGINT drains: no more pulls, the queued messages are handed back at once, the
+//! running ones finish, then the process exits 0.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::{self, AckKind};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::caller::ensure_stream;
+use super::connect::{self, Target};
+use super::slots::{Sink, Slots, Ticket, Work};
+use super::wire::{self, CallId, Ending, Kind, Names};
+use crate::registry::{self, Registration};
+use crate::Error;
+
+/// The variable that makes any binary that links `parallel` a serving process before `main`.
+pub(crate) const SERVE_VARIABLE: &str = "PARALLEL_SERVE";
+/// The lease of the tasks a serving process holds: `10s`, `500ms`, `2m`.
+const LEASE_VARIABLE: &str = "PARALLEL_LEASE";
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// How long a pull waits on the server for messages before it is renewed.
+const PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// Tasks shorter than this on average are queued here ahead of the slots.
+const SHORT_TASK: Duration = Duration::from_millis(20);
+/// How many tasks per slot may wait here when tasks are short.
+const SHORT_TASK_QUEUE: usize = 32;
+
+/// Serves this program's tasks from the NATS server at `url` until SIGTERM or SIGINT, then
+/// drains: takes no more tasks, hands the queued ones back, lets the running ones finish.
+///
+/// Each serving process has `PARALLEL_WORKERS` slots (the available parallelism by default):
+/// worker processes with the `process` feature, threads without it or with
+/// `PARALLEL_BACKEND=thread`. `PARALLEL_NAMESPACE` picks the
+/// namespace (`parallel` by default), `PARALLEL_LEASE` how long a task may go without word from
+/// its serving process before it is given up as lost (`10s` by default). Setting
+/// `PARALLEL_SERVE=url` does the same for any binary that links `parallel`, before its `main`.
+///
+/// # Errors
+///
+/// An [`Error`] when the server cannot be reached or refuses the credentials
+/// ([`Error::is_connection`]), when a `PARALLEL_*` variable is malformed, or when the slots
+/// cannot be started.
+///
+/// # Examples
+///
+/// ```no_run
+/// #[parallel::task]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// fn main() -> Result<(), parallel::Error> {
+///     // Runs `add` for callers of this namespace until SIGTERM.
+///     parallel::serve("nats://127.0.0.1:4222")
+/// }
+/// ```
+pub fn serve(url: &str) -> Result<(), Error> {
+    let settings = Settings::from_env(url)?;
+    crate::unwind::install_hook();
+    crate::registry::validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("parallel-serve")
+        .enable_all()
+        .build()
+        .map_err(|error| Error::io("start the serving runtime", error))?;
+    let served = runtime.block_on(run(settings));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
+}
+
+/// A serving process's settings, from `serve`'s URL and the `PARALLEL_*` variables.
+struct Settings {
+    target: Target,
+    slots: usize,
+    /// Whether the slots are worker processes (threads with `PARALLEL_BACKEND=thread`).
+    processes: bool,
+    lease: Duration,
+    max_frame: usize,
+}
+
+impl Settings {
+    fn from_env(url: &str) -> Result<Settings, Error> {
+        let namespace = std::env::var("PARALLEL_NAMESPACE").unwrap_or_else(|_| "parallel".into());
+        wire::check_namespace(&namespace).map_err(Error::invalid_config)?;
+        let lease = match std::env::var(LEASE_VARIABLE) {
+            Ok(text) => parse_lease(&text).map_err(Error::invalid_config)?,
+            Err(_) => DEFAULT_LEASE,
+        };
+        let slots = crate::builder::workers_from_env()?;
+        let processes = !std::env::var("PARALLEL_BACKEND")
+            .is_ok_and(|backend| backend.trim().eq_ignore_ascii_case("thread"));
+        Ok(Settings {
+            target: Target { url: url.to_owned(), namespace },
+            slots,
+            processes,
+            lease,
+            max_frame: crate::builder::DEFAULT_MESSAGE_SIZE,
+        })
+    }
+}
+
+/// Parses a lease: a whole number of `ms`, `s` or `m`, from 300 ms to an hour.
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let lease = match (number.parse::<u64>(), unit) {
+        (Ok(n), "ms") => Duration::from_millis(n),
+        (Ok(n), "s") => Duration::from_secs(n),
+        (Ok(n), "m") => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{LEASE_VARIABLE}={text:?} is not a duration like 10s or 500ms")),
+    };
+    if !(Duration::from_millis(300)..=Duration::from_secs(3600)).contains(&lease) {
+        return Err(format!("{LEASE_VARIABLE}={text:?} is out of range: 300ms to 60m"));
+    }
+    Ok(lease)
+}
+
+/// A call as this process knows it: its caller's reply subject and the call.
+type Key = (Arc<str>, CallId);
+
+/// The serving process.
+struct Node {
+    client: Client,
+    names: Names,
+    /// `pid@host`, which callers show when a task is lost.
+    slot_name: String,
+    lease: Duration,
+    max_frame: usize,
+    slots: Slots,
+    state: Mutex<State>,
+    /// Room was made: a slot freed or a queued message left.
+    room: Notify,
+    out: mpsc::UnboundedSender<Out>,
+    is_draining: AtomicBool,
+}
+
+struct State {
+    queue: VecDeque<Held>,
+    running: HashMap<Key, Running>,
+    free: usize,
+    /// Calls cancelled before their message came here, for a while.
+    cancelled: HashMap<Key, Instant>,
+    /// The average time a task ran here (moving), for the size of the queue.
+    average: Duration,
+}
+
+/// A message taken from the stream and not started.
+struct Held {
+    key: Key,
+    message: Arc<jetstream::Message>,
+    task: &'static Registration,
+    timeout: Option<Duration>,
+}
+
+struct Running {
+    message: Arc<jetstream::Message>,
+    ticket: Arc<Ticket>,
+    since: Instant,
+}
+
+/// What the outbox sends, in order.
+enum Out {
+    Started(Key),
+    Progress(Key, Vec<u8>),
+    Ended(Key, Ending),
+    Alive(Arc<str>, Vec<CallId>),
+    /// Everything before this is out: flush, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Node {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many more messages this process takes now.
+    fn room(&self) -> usize {
+        if self.is_draining.load(Ordering::Acquire) {
+            return 0;
+        }
+        let state = self.lock();
+        let slots = state.free + state.running.len();
+        let ahead = if state.average < SHORT_TASK { slots * SHORT_TASK_QUEUE } else { 0 };
+        (slots + ahead).saturating_sub(state.queue.len() + state.running.len())
+    }
+
+    /// A message from the stream for `task`.
+    async fn take(self: &Arc<Self>, message: jetstream::Message, task: &'static Registration) {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let call = header(wire::CALL).and_then(|call| CallId::parse(&call).ok());
+        let reply = header(wire::REPLY).filter(|reply| {
+            reply
+                .strip_prefix(&self.names.reply(""))
+                .is_some_and(|caller| !caller.is_empty() && !caller.contains(['.', '*', '>', ' ']))
+        });
+        let timeout = match header(wire::TIMEOUT).map(|text| wire::parse_millis(&text)) {
+            None => Ok(None),
+            Some(parsed) => parsed.map(Some),
+        };
+        let (Some(call), Some(reply), Ok(timeout)) = (call, reply, timeout) else {
+            self.dead_letter(message, "no valid call, reply subject or timeout in its headers")
+                .await;
+            return;
+        };
+        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+        let held =
+            Held { key: (Arc::from(reply), call), message: Arc::new(message), task, timeout };
+        if delivered > 1 {
+            // Its first serving process let it go before it started, or vanished: its caller
+            // decides whether it runs.
+            let node = Arc::clone(self);
+            tokio::spawn(async move { node.claim(held).await });
+            return;
+        }
+        self.queue(held);
+    }
+
+    fn queue(self: &Arc<Self>, held: Held) {
+        if self.is_draining.load(Ordering::Acquire) {
+            // Handed back at once, for another serving process.
+            tokio::spawn(async move {
+                let _ = held.message.ack_with(AckKind::Nak(None)).await;
+            });
+            return;
+        }
+        self.lock().queue.push_back(held);
+        self.pump();
+    }
+
+    /// Asks the caller of a message delivered again whether it still wants it run.
+    async fn claim(self: Arc<Self>, held: Held) {
+        let caller = held.key.0.strip_prefix(&self.names.reply("")).unwrap_or_default().to_owned();
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::CALL, held.key.1.to_string().as_str());
+        let asked = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.client.request_with_headers(self.names.claim(&caller), headers, Bytes::new()),
+        )
+        .await;
+        let is_gone = |error: &async_nats::RequestError| {
+            error.kind() == async_nats::RequestErrorKind::NoResponders
+        };
+        match asked {
+            Ok(Ok(answer)) if &answer.payload[..] == b"run" => self.queue(held),
+            // Its caller has its result, or gave it up, or is gone.
+            Ok(Ok(_)) => {
+                let _ = held.message.ack_with(AckKind::Term).await;
+            }
+            Ok(Err(error)) if is_gone(&error) => {
+                let _ = held.message.ack_with(AckKind::Term).await;
+            }
+            // No answer in time (the caller's connection is down?): ask again later.
+            _ => {
+                let _ = held.message.ack_with(AckKind::Nak(Some(self.lease / 3))).await;
+            }
+        }
+    }
+
+    /// Hands queued messages to free slots.
+    fn pump(self: &Arc<Self>) {
+        let mut started = Vec::new();
+        let mut dropped = Vec::new();
+        {
+            let mut state = self.lock();
+            while state.free > 0 {
+                let Some(held) = state.queue.pop_front() else { break };
+                if state.cancelled.remove(&held.key).is_some() {
+                    dropped.push(held.message);
+                    continue;
+                }
+                state.free -= 1;
+                let sink = Arc::new(NodeSink { node: Arc::downgrade(self), key: held.key.clone() });
+                let ticket = Ticket::new(sink, self.max_frame);
+                state.running.insert(
+                    held.key.clone(),
+                    Running {
+                        message: Arc::clone(&held.message),
+                        ticket: Arc::clone(&ticket),
+                        since: Instant::now(),
+                    },
+                );
+                started.push((held, ticket));
+            }
+        }
+        for message in dropped {
+            tokio::spawn(async move {
+                let _ = message.ack_with(AckKind::Term).await;
+            });
+        }
+        for (held, ticket) in started {
+            let _ = self.out.send(Out::Started(held.key.clone()));
+            let args = held.message.payload.clone();
+            self.slots.run(Work { task: held.task, args, timeout: held.timeout, ticket });
+        }
+    }
+
+    /// A task ended on its slot: the slot is free, and the message is done with once its
+    /// ending is out.
+    fn finished(self: &Arc<Self>, key: &Key) -> Option<Arc<jetstream::Message>> {
+        let running = {
+            let mut state = self.lock();
+            let running = state.running.remove(key)?;
+            state.free += 1;
+            let took = running.since.elapsed();
+            state.average = (state.average * 7 + took) / 8;
+            running
+        };
+        self.room.notify_waiters();
+        self.pump();
+        Some(running.message)
+    }
+
+    /// The caller of `key` cancelled it.
+    fn cancel(self: &Arc<Self>, key: Key) {
+        let mut state = self.lock();
+        let message = if let Some(running) = state.running.remove(&key) {
+            state.free += 1;
+            drop(state);
+            running.ticket.cancel();
+            Some(running.message)
+        } else if let Some(at) = state.queue.iter().position(|held| held.key == key) {
+            let held = state.queue.remove(at);
+            drop(state);
+            held.map(|held| held.message)
+        } else {
+            let now = Instant::now();
+            state.cancelled.retain(|_, at| now.duration_since(*at) < Duration::from_secs(600));
+            state.cancelled.insert(key, now);
+            None
+        };
+        if let Some(message) = message {
+            tokio::spawn(async move {
+                let _ = message.ack_with(AckKind::Term).await;
+            });
+            self.room.notify_waiters();
+            self.pump();
+        }
+    }
+
+    /// Keeps the held messages' leases and tells callers their tasks are alive.
+    async fn renew(&self) {
+        let (messages, alive) = {
+            let state = self.lock();
+            let mut alive: HashMap<Arc<str>, Vec<CallId>> = HashMap::new();
+            for (reply, call) in state.running.keys() {
+                alive.entry(Arc::clone(reply)).or_default().push(*call);
+            }
+            let messages: Vec<_> = state
+                .queue
+                .iter()
+                .map(|held| Arc::clone(&held.message))
+                .chain(state.running.values().map(|running| Arc::clone(&running.message)))
+                .collect();
+            (messages, alive)
+        };
+        for (reply, calls) in alive {
+            let _ = self.out.send(Out::Alive(reply, calls));
+        }
+        for message in messages {
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "a lease was not renewed");
+            }
+        }
+    }
+
+    /// Keeps a message no caller can be told about, and lets the stream forget it.
+    async fn dead_letter(&self, message: jetstream::Message, why: &str) {
+        tracing::warn!(subject = %message.subject, why, "a task message goes to the dead letters");
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert("Parallel-Dead-Reason", why);
+        headers.insert("Parallel-Dead-Subject", message.subject.as_str());
+        let jetstream = jetstream::new(self.client.clone());
+        let kept = match jetstream
+            .publish_with_headers(self.names.dead(), headers, message.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match kept {
+            Ok(()) => {
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            // Left for redelivery, and another try.
+            Err(error) => tracing::error!(%error, "a dead letter could not be kept"),
+        }
+    }
+}
+
+/// Where a slot's task reports: the node's outbox.
+struct NodeSink {
+    node: Weak<Node>,
+    key: Key,
+}
+
+impl Sink for NodeSink {
+    fn progress(&self, message: Vec<u8>) {
+        if let Some(node) = self.node.upgrade() {
+            let _ = node.out.send(Out::Progress(self.key.clone(), message));
+        }
+    }
+
+    fn end(&self, ending: Ending) {
+        if let Some(node) = self.node.upgrade() {
+            let _ = node.out.send(Out::Ended(self.key.clone(), ending));
+        }
+    }
+}
+
+async fn run(settings: Settings) -> Result<(), Error> {
+    let Settings { target, slots, processes, lease, max_frame } = settings;
+    let names = Names::new(&target.namespace);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "?".to_owned());
+    let slot_name = format!("{}@{host}", std::process::id());
+    let client = connect::connect(&target, &format!("parallel serving {slot_name}"))
+        .await
+        .map_err(Error::connection)?;
+    let jetstream = jetstream::new(client.clone());
+    let stream = ensure_stream(&jetstream, &names).await.map_err(Error::connection)?;
+    ensure_dead_letters(&jetstream, &names).await.map_err(Error::connection)?;
+    let (out, outbox) = mpsc::unbounded_channel();
+    let node = Arc::new(Node {
+        client: client.clone(),
+        names: names.clone(),
+        slot_name,
+        lease,
+        max_frame,
+        slots: Slots::start(slots, max_frame, processes)?,
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            free: slots,
+            cancelled: HashMap::new(),
+            average: Duration::ZERO,
+        }),
+        room: Notify::new(),
+        out,
+        is_draining: AtomicBool::new(false),
+    });
+    tokio::spawn(send(Arc::clone(&node), outbox));
+    // Cancels are heard before the first task is taken.
+    let cancels = client
+        .subscribe(names.cancel())
+        .await
+        .map_err(|error| Error::connection(format!("cannot subscribe to cancels: {error}")))?;
+    client.flush().await.map_err(|error| Error::connection(error.to_string()))?;
+    tokio::spawn(hear_cancels(Arc::downgrade(&node), cancels));
+    for task in registry::all() {
+        let fingerprint = task.fingerprint();
+        let name = Names::consumer(fingerprint);
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("parallel task {}", task.name())),
+                    filter_subject: names.task(fingerprint),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: lease,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|error| {
+                Error::connection(format!("cannot open the consumer of {}: {error}", task.name()))
+            })?;
+        tokio::spawn(pull(Arc::clone(&node), consumer, task));
+    }
+    tokio::spawn(renew(Arc::downgrade(&node)));
+    tracing::info!(slots, kind = node.slots.kind(), ?lease, namespace = %target.namespace, "serving");
+    stopped().await;
+    drain(&node).await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Takes no more tasks, hands the queued ones back, lets the running ones finish.
+async fn drain(node: &Arc<Node>) {
+    node.is_draining.store(true, Ordering::Release);
+    node.room.notify_waiters();
+    let queued: Vec<Held> = node.lock().queue.drain(..).collect();
+    tracing::info!(queued = queued.len(), "draining");
+    for held in queued {
+        let _ = held.message.ack_with(AckKind::Nak(None)).await;
+    }
+    while !node.lock().running.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The last endings are out before the process exits.
+    let (done, wait) = tokio::sync::oneshot::channel();
+    let _ = node.out.send(Out::Flush(done));
+    let _ = wait.await;
+    node.slots.stop();
+}
+
+/// Takes messages of `task` from its consumer while there is room.
+async fn pull(node: Arc<Node>, consumer: PullConsumer, task: &'static Registration) {
+    while !node.is_draining.load(Ordering::Acquire) {
+        let room = node.room();
+        if room == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(100), node.room.notified()).await;
+            continue;
+        }
+        let batch = consumer.batch().max_messages(room).expires(PULL_EXPIRY).messages().await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(task = task.name(), %error, "cannot pull tasks; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => node.take(message, task).await,
+                Err(error) => {
+                    tracing::debug!(task = task.name(), %error, "a pull ended");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn hear_cancels(node: Weak<Node>, mut cancels: async_nats::Subscriber) {
+    while let Some(message) = cancels.next().await {
+        let Some(node) = node.upgrade() else { return };
+        let header = |name: &str| {
+            message.headers.as_ref().and_then(|headers| headers.get(name)).map(|v| v.as_str())
+        };
+        match (header(wire::REPLY), header(wire::CALL).map(CallId::parse)) {
+            (Some(reply), Some(Ok(call))) => node.cancel((Arc::from(reply), call)),
+            _ => tracing::warn!("a cancel without a valid call; dropped"),
+        }
+    }
+}
+
+async fn renew(node: Weak<Node>) {
+    let Some(every) = node.upgrade().map(|node| node.lease / 3) else { return };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        node.renew().await;
+    }
+}
+
+/// Sends what the slots report, in order; acknowledges a message once its ending is out.
+async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
+    let lease = wire::millis(node.lease);
+    while let Some(out) = outbox.recv().await {
+        let (reply, headers, body, done) = match out {
+            Out::Started((reply, call)) => {
+                let mut headers = headers_of(Kind::Started, Some(call));
+                headers.insert(wire::SLOT, node.slot_name.as_str());
+                headers.insert(wire::LEASE, lease.as_str());
+                (reply, headers, Vec::new(), None)
+            }
+            Out::Progress((reply, call), message) => {
+                (reply, headers_of(Kind::Progress, Some(call)), message, None)
+            }
+            Out::Alive(reply, calls) => {
+                (reply, headers_of(Kind::Alive, None), CallId::join(&calls).into_bytes(), None)
+            }
+            Out::Ended(key, ending) => {
+                // Cancelled meanwhile: its caller has resolved already.
+                let Some(message) = node.finished(&key) else { continue };
+                let (kind, body) = ending.into_message();
+                (key.0, headers_of(kind, Some(key.1)), body, Some(message))
+            }
+            Out::Flush(done) => {
+                let _ = node.client.flush().await;
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let sent =
+            node.client.publish_with_headers(reply.to_string(), headers, Bytes::from(body)).await;
+        if let Err(error) = sent {
+            tracing::warn!(%error, "a reply could not be sent");
+        }
+        if let Some(message) = done {
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, "a finished task's message could not be acknowledged");
+            }
+        }
+    }
+}
+
+fn headers_of(kind: Kind, call: Option<CallId>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(wire::KIND, kind.name());
+    if let Some(call) = call {
+        headers.insert(wire::CALL, call.to_string().as_str());
+    }
+    headers
+}
+
+async fn ensure_dead_letters(jetstream: &jetstream::Context, names: &Names) -> Result<(), String> {
+    jetstream
+        .get_or_create_stream(jetstream::stream::Config {
+            name: names.dead_stream(),
+            subjects: vec![names.dead()],
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            storage: jetstream::stream::StorageType::File,
+            description: Some(
+                "task messages of parallel that no caller could be told about".into(),
+            ),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|error| format!("cannot open the dead letters {}: {error}", names.dead_stream()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases() {
+        assert_eq!(parse_lease("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_lease("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_lease("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_lease("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "10h", "ten", "100ms", "61m", "-1s", "1.5s"] {
+            assert!(parse_lease(bad).is_err(), "{bad}");
+        }
+    }
+}

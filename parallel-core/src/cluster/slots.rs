@@ -1,0 +1,283 @@
+//! A serving process's slots: where the tasks it takes from the stream run. Worker processes
+//! with the `process` feature (a crash kills one worker, a timeout or a cancel kills it), threads
+//! otherwise (a panic is caught; a timed-out or cancelled task is abandoned to finish).
+//!
+//! Each task a slot runs has a [`Ticket`]: the first of its ending, its timeout and its cancel
+//! wins, and only an ending or a timeout reaches the caller (a cancelled task's caller has
+//! resolved already).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::wire::{Ending, Report};
+use crate::job::{Halt, Stop};
+use crate::progress::Outbox;
+use crate::registry::{Outcome, Registration};
+use crate::{timer, unwind, wire_value, Environment, Error};
+
+/// Where a task's progress messages and its ending go: the serving process's outbox.
+pub(crate) trait Sink: Send + Sync {
+    fn progress(&self, message: Vec<u8>);
+    fn end(&self, ending: Ending);
+}
+
+/// One task on a slot: whoever ends it first decides what its caller hears.
+pub(crate) struct Ticket {
+    is_over: AtomicBool,
+    sink: Arc<dyn Sink>,
+    /// How to stop the task where it runs (a worker process to kill).
+    stop: Mutex<Option<Arc<dyn Stop>>>,
+    deadline: Mutex<Option<timer::Key>>,
+    /// The largest value it may send.
+    max_frame: usize,
+}
+
+impl Ticket {
+    pub(crate) fn new(sink: Arc<dyn Sink>, max_frame: usize) -> Arc<Ticket> {
+        Arc::new(Ticket {
+            is_over: AtomicBool::new(false),
+            sink,
+            stop: Mutex::new(None),
+            deadline: Mutex::new(None),
+            max_frame,
+        })
+    }
+
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    pub(crate) fn is_over(&self) -> bool {
+        self.is_over.load(Ordering::Acquire)
+    }
+
+    /// Ends the task with `ending`, unless something ended it first; `false` then.
+    pub(crate) fn end(&self, ending: Ending) -> bool {
+        if self.is_over.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Some(key) = self.deadline.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            timer::cancel(key);
+        }
+        self.sink.end(ending);
+        true
+    }
+
+    pub(crate) fn progress(&self, message: Vec<u8>) {
+        if !self.is_over() {
+            self.sink.progress(message);
+        }
+    }
+
+    /// The caller cancelled: nothing more is reported, and the task is stopped where it can be.
+    pub(crate) fn cancel(&self) {
+        if self.is_over.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(key) = self.deadline.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            timer::cancel(key);
+        }
+        let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(stop) = stop {
+            stop.stop(Halt::Kill);
+        }
+    }
+
+    /// How to stop the task now that a worker holds it.
+    #[cfg_attr(not(process_backend), allow(dead_code))] // worker processes only
+    pub(crate) fn set_stop(&self, stop: Arc<dyn Stop>) {
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(stop);
+        // A cancel that came before the worker took it stops it now.
+        if self.is_over() {
+            if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                stop.stop(Halt::Kill);
+            }
+        }
+    }
+
+    /// Starts the task's clock: past `timeout` it ends as timed out, and is stopped.
+    pub(crate) fn arm(self: &Arc<Self>, timeout: Option<Duration>) {
+        let Some(at) = timeout.and_then(|timeout| Instant::now().checked_add(timeout)) else {
+            return;
+        };
+        let ticket = Arc::downgrade(self);
+        let expire = Box::new(move || {
+            let Some(ticket) = ticket.upgrade() else { return };
+            *ticket.deadline.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            if ticket.end(Ending::Report(Report::TimedOut)) {
+                let stop = ticket.stop.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(stop) = stop {
+                    stop.stop(Halt::Kill);
+                }
+            }
+        });
+        match timer::schedule(at, expire) {
+            Ok(key) => *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = Some(key),
+            Err(_) => tracing::warn!("no timer thread: the task runs without its timeout"),
+        }
+    }
+}
+
+/// A task for a slot.
+pub(crate) struct Work {
+    pub(crate) task: &'static Registration,
+    /// The task value, as the caller serialized it.
+    pub(crate) args: Bytes,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) ticket: Arc<Ticket>,
+}
+
+/// The slots of a serving process.
+pub(crate) enum Slots {
+    Threads(ThreadSlots),
+    #[cfg(process_backend)]
+    Processes(crate::process::RemoteSlots),
+}
+
+impl Slots {
+    /// `count` slots: worker processes if `processes` and the process backend is built,
+    /// threads otherwise.
+    pub(crate) fn start(count: usize, max_frame: usize, processes: bool) -> Result<Slots, Error> {
+        #[cfg(process_backend)]
+        if processes {
+            return crate::process::RemoteSlots::start(count, max_frame).map(Slots::Processes);
+        }
+        let _ = (processes, max_frame);
+        ThreadSlots::start(count).map(Slots::Threads)
+    }
+
+    /// What the slots are, for the log.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Slots::Threads(_) => "threads",
+            #[cfg(process_backend)]
+            Slots::Processes(_) => "worker processes",
+        }
+    }
+
+    /// Hands `work` to a free slot (the serving process runs no more tasks than it has slots).
+    pub(crate) fn run(&self, work: Work) {
+        match self {
+            Slots::Threads(slots) => slots.run(work),
+            #[cfg(process_backend)]
+            Slots::Processes(slots) => slots.run(work),
+        }
+    }
+
+    /// Lets the slots finish and stop.
+    pub(crate) fn stop(&self) {
+        match self {
+            Slots::Threads(slots) => slots.stop(),
+            #[cfg(process_backend)]
+            Slots::Processes(slots) => slots.stop(),
+        }
+    }
+}
+
+/// Slots that are threads of the serving process, each with its own [`Environment`].
+pub(crate) struct ThreadSlots {
+    queue: Mutex<Option<mpsc::Sender<Work>>>,
+}
+
+impl ThreadSlots {
+    pub(crate) fn start(count: usize) -> Result<ThreadSlots, Error> {
+        let (sender, receiver) = mpsc::channel::<Work>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for worker_id in 0..count {
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("parallel-slot-{worker_id}"))
+                .spawn(move || {
+                    let mut environment = Environment::for_worker(worker_id);
+                    loop {
+                        let work = receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(work) = work else { break };
+                        run_here(&mut environment, work);
+                    }
+                    unwind::drop_values(|| drop(environment));
+                })
+                .map_err(|error| Error::io("start a slot thread", error))?;
+        }
+        Ok(ThreadSlots { queue: Mutex::new(Some(sender)) })
+    }
+
+    fn run(&self, work: Work) {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let refused = match queue.as_ref() {
+            Some(queue) => queue.send(work).err().map(|error| error.0),
+            None => Some(work),
+        };
+        if let Some(work) = refused {
+            work.ticket.end(Ending::Report(Report::Unavailable("the slots stopped".to_owned())));
+        }
+    }
+
+    fn stop(&self) {
+        // The threads finish the queue, then find it closed.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+/// Sends a thread slot's progress messages, serialized, to its ticket.
+struct TicketOutbox(Arc<Ticket>);
+
+impl Outbox for TicketOutbox {
+    fn post(&self, message: &dyn erased_serde::Serialize) {
+        let mut bytes = Vec::new();
+        match wire_value::encode(message, &mut bytes, self.0.max_frame()) {
+            Ok(()) => self.0.progress(bytes),
+            Err(_) => tracing::warn!("a progress message does not serialize or fit; dropped"),
+        }
+    }
+}
+
+/// Runs `work` on this thread with `environment`.
+fn run_here(environment: &mut Environment, work: Work) {
+    let Work { task, args, timeout, ticket } = work;
+    if ticket.is_over() {
+        return;
+    }
+    ticket.arm(timeout);
+    let outbox: Arc<dyn Outbox> = Arc::new(TicketOutbox(Arc::clone(&ticket)));
+    let max = ticket.max_frame();
+    let caught = unwind::catch(|| {
+        let mut input = wire_value::Deserializer::new(&args);
+        let outcome = task.run(
+            environment,
+            &mut <dyn erased_serde::Deserializer<'_>>::erase(&mut input),
+            Some(outbox),
+        );
+        // Serializing runs user code too (`Serialize` impls), so it stays inside the catch.
+        let (value, is_error) = match outcome {
+            Outcome::Output(output) => (output, false),
+            Outcome::Failed(error) => (error, true),
+            Outcome::BadInput(message) => return Ending::Report(Report::BadArguments(message)),
+        };
+        let mut bytes = Vec::new();
+        match wire_value::encode(&value, &mut bytes, max) {
+            Ok(()) if is_error => Ending::Failed(bytes),
+            Ok(()) => Ending::Output(bytes),
+            Err(error) => Ending::Report(Report::Unserializable {
+                is_error,
+                message: match error {
+                    wire_value::EncodeError::OverLimit => {
+                        format!("the value is over the serving process's limit of {max} bytes")
+                    }
+                    wire_value::EncodeError::Refused(error) => error.to_string(),
+                },
+            }),
+        }
+    });
+    let ending = caught.unwrap_or_else(|report| {
+        Ending::Report(Report::Panicked {
+            message: report.message,
+            location: report.location,
+            backtrace: report.backtrace,
+        })
+    });
+    ticket.end(ending);
+}

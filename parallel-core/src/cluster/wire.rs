@@ -1,0 +1,323 @@
+//! What callers and serving processes say to each other through NATS: the subjects, the headers
+//! and the bodies. The only code of the cluster backend that knows bytes.
+//!
+//! | subject | from → to | what |
+//! | --- | --- | --- |
+//! | `NS.task.FP` (stream `NS_tasks`) | caller → a serving slot | a task: the task value as [`wire_value`] writes it |
+//! | `NS.reply.CALLER` | serving process → that caller | `started`, `alive`, `progress`, then one ending |
+//! | `NS.claim.CALLER` (request) | serving process → that caller | may a task delivered again run? |
+//! | `NS.cancel` | caller → every serving process | stop a task: never start it, or kill its slot |
+//!
+//! `FP` is the task's fingerprint (its name, signature and Rust types, see
+//! [`Registration::fingerprint`](crate::registry::Registration::fingerprint)): a serving process
+//! consumes the subjects of its own tasks only, so a task is never run by code of another
+//! signature. Task messages carry the call (`job.attempt`), the caller's reply subject, the
+//! task's name and its time limit in headers; a reply carries its kind and call in headers, and
+//! a value or a [`wire_value`] report in its body. Everything that arrives is untrusted: a header
+//! or body that does not parse is an error for that message, never a panic.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire_value;
+
+/// The call a message is about: a job and its attempt.
+pub(crate) const CALL: &str = "Parallel-Call";
+/// Where the serving process sends a task's replies.
+pub(crate) const REPLY: &str = "Parallel-Reply";
+/// The task's name (for messages and dead letters; routing is by subject).
+pub(crate) const TASK: &str = "Parallel-Task";
+/// The attempt's time limit in milliseconds, if the task has one.
+pub(crate) const TIMEOUT: &str = "Parallel-Timeout";
+/// A reply's kind: one of [`Kind`]'s names.
+pub(crate) const KIND: &str = "Parallel-Kind";
+/// Which slot took a task: `pid@host`.
+pub(crate) const SLOT: &str = "Parallel-Slot";
+/// How often a serving process says its tasks are alive, in milliseconds.
+pub(crate) const LEASE: &str = "Parallel-Lease";
+
+/// The subjects of one namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    namespace: String,
+}
+
+impl Names {
+    /// The subjects of `namespace`, which [`check_namespace`] accepted.
+    pub(crate) fn new(namespace: &str) -> Self {
+        Names { namespace: namespace.to_owned() }
+    }
+
+    /// The stream that holds the tasks waiting for a slot.
+    pub(crate) fn stream(&self) -> String {
+        format!("{}_tasks", self.namespace)
+    }
+
+    /// Every task subject, for the stream.
+    pub(crate) fn all_tasks(&self) -> String {
+        format!("{}.task.>", self.namespace)
+    }
+
+    /// The subject of the task with fingerprint `fingerprint`.
+    pub(crate) fn task(&self, fingerprint: u64) -> String {
+        format!("{}.task.{fingerprint:016x}", self.namespace)
+    }
+
+    /// The durable consumer that the serving processes of one task share.
+    pub(crate) fn consumer(fingerprint: u64) -> String {
+        format!("task-{fingerprint:016x}")
+    }
+
+    pub(crate) fn reply(&self, caller: &str) -> String {
+        format!("{}.reply.{caller}", self.namespace)
+    }
+
+    pub(crate) fn claim(&self, caller: &str) -> String {
+        format!("{}.claim.{caller}", self.namespace)
+    }
+
+    pub(crate) fn cancel(&self) -> String {
+        format!("{}.cancel", self.namespace)
+    }
+
+    /// Where task messages that no caller can be told about are kept.
+    pub(crate) fn dead(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    pub(crate) fn dead_stream(&self) -> String {
+        format!("{}_dead", self.namespace)
+    }
+}
+
+/// Checks a namespace: it names subjects, a stream and a bucket, so letters, digits, `-` and `_`.
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), String> {
+    let is_valid = !namespace.is_empty()
+        && namespace.len() <= 64
+        && namespace
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_'));
+    if is_valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "namespace {namespace:?} must be 1 to 64 letters, digits, `-` or `_` (it names NATS \
+             subjects and a stream)"
+        ))
+    }
+}
+
+/// One attempt of one job of one caller: `job.attempt` in headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CallId {
+    pub(crate) job: u64,
+    pub(crate) attempt: u32,
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.job, self.attempt)
+    }
+}
+
+impl CallId {
+    pub(crate) fn parse(text: &str) -> Result<CallId, String> {
+        let (job, attempt) = text.split_once('.').ok_or_else(|| format!("bad call {text:?}"))?;
+        match (job.parse(), attempt.parse()) {
+            (Ok(job), Ok(attempt)) => Ok(CallId { job, attempt }),
+            _ => Err(format!("bad call {text:?}")),
+        }
+    }
+
+    /// A list of calls, for `alive`: `1.1,7.2`.
+    pub(crate) fn join(calls: &[CallId]) -> String {
+        calls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    pub(crate) fn split(text: &str) -> Result<Vec<CallId>, String> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        text.split(',').map(CallId::parse).collect()
+    }
+}
+
+/// A duration in whole milliseconds, as headers carry it.
+pub(crate) fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+pub(crate) fn parse_millis(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("bad duration {text:?}"))
+}
+
+/// What a serving process says about a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A slot took the task; [`SLOT`] and [`LEASE`] say which and how often it reports.
+    Started,
+    /// The calls in the body run still.
+    Alive,
+    /// A progress message of the running task.
+    Progress,
+    /// The task returned `Ok`; the body is its output.
+    Output,
+    /// The task returned `Err`; the body is its error.
+    Failed,
+    /// The task ended otherwise; the body is a [`Report`].
+    Ended,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] =
+        [Kind::Started, Kind::Alive, Kind::Progress, Kind::Output, Kind::Failed, Kind::Ended];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Started => "started",
+            Kind::Alive => "alive",
+            Kind::Progress => "progress",
+            Kind::Output => "output",
+            Kind::Failed => "failed",
+            Kind::Ended => "ended",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.name() == text)
+    }
+}
+
+/// How a task ended on a serving slot, as its caller learns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The task returned `Ok`: its output, serialized.
+    Output(Vec<u8>),
+    /// The task returned `Err`: its error, serialized.
+    Failed(Vec<u8>),
+    /// Any other end.
+    Report(Report),
+}
+
+/// How a task ended when it returned nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Report {
+    Panicked {
+        message: String,
+        location: Option<String>,
+        backtrace: Option<String>,
+    },
+    /// The task value did not deserialize on the slot.
+    BadArguments(String),
+    /// The output or error did not serialize on the slot.
+    Unserializable {
+        is_error: bool,
+        message: String,
+    },
+    /// The slot's worker process died running it.
+    Died {
+        pid: u32,
+        reason: String,
+        stderr_tail: String,
+    },
+    /// No worker process could be started for it.
+    Unavailable(String),
+    /// The attempt ran past its time limit and its slot was stopped.
+    TimedOut,
+}
+
+impl Ending {
+    /// The ending as a reply's kind and body.
+    pub(crate) fn into_message(self) -> (Kind, Vec<u8>) {
+        match self {
+            Ending::Output(bytes) => (Kind::Output, bytes),
+            Ending::Failed(bytes) => (Kind::Failed, bytes),
+            Ending::Report(report) => {
+                let mut body = Vec::new();
+                // A report is strings and integers: it always serializes, within any limit.
+                wire_value::encode(&report, &mut body, usize::MAX)
+                    .unwrap_or_else(|_| unreachable!("a report always serializes"));
+                (Kind::Ended, body)
+            }
+        }
+    }
+
+    /// The ending a reply of `kind` with `body` says; `None` for a kind that is no ending.
+    pub(crate) fn from_message(kind: Kind, body: Vec<u8>) -> Option<Result<Ending, String>> {
+        match kind {
+            Kind::Output => Some(Ok(Ending::Output(body))),
+            Kind::Failed => Some(Ok(Ending::Failed(body))),
+            Kind::Ended => Some(wire_value::decode(&body).map(Ending::Report)),
+            Kind::Started | Kind::Alive | Kind::Progress => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_round_trip_and_garbage_is_an_error() {
+        let call = CallId { job: 42, attempt: 3 };
+        assert_eq!(call.to_string(), "42.3");
+        assert_eq!(CallId::parse("42.3"), Ok(call));
+        for bad in ["", "42", "42.", ".3", "a.b", "1.99999999999", "-1.2", "1.2.3"] {
+            assert!(CallId::parse(bad).is_err(), "{bad}");
+        }
+        let calls = [call, CallId { job: 7, attempt: 1 }];
+        assert_eq!(CallId::split(&CallId::join(&calls)), Ok(calls.to_vec()));
+        assert_eq!(CallId::split(""), Ok(Vec::new()));
+        assert!(CallId::split("1.1,,2.2").is_err());
+    }
+
+    #[test]
+    fn endings_round_trip_and_garbage_is_an_error() {
+        let endings = [
+            Ending::Output(vec![1, 2, 3]),
+            Ending::Failed(Vec::new()),
+            Ending::Report(Report::Panicked {
+                message: "boom".into(),
+                location: Some("src/main.rs:1:1".into()),
+                backtrace: None,
+            }),
+            Ending::Report(Report::BadArguments("missing field `a`".into())),
+            Ending::Report(Report::Unserializable { is_error: true, message: "no".into() }),
+            Ending::Report(Report::Died {
+                pid: 7,
+                reason: "killed by signal 9".into(),
+                stderr_tail: "x".into(),
+            }),
+            Ending::Report(Report::Unavailable("cannot start".into())),
+            Ending::Report(Report::TimedOut),
+        ];
+        for ending in endings {
+            let (kind, body) = ending.clone().into_message();
+            assert_eq!(Ending::from_message(kind, body), Some(Ok(ending)));
+        }
+        for garbage in [&b""[..], b"\xc1", b"\x92\x01\x02", &[0xff; 64]] {
+            assert!(Ending::from_message(Kind::Ended, garbage.to_vec()).unwrap().is_err());
+        }
+        assert_eq!(Ending::from_message(Kind::Alive, Vec::new()), None);
+    }
+
+    #[test]
+    fn names_and_namespaces() {
+        let names = Names::new("jobs");
+        assert_eq!(names.task(0xab), "jobs.task.00000000000000ab");
+        assert_eq!(Names::consumer(0xab), "task-00000000000000ab");
+        assert_eq!(names.stream(), "jobs_tasks");
+        assert_eq!(names.reply("c1"), "jobs.reply.c1");
+        assert!(check_namespace("parallel").is_ok());
+        assert!(check_namespace("a-b_C9").is_ok());
+        for bad in ["", "a.b", "a b", "a*", ">", &"x".repeat(65)] {
+            assert!(check_namespace(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Kind::parse("ended"), Some(Kind::Ended));
+        assert_eq!(Kind::parse("nope"), None);
+        assert_eq!(parse_millis("1500"), Ok(Duration::from_millis(1500)));
+        assert!(parse_millis("-1").is_err());
+    }
+}
