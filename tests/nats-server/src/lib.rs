@@ -42,8 +42,8 @@
 //! a server prints them too. A test binary killed outright (SIGKILL) cannot clean up: its server
 //! keeps running until killed by hand.
 //!
-//! Feature `tls` adds [`NatsServerBuilder::tls`]: a certificate authority and a server certificate
-//! made with `rcgen`, and [`NatsServer::ca_cert`] for clients.
+//! Feature `tls` adds `NatsServerBuilder::tls`: a certificate authority and a server certificate
+//! made with `rcgen`, and `NatsServer::ca_cert` for clients.
 
 mod binary;
 mod server;
