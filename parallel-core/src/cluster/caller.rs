@@ -29,6 +29,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::connect::{self, Target};
+use super::payloads::{Payloads, OBJECT};
 use super::wire::{self, CallId, Ending, Kind, Names, Report};
 use crate::job::{Halt, Job, Stop};
 use crate::ledger::Ledger;
@@ -54,6 +55,7 @@ struct Shared {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     max_frame: usize,
     is_stopping: AtomicBool,
+    payloads: Payloads,
 }
 
 /// An attempt published and not ended.
@@ -64,6 +66,8 @@ struct Flight {
     started: Option<Started>,
     /// Deleted from the stream as soon as its sequence is known (a cancel before the ack).
     is_withdrawn: bool,
+    /// The name of its task value in the object store, when it is too large for a message.
+    object: Option<String>,
 }
 
 /// Which slot runs a flight, and when it last said so.
@@ -80,16 +84,13 @@ enum Outgoing {
         subject: String,
         headers: HeaderMap,
         payload: Bytes,
+        /// The name to store the payload under, when it is too large for a message.
+        object: Option<String>,
     },
     /// Stop `call` everywhere: delete its message, tell the serving processes.
-    Cancel {
-        call: CallId,
-        sequence: Option<u64>,
-    },
+    Cancel { call: CallId, sequence: Option<u64>, object: Option<String> },
     /// Delete a message whose flight ended otherwise (lost with its serving process).
-    Delete {
-        sequence: u64,
-    },
+    Delete { sequence: u64, object: Option<String> },
     /// Everything before this is sent: flush, then answer.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -220,7 +221,9 @@ impl ClusterBackend {
             .map_err(Error::connection)?;
         let caller = client.new_inbox().rsplit('.').next().unwrap_or_default().to_owned();
         let (outgoing, queue) = mpsc::unbounded_channel();
+        let payloads = Payloads::new(jetstream.clone(), &names, client.server_info().max_payload);
         let shared = Arc::new(Shared {
+            payloads,
             reply_subject: names.reply(&caller),
             names,
             caller,
@@ -289,15 +292,24 @@ impl ClusterBackend {
         }
         headers.insert("Nats-Msg-Id", format!("{}.{call}", shared.caller).as_str());
         let fingerprint = crate::registry::fingerprint_of::<T>();
+        let object = (!shared.payloads.fits(payload.len()))
+            .then(|| format!("{}/{call}/args", shared.caller));
         shared.lock().insert(
             call,
-            Flight { call: submitted, sequence: None, started: None, is_withdrawn: false },
+            Flight {
+                call: submitted,
+                sequence: None,
+                started: None,
+                is_withdrawn: false,
+                object: object.clone(),
+            },
         );
         let publish = Outgoing::Publish {
             call,
             subject: shared.names.task(fingerprint),
             headers,
             payload: Bytes::from(payload),
+            object,
         };
         if shared.outgoing.send(publish).is_err() {
             shared.end(
@@ -362,7 +374,7 @@ impl Shared {
             flights.remove(&call);
             return;
         }
-        let sequence = flight.sequence;
+        let (sequence, object) = (flight.sequence, flight.object.clone());
         if sequence.is_none() {
             // Not acknowledged yet: the ack deletes it.
             flight.is_withdrawn = true;
@@ -370,7 +382,7 @@ impl Shared {
             flights.remove(&call);
         }
         drop(flights);
-        let _ = self.outgoing.send(Outgoing::Cancel { call, sequence });
+        let _ = self.outgoing.send(Outgoing::Cancel { call, sequence, object });
     }
 
     /// The server stored `call`'s message as `sequence`.
@@ -378,9 +390,9 @@ impl Shared {
         let mut flights = self.lock();
         match flights.get_mut(&call) {
             Some(flight) if flight.is_withdrawn => {
-                flights.remove(&call);
+                let object = flights.remove(&call).and_then(|flight| flight.object);
                 drop(flights);
-                let _ = self.outgoing.send(Outgoing::Delete { sequence });
+                let _ = self.outgoing.send(Outgoing::Delete { sequence, object });
             }
             Some(flight) => flight.sequence = Some(sequence),
             // Ended before its ack (a very fast slot): its message is acknowledged already.
@@ -388,8 +400,9 @@ impl Shared {
         }
     }
 
-    /// A reply from a serving process.
-    fn on_reply(&self, message: &Message) {
+    /// A reply from a serving process, with its value (read from the object store when the
+    /// message was too small for it).
+    fn on_reply(&self, message: &Message, payload: Vec<u8>) {
         let header = |name: &str| {
             message
                 .headers
@@ -402,7 +415,7 @@ impl Shared {
             return;
         };
         if kind == Kind::Alive {
-            let calls = std::str::from_utf8(&message.payload)
+            let calls = std::str::from_utf8(&payload)
                 .map_err(|error| error.to_string())
                 .and_then(CallId::split);
             match calls {
@@ -439,11 +452,11 @@ impl Shared {
             Kind::Progress => {
                 let call_of = self.lock().get(&call).map(|flight| Arc::clone(&flight.call));
                 if let Some(target) = call_of {
-                    target.decode_progress(call.attempt, &message.payload);
+                    target.decode_progress(call.attempt, &payload);
                 }
             }
             Kind::Output | Kind::Failed | Kind::Ended => {
-                if let Some(ending) = Ending::from_message(kind, message.payload.to_vec()) {
+                if let Some(ending) = Ending::from_message(kind, payload) {
                     self.end(call, ending);
                 }
             }
@@ -467,7 +480,8 @@ impl Shared {
         };
         for (call, flight) in lost {
             if let Some(sequence) = flight.sequence {
-                let _ = self.outgoing.send(Outgoing::Delete { sequence });
+                // Its task value, if it was an object, was taken by the slot that started it.
+                let _ = self.outgoing.send(Outgoing::Delete { sequence, object: None });
             }
             let Some(started) = flight.started else { continue };
             tracing::warn!(task = flight.call.task(), slot = %started.slot, "serving slot lost");
@@ -534,31 +548,22 @@ async fn publish(
     let stream = Arc::new(stream);
     while let Some(outgoing) = queue.recv().await {
         match outgoing {
-            Outgoing::Publish { call, subject, headers, payload } => {
-                match jetstream.publish_with_headers(subject, headers, payload).await {
-                    Ok(ack) => {
-                        let shared = Arc::clone(&shared);
-                        tokio::spawn(async move {
-                            match ack.await {
-                                Ok(ack) => shared.published(call, ack.sequence),
-                                Err(error) => shared.end(
-                                    call,
-                                    Ok(Ending::Report(Report::Unavailable(format!(
-                                        "the server did not take the task: {error}"
-                                    )))),
-                                ),
-                            }
-                        });
-                    }
-                    Err(error) => shared.end(
-                        call,
-                        Ok(Ending::Report(Report::Unavailable(format!(
-                            "the task could not be published: {error}"
-                        )))),
-                    ),
-                }
+            Outgoing::Publish { call, subject, headers, payload, object: None } => {
+                publish_task(&shared, &jetstream, call, subject, headers, payload).await;
             }
-            Outgoing::Cancel { call, sequence } => {
+            // Stored first, in the background: the tasks behind it need not wait.
+            Outgoing::Publish { call, subject, mut headers, payload, object: Some(name) } => {
+                let (shared, jetstream) = (Arc::clone(&shared), jetstream.clone());
+                tokio::spawn(async move {
+                    if let Err(reason) = shared.payloads.put(&name, &payload).await {
+                        shared.end(call, Ok(Ending::Report(Report::Unavailable(reason))));
+                        return;
+                    }
+                    headers.insert(OBJECT, name.as_str());
+                    publish_task(&shared, &jetstream, call, subject, headers, Bytes::new()).await;
+                });
+            }
+            Outgoing::Cancel { call, sequence, object } => {
                 let mut headers = HeaderMap::new();
                 headers.insert(wire::CALL, call.to_string().as_str());
                 headers.insert(wire::REPLY, shared.reply_subject.as_str());
@@ -568,10 +573,10 @@ async fn publish(
                     tracing::warn!(%error, "a cancel could not be sent");
                 }
                 if let Some(sequence) = sequence {
-                    delete(&stream, sequence);
+                    delete(&shared, &stream, sequence, object);
                 }
             }
-            Outgoing::Delete { sequence } => delete(&stream, sequence),
+            Outgoing::Delete { sequence, object } => delete(&shared, &stream, sequence, object),
             Outgoing::Flush(done) => {
                 let _ = client.flush().await;
                 let _ = done.send(());
@@ -580,19 +585,73 @@ async fn publish(
     }
 }
 
-/// Deletes a task's message from the stream, in the background: gone already is fine.
-fn delete(stream: &Arc<stream::Stream>, sequence: u64) {
-    let stream = Arc::clone(stream);
+/// Publishes one task; its ack, awaited in the background, records its sequence.
+async fn publish_task(
+    shared: &Arc<Shared>,
+    jetstream: &jetstream::Context,
+    call: CallId,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) {
+    let refused = |error: String| {
+        Ok(Ending::Report(Report::Unavailable(format!(
+            "the server did not take the task: {error}"
+        ))))
+    };
+    match jetstream.publish_with_headers(subject, headers, payload).await {
+        Ok(ack) => {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                match ack.await {
+                    Ok(ack) => shared.published(call, ack.sequence),
+                    Err(error) => shared.end(call, refused(error.to_string())),
+                }
+            });
+        }
+        Err(error) => shared.end(call, refused(error.to_string())),
+    }
+}
+
+/// Deletes a task's message from the stream, and its value from the object store, in the
+/// background: gone already is fine.
+fn delete(
+    shared: &Arc<Shared>,
+    stream: &Arc<stream::Stream>,
+    sequence: u64,
+    object: Option<String>,
+) {
+    let (shared, stream) = (Arc::clone(shared), Arc::clone(stream));
     tokio::spawn(async move {
         if let Err(error) = stream.delete_message(sequence).await {
             tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
+        }
+        if let Some(name) = object {
+            shared.payloads.delete(&name).await;
         }
     });
 }
 
 async fn listen(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
     while let Some(message) = replies.next().await {
-        shared.on_reply(&message);
+        let object = message.headers.as_ref().and_then(|headers| headers.get(OBJECT));
+        let Some(name) = object.map(|name| name.as_str().to_owned()) else {
+            shared.on_reply(&message, message.payload.to_vec());
+            continue;
+        };
+        // A value beyond the message limit: read from the object store in the background.
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            match shared.payloads.take(&name, shared.max_frame).await {
+                Ok(payload) => shared.on_reply(&message, payload),
+                Err(error) => {
+                    let call = message.headers.as_ref().and_then(|headers| headers.get(wire::CALL));
+                    if let Some(Ok(call)) = call.map(|call| CallId::parse(call.as_str())) {
+                        shared.end(call, Err(error));
+                    }
+                }
+            }
+        });
     }
 }
 

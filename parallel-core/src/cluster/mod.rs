@@ -10,6 +10,7 @@
 mod caller;
 mod connect;
 mod entry;
+mod payloads;
 mod serve;
 pub(crate) mod slots;
 pub(crate) mod wire;

@@ -31,8 +31,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::caller::ensure_stream;
 use super::connect::{self, Target};
+use super::payloads::{Payloads, OBJECT};
 use super::slots::{Sink, Slots, Ticket, Work};
-use super::wire::{self, CallId, Ending, Kind, Names};
+use super::wire::{self, CallId, Ending, Kind, Names, Report};
 use crate::registry::{self, Registration};
 use crate::Error;
 
@@ -159,6 +160,7 @@ struct Node {
     room: Notify,
     out: mpsc::UnboundedSender<Out>,
     is_draining: AtomicBool,
+    payloads: Payloads,
 }
 
 struct State {
@@ -175,6 +177,8 @@ struct State {
 struct Held {
     key: Key,
     message: Arc<jetstream::Message>,
+    /// The task value: the message's payload, or the object it names.
+    args: Bytes,
     task: &'static Registration,
     timeout: Option<Duration>,
 }
@@ -191,6 +195,8 @@ enum Out {
     Progress(Key, Vec<u8>),
     Ended(Key, Ending),
     Alive(Arc<str>, Vec<CallId>),
+    /// A task that cannot run: its ending, then the message is let go.
+    Refused(Key, Ending, Arc<jetstream::Message>),
     /// Everything before this is out: flush, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -236,8 +242,20 @@ impl Node {
             return;
         };
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let held =
-            Held { key: (Arc::from(reply), call), message: Arc::new(message), task, timeout };
+        let key: Key = (Arc::from(reply), call);
+        let args = match header(OBJECT) {
+            None => message.payload.clone(),
+            Some(name) => match self.payloads.take(&name, self.max_frame).await {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(error) => {
+                    // Its caller hears why, and the stream forgets it.
+                    let ending = Ending::Report(Report::BadArguments(error));
+                    let _ = self.out.send(Out::Refused(key, ending, Arc::new(message)));
+                    return;
+                }
+            },
+        };
+        let held = Held { key, message: Arc::new(message), args, task, timeout };
         if delivered > 1 {
             // Its first serving process let it go before it started, or vanished: its caller
             // decides whether it runs.
@@ -322,8 +340,12 @@ impl Node {
         }
         for (held, ticket) in started {
             let _ = self.out.send(Out::Started(held.key.clone()));
-            let args = held.message.payload.clone();
-            self.slots.run(Work { task: held.task, args, timeout: held.timeout, ticket });
+            self.slots.run(Work {
+                task: held.task,
+                args: held.args,
+                timeout: held.timeout,
+                ticket,
+            });
         }
     }
 
@@ -455,7 +477,9 @@ async fn run(settings: Settings) -> Result<(), Error> {
     let stream = ensure_stream(&jetstream, &names).await.map_err(Error::connection)?;
     ensure_dead_letters(&jetstream, &names).await.map_err(Error::connection)?;
     let (out, outbox) = mpsc::unbounded_channel();
+    let payloads = Payloads::new(jetstream.clone(), &names, client.server_info().max_payload);
     let node = Arc::new(Node {
+        payloads,
         client: client.clone(),
         names: names.clone(),
         slot_name,
@@ -609,7 +633,7 @@ async fn renew(node: Weak<Node>) {
 async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
     let lease = wire::millis(node.lease);
     while let Some(out) = outbox.recv().await {
-        let (reply, headers, body, done) = match out {
+        let (reply, mut headers, body, done) = match out {
             Out::Started((reply, call)) => {
                 let mut headers = headers_of(Kind::Started, Some(call));
                 headers.insert(wire::SLOT, node.slot_name.as_str());
@@ -617,6 +641,13 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
                 (reply, headers, Vec::new(), None)
             }
             Out::Progress((reply, call), message) => {
+                if !node.payloads.fits(message.len()) {
+                    tracing::warn!(
+                        bytes = message.len(),
+                        "a progress message over the server's limit; dropped"
+                    );
+                    continue;
+                }
                 (reply, headers_of(Kind::Progress, Some(call)), message, None)
             }
             Out::Alive(reply, calls) => {
@@ -626,7 +657,11 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
                 // Cancelled meanwhile: its caller has resolved already.
                 let Some(message) = node.finished(&key) else { continue };
                 let (kind, body) = ending.into_message();
-                (key.0, headers_of(kind, Some(key.1)), body, Some(message))
+                (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
+            }
+            Out::Refused(key, ending, message) => {
+                let (kind, body) = ending.into_message();
+                (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Term)))
             }
             Out::Flush(done) => {
                 let _ = node.client.flush().await;
@@ -634,17 +669,48 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
                 continue;
             }
         };
-        let sent =
-            node.client.publish_with_headers(reply.to_string(), headers, Bytes::from(body)).await;
+        let body = if node.payloads.fits(body.len()) {
+            Bytes::from(body)
+        } else {
+            // An ending beyond the server's message limit goes through the object store.
+            match store_ending(&node, &reply, &headers, &body).await {
+                Ok(name) => {
+                    headers.insert(OBJECT, name.as_str());
+                    Bytes::new()
+                }
+                Err(message) => {
+                    let is_error =
+                        headers.get(wire::KIND).is_some_and(|kind| kind.as_str() == "failed");
+                    let report = Ending::Report(Report::Unserializable { is_error, message });
+                    let (kind, report) = report.into_message();
+                    headers.insert(wire::KIND, kind.name());
+                    Bytes::from(report)
+                }
+            }
+        };
+        let sent = node.client.publish_with_headers(reply.to_string(), headers, body).await;
         if let Err(error) = sent {
             tracing::warn!(%error, "a reply could not be sent");
         }
-        if let Some(message) = done {
-            if let Err(error) = message.ack().await {
+        if let Some((message, ack)) = done {
+            if let Err(error) = message.ack_with(ack).await {
                 tracing::warn!(%error, "a finished task's message could not be acknowledged");
             }
         }
     }
+}
+
+/// Stores an ending too large for a message; gives its object's name.
+async fn store_ending(
+    node: &Node,
+    reply: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, String> {
+    let call = headers.get(wire::CALL).map(|call| call.as_str().to_owned()).unwrap_or_default();
+    let caller = reply.rsplit('.').next().unwrap_or_default();
+    let name = format!("{caller}/{call}/ending");
+    node.payloads.put(&name, body).await.map(|()| name)
 }
 
 fn headers_of(kind: Kind, call: Option<CallId>) -> HeaderMap {

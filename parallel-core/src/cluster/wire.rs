@@ -50,6 +50,11 @@ impl Names {
         Names { namespace: namespace.to_owned() }
     }
 
+    /// The object store of values beyond the server's message limit.
+    pub(crate) fn bucket(&self) -> String {
+        format!("{}_payloads", self.namespace)
+    }
+
     /// The stream that holds the tasks waiting for a slot.
     pub(crate) fn stream(&self) -> String {
         format!("{}_tasks", self.namespace)
