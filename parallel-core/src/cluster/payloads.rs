@@ -81,7 +81,7 @@ impl Payloads {
         let store = self.store().await?;
         let mut object =
             store.get(name).await.map_err(|error| format!("cannot read object {name}: {error}"))?;
-        let size = usize::try_from(object.info().size).unwrap_or(usize::MAX);
+        let size = object.info().size;
         if size > max {
             return Err(format!("object {name} has {size} bytes, over the limit of {max}"));
         }
