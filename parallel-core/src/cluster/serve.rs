@@ -169,8 +169,9 @@ struct State {
     free: usize,
     /// Calls cancelled before their message came here, for a while.
     cancelled: HashMap<Key, Instant>,
-    /// The average time a task ran here (moving), for the size of the queue.
-    average: Duration,
+    /// The average time a task ran here (moving), for the size of the queue; `None` before the
+    /// first task ended, when tasks count as long (nothing is queued ahead of the slots).
+    average: Option<Duration>,
 }
 
 /// A message taken from the stream and not started.
@@ -213,7 +214,8 @@ impl Node {
         }
         let state = self.lock();
         let slots = state.free + state.running.len();
-        let ahead = if state.average < SHORT_TASK { slots * SHORT_TASK_QUEUE } else { 0 };
+        let is_short = state.average.is_some_and(|average| average < SHORT_TASK);
+        let ahead = if is_short { slots * SHORT_TASK_QUEUE } else { 0 };
         (slots + ahead).saturating_sub(state.queue.len() + state.running.len())
     }
 
@@ -357,7 +359,7 @@ impl Node {
             let running = state.running.remove(key)?;
             state.free += 1;
             let took = running.since.elapsed();
-            state.average = (state.average * 7 + took) / 8;
+            state.average = Some(state.average.map_or(took, |average| (average * 7 + took) / 8));
             running
         };
         self.room.notify_waiters();
@@ -491,7 +493,7 @@ async fn run(settings: Settings) -> Result<(), Error> {
             running: HashMap::new(),
             free: slots,
             cancelled: HashMap::new(),
-            average: Duration::ZERO,
+            average: None,
         }),
         room: Notify::new(),
         out,
