@@ -394,6 +394,7 @@ mod tests {
         assert_eq!(backend_from(Some("")).unwrap(), default);
         assert_eq!(backend_from(Some("Thread")).unwrap(), Backend::Thread);
         assert_eq!(backend_from(Some(" process ")).unwrap(), Backend::Process);
+        assert_eq!(backend_from(Some("CLUSTER")).unwrap(), Backend::Cluster);
         let error = backend_from(Some("fork")).unwrap_err();
         assert!(error.is_invalid_config());
         assert_eq!(
@@ -454,6 +455,45 @@ mod tests {
         let error = process().max_memory_per_worker(0).build().unwrap_err();
         assert!(error.is_invalid_config());
         assert!(error.to_string().contains("max_memory_per_worker"), "{error}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "cluster"))]
+    fn cluster_backend_needs_its_feature() {
+        let error = PoolBuilder::new().backend(Backend::Cluster).build().unwrap_err();
+        assert!(error.is_backend_unavailable());
+        assert_eq!(
+            error.to_string(),
+            "the Cluster backend is not available in this build; enable the `cluster` feature of \
+             `parallel`"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "cluster")]
+    fn a_cluster_pool_needs_its_server() {
+        // The variable is unset in the test environment.
+        if std::env::var_os("PARALLEL_CLUSTER").is_some() {
+            return;
+        }
+        let error = PoolBuilder::new().backend(Backend::Cluster).build().unwrap_err();
+        assert!(error.is_invalid_config());
+        assert!(error.to_string().contains("PoolBuilder::cluster(url)"), "{error}");
+        let error = PoolBuilder::new()
+            .backend(Backend::Cluster)
+            .cluster("nats://127.0.0.1:1")
+            .namespace("no.dots")
+            .build()
+            .unwrap_err();
+        assert!(error.is_invalid_config());
+        assert!(error.to_string().contains("namespace \"no.dots\""), "{error}");
+        let error = PoolBuilder::new()
+            .backend(Backend::Cluster)
+            .cluster("nats://10.1.2.3:4222")
+            .build()
+            .unwrap_err();
+        assert!(error.is_invalid_config());
+        assert!(error.to_string().contains("plaintext URL to another machine"), "{error}");
     }
 
     #[test]

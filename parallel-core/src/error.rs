@@ -271,8 +271,8 @@ enum ErrorKind {
         first: &'static str,
         second: &'static str,
     },
-    // Only a build without the process backend refuses a backend.
-    #[cfg_attr(process_backend, allow(dead_code))]
+    // Only a build without the process or the cluster backend refuses a backend.
+    #[cfg_attr(all(process_backend, feature = "cluster"), allow(dead_code))]
     BackendUnavailable(Backend),
     InvalidConfig(String),
     // Only the cluster backend connects to anything.
@@ -293,7 +293,7 @@ impl Error {
         Error { kind: ErrorKind::DuplicateTask { name, first, second } }
     }
 
-    #[cfg_attr(process_backend, allow(dead_code))]
+    #[cfg_attr(all(process_backend, feature = "cluster"), allow(dead_code))]
     pub(crate) fn backend_unavailable(backend: Backend) -> Self {
         Error { kind: ErrorKind::BackendUnavailable(backend) }
     }
@@ -389,6 +389,11 @@ impl fmt::Display for Error {
                 f,
                 "task name `{name}` is registered twice, by `{first}` and by `{second}`; \
                  give one of them another name with #[task(name = \"...\")]"
+            ),
+            ErrorKind::BackendUnavailable(Backend::Cluster) => write!(
+                f,
+                "the Cluster backend is not available in this build; enable the `cluster` \
+                 feature of `parallel`"
             ),
             ErrorKind::BackendUnavailable(backend) if cfg!(feature = "process") => write!(
                 f,

@@ -204,6 +204,7 @@ impl ClusterBackend {
     ) -> Result<Self, Error> {
         let _ = ledger;
         wire::check_namespace(&target.namespace).map_err(Error::invalid_config)?;
+        connect::check(target).map_err(Error::invalid_config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("parallel-cluster")

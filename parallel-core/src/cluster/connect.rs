@@ -32,9 +32,7 @@ pub(crate) struct Target {
 /// credentials file that does not read, a server that cannot be reached or refuses the
 /// credentials.
 pub(crate) async fn connect(target: &Target, name: &str) -> Result<Client, String> {
-    let servers = parse_urls(&target.url)?;
-    let allow_plaintext =
-        std::env::var("PARALLEL_CLUSTER_PLAINTEXT").is_ok_and(|value| value == "1");
+    let servers = check(target)?;
     let mut options = ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
@@ -45,16 +43,6 @@ pub(crate) async fn connect(target: &Target, name: &str) -> Result<Client, Strin
         });
     let mut credentials = None;
     for server in &servers {
-        if !server.is_tls && !server.is_loopback() && !allow_plaintext {
-            return Err(format!(
-                "{} is a plaintext URL to another machine: tasks, results and credentials would \
-                 cross the network in the clear; use tls://{}:{} (or set \
-                 PARALLEL_CLUSTER_PLAINTEXT=1 on a network you trust)",
-                server.shown(),
-                server.host,
-                server.port
-            ));
-        }
         if server.credentials.is_some() {
             if credentials.is_some() && credentials != server.credentials {
                 return Err("the URLs carry different credentials; give them once".to_owned());
@@ -86,6 +74,31 @@ pub(crate) async fn connect(target: &Target, name: &str) -> Result<Client, Strin
         .map_err(|error| format!("cannot connect to the NATS server at {shown}: {error}"))
 }
 
+/// Checks the URLs of `target` without connecting: well formed, and no plaintext to another
+/// machine unless `PARALLEL_CLUSTER_PLAINTEXT=1`.
+///
+/// # Errors
+///
+/// What is wrong, without the credentials.
+pub(crate) fn check(target: &Target) -> Result<Vec<Server>, String> {
+    let servers = parse_urls(&target.url)?;
+    let allow_plaintext =
+        std::env::var("PARALLEL_CLUSTER_PLAINTEXT").is_ok_and(|value| value == "1");
+    for server in &servers {
+        if !server.is_tls && !server.is_loopback() && !allow_plaintext {
+            return Err(format!(
+                "{} is a plaintext URL to another machine: tasks, results and credentials would \
+                 cross the network in the clear; use tls://{}:{} (or set \
+                 PARALLEL_CLUSTER_PLAINTEXT=1 on a network you trust)",
+                server.shown(),
+                server.host,
+                server.port
+            ));
+        }
+    }
+    Ok(servers)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Credentials {
     Token(String),
@@ -94,7 +107,7 @@ enum Credentials {
 
 /// One server of the URL list.
 #[derive(Debug, PartialEq, Eq)]
-struct Server {
+pub(crate) struct Server {
     is_tls: bool,
     host: String,
     port: u16,

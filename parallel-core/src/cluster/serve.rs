@@ -107,6 +107,8 @@ impl Settings {
     fn from_env(url: &str) -> Result<Settings, Error> {
         let namespace = std::env::var("PARALLEL_NAMESPACE").unwrap_or_else(|_| "parallel".into());
         wire::check_namespace(&namespace).map_err(Error::invalid_config)?;
+        let target = Target { url: url.to_owned(), namespace };
+        connect::check(&target).map_err(Error::invalid_config)?;
         let lease = match std::env::var(LEASE_VARIABLE) {
             Ok(text) => parse_lease(&text).map_err(Error::invalid_config)?,
             Err(_) => DEFAULT_LEASE,
@@ -115,7 +117,7 @@ impl Settings {
         let processes = !std::env::var("PARALLEL_BACKEND")
             .is_ok_and(|backend| backend.trim().eq_ignore_ascii_case("thread"));
         Ok(Settings {
-            target: Target { url: url.to_owned(), namespace },
+            target,
             slots,
             processes,
             lease,
