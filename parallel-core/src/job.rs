@@ -684,9 +684,9 @@ mod tests {
         const NAME: &'static str = "parallel_core::job::tests::Talk";
 
         fn run(self, _: &mut crate::Environment) -> Result<u32, crate::Never> {
-            let progress = (self.sends > 0).then(Progress::<u32>::current);
-            for i in 0..self.sends {
-                progress.as_ref().map(|progress| progress.send(i));
+            if self.sends > 0 {
+                let progress = Progress::<u32>::current();
+                (0..self.sends).for_each(|i| progress.send(i));
             }
             Ok(self.sends)
         }
