@@ -1,6 +1,7 @@
 //! Test builds only: a global allocator that remembers the largest single allocation made by
 //! the current thread while a probe is open, so tests can prove that untrusted input never makes
-//! the parent allocate more than the frame limit.
+//! the parent allocate more than the frame limit, and how many allocations it made, so tests can
+//! prove what a task costs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -10,6 +11,8 @@ pub(crate) struct Probe;
 thread_local! {
     /// The largest allocation since the probe opened, or `None` when no probe is open.
     static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The allocations since the probe opened, or `None` when no probe is open.
+    static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 fn note(size: usize) {
@@ -17,6 +20,11 @@ fn note(size: usize) {
     let _ = LARGEST.try_with(|largest| {
         if let Some(current) = largest.get() {
             largest.set(Some(current.max(size)));
+        }
+    });
+    let _ = COUNT.try_with(|count| {
+        if let Some(current) = count.get() {
+            count.set(Some(current + 1));
         }
     });
 }
@@ -48,4 +56,14 @@ pub(crate) fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let result = f();
     let largest = LARGEST.with(|largest| largest.take()).unwrap_or(0);
     (result, largest)
+}
+
+/// Runs `f` and returns its result with how many allocations (and reallocations) it made on this
+/// thread.
+#[cfg_attr(loom, allow(dead_code))] // its callers are not loom models
+pub(crate) fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    COUNT.with(|count| count.set(Some(0)));
+    let result = f();
+    let count = COUNT.with(|count| count.take()).unwrap_or(0);
+    (result, count)
 }

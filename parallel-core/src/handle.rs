@@ -198,7 +198,7 @@ impl<T: Task> TaskHandle<T> {
     /// }
     /// ```
     pub fn progress(&self) -> ProgressReader<T::Progress> {
-        self.job.progress().attach()
+        self.job.feed().attach()
     }
 
     /// Whether the task is resolved, so that [`join`](Self::join) would not block.

@@ -13,6 +13,7 @@
 //! the job resolves once, with its last attempt's outcome. A timeout is the timer's deadline for
 //! the running attempt: it ends the attempt as `TimedOut` and stops it where the backend can.
 
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock, PoisonError, Weak};
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use crate::engine::Engine;
 use crate::ledger::{Abort, Ledger};
-use crate::progress::Feed;
+use crate::progress::{self, Feed, Lender, Progress};
 use crate::sync::{AtomicBool, AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering};
 use crate::{policy, timer, Task, TaskError};
 
@@ -52,6 +53,11 @@ struct Inner<T: Task> {
     last: Option<Outcome<T>>,
     /// The timer entry pending for the job: the running attempt's deadline or the backoff's end.
     timer: Option<timer::Key>,
+    /// The progress messages its attempts send, for the handle's readers; made when a reader or
+    /// a sender first asks for it (most tasks never send one). Each attempt opens it when it
+    /// starts and ends it when it ends (under this lock, with the state); the resolution closes
+    /// it.
+    feed: Option<Arc<Feed<T::Progress>>>,
 }
 
 impl<T: Task> Inner<T> {
@@ -64,6 +70,7 @@ impl<T: Task> Inner<T> {
             attempt: 0,
             last: None,
             timer: None,
+            feed: None,
         }
     }
 }
@@ -120,10 +127,6 @@ pub(crate) struct Job<T: Task> {
     me: Weak<Job<T>>,
     /// Set before the job is handed to its engine when the task's policy has retries.
     retry: OnceLock<Retry>,
-    /// The progress messages its attempts send, for the handle's readers. Each attempt opens it
-    /// when it starts and ends it when it ends (under the slot's lock, with the state); the
-    /// resolution closes it.
-    progress: Arc<Feed<T::Progress>>,
 }
 
 impl<T: Task> Job<T> {
@@ -139,7 +142,6 @@ impl<T: Task> Job<T> {
             ledger: Arc::clone(ledger),
             me: me.clone(),
             retry: OnceLock::new(),
-            progress: Arc::new(Feed::new()),
         });
         let weak: Weak<dyn Abort> = Arc::downgrade(&job) as Weak<dyn Abort>;
         if let Some(key) = ledger.enter(job.id, weak) {
@@ -157,8 +159,6 @@ impl<T: Task> Job<T> {
 
     /// A job that is already resolved, entered in no ledger.
     pub(crate) fn resolved(outcome: Outcome<T>) -> Arc<Self> {
-        let progress = Arc::new(Feed::new());
-        progress.close();
         Arc::new_cyclic(|me| Job {
             id: 0,
             key: AtomicUsize::new(usize::MAX),
@@ -169,7 +169,6 @@ impl<T: Task> Job<T> {
             ledger: Arc::new(Ledger::new(0)),
             me: me.clone(),
             retry: OnceLock::new(),
-            progress,
         })
     }
 
@@ -193,9 +192,22 @@ impl<T: Task> Job<T> {
         self.id
     }
 
-    /// The job's progress messages.
-    pub(crate) fn progress(&self) -> &Arc<Feed<T::Progress>> {
-        &self.progress
+    /// The job's progress messages, made on the first call: it takes the messages of the
+    /// attempt that runs now, or is closed if the job is resolved.
+    pub(crate) fn feed(&self) -> Arc<Feed<T::Progress>> {
+        let mut slot = self.lock();
+        let live = if matches!(slot.state, State::Running) { slot.attempt } else { 0 };
+        let is_closed = matches!(slot.state, State::Done(_) | State::Taken);
+        Arc::clone(slot.feed.get_or_insert_with(|| Arc::new(Feed::new(live, is_closed))))
+    }
+
+    /// Runs `f`, the task's run of attempt `attempt`, with the attempt's progress sender lent
+    /// to it (see [`progress::scope_job`]).
+    pub(crate) fn with_sender<R>(self: &Arc<Self>, attempt: u32, f: impl FnOnce() -> R) -> R {
+        // A task that cannot send needs no sender, and its run no reference to the job.
+        let lender =
+            (!progress::is_silent::<T::Progress>()).then(|| Arc::clone(self) as Arc<dyn Lender>);
+        progress::scope_job::<T::Progress, R>(lender, attempt, f)
     }
 
     /// The id of the pool the job was submitted to.
@@ -242,7 +254,9 @@ impl<T: Task> Job<T> {
         slot.attempt += 1;
         let attempt = slot.attempt;
         self.attempt.store(attempt, Ordering::Release);
-        self.progress.open_attempt(attempt);
+        if let Some(feed) = &slot.feed {
+            feed.open_attempt(attempt);
+        }
         self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
         if let Some(timeout) = T::POLICY.timeout().filter(|_| is_timed) {
             let me = Weak::clone(&self.me);
@@ -349,7 +363,9 @@ impl<T: Task> Job<T> {
         });
         match Instant::now().checked_add(wait).map(|at| timer::schedule(at, retry)) {
             Some(Ok(key)) => {
-                self.progress.end_attempt();
+                if let Some(feed) = &slot.feed {
+                    feed.end_attempt();
+                }
                 slot.timer = Some(key);
                 slot.state = State::Waiting;
                 slot.stop = None;
@@ -451,7 +467,7 @@ impl<T: Task> Job<T> {
 
     /// Resolves the job, not resolved yet, with `outcome`, under its lock, then wakes its waiters.
     fn settle(&self, mut slot: MutexGuard<'_, Inner<T>>, outcome: Outcome<T>, halt: Option<Halt>) {
-        let (waker, has_sleeper, stop) = {
+        let (waker, has_sleeper, stop, feed) = {
             let was_running = matches!(slot.state, State::Running);
             let stop = match halt {
                 Some(halt) if was_running => slot.stop.take().map(|stop| (stop, halt)),
@@ -463,7 +479,10 @@ impl<T: Task> Job<T> {
             self.ledger.counts.finish(was_running, &outcome);
             slot.state = State::Done(outcome);
             // Nothing more is taken from here on (see the close below).
-            self.progress.end_attempt();
+            let feed = slot.feed.clone();
+            if let Some(feed) = &feed {
+                feed.end_attempt();
+            }
             slot.stop = None;
             slot.last = None;
             self.is_done.store(true, Ordering::Release);
@@ -471,12 +490,14 @@ impl<T: Task> Job<T> {
             // no longer finds the job live in the pool's stats; after `is_done`, so that a
             // shutdown that sees the ledger empty sees every handle finished.
             self.ledger.leave(self.id, self.key.load(Ordering::Relaxed));
-            (slot.waker.take(), slot.has_sleeper, stop)
+            (slot.waker.take(), slot.has_sleeper, stop, feed)
         };
         drop(slot);
         // What the attempts sent is all in: readers end once they have read it. Out of the
         // slot's lock, since it wakes the readers' wakers.
-        self.progress.close();
+        if let Some(feed) = feed {
+            feed.close();
+        }
         if let Some((stop, halt)) = stop {
             stop.stop(halt);
         }
@@ -555,6 +576,14 @@ impl<T: Task> Job<T> {
                 }
                 None
             }
+        }
+    }
+}
+
+impl<T: Task> Lender for Job<T> {
+    fn lend(&self, attempt: u32, out: &mut dyn Any) {
+        if let Some(out) = out.downcast_mut::<Option<Progress<T::Progress>>>() {
+            *out = Some(Progress::local(self.feed(), attempt));
         }
     }
 }
@@ -652,6 +681,78 @@ mod tests {
         ledger.wait_drained();
         assert_eq!(ledger.len(), 0);
         finisher.join().unwrap();
+    }
+
+    /// A task that may send progress messages.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Talk {
+        sends: u32,
+    }
+
+    impl Task for Talk {
+        type Output = u32;
+        type Error = crate::Never;
+        type Progress = u32;
+        const NAME: &'static str = "parallel_core::job::tests::Talk";
+
+        fn run(self, _: &mut crate::Environment) -> Result<u32, crate::Never> {
+            if self.sends > 0 {
+                let progress = Progress::<u32>::current();
+                (0..self.sends).for_each(|i| progress.send(i));
+            }
+            Ok(self.sends)
+        }
+    }
+
+    /// Runs one attempt of `job` on this thread, as a worker does.
+    fn run_once<T: Task>(job: &Arc<Job<T>>, task: impl FnOnce() -> Outcome<T>) {
+        let (_, attempt) = job.start_attempt(None).expect("queued");
+        let outcome = job.with_sender(attempt, task);
+        assert!(job.finish_attempt(attempt, outcome));
+    }
+
+    /// A task that sends no progress message, with nobody reading, costs one allocation, its
+    /// job: no feed, no sender, nothing boxed to lend it one (there were three).
+    #[test]
+    fn a_task_that_sends_nothing_allocates_only_its_job() {
+        let ledger = ledger();
+        // Each ledger shard and the thread-locals allocate once, the first time.
+        for _ in 0..64 {
+            run_once(&enqueue(&ledger), || Ok(1));
+        }
+        let (job, allocations) = crate::alloc_probe::count_allocations(|| {
+            let job = enqueue(&ledger);
+            run_once(&job, || Ok(1));
+            assert_eq!(job.wait(None), Some(Ok(1)));
+            job
+        });
+        assert_eq!(allocations, 1, "the job's own allocation only");
+        assert!(job.lock().feed.is_none(), "nobody asked for the feed");
+        // A task that could send but does not: no feed either.
+        let talk = Job::enqueue(Talk { sends: 0 }, &ledger).ok().expect("open");
+        let mut env = crate::Environment::new();
+        let (_, allocations) = crate::alloc_probe::count_allocations(|| {
+            run_once(&talk, || Talk { sends: 0 }.run(&mut env).map_err(TaskError::Failed))
+        });
+        assert_eq!(allocations, 0);
+        assert!(talk.lock().feed.is_none());
+    }
+
+    /// The feed, made when first asked for, takes the running attempt's messages, and one made
+    /// after the resolution is closed.
+    #[test]
+    fn a_feed_made_late_knows_the_attempt_or_the_end() {
+        let ledger = ledger();
+        let job = Job::enqueue(Talk { sends: 3 }, &ledger).ok().expect("open");
+        let mut env = crate::Environment::new();
+        run_once(&job, || Talk { sends: 3 }.run(&mut env).map_err(TaskError::Failed));
+        assert_eq!(job.feed().attach().collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(job.wait(None), Some(Ok(3)));
+        let resolved = Job::enqueue(Talk { sends: 1 }, &ledger).ok().expect("open");
+        resolved.cancel();
+        assert_eq!(resolved.feed().attach().count(), 0, "closed at once");
+        let (_, attempt) = resolved.start_attempt(None).map_or((None, 0), |(t, a)| (Some(t), a));
+        assert_eq!(attempt, 0, "a cancelled job does not start");
     }
 
     #[test]

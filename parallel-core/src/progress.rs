@@ -19,13 +19,15 @@
 //! seen every message the job's attempts sent; without a reader attached it keeps the newest
 //! [`KEPT`] messages.
 
-use std::any::{type_name, Any};
+use std::any::{type_name, Any, TypeId};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+
+use crate::Never;
 
 /// How many messages a job keeps while no [`ProgressReader`] of it exists: the newest ones.
 pub(crate) const KEPT: usize = 65_536;
@@ -127,15 +129,13 @@ impl<P: Send + 'static> Progress<P> {
     pub fn current() -> Progress<P> {
         CURRENT.with_borrow(|current| match current {
             None => Progress::detached(),
-            Some(current) => match current.sender.downcast_ref::<Progress<P>>() {
-                Some(progress) => progress.clone(),
-                None => panic!(
-                    "`Progress::<{}>::current()` in a task whose progress type is `{}`; write \
-                     `Progress::<Self::Progress>::current()`",
-                    type_name::<P>(),
-                    current.type_name
-                ),
-            },
+            Some(current) if current.type_id != TypeId::of::<P>() => panic!(
+                "`Progress::<{}>::current()` in a task whose progress type is `{}`; write \
+                 `Progress::<Self::Progress>::current()`",
+                type_name::<P>(),
+                current.type_name
+            ),
+            Some(current) => current.lent.sender(),
         })
     }
 }
@@ -212,9 +212,52 @@ impl<P> fmt::Debug for Progress<P> {
     }
 }
 
+/// Lends a job's sender to the task running it: the sender, and the job's feed, are made only
+/// when the task asks for them ([`Progress::current`]), so a task that never does costs no
+/// allocation.
+pub(crate) trait Lender: Send + Sync {
+    /// Puts the sender of attempt `attempt` into `out`, an `Option<Progress<P>>` of the job's
+    /// progress type `P` (anything else is left alone).
+    fn lend(&self, attempt: u32, out: &mut dyn Any);
+}
+
+/// What the sender of the task that runs on this thread now is made from, with its type erased
+/// (lent without an allocation: every route is a pointer the job or the worker has already).
+enum Lent {
+    /// Messages go nowhere: the task cannot send any (its progress type is [`Never`]).
+    Nowhere,
+    /// A sender made already: an `Arc<Feed<P>>` (thread backend, in tests).
+    Feed { feed: Arc<dyn Any + Send + Sync>, attempt: u32 },
+    /// A job of this process, which makes its feed when first asked (thread backend).
+    Job { job: Arc<dyn Lender>, attempt: u32 },
+    /// The worker's reply stream (process backend).
+    Remote(Arc<dyn Outbox>),
+}
+
+impl Lent {
+    /// The sender, for a `P` checked to be the running task's progress type.
+    fn sender<P: Send + 'static>(&self) -> Progress<P> {
+        match self {
+            Lent::Nowhere => Progress::detached(),
+            Lent::Feed { feed, attempt } => match Arc::downcast::<Feed<P>>(Arc::clone(feed)) {
+                Ok(feed) => Progress::local(feed, *attempt),
+                // Not reached: the type was checked.
+                Err(_) => Progress::detached(),
+            },
+            Lent::Job { job, attempt } => {
+                let mut out: Option<Progress<P>> = None;
+                job.lend(*attempt, &mut out);
+                out.unwrap_or_else(Progress::detached)
+            }
+            Lent::Remote(outbox) => Progress::remote(Arc::clone(outbox)),
+        }
+    }
+}
+
 /// The sender lent to the task that runs on this thread now.
 struct Current {
-    sender: Box<dyn Any>,
+    lent: Lent,
+    type_id: TypeId,
     type_name: &'static str,
 }
 
@@ -222,9 +265,38 @@ thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
+/// Whether a task with progress type `P` can send nothing: `P` is [`Never`], which has no value.
+pub(crate) fn is_silent<P: 'static>() -> bool {
+    TypeId::of::<P>() == TypeId::of::<Never>()
+}
+
 /// Runs `f` (a task's `run`) with `progress` as the thread's current sender, then gives the
 /// previous one back, also when `f` unwinds.
-pub(crate) fn scope<P: 'static, R>(progress: Progress<P>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn scope<P: Send + 'static, R>(progress: Progress<P>, f: impl FnOnce() -> R) -> R {
+    let lent = match progress.route {
+        Route::Detached => Lent::Nowhere,
+        Route::Local { feed, attempt } => Lent::Feed { feed, attempt },
+        Route::Remote(outbox) => Lent::Remote(outbox),
+    };
+    enter::<P, R>(lent, f)
+}
+
+/// Runs `f` (a task's `run`) with the sender of attempt `attempt` of `job` as the thread's
+/// current sender (made if the task asks for it; none for a task that cannot send), then gives
+/// the previous one back, also when `f` unwinds.
+pub(crate) fn scope_job<P: Send + 'static, R>(
+    job: Option<Arc<dyn Lender>>,
+    attempt: u32,
+    f: impl FnOnce() -> R,
+) -> R {
+    let lent = match job {
+        Some(job) => Lent::Job { job, attempt },
+        None => Lent::Nowhere,
+    };
+    enter::<P, R>(lent, f)
+}
+
+fn enter<P: 'static, R>(lent: Lent, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<Current>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -234,7 +306,7 @@ pub(crate) fn scope<P: 'static, R>(progress: Progress<P>, f: impl FnOnce() -> R)
             drop(ours);
         }
     }
-    let ours = Current { sender: Box::new(progress), type_name: type_name::<P>() };
+    let ours = Current { lent, type_id: TypeId::of::<P>(), type_name: type_name::<P>() };
     let _restore = Restore(CURRENT.with_borrow_mut(|current| current.replace(ours)));
     f()
 }
@@ -261,13 +333,14 @@ struct FeedState<P> {
 }
 
 impl<P> Feed<P> {
-    pub(crate) fn new() -> Self {
+    /// A feed that takes the messages of attempt `live` (0: none), or a closed one.
+    pub(crate) fn new(live: u32, is_closed: bool) -> Self {
         Feed {
             state: Mutex::new(FeedState {
                 queue: VecDeque::new(),
                 dropped: 0,
-                live: 0,
-                is_closed: false,
+                live,
+                is_closed,
                 readers: 0,
                 sleepers: 0,
                 wakers: Vec::new(),
@@ -583,9 +656,7 @@ mod tests {
     use std::task::Wake;
 
     fn open() -> Arc<Feed<u32>> {
-        let feed = Arc::new(Feed::new());
-        feed.open_attempt(1);
-        feed
+        Arc::new(Feed::new(1, false))
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl<T: Task> Request for Submitted<T> {
     }
 
     fn progress(&self) -> Arc<dyn Decode> {
-        Arc::new(Incoming { feed: Arc::clone(self.job.progress()), attempt: self.attempt() })
+        Arc::new(Incoming { feed: self.job.feed(), attempt: self.attempt() })
     }
 
     fn fail(&self, failure: Failure) -> bool {

@@ -119,6 +119,9 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
     // The handshake goes on the socket, where the pool waits for it.
     replies.write_socket(&encode(&ready)?)?;
     let mut out = Vec::new();
+    // The running job's progress sender, reused from job to job unless a thread a task left
+    // behind still holds the last one (then that one keeps its job, whose messages are dropped).
+    let mut outbox = Arc::new(JobOutbox { replies: Arc::clone(&replies), job: 0 });
 
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, with their place in the order the pool sent them.
@@ -181,9 +184,12 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
             replies.ring.started().fetch_add(1, Ordering::SeqCst);
             unwind::drop_values(|| environment.purge_expired());
             replies.open_progress(job);
-            let outbox: Arc<dyn Outbox> =
-                Arc::new(JobOutbox { replies: Arc::clone(&replies), job });
-            let ran = run(job, task, args, &mut environment, &mut out, marker.max_frame, outbox);
+            match Arc::get_mut(&mut outbox) {
+                Some(only) => only.job = job,
+                None => outbox = Arc::new(JobOutbox { replies: Arc::clone(&replies), job }),
+            }
+            let sender = Arc::clone(&outbox) as Arc<dyn Outbox>;
+            let ran = run(job, task, args, &mut environment, &mut out, marker.max_frame, sender);
             // Its messages are all out, before its reply; later ones (from threads it left
             // running) are dropped.
             replies.close_progress();

@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use super::Shared;
 use crate::job::{Job, Outcome};
-use crate::progress::{self, Progress};
 use crate::{unwind, Environment, Task, TaskError};
 
 struct WorkerThread {
@@ -64,11 +63,10 @@ pub(super) fn current_pool() -> Option<u64> {
 }
 
 /// Runs `job` on the current worker thread, unless it was cancelled or claimed meanwhile.
-pub(super) fn execute<T: Task>(job: &Job<T>) {
+pub(super) fn execute<T: Task>(job: &Arc<Job<T>>) {
     if let Some((task, attempt)) = job.start_attempt(None) {
         // An attempt that timed out meanwhile was abandoned: its outcome is dropped.
-        let progress = Progress::local(Arc::clone(job.progress()), attempt);
-        job.finish_attempt(attempt, run(task, job.id(), attempt, progress));
+        job.finish_attempt(attempt, run(task, job, attempt));
     }
 }
 
@@ -78,7 +76,7 @@ pub(super) fn execute<T: Task>(job: &Job<T>) {
 ///
 /// An async task is not run in place from inside another async task: the thread is driving that
 /// task's runtime, which cannot be entered twice; it runs on another worker.
-pub(crate) fn help<T: Task>(job: &Job<T>) {
+pub(crate) fn help<T: Task>(job: &Arc<Job<T>>) {
     if current_pool() == Some(job.pool_id()) && job.is_queued() && !(T::ASYNC && in_runtime()) {
         execute(job);
     }
@@ -94,12 +92,12 @@ fn in_runtime() -> bool {
     false
 }
 
-fn run<T: Task>(task: T, id: u64, attempt: u32, progress: Progress<T::Progress>) -> Outcome<T> {
+fn run<T: Task>(task: T, job: &Arc<Job<T>>, attempt: u32) -> Outcome<T> {
     let (mut environment, depth) = take_environment();
     let span = tracing::debug_span!(
         "parallel.task",
         task = T::NAME,
-        id,
+        id = job.id(),
         attempt,
         backend = "thread",
         worker = environment.worker_id(),
@@ -109,7 +107,7 @@ fn run<T: Task>(task: T, id: u64, attempt: u32, progress: Progress<T::Progress>)
     let started = (!span.is_disabled()).then(Instant::now);
     let entered = span.enter();
     unwind::drop_values(|| environment.purge_expired());
-    let result = unwind::catch(|| progress::scope(progress, || task.run(&mut environment)));
+    let result = unwind::catch(|| job.with_sender(attempt, || task.run(&mut environment)));
     drop(entered);
     put_back(environment, depth);
     let (outcome, name) = match result {

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -91,28 +91,37 @@ struct Flight {
 #[derive(Clone)]
 struct Link {
     writer: Arc<Mutex<BufWriter<UnixStream>>>,
-    kill: KillSwitch,
-    ring: Arc<Consumer>,
+    /// What the stops of this worker's jobs share.
+    halter: Arc<Halter>,
     /// Which of the slot's workers this is: a sender that finds another one (or none) in the slot
     /// state knows that its worker is gone.
     epoch: u64,
-    /// The slot's average task time, for the stops of its jobs.
+}
+
+/// What every stop of one worker's jobs needs, shared by them all: one reference per job, not
+/// one per field.
+struct Halter {
+    kill: KillSwitch,
+    ring: Arc<Consumer>,
+    /// The slot's average task time, for [`Halt::IfLong`].
     task_nanos: Arc<AtomicU64>,
+    /// The origin of the jobs' send times in [`InFlightStop::entered`].
+    origin: Instant,
 }
 
 impl Link {
     fn of(worker: &WorkerProcess, epoch: u64, task_nanos: &Arc<AtomicU64>) -> Link {
-        Link {
-            writer: Arc::clone(&worker.writer),
+        let halter = Halter {
             kill: worker.kill_switch(),
             ring: Arc::clone(&worker.ring),
-            epoch,
             task_nanos: Arc::clone(task_nanos),
-        }
+            origin: Instant::now(),
+        };
+        Link { writer: Arc::clone(&worker.writer), halter: Arc::new(halter), epoch }
     }
 
     fn claim(&self, seq: u64) -> &AtomicU64 {
-        claim::slot(self.ring.claims(), seq)
+        claim::slot(self.halter.ring.claims(), seq)
     }
 }
 
@@ -248,7 +257,7 @@ impl Shared {
                 let link = state.slots[id].link.clone();
                 drop(state);
                 if let Some(link) = link {
-                    send_jobs(self, id, &link, vec![Item::Fresh(request)], DIRECT_FRAME);
+                    send_jobs(self, id, &link, [Item::Fresh(request)], DIRECT_FRAME);
                 }
                 return true;
             }
@@ -322,7 +331,7 @@ impl Shared {
         let state = self.lock();
         for slot in &state.slots {
             if let Some(link) = &slot.link {
-                link.kill.kill();
+                link.halter.kill.kill();
             }
         }
     }
@@ -341,16 +350,15 @@ impl Shared {
 /// Stops a job in flight through its claim: a job not started never starts (the worker skips
 /// it); a running one is killed with its worker, which can start no other job meanwhile.
 struct InFlightStop {
-    ring: Arc<Consumer>,
-    kill: KillSwitch,
-    /// The average task time of the job's worker, for [`Halt::IfLong`].
-    task_nanos: Arc<AtomicU64>,
+    halter: Arc<Halter>,
     /// The job's number on its worker once it is in flight (0 before).
     seq: AtomicU64,
     /// A stop asked before the job was in flight, which the sender applies: 0 none, else
     /// [`halt_code`].
     asked: AtomicU8,
-    entered_at: OnceLock<Instant>,
+    /// When the job was sent, in nanoseconds after the halter's origin, plus one (0: not yet).
+    /// Written before `seq`, so a stop that finds the number finds the time.
+    entered: AtomicU64,
 }
 
 fn halt_code(halt: Halt) -> u8 {
@@ -363,19 +371,20 @@ fn halt_code(halt: Halt) -> u8 {
 impl InFlightStop {
     fn new(link: &Link) -> Arc<InFlightStop> {
         Arc::new(InFlightStop {
-            ring: Arc::clone(&link.ring),
-            kill: link.kill.clone(),
-            task_nanos: Arc::clone(&link.task_nanos),
+            halter: Arc::clone(&link.halter),
             seq: AtomicU64::new(0),
             asked: AtomicU8::new(0),
-            entered_at: OnceLock::new(),
+            entered: AtomicU64::new(0),
         })
     }
 
     /// The sender's side, under the writer lock before the job's frame is written, its claim
-    /// published: the job is in flight as number `seq`.
+    /// published: the job is in flight as number `seq`, sent at `now`.
     fn enter(&self, seq: u64, now: Instant) {
-        let _ = self.entered_at.set(now);
+        let nanos = now.saturating_duration_since(self.halter.origin).as_nanos();
+        let entered = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
+        // Entered once: a job sent again to another worker gets a stop of its own.
+        self.entered.store(entered, Ordering::Relaxed);
         // Pairs with `stop`: either the stopper sees the number, or this sees its request (both
         // sequentially consistent, so at least one side sees the other's write).
         self.seq.store(seq, Ordering::SeqCst);
@@ -387,20 +396,29 @@ impl InFlightStop {
         self.apply(seq, halt);
     }
 
+    /// When the job was sent to its worker, once it was.
+    fn entered_at(&self) -> Option<Instant> {
+        match self.entered.load(Ordering::Relaxed) {
+            0 => None,
+            entered => self.halter.origin.checked_add(Duration::from_nanos(entered - 1)),
+        }
+    }
+
     fn apply(&self, seq: u64, halt: Halt) {
         let kill = match halt {
             Halt::Kill => true,
             Halt::IfLong => self.is_long(),
         };
-        if claim::stop(claim::slot(self.ring.claims(), seq), seq, kill) == Stopped::MustKill {
-            self.kill.kill();
+        if claim::stop(claim::slot(self.halter.ring.claims(), seq), seq, kill) == Stopped::MustKill
+        {
+            self.halter.kill.kill();
         }
     }
 
     /// Whether the job is long enough to kill rather than let finish (see [`pace::is_long`]).
     fn is_long(&self) -> bool {
-        let in_flight = self.entered_at.get().map_or(Duration::ZERO, Instant::elapsed);
-        pace::is_long(self.task_nanos.load(Ordering::Relaxed), in_flight)
+        let in_flight = self.entered_at().map_or(Duration::ZERO, |at| at.elapsed());
+        pace::is_long(self.halter.task_nanos.load(Ordering::Relaxed), in_flight)
     }
 }
 
@@ -729,10 +747,17 @@ fn resolve(burial: Burial<Sent>, id: usize) -> Vec<Sent> {
 /// worker in one go. Frames over `max_direct` bytes, every job if the worker is gone meanwhile,
 /// and (from a caller's thread) every job if another thread is writing to the worker, go back to
 /// the front of the queue for the slot thread, already claimed.
-fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max_direct: usize) {
+fn send_jobs(
+    shared: &Arc<Shared>,
+    id: usize,
+    link: &Link,
+    items: impl IntoIterator<Item = Item>,
+    max_direct: usize,
+) {
     let max_frame = shared.settings.max_frame;
     let is_caller = max_direct != usize::MAX;
-    let mut ready = Vec::with_capacity(items.len());
+    let items = items.into_iter();
+    let mut ready = Vec::with_capacity(items.size_hint().0);
     for item in items {
         let stop = InFlightStop::new(link);
         let sent = match item {
@@ -798,23 +823,20 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
         // Callers' threads may race each other to an idle worker: the limits hold all the same.
         let mut room = shared.max_sent().saturating_sub(slot.sent);
         let mut places = MAX_IN_FLIGHT.saturating_sub(slot.in_flight.len());
-        let (to_send, to_queue): (Vec<Sent>, Vec<Sent>) = ready.into_iter().partition(|sent| {
-            let fits = is_current && room > 0 && places > 0 && sent.frame.len() <= max_direct;
-            room -= u64::from(fits);
-            places -= usize::from(fits);
-            fits
-        });
-        if !to_queue.is_empty() {
-            for sent in to_queue.into_iter().rev() {
-                state.queue.push_front(Item::Sent(sent));
-            }
-            shared.wake[id].notify_one();
-        }
+        // Most batches are sent whole: no second list of those to send.
+        let mut to_queue = Vec::new();
         let slot = &mut state.slots[id];
-        let mut frames = Vec::with_capacity(to_send.len());
+        let mut frames = Vec::with_capacity(ready.len());
         // One reading of the clock for the batch: a job's send time only paces the slot.
         let now = Instant::now();
-        for sent in to_send {
+        for sent in ready {
+            let fits = is_current && room > 0 && places > 0 && sent.frame.len() <= max_direct;
+            if !fits {
+                to_queue.push(sent);
+                continue;
+            }
+            room -= 1;
+            places -= 1;
             // Resolved between its claim and now (cancelled): no need to send it.
             if sent.request.is_finished() {
                 continue;
@@ -830,6 +852,12 @@ fn send_jobs(shared: &Arc<Shared>, id: usize, link: &Link, items: Vec<Item>, max
                 sent_at: now,
                 sent: Some(sent),
             });
+        }
+        if !to_queue.is_empty() {
+            for sent in to_queue.into_iter().rev() {
+                state.queue.push_front(Item::Sent(sent));
+            }
+            shared.wake[id].notify_one();
         }
         frames
     };

@@ -175,7 +175,7 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
             sent.span.record("outcome", reply.name());
             sent.span.record(
                 "duration_us",
-                sent.stop.entered_at.get().map_or(0, |at| at.elapsed().as_micros() as u64),
+                sent.stop.entered_at().map_or(0, |at| at.elapsed().as_micros() as u64),
             );
         }
         sent.request.finish(reply);
