@@ -167,7 +167,7 @@ impl<T: Task> Call for Submitted<T> {
 
     fn decode_progress(&self, attempt: u32, bytes: &[u8]) {
         if !self.job.is_attempt_over(attempt) {
-            Incoming { feed: Arc::clone(self.job.progress()), attempt }.decode(bytes);
+            Incoming { feed: self.job.feed(), attempt }.decode(bytes);
         }
     }
 }
