@@ -583,9 +583,13 @@ async fn drain(node: &Arc<Node>) {
 /// Takes messages of `task` from its consumer while there is room.
 async fn pull(node: Arc<Node>, consumer: PullConsumer, task: &'static Registration) {
     while !node.is_draining.load(Ordering::Acquire) {
+        // Listening before looking: room made between the look and the wait still wakes it.
+        let made = node.room.notified();
+        tokio::pin!(made);
+        made.as_mut().enable();
         let room = node.room();
         if room == 0 {
-            let _ = tokio::time::timeout(Duration::from_millis(100), node.room.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), made).await;
             continue;
         }
         let batch = consumer.batch().max_messages(room).expires(PULL_EXPIRY).messages().await;
