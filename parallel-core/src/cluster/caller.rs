@@ -415,23 +415,35 @@ impl Shared {
             tracing::warn!(subject = %message.subject, "a reply without a known kind; dropped");
             return;
         };
-        if kind == Kind::Alive {
+        // `alive` and `started` name their calls in the body, several at once.
+        if matches!(kind, Kind::Alive | Kind::Started) {
             let calls = std::str::from_utf8(&payload)
                 .map_err(|error| error.to_string())
                 .and_then(CallId::split);
-            match calls {
-                Ok(calls) => {
-                    let now = Instant::now();
-                    let mut flights = self.lock();
-                    for call in calls {
-                        if let Some(started) =
-                            flights.get_mut(&call).and_then(|f| f.started.as_mut())
-                        {
-                            started.heard = now;
-                        }
-                    }
+            let calls = match calls {
+                Ok(calls) => calls,
+                Err(error) => {
+                    tracing::warn!(%error, kind = kind.name(), "a bad reply; dropped");
+                    return;
                 }
-                Err(error) => tracing::warn!(%error, "a bad `alive` reply; dropped"),
+            };
+            let now = Instant::now();
+            let slot = header(wire::SLOT).unwrap_or("?");
+            let pid = slot.split('@').next().and_then(|pid| pid.parse().ok()).unwrap_or(0);
+            let lease = header(wire::LEASE)
+                .and_then(|lease| wire::parse_millis(lease).ok())
+                .unwrap_or(Duration::from_secs(10));
+            let mut flights = self.lock();
+            for call in calls {
+                let Some(flight) = flights.get_mut(&call) else { continue };
+                match (&mut flight.started, kind) {
+                    (Some(started), _) => started.heard = now,
+                    (None, Kind::Started) => {
+                        flight.started =
+                            Some(Started { slot: slot.to_owned(), pid, lease, heard: now });
+                    }
+                    (None, _) => {}
+                }
             }
             return;
         }
@@ -440,16 +452,6 @@ impl Shared {
             return;
         };
         match kind {
-            Kind::Started => {
-                let slot = header(wire::SLOT).unwrap_or("?").to_owned();
-                let pid = slot.split('@').next().and_then(|pid| pid.parse().ok()).unwrap_or(0);
-                let lease = header(wire::LEASE)
-                    .and_then(|lease| wire::parse_millis(lease).ok())
-                    .unwrap_or(Duration::from_secs(10));
-                if let Some(flight) = self.lock().get_mut(&call) {
-                    flight.started = Some(Started { slot, pid, lease, heard: Instant::now() });
-                }
-            }
             Kind::Progress => {
                 let call_of = self.lock().get(&call).map(|flight| Arc::clone(&flight.call));
                 if let Some(target) = call_of {
@@ -461,7 +463,7 @@ impl Shared {
                     self.end(call, ending);
                 }
             }
-            Kind::Alive => {}
+            Kind::Alive | Kind::Started => {}
         }
     }
 

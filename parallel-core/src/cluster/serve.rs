@@ -48,6 +48,8 @@ const PULL_EXPIRY: Duration = Duration::from_secs(5);
 const SHORT_TASK: Duration = Duration::from_millis(20);
 /// How many tasks per slot may wait here when tasks are short.
 const SHORT_TASK_QUEUE: usize = 32;
+/// How many of the outbox's messages are sent in one round.
+const OUTBOX_BATCH: usize = 256;
 
 /// Serves this program's tasks from the NATS server at `url` until SIGTERM or SIGINT, then
 /// drains: takes no more tasks, hands the queued ones back, lets the running ones finish.
@@ -640,70 +642,95 @@ async fn renew(node: Weak<Node>) {
 /// Sends what the slots report, in order; acknowledges a message once its ending is out.
 async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
     let lease = wire::millis(node.lease);
-    while let Some(out) = outbox.recv().await {
-        let (reply, mut headers, body, done) = match out {
-            Out::Started((reply, call)) => {
-                let mut headers = headers_of(Kind::Started, Some(call));
-                headers.insert(wire::SLOT, node.slot_name.as_str());
-                headers.insert(wire::LEASE, lease.as_str());
-                (reply, headers, Vec::new(), None)
-            }
-            Out::Progress((reply, call), message) => {
-                if !node.payloads.fits(message.len()) {
-                    tracing::warn!(
-                        bytes = message.len(),
-                        "a progress message over the server's limit; dropped"
-                    );
-                    continue;
-                }
-                (reply, headers_of(Kind::Progress, Some(call)), message, None)
-            }
-            Out::Alive(reply, calls) => {
-                (reply, headers_of(Kind::Alive, None), CallId::join(&calls).into_bytes(), None)
-            }
-            Out::Ended(key, ending) => {
-                // Cancelled meanwhile: its caller has resolved already.
-                let Some(message) = node.finished(&key) else { continue };
-                let (kind, body) = ending.into_message();
-                (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
-            }
-            Out::Refused(key, ending, message) => {
-                let (kind, body) = ending.into_message();
-                (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Term)))
-            }
-            Out::Flush(done) => {
-                let _ = node.client.flush().await;
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let body = if node.payloads.fits(body.len()) {
-            Bytes::from(body)
-        } else {
-            // An ending beyond the server's message limit goes through the object store.
-            match store_ending(&node, &reply, &headers, &body).await {
-                Ok(name) => {
-                    headers.insert(OBJECT, name.as_str());
-                    Bytes::new()
-                }
-                Err(message) => {
-                    let is_error =
-                        headers.get(wire::KIND).is_some_and(|kind| kind.as_str() == "failed");
-                    let report = Ending::Report(Report::Unserializable { is_error, message });
-                    let (kind, report) = report.into_message();
-                    headers.insert(wire::KIND, kind.name());
-                    Bytes::from(report)
+    let mut batch = Vec::new();
+    while outbox.recv_many(&mut batch, OUTBOX_BATCH).await > 0 {
+        // The tasks started since the last round, one `started` per caller: sent before the
+        // rest of the round, which only moves each one earlier than it was queued.
+        let mut started: Vec<(Arc<str>, Vec<CallId>)> = Vec::new();
+        for out in &batch {
+            if let Out::Started((reply, call)) = out {
+                match started.iter_mut().find(|(to, _)| to == reply) {
+                    Some((_, calls)) => calls.push(*call),
+                    None => started.push((Arc::clone(reply), vec![*call])),
                 }
             }
-        };
-        let sent = node.client.publish_with_headers(reply.to_string(), headers, body).await;
-        if let Err(error) = sent {
-            tracing::warn!(%error, "a reply could not be sent");
         }
-        if let Some((message, ack)) = done {
-            if let Err(error) = message.ack_with(ack).await {
-                tracing::warn!(%error, "a finished task's message could not be acknowledged");
+        for (reply, calls) in started {
+            let mut headers = headers_of(Kind::Started, None);
+            headers.insert(wire::SLOT, node.slot_name.as_str());
+            headers.insert(wire::LEASE, lease.as_str());
+            let body = Bytes::from(CallId::join(&calls).into_bytes());
+            if let Err(error) =
+                node.client.publish_with_headers(reply.to_string(), headers, body).await
+            {
+                tracing::warn!(%error, "a reply could not be sent");
             }
+        }
+        for out in batch.drain(..) {
+            send_one(&node, out).await;
+        }
+    }
+}
+
+/// Sends one of the outbox's messages (a `started` is sent already, with others).
+async fn send_one(node: &Arc<Node>, out: Out) {
+    let (reply, mut headers, body, done) = match out {
+        Out::Started(_) => return,
+        Out::Progress((reply, call), message) => {
+            if !node.payloads.fits(message.len()) {
+                tracing::warn!(
+                    bytes = message.len(),
+                    "a progress message over the server's limit; dropped"
+                );
+                return;
+            }
+            (reply, headers_of(Kind::Progress, Some(call)), message, None)
+        }
+        Out::Alive(reply, calls) => {
+            (reply, headers_of(Kind::Alive, None), CallId::join(&calls).into_bytes(), None)
+        }
+        Out::Ended(key, ending) => {
+            // Cancelled meanwhile: its caller has resolved already.
+            let Some(message) = node.finished(&key) else { return };
+            let (kind, body) = ending.into_message();
+            (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
+        }
+        Out::Refused(key, ending, message) => {
+            let (kind, body) = ending.into_message();
+            (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Term)))
+        }
+        Out::Flush(done) => {
+            let _ = node.client.flush().await;
+            let _ = done.send(());
+            return;
+        }
+    };
+    let body = if node.payloads.fits(body.len()) {
+        Bytes::from(body)
+    } else {
+        // An ending beyond the server's message limit goes through the object store.
+        match store_ending(node, &reply, &headers, &body).await {
+            Ok(name) => {
+                headers.insert(OBJECT, name.as_str());
+                Bytes::new()
+            }
+            Err(message) => {
+                let is_error =
+                    headers.get(wire::KIND).is_some_and(|kind| kind.as_str() == "failed");
+                let report = Ending::Report(Report::Unserializable { is_error, message });
+                let (kind, report) = report.into_message();
+                headers.insert(wire::KIND, kind.name());
+                Bytes::from(report)
+            }
+        }
+    };
+    let sent = node.client.publish_with_headers(reply.to_string(), headers, body).await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, "a reply could not be sent");
+    }
+    if let Some((message, ack)) = done {
+        if let Err(error) = message.ack_with(ack).await {
+            tracing::warn!(%error, "a finished task's message could not be acknowledged");
         }
     }
 }

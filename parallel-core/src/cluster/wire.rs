@@ -161,7 +161,8 @@ pub(crate) fn parse_millis(text: &str) -> Result<Duration, String> {
 /// What a serving process says about a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// A slot took the task; [`SLOT`] and [`LEASE`] say which and how often it reports.
+    /// Slots took the tasks whose calls are in the body; [`SLOT`] and [`LEASE`] say whose, and
+    /// how often it reports.
     Started,
     /// The calls in the body run still.
     Alive,
