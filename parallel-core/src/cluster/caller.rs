@@ -489,8 +489,9 @@ impl Shared {
             let Some(started) = flight.started else { continue };
             tracing::warn!(task = flight.call.task(), slot = %started.slot, "serving slot lost");
             let reason = format!(
-                "the serving process {} stopped answering for {:?} while it ran the task (killed, \
-                 or cut off from the server)",
+                "no word from the serving process {} for {:?} (its lease) while it ran the task: \
+                 it was killed or cut off from the server, or its reply was lost while a \
+                 connection was down",
                 started.slot, started.lease
             );
             let ending = Ending::Report(Report::Died {
