@@ -1,0 +1,475 @@
+//! The cluster backend against a real `nats-server` (DESIGN §9): serving processes are copies of
+//! this test binary started with `PARALLEL_SERVE`, callers are `Backend::Cluster` pools. Typed
+//! results and errors on process and thread slots, a serving process killed mid-task, cancels,
+//! timeouts, progress, retries, each slot's `Environment`, `map` at 10 000 tasks, credentials, an
+//! unreachable server, plaintext to another machine, a server restart, SIGTERM's drain and a
+//! poison message.
+//!
+//! Each test has its own server (the harness's servers are killed when dropped, and a server kept
+//! in a `static` would never be: it would outlive the test binary) and its own namespace. Serving
+//! processes write to files in the test's scratch directory, shown when the test fails, so the
+//! panics and crashes they run on purpose never reach a green run's output. The few direct looks
+//! at the server (consumers, acks pending, dead letters) speak the NATS protocol over a socket
+//! ([`raw`]), so that they do not go through the client under test.
+#![cfg(all(feature = "cluster", feature = "process"))]
+
+mod common;
+
+use common::{kill_9, stat, touch, within, Scratch};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nats_server_harness::NatsServer;
+use parallel::{as_completed, task, Backend, Environment, Pool, Progress, TaskError};
+
+/// How long a test may take before it is failed as hung.
+const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+#[task]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[task]
+fn parse(text: String) -> Result<u32, String> {
+    text.parse().map_err(|_| format!("not a number: {text:?}"))
+}
+
+#[task]
+fn boom(message: String) -> u32 {
+    panic!("{message}")
+}
+
+#[task]
+fn abort_slot() -> u32 {
+    std::process::abort()
+}
+
+/// The serving process that runs it: the parent of a worker process, or itself on thread slots.
+#[task]
+fn serving_pid(is_thread: bool) -> u32 {
+    if is_thread {
+        std::process::id()
+    } else {
+        std::os::unix::process::parent_id()
+    }
+}
+
+/// Writes `started-NAME` (`PID PPID`) in `dir`, waits for `gate-NAME` there, returns the
+/// serving process's pid.
+#[task]
+fn hold(dir: String, name: String) -> u32 {
+    hold_here(&dir, &name)
+}
+
+/// As [`hold`], retried once when its attempt does not return.
+#[task(retries = 1, backoff = "10ms")]
+fn hold_retried(dir: String, name: String) -> u32 {
+    hold_here(&dir, &name)
+}
+
+/// As [`hold`], for at most 300 ms an attempt.
+#[task(timeout = "300ms")]
+fn hold_timed(dir: String, name: String) -> u32 {
+    hold_here(&dir, &name)
+}
+
+fn hold_here(dir: &str, name: &str) -> u32 {
+    let dir = Path::new(dir);
+    let ppid = std::os::unix::process::parent_id();
+    // One file per attempt: `started-NAME`, then `started-NAME.2`, ...
+    let mut at = dir.join(format!("started-{name}"));
+    let mut attempt = 1;
+    while at.exists() {
+        attempt += 1;
+        at = dir.join(format!("started-{name}.{attempt}"));
+    }
+    common::publish(&at, &format!("{} {ppid}", std::process::id()));
+    wait_for(&dir.join(format!("gate-{name}")));
+    ppid
+}
+
+/// Touches `path`: proof that it ran.
+#[task]
+fn mark(path: String) {
+    touch(path);
+}
+
+/// Sleeps, then returns the serving process's pid.
+#[task]
+fn nap(millis: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(millis));
+    std::os::unix::process::parent_id()
+}
+
+#[task]
+fn count(progress: &Progress<u64>, n: u64) -> u64 {
+    for i in 0..n {
+        progress.send(i);
+    }
+    n
+}
+
+/// Panics on its first `failures` attempts, counted in the file `counter`; returns the attempt.
+#[task(retries = 3, backoff = "20ms")]
+fn flaky(counter: String, failures: u32) -> u32 {
+    let attempt = fs::read_to_string(&counter).map_or(0, |text| text.len() as u32) + 1;
+    fs::write(&counter, "x".repeat(attempt as usize)).expect("scratch dir is writable");
+    assert!(attempt > failures, "attempt {attempt} fails on purpose");
+    attempt
+}
+
+/// Returns the slot and how many times this slot was visited for `key`.
+#[task]
+fn visits(env: &mut Environment, key: String) -> (usize, u64) {
+    let slot = env.worker_id();
+    let n = env.get_or_insert_with(&key, || 0u64);
+    *n += 1;
+    (slot, *n)
+}
+
+#[task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Blocks until `path` exists (at most a minute, so that a failing test ends).
+fn wait_for(path: &Path) {
+    let started = Instant::now();
+    while !path.exists() && started.elapsed() < HANG_LIMIT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers, serving processes, callers
+
+/// A test's server and the serving processes it starts; `name` is its namespace.
+struct Cluster {
+    server: NatsServer,
+    namespace: String,
+    scratch: Scratch,
+}
+
+impl Cluster {
+    fn start(name: &str) -> Cluster {
+        Cluster::with_server(name, NatsServer::start().expect("a nats-server starts"))
+    }
+
+    fn with_server(name: &str, server: NatsServer) -> Cluster {
+        Cluster { server, namespace: format!("t-{name}"), scratch: Scratch::new(name) }
+    }
+
+    /// A caller's pool on this cluster.
+    fn pool(&self) -> Pool {
+        Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster(self.server.url_with_auth())
+            .namespace(&self.namespace)
+            .build()
+            .expect("a cluster pool builds")
+    }
+
+    /// A serving process with `slots` worker processes and a lease of `lease`.
+    fn serve(&self, slots: usize, lease: &str) -> Serving {
+        self.serve_with(slots, lease, false)
+    }
+
+    fn serve_with(&self, slots: usize, lease: &str, threads: bool) -> Serving {
+        Serving::start(&self.server.url_with_auth(), &self.namespace, slots, lease, threads, &self.scratch)
+    }
+
+    /// Waits for `started-NAME` and returns the task's pid and its serving process's pid.
+    fn started(&self, name: &str) -> (u32, u32) {
+        let path = self.scratch.path(&format!("started-{name}"));
+        wait_until(&format!("task {name} to start"), || path.exists());
+        let text = fs::read_to_string(&path).expect("published whole");
+        let mut pids = text.split(' ').map(|pid| pid.parse::<u32>().expect("a pid"));
+        (pids.next().expect("a pid"), pids.next().expect("a ppid"))
+    }
+
+    fn open(&self, name: &str) {
+        touch(self.scratch.path(&format!("gate-{name}")));
+    }
+}
+
+/// A serving process: a copy of this test binary with `PARALLEL_SERVE`, killed when dropped. Its
+/// output goes to a file, shown when the test fails.
+struct Serving {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Serving {
+    fn start(
+        url: &str,
+        namespace: &str,
+        slots: usize,
+        lease: &str,
+        threads: bool,
+        scratch: &Scratch,
+    ) -> Serving {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let log = scratch.path(&format!("serving-{}.log", scratch.count("serving-")));
+        let output = fs::File::create(&log).expect("scratch dir is writable");
+        let mut command = Command::new(exe);
+        command
+            .env("PARALLEL_SERVE", url)
+            .env("PARALLEL_NAMESPACE", namespace)
+            .env("PARALLEL_WORKERS", slots.to_string())
+            .env("PARALLEL_LEASE", lease)
+            .env_remove("PARALLEL_BACKEND")
+            .env_remove("PARALLEL_CLUSTER_PLAINTEXT")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("a file handle"))
+            .stderr(output);
+        if threads {
+            command.env("PARALLEL_BACKEND", "thread");
+        }
+        let child = command.spawn().expect("the test binary starts again");
+        Serving { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("the kill command runs");
+        assert!(status.success(), "kill -TERM {}: {status}", self.pid());
+    }
+
+    /// Waits for the process to end, failing after the hang limit.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + HANG_LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the serving process did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("the serving process ended with {status}:\n{}", self.output());
+        }
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Captured by the harness and shown with the failure.
+            println!("--- serving process {} ({}):\n{}", self.pid(), self.log.display(), self.output());
+        }
+        // It may be gone already; its worker processes die with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds, failing after the hang limit.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_LIMIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie: killed, not reaped yet).
+fn is_gone(pid: u32) -> bool {
+    stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
+}
+
+/// Runs a test's body with a limit, so that a lost task fails the test instead of hanging it.
+fn run(name: &str, body: impl FnOnce() + Send + 'static) {
+    within(HANG_LIMIT, name, body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A few words of the NATS protocol, to look at the server without the client under test.
+
+mod raw {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends `payload` to `subject` on the server at 127.0.0.1:`port` and returns the reply.
+    pub(crate) fn request(port: u16, subject: &str, payload: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("a socket handle"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the server's INFO");
+        assert!(line.starts_with("INFO "), "{line}");
+        let head = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":false}}\r\nSUB \
+             _INBOX.raw 1\r\nPUB {subject} _INBOX.raw {}\r\n",
+            payload.len()
+        );
+        stream.write_all(head.as_bytes()).expect("the server reads");
+        stream.write_all(payload).expect("the server reads");
+        stream.write_all(b"\r\n").expect("the server reads");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("a reply within 10 s");
+            if line.starts_with("PING") {
+                stream.write_all(b"PONG\r\n").expect("the server reads");
+            } else if line.starts_with("MSG ") {
+                let len: usize = line.split_whitespace().last().and_then(|n| n.parse().ok()).expect("MSG length");
+                let mut body = vec![0; len + 2];
+                reader.read_exact(&mut body).expect("the message's body");
+                body.truncate(len);
+                return String::from_utf8(body).expect("JSON");
+            } else {
+                assert!(!line.starts_with("-ERR"), "{subject}: {line}");
+            }
+        }
+    }
+
+    /// A JetStream API request, its JSON reply parsed.
+    pub(crate) fn api(port: u16, subject: &str, payload: &str) -> serde_json::Value {
+        let reply = request(port, subject, payload.as_bytes());
+        let value: serde_json::Value = serde_json::from_str(&reply).expect("JSON");
+        assert!(value.get("error").is_none(), "{subject}: {reply}");
+        value
+    }
+
+    /// The consumers of stream `stream`: (name, description, filter subject).
+    pub(crate) fn consumers(port: u16, stream: &str) -> Vec<(String, String, String)> {
+        let reply = request(port, &format!("$JS.API.CONSUMER.LIST.{stream}"), b"{\"offset\":0}");
+        let value: serde_json::Value = serde_json::from_str(&reply).expect("JSON");
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+        value["consumers"]
+            .as_array()
+            .map(|consumers| {
+                consumers
+                    .iter()
+                    .map(|consumer| {
+                        (
+                            text(&consumer["name"]),
+                            text(&consumer["config"]["description"]),
+                            text(&consumer["config"]["filter_subject"]),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Decodes standard base64 (as the JetStream API sends headers and bodies).
+    pub(crate) fn base64(text: &str) -> Vec<u8> {
+        let digit = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        };
+        let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(digit).collect();
+        let mut out = Vec::new();
+        for chunk in digits.chunks(4) {
+            let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, &d)| bits | u32::from(d) << (18 - 6 * i));
+            out.extend_from_slice(&bits.to_be_bytes()[1..chunk.len()]);
+        }
+        out
+    }
+}
+
+/// The name of the durable consumer and the subject of task `name` (`cluster::NAME`), once a
+/// serving process has opened it.
+fn consumer_of(cluster: &Cluster, name: &str) -> (String, String) {
+    let stream = format!("{}_tasks", cluster.namespace);
+    let description = format!("parallel task cluster::{name}");
+    let mut found = None;
+    wait_until(&format!("the consumer of {name}"), || {
+        found = raw::consumers(cluster.server.port(), &stream)
+            .into_iter()
+            .find(|(_, text, _)| *text == description)
+            .map(|(consumer, _, subject)| (consumer, subject));
+        found.is_some()
+    });
+    found.expect("found above")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Typed endings on process slots and thread slots
+
+#[test]
+fn typed_results_errors_panics_and_a_slot_s_abort_on_process_slots() {
+    run("typed endings on process slots", || {
+        let cluster = Cluster::start("typed");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        assert_eq!(add::dispatch_on(&pool, 1, 2).join(), Ok(3));
+        assert_eq!(parse::dispatch_on(&pool, "42".into()).join(), Ok(42));
+        assert_eq!(
+            parse::dispatch_on(&pool, "x".into()).join(),
+            Err(TaskError::Failed("not a number: \"x\"".to_owned()))
+        );
+        match boom::dispatch_on(&pool, "out of cheese".into()).join() {
+            Err(TaskError::Panicked { task, message, location, .. }) => {
+                assert_eq!(task, "cluster::boom");
+                assert_eq!(message, "out of cheese");
+                let location = location.expect("the hook saw the panic");
+                assert!(location.starts_with("tests/cluster.rs:"), "{location}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let before = serving_pid::dispatch_on(&pool, false).join().expect("a pid");
+        assert_eq!(before, serving.pid(), "the task ran in a worker of the serving process");
+        match abort_slot::dispatch_on(&pool).join() {
+            Err(error @ TaskError::WorkerDied { .. }) => {
+                let TaskError::WorkerDied { ref task, ref reason, .. } = error else { unreachable!() };
+                assert_eq!(task, "cluster::abort_slot");
+                assert!(reason.contains("signal 6") || reason.contains("SIGABRT"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The serving process survived its slot's abort and serves on.
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 20, 22).join(), Ok(42));
+        assert_eq!(serving_pid::dispatch_on(&pool, false).join(), Ok(serving.pid()));
+    });
+}
+
+#[test]
+fn typed_results_errors_and_panics_on_thread_slots() {
+    run("typed endings on thread slots", || {
+        let cluster = Cluster::start("threads");
+        let mut serving = cluster.serve_with(1, "2s", true);
+        let pool = cluster.pool();
+        assert_eq!(add::dispatch_on(&pool, 1, 2).join(), Ok(3));
+        assert_eq!(
+            parse::dispatch_on(&pool, "x".into()).join(),
+            Err(TaskError::Failed("not a number: \"x\"".to_owned()))
+        );
+        match boom::dispatch_on(&pool, "thread boom".into()).join() {
+            Err(TaskError::Panicked { message, location, .. }) => {
+                assert_eq!(message, "thread boom");
+                assert!(location.is_some_and(|at| at.starts_with("tests/cluster.rs:")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The slot is a thread of the serving process itself.
+        assert_eq!(serving_pid::dispatch_on(&pool, true).join(), Ok(serving.pid()));
+        serving.assert_running();
+    });
+}
