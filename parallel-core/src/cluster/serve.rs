@@ -442,6 +442,9 @@ impl Sink for NodeSink {
 
 async fn run(settings: Settings) -> Result<(), Error> {
     let Settings { target, slots, processes, lease, max_frame } = settings;
+    // Heard from now on: a SIGTERM that comes while the consumers are being opened, when tasks
+    // may run already, drains as any other (before, it killed the process).
+    let stopped = stop_signals();
     let names = Names::new(&target.namespace);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
@@ -504,32 +507,42 @@ async fn run(settings: Settings) -> Result<(), Error> {
     }
     tokio::spawn(renew(Arc::downgrade(&node)));
     tracing::info!(slots, kind = node.slots.kind(), ?lease, namespace = %target.namespace, "serving");
-    stopped().await;
+    stopped.await;
     drain(&node).await;
     let _ = client.flush().await;
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn stopped() {
+/// Listens for SIGTERM and SIGINT from the call on; the future ends at the first of them.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        // Registered here, not when first polled: a signal between the two is not lost.
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut only), Err(_)) | (Err(_), Ok(mut only)) => {
+                    only.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
