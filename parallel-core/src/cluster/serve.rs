@@ -485,24 +485,7 @@ async fn run(settings: Settings) -> Result<(), Error> {
     client.flush().await.map_err(|error| Error::connection(error.to_string()))?;
     tokio::spawn(hear_cancels(Arc::downgrade(&node), cancels));
     for task in registry::all() {
-        let fingerprint = task.fingerprint();
-        let name = Names::consumer(fingerprint);
-        let consumer: PullConsumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("parallel task {}", task.name())),
-                    filter_subject: names.task(fingerprint),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: lease,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|error| {
-                Error::connection(format!("cannot open the consumer of {}: {error}", task.name()))
-            })?;
+        let consumer = open_consumer(&stream, &names, task, lease).await?;
         tokio::spawn(pull(Arc::clone(&node), consumer, task));
     }
     tokio::spawn(renew(Arc::downgrade(&node)));
@@ -511,6 +494,47 @@ async fn run(settings: Settings) -> Result<(), Error> {
     drain(&node).await;
     let _ = client.flush().await;
     Ok(())
+}
+
+/// Opens the durable consumer of `task`. A server that does not answer (restarting, or its
+/// JetStream not ready yet) is waited for, as the connection waits for it: the tasks of the
+/// consumers opened before may be running here already (before, the process exited 1 then).
+async fn open_consumer(
+    stream: &jetstream::stream::Stream,
+    names: &Names,
+    task: &'static Registration,
+    lease: Duration,
+) -> Result<PullConsumer, Error> {
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    let fingerprint = task.fingerprint();
+    let name = Names::consumer(fingerprint);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("parallel task {}", task.name())),
+        filter_subject: names.task(fingerprint),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: lease,
+        ..Default::default()
+    };
+    loop {
+        let error = match stream.get_or_create_consumer(&name, config.clone()).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(error) => error,
+        };
+        let is_transient = match error.kind() {
+            ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
+            ConsumerErrorKind::JetStream(error) => error.code() == 503,
+            _ => false,
+        };
+        if !is_transient {
+            return Err(Error::connection(format!(
+                "cannot open the consumer of {}: {error}",
+                task.name()
+            )));
+        }
+        tracing::warn!(task = task.name(), %error, "cannot open the consumer yet; trying again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Listens for SIGTERM and SIGINT from the call on; the future ends at the first of them.
