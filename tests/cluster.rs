@@ -92,6 +92,7 @@ fn hold_here(dir: &str, name: &str) -> u32 {
     }
     common::publish(&at, &format!("{} {ppid}", std::process::id()));
     wait_for(&dir.join(format!("gate-{name}")));
+    touch(dir.join(format!("done-{name}")));
     ppid
 }
 
@@ -182,7 +183,14 @@ impl Cluster {
     }
 
     fn serve_with(&self, slots: usize, lease: &str, threads: bool) -> Serving {
-        Serving::start(&self.server.url_with_auth(), &self.namespace, slots, lease, threads, &self.scratch)
+        Serving::start(
+            &self.server.url_with_auth(),
+            &self.namespace,
+            slots,
+            lease,
+            threads,
+            &self.scratch,
+        )
     }
 
     /// Waits for `started-NAME` and returns the task's pid and its serving process's pid.
@@ -275,7 +283,12 @@ impl Drop for Serving {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // Captured by the harness and shown with the failure.
-            println!("--- serving process {} ({}):\n{}", self.pid(), self.log.display(), self.output());
+            println!(
+                "--- serving process {} ({}):\n{}",
+                self.pid(),
+                self.log.display(),
+                self.output()
+            );
         }
         // It may be gone already; its worker processes die with it.
         let _ = self.child.kill();
@@ -332,7 +345,11 @@ mod raw {
             if line.starts_with("PING") {
                 stream.write_all(b"PONG\r\n").expect("the server reads");
             } else if line.starts_with("MSG ") {
-                let len: usize = line.split_whitespace().last().and_then(|n| n.parse().ok()).expect("MSG length");
+                let len: usize = line
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .expect("MSG length");
                 let mut body = vec![0; len + 2];
                 reader.read_exact(&mut body).expect("the message's body");
                 body.truncate(len);
@@ -386,7 +403,10 @@ mod raw {
         let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(digit).collect();
         let mut out = Vec::new();
         for chunk in digits.chunks(4) {
-            let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, &d)| bits | u32::from(d) << (18 - 6 * i));
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |bits, (i, &d)| bits | u32::from(d) << (18 - 6 * i));
             out.extend_from_slice(&bits.to_be_bytes()[1..chunk.len()]);
         }
         out
@@ -437,7 +457,9 @@ fn typed_results_errors_panics_and_a_slot_s_abort_on_process_slots() {
         assert_eq!(before, serving.pid(), "the task ran in a worker of the serving process");
         match abort_slot::dispatch_on(&pool).join() {
             Err(error @ TaskError::WorkerDied { .. }) => {
-                let TaskError::WorkerDied { ref task, ref reason, .. } = error else { unreachable!() };
+                let TaskError::WorkerDied { ref task, ref reason, .. } = error else {
+                    unreachable!()
+                };
                 assert_eq!(task, "cluster::abort_slot");
                 assert!(reason.contains("signal 6") || reason.contains("SIGABRT"), "{error}");
             }
@@ -471,5 +493,406 @@ fn typed_results_errors_and_panics_on_thread_slots() {
         // The slot is a thread of the serving process itself.
         assert_eq!(serving_pid::dispatch_on(&pool, true).join(), Ok(serving.pid()));
         serving.assert_running();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A serving process killed mid-task
+
+#[test]
+fn a_serving_process_killed_mid_task_is_reported_within_the_lease_and_a_second() {
+    run("kill -9 of a serving process", || {
+        let cluster = Cluster::start("kill9");
+        let serving = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let handle = hold::dispatch_on(&pool, cluster.scratch.string(), "a".into());
+        let (_, ppid) = cluster.started("a");
+        assert_eq!(ppid, serving.pid());
+        kill_9(serving.pid());
+        let killed = Instant::now();
+        let ended = handle.join();
+        let took = killed.elapsed();
+        match ended {
+            Err(error @ TaskError::WorkerDied { .. }) => {
+                let TaskError::WorkerDied { ref task, pid, .. } = error else { unreachable!() };
+                assert_eq!(task, "cluster::hold");
+                assert_eq!(pid, serving.pid(), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // DESIGN §9: reported within the lease plus a second.
+        assert!(took <= Duration::from_secs(2), "WorkerDied after {took:?} (lease 1 s)");
+        eprintln!("cluster kill -9: WorkerDied after {took:?} (lease 1 s)");
+    });
+}
+
+#[test]
+fn a_task_with_retries_reruns_on_another_serving_process_after_a_kill() {
+    run("retry after kill -9", || {
+        let cluster = Cluster::start("kill9retry");
+        let first = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let handle = hold_retried::dispatch_on(&pool, cluster.scratch.string(), "r".into());
+        let (_, ppid) = cluster.started("r");
+        assert_eq!(ppid, first.pid());
+        // The second serving process comes once the first holds the task, so that it is the
+        // only one that can rerun it.
+        let second = cluster.serve(1, "1s");
+        kill_9(first.pid());
+        cluster.open("r");
+        assert_eq!(handle.join(), Ok(second.pid()), "the retry ran on the other serving process");
+        assert!(cluster.scratch.has("started-r.2"), "a second attempt ran");
+        assert!(!cluster.scratch.has("started-r.3"), "and no third");
+        let stats = pool.stats();
+        assert_eq!((stats.retries, stats.completed, stats.failed), (1, 1, 0), "{stats:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cancels
+
+#[test]
+fn a_cancelled_queued_task_never_runs() {
+    run("cancel of a queued task", || {
+        let cluster = Cluster::start("cancelqueued");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let busy = hold::dispatch_on(&pool, cluster.scratch.string(), "busy".into());
+        cluster.started("busy");
+        let marker = cluster.scratch.file("ran");
+        let queued = mark::dispatch_on(&pool, marker.clone());
+        queued.cancel();
+        assert_eq!(queued.join(), Err(TaskError::Cancelled));
+        cluster.open("busy");
+        assert_eq!(busy.join(), Ok(serving.pid()));
+        // A later task of the same kind ran, on the only slot: the cancelled one had its turn.
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&pool, later.clone()).join(), Ok(()));
+        assert!(Path::new(&later).exists());
+        assert!(!Path::new(&marker).exists(), "the cancelled task ran");
+        serving.assert_running();
+    });
+}
+
+#[test]
+fn a_cancelled_running_task_has_its_slot_killed_and_the_serving_process_serves_on() {
+    run("cancel of a running task", || {
+        let cluster = Cluster::start("cancelrunning");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = hold::dispatch_on(&pool, cluster.scratch.string(), "c".into());
+        let (worker, _) = cluster.started("c");
+        handle.cancel();
+        assert_eq!(handle.join(), Err(TaskError::Cancelled));
+        wait_until("the cancelled task's worker to be killed", || is_gone(worker));
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 2, 3).join(), Ok(5));
+        let next = serving_pid::dispatch_on(&pool, false).join();
+        assert_eq!(next, Ok(serving.pid()));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Timeouts
+
+#[test]
+fn join_timeout_kills_the_slot_and_the_next_task_runs() {
+    run("join_timeout", || {
+        let cluster = Cluster::start("jointimeout");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = hold::dispatch_on(&pool, cluster.scratch.string(), "j".into());
+        let (worker, _) = cluster.started("j");
+        assert_eq!(handle.join_timeout(Duration::from_millis(300)), Err(TaskError::TimedOut));
+        wait_until("the timed-out task's worker to be killed", || is_gone(worker));
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 3, 4).join(), Ok(7));
+    });
+}
+
+#[test]
+fn a_task_timeout_kills_the_slot_and_the_next_task_runs() {
+    run("#[task(timeout)]", || {
+        let cluster = Cluster::start("tasktimeout");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = hold_timed::dispatch_on(&pool, cluster.scratch.string(), "t".into());
+        assert_eq!(handle.join(), Err(TaskError::TimedOut));
+        let (worker, _) = cluster.started("t");
+        wait_until("the timed-out task's worker to be killed", || is_gone(worker));
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 4, 5).join(), Ok(9));
+        assert!(!cluster.scratch.has("started-t.2"), "no retry was asked for");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Progress
+
+#[test]
+fn a_thousand_progress_messages_arrive_in_order() {
+    run("progress", || {
+        let cluster = Cluster::start("progress");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = count::dispatch_on(&pool, 1000);
+        let messages: Vec<u64> = handle.progress().collect();
+        assert_eq!(messages, (0..1000).collect::<Vec<_>>());
+        assert_eq!(handle.join(), Ok(1000));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Retries
+
+#[test]
+fn a_flaky_task_is_retried_with_backoff_until_it_succeeds() {
+    run("retries", || {
+        let cluster = Cluster::start("retries");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let counter = cluster.scratch.file("attempts");
+        assert_eq!(flaky::dispatch_on(&pool, counter.clone(), 2).join(), Ok(3));
+        assert_eq!(fs::read_to_string(&counter).map(|text| text.len()).ok(), Some(3));
+        let stats = pool.stats();
+        assert_eq!((stats.retries, stats.completed, stats.failed), (2, 1, 0), "{stats:?}");
+        // More failures than retries: the last attempt's panic.
+        let counter = cluster.scratch.file("attempts-2");
+        match flaky::dispatch_on(&pool, counter.clone(), 9).join() {
+            Err(TaskError::Panicked { message, .. }) => {
+                assert_eq!(message, "attempt 4 fails on purpose");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read_to_string(&counter).map(|text| text.len()).ok(), Some(4));
+        assert_eq!(pool.stats().retries, 5);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Each slot's Environment
+
+#[test]
+fn each_slot_keeps_its_environment_across_tasks() {
+    run("environment", || {
+        let cluster = Cluster::start("environment");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let seen: Vec<_> = (0..5)
+            .map(|_| visits::dispatch_on(&pool, "ann".into()).join().expect("visits"))
+            .collect();
+        let slot = seen[0].0;
+        assert_eq!(seen, (1..=5).map(|n| (slot, n)).collect::<Vec<_>>());
+        assert_eq!(visits::dispatch_on(&pool, "bob".into()).join(), Ok((slot, 1)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. map, map_unordered, as_completed
+
+#[test]
+fn ten_thousand_tasks_through_map_come_back_in_order() {
+    run("map", || {
+        let cluster = Cluster::start("map");
+        let _one = cluster.serve(2, "2s");
+        let _two = cluster.serve(2, "2s");
+        let pool = cluster.pool();
+        let started = Instant::now();
+        let squares: Vec<u64> = pool
+            .map((0..10_000u64).map(square::new))
+            .map(|result| result.expect("a square"))
+            .collect();
+        let took = started.elapsed();
+        assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+        eprintln!("cluster map: 10 000 tasks in {took:?}");
+
+        let mut seen = vec![false; 500];
+        for (i, result) in pool.map_unordered((0..500u64).map(square::new)) {
+            assert_eq!(result, Ok(i as u64 * i as u64));
+            assert!(!std::mem::replace(&mut seen[i], true), "index {i} twice");
+        }
+        assert!(seen.iter().all(|&seen| seen));
+
+        let handles: Vec<_> = (0..200u64).map(|x| square::dispatch_on(&pool, x)).collect();
+        let mut seen = vec![false; 200];
+        for (i, result) in as_completed(handles) {
+            assert_eq!(result, Ok(i as u64 * i as u64));
+            assert!(!std::mem::replace(&mut seen[i], true), "index {i} twice");
+        }
+        assert!(seen.iter().all(|&seen| seen));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9–11. Connecting: credentials, an unreachable server, plaintext to another machine
+
+#[test]
+fn a_wrong_token_is_a_connection_error_that_names_the_server() {
+    run("credentials", || {
+        let server = NatsServer::builder().token("s3cret").start().expect("a nats-server starts");
+        let wrong = format!("nats://wrong-token@127.0.0.1:{}", server.port());
+        let error = Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster(wrong)
+            .namespace("t-auth")
+            .build()
+            .expect_err("a wrong token is refused");
+        let message = error.to_string();
+        assert!(error.is_connection(), "{message}");
+        assert!(message.contains(&format!("127.0.0.1:{}", server.port())), "{message}");
+        assert!(!message.contains("wrong-token"), "the message shows the token: {message}");
+        let cluster = Cluster::with_server("auth", server);
+        let _serving = cluster.serve(1, "2s");
+        assert_eq!(add::dispatch_on(&cluster.pool(), 5, 6).join(), Ok(11));
+    });
+}
+
+#[test]
+fn an_unreachable_server_is_a_connection_error() {
+    run("unreachable server", || {
+        // A port nothing listens on: bound, then let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let error = Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster(format!("nats://127.0.0.1:{port}"))
+            .build()
+            .expect_err("nothing listens");
+        let message = error.to_string();
+        assert!(error.is_connection(), "{message}");
+        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    });
+}
+
+#[test]
+fn plaintext_to_another_machine_is_refused_before_connecting() {
+    run("plaintext to another machine", || {
+        // The test's own environment must not allow it.
+        assert!(std::env::var_os("PARALLEL_CLUSTER_PLAINTEXT").is_none());
+        let error = Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster("nats://10.1.2.3:4222")
+            .build()
+            .expect_err("plaintext to 10.1.2.3 is refused");
+        let message = error.to_string();
+        assert!(message.contains("plaintext"), "{message}");
+        assert!(message.contains("tls://10.1.2.3:4222"), "says what to write instead: {message}");
+        assert!(!message.contains("cannot connect"), "it tried to connect: {message}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. A server restart
+
+#[test]
+fn a_server_restart_mid_run_resolves_every_handle_and_later_tasks_succeed() {
+    run("server restart", || {
+        let mut cluster = Cluster::start("restart");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "x".into());
+        cluster.started("x");
+        let queued: Vec<_> = (0..5u64).map(|x| square::dispatch_on(&pool, x)).collect();
+        cluster.server.restart().expect("the server restarts");
+        cluster.open("x");
+        // Its ending can be lost in the restart (see the ignored test below): then the lease
+        // reports it.
+        let running = running.join();
+        assert!(
+            running == Ok(serving.pid()) || matches!(running, Err(TaskError::WorkerDied { .. })),
+            "{running:?}"
+        );
+        for (x, handle) in (0..5u64).zip(queued) {
+            assert_eq!(handle.join(), Ok(x * x), "queued through the restart");
+        }
+        serving.assert_running();
+        for x in 0..5u64 {
+            assert_eq!(square::dispatch_on(&pool, x).join(), Ok(x * x), "after the restart");
+        }
+    });
+}
+
+#[test]
+#[ignore = "fault: an ending sent while the caller reconnects is lost, and reported as WorkerDied"]
+fn a_task_that_ends_while_the_server_is_down_reports_its_result() {
+    run("an ending across a server restart", || {
+        let mut cluster = Cluster::start("restartending");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "e".into());
+        cluster.started("e");
+        cluster.server.kill();
+        cluster.open("e");
+        wait_until("the task to end", || cluster.scratch.has("done-e"));
+        cluster.server.restart().expect("the server restarts");
+        assert_eq!(running.join(), Ok(serving.pid()));
+        serving.assert_running();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. SIGTERM drains
+
+#[test]
+fn sigterm_finishes_the_running_task_hands_back_the_queued_ones_and_exits_0() {
+    run("SIGTERM", || {
+        let cluster = Cluster::start("sigterm");
+        let mut first = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let long = hold::dispatch_on(&pool, cluster.scratch.string(), "long".into());
+        cluster.started("long");
+        let queued: Vec<_> = (0..5).map(|_| nap::dispatch_on(&pool, 0)).collect();
+        // The first serving process holds all six (it takes short tasks ahead of its slots).
+        let (consumer, _) = consumer_of(&cluster, "nap");
+        let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+        wait_until("the queued tasks to be held by the first serving process", || {
+            raw::api(cluster.server.port(), &info, "")["num_ack_pending"] == 5
+        });
+        let second = cluster.serve(1, "2s");
+        first.sigterm();
+        // The queued ones run on the second serving process while the long one still runs.
+        for handle in queued {
+            assert_eq!(handle.join(), Ok(second.pid()), "a handed-back task runs elsewhere");
+        }
+        first.assert_running();
+        cluster.open("long");
+        assert_eq!(long.join(), Ok(first.pid()), "the running task finished where it was");
+        let status = first.wait();
+        assert_eq!(status.code(), Some(0), "{}", first.output());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. A poison message
+
+#[test]
+fn a_message_without_headers_goes_to_the_dead_letters_and_serving_goes_on() {
+    run("poison message", || {
+        let cluster = Cluster::start("poison");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let (_, subject) = consumer_of(&cluster, "square");
+        let port = cluster.server.port();
+        let ack = raw::request(port, &subject, b"poison");
+        assert!(ack.contains(&format!("\"stream\":\"{}_tasks\"", cluster.namespace)), "{ack}");
+        let dead = format!("$JS.API.STREAM.INFO.{}_dead", cluster.namespace);
+        wait_until("the dead letter", || raw::api(port, &dead, "")["state"]["messages"] == 1);
+        let get = format!("$JS.API.STREAM.MSG.GET.{}_dead", cluster.namespace);
+        let kept = raw::api(port, &get, "{\"seq\":1}");
+        let data = raw::base64(kept["message"]["data"].as_str().expect("a body"));
+        assert_eq!(data, b"poison");
+        let headers = raw::base64(kept["message"]["hdrs"].as_str().expect("headers"));
+        let headers = String::from_utf8_lossy(&headers);
+        assert!(headers.contains("Parallel-Dead-Reason"), "{headers}");
+        assert!(headers.contains(&format!("Parallel-Dead-Subject: {subject}")), "{headers}");
+        // The task stream let it go, and the serving process serves on.
+        let tasks = format!("$JS.API.STREAM.INFO.{}_tasks", cluster.namespace);
+        wait_until("the task stream to let it go", || {
+            raw::api(port, &tasks, "")["state"]["messages"] == 0
+        });
+        serving.assert_running();
+        assert_eq!(square::dispatch_on(&pool, 12).join(), Ok(144));
     });
 }
