@@ -706,7 +706,7 @@ fn ten_thousand_tasks_through_map_come_back_in_order() {
         assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
         eprintln!("cluster map: 10 000 tasks in {took:?}");
 
-        let mut seen = vec![false; 500];
+        let mut seen = [false; 500];
         for (i, result) in pool.map_unordered((0..500u64).map(square::new)) {
             assert_eq!(result, Ok(i as u64 * i as u64));
             assert!(!std::mem::replace(&mut seen[i], true), "index {i} twice");
@@ -714,7 +714,7 @@ fn ten_thousand_tasks_through_map_come_back_in_order() {
         assert!(seen.iter().all(|&seen| seen));
 
         let handles: Vec<_> = (0..200u64).map(|x| square::dispatch_on(&pool, x)).collect();
-        let mut seen = vec![false; 200];
+        let mut seen = [false; 200];
         for (i, result) in as_completed(handles) {
             assert_eq!(result, Ok(i as u64 * i as u64));
             assert!(!std::mem::replace(&mut seen[i], true), "index {i} twice");
