@@ -977,3 +977,69 @@ fn a_dropped_pool_s_tasks_still_resolve() {
         assert_eq!(queued.join(), Ok(2));
     });
 }
+
+#[test]
+fn kill_resolves_every_handle_stops_the_running_task_and_runs_nothing_queued() {
+    run("Pool::kill", || {
+        let cluster = Cluster::start("kill");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "p".into());
+        let (worker, _) = cluster.started("p");
+        let marker = cluster.scratch.file("queued-ran");
+        let queued = mark::dispatch_on(&pool, marker.clone());
+        pool.kill();
+        assert_eq!(running.join(), Err(TaskError::Cancelled));
+        assert_eq!(queued.join(), Err(TaskError::Cancelled));
+        wait_until("the killed pool's running task to be stopped", || is_gone(worker));
+        // The serving process serves a new caller, and the killed pool's queued task never ran.
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&cluster.pool(), later.clone()).join(), Ok(()));
+        assert!(Path::new(&later).exists());
+        assert!(!Path::new(&marker).exists(), "a killed pool's queued task ran");
+        serving.assert_running();
+    });
+}
+
+#[test]
+fn shutdown_finishes_the_running_and_queued_tasks() {
+    run("Pool::shutdown", || {
+        let cluster = Cluster::start("shutdown");
+        let serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "s".into());
+        cluster.started("s");
+        let queued: Vec<_> = (0..3u64).map(|x| square::dispatch_on(&pool, x)).collect();
+        let opener = {
+            let gate = cluster.scratch.path("gate-s");
+            std::thread::spawn(move || touch(gate))
+        };
+        pool.shutdown();
+        opener.join().expect("the gate opens");
+        assert_eq!(running.join(), Ok(serving.pid()));
+        for (x, handle) in (0..3u64).zip(queued) {
+            assert_eq!(handle.join(), Ok(x * x));
+        }
+        let refused = square::dispatch_on(&pool, 9).join();
+        assert!(matches!(refused, Err(TaskError::PoolClosed { .. })), "{refused:?}");
+    });
+}
+
+#[test]
+fn a_task_given_up_while_no_serving_process_exists_never_runs() {
+    run("a task given up in the stream", || {
+        let cluster = Cluster::start("givenup");
+        let pool = cluster.pool();
+        let marker = cluster.scratch.file("ran");
+        let waiting = mark::dispatch_on(&pool, marker.clone());
+        assert_eq!(waiting.join_timeout(Duration::from_millis(200)), Err(TaskError::TimedOut));
+        let tasks = format!("$JS.API.STREAM.INFO.{}_tasks", cluster.namespace);
+        wait_until("its message to be deleted", || {
+            raw::api(cluster.server.port(), &tasks, "")["state"]["messages"] == 0
+        });
+        let _serving = cluster.serve(1, "2s");
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&pool, later.clone()).join(), Ok(()));
+        assert!(!Path::new(&marker).exists(), "the task given up ran");
+    });
+}
