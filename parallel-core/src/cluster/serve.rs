@@ -47,6 +47,9 @@ const PULL_EXPIRY: Duration = Duration::from_secs(5);
 const SHORT_TASK: Duration = Duration::from_millis(20);
 /// How many tasks per slot may wait here when tasks are short.
 const SHORT_TASK_QUEUE: usize = 32;
+/// A slot whose task has run this long is not about to take the next one: when every slot is
+/// so busy, nothing more is taken ahead, and what was is handed back for other serving processes.
+const LONG_TASK: Duration = Duration::from_millis(250);
 
 /// Serves this program's tasks from the NATS server at `url` until SIGTERM or SIGINT, then
 /// drains: takes no more tasks, hands the queued ones back, lets the running ones finish.
@@ -171,6 +174,15 @@ struct State {
     average: Duration,
 }
 
+impl State {
+    /// Whether every slot runs a task that has run for long: none is about to free.
+    fn is_stuck(&self) -> bool {
+        self.free == 0
+            && !self.running.is_empty()
+            && self.running.values().all(|running| running.since.elapsed() >= LONG_TASK)
+    }
+}
+
 /// A message taken from the stream and not started.
 struct Held {
     key: Key,
@@ -207,7 +219,11 @@ impl Node {
         }
         let state = self.lock();
         let slots = state.free + state.running.len();
-        let ahead = if state.average < SHORT_TASK { slots * SHORT_TASK_QUEUE } else { 0 };
+        let ahead = if state.average < SHORT_TASK && !state.is_stuck() {
+            slots * SHORT_TASK_QUEUE
+        } else {
+            0
+        };
         (slots + ahead).saturating_sub(state.queue.len() + state.running.len())
     }
 
@@ -370,8 +386,21 @@ impl Node {
         }
     }
 
-    /// Keeps the held messages' leases and tells callers their tasks are alive.
+    /// Keeps the held messages' leases and tells callers their tasks are alive. Queued messages
+    /// behind slots that are all stuck in long tasks are handed back, so that they do not wait
+    /// behind a hung task while another serving process idles (DESIGN §3).
     async fn renew(&self) {
+        let handed_back: Vec<Held> = {
+            let mut state = self.lock();
+            if state.is_stuck() {
+                state.queue.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for held in handed_back {
+            let _ = held.message.ack_with(AckKind::Nak(None)).await;
+        }
         let (messages, alive) = {
             let state = self.lock();
             let mut alive: HashMap<Arc<str>, Vec<CallId>> = HashMap::new();
