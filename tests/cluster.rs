@@ -165,7 +165,16 @@ impl Cluster {
     }
 
     fn with_server(name: &str, server: NatsServer) -> Cluster {
+        children::add(server.pid());
         Cluster { server, namespace: format!("t-{name}"), scratch: Scratch::new(name) }
+    }
+
+    /// Restarts the server, keeping its pid known to [`children`].
+    fn restart_server(&mut self) {
+        children::remove(self.server.pid());
+        let restarted = self.server.restart();
+        children::add(self.server.pid());
+        restarted.expect("the server restarts");
     }
 
     /// A caller's pool on this cluster.
@@ -242,6 +251,7 @@ impl Serving {
             command.env("PARALLEL_BACKEND", "thread");
         }
         let child = command.spawn().expect("the test binary starts again");
+        children::add(Some(child.id()));
         Serving { child, log }
     }
 
@@ -280,6 +290,13 @@ impl Serving {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The server is killed and reaped when the field drops, right after.
+        children::remove(self.server.pid());
+    }
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -294,6 +311,31 @@ impl Drop for Serving {
         // It may be gone already; its worker processes die with it.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        children::remove(Some(self.pid()));
+    }
+}
+
+/// The pids of the servers and serving processes the tests run, each added while it is a child
+/// not reaped yet (so its pid cannot be another process's): a test that hangs is abandoned on its
+/// thread with them, and [`run`] kills them, so that they do not outlive the test binary.
+mod children {
+    use std::sync::{Mutex, PoisonError};
+
+    static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    pub(crate) fn add(pid: Option<u32>) {
+        PIDS.lock().unwrap_or_else(PoisonError::into_inner).extend(pid);
+    }
+
+    pub(crate) fn remove(pid: Option<u32>) {
+        PIDS.lock().unwrap_or_else(PoisonError::into_inner).retain(|&known| Some(known) != pid);
+    }
+
+    /// Kills them all (SIGKILL), for a run that is failing anyway.
+    pub(crate) fn kill_all() {
+        for pid in PIDS.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -313,7 +355,17 @@ fn is_gone(pid: u32) -> bool {
 
 /// Runs a test's body with a limit, so that a lost task fails the test instead of hanging it.
 fn run(name: &str, body: impl FnOnce() + Send + 'static) {
-    within(HANG_LIMIT, name, body);
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| within(HANG_LIMIT, name, body)));
+    if let Err(panic) = outcome {
+        let message = panic.downcast_ref::<String>().map_or("", String::as_str);
+        if message.contains("did not finish within") {
+            // A hung body keeps its servers and serving processes: they go now, not after the
+            // run (another test's too: the run is failing anyway).
+            children::kill_all();
+        }
+        std::panic::resume_unwind(panic);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -828,7 +880,7 @@ fn a_server_restart_mid_run_resolves_every_handle_and_later_tasks_succeed() {
         let running = hold::dispatch_on(&pool, cluster.scratch.string(), "x".into());
         cluster.started("x");
         let queued: Vec<_> = (0..5u64).map(|x| square::dispatch_on(&pool, x)).collect();
-        cluster.server.restart().expect("the server restarts");
+        cluster.restart_server();
         cluster.open("x");
         // Its ending can be lost in the restart (see the ignored test below): then the lease
         // reports it.
@@ -882,10 +934,11 @@ fn a_task_that_ends_while_the_server_is_down_reports_its_result() {
         let pool = cluster.pool();
         let running = hold::dispatch_on(&pool, cluster.scratch.string(), "e".into());
         cluster.started("e");
+        children::remove(cluster.server.pid());
         cluster.server.kill();
         cluster.open("e");
         wait_until("the task to end", || cluster.scratch.has("done-e"));
-        cluster.server.restart().expect("the server restarts");
+        cluster.restart_server();
         assert_eq!(running.join(), Ok(serving.pid()));
         serving.assert_running();
     });
