@@ -336,19 +336,57 @@ impl ClusterBackend {
         else {
             return;
         };
-        let (flushed, wait) = std::sync::mpsc::channel();
-        if self.shared.outgoing.send(Outgoing::Flush(flushed)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(5));
-        }
-        // Safe in any context, even inside another runtime.
-        runtime.shutdown_background();
+        close(&self.shared, Background(Some(runtime)));
     }
 }
 
 impl Drop for ClusterBackend {
+    /// A dropped pool's tasks finish in the background and their handles resolve (DESIGN §3):
+    /// the client runs on, on a thread of its own, until no flight is out (before, it stopped at
+    /// once, and the handles of the tasks in flight never resolved).
     fn drop(&mut self) {
-        self.stop();
+        self.shared.is_stopping.store(true, Ordering::Release);
+        let Some(runtime) = self.runtime.lock().unwrap_or_else(PoisonError::into_inner).take()
+        else {
+            return;
+        };
+        let runtime = Background(Some(runtime));
+        if self.shared.lock().is_empty() {
+            return close(&self.shared, runtime);
+        }
+        let shared = Arc::clone(&self.shared);
+        let lingering =
+            std::thread::Builder::new().name("parallel-cluster-drop".into()).spawn(move || {
+                while !shared.lock().is_empty() {
+                    std::thread::sleep(SWEEP);
+                }
+                close(&shared, runtime);
+            });
+        if let Err(error) = lingering {
+            tracing::warn!(%error, "no thread to finish a dropped pool's tasks; stopped now");
+        }
     }
+}
+
+/// The client's runtime, stopped without waiting when dropped (safe in any context, even
+/// inside another runtime).
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Sends everything queued, then stops the client.
+fn close(shared: &Shared, runtime: Background) {
+    let (flushed, wait) = std::sync::mpsc::channel();
+    if shared.outgoing.send(Outgoing::Flush(flushed)).is_ok() {
+        let _ = wait.recv_timeout(Duration::from_secs(5));
+    }
+    drop(runtime);
 }
 
 impl Shared {

@@ -50,6 +50,9 @@ const SHORT_TASK: Duration = Duration::from_millis(20);
 const SHORT_TASK_QUEUE: usize = 32;
 /// How many of the outbox's messages are sent in one round.
 const OUTBOX_BATCH: usize = 256;
+/// A slot whose task has run this long is not about to take the next one: when every slot is
+/// so busy, nothing more is taken ahead, and what was is handed back for other serving processes.
+const LONG_TASK: Duration = Duration::from_millis(250);
 
 /// Serves this program's tasks from the NATS server at `url` until SIGTERM or SIGINT, then
 /// drains: takes no more tasks, hands the queued ones back, lets the running ones finish.
@@ -178,6 +181,15 @@ struct State {
     average: Option<Duration>,
 }
 
+impl State {
+    /// Whether every slot runs a task that has run for long: none is about to free.
+    fn is_stuck(&self) -> bool {
+        self.free == 0
+            && !self.running.is_empty()
+            && self.running.values().all(|running| running.since.elapsed() >= LONG_TASK)
+    }
+}
+
 /// A message taken from the stream and not started.
 struct Held {
     key: Key,
@@ -219,7 +231,7 @@ impl Node {
         let state = self.lock();
         let slots = state.free + state.running.len();
         let is_short = state.average.is_some_and(|average| average < SHORT_TASK);
-        let ahead = if is_short { slots * SHORT_TASK_QUEUE } else { 0 };
+        let ahead = if is_short && !state.is_stuck() { slots * SHORT_TASK_QUEUE } else { 0 };
         (slots + ahead).saturating_sub(state.queue.len() + state.running.len())
     }
 
@@ -398,8 +410,21 @@ impl Node {
         }
     }
 
-    /// Keeps the held messages' leases and tells callers their tasks are alive.
+    /// Keeps the held messages' leases and tells callers their tasks are alive. Queued messages
+    /// behind slots that are all stuck in long tasks are handed back, so that they do not wait
+    /// behind a hung task while another serving process idles (DESIGN §3).
     async fn renew(&self) {
+        let handed_back: Vec<Held> = {
+            let mut state = self.lock();
+            if state.is_stuck() {
+                state.queue.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for held in handed_back {
+            let _ = held.message.ack_with(AckKind::Nak(None)).await;
+        }
         let (messages, alive) = {
             let state = self.lock();
             let mut alive: HashMap<Arc<str>, Vec<CallId>> = HashMap::new();
@@ -470,6 +495,9 @@ impl Sink for NodeSink {
 
 async fn run(settings: Settings) -> Result<(), Error> {
     let Settings { target, slots, processes, lease, max_frame } = settings;
+    // Heard from now on: a SIGTERM that comes while the consumers are being opened, when tasks
+    // may run already, drains as any other (before, it killed the process).
+    let stopped = stop_signals();
     let names = Names::new(&target.namespace);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
@@ -512,54 +540,88 @@ async fn run(settings: Settings) -> Result<(), Error> {
     client.flush().await.map_err(|error| Error::connection(error.to_string()))?;
     tokio::spawn(hear_cancels(Arc::downgrade(&node), cancels));
     for task in registry::all() {
-        let fingerprint = task.fingerprint();
-        let name = Names::consumer(fingerprint);
-        let consumer: PullConsumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("parallel task {}", task.name())),
-                    filter_subject: names.task(fingerprint),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: lease,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|error| {
-                Error::connection(format!("cannot open the consumer of {}: {error}", task.name()))
-            })?;
+        let consumer = open_consumer(&stream, &names, task, lease).await?;
         tokio::spawn(pull(Arc::clone(&node), consumer, task));
     }
     tokio::spawn(renew(Arc::downgrade(&node)));
     tracing::info!(slots, kind = node.slots.kind(), ?lease, namespace = %target.namespace, "serving");
-    stopped().await;
+    stopped.await;
     drain(&node).await;
     let _ = client.flush().await;
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn stopped() {
+/// Opens the durable consumer of `task`. A server that does not answer (restarting, or its
+/// JetStream not ready yet) is waited for, as the connection waits for it: the tasks of the
+/// consumers opened before may be running here already (before, the process exited 1 then).
+async fn open_consumer(
+    stream: &jetstream::stream::Stream,
+    names: &Names,
+    task: &'static Registration,
+    lease: Duration,
+) -> Result<PullConsumer, Error> {
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    let fingerprint = task.fingerprint();
+    let name = Names::consumer(fingerprint);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("parallel task {}", task.name())),
+        filter_subject: names.task(fingerprint),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: lease,
+        ..Default::default()
+    };
+    loop {
+        let error = match stream.get_or_create_consumer(&name, config.clone()).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(error) => error,
+        };
+        let is_transient = match error.kind() {
+            ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
+            ConsumerErrorKind::JetStream(error) => error.code() == 503,
+            _ => false,
+        };
+        if !is_transient {
+            return Err(Error::connection(format!(
+                "cannot open the consumer of {}: {error}",
+                task.name()
+            )));
+        }
+        tracing::warn!(task = task.name(), %error, "cannot open the consumer yet; trying again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Listens for SIGTERM and SIGINT from the call on; the future ends at the first of them.
+fn stop_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        // Registered here, not when first polled: a signal between the two is not lost.
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut only), Err(_)) | (Err(_), Ok(mut only)) => {
+                    only.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

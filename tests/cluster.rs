@@ -1,0 +1,1156 @@
+//! The cluster backend against a real `nats-server` (DESIGN §9): serving processes are copies of
+//! this test binary started with `PARALLEL_SERVE`, callers are `Backend::Cluster` pools. Typed
+//! results and errors on process and thread slots, a serving process killed mid-task, cancels,
+//! timeouts, progress, retries, each slot's `Environment`, `map` at 10 000 tasks, credentials, an
+//! unreachable server, plaintext to another machine, a server restart, SIGTERM's drain and a
+//! poison message.
+//!
+//! Each test has its own server (the harness's servers are killed when dropped, and a server kept
+//! in a `static` would never be: it would outlive the test binary) and its own namespace. Serving
+//! processes write to files in the test's scratch directory, shown when the test fails, so the
+//! panics and crashes they run on purpose never reach a green run's output. The few direct looks
+//! at the server (consumers, acks pending, dead letters) speak the NATS protocol over a socket
+//! ([`raw`]), so that they do not go through the client under test.
+#![cfg(all(feature = "cluster", feature = "process"))]
+
+mod common;
+
+use common::{kill_9, stat, touch, within, Scratch};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nats_server_harness::NatsServer;
+use parallel::{as_completed, task, Backend, Environment, Pool, Progress, TaskError};
+
+/// How long a test may take before it is failed as hung.
+const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Tasks
+
+#[task]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[task]
+fn parse(text: String) -> Result<u32, String> {
+    text.parse().map_err(|_| format!("not a number: {text:?}"))
+}
+
+#[task]
+fn boom(message: String) -> u32 {
+    panic!("{message}")
+}
+
+#[task]
+fn abort_slot() -> u32 {
+    std::process::abort()
+}
+
+/// The serving process that runs it: the parent of a worker process, or itself on thread slots.
+#[task]
+fn serving_pid(is_thread: bool) -> u32 {
+    if is_thread {
+        std::process::id()
+    } else {
+        std::os::unix::process::parent_id()
+    }
+}
+
+/// Writes `started-NAME` (`PID PPID`) in `dir`, waits for `gate-NAME` there, returns the
+/// serving process's pid.
+#[task]
+fn hold(dir: String, name: String) -> u32 {
+    hold_here(&dir, &name)
+}
+
+/// As [`hold`], retried once when its attempt does not return.
+#[task(retries = 1, backoff = "10ms")]
+fn hold_retried(dir: String, name: String) -> u32 {
+    hold_here(&dir, &name)
+}
+
+/// As [`hold`], for at most 300 ms an attempt.
+#[task(timeout = "300ms")]
+fn hold_timed(dir: String, name: String) -> u32 {
+    hold_here(&dir, &name)
+}
+
+fn hold_here(dir: &str, name: &str) -> u32 {
+    let dir = Path::new(dir);
+    let ppid = std::os::unix::process::parent_id();
+    // One file per attempt: `started-NAME`, then `started-NAME.2`, ...
+    let mut at = dir.join(format!("started-{name}"));
+    let mut attempt = 1;
+    while at.exists() {
+        attempt += 1;
+        at = dir.join(format!("started-{name}.{attempt}"));
+    }
+    common::publish(&at, &format!("{} {ppid}", std::process::id()));
+    wait_for(&dir.join(format!("gate-{name}")));
+    touch(dir.join(format!("done-{name}")));
+    ppid
+}
+
+/// Writes `path`: proof that it ran (which worker, of which serving process).
+#[task]
+fn mark(path: String) {
+    let ppid = std::os::unix::process::parent_id();
+    common::publish(path, &format!("{} {ppid}", std::process::id()));
+}
+
+/// Sleeps, then returns the serving process's pid.
+#[task]
+fn nap(millis: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(millis));
+    std::os::unix::process::parent_id()
+}
+
+#[task]
+fn count(progress: &Progress<u64>, n: u64) -> u64 {
+    for i in 0..n {
+        progress.send(i);
+    }
+    n
+}
+
+/// Panics on its first `failures` attempts, counted in the file `counter`; returns the attempt.
+#[task(retries = 3, backoff = "20ms")]
+fn flaky(counter: String, failures: u32) -> u32 {
+    let attempt = fs::read_to_string(&counter).map_or(0, |text| text.len() as u32) + 1;
+    fs::write(&counter, "x".repeat(attempt as usize)).expect("scratch dir is writable");
+    assert!(attempt > failures, "attempt {attempt} fails on purpose");
+    attempt
+}
+
+/// Returns the slot and how many times this slot was visited for `key`.
+#[task]
+fn visits(env: &mut Environment, key: String) -> (usize, u64) {
+    let slot = env.worker_id();
+    let n = env.get_or_insert_with(&key, || 0u64);
+    *n += 1;
+    (slot, *n)
+}
+
+#[task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Blocks until `path` exists (at most a minute, so that a failing test ends).
+fn wait_for(path: &Path) {
+    let started = Instant::now();
+    while !path.exists() && started.elapsed() < HANG_LIMIT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers, serving processes, callers
+
+/// A test's server and the serving processes it starts; `name` is its namespace.
+struct Cluster {
+    server: NatsServer,
+    namespace: String,
+    scratch: Scratch,
+}
+
+impl Cluster {
+    fn start(name: &str) -> Cluster {
+        Cluster::with_server(name, NatsServer::start().expect("a nats-server starts"))
+    }
+
+    fn with_server(name: &str, server: NatsServer) -> Cluster {
+        children::add(server.pid());
+        Cluster { server, namespace: format!("t-{name}"), scratch: Scratch::new(name) }
+    }
+
+    /// Restarts the server, keeping its pid known to [`children`].
+    fn restart_server(&mut self) {
+        children::remove(self.server.pid());
+        let restarted = self.server.restart();
+        children::add(self.server.pid());
+        restarted.expect("the server restarts");
+    }
+
+    /// A caller's pool on this cluster.
+    fn pool(&self) -> Pool {
+        Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster(self.server.url_with_auth())
+            .namespace(&self.namespace)
+            .build()
+            .expect("a cluster pool builds")
+    }
+
+    /// A serving process with `slots` worker processes and a lease of `lease`.
+    fn serve(&self, slots: usize, lease: &str) -> Serving {
+        self.serve_with(slots, lease, false)
+    }
+
+    fn serve_with(&self, slots: usize, lease: &str, threads: bool) -> Serving {
+        Serving::start(
+            &self.server.url_with_auth(),
+            &self.namespace,
+            slots,
+            lease,
+            threads,
+            &self.scratch,
+        )
+    }
+
+    /// Waits for `started-NAME` and returns the task's pid and its serving process's pid.
+    fn started(&self, name: &str) -> (u32, u32) {
+        let path = self.scratch.path(&format!("started-{name}"));
+        wait_until(&format!("task {name} to start"), || path.exists());
+        let text = fs::read_to_string(&path).expect("published whole");
+        let mut pids = text.split(' ').map(|pid| pid.parse::<u32>().expect("a pid"));
+        (pids.next().expect("a pid"), pids.next().expect("a ppid"))
+    }
+
+    fn open(&self, name: &str) {
+        touch(self.scratch.path(&format!("gate-{name}")));
+    }
+}
+
+/// A serving process: a copy of this test binary with `PARALLEL_SERVE`, killed when dropped. Its
+/// output goes to a file, shown when the test fails.
+struct Serving {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Serving {
+    fn start(
+        url: &str,
+        namespace: &str,
+        slots: usize,
+        lease: &str,
+        threads: bool,
+        scratch: &Scratch,
+    ) -> Serving {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let log = scratch.path(&format!("serving-{}.log", scratch.count("serving-")));
+        let output = fs::File::create(&log).expect("scratch dir is writable");
+        let mut command = Command::new(exe);
+        command
+            .env("PARALLEL_SERVE", url)
+            .env("PARALLEL_NAMESPACE", namespace)
+            .env("PARALLEL_WORKERS", slots.to_string())
+            .env("PARALLEL_LEASE", lease)
+            .env_remove("PARALLEL_BACKEND")
+            .env_remove("PARALLEL_CLUSTER_PLAINTEXT")
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("a file handle"))
+            .stderr(output);
+        if threads {
+            command.env("PARALLEL_BACKEND", "thread");
+        }
+        let child = command.spawn().expect("the test binary starts again");
+        children::add(Some(child.id()));
+        Serving { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("the kill command runs");
+        assert!(status.success(), "kill -TERM {}: {status}", self.pid());
+    }
+
+    /// Waits for the process to end, failing after the hang limit.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + HANG_LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the serving process did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("the serving process ended with {status}:\n{}", self.output());
+        }
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The server is killed and reaped when the field drops, right after.
+        children::remove(self.server.pid());
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Captured by the harness and shown with the failure.
+            println!(
+                "--- serving process {} ({}):\n{}",
+                self.pid(),
+                self.log.display(),
+                self.output()
+            );
+        }
+        // It may be gone already; its worker processes die with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        children::remove(Some(self.pid()));
+    }
+}
+
+/// The pids of the servers and serving processes the tests run, each added while it is a child
+/// not reaped yet (so its pid cannot be another process's): a test that hangs is abandoned on its
+/// thread with them, and [`run`] kills them, so that they do not outlive the test binary.
+mod children {
+    use std::sync::{Mutex, PoisonError};
+
+    static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    pub(crate) fn add(pid: Option<u32>) {
+        PIDS.lock().unwrap_or_else(PoisonError::into_inner).extend(pid);
+    }
+
+    pub(crate) fn remove(pid: Option<u32>) {
+        PIDS.lock().unwrap_or_else(PoisonError::into_inner).retain(|&known| Some(known) != pid);
+    }
+
+    /// Kills them all (SIGKILL), for a run that is failing anyway.
+    pub(crate) fn kill_all() {
+        for pid in PIDS.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing after the hang limit.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_LIMIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie: killed, not reaped yet).
+fn is_gone(pid: u32) -> bool {
+    stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
+}
+
+/// Runs a test's body with a limit, so that a lost task fails the test instead of hanging it.
+fn run(name: &str, body: impl FnOnce() + Send + 'static) {
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| within(HANG_LIMIT, name, body)));
+    if let Err(panic) = outcome {
+        let message = panic.downcast_ref::<String>().map_or("", String::as_str);
+        if message.contains("did not finish within") {
+            // A hung body keeps its servers and serving processes: they go now, not after the
+            // run (another test's too: the run is failing anyway).
+            children::kill_all();
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A few words of the NATS protocol, to look at the server without the client under test.
+
+mod raw {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends `payload` to `subject` on the server at 127.0.0.1:`port` and returns the reply.
+    pub(crate) fn request(port: u16, subject: &str, payload: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("a socket handle"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the server's INFO");
+        assert!(line.starts_with("INFO "), "{line}");
+        let head = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":false}}\r\nSUB \
+             _INBOX.raw 1\r\nPUB {subject} _INBOX.raw {}\r\n",
+            payload.len()
+        );
+        stream.write_all(head.as_bytes()).expect("the server reads");
+        stream.write_all(payload).expect("the server reads");
+        stream.write_all(b"\r\n").expect("the server reads");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("a reply within 10 s");
+            if line.starts_with("PING") {
+                stream.write_all(b"PONG\r\n").expect("the server reads");
+            } else if line.starts_with("MSG ") {
+                let len: usize = line
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .expect("MSG length");
+                let mut body = vec![0; len + 2];
+                reader.read_exact(&mut body).expect("the message's body");
+                body.truncate(len);
+                return String::from_utf8(body).expect("JSON");
+            } else {
+                assert!(!line.starts_with("-ERR"), "{subject}: {line}");
+            }
+        }
+    }
+
+    /// A JetStream API request, its JSON reply parsed.
+    pub(crate) fn api(port: u16, subject: &str, payload: &str) -> serde_json::Value {
+        let reply = request(port, subject, payload.as_bytes());
+        let value: serde_json::Value = serde_json::from_str(&reply).expect("JSON");
+        assert!(value.get("error").is_none(), "{subject}: {reply}");
+        value
+    }
+
+    /// The consumers of stream `stream`: (name, description, filter subject).
+    pub(crate) fn consumers(port: u16, stream: &str) -> Vec<(String, String, String)> {
+        let reply = request(port, &format!("$JS.API.CONSUMER.LIST.{stream}"), b"{\"offset\":0}");
+        let value: serde_json::Value = serde_json::from_str(&reply).expect("JSON");
+        let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+        value["consumers"]
+            .as_array()
+            .map(|consumers| {
+                consumers
+                    .iter()
+                    .map(|consumer| {
+                        (
+                            text(&consumer["name"]),
+                            text(&consumer["config"]["description"]),
+                            text(&consumer["config"]["filter_subject"]),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Decodes standard base64 (as the JetStream API sends headers and bodies).
+    pub(crate) fn base64(text: &str) -> Vec<u8> {
+        let digit = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        };
+        let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(digit).collect();
+        let mut out = Vec::new();
+        for chunk in digits.chunks(4) {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |bits, (i, &d)| bits | u32::from(d) << (18 - 6 * i));
+            out.extend_from_slice(&bits.to_be_bytes()[1..chunk.len()]);
+        }
+        out
+    }
+}
+
+/// The name of the durable consumer and the subject of task `name` (`cluster::NAME`), once a
+/// serving process has opened it.
+fn consumer_of(cluster: &Cluster, name: &str) -> (String, String) {
+    let stream = format!("{}_tasks", cluster.namespace);
+    let description = format!("parallel task cluster::{name}");
+    let mut found = None;
+    wait_until(&format!("the consumer of {name}"), || {
+        found = raw::consumers(cluster.server.port(), &stream)
+            .into_iter()
+            .find(|(_, text, _)| *text == description)
+            .map(|(consumer, _, subject)| (consumer, subject));
+        found.is_some()
+    });
+    found.expect("found above")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Typed endings on process slots and thread slots
+
+#[test]
+fn typed_results_errors_panics_and_a_slot_s_abort_on_process_slots() {
+    run("typed endings on process slots", || {
+        let cluster = Cluster::start("typed");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        assert_eq!(add::dispatch_on(&pool, 1, 2).join(), Ok(3));
+        assert_eq!(parse::dispatch_on(&pool, "42".into()).join(), Ok(42));
+        assert_eq!(
+            parse::dispatch_on(&pool, "x".into()).join(),
+            Err(TaskError::Failed("not a number: \"x\"".to_owned()))
+        );
+        match boom::dispatch_on(&pool, "out of cheese".into()).join() {
+            Err(TaskError::Panicked { task, message, location, .. }) => {
+                assert_eq!(task, "cluster::boom");
+                assert_eq!(message, "out of cheese");
+                let location = location.expect("the hook saw the panic");
+                assert!(location.starts_with("tests/cluster.rs:"), "{location}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let before = serving_pid::dispatch_on(&pool, false).join().expect("a pid");
+        assert_eq!(before, serving.pid(), "the task ran in a worker of the serving process");
+        match abort_slot::dispatch_on(&pool).join() {
+            Err(error @ TaskError::WorkerDied { .. }) => {
+                let TaskError::WorkerDied { ref task, ref reason, .. } = error else {
+                    unreachable!()
+                };
+                assert_eq!(task, "cluster::abort_slot");
+                assert!(reason.contains("signal 6") || reason.contains("SIGABRT"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The serving process survived its slot's abort and serves on.
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 20, 22).join(), Ok(42));
+        assert_eq!(serving_pid::dispatch_on(&pool, false).join(), Ok(serving.pid()));
+    });
+}
+
+#[test]
+fn typed_results_errors_and_panics_on_thread_slots() {
+    run("typed endings on thread slots", || {
+        let cluster = Cluster::start("threads");
+        let mut serving = cluster.serve_with(1, "2s", true);
+        let pool = cluster.pool();
+        assert_eq!(add::dispatch_on(&pool, 1, 2).join(), Ok(3));
+        assert_eq!(
+            parse::dispatch_on(&pool, "x".into()).join(),
+            Err(TaskError::Failed("not a number: \"x\"".to_owned()))
+        );
+        match boom::dispatch_on(&pool, "thread boom".into()).join() {
+            Err(TaskError::Panicked { message, location, .. }) => {
+                assert_eq!(message, "thread boom");
+                assert!(location.is_some_and(|at| at.starts_with("tests/cluster.rs:")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The slot is a thread of the serving process itself.
+        assert_eq!(serving_pid::dispatch_on(&pool, true).join(), Ok(serving.pid()));
+        serving.assert_running();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A serving process killed mid-task
+
+#[test]
+fn a_serving_process_killed_mid_task_is_reported_within_the_lease_and_a_second() {
+    run("kill -9 of a serving process", || {
+        let cluster = Cluster::start("kill9");
+        let serving = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let handle = hold::dispatch_on(&pool, cluster.scratch.string(), "a".into());
+        let (_, ppid) = cluster.started("a");
+        assert_eq!(ppid, serving.pid());
+        kill_9(serving.pid());
+        let killed = Instant::now();
+        let ended = handle.join();
+        let took = killed.elapsed();
+        match ended {
+            Err(error @ TaskError::WorkerDied { .. }) => {
+                let TaskError::WorkerDied { ref task, pid, .. } = error else { unreachable!() };
+                assert_eq!(task, "cluster::hold");
+                assert_eq!(pid, serving.pid(), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // DESIGN §9: reported within the lease plus a second.
+        assert!(took <= Duration::from_secs(2), "WorkerDied after {took:?} (lease 1 s)");
+        eprintln!("cluster kill -9: WorkerDied after {took:?} (lease 1 s)");
+    });
+}
+
+#[test]
+fn a_task_with_retries_reruns_on_another_serving_process_after_a_kill() {
+    run("retry after kill -9", || {
+        let cluster = Cluster::start("kill9retry");
+        let first = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let handle = hold_retried::dispatch_on(&pool, cluster.scratch.string(), "r".into());
+        let (_, ppid) = cluster.started("r");
+        assert_eq!(ppid, first.pid());
+        // The second serving process comes once the first holds the task, so that it is the
+        // only one that can rerun it.
+        let second = cluster.serve(1, "1s");
+        kill_9(first.pid());
+        cluster.open("r");
+        assert_eq!(handle.join(), Ok(second.pid()), "the retry ran on the other serving process");
+        assert!(cluster.scratch.has("started-r.2"), "a second attempt ran");
+        assert!(!cluster.scratch.has("started-r.3"), "and no third");
+        let stats = pool.stats();
+        assert_eq!((stats.retries, stats.completed, stats.failed), (1, 1, 0), "{stats:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cancels
+
+#[test]
+fn a_cancelled_queued_task_never_runs() {
+    run("cancel of a queued task", || {
+        let cluster = Cluster::start("cancelqueued");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let busy = hold::dispatch_on(&pool, cluster.scratch.string(), "busy".into());
+        cluster.started("busy");
+        let marker = cluster.scratch.file("ran");
+        let queued = mark::dispatch_on(&pool, marker.clone());
+        queued.cancel();
+        assert_eq!(queued.join(), Err(TaskError::Cancelled));
+        // A cancel travels on its own: the gate opens once the serving process let the task go
+        // (a slot freed before that may still start it, see the ignored test below).
+        let (consumer, _) = consumer_of(&cluster, "mark");
+        let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+        wait_until("the serving process to let the cancelled task go", || {
+            raw::api(cluster.server.port(), &info, "")["num_ack_pending"] == 0
+        });
+        cluster.open("busy");
+        assert_eq!(busy.join(), Ok(serving.pid()));
+        // A later task of the same kind ran, on the only slot: the cancelled one had its turn.
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&pool, later.clone()).join(), Ok(()));
+        assert!(Path::new(&later).exists());
+        let ran = fs::read_to_string(&marker);
+        assert!(ran.is_err(), "the cancelled task ran: {ran:?}, serving process {}", serving.pid());
+        serving.assert_running();
+    });
+}
+
+#[test]
+#[ignore = "fault: a cancel reaches the serving process on its own; a slot that frees first starts \
+            the cancelled task (fails about 1 run in 15 of the whole file)"]
+fn a_task_cancelled_just_before_its_slot_frees_never_runs() {
+    run("cancel just before the slot frees", || {
+        let cluster = Cluster::start("cancelrace");
+        let serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        for round in 0..20 {
+            let name = format!("busy{round}");
+            let busy = hold::dispatch_on(&pool, cluster.scratch.string(), name.clone());
+            cluster.started(&name);
+            let marker = cluster.scratch.file(&format!("ran{round}"));
+            let queued = mark::dispatch_on(&pool, marker.clone());
+            queued.cancel();
+            cluster.open(&name);
+            assert_eq!(busy.join(), Ok(serving.pid()));
+            let later = cluster.scratch.file(&format!("later{round}"));
+            assert_eq!(mark::dispatch_on(&pool, later).join(), Ok(()));
+            assert!(!Path::new(&marker).exists(), "round {round}: the cancelled task ran");
+        }
+    });
+}
+
+#[test]
+fn a_cancelled_running_task_has_its_slot_killed_and_the_serving_process_serves_on() {
+    run("cancel of a running task", || {
+        let cluster = Cluster::start("cancelrunning");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = hold::dispatch_on(&pool, cluster.scratch.string(), "c".into());
+        let (worker, _) = cluster.started("c");
+        handle.cancel();
+        assert_eq!(handle.join(), Err(TaskError::Cancelled));
+        wait_until("the cancelled task's worker to be killed", || is_gone(worker));
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 2, 3).join(), Ok(5));
+        let next = serving_pid::dispatch_on(&pool, false).join();
+        assert_eq!(next, Ok(serving.pid()));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Timeouts
+
+#[test]
+fn join_timeout_kills_the_slot_and_the_next_task_runs() {
+    run("join_timeout", || {
+        let cluster = Cluster::start("jointimeout");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = hold::dispatch_on(&pool, cluster.scratch.string(), "j".into());
+        let (worker, _) = cluster.started("j");
+        assert_eq!(handle.join_timeout(Duration::from_millis(300)), Err(TaskError::TimedOut));
+        wait_until("the timed-out task's worker to be killed", || is_gone(worker));
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 3, 4).join(), Ok(7));
+    });
+}
+
+#[test]
+fn a_task_timeout_kills_the_slot_and_the_next_task_runs() {
+    run("#[task(timeout)]", || {
+        let cluster = Cluster::start("tasktimeout");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = hold_timed::dispatch_on(&pool, cluster.scratch.string(), "t".into());
+        assert_eq!(handle.join(), Err(TaskError::TimedOut));
+        let (worker, _) = cluster.started("t");
+        wait_until("the timed-out task's worker to be killed", || is_gone(worker));
+        serving.assert_running();
+        assert_eq!(add::dispatch_on(&pool, 4, 5).join(), Ok(9));
+        assert!(!cluster.scratch.has("started-t.2"), "no retry was asked for");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Progress
+
+#[test]
+fn a_thousand_progress_messages_arrive_in_order() {
+    run("progress", || {
+        let cluster = Cluster::start("progress");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let handle = count::dispatch_on(&pool, 1000);
+        let messages: Vec<u64> = handle.progress().collect();
+        assert_eq!(messages, (0..1000).collect::<Vec<_>>());
+        assert_eq!(handle.join(), Ok(1000));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Retries
+
+#[test]
+fn a_flaky_task_is_retried_with_backoff_until_it_succeeds() {
+    run("retries", || {
+        let cluster = Cluster::start("retries");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let counter = cluster.scratch.file("attempts");
+        assert_eq!(flaky::dispatch_on(&pool, counter.clone(), 2).join(), Ok(3));
+        assert_eq!(fs::read_to_string(&counter).map(|text| text.len()).ok(), Some(3));
+        let stats = pool.stats();
+        assert_eq!((stats.retries, stats.completed, stats.failed), (2, 1, 0), "{stats:?}");
+        // More failures than retries: the last attempt's panic.
+        let counter = cluster.scratch.file("attempts-2");
+        match flaky::dispatch_on(&pool, counter.clone(), 9).join() {
+            Err(TaskError::Panicked { message, .. }) => {
+                assert_eq!(message, "attempt 4 fails on purpose");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read_to_string(&counter).map(|text| text.len()).ok(), Some(4));
+        assert_eq!(pool.stats().retries, 5);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Each slot's Environment
+
+#[test]
+fn each_slot_keeps_its_environment_across_tasks() {
+    run("environment", || {
+        let cluster = Cluster::start("environment");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let seen: Vec<_> = (0..5)
+            .map(|_| visits::dispatch_on(&pool, "ann".into()).join().expect("visits"))
+            .collect();
+        let slot = seen[0].0;
+        assert_eq!(seen, (1..=5).map(|n| (slot, n)).collect::<Vec<_>>());
+        assert_eq!(visits::dispatch_on(&pool, "bob".into()).join(), Ok((slot, 1)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. map, map_unordered, as_completed
+
+#[test]
+fn ten_thousand_tasks_through_map_come_back_in_order() {
+    run("map", || {
+        let cluster = Cluster::start("map");
+        let _one = cluster.serve(2, "2s");
+        let _two = cluster.serve(2, "2s");
+        let pool = cluster.pool();
+        let started = Instant::now();
+        let squares: Vec<u64> = pool
+            .map((0..10_000u64).map(square::new))
+            .map(|result| result.expect("a square"))
+            .collect();
+        let took = started.elapsed();
+        assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+        eprintln!("cluster map: 10 000 tasks in {took:?}");
+
+        let mut seen = [false; 500];
+        for (i, result) in pool.map_unordered((0..500u64).map(square::new)) {
+            assert_eq!(result, Ok(i as u64 * i as u64));
+            assert!(!std::mem::replace(&mut seen[i], true), "index {i} twice");
+        }
+        assert!(seen.iter().all(|&seen| seen));
+
+        let handles: Vec<_> = (0..200u64).map(|x| square::dispatch_on(&pool, x)).collect();
+        let mut seen = [false; 200];
+        for (i, result) in as_completed(handles) {
+            assert_eq!(result, Ok(i as u64 * i as u64));
+            assert!(!std::mem::replace(&mut seen[i], true), "index {i} twice");
+        }
+        assert!(seen.iter().all(|&seen| seen));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9–11. Connecting: credentials, an unreachable server, plaintext to another machine
+
+#[test]
+fn a_wrong_token_is_a_connection_error_that_names_the_server() {
+    run("credentials", || {
+        let server = NatsServer::builder().token("s3cret").start().expect("a nats-server starts");
+        let wrong = format!("nats://wrong-token@127.0.0.1:{}", server.port());
+        let error = Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster(wrong)
+            .namespace("t-auth")
+            .build()
+            .expect_err("a wrong token is refused");
+        let message = error.to_string();
+        assert!(error.is_connection(), "{message}");
+        assert!(message.contains(&format!("127.0.0.1:{}", server.port())), "{message}");
+        assert!(!message.contains("wrong-token"), "the message shows the token: {message}");
+        let cluster = Cluster::with_server("auth", server);
+        let _serving = cluster.serve(1, "2s");
+        assert_eq!(add::dispatch_on(&cluster.pool(), 5, 6).join(), Ok(11));
+    });
+}
+
+#[test]
+fn an_unreachable_server_is_a_connection_error() {
+    run("unreachable server", || {
+        // A port nothing listens on: bound, then let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let error = Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster(format!("nats://127.0.0.1:{port}"))
+            .build()
+            .expect_err("nothing listens");
+        let message = error.to_string();
+        assert!(error.is_connection(), "{message}");
+        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    });
+}
+
+#[test]
+fn plaintext_to_another_machine_is_refused_before_connecting() {
+    run("plaintext to another machine", || {
+        // The test's own environment must not allow it.
+        assert!(std::env::var_os("PARALLEL_CLUSTER_PLAINTEXT").is_none());
+        let error = Pool::builder()
+            .backend(Backend::Cluster)
+            .cluster("nats://10.1.2.3:4222")
+            .build()
+            .expect_err("plaintext to 10.1.2.3 is refused");
+        let message = error.to_string();
+        assert!(message.contains("plaintext"), "{message}");
+        assert!(message.contains("tls://10.1.2.3:4222"), "says what to write instead: {message}");
+        assert!(!message.contains("cannot connect"), "it tried to connect: {message}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. A server restart
+
+#[test]
+fn a_server_restart_mid_run_resolves_every_handle_and_later_tasks_succeed() {
+    run("server restart", || {
+        let mut cluster = Cluster::start("restart");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "x".into());
+        cluster.started("x");
+        let queued: Vec<_> = (0..5u64).map(|x| square::dispatch_on(&pool, x)).collect();
+        cluster.restart_server();
+        cluster.open("x");
+        // Its ending can be lost in the restart (see the ignored test below): then the lease
+        // reports it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !running.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            running.is_finished(),
+            "the running task never resolved: {:?}; the serving process: {:?}",
+            pool.stats(),
+            serving.child.try_wait()
+        );
+        let running = running.join();
+        assert!(
+            running == Ok(serving.pid()) || matches!(running, Err(TaskError::WorkerDied { .. })),
+            "{running:?}"
+        );
+        // A deadline that is not a speed limit: what is stuck gets described, not just hung on.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !queued.iter().all(|handle| handle.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !queued.iter().all(|handle| handle.is_finished()) {
+            let (consumer, _) = consumer_of(&cluster, "square");
+            let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+            let info = raw::api(cluster.server.port(), &info, "");
+            panic!(
+                "queued tasks stuck after the restart: {:?}; their consumer: {info}; the serving \
+                 process: {:?}",
+                pool.stats(),
+                serving.child.try_wait()
+            );
+        }
+        for (x, handle) in (0..5u64).zip(queued) {
+            assert_eq!(handle.join(), Ok(x * x), "queued through the restart");
+        }
+        serving.assert_running();
+        for x in 0..5u64 {
+            assert_eq!(square::dispatch_on(&pool, x).join(), Ok(x * x), "after the restart");
+        }
+    });
+}
+
+#[test]
+#[ignore = "fault: an ending sent while the caller reconnects is lost, and reported as WorkerDied"]
+fn a_task_that_ends_while_the_server_is_down_reports_its_result() {
+    run("an ending across a server restart", || {
+        let mut cluster = Cluster::start("restartending");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "e".into());
+        cluster.started("e");
+        children::remove(cluster.server.pid());
+        cluster.server.kill();
+        cluster.open("e");
+        wait_until("the task to end", || cluster.scratch.has("done-e"));
+        cluster.restart_server();
+        assert_eq!(running.join(), Ok(serving.pid()));
+        serving.assert_running();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. SIGTERM drains
+
+#[test]
+fn sigterm_finishes_the_running_task_hands_back_the_queued_ones_and_exits_0() {
+    run("SIGTERM", || {
+        let cluster = Cluster::start("sigterm");
+        let mut first = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let long = hold::dispatch_on(&pool, cluster.scratch.string(), "long".into());
+        cluster.started("long");
+        let queued: Vec<_> = (0..5).map(|_| nap::dispatch_on(&pool, 0)).collect();
+        // The first serving process holds all six (it takes short tasks ahead of its slots, for
+        // as long as its slot's task is short).
+        wait_held(&cluster, "nap", 5);
+        let second = cluster.serve(1, "2s");
+        first.sigterm();
+        // The queued ones run on the second serving process while the long one still runs.
+        for handle in queued {
+            assert_eq!(handle.join(), Ok(second.pid()), "a handed-back task runs elsewhere");
+        }
+        first.assert_running();
+        cluster.open("long");
+        assert_eq!(long.join(), Ok(first.pid()), "the running task finished where it was");
+        let status = first.wait();
+        assert_eq!(status.code(), Some(0), "{}", first.output());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. A poison message
+
+#[test]
+fn a_message_without_headers_goes_to_the_dead_letters_and_serving_goes_on() {
+    run("poison message", || {
+        let cluster = Cluster::start("poison");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let (_, subject) = consumer_of(&cluster, "square");
+        let port = cluster.server.port();
+        let ack = raw::request(port, &subject, b"poison");
+        assert!(ack.contains(&format!("\"stream\":\"{}_tasks\"", cluster.namespace)), "{ack}");
+        let dead = format!("$JS.API.STREAM.INFO.{}_dead", cluster.namespace);
+        wait_until("the dead letter", || raw::api(port, &dead, "")["state"]["messages"] == 1);
+        let get = format!("$JS.API.STREAM.MSG.GET.{}_dead", cluster.namespace);
+        let kept = raw::api(port, &get, "{\"seq\":1}");
+        let data = raw::base64(kept["message"]["data"].as_str().expect("a body"));
+        assert_eq!(data, b"poison");
+        let headers = raw::base64(kept["message"]["hdrs"].as_str().expect("headers"));
+        let headers = String::from_utf8_lossy(&headers);
+        assert!(headers.contains("Parallel-Dead-Reason"), "{headers}");
+        assert!(headers.contains(&format!("Parallel-Dead-Subject: {subject}")), "{headers}");
+        // The task stream let it go, and the serving process serves on.
+        let tasks = format!("$JS.API.STREAM.INFO.{}_tasks", cluster.namespace);
+        wait_until("the task stream to let it go", || {
+            raw::api(port, &tasks, "")["state"]["messages"] == 0
+        });
+        serving.assert_running();
+        assert_eq!(square::dispatch_on(&pool, 12).join(), Ok(144));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults found beyond the brief's list
+
+/// Waits until the first serving process holds the `count` tasks of `name` just submitted
+/// (taken from the stream, not acknowledged) — or has let them be: it takes no task ahead of a
+/// slot whose task runs long, and hands back what it took once it does.
+fn wait_held(cluster: &Cluster, name: &str, count: u64) {
+    let (consumer, _) = consumer_of(cluster, name);
+    let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+    wait_until(&format!("{count} tasks of {name} to be held"), || {
+        let info = raw::api(cluster.server.port(), &info, "");
+        info["num_ack_pending"] == count || info["num_pending"] == count
+    });
+}
+
+#[test]
+fn tasks_held_by_a_killed_serving_process_run_on_another() {
+    run("held tasks of a killed serving process", || {
+        let cluster = Cluster::start("killheld");
+        let first = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "k".into());
+        cluster.started("k");
+        let queued: Vec<_> = (0..3).map(|_| nap::dispatch_on(&pool, 0)).collect();
+        wait_held(&cluster, "nap", 3);
+        let second = cluster.serve(1, "1s");
+        kill_9(first.pid());
+        assert!(matches!(running.join(), Err(TaskError::WorkerDied { .. })));
+        // Redelivered once the lease ran out, and run: their caller never heard them start.
+        for handle in queued {
+            assert_eq!(handle.join(), Ok(second.pid()));
+        }
+        assert!(!cluster.scratch.has("started-k.2"), "the started task was not rerun");
+    });
+}
+
+/// Found here: tasks a serving process took ahead of its slots waited behind a hung task while
+/// another serving process idled.
+#[test]
+fn tasks_taken_ahead_do_not_wait_behind_a_hung_task() {
+    run("tasks taken ahead of a hung task", || {
+        let cluster = Cluster::start("ahead");
+        let first = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let hung = hold::dispatch_on(&pool, cluster.scratch.string(), "h".into());
+        cluster.started("h");
+        let queued: Vec<_> = (0..3).map(|_| nap::dispatch_on(&pool, 0)).collect();
+        wait_held(&cluster, "nap", 3);
+        let second = cluster.serve(1, "1s");
+        // Not a speed limit: ten leases with an idle slot elsewhere is a task stuck behind `h`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !queued.iter().all(|handle| handle.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let finished = queued.iter().filter(|handle| handle.is_finished()).count();
+        cluster.open("h");
+        assert_eq!(hung.join(), Ok(first.pid()));
+        assert_eq!(finished, 3, "tasks waited behind the hung one");
+        for handle in queued {
+            assert_eq!(handle.join(), Ok(second.pid()));
+        }
+    });
+}
+
+/// Found here: dropping a cluster pool stopped its client at once, and the handles of its tasks in
+/// flight never resolved.
+#[test]
+fn a_dropped_pool_s_tasks_still_resolve() {
+    run("a dropped cluster pool", || {
+        let cluster = Cluster::start("dropped");
+        let serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "d".into());
+        let queued = add::dispatch_on(&pool, 1, 1);
+        cluster.started("d");
+        drop(pool);
+        cluster.open("d");
+        // DESIGN §3: dropping a pool does not block; its tasks finish and their handles resolve.
+        assert_eq!(running.join(), Ok(serving.pid()));
+        assert_eq!(queued.join(), Ok(2));
+    });
+}
+
+#[test]
+fn kill_resolves_every_handle_stops_the_running_task_and_runs_nothing_queued() {
+    run("Pool::kill", || {
+        let cluster = Cluster::start("kill");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "p".into());
+        let (worker, _) = cluster.started("p");
+        let marker = cluster.scratch.file("queued-ran");
+        let queued = mark::dispatch_on(&pool, marker.clone());
+        pool.kill();
+        assert_eq!(running.join(), Err(TaskError::Cancelled));
+        assert_eq!(queued.join(), Err(TaskError::Cancelled));
+        wait_until("the killed pool's running task to be stopped", || is_gone(worker));
+        // The serving process serves a new caller, and the killed pool's queued task never ran.
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&cluster.pool(), later.clone()).join(), Ok(()));
+        assert!(Path::new(&later).exists());
+        assert!(!Path::new(&marker).exists(), "a killed pool's queued task ran");
+        serving.assert_running();
+    });
+}
+
+#[test]
+fn shutdown_finishes_the_running_and_queued_tasks() {
+    run("Pool::shutdown", || {
+        let cluster = Cluster::start("shutdown");
+        let serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let running = hold::dispatch_on(&pool, cluster.scratch.string(), "s".into());
+        cluster.started("s");
+        let queued: Vec<_> = (0..3u64).map(|x| square::dispatch_on(&pool, x)).collect();
+        let opener = {
+            let gate = cluster.scratch.path("gate-s");
+            std::thread::spawn(move || touch(gate))
+        };
+        pool.shutdown();
+        opener.join().expect("the gate opens");
+        assert_eq!(running.join(), Ok(serving.pid()));
+        for (x, handle) in (0..3u64).zip(queued) {
+            assert_eq!(handle.join(), Ok(x * x));
+        }
+        let refused = square::dispatch_on(&pool, 9).join();
+        assert!(matches!(refused, Err(TaskError::PoolClosed { .. })), "{refused:?}");
+    });
+}
+
+#[test]
+fn a_task_given_up_while_no_serving_process_exists_never_runs() {
+    run("a task given up in the stream", || {
+        let cluster = Cluster::start("givenup");
+        let pool = cluster.pool();
+        let marker = cluster.scratch.file("ran");
+        let waiting = mark::dispatch_on(&pool, marker.clone());
+        assert_eq!(waiting.join_timeout(Duration::from_millis(200)), Err(TaskError::TimedOut));
+        let tasks = format!("$JS.API.STREAM.INFO.{}_tasks", cluster.namespace);
+        wait_until("its message to be deleted", || {
+            raw::api(cluster.server.port(), &tasks, "")["state"]["messages"] == 0
+        });
+        let _serving = cluster.serve(1, "2s");
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&pool, later.clone()).join(), Ok(()));
+        assert!(!Path::new(&marker).exists(), "the task given up ran");
+    });
+}
