@@ -16,8 +16,12 @@ fn fib(n: u32) -> u64 {
 
 #[test]
 fn variables_configure_the_default_pool_and_unset_builder_fields() {
-    std::env::set_var("PARALLEL_WORKERS", "1");
-    std::env::set_var("PARALLEL_BACKEND", "thread");
+    // SAFETY: this is the binary's only test, so no other test thread touches the environment;
+    // the pools' worker threads read no variable (`PoolBuilder::build` reads them, on this
+    // thread). The same holds for every `set_var` below.
+    unsafe { std::env::set_var("PARALLEL_WORKERS", "1") };
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PARALLEL_BACKEND", "thread") };
     let pool = parallel::default_pool();
     assert_eq!(pool.workers(), 1);
     assert_eq!(pool.backend(), Backend::Thread);
@@ -29,17 +33,21 @@ fn variables_configure_the_default_pool_and_unset_builder_fields() {
     let result = receiver.recv_timeout(std::time::Duration::from_secs(60));
     assert_eq!(result.expect("fib on a pool of one deadlocked"), Ok(987));
 
-    std::env::set_var("PARALLEL_WORKERS", "3");
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PARALLEL_WORKERS", "3") };
     assert_eq!(Pool::builder().build().unwrap().workers(), 3);
     assert_eq!(Pool::builder().workers(2).build().unwrap().workers(), 2, "the builder wins");
 
-    std::env::set_var("PARALLEL_WORKERS", "many");
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PARALLEL_WORKERS", "many") };
     let error = Pool::builder().build().unwrap_err();
     assert!(error.is_invalid_config());
     assert!(error.to_string().contains("PARALLEL_WORKERS=\"many\""), "{error}");
 
-    std::env::set_var("PARALLEL_WORKERS", "2");
-    std::env::set_var("PARALLEL_BACKEND", "green-threads");
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PARALLEL_WORKERS", "2") };
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PARALLEL_BACKEND", "green-threads") };
     let error = Pool::builder().build().unwrap_err();
     assert!(error.to_string().contains("PARALLEL_BACKEND=\"green-threads\""), "{error}");
     assert_eq!(Pool::builder().backend(Backend::Thread).build().unwrap().workers(), 2);

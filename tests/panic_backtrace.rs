@@ -15,7 +15,9 @@ fn inner_frame() -> u8 {
 
 #[test]
 fn the_backtrace_is_captured_when_asked_for() {
-    std::env::set_var("RUST_BACKTRACE", "1");
+    // SAFETY: the binary's only test, and no pool exists yet: no other thread reads or writes the
+    // environment.
+    unsafe { std::env::set_var("RUST_BACKTRACE", "1") };
     let pool = Pool::builder().backend(Backend::Thread).workers(1).build().unwrap();
     match deep_failure::dispatch_on(&pool).join() {
         Err(TaskError::Panicked { message, backtrace, .. }) => {

@@ -398,7 +398,9 @@ fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
 pub(crate) fn take_env_from_initial_block(name: &str) -> Option<OsString> {
     let value = std::env::var_os(name)?;
     let entry = find_in_environ(name.as_bytes());
-    std::env::remove_var(name);
+    // SAFETY: the process is single-threaded, as the caller ensures (the worker's constructor,
+    // before `main`): no other thread reads or writes the environment meanwhile.
+    unsafe { std::env::remove_var(name) };
     if let (Some((start, len)), Some(block)) = (entry, initial_environment_block()) {
         // Only bytes of the initial block: a string `setenv` made lives on the heap, where libc
         // may still use it.

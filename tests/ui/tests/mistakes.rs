@@ -6,7 +6,8 @@ fn mistakes_are_reported_where_they_are() {
     // trybuild builds the cases' dependencies with cargo, whose progress ("Checking serde ...")
     // would fill a green run's output; errors and warnings still show. This is the binary's only
     // test, so no other thread reads the environment while it is set.
-    std::env::set_var("CARGO_TERM_QUIET", "true");
+    // SAFETY: as just said, no other thread reads or writes the environment.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let cases = trybuild::TestCases::new();
     cases.compile_fail("cases/*.rs");
     // An `async fn` task is a mistake only without the `tokio` feature.
