@@ -159,7 +159,7 @@ fn flood(id: u64) -> String {
 
 /// Whether a grandchild task is stopped by a timeout (or else by a cancel).
 fn is_timed(id: u64) -> bool {
-    id % 2 == 0
+    id.is_multiple_of(2)
 }
 
 /// Whether a task sleeps until it is stopped.
@@ -765,7 +765,7 @@ impl Soak<'_> {
         let workers = live_workers(self.exe);
         let victims = match workers.len() {
             0 => &[][..],
-            n if id % 2 == 0 => {
+            n if id.is_multiple_of(2) => {
                 let one = (id / 2 % n as u64) as usize;
                 &workers[one..=one]
             }

@@ -43,10 +43,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Collector {
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            if let Some(fields) = span.extensions_mut().get_mut::<Fields>() {
-                values.record(&mut Visitor(fields));
-            }
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
+        {
+            values.record(&mut Visitor(fields));
         }
     }
 
@@ -57,12 +57,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Collector {
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(&id) {
-            if span.name() == "parallel.task" {
-                if let Some(fields) = span.extensions().get::<Fields>() {
-                    self.spans.lock().unwrap().push(fields.clone());
-                }
-            }
+        if let Some(span) = ctx.span(&id)
+            && span.name() == "parallel.task"
+            && let Some(fields) = span.extensions().get::<Fields>()
+        {
+            self.spans.lock().unwrap().push(fields.clone());
         }
     }
 }

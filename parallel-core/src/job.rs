@@ -436,10 +436,10 @@ impl<T: Task> Job<T> {
         if !engine.submit(Arc::clone(&self)) {
             let mut slot = self.lock();
             // Unless a thread of the pool ran it in place meanwhile (see `Engine::help`).
-            if matches!(slot.state, State::Queued(_)) {
-                if let Some(last) = slot.last.take() {
-                    self.settle(slot, last, None);
-                }
+            if matches!(slot.state, State::Queued(_))
+                && let Some(last) = slot.last.take()
+            {
+                self.settle(slot, last, None);
             }
         }
     }

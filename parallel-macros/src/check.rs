@@ -98,11 +98,11 @@ fn task_fn(task: &TaskFn, errors: &mut Errors) {
     }
     generics(&sig.generics, Subject::Fn, errors);
     parameters(task, errors);
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if matches!(**ty, Type::Never(_)) {
-            errors.spanned(ty, "a task returns a value to its caller; return `()` instead of `!`");
-            return;
-        }
+    if let ReturnType::Type(_, ty) = &sig.output
+        && matches!(**ty, Type::Never(_))
+    {
+        errors.spanned(ty, "a task returns a value to its caller; return `()` instead of `!`");
+        return;
     }
     match &task.output {
         Output::Unit => {}

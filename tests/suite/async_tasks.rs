@@ -17,7 +17,7 @@ async fn nap_then_double(millis: u64, x: u64) -> u64 {
 #[task]
 async fn checked_half(x: u64) -> Result<u64, String> {
     tokio::task::yield_now().await;
-    if x % 2 == 0 {
+    if x.is_multiple_of(2) {
         Ok(x / 2)
     } else {
         Err(format!("{x} is odd"))

@@ -13,7 +13,7 @@ fn square(x: u64) -> u64 {
 
 #[task]
 fn checked_half(x: u64) -> Result<u64, String> {
-    if x % 2 == 0 {
+    if x.is_multiple_of(2) {
         Ok(x / 2)
     } else {
         Err(format!("{x} is odd"))

@@ -8,7 +8,7 @@ use crate::support::{pool, touch, wait_for_file, within_limit, Scratch};
 
 #[task]
 fn half(x: u64) -> Result<u64, String> {
-    if x % 20 == 0 {
+    if x.is_multiple_of(20) {
         Err(format!("{x} is refused"))
     } else {
         Ok(x / 2)

@@ -42,7 +42,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The price of `key` in cents, or `None` for an item the service does not list (every 25th).
 fn price_cents(key: &str) -> Option<u64> {
     let number: u64 = key.strip_prefix("item-")?.parse().ok()?;
-    (number % 25 != 0).then(|| 100 + number.wrapping_mul(0x9E37_79B9) % 99_900)
+    (!number.is_multiple_of(25)).then(|| 100 + number.wrapping_mul(0x9E37_79B9) % 99_900)
 }
 
 /// The key of lookup `i`: a spread of items, some asked more than once, some not listed.

@@ -51,7 +51,7 @@ fn count_primes(from: u64, to: u64) -> u64 {
 
 /// Whether `n` is prime.
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// What the service answered to one request.
@@ -72,7 +72,7 @@ enum Response {
 
 /// The request line of request `id`: every 25th one is malformed.
 fn request_line(id: u32) -> String {
-    if id % 25 == 0 {
+    if id.is_multiple_of(25) {
         format!("GET /primes?below=lots-{id}")
     } else {
         format!("GET /primes?below={}", 2_000 + u64::from(id) * 50)

@@ -96,10 +96,10 @@ impl Payloads {
 
     /// Deletes the object `name`, if it is there.
     pub(crate) async fn delete(&self, name: &str) {
-        if let Ok(store) = self.store().await {
-            if let Err(error) = store.delete(name).await {
-                tracing::debug!(name, %error, "an object was not deleted");
-            }
+        if let Ok(store) = self.store().await
+            && let Err(error) = store.delete(name).await
+        {
+            tracing::debug!(name, %error, "an object was not deleted");
         }
     }
 }

@@ -790,10 +790,10 @@ async fn send_one(node: &Arc<Node>, out: Out) {
     if let Err(error) = sent {
         tracing::warn!(%error, "a reply could not be sent");
     }
-    if let Some((message, ack)) = done {
-        if let Err(error) = message.ack_with(ack).await {
-            tracing::warn!(%error, "a finished task's message could not be acknowledged");
-        }
+    if let Some((message, ack)) = done
+        && let Err(error) = message.ack_with(ack).await
+    {
+        tracing::warn!(%error, "a finished task's message could not be acknowledged");
     }
 }
 

@@ -92,10 +92,10 @@ impl Ticket {
     pub(crate) fn set_stop(&self, stop: Arc<dyn Stop>) {
         *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(stop);
         // A cancel that came before the worker took it stops it now.
-        if self.is_over() {
-            if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
-                stop.stop(Halt::Kill);
-            }
+        if self.is_over()
+            && let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            stop.stop(Halt::Kill);
         }
     }
 

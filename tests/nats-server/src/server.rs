@@ -435,13 +435,13 @@ impl NatsServer {
         let deadline = Instant::now() + self.startup_timeout;
         let mut logged_ready = false;
         loop {
-            if let Some(child) = &mut self.child {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!(
-                        "nats-server on port {} exited before it was ready ({status})",
-                        self.port
-                    ));
-                }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "nats-server on port {} exited before it was ready ({status})",
+                    self.port
+                ));
             }
             logged_ready = logged_ready || self.log_since(from).contains(READY_LINE);
             if logged_ready && greets_with_info(self.port) {
@@ -460,10 +460,10 @@ impl NatsServer {
     /// The log's text from byte `from` on.
     fn log_since(&self, from: u64) -> String {
         let mut text = Vec::new();
-        if let Ok(mut file) = File::open(&self.log) {
-            if file.seek(SeekFrom::Start(from)).is_ok() {
-                let _ = file.read_to_end(&mut text);
-            }
+        if let Ok(mut file) = File::open(&self.log)
+            && file.seek(SeekFrom::Start(from)).is_ok()
+        {
+            let _ = file.read_to_end(&mut text);
         }
         String::from_utf8_lossy(&text).into_owned()
     }

@@ -268,10 +268,10 @@ fn start_failure(error: &StartError) -> String {
 fn explain(death: &mut Death, ended: &Ended, max_memory: Option<u64>) {
     if let Ended::Broke(problem) = ended {
         death.reason = format!("{problem}; the worker was killed and {}", death.reason);
-    } else if let Some(limit) = max_memory {
-        if death.is_out_of_memory {
-            death.reason = format!("hit its memory limit of {limit} bytes and {}", death.reason);
-        }
+    } else if let Some(limit) = max_memory
+        && death.is_out_of_memory
+    {
+        death.reason = format!("hit its memory limit of {limit} bytes and {}", death.reason);
     }
 }
 
