@@ -926,7 +926,6 @@ fn a_server_restart_mid_run_resolves_every_handle_and_later_tasks_succeed() {
 }
 
 #[test]
-#[ignore = "fault: an ending sent while the caller reconnects is lost, and reported as WorkerDied"]
 fn a_task_that_ends_while_the_server_is_down_reports_its_result() {
     run("an ending across a server restart", || {
         let mut cluster = Cluster::start("restartending");

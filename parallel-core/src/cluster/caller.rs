@@ -212,9 +212,11 @@ impl ClusterBackend {
             .build()
             .map_err(|error| Error::io("start the cluster client's runtime", error))?;
         let names = Names::new(&target.namespace);
+        let reconnected = Arc::new(tokio::sync::Notify::new());
         let (client, jetstream, stream) = runtime
             .block_on(async {
-                let client = connect::connect(target, "parallel caller").await?;
+                let client =
+                    connect::connect(target, "parallel caller", Arc::clone(&reconnected)).await?;
                 let jetstream = jetstream::new(client.clone());
                 let stream = ensure_stream(&jetstream, &names).await?;
                 Ok::<_, String>((client, jetstream, stream))
@@ -245,8 +247,9 @@ impl ClusterBackend {
         let (replies, claims) = subscriptions;
         runtime.spawn(publish(Arc::clone(&shared), client.clone(), jetstream, stream, queue));
         runtime.spawn(listen(Arc::clone(&shared), replies));
-        runtime.spawn(answer_claims(Arc::clone(&shared), client, claims));
-        runtime.spawn(sweep(Arc::downgrade(&shared)));
+        runtime.spawn(answer_claims(Arc::clone(&shared), client.clone(), claims));
+        runtime.spawn(sweep(Arc::downgrade(&shared), client.clone()));
+        runtime.spawn(recover(Arc::downgrade(&shared), client, reconnected));
         Ok(ClusterBackend { shared, runtime: Mutex::new(Some(runtime)) })
     }
 
@@ -474,13 +477,13 @@ impl Shared {
             let mut flights = self.lock();
             for call in calls {
                 let Some(flight) = flights.get_mut(&call) else { continue };
-                match (&mut flight.started, kind) {
-                    (Some(started), _) => started.heard = now,
-                    (None, Kind::Started) => {
+                // An `alive` for a flight not started says it started: its `started` was lost.
+                match &mut flight.started {
+                    Some(started) => started.heard = now,
+                    None => {
                         flight.started =
                             Some(Started { slot: slot.to_owned(), pid, lease, heard: now });
                     }
-                    (None, _) => {}
                 }
             }
             return;
@@ -711,12 +714,39 @@ async fn answer_claims(shared: Arc<Shared>, client: Client, mut claims: async_na
     }
 }
 
-async fn sweep(shared: Weak<Shared>) {
+/// Looks for lost serving processes, while connected: the silence of a caller cut off from the
+/// server says nothing about the serving processes.
+async fn sweep(shared: Weak<Shared>, client: Client) {
     let mut ticks = tokio::time::interval(SWEEP);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let Some(shared) = shared.upgrade() else { return };
-        shared.sweep();
+        if client.connection_state() == async_nats::connection::State::Connected {
+            shared.sweep();
+        }
+    }
+}
+
+/// After each reconnection: every started flight gets a fresh lease (its `alive` messages were
+/// lost with the connection), and the serving processes send this caller's recent replies again
+/// (an ending sent while the caller was away would be lost otherwise; one it has is ignored).
+async fn recover(shared: Weak<Shared>, client: Client, reconnected: Arc<tokio::sync::Notify>) {
+    loop {
+        reconnected.notified().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let now = Instant::now();
+        let (resend, reply) = {
+            let mut flights = shared.lock();
+            for started in flights.values_mut().filter_map(|flight| flight.started.as_mut()) {
+                started.heard = now;
+            }
+            (shared.names.resend(), shared.reply_subject.clone())
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::REPLY, reply.as_str());
+        if let Err(error) = client.publish_with_headers(resend, headers, Bytes::new()).await {
+            tracing::warn!(%error, "the replies sent while away could not be asked for");
+        }
     }
 }

@@ -12,9 +12,11 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, ServerAddr};
+use tokio::sync::Notify;
 
 /// Where a pool or a serving process connects, and under which namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,15 +33,27 @@ pub(crate) struct Target {
 /// A message that says what was wrong: a malformed URL, plaintext to a remote host, a
 /// credentials file that does not read, a server that cannot be reached or refuses the
 /// credentials.
-pub(crate) async fn connect(target: &Target, name: &str) -> Result<Client, String> {
+///
+/// `reconnected` is notified each time the client is connected again after losing its server.
+pub(crate) async fn connect(
+    target: &Target,
+    name: &str,
+    reconnected: Arc<Notify>,
+) -> Result<Client, String> {
     let servers = check(target)?;
     let mut options = ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         // After the first connection, a lost server is waited for, however long.
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            tracing::info!(%event, "cluster connection");
+        .event_callback(move |event| {
+            let reconnected = Arc::clone(&reconnected);
+            async move {
+                tracing::info!(%event, "cluster connection");
+                if matches!(event, async_nats::Event::Connected) {
+                    reconnected.notify_one();
+                }
+            }
         });
     let mut credentials = None;
     for server in &servers {

@@ -168,7 +168,22 @@ struct Node {
     out: mpsc::UnboundedSender<Out>,
     is_draining: AtomicBool,
     payloads: Payloads,
+    /// The connection is back: pulls made before are gone.
+    reconnected: Notify,
+    /// The endings sent lately, to send again to a caller that reconnects.
+    recent: Mutex<VecDeque<Sent>>,
 }
+
+/// An ending as it was sent.
+struct Sent {
+    at: Instant,
+    reply: Arc<str>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// How many endings are kept to send again, at most.
+const RECENT: usize = 4096;
 
 struct State {
     queue: VecDeque<Held>,
@@ -410,6 +425,23 @@ impl Node {
         }
     }
 
+    /// Keeps an ending for a while, to send again to its caller if it reconnects.
+    fn remember(&self, reply: &Arc<str>, headers: &HeaderMap, body: &Bytes) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        while recent.front().is_some_and(|sent| {
+            recent.len() >= RECENT || now.duration_since(sent.at) > self.lease * 2
+        }) {
+            recent.pop_front();
+        }
+        recent.push_back(Sent {
+            at: now,
+            reply: Arc::clone(reply),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
+    }
+
     /// Keeps the held messages' leases and tells callers their tasks are alive. Queued messages
     /// behind slots that are all stuck in long tasks are handed back, so that they do not wait
     /// behind a hung task while another serving process idles (DESIGN §3).
@@ -504,9 +536,14 @@ async fn run(settings: Settings) -> Result<(), Error> {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "?".to_owned());
     let slot_name = format!("{}@{host}", std::process::id());
-    let client = connect::connect(&target, &format!("parallel serving {slot_name}"))
-        .await
-        .map_err(Error::connection)?;
+    let reconnected = Arc::new(Notify::new());
+    let client = connect::connect(
+        &target,
+        &format!("parallel serving {slot_name}"),
+        Arc::clone(&reconnected),
+    )
+    .await
+    .map_err(Error::connection)?;
     let jetstream = jetstream::new(client.clone());
     let stream = ensure_stream(&jetstream, &names).await.map_err(Error::connection)?;
     ensure_dead_letters(&jetstream, &names).await.map_err(Error::connection)?;
@@ -530,6 +567,8 @@ async fn run(settings: Settings) -> Result<(), Error> {
         room: Notify::new(),
         out,
         is_draining: AtomicBool::new(false),
+        reconnected: Notify::new(),
+        recent: Mutex::new(VecDeque::new()),
     });
     tokio::spawn(send(Arc::clone(&node), outbox));
     // Cancels are heard before the first task is taken.
@@ -539,6 +578,12 @@ async fn run(settings: Settings) -> Result<(), Error> {
         .map_err(|error| Error::connection(format!("cannot subscribe to cancels: {error}")))?;
     client.flush().await.map_err(|error| Error::connection(error.to_string()))?;
     tokio::spawn(hear_cancels(Arc::downgrade(&node), cancels));
+    let resends = client
+        .subscribe(names.resend())
+        .await
+        .map_err(|error| Error::connection(format!("cannot subscribe to resends: {error}")))?;
+    tokio::spawn(hear_resends(Arc::downgrade(&node), resends));
+    tokio::spawn(repull_on_reconnect(Arc::downgrade(&node), reconnected));
     for task in registry::all() {
         let consumer = open_consumer(&stream, &names, task, lease).await?;
         tokio::spawn(pull(Arc::clone(&node), consumer, task));
@@ -665,13 +710,64 @@ async fn pull(node: Arc<Node>, consumer: PullConsumer, task: &'static Registrati
                 continue;
             }
         };
-        while let Some(message) = batch.next().await {
+        loop {
+            // A pull request dies with the connection: a reconnection asks again at once.
+            let repull = node.reconnected.notified();
+            let message = tokio::select! {
+                message = batch.next() => message,
+                () = repull => break,
+            };
             match message {
-                Ok(message) => node.take(message, task).await,
-                Err(error) => {
+                Some(Ok(message)) => node.take(message, task).await,
+                Some(Err(error)) => {
                     tracing::debug!(task = task.name(), %error, "a pull ended");
                     break;
                 }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Wakes the pullers when the connection is back.
+async fn repull_on_reconnect(node: Weak<Node>, reconnected: Arc<Notify>) {
+    loop {
+        reconnected.notified().await;
+        let Some(node) = node.upgrade() else { return };
+        node.reconnected.notify_waiters();
+    }
+}
+
+/// Sends a caller that reconnected what it may have missed: its recent endings, and `started`
+/// for its running tasks.
+async fn hear_resends(node: Weak<Node>, mut resends: async_nats::Subscriber) {
+    while let Some(message) = resends.next().await {
+        let Some(node) = node.upgrade() else { return };
+        let reply = message.headers.as_ref().and_then(|headers| headers.get(wire::REPLY));
+        let Some(reply) = reply.map(|reply| reply.as_str().to_owned()) else { continue };
+        let (endings, running) = {
+            let recent = node.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let endings: Vec<_> = recent
+                .iter()
+                .filter(|sent| *sent.reply == reply)
+                .map(|sent| (sent.headers.clone(), sent.body.clone()))
+                .collect();
+            let running: Vec<CallId> = node
+                .lock()
+                .running
+                .keys()
+                .filter(|(to, _)| **to == reply)
+                .map(|(_, call)| *call)
+                .collect();
+            (endings, running)
+        };
+        if !running.is_empty() {
+            let _ = node.out.send(Out::Alive(Arc::from(reply.as_str()), running));
+        }
+        for (headers, body) in endings {
+            if let Err(error) = node.client.publish_with_headers(reply.clone(), headers, body).await
+            {
+                tracing::warn!(%error, "a reply could not be sent again");
             }
         }
     }
@@ -749,7 +845,10 @@ async fn send_one(node: &Arc<Node>, out: Out) {
             (reply, headers_of(Kind::Progress, Some(call)), message, None)
         }
         Out::Alive(reply, calls) => {
-            (reply, headers_of(Kind::Alive, None), CallId::join(&calls).into_bytes(), None)
+            let mut headers = headers_of(Kind::Alive, None);
+            headers.insert(wire::SLOT, node.slot_name.as_str());
+            headers.insert(wire::LEASE, wire::millis(node.lease).as_str());
+            (reply, headers, CallId::join(&calls).into_bytes(), None)
         }
         Out::Ended(key, ending) => {
             // Cancelled meanwhile: its caller has resolved already.
@@ -786,6 +885,9 @@ async fn send_one(node: &Arc<Node>, out: Out) {
             }
         }
     };
+    if done.is_some() {
+        node.remember(&reply, &headers, &body);
+    }
     let sent = node.client.publish_with_headers(reply.to_string(), headers, body).await;
     if let Err(error) = sent {
         tracing::warn!(%error, "a reply could not be sent");

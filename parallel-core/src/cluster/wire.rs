@@ -7,6 +7,7 @@
 //! | `NS.reply.CALLER` | serving process → that caller | `started`, `alive`, `progress`, then one ending |
 //! | `NS.claim.CALLER` (request) | serving process → that caller | may a task delivered again run? |
 //! | `NS.cancel` | caller → every serving process | stop a task: never start it, or kill its slot |
+//! | `NS.resend` | a caller that reconnected → every serving process | send my recent replies again |
 //!
 //! `FP` is the task's fingerprint (its name, signature and Rust types, see
 //! [`Registration::fingerprint`](crate::registry::Registration::fingerprint)): a serving process
@@ -81,6 +82,11 @@ impl Names {
 
     pub(crate) fn claim(&self, caller: &str) -> String {
         format!("{}.claim.{caller}", self.namespace)
+    }
+
+    /// Where a caller that reconnected asks the serving processes for its recent replies.
+    pub(crate) fn resend(&self) -> String {
+        format!("{}.resend", self.namespace)
     }
 
     pub(crate) fn cancel(&self) -> String {
