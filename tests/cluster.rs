@@ -105,6 +105,11 @@ fn mark(path: String) {
 
 /// Sleeps, then returns the serving process's pid.
 #[task]
+fn reverse(bytes: Vec<u8>) -> Vec<u8> {
+    bytes.into_iter().rev().collect()
+}
+
+#[task]
 fn nap(millis: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(millis));
     std::os::unix::process::parent_id()
@@ -774,6 +779,27 @@ fn each_slot_keeps_its_environment_across_tasks() {
 
 // ---------------------------------------------------------------------------------------------
 // 8. map, map_unordered, as_completed
+
+#[test]
+fn sixteen_mib_cross_both_ways_beyond_the_server_s_message_limit() {
+    run("16 MiB both ways", || {
+        let cluster = Cluster::start("bigvalues");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        // The server's default message limit is 1 MiB: this goes through the object store.
+        let bytes: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let expected: Vec<u8> = bytes.iter().rev().copied().collect();
+        assert!(reverse::dispatch_on(&pool, bytes).join() == Ok(expected));
+        // Read objects are deleted: the bucket holds nothing once the value is back.
+        let info = format!("$JS.API.STREAM.INFO.OBJ_{}_payloads", cluster.namespace);
+        let port = cluster.server.port();
+        wait_until("the objects to be deleted", || {
+            raw::api(port, &info, "")["state"]["messages"].as_u64().is_some_and(|n| n <= 2)
+        });
+        // And small values still travel in their messages.
+        assert_eq!(add::dispatch_on(&pool, 2, 3).join(), Ok(5));
+    });
+}
 
 #[test]
 fn ten_thousand_tasks_through_map_come_back_in_order() {
