@@ -817,7 +817,7 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
     ];
     describe
         .iter()
-        .map(|(scenario, text)| {
+        .filter_map(|(scenario, text)| {
             let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
             for &(peer, count) in bench.counts.get(*scenario).into_iter().flatten() {
                 groups.entry(count).or_default().push(peer.short());
@@ -830,10 +830,13 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
                 .rev()
                 .map(|(count, peers)| format!("{count} ({})", peers.join(", ")))
                 .collect();
-            if counts.is_empty() || scenario.starts_with("cpu") {
-                format!("{text}.")
+            // A scenario that did not run (`--only`, `--no-python`) has no line.
+            if counts.is_empty() {
+                None
+            } else if scenario.starts_with("cpu") {
+                Some(format!("{text}."))
             } else {
-                format!("{text}. Per sample: {}.", counts.join(", "))
+                Some(format!("{text}. Per sample: {}.", counts.join(", ")))
             }
         })
         .collect()

@@ -222,25 +222,30 @@ impl RawNats {
         runtime.block_on(async {
             let start = Instant::now();
             let jetstream = jetstream.clone();
+            // The acks are awaited as they come: the client lets only so many be pending
+            // (5 000) before a publish waits for one.
+            let (pending, mut acks) = tokio::sync::mpsc::unbounded_channel();
+            let acked = tokio::spawn(async move {
+                while let Some(ack) = acks.recv().await {
+                    let ack: jetstream::context::PublishAckFuture = ack;
+                    ack.await.expect("the server acks the publish");
+                }
+            });
             let published = tokio::spawn(async move {
-                let mut acks = Vec::with_capacity(count);
                 for i in 0..count as u64 {
                     let payload = Bytes::copy_from_slice(&i.to_le_bytes());
-                    acks.push(
-                        jetstream
-                            .publish_with_headers(BATCHED.subject, headers.clone(), payload)
-                            .await
-                            .expect("publish"),
-                    );
-                }
-                for ack in acks {
-                    ack.await.expect("the server acks the publish");
+                    let ack = jetstream
+                        .publish_with_headers(BATCHED.subject, headers.clone(), payload)
+                        .await
+                        .expect("publish");
+                    pending.send(ack).expect("the ack awaiter waits");
                 }
             });
             for _ in 0..count {
                 replies.next().await.expect("a reply");
             }
             published.await.expect("the publisher finished");
+            acked.await.expect("every publish was acked");
             start.elapsed().as_secs_f64() / count as f64
         })
     }

@@ -159,16 +159,21 @@ pub(crate) fn markdown(results: &Results, context: &Context<'_>) -> String {
         context.runs
     );
     let _ = writeln!(out);
-    out.push_str(&main_table(results));
-    let _ = writeln!(out);
-    let _ = writeln!(out, "![throughput against task size](throughput.svg)");
-    let _ = writeln!(out);
+    // A run of one section (`--only`) has the tables of that section only.
+    if Peer::COLUMNS.into_iter().any(|peer| results.has_peer(peer)) {
+        out.push_str(&main_table(results));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "![throughput against task size](throughput.svg)");
+        let _ = writeln!(out);
+    }
     if let Some(setup) = context.cluster {
         out.push_str(&cluster_table(results, setup));
         let _ = writeln!(out);
     }
-    out.push_str(&environment_table(results));
-    let _ = writeln!(out);
+    if results.has_peer(Peer::Environment) {
+        out.push_str(&environment_table(results));
+        let _ = writeln!(out);
+    }
     let _ = writeln!(out, "How each figure is taken:");
     let _ = writeln!(out);
     for line in context.method {
@@ -190,6 +195,9 @@ fn main_table(results: &Results) -> String {
     }
     out.push_str("---|\n");
     for row in &ROWS {
+        if !columns.iter().any(|&peer| results.get(row.key, peer).is_some()) {
+            continue;
+        }
         let _ = write!(out, "| {} |", row.label);
         for &peer in &columns {
             let cell = results.get(row.key, peer).map_or("—".to_owned(), |s| s.show(row.unit));
