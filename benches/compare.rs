@@ -62,8 +62,11 @@ const FIRST_STREAMS: usize = 10;
 /// Keys in the `Environment` and in its floor.
 const ENVIRONMENT_KEYS: usize = 64;
 
+/// A section of a run: the scenarios it measures.
+type Section = fn(&mut Bench);
+
 /// The sections of a run, in order, by the name `--only` takes.
-const SECTIONS: [(&str, fn(&mut Bench)); 9] = [
+const SECTIONS: [(&str, Section); 9] = [
     ("round_trip", round_trip),
     ("bulk", bulk),
     ("progress", progress),
