@@ -1,6 +1,7 @@
-//! The side-by-side report: `parallel` on both backends and its peers — raw rayon,
-//! `std::thread::spawn`, procspawn, a raw pipe and socketpair, and Python's process pools — on
-//! the same scenarios in the same run, each figure the median of several runs with its min–max.
+//! The side-by-side report: `parallel` on its three backends and their peers — raw rayon,
+//! `std::thread::spawn`, procspawn, a raw pipe and socketpair, Python's process pools, and raw
+//! async-nats on the same nats-server as the cluster backend — on the same scenarios in the same
+//! run, each figure the median of several runs with its min–max.
 //!
 //! ```text
 //! cargo bench -p parallel-bench --bench compare                # writes the docs (~3 min)
@@ -9,14 +10,22 @@
 //!
 //! Options after `--`: `--runs N` (samples per figure; 10, or 3 with `--quick`), `--quick` (a tenth
 //! of the tasks per sample, and nothing written unless `--write`), `--no-write` (print the report
-//! only), `--no-python` (leave the Python peers out). A run that writes replaces the generated section of
+//! only), `--no-python` (leave the Python peers out), `--no-cluster` (leave the cluster rows out:
+//! no nats-server is needed then), `--only SECTION` (run one section of [`SECTIONS`] and print
+//! it; nothing is written). The cluster rows need a nats-server 2.10 or later: the one
+//! `PARALLEL_NATS_SERVER` names, the first on the `PATH`, or one provisioned under the target
+//! directory (see the `nats-server-harness` crate). A run that writes replaces the generated section of
 //! docs/PERFORMANCE.md (between `<!-- compare:begin -->` and `<!-- compare:end -->`) and
 //! docs/throughput.svg. The report goes to stdout; progress to stderr.
 //!
-//! The bench binary is also every peer's child: a `parallel` worker (its constructor takes over
-//! before `main`), a procspawn worker (`procspawn::init` takes over first thing in `main`) and
-//! the raw echo peer (next in `main`).
+//! The bench binary is also every peer's child: a `parallel` worker or serving process (its
+//! constructors take over before `main`), a procspawn worker (`procspawn::init` takes over first
+//! thing in `main`), the raw echo peer and the raw NATS responder (next in `main`).
 
+#[path = "compare/cluster.rs"]
+mod cluster;
+#[path = "compare/nats.rs"]
+mod nats;
 mod peers;
 #[path = "compare/plot.rs"]
 mod plot;
@@ -53,19 +62,47 @@ const FIRST_STREAMS: usize = 10;
 /// Keys in the `Environment` and in its floor.
 const ENVIRONMENT_KEYS: usize = 64;
 
+/// A section of a run: the scenarios it measures.
+type Section = fn(&mut Bench);
+
+/// The sections of a run, in order, by the name `--only` takes.
+const SECTIONS: [(&str, Section); 9] = [
+    ("round_trip", round_trip),
+    ("bulk", bulk),
+    ("progress", progress),
+    ("cpu", cpu_bound),
+    ("completion", completion_order),
+    ("bytes", bytes),
+    ("cold_start", cold_start),
+    ("environment", environment),
+    ("plot", throughput_plot),
+];
+/// The section that needs a nats-server, last.
+const CLUSTER_SECTION: &str = "cluster";
+
 /// The command line after `--`.
 struct Options {
     runs: usize,
     is_quick: bool,
     does_write: bool,
     has_python: bool,
+    has_cluster: bool,
+    /// The one section to run.
+    only: Option<String>,
 }
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         let mut runs = None;
         let mut does_write = None;
-        let mut options = Options { runs: 0, is_quick: false, does_write: true, has_python: true };
+        let mut options = Options {
+            runs: 0,
+            is_quick: false,
+            does_write: true,
+            has_python: true,
+            has_cluster: true,
+            only: None,
+        };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -75,6 +112,20 @@ impl Options {
                 "--write" => does_write = Some(true),
                 "--no-write" => does_write = Some(false),
                 "--no-python" => options.has_python = false,
+                "--no-cluster" => options.has_cluster = false,
+                "--only" => {
+                    let section = args.next().ok_or("--only needs a section")?;
+                    let is_known = section == CLUSTER_SECTION
+                        || SECTIONS.iter().any(|(name, _)| *name == section);
+                    if !is_known {
+                        let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();
+                        return Err(format!(
+                            "--only {section}: no such section; one of {}, {CLUSTER_SECTION}",
+                            names.join(", ")
+                        ));
+                    }
+                    options.only = Some(section);
+                }
                 "--runs" => {
                     let value = args.next().ok_or("--runs needs a number")?;
                     let value: usize =
@@ -86,10 +137,19 @@ impl Options {
                 }
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?}; use --runs N, --quick, --write, --no-write, --no-python"
+                        "unknown argument {other:?}; use --runs N, --quick, --write, --no-write, \
+                         --no-python, --no-cluster, --only SECTION"
                     ))
                 }
             }
+        }
+        if options.only.is_some() {
+            if does_write == Some(true) {
+                return Err("--only prints one section; --write needs them all".to_owned());
+            }
+            does_write = Some(false);
+            options.has_python = false;
+            options.has_cluster &= options.only.as_deref() == Some(CLUSTER_SECTION);
         }
         options.does_write = does_write.unwrap_or(!options.is_quick);
         options.runs = runs.unwrap_or(if options.is_quick { 3 } else { 10 });
@@ -753,10 +813,14 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
         ("cold_start", "cold start: build a 1-worker pool and wait for its first no-op result; shutting it down (waiting for its workers to stop, where the pool can) is off the clock; Python's clock starts at the pool's constructor, the interpreter already running"),
         ("plot_1", "plot: submit all, then join all, of tasks that spin 1, 10, 100 or 1000 µs, on 2 workers; the counts below are at 1 µs, longer tasks take about 0.25 s of ideal work per sample (at least 40 tasks)"),
         ("env_get", "`Environment`: a million operations on 64 keys, in one thread"),
+        ("cluster_round_trip", "cluster round trip: `dispatch_on(&pool, i).join()` of a no-op task, one after the other, with two serving processes (default lease); raw JetStream: publish a `u64` with the caller's inbox in a header to a work-queue stream on the file store (the server acks the publish), the responder, another process, pulls it (one message per pull), replies to the inbox and acks it; raw core: `request` on a subject the responder answers"),
+        ("cluster_map", "cluster `map`: no-op tasks streamed through `Pool::map`, two serving processes of two slots; raw: publish them all (each acked), the responder pulls 100 per pull, replies to each and acks it, until every reply is in"),
+        ("cluster_bytes_16m", "cluster bytes: as above, through the serving processes (beyond the server's message limit, so through the namespace's object store both ways)"),
+        ("cluster_failover", "failover: a serving process of one slot and a 1 s lease runs a task that sleeps; once the pool counts it running, SIGKILL the serving process and time until `join` returns `WorkerDied` (a fresh serving process each time)"),
     ];
     describe
         .iter()
-        .map(|(scenario, text)| {
+        .filter_map(|(scenario, text)| {
             let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
             for &(peer, count) in bench.counts.get(*scenario).into_iter().flatten() {
                 groups.entry(count).or_default().push(peer.short());
@@ -769,10 +833,13 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
                 .rev()
                 .map(|(count, peers)| format!("{count} ({})", peers.join(", ")))
                 .collect();
-            if counts.is_empty() || scenario.starts_with("cpu") {
-                format!("{text}.")
+            // A scenario that did not run (`--only`, `--no-python`) has no line.
+            if counts.is_empty() {
+                None
+            } else if scenario.starts_with("cpu") {
+                Some(format!("{text}."))
             } else {
-                format!("{text}. Per sample: {}.", counts.join(", "))
+                Some(format!("{text}. Per sample: {}.", counts.join(", ")))
             }
         })
         .collect()
@@ -781,7 +848,7 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
 fn main() {
     // procspawn's worker: first thing in `main`, as its docs ask. Our own workers never get here.
     procspawn::init();
-    if peers::echo::serve_if_echo_peer() {
+    if peers::echo::serve_if_echo_peer() || nats::serve_if_responder() {
         return;
     }
     let options = match Options::parse(std::env::args().skip(1)) {
@@ -792,21 +859,37 @@ fn main() {
         }
     };
     let started = Instant::now();
+    // Started first, so that a machine without a nats-server says so before the long run.
+    let server = options.has_cluster.then(|| {
+        nats_server_harness::NatsServer::start().unwrap_or_else(|message| {
+            eprintln!(
+                "compare: no nats-server for the cluster rows (or use --no-cluster): {message}"
+            );
+            std::process::exit(2);
+        })
+    });
     let mut bench = Bench {
         runs: options.runs,
         is_quick: options.is_quick,
         results: Results::default(),
         counts: BTreeMap::new(),
     };
-    round_trip(&mut bench);
-    bulk(&mut bench);
-    progress(&mut bench);
-    cpu_bound(&mut bench);
-    completion_order(&mut bench);
-    bytes(&mut bench);
-    cold_start(&mut bench);
-    environment(&mut bench);
-    throughput_plot(&mut bench);
+    for (name, section) in SECTIONS {
+        if options.only.as_deref().is_none_or(|only| only == name) {
+            section(&mut bench);
+        }
+    }
+    let cluster_setup = server.as_ref().map(|server| {
+        cluster::cluster(&mut bench, server);
+        format!(
+            "{}, on 127.0.0.1 with its file store; {} serving processes of {} slots each, this \
+             bench binary started with `PARALLEL_SERVE`, all on this machine",
+            cluster::server_version(),
+            cluster::SERVING,
+            cluster::SLOTS
+        )
+    });
+    drop(server);
 
     // This package is `benches/` of the repository, whose `docs/` the report goes to.
     let benches = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -830,6 +913,7 @@ fn main() {
             python: &python.description,
             command: "cargo bench -p parallel-bench --bench compare",
             method: &method,
+            cluster: cluster_setup.as_deref(),
         },
     );
     println!("{section}");

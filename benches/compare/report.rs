@@ -1,6 +1,6 @@
 //! The report: the machine it ran on, the main table (every scenario against every peer, with
-//! the ratios that count), the `Environment` table, and its place in docs/PERFORMANCE.md between
-//! [`BEGIN`] and [`END`].
+//! the ratios that count), the cluster table (against raw async-nats, with issue 14's targets),
+//! the `Environment` table, and its place in docs/PERFORMANCE.md between [`BEGIN`] and [`END`].
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -73,6 +73,58 @@ const ROWS: [Row; 17] = [
     Row::new("cold_start", "pool build + first result, 1 worker", Unit::Time),
 ];
 
+/// What issue 14 asks of a cluster row, judged on the median.
+#[derive(Clone, Copy)]
+enum Target {
+    /// At most this factor of a peer's time.
+    TimesPeer(Peer, f64),
+    /// At least this many operations per second.
+    PerSecond(f64),
+    /// At most this many seconds.
+    Seconds(f64),
+}
+
+/// A row of the cluster table.
+struct ClusterRow {
+    key: &'static str,
+    label: &'static str,
+    unit: Unit,
+    target: Target,
+    /// The main table's scenario of the process backend this row is compared with too.
+    process: Option<&'static str>,
+}
+
+const CLUSTER_ROWS: [ClusterRow; 4] = [
+    ClusterRow {
+        key: "cluster_round_trip",
+        label: "one-at-a-time no-op round trip",
+        unit: Unit::Time,
+        target: Target::TimesPeer(Peer::NatsJetStream, 1.2),
+        process: Some("round_trip"),
+    },
+    ClusterRow {
+        key: "cluster_map",
+        label: "no-op tasks through `map` (raw: pulled 100 at a time)",
+        unit: Unit::Rate,
+        target: Target::PerSecond(20_000.0),
+        process: Some("bulk_map"),
+    },
+    ClusterRow {
+        key: "cluster_bytes_16m",
+        label: "`Vec<u8>` argument + result, 16 MiB",
+        unit: Unit::Time,
+        target: Target::Seconds(0.5),
+        process: Some("bytes_16m"),
+    },
+    ClusterRow {
+        key: "cluster_failover",
+        label: "serving process killed (SIGKILL) mid-task, lease 1 s: until the handle says `WorkerDied`",
+        unit: Unit::Time,
+        target: Target::Seconds(2.0),
+        process: None,
+    },
+];
+
 const ENVIRONMENT_ROWS: [(&str, &str); 3] = [
     ("env_get", "`get::<u64>` of a present key"),
     ("env_set", "`set` of a present key (a `u64`)"),
@@ -86,6 +138,8 @@ pub(crate) struct Context<'a> {
     pub(crate) command: &'a str,
     /// How each scenario was measured, one line each.
     pub(crate) method: &'a [String],
+    /// What the cluster rows ran on, when they ran.
+    pub(crate) cluster: Option<&'a str>,
 }
 
 /// The generated section: machine, main table, `Environment` table and method.
@@ -105,12 +159,21 @@ pub(crate) fn markdown(results: &Results, context: &Context<'_>) -> String {
         context.runs
     );
     let _ = writeln!(out);
-    out.push_str(&main_table(results));
-    let _ = writeln!(out);
-    let _ = writeln!(out, "![throughput against task size](throughput.svg)");
-    let _ = writeln!(out);
-    out.push_str(&environment_table(results));
-    let _ = writeln!(out);
+    // A run of one section (`--only`) has the tables of that section only.
+    if Peer::COLUMNS.into_iter().any(|peer| results.has_peer(peer)) {
+        out.push_str(&main_table(results));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "![throughput against task size](throughput.svg)");
+        let _ = writeln!(out);
+    }
+    if let Some(setup) = context.cluster {
+        out.push_str(&cluster_table(results, setup));
+        let _ = writeln!(out);
+    }
+    if results.has_peer(Peer::Environment) {
+        out.push_str(&environment_table(results));
+        let _ = writeln!(out);
+    }
     let _ = writeln!(out, "How each figure is taken:");
     let _ = writeln!(out);
     for line in context.method {
@@ -132,6 +195,9 @@ fn main_table(results: &Results) -> String {
     }
     out.push_str("---|\n");
     for row in &ROWS {
+        if !columns.iter().any(|&peer| results.get(row.key, peer).is_some()) {
+            continue;
+        }
         let _ = write!(out, "| {} |", row.label);
         for &peer in &columns {
             let cell = results.get(row.key, peer).map_or("—".to_owned(), |s| s.show(row.unit));
@@ -203,6 +269,73 @@ fn ratios(results: &Results, row: &Row) -> String {
         }
     }
     parts.join("; ")
+}
+
+fn cluster_table(results: &Results, setup: &str) -> String {
+    let mut out = format!(
+        "The cluster backend ({setup}) against raw async-nats on the same server, in the same \
+         run. The ratio is our speed over the peer's, as above; the target is issue 14's, judged \
+         on the median.\n\n"
+    );
+    out.push_str("| scenario |");
+    for peer in Peer::CLUSTER_COLUMNS {
+        let _ = write!(out, " {} |", peer.heading());
+    }
+    out.push_str(" ratio | target |\n|---|");
+    for _ in Peer::CLUSTER_COLUMNS {
+        out.push_str("---|");
+    }
+    out.push_str("---|---|\n");
+    for row in &CLUSTER_ROWS {
+        let _ = write!(out, "| {} |", row.label);
+        for peer in Peer::CLUSTER_COLUMNS {
+            let cell = results.get(row.key, peer).map_or("—".to_owned(), |s| s.show(row.unit));
+            let _ = write!(out, " {cell} |");
+        }
+        let ours = results.get(row.key, Peer::Cluster).map(|samples| samples.median());
+        let mut against = Vec::new();
+        for peer in [Peer::NatsJetStream, Peer::NatsCore] {
+            if let (Some(ours), Some(peer_time)) = (ours, results.get(row.key, peer)) {
+                against.push(format!("{} {}", speed(ours, peer_time.median()), peer.short()));
+            }
+        }
+        if let (Some(ours), Some(process)) =
+            (ours, row.process.and_then(|key| results.get(key, Peer::Process)))
+        {
+            against.push(format!("{} process backend", speed(ours, process.median())));
+        }
+        let ratio = if against.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("cluster {}", against.join(", "))
+        };
+        let _ = writeln!(out, " {ratio} | {} |", target(results, row, ours));
+    }
+    out
+}
+
+/// The target cell: what is asked, and whether the median meets it.
+fn target(results: &Results, row: &ClusterRow, ours: Option<f64>) -> String {
+    let (asked, is_met) = match row.target {
+        Target::TimesPeer(peer, factor) => {
+            let peer_time = results.get(row.key, peer).map(|samples| samples.median() * factor);
+            (
+                format!("≤ {factor}× {}", peer.short()),
+                ours.zip(peer_time).map(|(ours, peer_time)| ours <= peer_time),
+            )
+        }
+        Target::PerSecond(rate) => {
+            (format!("≥ {}k/s", significant(rate / 1e3)), ours.map(|ours| 1.0 / ours >= rate))
+        }
+        Target::Seconds(seconds) => {
+            (format!("≤ {} s", significant(seconds)), ours.map(|ours| ours <= seconds))
+        }
+    };
+    match is_met {
+        Some(true) => format!("{asked}: met"),
+        Some(false) => format!("{asked}: **missed**"),
+        None => asked,
+    }
 }
 
 fn environment_table(results: &Results) -> String {

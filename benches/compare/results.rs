@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-/// Who ran a figure: `parallel` on either backend, or a peer. Every one but the last two is a
-/// column of the main table; those two are the `Environment` table's.
+/// Who ran a figure: `parallel` on one of its backends, or a peer. The main table's columns are
+/// [`Peer::COLUMNS`], the cluster table's [`Peer::CLUSTER_COLUMNS`]; the last two are the
+/// `Environment` table's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Peer {
     Thread,
@@ -16,6 +17,9 @@ pub(crate) enum Peer {
     RawSocketpair,
     PyExecutor,
     PyPool,
+    Cluster,
+    NatsJetStream,
+    NatsCore,
     Environment,
     HashMapFloor,
 }
@@ -33,6 +37,10 @@ impl Peer {
         Peer::PyExecutor,
         Peer::PyPool,
     ];
+
+    /// The cluster table's columns, in order: ours, then the raw async-nats peers.
+    pub(crate) const CLUSTER_COLUMNS: [Peer; 3] =
+        [Peer::Cluster, Peer::NatsJetStream, Peer::NatsCore];
 
     /// The peers of the process backend that are process pools (as opposed to physical limits).
     pub(crate) const PROCESS_POOLS: [Peer; 3] = [Peer::Procspawn, Peer::PyExecutor, Peer::PyPool];
@@ -52,6 +60,9 @@ impl Peer {
             Peer::RawSocketpair => "raw socketpair (limit)",
             Peer::PyExecutor => "Python `ProcessPoolExecutor`",
             Peer::PyPool => "Python `multiprocessing.Pool`",
+            Peer::Cluster => "`parallel` cluster",
+            Peer::NatsJetStream => "raw async-nats JetStream (limit)",
+            Peer::NatsCore => "raw async-nats core request/reply",
             Peer::Environment => "`Environment`",
             Peer::HashMapFloor => "`HashMap<String, Box<dyn Any>>`",
         }
@@ -69,6 +80,9 @@ impl Peer {
             Peer::RawSocketpair => "socketpair",
             Peer::PyExecutor => "ProcessPoolExecutor",
             Peer::PyPool => "multiprocessing.Pool",
+            Peer::Cluster => "cluster",
+            Peer::NatsJetStream => "JetStream",
+            Peer::NatsCore => "core request",
             Peer::Environment => "Environment",
             Peer::HashMapFloor => "HashMap",
         }
