@@ -294,7 +294,6 @@ impl ClusterBackend {
         if let Some(timeout) = T::POLICY.timeout() {
             headers.insert(wire::TIMEOUT, wire::millis(timeout).as_str());
         }
-        headers.insert("Nats-Msg-Id", format!("{}.{call}", shared.caller).as_str());
         let fingerprint = crate::registry::fingerprint_of::<T>();
         let object = (!shared.payloads.fits(payload.len()))
             .then(|| format!("{}/{call}/args", shared.caller));

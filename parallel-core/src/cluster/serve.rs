@@ -247,7 +247,16 @@ impl Node {
         let slots = state.free + state.running.len();
         let is_short = state.average.is_some_and(|average| average < SHORT_TASK);
         let ahead = if is_short && !state.is_stuck() { slots * SHORT_TASK_QUEUE } else { 0 };
-        (slots + ahead).saturating_sub(state.queue.len() + state.running.len())
+        let capacity = slots + ahead;
+        let held = state.queue.len() + state.running.len();
+        let room = capacity.saturating_sub(held);
+        // Pulls refill by halves while work is in hand: a pull per finished task would cost the
+        // server a request per task. A serving process with nothing in hand always pulls.
+        if held > 0 && room * 2 < capacity {
+            0
+        } else {
+            room
+        }
     }
 
     /// A message from the stream for `task`.
