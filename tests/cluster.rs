@@ -1075,9 +1075,17 @@ fn tasks_taken_ahead_do_not_wait_behind_a_hung_task() {
         let cluster = Cluster::start("ahead");
         let first = cluster.serve(1, "1s");
         let pool = cluster.pool();
+        // A short task first: the serving process then knows its tasks are short and takes the
+        // next ones ahead of its slot.
+        assert_eq!(add::dispatch_on(&pool, 1, 1).join(), Ok(2));
         let hung = hold::dispatch_on(&pool, cluster.scratch.string(), "h".into());
         cluster.started("h");
         let queued: Vec<_> = (0..3).map(|_| nap::dispatch_on(&pool, 0)).collect();
+        // A value beyond the server's message limit, taken ahead and handed back with the rest:
+        // the second serving process reads it from the object store again.
+        let bytes: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 253) as u8).collect();
+        let expected: Vec<u8> = bytes.iter().rev().copied().collect();
+        let big = reverse::dispatch_on(&pool, bytes);
         wait_held(&cluster, "nap", 3);
         let second = cluster.serve(1, "1s");
         // Not a speed limit: ten leases with an idle slot elsewhere is a task stuck behind `h`.
@@ -1092,6 +1100,7 @@ fn tasks_taken_ahead_do_not_wait_behind_a_hung_task() {
         for handle in queued {
             assert_eq!(handle.join(), Ok(second.pid()));
         }
+        assert!(big.join() == Ok(expected), "the value handed back came back whole");
     });
 }
 

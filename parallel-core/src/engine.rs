@@ -76,11 +76,9 @@ impl Engine {
             Backend::Process => Err(Error::backend_unavailable(settings.backend)),
             #[cfg(feature = "cluster")]
             Backend::Cluster => match &settings.cluster {
-                Some(target) => Ok(Engine::Cluster(ClusterBackend::start(
-                    target,
-                    settings.max_message_size,
-                    ledger,
-                )?)),
+                Some(target) => {
+                    Ok(Engine::Cluster(ClusterBackend::start(target, settings.max_message_size)?))
+                }
                 None => Err(Error::invalid_config(
                     "a cluster pool needs its server: PoolBuilder::cluster(url) or \
                      PARALLEL_CLUSTER=url",

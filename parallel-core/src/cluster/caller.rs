@@ -32,7 +32,6 @@ use super::connect::{self, Target};
 use super::payloads::{Payloads, OBJECT};
 use super::wire::{self, CallId, Ending, Kind, Names, Report};
 use crate::job::{Halt, Job, Stop};
-use crate::ledger::Ledger;
 use crate::progress::{Decode, Incoming};
 use crate::{wire_value, Error, Task, TaskError};
 
@@ -90,7 +89,7 @@ enum Outgoing {
     /// Stop `call` everywhere: delete its message, tell the serving processes.
     Cancel { call: CallId, sequence: Option<u64>, object: Option<String> },
     /// Delete a message whose flight ended otherwise (lost with its serving process).
-    Delete { sequence: u64, object: Option<String> },
+    Delete { sequence: Option<u64>, object: Option<String> },
     /// Everything before this is sent: flush, then answer.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -197,12 +196,7 @@ impl ClusterBackend {
     ///
     /// `Connection` when the server cannot be reached, refuses the credentials or has no
     /// JetStream; `InvalidConfig` for a malformed URL or namespace.
-    pub(crate) fn start(
-        target: &Target,
-        max_frame: usize,
-        ledger: &Arc<Ledger>,
-    ) -> Result<Self, Error> {
-        let _ = ledger;
+    pub(crate) fn start(target: &Target, max_frame: usize) -> Result<Self, Error> {
         wire::check_namespace(&target.namespace).map_err(Error::invalid_config)?;
         connect::check(target).map_err(Error::invalid_config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -396,10 +390,15 @@ impl Shared {
         self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Ends flight `call` with `ending`, if it is still out.
+    /// Ends flight `call` with `ending`, if it is still out; its value in the object store, if
+    /// it had one, is no longer needed.
     fn end(&self, call: CallId, ending: Result<Ending, String>) {
         let flight = self.lock().remove(&call);
         if let Some(flight) = flight {
+            if flight.object.is_some() {
+                let _ =
+                    self.outgoing.send(Outgoing::Delete { sequence: None, object: flight.object });
+            }
             flight.call.end(call.attempt, ending);
         }
     }
@@ -412,7 +411,12 @@ impl Shared {
             return;
         };
         if halt == Halt::IfLong && flight.started.is_some() {
-            flights.remove(&call);
+            // Left to finish; nobody reads its ending, and its value is read already.
+            let object = flights.remove(&call).and_then(|flight| flight.object);
+            drop(flights);
+            if object.is_some() {
+                let _ = self.outgoing.send(Outgoing::Delete { sequence: None, object });
+            }
             return;
         }
         let (sequence, object) = (flight.sequence, flight.object.clone());
@@ -433,7 +437,7 @@ impl Shared {
             Some(flight) if flight.is_withdrawn => {
                 let object = flights.remove(&call).and_then(|flight| flight.object);
                 drop(flights);
-                let _ = self.outgoing.send(Outgoing::Delete { sequence, object });
+                let _ = self.outgoing.send(Outgoing::Delete { sequence: Some(sequence), object });
             }
             Some(flight) => flight.sequence = Some(sequence),
             // Ended before its ack (a very fast slot): its message is acknowledged already.
@@ -522,9 +526,9 @@ impl Shared {
             silent.into_iter().filter_map(|call| flights.remove(&call).map(|f| (call, f))).collect()
         };
         for (call, flight) in lost {
-            if let Some(sequence) = flight.sequence {
-                // Its task value, if it was an object, was taken by the slot that started it.
-                let _ = self.outgoing.send(Outgoing::Delete { sequence, object: None });
+            let (sequence, object) = (flight.sequence, flight.object);
+            if sequence.is_some() || object.is_some() {
+                let _ = self.outgoing.send(Outgoing::Delete { sequence, object });
             }
             let Some(started) = flight.started else { continue };
             tracing::warn!(task = flight.call.task(), slot = %started.slot, "serving slot lost");
@@ -616,9 +620,7 @@ async fn publish(
                 {
                     tracing::warn!(%error, "a cancel could not be sent");
                 }
-                if let Some(sequence) = sequence {
-                    delete(&shared, &stream, sequence, object);
-                }
+                delete(&shared, &stream, sequence, object);
             }
             Outgoing::Delete { sequence, object } => delete(&shared, &stream, sequence, object),
             Outgoing::Flush(done) => {
@@ -662,12 +664,14 @@ async fn publish_task(
 fn delete(
     shared: &Arc<Shared>,
     stream: &Arc<stream::Stream>,
-    sequence: u64,
+    sequence: Option<u64>,
     object: Option<String>,
 ) {
     let (shared, stream) = (Arc::clone(shared), Arc::clone(stream));
     tokio::spawn(async move {
-        if let Err(error) = stream.delete_message(sequence).await {
+        if let Some(sequence) = sequence
+            && let Err(error) = stream.delete_message(sequence).await
+        {
             tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
         }
         if let Some(name) = object {

@@ -1,7 +1,7 @@
 //! Values beyond the server's message limit: they go through the namespace's object store
 //! (`NS_payloads`, chunked by the server) and the message carries only their name, in the
-//! [`OBJECT`] header. The reader deletes an object once it has it; whatever a vanished process
-//! leaves behind expires after a day.
+//! [`OBJECT`] header. A caller deletes its task's value when the task ends, and an ending once
+//! it has read it; whatever a vanished process leaves behind expires after a day.
 
 use std::time::Duration;
 
@@ -76,8 +76,17 @@ impl Payloads {
             .map_err(|error| format!("cannot store a value of {} bytes: {error}", bytes.len()))
     }
 
-    /// Reads the object `name` and deletes it; `max` bytes at most.
+    /// Reads the object `name` and deletes it (an ending: read once, by its caller); `max` bytes
+    /// at most.
     pub(crate) async fn take(&self, name: &str, max: usize) -> Result<Vec<u8>, String> {
+        let bytes = self.read(name, max).await?;
+        self.delete(name).await;
+        Ok(bytes)
+    }
+
+    /// Reads the object `name`, leaving it (a task's value: a task handed back or delivered
+    /// again is read again; its caller deletes it when the task ends); `max` bytes at most.
+    pub(crate) async fn read(&self, name: &str, max: usize) -> Result<Vec<u8>, String> {
         let store = self.store().await?;
         let mut object =
             store.get(name).await.map_err(|error| format!("cannot read object {name}: {error}"))?;
@@ -90,7 +99,6 @@ impl Payloads {
             .read_to_end(&mut bytes)
             .await
             .map_err(|error| format!("cannot read object {name}: {error}"))?;
-        self.delete(name).await;
         Ok(bytes)
     }
 

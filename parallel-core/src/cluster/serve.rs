@@ -188,7 +188,8 @@ const RECENT: usize = 4096;
 struct State {
     queue: VecDeque<Held>,
     running: HashMap<Key, Running>,
-    free: usize,
+    /// How many slots the process has: those without a running task are free.
+    slots: usize,
     /// Calls cancelled before their message came here, for a while.
     cancelled: HashMap<Key, Instant>,
     /// The average time a task ran here (moving), for the size of the queue; `None` before the
@@ -197,9 +198,14 @@ struct State {
 }
 
 impl State {
+    /// The slots without a running task.
+    fn free(&self) -> usize {
+        self.slots.saturating_sub(self.running.len())
+    }
+
     /// Whether every slot runs a task that has run for long: none is about to free.
     fn is_stuck(&self) -> bool {
-        self.free == 0
+        self.free() == 0
             && !self.running.is_empty()
             && self.running.values().all(|running| running.since.elapsed() >= LONG_TASK)
     }
@@ -244,7 +250,7 @@ impl Node {
             return 0;
         }
         let state = self.lock();
-        let slots = state.free + state.running.len();
+        let slots = state.slots;
         let is_short = state.average.is_some_and(|average| average < SHORT_TASK);
         let ahead = if is_short && !state.is_stuck() { slots * SHORT_TASK_QUEUE } else { 0 };
         let capacity = slots + ahead;
@@ -287,7 +293,7 @@ impl Node {
         let key: Key = (Arc::from(reply), call);
         let args = match header(OBJECT) {
             None => message.payload.clone(),
-            Some(name) => match self.payloads.take(&name, self.max_frame).await {
+            Some(name) => match self.payloads.read(&name, self.max_frame).await {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(error) => {
                     // Its caller hears why, and the stream forgets it.
@@ -355,13 +361,12 @@ impl Node {
         let mut dropped = Vec::new();
         {
             let mut state = self.lock();
-            while state.free > 0 {
+            while state.free() > 0 {
                 let Some(held) = state.queue.pop_front() else { break };
                 if state.cancelled.remove(&held.key).is_some() {
                     dropped.push(held.message);
                     continue;
                 }
-                state.free -= 1;
                 let sink = Arc::new(NodeSink { node: Arc::downgrade(self), key: held.key.clone() });
                 let ticket = Ticket::new(sink, self.max_frame);
                 state.running.insert(
@@ -397,7 +402,6 @@ impl Node {
         let running = {
             let mut state = self.lock();
             let running = state.running.remove(key)?;
-            state.free += 1;
             let took = running.since.elapsed();
             state.average = Some(state.average.map_or(took, |average| (average * 7 + took) / 8));
             running
@@ -411,7 +415,6 @@ impl Node {
     fn cancel(self: &Arc<Self>, key: Key) {
         let mut state = self.lock();
         let message = if let Some(running) = state.running.remove(&key) {
-            state.free += 1;
             drop(state);
             running.ticket.cancel();
             Some(running.message)
@@ -569,7 +572,7 @@ async fn run(settings: Settings) -> Result<(), Error> {
         state: Mutex::new(State {
             queue: VecDeque::new(),
             running: HashMap::new(),
-            free: slots,
+            slots,
             cancelled: HashMap::new(),
             average: None,
         }),
