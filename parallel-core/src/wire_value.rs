@@ -85,6 +85,21 @@ pub(crate) enum EncodeError {
     Refused(Error),
 }
 
+impl EncodeError {
+    /// What a caller is told when its value does not go out under the pool's `max_message_size`
+    /// of `max` bytes: the setting's name and what to do, or what refused the value.
+    pub(crate) fn describe(&self, max: usize) -> String {
+        match self {
+            EncodeError::OverLimit => format!(
+                "the value is over the `max_message_size` of {max} bytes; raise it with \
+                 `Pool::builder().max_message_size(bytes)` or send less (a file's path instead \
+                 of its contents)"
+            ),
+            EncodeError::Refused(error) => error.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -557,14 +557,7 @@ impl Shared {
 
 /// Serializes the task value within the pool's message limit.
 fn encode<T: Task>(task: &T, out: &mut Vec<u8>, max: usize) -> Result<(), String> {
-    match wire_value::encode(task, out, max) {
-        Ok(()) => Ok(()),
-        Err(wire_value::EncodeError::OverLimit) => Err(format!(
-            "the value is over the `max_message_size` of {max} bytes; raise it with \
-             `Pool::builder().max_message_size(bytes)` or send less"
-        )),
-        Err(wire_value::EncodeError::Refused(error)) => Err(error.to_string()),
-    }
+    wire_value::encode(task, out, max).map_err(|error| error.describe(max))
 }
 
 /// The namespace's task stream: created by the first caller or serving process that needs it.

@@ -523,20 +523,7 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
     max: usize,
 ) -> Result<(), String> {
     // The frame's length header is not part of its length.
-    match wire_value::encode(value, out, max.saturating_add(4)) {
-        Ok(()) => Ok(()),
-        Err(wire_value::EncodeError::OverLimit) => Err(over_limit(max)),
-        Err(wire_value::EncodeError::Refused(error)) => Err(error.to_string()),
-    }
-}
-
-/// What a value over the message limit is told: the setting's name and what to do.
-fn over_limit(max: usize) -> String {
-    format!(
-        "the value is over the `max_message_size` of {max} bytes; raise it with \
-         `Pool::builder().max_message_size(bytes)` or send less (a file's path instead of its \
-         contents)"
-    )
+    wire_value::encode(value, out, max.saturating_add(4)).map_err(|error| error.describe(max))
 }
 
 /// Deserializes a task value (a `Vec<u8>` from one byte string, see [`crate::value`]).
