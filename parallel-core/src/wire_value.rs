@@ -88,6 +88,7 @@ pub(crate) enum EncodeError {
 impl EncodeError {
     /// What a caller is told when its value does not go out under the pool's `max_message_size`
     /// of `max` bytes: the setting's name and what to do, or what refused the value.
+    #[cfg_attr(not(any(process_backend, feature = "cluster", loom)), allow(dead_code))]
     pub(crate) fn describe(&self, max: usize) -> String {
         match self {
             EncodeError::OverLimit => format!(
