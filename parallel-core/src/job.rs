@@ -86,6 +86,12 @@ pub(crate) struct Retry {
 /// running is killed with its worker process (or, with [`Halt::IfLong`], only if it is long).
 pub(crate) trait Stop: Send + Sync {
     fn stop(&self, halt: Halt);
+
+    /// Takes the task back if its worker has not started it (it then never will): `true` if
+    /// taken, `false` if it runs, ran, or this backend cannot tell.
+    fn withdraw(&self) -> bool {
+        false
+    }
 }
 
 /// How far stopping a running task goes.

@@ -48,6 +48,13 @@ const PULL_EXPIRY: Duration = Duration::from_secs(5);
 const SHORT_TASK: Duration = Duration::from_millis(20);
 /// How many tasks per slot may wait here when tasks are short.
 const SHORT_TASK_QUEUE: usize = 32;
+/// Tasks shorter than this on average (their wait in a slot's queue included) are handed to the
+/// slots ahead of time, [`SLOT_DEPTH`] per slot, so that a worker process finds its next task
+/// waiting when it sends a reply instead of one round trip through the serving process per task.
+const PIPELINED_TASK: Duration = Duration::from_millis(2);
+/// How many tasks a slot holds at most when tasks are very short: the one it runs and those
+/// behind it.
+const SLOT_DEPTH: usize = 8;
 /// How many of the outbox's messages are sent in one round.
 const OUTBOX_BATCH: usize = 256;
 /// A slot whose task has run this long is not about to take the next one: when every slot is
@@ -198,9 +205,20 @@ struct State {
 }
 
 impl State {
-    /// The slots without a running task.
+    /// How many more tasks the slots take now: one per slot without a task, or, when tasks are
+    /// very short, up to [`SLOT_DEPTH`] per slot.
     fn free(&self) -> usize {
-        self.slots.saturating_sub(self.running.len())
+        self.in_slots().saturating_sub(self.running.len())
+    }
+
+    /// How many tasks the slots hold at most, running or waiting in a slot's queue: more than
+    /// one per slot only while tasks are very short and none has run for long (a task waiting
+    /// behind a hung one could not be handed back once its worker started it).
+    fn in_slots(&self) -> usize {
+        let is_very_short = self.average.is_some_and(|average| average < PIPELINED_TASK);
+        let is_pipelined = is_very_short
+            && self.running.values().all(|running| running.since.elapsed() < LONG_TASK);
+        self.slots * if is_pipelined { SLOT_DEPTH } else { 1 }
     }
 
     /// Whether every slot runs a task that has run for long: none is about to free.
@@ -253,7 +271,7 @@ impl Node {
         let slots = state.slots;
         let is_short = state.average.is_some_and(|average| average < SHORT_TASK);
         let ahead = if is_short && !state.is_stuck() { slots * SHORT_TASK_QUEUE } else { 0 };
-        let capacity = slots + ahead;
+        let capacity = state.in_slots() + ahead;
         let held = state.queue.len() + state.running.len();
         let room = capacity.saturating_sub(held);
         // Pulls refill by halves while work is in hand: a pull per finished task would cost the
@@ -361,7 +379,7 @@ impl Node {
         let mut dropped = Vec::new();
         {
             let mut state = self.lock();
-            while state.free() > 0 {
+            for _ in 0..state.free() {
                 let Some(held) = state.queue.pop_front() else { break };
                 if state.cancelled.remove(&held.key).is_some() {
                     dropped.push(held.message);
@@ -458,16 +476,27 @@ impl Node {
     /// behind slots that are all stuck in long tasks are handed back, so that they do not wait
     /// behind a hung task while another serving process idles (DESIGN §3).
     async fn renew(&self) {
-        let handed_back: Vec<Held> = {
+        let handed_back: Vec<Arc<jetstream::Message>> = {
             let mut state = self.lock();
             if state.is_stuck() {
-                state.queue.drain(..).collect()
+                let mut back: Vec<_> = state.queue.drain(..).map(|held| held.message).collect();
+                // Those handed to a slot ahead of time that its worker has not started.
+                let waiting: Vec<Key> = state
+                    .running
+                    .iter()
+                    .filter(|(_, running)| running.ticket.withdraw())
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in waiting {
+                    back.extend(state.running.remove(&key).map(|running| running.message));
+                }
+                back
             } else {
                 Vec::new()
             }
         };
-        for held in handed_back {
-            let _ = held.message.ack_with(AckKind::Nak(None)).await;
+        for message in handed_back {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
         }
         let (messages, alive) = {
             let state = self.lock();

@@ -6,7 +6,9 @@
 //! wins, and only an ending or a timeout reaches the caller (a cancelled task's caller has
 //! resolved already).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -25,9 +27,15 @@ pub(crate) trait Sink: Send + Sync {
     fn end(&self, ending: Ending);
 }
 
+/// Where a task is: waiting for a slot, handed to a worker (or a slot thread), or over.
+const WAITING: u8 = 0;
+const BEGUN: u8 = 1;
+const OVER: u8 = 2;
+
 /// One task on a slot: whoever ends it first decides what its caller hears.
 pub(crate) struct Ticket {
-    is_over: AtomicBool,
+    /// [`WAITING`], [`BEGUN`] or [`OVER`].
+    state: AtomicU8,
     sink: Arc<dyn Sink>,
     /// How to stop the task where it runs (a worker process to kill).
     stop: Mutex<Option<Arc<dyn Stop>>>,
@@ -39,7 +47,7 @@ pub(crate) struct Ticket {
 impl Ticket {
     pub(crate) fn new(sink: Arc<dyn Sink>, max_frame: usize) -> Arc<Ticket> {
         Arc::new(Ticket {
-            is_over: AtomicBool::new(false),
+            state: AtomicU8::new(WAITING),
             sink,
             stop: Mutex::new(None),
             deadline: Mutex::new(None),
@@ -52,12 +60,45 @@ impl Ticket {
     }
 
     pub(crate) fn is_over(&self) -> bool {
-        self.is_over.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == OVER
+    }
+
+    /// A slot takes the task: `false` if it is over (cancelled or withdrawn) and must not run.
+    pub(crate) fn begin(&self) -> bool {
+        match self.state.compare_exchange(WAITING, BEGUN, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            // Handed to another worker of the same slots, after its first one gave it back.
+            Err(state) => state == BEGUN,
+        }
+    }
+
+    /// Takes the task back from the slots if it has not started (a worker that holds it skips
+    /// it): `true` if it never runs here and reports nothing, so that its message can be handed
+    /// back for another serving process.
+    pub(crate) fn withdraw(&self) -> bool {
+        if self.state.compare_exchange(WAITING, OVER, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return true;
+        }
+        let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if !stop.is_some_and(|stop| stop.withdraw()) {
+            return false;
+        }
+        // Its worker will skip it: nothing else can end it now but a cancel, which finds it over.
+        self.state.store(OVER, Ordering::Release);
+        if let Some(key) = self.deadline.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            timer::cancel(key);
+        }
+        true
+    }
+
+    /// Marks the task over; `false` if it was already.
+    fn close(&self) -> bool {
+        self.state.swap(OVER, Ordering::AcqRel) != OVER
     }
 
     /// Ends the task with `ending`, unless something ended it first; `false` then.
     pub(crate) fn end(&self, ending: Ending) -> bool {
-        if self.is_over.swap(true, Ordering::AcqRel) {
+        if !self.close() {
             return false;
         }
         if let Some(key) = self.deadline.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -75,7 +116,7 @@ impl Ticket {
 
     /// The caller cancelled: nothing more is reported, and the task is stopped where it can be.
     pub(crate) fn cancel(&self) {
-        if self.is_over.swap(true, Ordering::AcqRel) {
+        if !self.close() {
             return;
         }
         if let Some(key) = self.deadline.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -238,7 +279,7 @@ impl Outbox for TicketOutbox {
 /// Runs `work` on this thread with `environment`.
 fn run_here(environment: &mut Environment, work: Work) {
     let Work { task, args, timeout, ticket } = work;
-    if ticket.is_over() {
+    if !ticket.begin() {
         return;
     }
     ticket.arm(timeout);
@@ -280,4 +321,80 @@ fn run_here(environment: &mut Environment, work: Work) {
         })
     });
     ticket.end(ending);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts what reaches the caller.
+    #[derive(Default)]
+    struct Count(Mutex<Vec<String>>);
+
+    impl Sink for Count {
+        fn progress(&self, _: Vec<u8>) {
+            self.0.lock().unwrap().push("progress".into());
+        }
+
+        fn end(&self, ending: Ending) {
+            self.0.lock().unwrap().push(format!("{ending:?}"));
+        }
+    }
+
+    /// A worker's claim: takes the task back only before it started.
+    struct Claim {
+        started: AtomicBool,
+        stopped: Mutex<Vec<Halt>>,
+    }
+
+    impl Stop for Claim {
+        fn stop(&self, halt: Halt) {
+            self.stopped.lock().unwrap().push(halt);
+        }
+
+        fn withdraw(&self) -> bool {
+            !self.started.load(Ordering::SeqCst)
+        }
+    }
+
+    fn new_ticket() -> (Arc<Count>, Arc<Ticket>) {
+        let sink = Arc::new(Count::default());
+        (Arc::clone(&sink), Ticket::new(sink, 1 << 20))
+    }
+
+    #[test]
+    fn a_waiting_task_withdrawn_never_begins_and_reports_nothing() {
+        let (sink, ticket) = new_ticket();
+        assert!(ticket.withdraw());
+        assert!(!ticket.begin(), "a slot that reaches it skips it");
+        assert!(!ticket.end(Ending::Output(vec![1])));
+        ticket.cancel();
+        assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_begun_task_is_withdrawn_only_if_its_worker_has_not_started_it() {
+        let (sink, ticket) = new_ticket();
+        assert!(ticket.begin());
+        assert!(ticket.begin(), "handed again to another worker of the same slots");
+        assert!(!ticket.withdraw(), "no worker holds it yet: it may start");
+        let claim =
+            Arc::new(Claim { started: AtomicBool::new(true), stopped: Mutex::new(Vec::new()) });
+        ticket.set_stop(Arc::clone(&claim) as Arc<dyn Stop>);
+        assert!(!ticket.withdraw(), "its worker runs it");
+        assert!(ticket.end(Ending::Output(vec![7])));
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+
+        let (sink, ticket) = new_ticket();
+        assert!(ticket.begin());
+        let claim =
+            Arc::new(Claim { started: AtomicBool::new(false), stopped: Mutex::new(Vec::new()) });
+        ticket.set_stop(Arc::clone(&claim) as Arc<dyn Stop>);
+        assert!(ticket.withdraw());
+        assert!(ticket.is_over());
+        assert!(!ticket.end(Ending::Report(Report::TimedOut)), "its worker skips it");
+        ticket.cancel();
+        assert!(claim.stopped.lock().unwrap().is_empty(), "nothing to kill");
+        assert!(sink.0.lock().unwrap().is_empty());
+    }
 }

@@ -68,7 +68,7 @@ impl Remote {
 
 impl Request for Remote {
     fn start(&self, stop: Arc<dyn Stop>, frame: &mut Vec<u8>) -> Option<Result<(), String>> {
-        if self.ticket().is_over() {
+        if !self.ticket().begin() {
             return None;
         }
         self.ticket().set_stop(stop);

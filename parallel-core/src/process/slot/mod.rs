@@ -431,6 +431,17 @@ impl Stop for InFlightStop {
             seq => self.apply(seq, halt),
         }
     }
+
+    fn withdraw(&self) -> bool {
+        match self.seq.load(Ordering::SeqCst) {
+            // On its way to the worker: it may start; it stays.
+            0 => false,
+            seq => {
+                let claim = claim::slot(self.halter.ring.claims(), seq);
+                claim::stop(claim, seq, false) == Stopped::BeforeStart
+            }
+        }
+    }
 }
 
 /// A running worker with the thread that reads its replies.
