@@ -9,13 +9,18 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use nats_server_harness::{write_stranger_creds, NatsServer};
 use parallel::{task, Backend, Pool};
 
 const CREDS: &str = "PARALLEL_CLUSTER_CREDS";
+
+/// How long a serving process that cannot connect may take to exit.
+const EXIT_LIMIT: Duration = Duration::from_secs(30);
 
 #[task]
 fn add(a: i64, b: i64) -> i64 {
@@ -69,6 +74,24 @@ fn serving(server: &NatsServer, creds: Option<&Path>) -> Command {
         command.env(CREDS, creds);
     }
     command
+}
+
+/// Runs a serving process that is expected to exit, killing it past [`EXIT_LIMIT`].
+fn exits(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("a serving process starts");
+    let deadline = Instant::now() + EXIT_LIMIT;
+    while child.try_wait().expect("the serving process can be waited for").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("its output")
 }
 
 #[test]
@@ -132,8 +155,60 @@ fn a_user_the_operator_did_not_sign_is_refused() {
     assert!(error.is_connection(), "{message}");
     assert!(message.contains(&format!("127.0.0.1:{}", server.port())), "{message}");
     assert!(message.to_lowercase().contains("authorization violation"), "{message}");
+    assert!(message.contains(&format!("{CREDS}={}", stranger.display())), "{message}");
     let secrets = fs::read_to_string(&stranger).expect("the stranger's file");
     for secret in secrets.lines().filter(|line| line.len() > 40) {
         assert!(!message.contains(secret), "the message shows the JWT or the seed: {message}");
+    }
+}
+
+#[test]
+fn a_creds_file_that_is_missing_or_garbled_is_a_configuration_error_naming_it() {
+    let _serial = serially();
+    let server = operator_server();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = dir.path().join("missing.creds");
+    let garbled = dir.path().join("garbled.creds");
+    fs::write(&garbled, "-----BEGIN NATS USER JWT-----\nnot a JWT\n").expect("a garbled file");
+    for (path, why) in [(&missing, "No such file"), (&garbled, "credentials file")] {
+        set_creds(Some(path));
+        let refused = pool(&server);
+        set_creds(None);
+        let error = refused.expect_err("a file that is not credentials is refused");
+        let message = error.to_string();
+        assert!(error.is_invalid_config(), "{message}");
+        assert!(message.contains(&format!("{CREDS}={}", path.display())), "{message}");
+        assert!(message.contains(why), "{message}");
+        assert!(!message.contains("unreachable"), "the server is not the problem: {message}");
+    }
+}
+
+#[test]
+fn a_serving_process_with_a_bad_creds_file_exits_1_with_one_line_that_says_why() {
+    let _serial = serially();
+    let server = operator_server();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let missing = dir.path().join("missing.creds");
+    let garbled = dir.path().join("garbled.creds");
+    fs::write(&garbled, "not a credentials file\n").expect("a garbled file");
+    let stranger = write_stranger_creds(dir.path(), "stranger.creds").expect("a stranger");
+    for (creds, why) in [
+        (None, "authorization violation"),
+        (Some(&stranger), "authorization violation"),
+        (Some(&missing), "no such file"),
+        (Some(&garbled), "credentials file"),
+    ] {
+        let output = exits(serving(&server, creds.map(|path| path.as_path())));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let case = format!("with {creds:?}: {:?}, stderr: {stderr}", output.status);
+        assert_eq!(output.status.code(), Some(1), "{case}");
+        assert!(output.stdout.is_empty(), "{case}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line {case}");
+        assert!(lines[0].starts_with("parallel: this process cannot serve tasks: "), "{case}");
+        assert!(lines[0].to_lowercase().contains(why), "{case}");
+        if let Some(path) = creds {
+            assert!(lines[0].contains(&path.display().to_string()), "names the file {case}");
+        }
     }
 }
