@@ -802,6 +802,25 @@ fn sixteen_mib_cross_both_ways_beyond_the_server_s_message_limit() {
 }
 
 #[test]
+fn a_value_beyond_a_message_limit_under_the_object_store_s_chunk_crosses_both_ways() {
+    run("a 64 KiB message limit", || {
+        // The object store's chunks are 128 KiB unless told otherwise: a server that takes no
+        // message that large refused every chunk.
+        let server =
+            NatsServer::builder().max_payload(64 * 1024).start().expect("a nats-server starts");
+        let cluster = Cluster::with_server("smallpayload", server);
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected: Vec<u8> = bytes.iter().rev().copied().collect();
+        match reverse::dispatch_on(&pool, bytes).join() {
+            Ok(reversed) => assert!(reversed == expected, "the value came back changed"),
+            Err(error) => panic!("{error}"),
+        }
+    });
+}
+
+#[test]
 fn ten_thousand_tasks_through_map_come_back_in_order() {
     run("map", || {
         let cluster = Cluster::start("map");

@@ -11,12 +11,15 @@
 //! the clear.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, ServerAddr};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, ServerAddr};
 use tokio::sync::Notify;
+
+/// The variable that names a NATS credentials file.
+const CREDS_VARIABLE: &str = "PARALLEL_CLUSTER_CREDS";
 
 /// Where a pool or a serving process connects, and under which namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,10 +72,10 @@ pub(crate) async fn connect(
         Some(Credentials::User { user, password }) => options.user_and_password(user, password),
         None => options,
     };
-    if let Some(path) = std::env::var_os("PARALLEL_CLUSTER_CREDS") {
-        options = options.credentials_file(&path).await.map_err(|error| {
-            format!("PARALLEL_CLUSTER_CREDS={}: {error}", PathBuf::from(&path).display())
-        })?;
+    let creds_file = creds_file()?;
+    if let Some((_, text)) = &creds_file {
+        // `creds_file` parsed it already.
+        options = options.credentials(text).map_err(|error| error.to_string())?;
     }
     if let Some(path) = std::env::var_os("PARALLEL_CLUSTER_CA") {
         options = options.add_root_certificates(PathBuf::from(path));
@@ -82,20 +85,59 @@ pub(crate) async fn connect(
     }
     let addresses = servers.iter().map(Server::address).collect::<Result<Vec<_>, _>>()?;
     let shown = servers.iter().map(Server::shown).collect::<Vec<_>>().join(",");
-    options
-        .connect(addresses)
-        .await
-        .map_err(|error| format!("cannot connect to the NATS server at {shown}: {error}"))
+    options.connect(addresses).await.map_err(|error| {
+        // Which credentials the server refused, when they came from a file.
+        let from = match (&creds_file, error.kind()) {
+            (
+                Some((path, _)),
+                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication,
+            ) => format!(" (the credentials of {CREDS_VARIABLE}={})", path.display()),
+            _ => String::new(),
+        };
+        format!("cannot connect to the NATS server at {shown}{from}: {error}")
+    })
+}
+
+/// The credentials file that `PARALLEL_CLUSTER_CREDS` names, if it is set: its path and text,
+/// read and parsed.
+///
+/// # Errors
+///
+/// The file cannot be read, or is not a credentials file (a user JWT and an NKey seed between
+/// their `-----BEGIN` and `------END` lines); the text names the variable and the file, never
+/// the file's contents.
+fn creds_file() -> Result<Option<(PathBuf, String)>, String> {
+    let Some(path) = std::env::var_os(CREDS_VARIABLE) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    let text =
+        read_creds(&path).map_err(|why| format!("{CREDS_VARIABLE}={}: {why}", path.display()))?;
+    Ok(Some((path, text)))
+}
+
+/// Reads `path` and checks that it is a NATS credentials file.
+fn read_creds(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read it: {error}"))?;
+    ConnectOptions::new().credentials(&text).map_err(|error| {
+        format!(
+            "not a NATS credentials file (a user JWT and its NKey seed, as `nsc` writes them): \
+             {error}"
+        )
+    })?;
+    Ok(text)
 }
 
 /// Checks the URLs of `target` without connecting: well formed, and no plaintext to another
-/// machine unless `PARALLEL_CLUSTER_PLAINTEXT=1`.
+/// machine unless `PARALLEL_CLUSTER_PLAINTEXT=1`; and the credentials file of
+/// `PARALLEL_CLUSTER_CREDS`, if set: it reads, and is one.
 ///
 /// # Errors
 ///
 /// What is wrong, without the credentials.
 pub(crate) fn check(target: &Target) -> Result<Vec<Server>, String> {
     let servers = parse_urls(&target.url)?;
+    creds_file()?;
     let allow_plaintext =
         std::env::var("PARALLEL_CLUSTER_PLAINTEXT").is_ok_and(|value| value == "1");
     for server in &servers {
@@ -245,5 +287,19 @@ mod tests {
         }
         let error = parse_urls("nats://s3cret@h:x").unwrap_err();
         assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn a_creds_file_that_is_missing_or_not_one_says_why_without_its_contents() {
+        let dir = std::env::temp_dir().join(format!("parallel-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = read_creds(&dir.join("missing.creds")).unwrap_err();
+        assert!(missing.starts_with("cannot read it: "), "{missing}");
+        let garbled = dir.join("garbled.creds");
+        std::fs::write(&garbled, "-----BEGIN NATS USER JWT-----\ns3cret\n").unwrap();
+        let error = read_creds(&garbled).unwrap_err();
+        assert!(error.starts_with("not a NATS credentials file"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
 use async_nats::jetstream::{self, stream::StorageType};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
@@ -16,6 +16,8 @@ use super::wire::Names;
 pub(crate) const OBJECT: &str = "Parallel-Object";
 /// Room left in a message for its subject and headers.
 const HEADROOM: usize = 8 * 1024;
+/// The object store's chunk, at most (async-nats's default); less under a lower message limit.
+const CHUNK: usize = 128 * 1024;
 /// How long an object nobody took is kept.
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -26,6 +28,8 @@ pub(crate) struct Payloads {
     store: OnceCell<ObjectStore>,
     /// The largest value a message carries itself.
     limit: usize,
+    /// The size of the object store's chunks: each is a message, so within the server's limit.
+    chunk: usize,
 }
 
 impl Payloads {
@@ -35,6 +39,7 @@ impl Payloads {
             bucket: names.bucket(),
             store: OnceCell::new(),
             limit: max_payload.saturating_sub(HEADROOM),
+            chunk: max_payload.saturating_sub(HEADROOM).max(max_payload / 2).clamp(1, CHUNK),
         }
     }
 
@@ -69,8 +74,13 @@ impl Payloads {
     pub(crate) async fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
         let store = self.store().await?;
         let mut reader = bytes;
+        let meta = ObjectMetadata {
+            name: name.to_owned(),
+            chunk_size: Some(self.chunk),
+            ..Default::default()
+        };
         store
-            .put(name, &mut reader)
+            .put(meta, &mut reader)
             .await
             .map(drop)
             .map_err(|error| format!("cannot store a value of {} bytes: {error}", bytes.len()))

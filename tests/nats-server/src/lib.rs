@@ -43,12 +43,19 @@
 //! keeps running until killed by hand.
 //!
 //! Feature `tls` adds `NatsServerBuilder::tls`: a certificate authority and a server certificate
-//! made with `rcgen`, and `NatsServer::ca_cert` for clients.
+//! made with `rcgen`, and `NatsServer::ca_cert` for clients. Feature `creds` adds
+//! `NatsServerBuilder::operator`: decentralized authentication (an operator, an account with
+//! JetStream and a user, with JWTs signed here by their NKeys), `NatsServer::creds` (the user's
+//! `.creds` file) and `write_stranger_creds` (a user of an operator no server trusts).
 
 mod binary;
+#[cfg(feature = "creds")]
+mod creds;
 mod server;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use binary::{nats_server_binary, MINIMUM_VERSION, PINNED_VERSION, SERVER_VARIABLE};
+#[cfg(feature = "creds")]
+pub use creds::write_stranger_creds;
 pub use server::{NatsServer, NatsServerBuilder};

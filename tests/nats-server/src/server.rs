@@ -55,6 +55,8 @@ pub struct NatsServerBuilder {
     max_payload: Option<u32>,
     #[cfg(feature = "tls")]
     tls: bool,
+    #[cfg(feature = "creds")]
+    operator: bool,
     startup_timeout: Duration,
 }
 
@@ -69,6 +71,8 @@ impl fmt::Debug for NatsServerBuilder {
         debug.field("auth", &auth).field("max_payload", &self.max_payload);
         #[cfg(feature = "tls")]
         debug.field("tls", &self.tls);
+        #[cfg(feature = "creds")]
+        debug.field("operator", &self.operator);
         debug.field("startup_timeout", &self.startup_timeout).finish()
     }
 }
@@ -103,6 +107,17 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Decentralized authentication (operator mode): the server trusts an operator made for it,
+    /// whose account `tasks` has JetStream without limits, and accepts the users that account
+    /// signs; [`NatsServer::creds`] gives the `.creds` file of one (its JWT and NKey seed), and
+    /// [`write_stranger_creds`](crate::write_stranger_creds) makes one that it refuses. The keys
+    /// and JWTs live in the server's temporary directory.
+    #[cfg(feature = "creds")]
+    pub fn operator(mut self) -> Self {
+        self.operator = true;
+        self
+    }
+
     /// How long the server may take to be ready (default 30 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
@@ -127,6 +142,8 @@ impl NatsServerBuilder {
         fs::create_dir(&store)
             .map_err(|error| format!("cannot create {}: {error}", store.display()))?;
         let config = self.write_config(dir.path())?;
+        #[cfg(feature = "creds")]
+        let creds = self.operator.then(|| dir.path().join("creds").join(crate::creds::USER_CREDS));
         let mut server = NatsServer {
             binary,
             port: 0,
@@ -136,6 +153,8 @@ impl NatsServerBuilder {
             auth: self.auth,
             #[cfg(feature = "tls")]
             ca_cert: self.tls.then(|| dir.path().join("tls").join("ca.pem")),
+            #[cfg(feature = "creds")]
+            creds,
             startup_timeout: self.startup_timeout,
             child: None,
             dir,
@@ -165,6 +184,10 @@ impl NatsServerBuilder {
                 "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
                 files.server_cert, files.server_key
             ));
+        }
+        #[cfg(feature = "creds")]
+        if self.operator {
+            text.push_str(&crate::creds::generate(&dir.join("creds"))?);
         }
         if text.is_empty() {
             return Ok(None);
@@ -201,6 +224,8 @@ pub struct NatsServer {
     auth: Auth,
     #[cfg(feature = "tls")]
     ca_cert: Option<PathBuf>,
+    #[cfg(feature = "creds")]
+    creds: Option<PathBuf>,
     startup_timeout: Duration,
     /// `None` once killed or stopped, until a restart.
     child: Option<Child>,
@@ -232,6 +257,8 @@ impl NatsServer {
             max_payload: None,
             #[cfg(feature = "tls")]
             tls: false,
+            #[cfg(feature = "creds")]
+            operator: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         }
     }
@@ -291,6 +318,13 @@ impl NatsServer {
     #[cfg(feature = "tls")]
     pub fn ca_cert(&self) -> Option<&Path> {
         self.ca_cert.as_deref()
+    }
+
+    /// The `.creds` file of a user that the server accepts, for `PARALLEL_CLUSTER_CREDS`; `None`
+    /// without [`operator`](NatsServerBuilder::operator).
+    #[cfg(feature = "creds")]
+    pub fn creds(&self) -> Option<&Path> {
+        self.creds.as_deref()
     }
 
     /// The server's process id, while it runs.
