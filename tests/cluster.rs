@@ -15,11 +15,11 @@
 
 mod common;
 
+use common::cluster::{children, Serving};
 use common::{kill_9, stat, touch, within, Scratch};
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nats_server_harness::NatsServer;
@@ -222,125 +222,10 @@ impl Cluster {
     }
 }
 
-/// A serving process: a copy of this test binary with `PARALLEL_SERVE`, killed when dropped. Its
-/// output goes to a file, shown when the test fails.
-struct Serving {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Serving {
-    fn start(
-        url: &str,
-        namespace: &str,
-        slots: usize,
-        lease: &str,
-        threads: bool,
-        scratch: &Scratch,
-    ) -> Serving {
-        let exe = std::env::current_exe().expect("the test binary has a path");
-        let log = scratch.path(&format!("serving-{}.log", scratch.count("serving-")));
-        let output = fs::File::create(&log).expect("scratch dir is writable");
-        let mut command = Command::new(exe);
-        command
-            .env("PARALLEL_SERVE", url)
-            .env("PARALLEL_NAMESPACE", namespace)
-            .env("PARALLEL_WORKERS", slots.to_string())
-            .env("PARALLEL_LEASE", lease)
-            .env_remove("PARALLEL_BACKEND")
-            .env_remove("PARALLEL_CLUSTER_PLAINTEXT")
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().expect("a file handle"))
-            .stderr(output);
-        if threads {
-            command.env("PARALLEL_BACKEND", "thread");
-        }
-        let child = command.spawn().expect("the test binary starts again");
-        children::add(Some(child.id()));
-        Serving { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("the kill command runs");
-        assert!(status.success(), "kill -TERM {}: {status}", self.pid());
-    }
-
-    /// Waits for the process to end, failing after the hang limit.
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + HANG_LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the serving process did not end");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("the serving process ended with {status}:\n{}", self.output());
-        }
-    }
-
-    fn output(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 impl Drop for Cluster {
     fn drop(&mut self) {
         // The server is killed and reaped when the field drops, right after.
         children::remove(self.server.pid());
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // Captured by the harness and shown with the failure.
-            println!(
-                "--- serving process {} ({}):\n{}",
-                self.pid(),
-                self.log.display(),
-                self.output()
-            );
-        }
-        // It may be gone already; its worker processes die with it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        children::remove(Some(self.pid()));
-    }
-}
-
-/// The pids of the servers and serving processes the tests run, each added while it is a child
-/// not reaped yet (so its pid cannot be another process's): a test that hangs is abandoned on its
-/// thread with them, and [`run`] kills them, so that they do not outlive the test binary.
-mod children {
-    use std::sync::{Mutex, PoisonError};
-
-    static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-    pub(crate) fn add(pid: Option<u32>) {
-        PIDS.lock().unwrap_or_else(PoisonError::into_inner).extend(pid);
-    }
-
-    pub(crate) fn remove(pid: Option<u32>) {
-        PIDS.lock().unwrap_or_else(PoisonError::into_inner).retain(|&known| Some(known) != pid);
-    }
-
-    /// Kills them all (SIGKILL), for a run that is failing anyway.
-    pub(crate) fn kill_all() {
-        for pid in PIDS.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
     }
 }
 

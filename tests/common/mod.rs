@@ -9,6 +9,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+/// Serving processes and a shared server for the cluster backend's tests.
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
+
 /// A scratch directory for one test, removed when dropped; tasks on any backend can see it.
 pub(crate) struct Scratch {
     pub(crate) path: PathBuf,

@@ -131,7 +131,10 @@ crate::backends!(
     environment_persists_between_tasks_of_a_worker,
     each_worker_has_its_own_environment,
     expired_values_are_dropped_while_the_worker_idles,
-    a_live_value_is_kept,
-    recycled_workers_start_with_a_fresh_environment;
-    quietly: a_panicking_drop_of_a_value_spares_the_worker,
+    a_live_value_is_kept;
+    quietly: a_panicking_drop_of_a_value_spares_the_worker;
+    not_on_cluster:
+    recycled_workers_start_with_a_fresh_environment: "max_tasks_per_worker is a setting of the \
+        pool's own workers; a cluster's slots belong to its serving processes, which have no \
+        such setting (DESIGN §9: PARALLEL_WORKERS and PARALLEL_LEASE)",
 );

@@ -4,7 +4,7 @@ use std::cell::Cell;
 
 use parallel::{task, Backend, TaskError};
 
-use crate::support::pool;
+use crate::support::{pool, volume};
 
 #[task]
 fn square(x: u64) -> u64 {
@@ -22,8 +22,9 @@ fn checked_half(x: u64) -> Result<u64, String> {
 
 fn results_come_in_input_order(backend: Backend) {
     let pool = pool(backend, 2);
-    let squares: Vec<u64> = pool.map((0..10_000).map(square::new)).map(Result::unwrap).collect();
-    assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+    let count = volume(backend, 10_000, 2_000) as u64;
+    let squares: Vec<u64> = pool.map((0..count).map(square::new)).map(Result::unwrap).collect();
+    assert_eq!(squares, (0..count).map(|x| x * x).collect::<Vec<_>>());
 }
 
 fn errors_stay_in_their_place(backend: Backend) {

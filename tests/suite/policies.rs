@@ -352,7 +352,21 @@ fn a_task_joining_a_retried_task_on_its_own_pool_of_one_thread() {
 #[cfg(feature = "process")]
 #[test]
 fn a_crashed_attempt_runs_again_on_a_new_worker() {
-    let pool = pool(Backend::Process, 1);
+    crashed_attempt_runs_again(Backend::Process);
+}
+
+/// As above, on a serving process's worker-process slot.
+#[cfg(all(feature = "cluster", feature = "process"))]
+#[test]
+fn a_crashed_attempt_runs_again_on_a_new_slot_of_the_cluster() {
+    crate::cluster::run(concat!(module_path!(), "::cluster"), "crashed_attempt", || {
+        crashed_attempt_runs_again(Backend::Cluster);
+    });
+}
+
+#[cfg(feature = "process")]
+fn crashed_attempt_runs_again(backend: Backend) {
+    let pool = pool(backend, 1);
     let scratch = Scratch::new("retry-crash");
     assert_eq!(aborts_until::dispatch_on(&pool, scratch.string(), 2).join(), Ok(3));
     assert_eq!(runs(&scratch.string()), 3);

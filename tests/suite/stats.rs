@@ -131,8 +131,12 @@ fn restarts_count_renewed_workers(backend: Backend) {
 
 crate::backends!(
     counts_follow_the_work,
-    restarts_count_renewed_workers,
     cancellations_have_their_own_count,
     a_joined_task_is_not_queued,
     blocked_workers_are_not_idle,
+    ;
+    not_on_cluster:
+    restarts_count_renewed_workers: "max_tasks_per_worker is a setting of the pool's own workers; a \
+        cluster's slots belong to its serving processes, which have no such setting (DESIGN §9: \
+        PARALLEL_WORKERS and PARALLEL_LEASE)",
 );
