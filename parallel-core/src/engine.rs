@@ -130,6 +130,15 @@ impl Engine {
         }
     }
 
+    /// A kill is coming: the cluster tells every serving process at once, before the jobs'
+    /// own cancels, so that a slot freed by the first of them starts none of the others.
+    pub(crate) fn announce_kill(&self) {
+        #[cfg(feature = "cluster")]
+        if let Engine::Cluster(engine) = self {
+            engine.announce_kill();
+        }
+    }
+
     /// Stops the workers now; every job is resolved already (the ledger was aborted).
     pub(crate) fn kill(&self) {
         match self {

@@ -258,6 +258,7 @@ impl Pool {
     /// }
     /// ```
     pub fn kill(&self) {
+        self.engine.announce_kill();
         self.ledger.abort_all();
         self.engine.kill();
     }

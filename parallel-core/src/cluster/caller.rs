@@ -90,6 +90,8 @@ enum Outgoing {
     Cancel { call: CallId, sequence: Option<u64>, object: Option<String> },
     /// Delete a message whose flight ended otherwise (lost with its serving process).
     Delete { sequence: Option<u64>, object: Option<String> },
+    /// The pool is being killed: every serving process stops all of this caller's tasks.
+    KillAll,
     /// Everything before this is sent: flush, then answer.
     Flush(std::sync::mpsc::Sender<()>),
 }
@@ -324,6 +326,11 @@ impl ClusterBackend {
         (running, flights.len() - running)
     }
 
+    /// Tells every serving process, ahead of the jobs' own cancels, that the pool is killed.
+    pub(crate) fn announce_kill(&self) {
+        let _ = self.shared.outgoing.send(Outgoing::KillAll);
+    }
+
     /// Stops the client once everything sent is out: the pool is drained (or killed, and its
     /// cancels are queued).
     pub(crate) fn stop(&self) {
@@ -498,8 +505,14 @@ impl Shared {
         match kind {
             Kind::Progress => {
                 let call_of = self.lock().get(&call).map(|flight| Arc::clone(&flight.call));
-                if let Some(target) = call_of {
-                    target.decode_progress(call.attempt, &payload);
+                let Some(target) = call_of else { return };
+                match wire::frames(&payload) {
+                    Ok(frames) => {
+                        for frame in frames {
+                            target.decode_progress(call.attempt, frame);
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "a bad progress reply; dropped"),
                 }
             }
             Kind::Output | Kind::Failed | Kind::Ended => {
@@ -578,7 +591,12 @@ pub(super) async fn ensure_stream(
         .map_err(|error| format!("cannot open the task stream {}: {error}", names.stream()))
 }
 
+/// How many of the publisher's items it takes in one round.
+const PUBLISH_ROUND: usize = 1024;
+
 /// Publishes tasks and cancels in order, and records each task's sequence as its ack arrives.
+/// The cancels of one round go out together, in as few messages as fit, so that a serving
+/// process drops every queued task they name before a slot they free takes the next one.
 async fn publish(
     shared: Arc<Shared>,
     client: Client,
@@ -587,41 +605,78 @@ async fn publish(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let stream = Arc::new(stream);
-    while let Some(outgoing) = queue.recv().await {
-        match outgoing {
-            Outgoing::Publish { call, subject, headers, payload, object: None } => {
-                publish_task(&shared, &jetstream, call, subject, headers, payload).await;
-            }
-            // Stored first, in the background: the tasks behind it need not wait.
-            Outgoing::Publish { call, subject, mut headers, payload, object: Some(name) } => {
-                let (shared, jetstream) = (Arc::clone(&shared), jetstream.clone());
-                tokio::spawn(async move {
-                    if let Err(reason) = shared.payloads.put(&name, &payload).await {
-                        shared.end(call, Ok(Ending::Report(Report::Unavailable(reason))));
-                        return;
-                    }
-                    headers.insert(OBJECT, name.as_str());
-                    publish_task(&shared, &jetstream, call, subject, headers, Bytes::new()).await;
-                });
-            }
-            Outgoing::Cancel { call, sequence, object } => {
-                let mut headers = HeaderMap::new();
-                headers.insert(wire::CALL, call.to_string().as_str());
-                headers.insert(wire::REPLY, shared.reply_subject.as_str());
-                if let Err(error) =
-                    client.publish_with_headers(shared.names.cancel(), headers, Bytes::new()).await
-                {
-                    tracing::warn!(%error, "a cancel could not be sent");
+    let mut round = Vec::with_capacity(PUBLISH_ROUND);
+    let mut cancels = Vec::new();
+    let mut deletes = Vec::new();
+    while queue.recv_many(&mut round, PUBLISH_ROUND).await > 0 {
+        for outgoing in round.drain(..) {
+            match outgoing {
+                Outgoing::Cancel { call, sequence, object } => {
+                    cancels.push(call);
+                    deletes.push((sequence, object));
+                    continue;
                 }
-                delete(&shared, &stream, sequence, object);
+                Outgoing::Delete { sequence, object } => {
+                    deletes.push((sequence, object));
+                    continue;
+                }
+                _ => {}
             }
-            Outgoing::Delete { sequence, object } => delete(&shared, &stream, sequence, object),
-            Outgoing::Flush(done) => {
-                let _ = client.flush().await;
-                let _ = done.send(());
+            // Whatever else keeps its place after the cancels before it.
+            send_cancels(&shared, &client, &mut cancels).await;
+            match outgoing {
+                Outgoing::Publish { call, subject, headers, payload, object: None } => {
+                    publish_task(&shared, &jetstream, call, subject, headers, payload).await;
+                }
+                // Stored first, in the background: the tasks behind it need not wait.
+                Outgoing::Publish { call, subject, mut headers, payload, object: Some(name) } => {
+                    let (shared, jetstream) = (Arc::clone(&shared), jetstream.clone());
+                    tokio::spawn(async move {
+                        if let Err(reason) = shared.payloads.put(&name, &payload).await {
+                            shared.end(call, Ok(Ending::Report(Report::Unavailable(reason))));
+                            return;
+                        }
+                        headers.insert(OBJECT, name.as_str());
+                        publish_task(&shared, &jetstream, call, subject, headers, Bytes::new())
+                            .await;
+                    });
+                }
+                Outgoing::KillAll => {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(wire::REPLY, shared.reply_subject.as_str());
+                    headers.insert(wire::EVERY, "1");
+                    let cancel = shared.names.cancel();
+                    if let Err(error) =
+                        client.publish_with_headers(cancel, headers, Bytes::new()).await
+                    {
+                        tracing::warn!(%error, "the kill could not be sent");
+                    }
+                }
+                Outgoing::Flush(done) => {
+                    delete(&shared, &stream, std::mem::take(&mut deletes));
+                    let _ = client.flush().await;
+                    let _ = done.send(());
+                }
+                Outgoing::Cancel { .. } | Outgoing::Delete { .. } => {}
             }
         }
+        send_cancels(&shared, &client, &mut cancels).await;
+        delete(&shared, &stream, std::mem::take(&mut deletes));
     }
+}
+
+/// Tells every serving process to stop `calls`, in as few messages as fit.
+async fn send_cancels(shared: &Shared, client: &Client, calls: &mut Vec<CallId>) {
+    for chunk in calls.chunks(wire::CANCELS_PER_MESSAGE) {
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::REPLY, shared.reply_subject.as_str());
+        let body = Bytes::from(CallId::join(chunk).into_bytes());
+        if let Err(error) = client.publish_with_headers(shared.names.cancel(), headers, body).await
+        {
+            tracing::warn!(%error, calls = chunk.len(), "cancels could not be sent");
+        }
+    }
+    calls.clear();
 }
 
 /// Publishes one task; its ack, awaited in the background, records its sequence.
@@ -652,23 +707,27 @@ async fn publish_task(
     }
 }
 
-/// Deletes a task's message from the stream, and its value from the object store, in the
-/// background: gone already is fine.
+/// Deletes tasks' messages from the stream, and their values from the object store, one after
+/// the other in the background: gone already is fine.
 fn delete(
     shared: &Arc<Shared>,
     stream: &Arc<stream::Stream>,
-    sequence: Option<u64>,
-    object: Option<String>,
+    deletes: Vec<(Option<u64>, Option<String>)>,
 ) {
+    if deletes.is_empty() {
+        return;
+    }
     let (shared, stream) = (Arc::clone(shared), Arc::clone(stream));
     tokio::spawn(async move {
-        if let Some(sequence) = sequence
-            && let Err(error) = stream.delete_message(sequence).await
-        {
-            tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
-        }
-        if let Some(name) = object {
-            shared.payloads.delete(&name).await;
+        for (sequence, object) in deletes {
+            if let Some(sequence) = sequence
+                && let Err(error) = stream.delete_message(sequence).await
+            {
+                tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
+            }
+            if let Some(name) = object {
+                shared.payloads.delete(&name).await;
+            }
         }
     });
 }

@@ -56,7 +56,7 @@ const PIPELINED_TASK: Duration = Duration::from_millis(2);
 /// behind it.
 const SLOT_DEPTH: usize = 8;
 /// How many of the outbox's messages are sent in one round.
-const OUTBOX_BATCH: usize = 256;
+const OUTBOX_BATCH: usize = 1024;
 /// A slot whose task has run this long is not about to take the next one: when every slot is
 /// so busy, nothing more is taken ahead, and what was is handed back for other serving processes.
 const LONG_TASK: Duration = Duration::from_millis(250);
@@ -199,6 +199,8 @@ struct State {
     slots: usize,
     /// Calls cancelled before their message came here, for a while.
     cancelled: HashMap<Key, Instant>,
+    /// Callers whose pool was killed (by reply subject), for a while: none of their tasks runs.
+    killed: HashMap<Arc<str>, Instant>,
     /// The average time a task ran here (moving), for the size of the queue; `None` before the
     /// first task ended, when tasks count as long (nothing is queued ahead of the slots).
     average: Option<Duration>,
@@ -248,6 +250,7 @@ struct Running {
 /// What the outbox sends, in order.
 enum Out {
     Started(Key),
+    /// A progress message as the task sent it (framed with the others of its round when sent).
     Progress(Key, Vec<u8>),
     Ended(Key, Ending),
     Alive(Arc<str>, Vec<CallId>),
@@ -275,8 +278,10 @@ impl Node {
         let held = state.queue.len() + state.running.len();
         let room = capacity.saturating_sub(held);
         // Pulls refill by halves while work is in hand: a pull per finished task would cost the
-        // server a request per task. A serving process with nothing in hand always pulls.
-        if held > 0 && room * 2 < capacity {
+        // server a request per task. A serving process with nothing in hand, or with a slot that
+        // has nothing to run, always pulls (before, a third slot stayed idle while two ran long
+        // tasks: its room was under half).
+        if held > 0 && room * 2 < capacity && state.free() == 0 {
             0
         } else {
             room
@@ -381,7 +386,9 @@ impl Node {
             let mut state = self.lock();
             for _ in 0..state.free() {
                 let Some(held) = state.queue.pop_front() else { break };
-                if state.cancelled.remove(&held.key).is_some() {
+                if state.cancelled.remove(&held.key).is_some()
+                    || state.killed.contains_key(&held.key.0)
+                {
                     dropped.push(held.message);
                     continue;
                 }
@@ -429,30 +436,63 @@ impl Node {
         Some(running.message)
     }
 
-    /// The caller of `key` cancelled it.
-    fn cancel(self: &Arc<Self>, key: Key) {
-        let mut state = self.lock();
-        let message = if let Some(running) = state.running.remove(&key) {
-            drop(state);
-            running.ticket.cancel();
-            Some(running.message)
-        } else if let Some(at) = state.queue.iter().position(|held| held.key == key) {
-            let held = state.queue.remove(at);
-            drop(state);
-            held.map(|held| held.message)
-        } else {
-            let now = Instant::now();
-            state.cancelled.retain(|_, at| now.duration_since(*at) < Duration::from_secs(600));
-            state.cancelled.insert(key, now);
-            None
-        };
-        if let Some(message) = message {
-            tokio::spawn(async move {
-                let _ = message.ack_with(AckKind::Term).await;
-            });
-            self.room.notify_waiters();
-            self.pump();
+    /// The caller at `reply` cancelled `calls` (or, with `every`, all its tasks: its pool was
+    /// killed). All of them leave the queue before any slot they free takes another task, so a
+    /// task cancelled with a running one never starts in its place.
+    fn cancel(self: &Arc<Self>, reply: &Arc<str>, calls: &[CallId], every: bool) {
+        /// How long a cancel or a kill is remembered for messages still on their way.
+        const REMEMBERED: Duration = Duration::from_secs(600);
+        let now = Instant::now();
+        let mut tickets = Vec::new();
+        let mut messages = Vec::new();
+        {
+            let mut state = self.lock();
+            state.cancelled.retain(|_, at| now.duration_since(*at) < REMEMBERED);
+            state.killed.retain(|_, at| now.duration_since(*at) < REMEMBERED);
+            let is_named =
+                |key: &Key| *key.0 == **reply && (every || calls.iter().any(|call| *call == key.1));
+            let mut found = Vec::new();
+            let mut kept = VecDeque::with_capacity(state.queue.len());
+            for held in state.queue.drain(..) {
+                if is_named(&held.key) {
+                    found.push(held.key.1);
+                    messages.push(held.message);
+                } else {
+                    kept.push_back(held);
+                }
+            }
+            state.queue = kept;
+            let running: Vec<Key> =
+                state.running.keys().filter(|key| is_named(key)).cloned().collect();
+            for key in running {
+                if let Some(running) = state.running.remove(&key) {
+                    found.push(key.1);
+                    tickets.push(running.ticket);
+                    messages.push(running.message);
+                }
+            }
+            if every {
+                state.killed.insert(Arc::clone(reply), now);
+            } else {
+                // Those not here yet are dropped when they come.
+                for call in calls.iter().filter(|call| !found.contains(call)) {
+                    state.cancelled.insert((Arc::clone(reply), *call), now);
+                }
+            }
         }
+        for ticket in tickets {
+            ticket.cancel();
+        }
+        if messages.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for message in messages {
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+        });
+        self.room.notify_waiters();
+        self.pump();
     }
 
     /// Keeps an ending for a while, to send again to its caller if it reconnects.
@@ -603,6 +643,7 @@ async fn run(settings: Settings) -> Result<(), Error> {
             running: HashMap::new(),
             slots,
             cancelled: HashMap::new(),
+            killed: HashMap::new(),
             average: None,
         }),
         room: Notify::new(),
@@ -820,9 +861,17 @@ async fn hear_cancels(node: Weak<Node>, mut cancels: async_nats::Subscriber) {
         let header = |name: &str| {
             message.headers.as_ref().and_then(|headers| headers.get(name)).map(|v| v.as_str())
         };
-        match (header(wire::REPLY), header(wire::CALL).map(CallId::parse)) {
-            (Some(reply), Some(Ok(call))) => node.cancel((Arc::from(reply), call)),
-            _ => tracing::warn!("a cancel without a valid call; dropped"),
+        let Some(reply) = header(wire::REPLY) else {
+            tracing::warn!("a cancel without a reply subject; dropped");
+            continue;
+        };
+        let every = header(wire::EVERY) == Some("1");
+        let calls = std::str::from_utf8(&message.payload)
+            .map_err(|error| error.to_string())
+            .and_then(CallId::split);
+        match calls {
+            Ok(calls) => node.cancel(&Arc::from(reply), &calls, every),
+            Err(error) => tracing::warn!(%error, "a cancel with bad calls; dropped"),
         }
     }
 }
@@ -865,25 +914,59 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
                 tracing::warn!(%error, "a reply could not be sent");
             }
         }
-        for out in batch.drain(..) {
+        for out in frame_progress(&node, batch.drain(..)) {
             send_one(&node, out).await;
         }
     }
 }
 
-/// Sends one of the outbox's messages (a `started` is sent already, with others).
+/// The outbox's round with each task's progress messages framed together, as many per reply
+/// as fit in a message, each group where its first message was: a task's messages keep their
+/// order, and its ending still comes after them (a flood of progress messages cost a reply each
+/// before: callers fell behind and lost some, and `alive` waited behind them past its lease).
+fn frame_progress(node: &Node, round: impl Iterator<Item = Out>) -> Vec<Out> {
+    let mut outs: Vec<Out> = Vec::new();
+    // The group each task's next message may join.
+    let mut open: HashMap<Key, usize> = HashMap::new();
+    for out in round {
+        match out {
+            Out::Progress(key, message) => {
+                if let Some(&at) = open.get(&key)
+                    && let Out::Progress(_, body) = &mut outs[at]
+                    && node.payloads.fits(body.len() + 4 + message.len())
+                {
+                    wire::push_frame(body, &message);
+                    continue;
+                }
+                let mut body = Vec::with_capacity(4 + message.len());
+                wire::push_frame(&mut body, &message);
+                open.insert(key.clone(), outs.len());
+                outs.push(Out::Progress(key, body));
+            }
+            Out::Ended(key, ending) => {
+                open.remove(&key);
+                outs.push(Out::Ended(key, ending));
+            }
+            other => outs.push(other),
+        }
+    }
+    outs
+}
+
+/// Sends one of the outbox's messages (a `started` is sent already, with others); a progress
+/// message is framed already (`frame_progress`).
 async fn send_one(node: &Arc<Node>, out: Out) {
     let (reply, mut headers, body, done) = match out {
         Out::Started(_) => return,
-        Out::Progress((reply, call), message) => {
-            if !node.payloads.fits(message.len()) {
+        Out::Progress((reply, call), body) => {
+            if !node.payloads.fits(body.len()) {
                 tracing::warn!(
-                    bytes = message.len(),
+                    bytes = body.len() - 4,
                     "a progress message over the server's limit; dropped"
                 );
                 return;
             }
-            (reply, headers_of(Kind::Progress, Some(call)), message, None)
+            (reply, headers_of(Kind::Progress, Some(call)), body, None)
         }
         Out::Alive(reply, calls) => {
             let mut headers = headers_of(Kind::Alive, None);

@@ -6,7 +6,7 @@
 //! | `NS.task.FP` (stream `NS_tasks`) | caller → a serving slot | a task: the task value as [`wire_value`] writes it |
 //! | `NS.reply.CALLER` | serving process → that caller | `started`, `alive`, `progress`, then one ending |
 //! | `NS.claim.CALLER` (request) | serving process → that caller | may a task delivered again run? |
-//! | `NS.cancel` | caller → every serving process | stop a task: never start it, or kill its slot |
+//! | `NS.cancel` | caller → every serving process | stop tasks (the calls in the body, or all of the caller's): never start them, or kill their slots |
 //! | `NS.resend` | a caller that reconnected → every serving process | send my recent replies again |
 //!
 //! `FP` is the task's fingerprint (its name, signature and Rust types, see
@@ -38,6 +38,11 @@ pub(crate) const KIND: &str = "Parallel-Kind";
 pub(crate) const SLOT: &str = "Parallel-Slot";
 /// How often a serving process says its tasks are alive, in milliseconds.
 pub(crate) const LEASE: &str = "Parallel-Lease";
+/// On a cancel: every task of the caller (its pool was killed), not the calls in the body.
+pub(crate) const EVERY: &str = "Parallel-Every";
+/// How many calls one cancel message names at most (each at most 31 bytes: far below any
+/// server's message limit).
+pub(crate) const CANCELS_PER_MESSAGE: usize = 1024;
 
 /// The subjects of one namespace.
 #[derive(Debug, Clone)]
@@ -155,6 +160,31 @@ impl CallId {
     }
 }
 
+/// Appends one framed message to a progress reply's body.
+pub(crate) fn push_frame(body: &mut Vec<u8>, message: &[u8]) {
+    // A progress message is within the server's message limit, far below 4 GiB.
+    body.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    body.extend_from_slice(message);
+}
+
+/// The framed messages of a progress reply's body, in order; an error for a body cut short.
+pub(crate) fn frames(mut body: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut frames = Vec::new();
+    while !body.is_empty() {
+        let Some((length, rest)) = body.split_first_chunk::<4>() else {
+            return Err("a progress frame's length is cut short".to_owned());
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if rest.len() < length {
+            return Err(format!("a progress frame of {length} bytes has {} left", rest.len()));
+        }
+        let (frame, rest) = rest.split_at(length);
+        frames.push(frame);
+        body = rest;
+    }
+    Ok(frames)
+}
+
 /// A duration in whole milliseconds, as headers carry it.
 pub(crate) fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
@@ -172,7 +202,8 @@ pub(crate) enum Kind {
     Started,
     /// The calls in the body run still.
     Alive,
-    /// A progress message of the running task.
+    /// Progress messages of the running task, in order: each a little-endian `u32` length and
+    /// the message (one reply carries those the outbox had at once).
     Progress,
     /// The task returned `Ok`; the body is its output.
     Output,
@@ -313,6 +344,22 @@ mod tests {
             assert!(Ending::from_message(Kind::Ended, garbage.to_vec()).unwrap().is_err());
         }
         assert_eq!(Ending::from_message(Kind::Alive, Vec::new()), None);
+    }
+
+    #[test]
+    fn progress_frames_round_trip_and_a_cut_body_is_an_error() {
+        let mut body = Vec::new();
+        for message in [&b"one"[..], b"", &[7; 300]] {
+            push_frame(&mut body, message);
+        }
+        assert_eq!(frames(&body), Ok(vec![&b"one"[..], b"", &[7; 300]]));
+        assert_eq!(frames(&[]), Ok(Vec::new()));
+        for cut in 1..body.len() {
+            let parsed = frames(&body[..cut]);
+            // A cut at a frame's end is a shorter list; anywhere else, an error.
+            assert!(parsed.is_err() || [7, 11].contains(&cut), "{cut}: {parsed:?}");
+        }
+        assert!(frames(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
     }
 
     #[test]
