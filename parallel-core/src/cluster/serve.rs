@@ -449,8 +449,7 @@ impl Node {
             let mut state = self.lock();
             state.cancelled.retain(|_, at| now.duration_since(*at) < REMEMBERED);
             state.killed.retain(|_, at| now.duration_since(*at) < REMEMBERED);
-            let is_named =
-                |key: &Key| *key.0 == **reply && (every || calls.iter().any(|call| *call == key.1));
+            let is_named = |key: &Key| *key.0 == **reply && (every || calls.contains(&key.1));
             let mut found = Vec::new();
             let mut kept = VecDeque::with_capacity(state.queue.len());
             for held in state.queue.drain(..) {
