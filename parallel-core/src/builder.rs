@@ -274,6 +274,14 @@ impl PoolBuilder {
                 "max_memory_per_worker and max_message_size apply to the process backend only",
             ));
         }
+        if backend == Backend::Cluster
+            && (self.max_tasks_per_worker.is_some() || self.max_memory_per_worker.is_some())
+        {
+            return Err(Error::invalid_config(
+                "max_tasks_per_worker and max_memory_per_worker limit a pool's own workers; a \
+                 cluster's slots belong to its serving processes (PARALLEL_WORKERS there)",
+            ));
+        }
         if let Some(bytes) = self
             .max_message_size
             .filter(|bytes| !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(bytes))
@@ -424,6 +432,20 @@ mod tests {
         let max = PoolBuilder::max_workers();
         assert!((MIN_MAX_WORKERS..=MAX_MAX_WORKERS).contains(&max), "{max}");
         assert!(max >= cores.saturating_mul(WORKERS_PER_CORE).min(MAX_MAX_WORKERS), "{max}");
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn a_cluster_pool_refuses_the_limits_of_its_own_workers() {
+        // Refused before any connection: the address is never tried.
+        let cluster = || PoolBuilder::new().backend(Backend::Cluster).cluster("nats://127.0.0.1:1");
+        for builder in
+            [cluster().max_tasks_per_worker(10), cluster().max_memory_per_worker(1 << 30)]
+        {
+            let error = builder.build().unwrap_err();
+            assert!(error.is_invalid_config(), "{error}");
+            assert!(error.to_string().contains("serving processes"), "{error}");
+        }
     }
 
     #[test]
