@@ -257,7 +257,7 @@ impl<T: Task> Job<T> {
         if let Some(feed) = &slot.feed {
             feed.open_attempt(attempt);
         }
-        self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
+        self.ledger.claimed(self.id);
         if let Some(timeout) = T::POLICY.timeout().filter(|_| is_timed) {
             let me = Weak::clone(&self.me);
             let expire = Box::new(move || {
@@ -370,9 +370,7 @@ impl<T: Task> Job<T> {
                 slot.state = State::Waiting;
                 slot.stop = None;
                 slot.last = Some(outcome);
-                let counts = &self.ledger.counts;
-                counts.running.fetch_sub(1, Ordering::Relaxed);
-                counts.retries.fetch_add(1, Ordering::Relaxed);
+                self.ledger.unclaimed(self.id);
                 tracing::debug!(task = T::NAME, id = self.id, attempt, ?wait, "attempt to retry");
             }
             _ => self.settle(slot, outcome, None),
@@ -476,7 +474,7 @@ impl<T: Task> Job<T> {
             if let Some(key) = slot.timer.take() {
                 timer::cancel(key);
             }
-            self.ledger.counts.finish(was_running, &outcome);
+            self.ledger.finish(self.id, was_running, &outcome);
             slot.state = State::Done(outcome);
             // Nothing more is taken from here on (see the close below).
             let feed = slot.feed.clone();
@@ -842,7 +840,7 @@ mod loom {
             );
             assert!(job.is_finished());
             assert_eq!(ledger.len(), 0, "the job left the ledger");
-            assert_eq!(ledger.counts.running.load(Ordering::SeqCst), 0);
+            assert_eq!(ledger.totals().running, 0);
         });
     }
 

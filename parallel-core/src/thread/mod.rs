@@ -100,7 +100,8 @@ impl ThreadBackend {
     /// whether or not a handle still waits for the task.
     pub(crate) fn activity(&self) -> (usize, usize) {
         let depths = self.shared.depths.iter().map(|depth| depth.load(Ordering::Relaxed));
-        depths.fold((0, 0), |(running, busy), depth| (running + depth, busy + usize::from(depth > 0)))
+        depths
+            .fold((0, 0), |(running, busy), depth| (running + depth, busy + usize::from(depth > 0)))
     }
 
     /// Whether the calling thread is one of this pool's workers.

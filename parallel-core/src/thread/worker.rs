@@ -209,6 +209,11 @@ pub(super) fn purge_idle() {
 }
 
 fn publish_expiry(worker: &WorkerThread) {
-    let earliest = worker.environments.iter().flatten().filter_map(|environment| environment.next_expiry()).min();
+    let earliest = worker
+        .environments
+        .iter()
+        .flatten()
+        .filter_map(|environment| environment.next_expiry())
+        .min();
     worker.shared.janitor.publish(&worker.expiry, earliest);
 }
