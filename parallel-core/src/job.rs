@@ -129,8 +129,6 @@ pub(crate) struct Job<T: Task> {
     slot: Mutex<Inner<T>>,
     done: Condvar,
     ledger: Arc<Ledger>,
-    /// The job itself, for the timer's entries, which must not keep it alive.
-    me: Weak<Job<T>>,
     /// Set before the job is handed to its engine when the task's policy has retries.
     retry: OnceLock<Retry>,
 }
@@ -138,7 +136,8 @@ pub(crate) struct Job<T: Task> {
 impl<T: Task> Job<T> {
     /// A queued job, entered in `ledger` (unless the ledger is closed, then it is `None`).
     pub(crate) fn enqueue(task: T, ledger: &Arc<Ledger>) -> Result<Arc<Self>, T> {
-        let job = Arc::new_cyclic(|me| Job {
+        // Built in place (`Arc::new` builds the job on the stack, then copies it).
+        let job = Arc::new_cyclic(|_| Job {
             id: crate::sync::next_job_id(),
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(false),
@@ -146,7 +145,6 @@ impl<T: Task> Job<T> {
             slot: Mutex::new(Inner::new(State::Queued(task))),
             done: Condvar::new(),
             ledger: Arc::clone(ledger),
-            me: me.clone(),
             retry: OnceLock::new(),
         });
         let weak: Weak<dyn Abort> = Arc::downgrade(&job) as Weak<dyn Abort>;
@@ -165,7 +163,7 @@ impl<T: Task> Job<T> {
 
     /// A job that is already resolved, entered in no ledger.
     pub(crate) fn resolved(outcome: Outcome<T>) -> Arc<Self> {
-        Arc::new_cyclic(|me| Job {
+        Arc::new(Job {
             id: 0,
             key: AtomicUsize::new(usize::MAX),
             is_done: AtomicBool::new(true),
@@ -173,7 +171,6 @@ impl<T: Task> Job<T> {
             slot: Mutex::new(Inner::new(State::Done(outcome))),
             done: Condvar::new(),
             ledger: Arc::new(Ledger::new(0)),
-            me: me.clone(),
             retry: OnceLock::new(),
         })
     }
@@ -223,14 +220,14 @@ impl<T: Task> Job<T> {
 
     /// Claims the task for running: `Queued -> Running`. `None` if it was cancelled or claimed.
     #[cfg(test)]
-    pub(crate) fn start(&self) -> Option<T> {
+    pub(crate) fn start(self: &Arc<Self>) -> Option<T> {
         self.start_attempt(None).map(|(task, _)| task)
     }
 
     /// Claims the task for its next attempt: `Queued -> Running`, with the attempt's number (1
     /// for the first) to report its outcome with; a cancellation while it runs, or its timeout,
     /// calls `stop`. `None` if it was cancelled or claimed.
-    pub(crate) fn start_attempt(&self, stop: Option<Arc<dyn Stop>>) -> Option<(T, u32)> {
+    pub(crate) fn start_attempt(self: &Arc<Self>, stop: Option<Arc<dyn Stop>>) -> Option<(T, u32)> {
         self.claim(stop, true)
     }
 
@@ -238,11 +235,11 @@ impl<T: Task> Job<T> {
     /// keep the attempt's time limit themselves (a cluster slot: the task may wait in a queue
     /// far away before its clock starts).
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn start_attempt_untimed(&self, stop: Arc<dyn Stop>) -> Option<(T, u32)> {
+    pub(crate) fn start_attempt_untimed(self: &Arc<Self>, stop: Arc<dyn Stop>) -> Option<(T, u32)> {
         self.claim(Some(stop), false)
     }
 
-    fn claim(&self, stop: Option<Arc<dyn Stop>>, is_timed: bool) -> Option<(T, u32)> {
+    fn claim(self: &Arc<Self>, stop: Option<Arc<dyn Stop>>, is_timed: bool) -> Option<(T, u32)> {
         // A pool being killed starts nothing more, even a job its abort has not reached yet.
         if self.ledger.is_halted() {
             self.cancel();
@@ -263,9 +260,9 @@ impl<T: Task> Job<T> {
         if let Some(feed) = &slot.feed {
             feed.open_attempt(attempt);
         }
-        self.ledger.counts.running.fetch_add(1, Ordering::Relaxed);
+        self.ledger.claimed(self.id);
         if let Some(timeout) = T::POLICY.timeout().filter(|_| is_timed) {
-            let me = Weak::clone(&self.me);
+            let me = Arc::downgrade(self);
             let expire = Box::new(move || {
                 if let Some(job) = me.upgrade() {
                     job.expire(attempt);
@@ -323,7 +320,7 @@ impl<T: Task> Job<T> {
     /// Ends attempt `attempt` with `outcome`: resolves the job, or, when the task's policy says
     /// so, waits for the backoff and runs it again. `false` if that attempt had ended already
     /// (timed out, cancelled) and `outcome` is dropped.
-    pub(crate) fn finish_attempt(&self, attempt: u32, outcome: Outcome<T>) -> bool {
+    pub(crate) fn finish_attempt(self: &Arc<Self>, attempt: u32, outcome: Outcome<T>) -> bool {
         let slot = self.lock();
         if !matches!(slot.state, State::Running) || slot.attempt != attempt {
             return false;
@@ -334,7 +331,7 @@ impl<T: Task> Job<T> {
 
     /// The timer's deadline for attempt `attempt`: if it still runs, it ends as `TimedOut` and is
     /// stopped (the process backend kills its worker; a thread is abandoned).
-    fn expire(&self, attempt: u32) {
+    fn expire(self: &Arc<Self>, attempt: u32) {
         let mut slot = self.lock();
         if !matches!(slot.state, State::Running) || slot.attempt != attempt {
             return;
@@ -351,7 +348,7 @@ impl<T: Task> Job<T> {
 
     /// Ends the running attempt, under the lock: a retry if the policy allows one, else the
     /// job's result.
-    fn end_attempt(&self, mut slot: MutexGuard<'_, Inner<T>>, outcome: Outcome<T>) {
+    fn end_attempt(self: &Arc<Self>, mut slot: MutexGuard<'_, Inner<T>>, outcome: Outcome<T>) {
         if let Some(key) = slot.timer.take() {
             timer::cancel(key);
         }
@@ -361,7 +358,7 @@ impl<T: Task> Job<T> {
         }
         let attempt = slot.attempt;
         let wait = T::POLICY.backoff_before(attempt);
-        let me = Weak::clone(&self.me);
+        let me = Arc::downgrade(self);
         let retry = Box::new(move || {
             if let Some(job) = me.upgrade() {
                 job.retry(attempt);
@@ -376,9 +373,7 @@ impl<T: Task> Job<T> {
                 slot.state = State::Waiting;
                 slot.stop = None;
                 slot.last = Some(outcome);
-                let counts = &self.ledger.counts;
-                counts.running.fetch_sub(1, Ordering::Relaxed);
-                counts.retries.fetch_add(1, Ordering::Relaxed);
+                self.ledger.unclaimed(self.id);
                 tracing::debug!(task = T::NAME, id = self.id, attempt, ?wait, "attempt to retry");
             }
             _ => self.settle(slot, outcome, None),
@@ -482,7 +477,7 @@ impl<T: Task> Job<T> {
             if let Some(key) = slot.timer.take() {
                 timer::cancel(key);
             }
-            self.ledger.counts.finish(was_running, &outcome);
+            self.ledger.finish(self.id, was_running, &outcome);
             slot.state = State::Done(outcome);
             // Nothing more is taken from here on (see the close below).
             let feed = slot.feed.clone();
@@ -848,7 +843,7 @@ mod loom {
             );
             assert!(job.is_finished());
             assert_eq!(ledger.len(), 0, "the job left the ledger");
-            assert_eq!(ledger.counts.running.load(Ordering::SeqCst), 0);
+            assert_eq!(ledger.totals().running, 0);
         });
     }
 

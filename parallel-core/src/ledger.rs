@@ -20,47 +20,59 @@ pub(crate) trait Abort: Send + Sync {
 /// contend for one lock.
 const SHARDS: usize = 16;
 
-/// What a pool has done, for [`PoolStats`](crate::PoolStats).
+/// What a pool has done that is rare, for [`PoolStats`](crate::PoolStats). The per-job counts
+/// are kept by each shard (see [`Tally`]).
 #[derive(Default)]
 pub(crate) struct Counts {
-    /// Jobs claimed by a worker and not resolved.
-    pub(crate) running: AtomicUsize,
-    /// Jobs resolved with their output.
-    pub(crate) completed: AtomicU64,
-    /// Jobs resolved with an error other than a cancellation (failed, panicked, died, ...).
-    pub(crate) failed: AtomicU64,
-    /// Jobs resolved as cancelled: a cancel, an expired `join_timeout` (which cancels its job),
-    /// a kill, a dropped `Map`.
-    pub(crate) cancelled: AtomicU64,
     /// Workers renewed or replaced: a thread worker's fresh Environment, a new worker process.
     pub(crate) restarts: AtomicU64,
     /// Attempts that ended in a retry rather than in their job's result.
     pub(crate) retries: AtomicU64,
 }
 
-impl Counts {
-    pub(crate) fn finish<O, E>(&self, was_running: bool, outcome: &Result<O, TaskError<E>>) {
-        if was_running {
-            self.running.fetch_sub(1, Ordering::Relaxed);
-        }
-        let counter = match outcome {
-            Ok(_) => &self.completed,
-            Err(TaskError::Cancelled) => &self.cancelled,
-            Err(_) => &self.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
+/// What the jobs of one shard have done: every job's start and end update these, so each shard
+/// keeps its own, beside its lock (whose cache line the job's end takes anyway), rather than
+/// workers contending for one line of the pool's.
+#[derive(Default)]
+struct Tally {
+    /// Jobs claimed by a worker and not resolved.
+    running: AtomicUsize,
+    /// Jobs resolved with their output.
+    completed: AtomicU64,
+    /// Jobs resolved with an error other than a cancellation (failed, panicked, died, ...).
+    failed: AtomicU64,
+    /// Jobs resolved as cancelled: a cancel, an expired `join_timeout` (which cancels its job),
+    /// a kill, a dropped `Map`.
+    cancelled: AtomicU64,
+}
+
+/// The counts of a whole ledger, summed over its shards (see [`Ledger::totals`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Jobs accepted and not resolved.
+    pub(crate) live: usize,
+    /// Jobs claimed by a worker and not resolved.
+    pub(crate) running: usize,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) cancelled: u64,
 }
 
 /// One shard of a ledger: live jobs by key.
 type Shard = Slab<Weak<dyn Abort>>;
+
+/// A shard and the counts of its jobs.
+struct Cell {
+    jobs: Mutex<Shard>,
+    tally: Tally,
+}
 
 /// The jobs a pool has accepted and not yet resolved: what `kill` cancels and `shutdown` waits
 /// for.
 pub(crate) struct Ledger {
     pool_id: u64,
     /// Padded so that shards used by different threads share no cache line.
-    shards: [CachePadded<Mutex<Shard>>; SHARDS],
+    shards: [CachePadded<Cell>; SHARDS],
     is_closed: AtomicBool,
     /// Set by `abort_all`: no job of this ledger starts any more.
     is_halted: AtomicBool,
@@ -69,21 +81,22 @@ pub(crate) struct Ledger {
     is_draining: AtomicBool,
     drained_lock: Mutex<()>,
     drained: Condvar,
-    /// Padded: every job's start and end update these.
-    pub(crate) counts: CachePadded<Counts>,
+    pub(crate) counts: Counts,
 }
 
 impl Ledger {
     pub(crate) fn new(pool_id: u64) -> Self {
         Ledger {
             pool_id,
-            shards: std::array::from_fn(|_| CachePadded::new(Mutex::new(Slab::new()))),
+            shards: std::array::from_fn(|_| {
+                CachePadded::new(Cell { jobs: Mutex::new(Slab::new()), tally: Tally::default() })
+            }),
             is_closed: AtomicBool::new(false),
             is_halted: AtomicBool::new(false),
             is_draining: AtomicBool::new(false),
             drained_lock: Mutex::new(()),
             drained: Condvar::new(),
-            counts: CachePadded::new(Counts::default()),
+            counts: Counts::default(),
         }
     }
 
@@ -92,10 +105,58 @@ impl Ledger {
         self.pool_id
     }
 
-    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
+    fn cell(&self, id: u64) -> &Cell {
         // Ids are consecutive, so the low bits spread them evenly.
-        let shard = &self.shards[(id % SHARDS as u64) as usize];
-        shard.lock().unwrap_or_else(PoisonError::into_inner)
+        &self.shards[(id % SHARDS as u64) as usize]
+    }
+
+    fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
+        self.cell(id).jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts job `id` as claimed by a worker, until it resolves or waits for a retry.
+    pub(crate) fn claimed(&self, id: u64) {
+        self.cell(id).tally.running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts job `id`, claimed, as no longer running: its attempt ended in a retry.
+    pub(crate) fn unclaimed(&self, id: u64) {
+        let counts = &self.cell(id).tally;
+        counts.running.fetch_sub(1, Ordering::Relaxed);
+        self.counts.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts job `id` as resolved with `outcome` (claimed by a worker if `was_running`).
+    pub(crate) fn finish<O, E>(
+        &self,
+        id: u64,
+        was_running: bool,
+        outcome: &Result<O, TaskError<E>>,
+    ) {
+        let tally = &self.cell(id).tally;
+        if was_running {
+            tally.running.fetch_sub(1, Ordering::Relaxed);
+        }
+        let counter = match outcome {
+            Ok(_) => &tally.completed,
+            Err(TaskError::Cancelled) => &tally.cancelled,
+            Err(_) => &tally.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts of every shard, summed; a shard's live jobs under its lock.
+    pub(crate) fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for (id, cell) in (0..SHARDS as u64).zip(&self.shards) {
+            totals.live += self.shard(id).len();
+            let tally = &cell.tally;
+            totals.running += tally.running.load(Ordering::Relaxed);
+            totals.completed += tally.completed.load(Ordering::Relaxed);
+            totals.failed += tally.failed.load(Ordering::Relaxed);
+            totals.cancelled += tally.cancelled.load(Ordering::Relaxed);
+        }
+        totals
     }
 
     /// Enters job `id`, returning its key in the shard; refused once the ledger is closed.

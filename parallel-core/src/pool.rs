@@ -305,19 +305,18 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         use std::sync::atomic::Ordering::Relaxed;
         let counts = &self.ledger.counts;
+        let totals = self.ledger.totals();
         // Jobs a worker has claimed and that are not resolved: the live jobs minus these wait.
-        let claimed = counts.running.load(Relaxed);
-        let live = self.ledger.len();
-        let activity = self.engine.activity(live, claimed);
+        let activity = self.engine.activity(totals.live, totals.running);
         PoolStats {
             backend: self.backend,
             workers: self.workers,
             idle: self.workers.saturating_sub(activity.busy),
             queued: activity.queued,
             running: activity.running,
-            completed: counts.completed.load(Relaxed),
-            failed: counts.failed.load(Relaxed),
-            cancelled: counts.cancelled.load(Relaxed),
+            completed: totals.completed,
+            failed: totals.failed,
+            cancelled: totals.cancelled,
             restarts: counts.restarts.load(Relaxed),
             retries: counts.retries.load(Relaxed),
         }

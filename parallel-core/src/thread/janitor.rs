@@ -68,7 +68,13 @@ impl Janitor {
         let nanos = expiry.map_or(NONE, |at| {
             u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(NONE - 1)
         });
-        let previous = slot.swap(nanos, Ordering::AcqRel);
+        // Only the worker that owns `slot` writes it: a load, and a store only on a change,
+        // which is rare (most environments hold no TTL entry: `NONE` after every task).
+        let previous = slot.load(Ordering::Relaxed);
+        if nanos == previous {
+            return;
+        }
+        slot.store(nanos, Ordering::Release);
         if nanos < previous {
             self.wake();
         }

@@ -11,6 +11,8 @@ mod worker;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crossbeam_utils::CachePadded;
+
 use crate::job::Job;
 use crate::ledger::Ledger;
 use crate::{Error, Task};
@@ -30,12 +32,11 @@ pub(crate) struct Shared {
     /// After this many tasks a worker starts over with a fresh environment.
     pub(crate) max_tasks_per_worker: Option<usize>,
     pub(crate) janitor: Janitor,
-    /// Tasks whose code runs on the pool's threads right now, including tasks nested on one
-    /// thread and tasks abandoned by a cancel or a timeout, which keep their thread until they
-    /// return.
-    pub(crate) running: AtomicUsize,
-    /// Threads with at least one task on their stack.
-    pub(crate) busy: AtomicUsize,
+    /// Per worker thread, by its index: how many tasks are on its stack right now, including
+    /// tasks nested on it and tasks abandoned by a cancel or a timeout, which keep their thread
+    /// until they return. Written only by its own thread (a load and a store, no locked
+    /// instruction), each on its own cache line: the workers never contend for it.
+    pub(crate) depths: Box<[CachePadded<AtomicUsize>]>,
 }
 
 /// A rayon pool and the state its workers share.
@@ -57,8 +58,7 @@ impl ThreadBackend {
             ledger,
             max_tasks_per_worker,
             janitor: Janitor::new(),
-            running: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            depths: (0..workers).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
         });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
@@ -99,8 +99,9 @@ impl ThreadBackend {
     /// How many tasks run on the pool's threads, and on how many threads: what the threads do,
     /// whether or not a handle still waits for the task.
     pub(crate) fn activity(&self) -> (usize, usize) {
-        let running = self.shared.running.load(Ordering::Relaxed);
-        (running, self.shared.busy.load(Ordering::Relaxed))
+        let depths = self.shared.depths.iter().map(|depth| depth.load(Ordering::Relaxed));
+        depths
+            .fold((0, 0), |(running, busy), depth| (running + depth, busy + usize::from(depth > 0)))
     }
 
     /// Whether the calling thread is one of this pool's workers.

@@ -23,14 +23,25 @@ use crate::{unwind, Environment, Task, TaskError};
 struct WorkerThread {
     shared: Arc<Shared>,
     index: usize,
-    /// One environment per nesting depth; `None` while a task at that depth has it.
-    environments: Vec<Option<Environment>>,
+    /// One environment per nesting depth; `None` while a task at that depth has it. Boxed, so
+    /// that lending one to a task and taking it back moves a pointer.
+    environments: Vec<Option<Box<Environment>>>,
     /// How many tasks are on this thread's stack right now.
     depth: usize,
     /// Tasks run at depth 0 since the environment was last renewed.
     tasks_run: usize,
     /// Where this worker publishes the earliest expiry of its environments for the janitor.
     expiry: Arc<AtomicU64>,
+}
+
+impl WorkerThread {
+    /// Publishes `depth` for the pool's stats (see `Shared::depths`).
+    fn set_depth(&mut self, depth: usize) {
+        self.depth = depth;
+        if let Some(published) = self.shared.depths.get(self.index) {
+            published.store(depth, Ordering::Relaxed);
+        }
+    }
 }
 
 thread_local! {
@@ -122,40 +133,32 @@ fn run<T: Task>(task: T, job: &Arc<Job<T>>, attempt: u32) -> Outcome<T> {
     outcome
 }
 
-fn take_environment() -> (Environment, usize) {
+fn take_environment() -> (Box<Environment>, usize) {
     WORKER.with_borrow_mut(|worker| match worker {
         Some(worker) => {
             let depth = worker.depth;
-            worker.depth += 1;
-            worker.shared.running.fetch_add(1, Ordering::Relaxed);
-            if depth == 0 {
-                worker.shared.busy.fetch_add(1, Ordering::Relaxed);
-            }
+            worker.set_depth(depth + 1);
             if worker.environments.len() <= depth {
                 worker.environments.resize_with(depth + 1, || None);
             }
             let environment = worker.environments[depth]
                 .take()
-                .unwrap_or_else(|| Environment::for_worker(worker.index));
+                .unwrap_or_else(|| Box::new(Environment::for_worker(worker.index)));
             (environment, depth)
         }
         // Only worker threads run jobs; a throwaway environment keeps this path total anyway.
-        None => (Environment::new(), usize::MAX),
+        None => (Box::default(), usize::MAX),
     })
 }
 
-fn put_back(environment: Environment, depth: usize) {
+fn put_back(environment: Box<Environment>, depth: usize) {
     let retired = WORKER.with_borrow_mut(|worker| {
         let worker = worker.as_mut()?;
         if depth == usize::MAX {
             return Some(environment);
         }
-        worker.depth = depth;
         // Before the job completes: once its handle has the result, it is no longer counted.
-        worker.shared.running.fetch_sub(1, Ordering::Relaxed);
-        if depth == 0 {
-            worker.shared.busy.fetch_sub(1, Ordering::Relaxed);
-        }
+        worker.set_depth(depth);
         let mut retired = None;
         if depth == 0 {
             worker.tasks_run += 1;
@@ -206,6 +209,11 @@ pub(super) fn purge_idle() {
 }
 
 fn publish_expiry(worker: &WorkerThread) {
-    let earliest = worker.environments.iter().flatten().filter_map(Environment::next_expiry).min();
+    let earliest = worker
+        .environments
+        .iter()
+        .flatten()
+        .filter_map(|environment| environment.next_expiry())
+        .min();
     worker.shared.janitor.publish(&worker.expiry, earliest);
 }
