@@ -103,9 +103,10 @@ impl Engine {
     /// Helps a caller about to wait for `job`: where the caller's thread is a worker of the job's
     /// own pool and the job is still queued, runs it in place (waiting for it could deadlock a
     /// pool of one worker). Any backend's job may be waited for from any thread, so this asks
-    /// every backend that has workers a caller's thread can be.
-    pub(crate) fn help<T: Task>(job: &Arc<Job<T>>) {
-        thread::help(job);
+    /// every backend that has workers a caller's thread can be. `true` if the caller may run
+    /// the job in place: it must look again whenever it finds the job queued (a retry).
+    pub(crate) fn help<T: Task>(job: &Arc<Job<T>>) -> bool {
+        thread::help(job)
     }
 
     /// Whether the calling thread is one of this engine's workers.

@@ -71,9 +71,9 @@ impl<T: Task> TaskHandle<T> {
     /// ```
     pub fn join(self) -> Result<T::Output, TaskError<T::Error>> {
         loop {
-            Engine::help(&self.job);
+            let may_run_here = Engine::help(&self.job);
             // Queued again for a retry: helped again (it may have to run right here).
-            if let Wait::Done(outcome) = self.job.wait_for_turn(None) {
+            if let Wait::Done(outcome) = self.job.wait_for_turn(None, may_run_here) {
                 return outcome;
             }
         }
@@ -115,8 +115,8 @@ impl<T: Task> TaskHandle<T> {
     pub fn join_timeout(self, timeout: Duration) -> Result<T::Output, TaskError<T::Error>> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            Engine::help(&self.job);
-            match self.job.wait_for_turn(deadline) {
+            let may_run_here = Engine::help(&self.job);
+            match self.job.wait_for_turn(deadline, may_run_here) {
                 Wait::Done(outcome) => return outcome,
                 // Queued again for a retry: helped again (it may have to run right here).
                 Wait::Requeued => continue,
@@ -231,7 +231,8 @@ impl<T: Task> Future for TaskHandle<T> {
     /// of the task's own thread pool, a task still queued is first run in place (the worker
     /// that would run it may be this very thread, blocked in a `block_on`).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Engine::help(&self.job);
+        // A retry queued after this help wakes the waker, which polls (and helps) again.
+        let _ = Engine::help(&self.job);
         match self.job.poll(cx.waker()) {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,

@@ -520,7 +520,7 @@ impl<T: Task> Job<T> {
     /// Spins briefly before sleeping: most tasks are short, and waking a thread that sleeps on
     /// the condition variable costs several microseconds, more than a short task itself.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Outcome<T>> {
-        match self.wait_for_turn(deadline) {
+        match self.wait_for_turn(deadline, false) {
             Wait::Done(outcome) => Some(outcome),
             // Not returned without a deadline or once it passed: the loop waits on.
             Wait::Requeued | Wait::Expired => None,
@@ -528,15 +528,18 @@ impl<T: Task> Job<T> {
     }
 
     /// Like [`wait`](Self::wait), but also returns when the job is queued again for a retry,
-    /// so that a caller that may run it in place (a worker of its own pool, see `Engine::help`)
-    /// gets the chance to: the worker that would run it may be the caller itself.
-    pub(crate) fn wait_for_turn(&self, deadline: Option<Instant>) -> Wait<T> {
+    /// so that a caller that may run it in place (`may_run_here`: a worker of its own pool, see
+    /// `Engine::help`) gets the chance to: the worker that would run it may be the caller itself.
+    /// Such a caller hears of the job queued at every look, the first one too: a retry queued
+    /// between its help and this wait notifies nobody (before, it slept on, and a pool of one
+    /// worker deadlocked with the retry queued behind the sleeping caller).
+    pub(crate) fn wait_for_turn(&self, deadline: Option<Instant>, may_run_here: bool) -> Wait<T> {
         let backoff = Backoff::new();
         while !self.is_done.load(Ordering::Acquire) && !backoff.is_completed() {
             backoff.snooze();
         }
         let mut slot = self.lock();
-        let mut was_queued = matches!(slot.state, State::Queued(_));
+        let mut was_queued = !may_run_here && matches!(slot.state, State::Queued(_));
         loop {
             if let State::Done(_) = slot.state {
                 return match std::mem::replace(&mut slot.state, State::Taken) {
@@ -545,7 +548,7 @@ impl<T: Task> Job<T> {
                 };
             }
             let is_queued = matches!(slot.state, State::Queued(_));
-            if is_queued && !was_queued {
+            if is_queued && (may_run_here || !was_queued) {
                 return Wait::Requeued;
             }
             was_queued = is_queued;
@@ -632,6 +635,19 @@ mod tests {
         assert!(job.start().is_none());
         assert!(matches!(job.wait(None), Some(Err(TaskError::Cancelled))));
         assert_eq!(ledger.len(), 0);
+    }
+
+    /// Found by the suite under load: a retry queued by the timer between a same-pool joiner's
+    /// help and its wait notified nobody, and the joiner (the pool's only worker) slept with
+    /// the retry queued behind it. A caller that may run the job in place now hears of it
+    /// queued at its first look too; one that may not waits on (it would only spin).
+    #[test]
+    fn a_caller_that_may_run_the_job_in_place_hears_of_it_queued_at_once() {
+        let job = enqueue(&ledger());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(matches!(job.wait_for_turn(Some(deadline), true), Wait::Requeued));
+        let soon = Instant::now() + Duration::from_millis(5);
+        assert!(matches!(job.wait_for_turn(Some(soon), false), Wait::Expired));
     }
 
     #[test]

@@ -87,10 +87,15 @@ pub(super) fn execute<T: Task>(job: &Arc<Job<T>>) {
 ///
 /// An async task is not run in place from inside another async task: the thread is driving that
 /// task's runtime, which cannot be entered twice; it runs on another worker.
-pub(crate) fn help<T: Task>(job: &Arc<Job<T>>) {
-    if current_pool() == Some(job.pool_id()) && job.is_queued() && !(T::ASYNC && in_runtime()) {
+///
+/// `true` if this thread may run the job in place, whether it did or not: its waits must then
+/// come back whenever they find the job queued (see `Job::wait_for_turn`).
+pub(crate) fn help<T: Task>(job: &Arc<Job<T>>) -> bool {
+    let may_run_here = current_pool() == Some(job.pool_id()) && !(T::ASYNC && in_runtime());
+    if may_run_here && job.is_queued() {
         execute(job);
     }
+    may_run_here
 }
 
 #[cfg(feature = "tokio")]
