@@ -466,6 +466,17 @@ impl Shared {
             tracing::warn!(subject = %message.subject, "a reply without a known kind; dropped");
             return;
         };
+        if kind == Kind::Endings {
+            match wire::endings(&payload) {
+                Ok(endings) => {
+                    for (call, ending) in endings {
+                        self.end(call, ending);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "a bad endings reply; dropped"),
+            }
+            return;
+        }
         // `alive` and `started` name their calls in the body, several at once.
         if matches!(kind, Kind::Alive | Kind::Started) {
             let calls = std::str::from_utf8(&payload)
@@ -520,7 +531,7 @@ impl Shared {
                     self.end(call, ending);
                 }
             }
-            Kind::Alive | Kind::Started => {}
+            Kind::Alive | Kind::Started | Kind::Endings => {}
         }
     }
 

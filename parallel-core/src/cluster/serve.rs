@@ -253,6 +253,9 @@ enum Out {
     /// A progress message as the task sent it (framed with the others of its round when sent).
     Progress(Key, Vec<u8>),
     Ended(Key, Ending),
+    /// Small endings of one caller's tasks in one reply (`merge_endings`), and their messages,
+    /// acknowledged once it is out.
+    Endings(Arc<str>, Vec<u8>, Vec<Arc<jetstream::Message>>),
     Alive(Arc<str>, Vec<CallId>),
     /// A task that cannot run: its ending, then the message is let go.
     Refused(Key, Ending, Arc<jetstream::Message>),
@@ -913,7 +916,8 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
                 tracing::warn!(%error, "a reply could not be sent");
             }
         }
-        for out in frame_progress(&node, batch.drain(..)) {
+        let round = frame_progress(&node, batch.drain(..));
+        for out in merge_endings(&node, round) {
             send_one(&node, out).await;
         }
     }
@@ -952,6 +956,66 @@ fn frame_progress(node: &Node, round: impl Iterator<Item = Out>) -> Vec<Out> {
     outs
 }
 
+/// The round with the small endings of each caller's tasks in as few replies as fit, each where
+/// that caller's last ending of the round was (after every progress message of those tasks);
+/// each ending's task is done with here (`Node::finished`). An ending too large to share a reply
+/// keeps its own, and a caller with one ending gets it as before.
+fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
+    /// An ending shares a reply if it is under this share of the message limit.
+    const SHARE: usize = 16;
+    let is_small = |ending: &Ending| match ending {
+        Ending::Output(bytes) | Ending::Failed(bytes) => node.payloads.fits(bytes.len() * SHARE),
+        Ending::Report(_) => true,
+    };
+    // Each caller's small endings in the round, and where the last one is.
+    let mut last: HashMap<Arc<str>, (usize, usize)> = HashMap::new();
+    for (at, out) in round.iter().enumerate() {
+        if let Out::Ended(key, ending) = out
+            && is_small(ending)
+        {
+            let entry = last.entry(Arc::clone(&key.0)).or_insert((0, at));
+            *entry = (entry.0 + 1, at);
+        }
+    }
+    last.retain(|_, (count, _)| *count > 1);
+    if last.is_empty() {
+        return round;
+    }
+    let mut merged: HashMap<Arc<str>, (Vec<u8>, Vec<Arc<jetstream::Message>>)> = HashMap::new();
+    let mut outs = Vec::with_capacity(round.len());
+    for (at, out) in round.into_iter().enumerate() {
+        let Out::Ended(key, ending) = out else {
+            outs.push(out);
+            continue;
+        };
+        let Some(&(_, last_at)) = last.get(&key.0).filter(|_| is_small(&ending)) else {
+            outs.push(Out::Ended(key, ending));
+            continue;
+        };
+        // Cancelled meanwhile: its caller has resolved already.
+        if let Some(message) = node.finished(&key) {
+            let (kind, body) = ending.into_message();
+            let (reply, messages) = merged.entry(Arc::clone(&key.0)).or_default();
+            if !reply.is_empty() && !node.payloads.fits(reply.len() + body.len() + 64) {
+                outs.push(Out::Endings(
+                    Arc::clone(&key.0),
+                    std::mem::take(reply),
+                    std::mem::take(messages),
+                ));
+            }
+            wire::push_ending(reply, key.1, kind, &body);
+            messages.push(message);
+        }
+        if at == last_at
+            && let Some((reply, messages)) = merged.remove(&key.0)
+            && !messages.is_empty()
+        {
+            outs.push(Out::Endings(key.0, reply, messages));
+        }
+    }
+    outs
+}
+
 /// Sends one of the outbox's messages (a `started` is sent already, with others); a progress
 /// message is framed already (`frame_progress`).
 async fn send_one(node: &Arc<Node>, out: Out) {
@@ -978,6 +1042,22 @@ async fn send_one(node: &Arc<Node>, out: Out) {
             let Some(message) = node.finished(&key) else { return };
             let (kind, body) = ending.into_message();
             (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
+        }
+        Out::Endings(reply, body, messages) => {
+            let headers = headers_of(Kind::Endings, None);
+            let body = Bytes::from(body);
+            node.remember(&reply, &headers, &body);
+            if let Err(error) =
+                node.client.publish_with_headers(reply.to_string(), headers, body).await
+            {
+                tracing::warn!(%error, "a reply could not be sent");
+            }
+            for message in messages {
+                if let Err(error) = message.ack_with(AckKind::Ack).await {
+                    tracing::warn!(%error, "a finished task's message could not be acknowledged");
+                }
+            }
+            return;
         }
         Out::Refused(key, ending, message) => {
             let (kind, body) = ending.into_message();

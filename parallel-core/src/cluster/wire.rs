@@ -185,6 +185,35 @@ pub(crate) fn frames(mut body: &[u8]) -> Result<Vec<&[u8]>, String> {
     Ok(frames)
 }
 
+/// Appends one task's ending to the body of an `endings` reply.
+pub(crate) fn push_ending(body: &mut Vec<u8>, call: CallId, kind: Kind, ending: &[u8]) {
+    push_frame(body, call.to_string().as_bytes());
+    push_frame(body, kind.name().as_bytes());
+    push_frame(body, ending);
+}
+
+/// The endings an `endings` reply carries, each with its call (an ending that does not parse is
+/// an error for its call alone); an error for a body whose frames do not parse, where no call
+/// can be told apart (those tasks are reported lost when their lease passes without word).
+pub(crate) fn endings(body: &[u8]) -> Result<Vec<(CallId, Result<Ending, String>)>, String> {
+    let frames = frames(body)?;
+    if frames.len() % 3 != 0 {
+        return Err(format!("{} frames are not whole endings", frames.len()));
+    }
+    let mut endings = Vec::with_capacity(frames.len() / 3);
+    for triple in frames.chunks_exact(3) {
+        let call = std::str::from_utf8(triple[0])
+            .map_err(|error| error.to_string())
+            .and_then(CallId::parse)?;
+        let kind = std::str::from_utf8(triple[1]).ok().and_then(Kind::parse);
+        let ending = kind
+            .and_then(|kind| Ending::from_message(kind, triple[2].to_vec()))
+            .unwrap_or_else(|| Err("an ending of no known kind".to_owned()));
+        endings.push((call, ending));
+    }
+    Ok(endings)
+}
+
 /// A duration in whole milliseconds, as headers carry it.
 pub(crate) fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
@@ -211,11 +240,21 @@ pub(crate) enum Kind {
     Failed,
     /// The task ended otherwise; the body is a [`Report`].
     Ended,
+    /// Several tasks ended: for each, three frames (see [`push_frame`]): its call, the kind of
+    /// its ending (`output`, `failed` or `ended`) and that ending's body.
+    Endings,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] =
-        [Kind::Started, Kind::Alive, Kind::Progress, Kind::Output, Kind::Failed, Kind::Ended];
+    const ALL: [Kind; 7] = [
+        Kind::Started,
+        Kind::Alive,
+        Kind::Progress,
+        Kind::Output,
+        Kind::Failed,
+        Kind::Ended,
+        Kind::Endings,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -225,6 +264,7 @@ impl Kind {
             Kind::Output => "output",
             Kind::Failed => "failed",
             Kind::Ended => "ended",
+            Kind::Endings => "endings",
         }
     }
 
@@ -293,7 +333,7 @@ impl Ending {
             Kind::Output => Some(Ok(Ending::Output(body))),
             Kind::Failed => Some(Ok(Ending::Failed(body))),
             Kind::Ended => Some(wire_value::decode(&body).map(Ending::Report)),
-            Kind::Started | Kind::Alive | Kind::Progress => None,
+            Kind::Started | Kind::Alive | Kind::Progress | Kind::Endings => None,
         }
     }
 }
@@ -360,6 +400,28 @@ mod tests {
             assert!(parsed.is_err() || [7, 11].contains(&cut), "{cut}: {parsed:?}");
         }
         assert!(frames(&[0xff, 0xff, 0xff, 0xff, 1]).is_err());
+    }
+
+    #[test]
+    fn endings_travel_together_and_a_bad_one_spoils_the_reply() {
+        let first = CallId { job: 1, attempt: 1 };
+        let second = CallId { job: 9, attempt: 2 };
+        let report = Ending::Report(Report::TimedOut);
+        let mut body = Vec::new();
+        push_ending(&mut body, first, Kind::Output, &[1, 2]);
+        let (kind, bytes) = report.clone().into_message();
+        push_ending(&mut body, second, kind, &bytes);
+        assert_eq!(
+            endings(&body),
+            Ok(vec![(first, Ok(Ending::Output(vec![1, 2]))), (second, Ok(report))])
+        );
+        let mut bad = Vec::new();
+        push_ending(&mut bad, first, Kind::Alive, &[]);
+        assert!(matches!(&endings(&bad).unwrap()[..], [(call, Err(_))] if *call == first));
+        assert!(endings(&body[..body.len() - 1]).is_err());
+        let mut short = Vec::new();
+        push_frame(&mut short, b"1.1");
+        assert!(endings(&short).is_err());
     }
 
     #[test]
