@@ -208,6 +208,6 @@ crate::backends!(
     an_early_drop_cancels_the_rest_and_harms_no_later_task: "cluster: the limit the README \
         states: a queued step's cancel travels on its own, and a slot freed by a running step \
         the drop left to finish (its gate opens at once) may start it first. The cancels of a \
-        drop now go in one message and are applied together, which made it rare (15 runs of 15 \
+        drop now go in one message and are applied together, which made it rare (4 runs of 4 \
         alone), not impossible (1 in 2 runs of the whole suite under load)",
 );
