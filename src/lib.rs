@@ -115,6 +115,13 @@ pub use parallel_core::{
 
 pub use parallel_macros::task;
 
+/// The examples of [`task`]'s documentation, which lives in `parallel-macros` (docs.rs shows it
+/// here, on `parallel::task`), run as this crate's doc tests: built once, with the facade's other
+/// doc tests, rather than for the host as a proc-macro crate's doc tests are.
+#[cfg(doctest)]
+#[doc = include_str!("../parallel-macros/src/task.md")]
+mod task_attribute {}
+
 #[cfg(feature = "cluster")]
 pub use parallel_core::serve;
 

@@ -4,7 +4,7 @@
 //! idled, and a panic message over the message limit reported as a death.
 #![cfg(feature = "process")]
 
-mod common;
+use crate::common;
 
 use common::{quietly, within, Scratch};
 

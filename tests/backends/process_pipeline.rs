@@ -4,7 +4,7 @@
 //! and a worker dying with jobs behind the one it runs.
 #![cfg(feature = "process")]
 
-mod common;
+use crate::common;
 
 use common::Scratch;
 

@@ -2,7 +2,7 @@
 //! mistake, values that will not cross, payloads at and over the limit.
 #![cfg(feature = "process")]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -48,8 +48,8 @@ fn arguments_over_the_message_limit_are_refused_without_touching_a_worker() {
     match echo::dispatch_on(&pool, vec![0; 2 << 20]).join() {
         Err(error @ TaskError::Serialization { .. }) => assert_eq!(
             error.to_string(),
-            "the arguments of task `process_edges::echo` did not cross the worker boundary: the \
-             value is over the `max_message_size` of 1048576 bytes; raise it with \
+            "the arguments of task `backends::process_edges::echo` did not cross the worker \
+             boundary: the value is over the `max_message_size` of 1048576 bytes; raise it with \
              `Pool::builder().max_message_size(bytes)` or send less (a file's path instead of its \
              contents)"
         ),
@@ -60,8 +60,8 @@ fn arguments_over_the_message_limit_are_refused_without_touching_a_worker() {
     match grow::dispatch_on(&pool, 2 << 20).join() {
         Err(error @ TaskError::Serialization { .. }) => assert_eq!(
             error.to_string(),
-            "the output of task `process_edges::grow` did not cross the worker boundary: the \
-             value is over the `max_message_size` of 1048576 bytes; raise it with \
+            "the output of task `backends::process_edges::grow` did not cross the worker \
+             boundary: the value is over the `max_message_size` of 1048576 bytes; raise it with \
              `Pool::builder().max_message_size(bytes)` or send less (a file's path instead of its \
              contents)"
         ),

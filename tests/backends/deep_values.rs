@@ -3,7 +3,7 @@
 //! caller or of the worker, and the pool keeps serving; on the thread backend they are handed
 //! over as they are.
 
-mod common;
+use crate::common;
 
 use common::Nest;
 use parallel::{task, Backend, Pool, TaskError};
