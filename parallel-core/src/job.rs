@@ -89,6 +89,7 @@ pub(crate) trait Stop: Send + Sync {
 
     /// Takes the task back if its worker has not started it (it then never will): `true` if
     /// taken, `false` if it runs, ran, or this backend cannot tell.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // a cluster slot's hand-back only
     fn withdraw(&self) -> bool {
         false
     }

@@ -981,7 +981,9 @@ fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
     if last.is_empty() {
         return round;
     }
-    let mut merged: HashMap<Arc<str>, (Vec<u8>, Vec<Arc<jetstream::Message>>)> = HashMap::new();
+    /// A caller's reply being filled, and the messages its endings finish.
+    type Reply = (Vec<u8>, Vec<Arc<jetstream::Message>>);
+    let mut merged: HashMap<Arc<str>, Reply> = HashMap::new();
     let mut outs = Vec::with_capacity(round.len());
     for (at, out) in round.into_iter().enumerate() {
         let Out::Ended(key, ending) = out else {

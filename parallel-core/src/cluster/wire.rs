@@ -192,10 +192,13 @@ pub(crate) fn push_ending(body: &mut Vec<u8>, call: CallId, kind: Kind, ending: 
     push_frame(body, ending);
 }
 
+/// A call and its ending as an `endings` reply carries it (`Err`: it does not decode).
+pub(crate) type CallEnding = (CallId, Result<Ending, String>);
+
 /// The endings an `endings` reply carries, each with its call (an ending that does not parse is
 /// an error for its call alone); an error for a body whose frames do not parse, where no call
 /// can be told apart (those tasks are reported lost when their lease passes without word).
-pub(crate) fn endings(body: &[u8]) -> Result<Vec<(CallId, Result<Ending, String>)>, String> {
+pub(crate) fn endings(body: &[u8]) -> Result<Vec<CallEnding>, String> {
     let frames = frames(body)?;
     if frames.len() % 3 != 0 {
         return Err(format!("{} frames are not whole endings", frames.len()));
