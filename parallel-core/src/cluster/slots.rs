@@ -27,14 +27,16 @@ pub(crate) trait Sink: Send + Sync {
     fn end(&self, ending: Ending);
 }
 
-/// Where a task is: waiting for a slot, handed to a worker (or a slot thread), or over.
+/// Where a task is: waiting for a slot, handed to a worker (or a slot thread), being taken back
+/// from it, or over.
 const WAITING: u8 = 0;
 const BEGUN: u8 = 1;
-const OVER: u8 = 2;
+const WITHDRAWING: u8 = 2;
+const OVER: u8 = 3;
 
 /// One task on a slot: whoever ends it first decides what its caller hears.
 pub(crate) struct Ticket {
-    /// [`WAITING`], [`BEGUN`] or [`OVER`].
+    /// [`WAITING`], [`BEGUN`], [`WITHDRAWING`] or [`OVER`].
     state: AtomicU8,
     sink: Arc<dyn Sink>,
     /// How to stop the task where it runs (a worker process to kill).
@@ -65,10 +67,14 @@ impl Ticket {
 
     /// A slot takes the task: `false` if it is over (cancelled or withdrawn) and must not run.
     pub(crate) fn begin(&self) -> bool {
-        match self.state.compare_exchange(WAITING, BEGUN, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => true,
-            // Handed to another worker of the same slots, after its first one gave it back.
-            Err(state) => state == BEGUN,
+        loop {
+            match self.state.compare_exchange(WAITING, BEGUN, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                // Being taken back: a moment (a claim word and a lock), then it is over or not.
+                Err(WITHDRAWING) => std::hint::spin_loop(),
+                // Handed to another worker of the same slots, after its first one gave it back.
+                Err(state) => return state == BEGUN,
+            }
         }
     }
 
@@ -79,11 +85,26 @@ impl Ticket {
         if self.state.compare_exchange(WAITING, OVER, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             return true;
         }
-        let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if !stop.is_some_and(|stop| stop.withdraw()) {
+        // Held in between, so that a worker that gave it back unstarted (and died) cannot hand
+        // it to another one meanwhile: `begin` waits for the answer.
+        let held =
+            self.state.compare_exchange(BEGUN, WITHDRAWING, Ordering::AcqRel, Ordering::Acquire);
+        if held.is_err() {
             return false;
         }
-        // Its worker will skip it: nothing else can end it now but a cancel, which finds it over.
+        let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if !stop.is_some_and(|stop| stop.withdraw()) {
+            // It runs. An ending that came meanwhile made it over, which stands.
+            let _ = self.state.compare_exchange(
+                WITHDRAWING,
+                BEGUN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return false;
+        }
+        // Its worker skips it. A report that came meanwhile (its worker died) went to the caller,
+        // which then answers `drop` when the message handed back is delivered again.
         self.state.store(OVER, Ordering::Release);
         if let Some(key) = self.deadline.lock().unwrap_or_else(PoisonError::into_inner).take() {
             timer::cancel(key);
@@ -362,6 +383,34 @@ mod tests {
         (Arc::clone(&sink), Ticket::new(sink, 1 << 20))
     }
 
+    /// A claim that takes a while to answer.
+    struct SlowClaim(bool);
+
+    impl Stop for SlowClaim {
+        fn stop(&self, _: Halt) {}
+
+        fn withdraw(&self) -> bool {
+            std::thread::sleep(Duration::from_millis(50));
+            self.0
+        }
+    }
+
+    /// A worker that gave the task back unstarted (and died) may hand it to another while it is
+    /// being withdrawn: that one waits for the answer, and runs it only if the withdraw failed.
+    #[test]
+    fn a_task_handed_again_while_it_is_withdrawn_waits_for_the_answer() {
+        for taken in [true, false] {
+            let (_, ticket) = new_ticket();
+            assert!(ticket.begin());
+            ticket.set_stop(Arc::new(SlowClaim(taken)));
+            let other = Arc::clone(&ticket);
+            let withdraw = std::thread::spawn(move || other.withdraw());
+            std::thread::sleep(Duration::from_millis(10));
+            assert_eq!(ticket.begin(), !taken, "taken back: {taken}");
+            assert_eq!(withdraw.join().unwrap(), taken);
+        }
+    }
+
     #[test]
     fn a_waiting_task_withdrawn_never_begins_and_reports_nothing() {
         let (sink, ticket) = new_ticket();
@@ -382,6 +431,8 @@ mod tests {
             Arc::new(Claim { started: AtomicBool::new(true), stopped: Mutex::new(Vec::new()) });
         ticket.set_stop(Arc::clone(&claim) as Arc<dyn Stop>);
         assert!(!ticket.withdraw(), "its worker runs it");
+        assert!(ticket.begin(), "a withdraw that failed leaves it begun");
+        assert!(!ticket.is_over());
         assert!(ticket.end(Ending::Output(vec![7])));
         assert_eq!(sink.0.lock().unwrap().len(), 1);
 
