@@ -964,7 +964,9 @@ fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
     /// An ending shares a reply if it is under this share of the message limit.
     const SHARE: usize = 16;
     let is_small = |ending: &Ending| match ending {
-        Ending::Output(bytes) | Ending::Failed(bytes) => node.payloads.fits(bytes.len().saturating_mul(SHARE)),
+        Ending::Output(bytes) | Ending::Failed(bytes) => {
+            node.payloads.fits(bytes.len().saturating_mul(SHARE))
+        }
         Ending::Report(_) => true,
     };
     // Each caller's small endings in the round, and where the last one is.
