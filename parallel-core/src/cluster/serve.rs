@@ -253,6 +253,8 @@ enum Out {
     /// A progress message as the task sent it (framed with the others of its round when sent).
     Progress(Key, Vec<u8>),
     Ended(Key, Ending),
+    /// An ending whose task the node is done with (`Node::finished`), and its message.
+    Done(Key, Ending, Arc<jetstream::Message>),
     /// Small endings of one caller's tasks in one reply (`merge_endings`), and their messages,
     /// acknowledged once it is out.
     Endings(Arc<str>, Vec<u8>, Vec<Arc<jetstream::Message>>),
@@ -426,17 +428,19 @@ impl Node {
 
     /// A task ended on its slot: the slot is free, and the message is done with once its
     /// ending is out.
+    /// The caller refills the slots (`refill`), once for all the endings it has.
     fn finished(self: &Arc<Self>, key: &Key) -> Option<Arc<jetstream::Message>> {
-        let running = {
-            let mut state = self.lock();
-            let running = state.running.remove(key)?;
-            let took = running.since.elapsed();
-            state.average = Some(state.average.map_or(took, |average| (average * 7 + took) / 8));
-            running
-        };
+        let mut state = self.lock();
+        let running = state.running.remove(key)?;
+        let took = running.since.elapsed();
+        state.average = Some(state.average.map_or(took, |average| (average * 7 + took) / 8));
+        Some(running.message)
+    }
+
+    /// Slots were freed: the pullers may take more, and the queue goes to the slots.
+    fn refill(self: &Arc<Self>) {
         self.room.notify_waiters();
         self.pump();
-        Some(running.message)
     }
 
     /// The caller at `reply` cancelled `calls` (or, with `every`, all its tasks: its pool was
@@ -917,6 +921,24 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
             }
         }
         let round = frame_progress(&node, batch.drain(..));
+        // The round's endings free their slots first, and the slots are refilled once, before
+        // anything is published: a worker gets its next tasks together and at once.
+        let mut freed = false;
+        let round: Vec<Out> = round
+            .into_iter()
+            .filter_map(|out| match out {
+                Out::Ended(key, ending) => {
+                    // Cancelled meanwhile: its caller has resolved already.
+                    let message = node.finished(&key)?;
+                    freed = true;
+                    Some(Out::Done(key, ending, message))
+                }
+                other => Some(other),
+            })
+            .collect();
+        if freed {
+            node.refill();
+        }
         for out in merge_endings(&node, round) {
             send_one(&node, out).await;
         }
@@ -957,9 +979,9 @@ fn frame_progress(node: &Node, round: impl Iterator<Item = Out>) -> Vec<Out> {
 }
 
 /// The round with the small endings of each caller's tasks in as few replies as fit, each where
-/// that caller's last ending of the round was (after every progress message of those tasks);
-/// each ending's task is done with here (`Node::finished`). An ending too large to share a reply
-/// keeps its own, and a caller with one ending gets it as before.
+/// that caller's last ending of the round was (after every progress message of those tasks). An
+/// ending too large to share a reply keeps its own, and a caller with one ending gets it as
+/// before.
 fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
     /// An ending shares a reply if it is under this share of the message limit.
     const SHARE: usize = 16;
@@ -972,7 +994,7 @@ fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
     // Each caller's small endings in the round, and where the last one is.
     let mut last: HashMap<Arc<str>, (usize, usize)> = HashMap::new();
     for (at, out) in round.iter().enumerate() {
-        if let Out::Ended(key, ending) = out
+        if let Out::Done(key, ending, _) = out
             && is_small(ending)
         {
             let entry = last.entry(Arc::clone(&key.0)).or_insert((0, at));
@@ -988,28 +1010,25 @@ fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
     let mut merged: HashMap<Arc<str>, Reply> = HashMap::new();
     let mut outs = Vec::with_capacity(round.len());
     for (at, out) in round.into_iter().enumerate() {
-        let Out::Ended(key, ending) = out else {
+        let Out::Done(key, ending, message) = out else {
             outs.push(out);
             continue;
         };
         let Some(&(_, last_at)) = last.get(&key.0).filter(|_| is_small(&ending)) else {
-            outs.push(Out::Ended(key, ending));
+            outs.push(Out::Done(key, ending, message));
             continue;
         };
-        // Cancelled meanwhile: its caller has resolved already.
-        if let Some(message) = node.finished(&key) {
-            let (kind, body) = ending.into_message();
-            let (reply, messages) = merged.entry(Arc::clone(&key.0)).or_default();
-            if !reply.is_empty() && !node.payloads.fits(reply.len() + body.len() + 64) {
-                outs.push(Out::Endings(
-                    Arc::clone(&key.0),
-                    std::mem::take(reply),
-                    std::mem::take(messages),
-                ));
-            }
-            wire::push_ending(reply, key.1, kind, &body);
-            messages.push(message);
+        let (kind, body) = ending.into_message();
+        let (reply, messages) = merged.entry(Arc::clone(&key.0)).or_default();
+        if !reply.is_empty() && !node.payloads.fits(reply.len() + body.len() + 64) {
+            outs.push(Out::Endings(
+                Arc::clone(&key.0),
+                std::mem::take(reply),
+                std::mem::take(messages),
+            ));
         }
+        wire::push_ending(reply, key.1, kind, &body);
+        messages.push(message);
         if at == last_at
             && let Some((reply, messages)) = merged.remove(&key.0)
             && !messages.is_empty()
@@ -1044,6 +1063,11 @@ async fn send_one(node: &Arc<Node>, out: Out) {
         Out::Ended(key, ending) => {
             // Cancelled meanwhile: its caller has resolved already.
             let Some(message) = node.finished(&key) else { return };
+            node.refill();
+            let (kind, body) = ending.into_message();
+            (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
+        }
+        Out::Done(key, ending, message) => {
             let (kind, body) = ending.into_message();
             (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
         }
