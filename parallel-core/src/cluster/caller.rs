@@ -718,8 +718,11 @@ async fn publish_task(
     }
 }
 
-/// Deletes tasks' messages from the stream, and their values from the object store, one after
-/// the other in the background: gone already is fine.
+/// How many deletions run at once: a killed pool's 10 000 take ~160 round trips, not 10 000.
+const DELETES_AT_ONCE: usize = 64;
+
+/// Deletes tasks' messages from the stream, and their values from the object store, in the
+/// background, [`DELETES_AT_ONCE`] at a time: gone already is fine.
 fn delete(
     shared: &Arc<Shared>,
     stream: &Arc<stream::Stream>,
@@ -730,16 +733,20 @@ fn delete(
     }
     let (shared, stream) = (Arc::clone(shared), Arc::clone(stream));
     tokio::spawn(async move {
-        for (sequence, object) in deletes {
-            if let Some(sequence) = sequence
-                && let Err(error) = stream.delete_message(sequence).await
-            {
-                tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
+        let one = |(sequence, object): (Option<u64>, Option<String>)| {
+            let (shared, stream) = (&shared, &stream);
+            async move {
+                if let Some(sequence) = sequence
+                    && let Err(error) = stream.delete_message(sequence).await
+                {
+                    tracing::debug!(sequence, %error, "a task message was not deleted (taken already?)");
+                }
+                if let Some(name) = object {
+                    shared.payloads.delete(&name).await;
+                }
             }
-            if let Some(name) = object {
-                shared.payloads.delete(&name).await;
-            }
-        }
+        };
+        futures_util::stream::iter(deletes).for_each_concurrent(DELETES_AT_ONCE, one).await;
     });
 }
 

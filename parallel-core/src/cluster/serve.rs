@@ -1060,6 +1060,8 @@ async fn send_one(node: &Arc<Node>, out: Out) {
             headers.insert(wire::LEASE, wire::millis(node.lease).as_str());
             (reply, headers, CallId::join(&calls).into_bytes(), None)
         }
+        // `send` finishes a round's endings before it sends them (`Out::Done`); an ending that
+        // reaches here another way is finished here.
         Out::Ended(key, ending) => {
             // Cancelled meanwhile: its caller has resolved already.
             let Some(message) = node.finished(&key) else { return };
