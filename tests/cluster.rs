@@ -109,6 +109,22 @@ fn reverse(bytes: Vec<u8>) -> Vec<u8> {
     bytes.into_iter().rev().collect()
 }
 
+/// Takes a while to drop.
+struct SlowDrop(Duration);
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        std::thread::sleep(self.0);
+    }
+}
+
+/// Leaves a value in the slot's `Environment` that expires at once and takes `millis` to drop:
+/// the worker drops it while it idles, and reads no task meanwhile.
+#[task]
+fn leave_slow_drop(env: &mut Environment, millis: u64) {
+    env.set_with_ttl("slow", SlowDrop(Duration::from_millis(millis)), Duration::from_millis(1));
+}
+
 #[task]
 fn nap(millis: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(millis));
@@ -1006,6 +1022,23 @@ fn tasks_taken_ahead_do_not_wait_behind_a_hung_task() {
             assert_eq!(handle.join(), Ok(second.pid()));
         }
         assert!(big.join() == Ok(expected), "the value handed back came back whole");
+    });
+}
+
+/// Found here: a task handed to a slot whose worker was busy dropping an expired value was
+/// taken back once the slot looked stuck (its `started` already sent), and when it came again
+/// its caller, which had heard it start, said not to run it: it never ran, and its handle said
+/// `WorkerDied` after the lease.
+#[test]
+fn a_task_taken_back_before_its_worker_started_it_still_runs() {
+    run("a task taken back before it started", || {
+        let cluster = Cluster::start("taken-back");
+        let serving = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        leave_slow_drop::dispatch_on(&pool, 1_500).join().expect("the value is left");
+        // The worker is dropping the value now, for longer than the slot may look stuck.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(nap::dispatch_on(&pool, 0).join(), Ok(serving.pid()));
     });
 }
 

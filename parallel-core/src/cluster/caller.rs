@@ -571,6 +571,17 @@ impl Shared {
         }
     }
 
+    /// A serving process took `calls` back from a slot whose worker had not started them, after
+    /// it said they started: they are waiting again, and may run when they come again.
+    fn handed_back(&self, calls: &[CallId]) {
+        let mut flights = self.lock();
+        for call in calls {
+            if let Some(flight) = flights.get_mut(call) {
+                flight.started = None;
+            }
+        }
+    }
+
     /// Whether a task delivered again may run: its flight is out and never started.
     fn may_run(&self, call: CallId) -> bool {
         self.lock()
@@ -775,12 +786,31 @@ async fn listen(shared: Arc<Shared>, mut replies: async_nats::Subscriber) {
 
 async fn answer_claims(shared: Arc<Shared>, client: Client, mut claims: async_nats::Subscriber) {
     while let Some(request) = claims.next().await {
-        let call = request
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(wire::CALL))
-            .and_then(|value| CallId::parse(value.as_str()).ok());
-        let answer = if call.is_some_and(|call| shared.may_run(call)) { "run" } else { "drop" };
+        let headers = request.headers.as_ref();
+        let answer = if headers.and_then(|headers| headers.get(wire::HANDED_BACK)).is_some() {
+            match std::str::from_utf8(&request.payload)
+                .map_err(|error| error.to_string())
+                .and_then(CallId::split)
+            {
+                Ok(calls) => {
+                    shared.handed_back(&calls);
+                    "ok"
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a bad hand-back; dropped");
+                    "bad"
+                }
+            }
+        } else {
+            let call = headers
+                .and_then(|headers| headers.get(wire::CALL))
+                .and_then(|value| CallId::parse(value.as_str()).ok());
+            if call.is_some_and(|call| shared.may_run(call)) {
+                "run"
+            } else {
+                "drop"
+            }
+        };
         if let Some(reply) = request.reply {
             let _ = client.publish(reply, Bytes::from_static(answer.as_bytes())).await;
         }

@@ -415,15 +415,12 @@ impl Node {
                 let _ = message.ack_with(AckKind::Term).await;
             });
         }
+        let mut works = Vec::with_capacity(started.len());
         for (held, ticket) in started {
             let _ = self.out.send(Out::Started(held.key.clone()));
-            self.slots.run(Work {
-                task: held.task,
-                args: held.args,
-                timeout: held.timeout,
-                ticket,
-            });
+            works.push(Work { task: held.task, args: held.args, timeout: held.timeout, ticket });
         }
+        self.slots.run(works);
     }
 
     /// A task ended on its slot: the slot is free, and the message is done with once its
@@ -522,10 +519,10 @@ impl Node {
     /// behind slots that are all stuck in long tasks are handed back, so that they do not wait
     /// behind a hung task while another serving process idles (DESIGN §3).
     async fn renew(&self) {
-        let handed_back: Vec<Arc<jetstream::Message>> = {
+        let (handed_back, withdrawn) = {
             let mut state = self.lock();
             if state.is_stuck() {
-                let mut back: Vec<_> = state.queue.drain(..).map(|held| held.message).collect();
+                let back: Vec<_> = state.queue.drain(..).map(|held| held.message).collect();
                 // Those handed to a slot ahead of time that its worker has not started.
                 let waiting: Vec<Key> = state
                     .running
@@ -533,16 +530,21 @@ impl Node {
                     .filter(|(_, running)| running.ticket.withdraw())
                     .map(|(key, _)| key.clone())
                     .collect();
-                for key in waiting {
-                    back.extend(state.running.remove(&key).map(|running| running.message));
-                }
-                back
+                let withdrawn: Vec<_> = waiting
+                    .into_iter()
+                    .filter_map(|key| Some((state.running.remove(&key)?.message, key)))
+                    .collect();
+                (back, withdrawn)
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         };
         for message in handed_back {
             let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+        if !withdrawn.is_empty() {
+            // On its own: waiting for the callers' answers must not hold back `alive`.
+            tokio::spawn(hand_back_started(self.client.clone(), self.names.clone(), withdrawn));
         }
         let (messages, alive) = {
             let state = self.lock();
@@ -879,6 +881,34 @@ async fn hear_cancels(node: Weak<Node>, mut cancels: async_nats::Subscriber) {
             Ok(calls) => node.cancel(&Arc::from(reply), &calls, every),
             Err(error) => tracing::warn!(%error, "a cancel with bad calls; dropped"),
         }
+    }
+}
+
+/// Hands back tasks taken from their slots before their workers started them. Their callers
+/// heard that they started (`started` is sent as a slot gets a task) and would not let them
+/// run when they come again: each caller is told first, and answers, before the messages go
+/// back to the stream, so its answer to their next claim is `run`. A caller that does not
+/// answer in time is gone or cut off; its tasks go back all the same.
+async fn hand_back_started(
+    client: Client,
+    names: Names,
+    withdrawn: Vec<(Arc<jetstream::Message>, Key)>,
+) {
+    let mut by_caller: HashMap<Arc<str>, Vec<CallId>> = HashMap::new();
+    for (_, (reply, call)) in &withdrawn {
+        by_caller.entry(Arc::clone(reply)).or_default().push(*call);
+    }
+    let told = by_caller.into_iter().map(|(reply, calls)| {
+        let caller = reply.strip_prefix(&names.reply("")).unwrap_or_default().to_owned();
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::HANDED_BACK, "1");
+        let body = Bytes::from(CallId::join(&calls).into_bytes());
+        let request = client.request_with_headers(names.claim(&caller), headers, body);
+        tokio::time::timeout(Duration::from_secs(5), request)
+    });
+    futures_util::future::join_all(told).await;
+    for (message, _) in withdrawn {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
     }
 }
 

@@ -221,12 +221,13 @@ impl Slots {
         }
     }
 
-    /// Hands `work` to a free slot (the serving process runs no more tasks than it has slots).
-    pub(crate) fn run(&self, work: Work) {
+    /// Hands `works` to free slots (the serving process hands them no more tasks than they
+    /// have room for), together: worker processes get them in one write each.
+    pub(crate) fn run(&self, works: Vec<Work>) {
         match self {
-            Slots::Threads(slots) => slots.run(work),
+            Slots::Threads(slots) => works.into_iter().for_each(|work| slots.run(work)),
             #[cfg(process_backend)]
-            Slots::Processes(slots) => slots.run(work),
+            Slots::Processes(slots) => slots.run(works),
         }
     }
 

@@ -40,6 +40,9 @@ pub(crate) const SLOT: &str = "Parallel-Slot";
 pub(crate) const LEASE: &str = "Parallel-Lease";
 /// On a cancel: every task of the caller (its pool was killed), not the calls in the body.
 pub(crate) const EVERY: &str = "Parallel-Every";
+/// On a claim request: the calls in the body were said to have started but their worker never
+/// started them, and they go back to the stream (the caller forgets that they started).
+pub(crate) const HANDED_BACK: &str = "Parallel-Handed-Back";
 /// How many calls one cancel message names at most (each at most 31 bytes: far below any
 /// server's message limit).
 pub(crate) const CANCELS_PER_MESSAGE: usize = 1024;

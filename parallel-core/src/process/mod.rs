@@ -235,11 +235,11 @@ impl ProcessBackend {
         }))
     }
 
-    /// Queues a request that is no pool's job (a cluster serving process's task); `false` if
-    /// the pool is stopping.
+    /// Queues requests that are no pool's jobs (a cluster serving process's tasks), together
+    /// (see `Shared::submit_all`); `false` (none taken) if the pool is stopping.
     #[cfg(feature = "cluster")]
-    fn submit_request(&self, request: Box<dyn Request>) -> bool {
-        self.shared.submit(request)
+    fn submit_requests(&self, requests: Vec<Box<dyn Request>>) -> bool {
+        self.shared.submit_all(requests)
     }
 
     /// Lets the slots finish the queue, retire their workers and exit; with `wait`, waits for it.

@@ -35,11 +35,23 @@ impl RemoteSlots {
         Ok(RemoteSlots { backend: super::ProcessBackend::start(&ledger, settings)?, max_frame })
     }
 
-    pub(crate) fn run(&self, work: Work) {
-        let ticket = Arc::clone(&work.ticket);
-        let request = Box::new(Remote { work, id: next_id(), max_frame: self.max_frame });
-        if !self.backend.submit_request(request) {
-            ticket.end(Ending::Report(Report::Unavailable("the slots stopped".to_owned())));
+    /// Hands `works` to the workers together (see `Shared::submit_all`).
+    pub(crate) fn run(&self, works: Vec<Work>) {
+        if works.is_empty() {
+            return;
+        }
+        let tickets: Vec<Arc<Ticket>> = works.iter().map(|work| Arc::clone(&work.ticket)).collect();
+        let requests = works
+            .into_iter()
+            .map(|work| {
+                Box::new(Remote { work, id: next_id(), max_frame: self.max_frame })
+                    as Box<dyn Request>
+            })
+            .collect();
+        if !self.backend.submit_requests(requests) {
+            for ticket in tickets {
+                ticket.end(Ending::Report(Report::Unavailable("the slots stopped".to_owned())));
+            }
         }
     }
 

@@ -276,6 +276,55 @@ impl Shared {
         true
     }
 
+    /// Submits `requests` together, as `submit` does one: with nothing queued before them, the
+    /// workers that wait with nothing to do get them from the caller's thread, shared out evenly
+    /// and each share in one write (up to `DIRECT_FRAME` bytes), so a batch costs a worker one
+    /// wake-up instead of one per job; the rest queue for the slots. A job with a time limit
+    /// goes to an idle worker alone, as from the queue (`take_sendable`). `false` (nothing
+    /// submitted) once the pool stops.
+    pub(super) fn submit_all(self: &Arc<Self>, requests: Vec<Box<dyn Request>>) -> bool {
+        let mut state = self.lock();
+        if state.is_stopping {
+            return false;
+        }
+        let max_sent = self.max_sent();
+        let was_empty = state.queue.is_empty();
+        let count = requests.len();
+        state.queue.extend(requests.into_iter().map(Item::Fresh));
+        let idle: Vec<(usize, Link)> = if was_empty {
+            state
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.is_free() && slot.sent < max_sent)
+                .filter_map(|(id, slot)| Some((id, slot.link.clone()?)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut shares = Vec::with_capacity(idle.len());
+        let idle_count = idle.len();
+        for (at, (id, link)) in idle.into_iter().enumerate() {
+            // Shares as even as the count allows, each a run of the batch in its order.
+            let share = count / idle_count + usize::from(at < count % idle_count);
+            let items = take_sendable(&mut state.queue, share, true);
+            if items.is_empty() {
+                break;
+            }
+            shares.push((id, link, items));
+        }
+        let help =
+            if state.queue.is_empty() { Help::None } else { self.find_help(&mut state, None) };
+        drop(state);
+        for (id, link, items) in shares {
+            send_jobs(self, id, &link, items, DIRECT_FRAME);
+        }
+        if let Help::Start(id) = help {
+            self.start_slot(id);
+        }
+        true
+    }
+
     /// Finds a slot other than `except` to take queued jobs: a free one that sleeps (woken), else
     /// one whose thread is not started yet (counted as started: the caller starts it).
     fn find_help(&self, state: &mut State, except: Option<usize>) -> Help {
@@ -755,7 +804,8 @@ fn resolve(burial: Burial<Sent>, id: usize) -> Vec<Sent> {
 }
 
 /// Claims `items`, builds their frames, enters them in flight on slot `id` and writes them to its
-/// worker in one go. Frames over `max_direct` bytes, every job if the worker is gone meanwhile,
+/// worker in one go. The frames past `max_direct` bytes in all, every job if the worker is gone
+/// meanwhile,
 /// and (from a caller's thread) every job if another thread is writing to the worker, go back to
 /// the front of the queue for the slot thread, already claimed.
 fn send_jobs(
@@ -834,6 +884,9 @@ fn send_jobs(
         // Callers' threads may race each other to an idle worker: the limits hold all the same.
         let mut room = shared.max_sent().saturating_sub(slot.sent);
         let mut places = MAX_IN_FLIGHT.saturating_sub(slot.in_flight.len());
+        // A caller's thread writes no more than `max_direct` bytes in all: a write that fills
+        // the socket would hold it until the worker has read.
+        let mut budget = max_direct;
         // Most batches are sent whole: no second list of those to send.
         let mut to_queue = Vec::new();
         let slot = &mut state.slots[id];
@@ -841,11 +894,14 @@ fn send_jobs(
         // One reading of the clock for the batch: a job's send time only paces the slot.
         let now = Instant::now();
         for sent in ready {
-            let fits = is_current && room > 0 && places > 0 && sent.frame.len() <= max_direct;
+            let fits = is_current && room > 0 && places > 0 && sent.frame.len() <= budget;
             if !fits {
+                // The rest go after it, in order.
+                budget = 0;
                 to_queue.push(sent);
                 continue;
             }
+            budget -= sent.frame.len();
             room -= 1;
             places -= 1;
             // Resolved between its claim and now (cancelled): no need to send it.
