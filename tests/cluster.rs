@@ -1084,6 +1084,33 @@ fn kill_resolves_every_handle_stops_the_running_task_and_runs_nothing_queued() {
     });
 }
 
+/// Found here: a killed pool's queued tasks were deleted from the stream one request each, in
+/// the background: 2 000 of them held up every client's JetStream requests for seconds, and a
+/// serving process started meanwhile, which had not heard the kill, ran those not deleted yet.
+#[test]
+fn a_killed_pool_s_queued_tasks_leave_the_stream_before_its_close_returns() {
+    run("a killed pool's queued tasks", || {
+        let cluster = Cluster::start("kill-purge");
+        let pool = cluster.pool();
+        // No serving process yet: every task waits in the stream.
+        let queued: Vec<_> = (0..2_000)
+            .map(|i| mark::dispatch_on(&pool, cluster.scratch.file(&format!("killed-{i}"))))
+            .collect();
+        pool.kill();
+        for handle in queued {
+            assert_eq!(handle.join(), Err(TaskError::Cancelled));
+        }
+        drop(pool);
+        // A serving process that never heard the kill finds none of them.
+        let mut serving = cluster.serve(1, "2s");
+        let later = cluster.scratch.file("later");
+        assert_eq!(mark::dispatch_on(&cluster.pool(), later.clone()).join(), Ok(()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(cluster.scratch.count("killed-"), 0, "a killed pool's queued tasks ran");
+        serving.assert_running();
+    });
+}
+
 #[test]
 fn shutdown_finishes_the_running_and_queued_tasks() {
     run("Pool::shutdown", || {

@@ -18,7 +18,7 @@
 //! start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::connect::{self, Target};
 use super::payloads::{Payloads, OBJECT};
@@ -305,7 +305,7 @@ impl ClusterBackend {
         );
         let publish = Outgoing::Publish {
             call,
-            subject: shared.names.task(fingerprint),
+            subject: shared.names.task(fingerprint, &shared.caller),
             headers,
             payload: Bytes::from(payload),
             object,
@@ -627,19 +627,25 @@ async fn publish(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let stream = Arc::new(stream);
+    let unacked = Arc::new(Unacked::default());
     let mut round = Vec::with_capacity(PUBLISH_ROUND);
     let mut cancels = Vec::new();
     let mut deletes = Vec::new();
+    // Once the pool is killed, its tasks' messages are purged and every serving process told
+    // already: cancels and deletions of messages are no longer needed (stored values still are).
+    let mut is_killed = false;
     while queue.recv_many(&mut round, PUBLISH_ROUND).await > 0 {
         for outgoing in round.drain(..) {
             match outgoing {
                 Outgoing::Cancel { call, sequence, object } => {
-                    cancels.push(call);
-                    deletes.push((sequence, object));
+                    if !is_killed {
+                        cancels.push(call);
+                    }
+                    deletes.push((sequence.filter(|_| !is_killed), object));
                     continue;
                 }
                 Outgoing::Delete { sequence, object } => {
-                    deletes.push((sequence, object));
+                    deletes.push((sequence.filter(|_| !is_killed), object));
                     continue;
                 }
                 _ => {}
@@ -648,19 +654,24 @@ async fn publish(
             send_cancels(&shared, &client, &mut cancels).await;
             match outgoing {
                 Outgoing::Publish { call, subject, headers, payload, object: None } => {
-                    publish_task(&shared, &jetstream, call, subject, headers, payload).await;
+                    unacked.add();
+                    let task = TaskMessage { call, subject, headers, payload };
+                    publish_task(&shared, &jetstream, &unacked, task).await;
                 }
                 // Stored first, in the background: the tasks behind it need not wait.
                 Outgoing::Publish { call, subject, mut headers, payload, object: Some(name) } => {
+                    unacked.add();
                     let (shared, jetstream) = (Arc::clone(&shared), jetstream.clone());
+                    let unacked = Arc::clone(&unacked);
                     tokio::spawn(async move {
                         if let Err(reason) = shared.payloads.put(&name, &payload).await {
                             shared.end(call, Ok(Ending::Report(Report::Unavailable(reason))));
+                            unacked.done();
                             return;
                         }
                         headers.insert(OBJECT, name.as_str());
-                        publish_task(&shared, &jetstream, call, subject, headers, Bytes::new())
-                            .await;
+                        let task = TaskMessage { call, subject, headers, payload: Bytes::new() };
+                        publish_task(&shared, &jetstream, &unacked, task).await;
                     });
                 }
                 Outgoing::KillAll => {
@@ -673,6 +684,22 @@ async fn publish(
                     {
                         tracing::warn!(%error, "the kill could not be sent");
                     }
+                    // One request for all of them (a killed pool's 10 000 deletions were 10 000
+                    // requests, which held up every other client's JetStream requests for
+                    // seconds), once the server has stored every task published before: one it
+                    // stored after the purge would stay, for a serving process that never heard
+                    // the kill. No task is published after a kill.
+                    if tokio::time::timeout(KILL_SETTLES, unacked.settled()).await.is_err() {
+                        tracing::warn!(
+                            "the server has not acknowledged every task of a killed pool"
+                        );
+                    }
+                    if let Err(error) =
+                        stream.purge().filter(shared.names.caller_tasks(&shared.caller)).await
+                    {
+                        tracing::warn!(%error, "a killed pool's tasks could not be purged");
+                    }
+                    is_killed = true;
                 }
                 Outgoing::Flush(done) => {
                     delete(&shared, &stream, std::mem::take(&mut deletes));
@@ -701,15 +728,57 @@ async fn send_cancels(shared: &Shared, client: &Client, calls: &mut Vec<CallId>)
     calls.clear();
 }
 
-/// Publishes one task; its ack, awaited in the background, records its sequence.
-async fn publish_task(
-    shared: &Arc<Shared>,
-    jetstream: &jetstream::Context,
+/// How long a kill waits for the server to acknowledge the tasks published before it.
+const KILL_SETTLES: Duration = Duration::from_secs(5);
+
+/// The publishes whose acks have not come yet (counted from when the publisher takes them).
+#[derive(Default)]
+struct Unacked {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Unacked {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.none_left.notify_waiters();
+        }
+    }
+
+    /// Returns once every publish counted is acknowledged or refused.
+    async fn settled(&self) {
+        loop {
+            // Created before the count is read: a `notify_waiters` after the read wakes it.
+            let none_left = self.none_left.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
+
+/// A task message to publish.
+struct TaskMessage {
     call: CallId,
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
+}
+
+/// Publishes one task (counted in `unacked`); its ack, awaited in the background, records its
+/// sequence.
+async fn publish_task(
+    shared: &Arc<Shared>,
+    jetstream: &jetstream::Context,
+    unacked: &Arc<Unacked>,
+    task: TaskMessage,
 ) {
+    let TaskMessage { call, subject, headers, payload } = task;
     let refused = |error: String| {
         Ok(Ending::Report(Report::Unavailable(format!(
             "the server did not take the task: {error}"
@@ -717,15 +786,19 @@ async fn publish_task(
     };
     match jetstream.publish_with_headers(subject, headers, payload).await {
         Ok(ack) => {
-            let shared = Arc::clone(shared);
+            let (shared, unacked) = (Arc::clone(shared), Arc::clone(unacked));
             tokio::spawn(async move {
                 match ack.await {
                     Ok(ack) => shared.published(call, ack.sequence),
                     Err(error) => shared.end(call, refused(error.to_string())),
                 }
+                unacked.done();
             });
         }
-        Err(error) => shared.end(call, refused(error.to_string())),
+        Err(error) => {
+            shared.end(call, refused(error.to_string()));
+            unacked.done();
+        }
     }
 }
 
@@ -739,6 +812,10 @@ fn delete(
     stream: &Arc<stream::Stream>,
     deletes: Vec<(Option<u64>, Option<String>)>,
 ) {
+    let deletes: Vec<_> = deletes
+        .into_iter()
+        .filter(|(sequence, object)| sequence.is_some() || object.is_some())
+        .collect();
     if deletes.is_empty() {
         return;
     }

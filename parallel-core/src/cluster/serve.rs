@@ -701,7 +701,7 @@ async fn open_consumer(
     let config = pull::Config {
         durable_name: Some(name.clone()),
         description: Some(format!("parallel task {}", task.name())),
-        filter_subject: names.task(fingerprint),
+        filter_subject: names.tasks_of(fingerprint),
         ack_policy: AckPolicy::Explicit,
         ack_wait: lease,
         ..Default::default()

@@ -74,14 +74,27 @@ impl Names {
         format!("{}.task.>", self.namespace)
     }
 
-    /// The subject of the task with fingerprint `fingerprint`.
-    pub(crate) fn task(&self, fingerprint: u64) -> String {
-        format!("{}.task.{fingerprint:016x}", self.namespace)
+    /// The subject of a task with fingerprint `fingerprint` that `caller` sends: the caller is
+    /// part of it so that a killed pool's queued tasks go in one purge (`caller_tasks`).
+    pub(crate) fn task(&self, fingerprint: u64, caller: &str) -> String {
+        format!("{}.task.{fingerprint:016x}.{caller}", self.namespace)
     }
 
-    /// The durable consumer that the serving processes of one task share.
+    /// Every subject of the tasks with fingerprint `fingerprint`, whoever sends them.
+    pub(crate) fn tasks_of(&self, fingerprint: u64) -> String {
+        format!("{}.task.{fingerprint:016x}.*", self.namespace)
+    }
+
+    /// Every subject of the tasks that `caller` sends.
+    pub(crate) fn caller_tasks(&self, caller: &str) -> String {
+        format!("{}.task.*.{caller}", self.namespace)
+    }
+
+    /// The durable consumer that the serving processes of one task share. (Named `tasks-`
+    /// since task subjects name their caller: a consumer of an older build, named `task-`, with
+    /// a filter no task matches now, is not taken for it.)
     pub(crate) fn consumer(fingerprint: u64) -> String {
-        format!("task-{fingerprint:016x}")
+        format!("tasks-{fingerprint:016x}")
     }
 
     pub(crate) fn reply(&self, caller: &str) -> String {
@@ -433,8 +446,10 @@ mod tests {
     #[test]
     fn names_and_namespaces() {
         let names = Names::new("jobs");
-        assert_eq!(names.task(0xab), "jobs.task.00000000000000ab");
-        assert_eq!(Names::consumer(0xab), "task-00000000000000ab");
+        assert_eq!(names.task(0xab, "c1"), "jobs.task.00000000000000ab.c1");
+        assert_eq!(names.tasks_of(0xab), "jobs.task.00000000000000ab.*");
+        assert_eq!(names.caller_tasks("c1"), "jobs.task.*.c1");
+        assert_eq!(Names::consumer(0xab), "tasks-00000000000000ab");
         assert_eq!(names.stream(), "jobs_tasks");
         assert_eq!(names.reply("c1"), "jobs.reply.c1");
         assert!(check_namespace("parallel").is_ok());
