@@ -16,6 +16,10 @@
 //! that order sees the other's write, so a job pushed while the last runner leaves is found by
 //! that runner or by the one the submit starts; never by neither.
 //!
+//! Before it leaves, a runner that is not nested lingers: it looks at the queue for a few
+//! microseconds (spinning, then yielding), as rayon's idle workers look for work, so that a
+//! caller that submits one task at a time finds its runner still there.
+//!
 //! A runner gives its thread back to rayon now and then (after [`BATCH`] jobs, or after one job
 //! when it runs nested inside a task that waits in a rayon `join`): it starts its successor,
 //! which inherits its count, and returns, so that rayon's own work (a task's `par_iter`) gets
@@ -23,7 +27,7 @@
 
 use std::sync::Arc;
 
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicUsize, Backoff, Ordering};
 
 /// How many jobs a runner runs before it hands its place to a successor (see the module note).
 pub(super) const BATCH: usize = 64;
@@ -58,6 +62,19 @@ impl Queue {
     /// The next job, if any.
     pub(crate) fn pop(&self) -> Option<Arc<dyn Runnable>> {
         self.jobs.pop()
+    }
+
+    /// A runner that found the queue empty looks at it a little longer, spinning, then
+    /// yielding its thread, as rayon's idle workers do: `true` if a job came.
+    pub(crate) fn linger(&self) -> bool {
+        let backoff = Backoff::new();
+        while self.jobs.is_empty() {
+            if backoff.is_completed() {
+                return false;
+            }
+            backoff.snooze();
+        }
+        true
     }
 
     /// A runner that found the queue empty leaves: `true` if it must go on instead, a job having
@@ -163,6 +180,9 @@ mod loom {
         loop {
             while let Some(job) = queue.pop() {
                 job.run();
+            }
+            if queue.linger() {
+                continue;
             }
             if !queue.leave() {
                 return;

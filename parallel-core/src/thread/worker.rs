@@ -92,6 +92,13 @@ pub(super) fn run_queue(shared: Arc<Shared>) {
                 return;
             }
         }
+        // A caller that waits for each task before it submits the next (a round trip) submits
+        // it within microseconds: looking for it a little costs less than leaving and being
+        // started again (an allocation and rayon's injector and stealing). Not nested: the task
+        // below waits for this runner to return.
+        if !is_nested && shared.queue.linger() {
+            continue;
+        }
         if !shared.queue.leave() {
             return;
         }
