@@ -1,11 +1,13 @@
 //! The thread backend: tasks run on the threads of a rayon pool owned by the [`Pool`](crate::Pool).
 //!
-//! Each worker thread owns its [`Environment`](crate::Environment)s (see [`worker`]); a job is a
-//! rayon `spawn_fifo` that claims the task from its [`Job`] and runs it, so a job that was
-//! cancelled while queued costs its worker one lock and nothing else. A janitor thread (see
+//! Each worker thread owns its [`Environment`](crate::Environment)s (see [`worker`]); a job is
+//! pushed on the backend's [`queue`], which runners (rayon jobs, one per worker thread at most)
+//! drain: each claims the task from its [`Job`] and runs it, so a job that was cancelled while
+//! queued costs its worker one lock and nothing else. A janitor thread (see
 //! [`janitor`]) drops expired environment entries while workers idle.
 
 mod janitor;
+mod queue;
 mod worker;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +20,7 @@ use crate::ledger::Ledger;
 use crate::{Error, Task};
 
 use janitor::Janitor;
+use queue::Queue;
 pub(crate) use worker::help;
 
 /// The stack of a worker thread. rayon runs queued tasks on a thread that waits inside a task's
@@ -37,6 +40,8 @@ pub(crate) struct Shared {
     /// until they return. Written only by its own thread (a load and a store, no locked
     /// instruction), each on its own cache line: the workers never contend for it.
     pub(crate) depths: Box<[CachePadded<AtomicUsize>]>,
+    /// The jobs submitted and not taken by a runner yet.
+    pub(crate) queue: Queue,
 }
 
 /// A rayon pool and the state its workers share.
@@ -59,6 +64,7 @@ impl ThreadBackend {
             max_tasks_per_worker,
             janitor: Janitor::new(),
             depths: (0..workers).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+            queue: Queue::new(workers),
         });
         let pool_id = shared.ledger_pool_id();
         let for_start = Arc::clone(&shared);
@@ -80,13 +86,14 @@ impl ThreadBackend {
     /// Queues `job` on a worker; `false` if the pool no longer has workers.
     pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
         let rayon = self.rayon.read().unwrap_or_else(PoisonError::into_inner);
-        match rayon.as_ref() {
-            Some(rayon) => {
-                rayon.spawn_fifo(move || worker::execute(&job));
-                true
-            }
-            None => false,
+        let Some(rayon) = rayon.as_ref() else {
+            return false;
+        };
+        if self.shared.queue.push(job) {
+            let shared = Arc::clone(&self.shared);
+            rayon.spawn_fifo(move || worker::run_queue(shared));
         }
+        true
     }
 
     /// Lets the threads exit once the work already queued is done.

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::queue::{Runnable, BATCH};
 use super::Shared;
 use crate::job::{Job, Outcome};
 use crate::{unwind, Environment, Task, TaskError};
@@ -71,6 +72,43 @@ pub(super) fn leave() {
 /// The id of the pool whose worker the current thread is.
 pub(super) fn current_pool() -> Option<u64> {
     WORKER.with_borrow(|worker| worker.as_ref().map(|worker| worker.shared.ledger.pool_id()))
+}
+
+/// A runner of the pool's queue (see [`queue`](super::queue)): runs the queued jobs until the
+/// queue is empty, or hands its place to a successor after a batch, or after one job when it
+/// runs nested in a task (whose `join` waits for this runner to return).
+pub(super) fn run_queue(shared: Arc<Shared>) {
+    let is_nested = WORKER.with_borrow(|worker| worker.as_ref().is_some_and(|w| w.depth > 0));
+    let batch = if is_nested { 1 } else { BATCH };
+    let mut ran = 0;
+    loop {
+        while let Some(job) = shared.queue.pop() {
+            job.run();
+            ran += 1;
+            if ran == batch {
+                // The successor inherits this runner's count; this thread's own rayon work
+                // (pieces of a `par_iter`, a waiting `join`) goes first.
+                rayon::spawn_fifo(move || run_queue(shared));
+                return;
+            }
+        }
+        // A caller that waits for each task before it submits the next (a round trip) submits
+        // it within microseconds: looking for it a little costs less than leaving and being
+        // started again (an allocation and rayon's injector and stealing). Not nested: the task
+        // below waits for this runner to return.
+        if !is_nested && shared.queue.linger() {
+            continue;
+        }
+        if !shared.queue.leave() {
+            return;
+        }
+    }
+}
+
+impl<T: Task> Runnable for Job<T> {
+    fn run(self: Arc<Self>) {
+        execute(&self);
+    }
 }
 
 /// Runs `job` on the current worker thread, unless it was cancelled or claimed meanwhile.
