@@ -20,7 +20,7 @@
 //!   passed it and crashed the pool's reader thread.
 //!
 //! The rest of the crate reaches this module only through `protocol` (`encode_value`,
-//! `decode_value`, `with_deserializer`).
+//! `decode_value`), the registry (a task from its arguments' bytes) and the cluster backend.
 
 use std::fmt;
 
