@@ -13,6 +13,7 @@ use linkme::distributed_slice;
 
 use crate::progress::{self, Outbox, Progress};
 use crate::value::Wire;
+use crate::wire_value;
 use crate::{Environment, Error, Task};
 
 /// Every task of the program, gathered by the linker.
@@ -34,12 +35,14 @@ pub struct Registration {
     runner: Runner,
 }
 
-/// Runs a task from a deserializer and hands back its outcome, with the task's type erased.
-pub(crate) type Runner = fn(
-    &mut Environment,
-    &mut dyn erased_serde::Deserializer<'_>,
-    Option<Arc<dyn Outbox>>,
-) -> Outcome;
+/// Runs a task from its arguments as the wire writes them ([`crate::wire_value`]) and hands back
+/// its outcome, with the task's type erased.
+///
+/// The input is bytes rather than a type-erased deserializer: each task's `Deserialize` is then
+/// instantiated for the one deserializer the rest of the crate uses already (the retries' copy,
+/// the cluster's), not again behind `erased_serde`'s visitor shims, which cost every test binary
+/// and every user's build a few hundred functions per task.
+pub(crate) type Runner = fn(&mut Environment, &[u8], Option<Arc<dyn Outbox>>) -> Outcome;
 
 /// What an erased run produced; the caller serializes whichever value it holds.
 #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // built for the process backend's worker loop
@@ -80,13 +83,13 @@ impl Registration {
         (self.fingerprint)()
     }
 
-    /// Deserializes the task from `input`, runs it with `env` and returns what it produced; its
-    /// progress messages go to `progress` (nowhere without one).
+    /// Deserializes the task from `input` (the wire's bytes of its arguments), runs it with `env`
+    /// and returns what it produced; its progress messages go to `progress` (nowhere without one).
     #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // called by the process backend's worker loop
     pub(crate) fn run(
         &self,
         env: &mut Environment,
-        input: &mut dyn erased_serde::Deserializer<'_>,
+        input: &[u8],
         progress: Option<Arc<dyn Outbox>>,
     ) -> Outcome {
         (self.runner)(env, input, progress)
@@ -119,11 +122,12 @@ pub(crate) fn fingerprint_of<T: Task>() -> u64 {
 
 fn run_erased<T: Task>(
     env: &mut Environment,
-    input: &mut dyn erased_serde::Deserializer<'_>,
+    input: &[u8],
     progress: Option<Arc<dyn Outbox>>,
 ) -> Outcome {
     let progress = progress.map_or_else(Progress::<T::Progress>::detached, Progress::remote);
-    match erased_serde::deserialize::<T>(input) {
+    // Bytes after the task are not looked at, as before: the frame holds the task alone.
+    match <T as serde::Deserialize<'_>>::deserialize(&mut wire_value::Deserializer::new(input)) {
         Ok(task) => match progress::scope(progress, || task.run(env)) {
             Ok(output) => Outcome::Output(Box::new(Wire(output))),
             Err(error) => Outcome::Failed(Box::new(Wire(error))),
@@ -242,11 +246,13 @@ mod tests {
     #[distributed_slice(TASKS)]
     static SHOUT: Registration = Registration::of::<Shout>();
 
+    /// Runs task `name` from `input`, a JSON text written on the wire as the caller would.
     fn run_json(env: &mut Environment, name: &str, input: &str) -> (&'static str, String) {
         let registration = lookup(name).expect("the test registers this task");
-        let mut json = serde_json::Deserializer::from_str(input);
-        let mut erased = <dyn erased_serde::Deserializer<'_>>::erase(&mut json);
-        match registration.run(env, &mut erased, None) {
+        let value: serde_json::Value = serde_json::from_str(input).unwrap();
+        let mut bytes = Vec::new();
+        wire_value::encode(&value, &mut bytes, usize::MAX).unwrap();
+        match registration.run(env, &bytes, None) {
             Outcome::Output(value) => ("output", serde_json::to_string(&value).unwrap()),
             Outcome::Failed(value) => ("failed", serde_json::to_string(&value).unwrap()),
             Outcome::BadInput(message) => ("bad input", message),

@@ -308,12 +308,7 @@ fn run_here(environment: &mut Environment, work: Work) {
     let outbox: Arc<dyn Outbox> = Arc::new(TicketOutbox(Arc::clone(&ticket)));
     let max = ticket.max_frame();
     let caught = unwind::catch(|| {
-        let mut input = wire_value::Deserializer::new(&args);
-        let outcome = task.run(
-            environment,
-            &mut <dyn erased_serde::Deserializer<'_>>::erase(&mut input),
-            Some(outbox),
-        );
+        let outcome = task.run(environment, &args, Some(outbox));
         // Serializing runs user code too (`Serialize` impls), so it stays inside the catch.
         let (value, is_error) = match outcome {
             Outcome::Output(output) => (output, false),

@@ -531,7 +531,8 @@ pub(crate) fn decode_value<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Resul
     wire_value::decode(bytes)
 }
 
-/// Runs `f` with a type-erased deserializer over `bytes`, for the worker's registry lookup.
+/// Runs `f` with a type-erased deserializer over `bytes`.
+#[cfg(test)]
 pub(crate) fn with_deserializer<R>(
     bytes: &[u8],
     f: impl FnOnce(&mut dyn erased_serde::Deserializer<'_>) -> R,

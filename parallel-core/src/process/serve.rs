@@ -439,9 +439,7 @@ fn run(
         return Ran::Reply(Owned::UnknownTask);
     };
     let caught = unwind::catch(|| {
-        let outcome = protocol::with_deserializer(args, |input| {
-            registration.run(environment, input, Some(outbox))
-        });
+        let outcome = registration.run(environment, args, Some(outbox));
         // Serializing runs user code too (`Serialize` impls), so it stays inside the catch.
         let (value, is_error) = match outcome {
             Outcome::Output(output) => (output, false),
