@@ -96,6 +96,15 @@ fn blocked_workers_are_not_idle(backend: Backend) {
         .collect();
     wait_for_file(&scratch.file("started-0"));
     wait_for_file(&scratch.file("started-1"));
+    // A cluster's caller hears that a task started from a message, which may come after the
+    // task wrote its file (seen under load); a pool on one machine knows it at once.
+    #[cfg(feature = "cluster")]
+    if backend == Backend::Cluster {
+        let since = std::time::Instant::now();
+        while pool.stats().running < 2 && since.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
     let waiting = hold::dispatch_on(&pool, gate.clone(), scratch.file("started-2"));
     let stats = pool.stats();
     assert_eq!((stats.running, stats.idle), (2, 0), "{stats:?}");
