@@ -348,8 +348,10 @@ pub(crate) fn wait_for_input(
             Err(error) => return Err(error.into()),
         }
     }
+    // `revents` is `None` when the kernel set a flag nix does not name, `POLLRDHUP` among them:
+    // that is news too.
     let has_news = |fd: Option<&PollFd<'_>>| {
-        fd.and_then(PollFd::revents).is_some_and(|events| !events.is_empty())
+        fd.is_some_and(|fd| fd.revents().is_none_or(|events| !events.is_empty()))
     };
     let watched = fds.len() - usize::from(watch.is_some());
     Ok(Input {
@@ -365,7 +367,8 @@ pub(crate) fn has_hung_up(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(fd, hang_up)];
     loop {
         match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(_) => return fds[0].revents().is_some_and(|events| !events.is_empty()),
+            // `None`: a flag nix does not name, which can only be `POLLRDHUP`.
+            Ok(_) => return fds[0].revents().is_none_or(|events| !events.is_empty()),
             Err(Errno::EINTR) => {}
             Err(_) => return true,
         }
@@ -702,5 +705,26 @@ pub(crate) fn name_this_process() {
     if let Ok(name) = std::ffi::CString::new(name) {
         // A name is a courtesy to operators; failing to set it changes nothing else.
         let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn the_peer_hanging_up_is_seen_by_the_watch() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (data, _writer) = pipe().unwrap();
+        let quiet = wait_for_input(data.as_fd(), None, Some(ours.as_fd()), Some(Duration::ZERO));
+        assert!(!quiet.unwrap().is_hung_up);
+        assert!(!has_hung_up(ours.as_fd()));
+        drop(theirs);
+        // `POLLRDHUP` is a flag nix does not name: it must still count.
+        let input = wait_for_input(data.as_fd(), None, Some(ours.as_fd()), None).unwrap();
+        assert!(input.is_hung_up && !input.is_readable && !input.is_stopped);
+        assert!(has_hung_up(ours.as_fd()));
     }
 }
