@@ -570,10 +570,10 @@ fn copy_through(
                 let socket = watch.as_ref().map(|watch| watch.socket.as_fd());
                 match sys::wait_for_input(stderr.as_fd(), Some(stop.as_fd()), socket, None) {
                     Ok(input) => {
-                        if input.is_hung_up {
-                            if let Some(watch) = watch.take() {
-                                (watch.on_hang_up)();
-                            }
+                        if input.is_hung_up
+                            && let Some(watch) = watch.take()
+                        {
+                            (watch.on_hang_up)();
                         }
                         if input.is_stopped {
                             drained = Some(0);
