@@ -305,6 +305,9 @@ impl PoolSide {
     /// the lane holds and reports the end, and any push waiting for room, which gives up.
     pub(crate) fn hang_up(&self) {
         self.is_hung_up.store(true, Ordering::SeqCst);
+        // Pairs with the reader's `wait`: either it sees the flag, or this clears its `asleep`
+        // after it set it (see the README: the store order makes the wake reach it).
+        seq_cst_handshake();
         self.mapping.interrupt(REPLIES);
     }
 
