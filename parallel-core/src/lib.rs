@@ -76,7 +76,9 @@ pub mod __private;
 #[cfg(all(feature = "fuzzing", process_backend))]
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::process::fuzz::{pool_side, pool_side_values, reply_frame, value, worker_side};
+    pub use crate::process::fuzz::{
+        pool_side, pool_side_values, reply_frame, rings, value, worker_side,
+    };
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! crate's tests are built with `RUSTFLAGS="--cfg loom"` to model-check the protocols.
 //!
 //! A job's states (`job.rs`), the ledger's close and drain (`ledger.rs`), the claims
-//! (`process/claim.rs`) and the reply ring's control words (`process/ring.rs`) take their mutexes,
+//! (`process/claim.rs`) and the rings' control words (`process/ring.rs`) take their mutexes,
 //! condition variables and atomics from here, so that the same code runs in the pool and under
 //! loom, which runs each model (a `loom` test module beside the protocol) in every interleaving
 //! its threads allow and fails on a lost wake-up (a deadlock), a data race or a broken assertion.
@@ -80,8 +80,8 @@ mod model {
     use std::cell::Cell;
 
     use loom::cell::UnsafeCell;
-    use loom::sync::atomic::AtomicU64;
-    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use loom::sync::{Arc, Condvar, Mutex};
 
     /// `crossbeam_utils::Backoff` with one look before giving up: spinning only saves time, and
     /// every look is one more point where loom interleaves the other threads.
@@ -114,6 +114,11 @@ mod model {
     struct Heap {
         words: Box<[AtomicU64]>,
         bytes: Box<[UnsafeCell<u8>]>,
+        /// The kernel's futex queue, for every word at once: a wait checks the word under the
+        /// lock, a wake takes the lock, so a wake after the word changed cannot pass a waiter
+        /// between its check and its sleep (as the kernel's hash-bucket lock ensures).
+        futex: Mutex<()>,
+        woken: Condvar,
     }
 
     #[cfg_attr(not(all(unix, feature = "process")), allow(dead_code))]
@@ -123,7 +128,32 @@ mod model {
             SharedMemory(Arc::new(Heap {
                 words: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 bytes: (0..bytes).map(|_| UnsafeCell::new(0)).collect(),
+                futex: Mutex::new(()),
+                woken: Condvar::new(),
             }))
+        }
+
+        /// `sys::SharedMemory::wait`: blocks while word `index` holds `expected`, until a wake.
+        /// Time limits are not modelled: a wait that nothing ends is a deadlock, which fails the
+        /// model. Returns `false` (not timed out).
+        pub(crate) fn wait(
+            &self,
+            index: usize,
+            expected: u32,
+            _timeout: Option<std::time::Duration>,
+        ) -> bool {
+            let queue = self.0.futex.lock().unwrap();
+            if self.0.words[index].load(Ordering::SeqCst) == u64::from(expected) {
+                // One wake-up is all a futex wait gets; the caller looks again, as in the pool.
+                drop(self.0.woken.wait(queue).unwrap());
+            }
+            false
+        }
+
+        /// `sys::SharedMemory::wake`: wakes every waiter.
+        pub(crate) fn wake(&self, _index: usize) {
+            drop(self.0.futex.lock().unwrap());
+            self.0.woken.notify_all();
         }
 
         pub(crate) fn words(&self) -> &[AtomicU64] {

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::protocol::{self, FromWorker, ReadError};
+use super::protocol::{self, FromWorker, ReadError, ToWorker};
 use super::protocol::{Marker, MARKER};
-use super::ring::Consumer;
+use super::ring::{PoolSide, PushError};
 use super::sys;
 use super::Settings;
 
@@ -55,14 +55,50 @@ pub(crate) struct WorkerProcess {
     pub(crate) pid: u32,
     /// The reading half, until a reader thread takes it.
     reader: Option<BufReader<UnixStream>>,
-    /// The writing half, shared by the slot thread and callers' threads that send jobs.
-    pub(crate) writer: Arc<Mutex<BufWriter<UnixStream>>>,
-    /// The worker's replies in shared memory, the claims of its jobs, and how many jobs it has
-    /// started (for the stderr follower to tell one job's output from the next).
-    pub(crate) ring: Arc<Consumer>,
+    /// Where jobs are sent, shared by the slot thread and callers' threads that send jobs.
+    pub(crate) writer: Arc<Mutex<Jobs>>,
+    /// The rings in shared memory (jobs one way, replies the other), the claims of its jobs, and
+    /// how many jobs it has started (for the stderr follower to tell one job's output from the
+    /// next).
+    pub(crate) ring: Arc<PoolSide>,
     stderr: StderrTail,
     /// Held while signalling, and set once reaped: a reaped pid may belong to another process.
     is_reaped: Arc<Mutex<bool>>,
+}
+
+/// The sending half of a worker's channel: jobs go into the job ring, and a frame too large for
+/// it is announced there and written to the socket, so that the worker takes frames in order.
+/// One sender at a time (the ring has one producer): it sits behind a mutex.
+pub(crate) struct Jobs {
+    socket: UnixStream,
+    ring: Arc<PoolSide>,
+    /// The `OnSocket` frame, built once.
+    on_socket: Vec<u8>,
+}
+
+impl Jobs {
+    fn new(socket: UnixStream, ring: Arc<PoolSide>) -> Jobs {
+        let mut on_socket = Vec::new();
+        // A frame without a body fits any limit.
+        let _ = protocol::encode_to_worker(&ToWorker::OnSocket, &mut on_socket, usize::MAX);
+        Jobs { socket, ring, on_socket }
+    }
+
+    /// Sends frame `frame`, waiting while the job ring is full until the worker takes frames,
+    /// hangs up, or `is_gone` says to give up.
+    pub(crate) fn send(&mut self, frame: &[u8], is_gone: &dyn Fn() -> bool) -> io::Result<()> {
+        let push = |frame: &[u8]| {
+            self.ring.push_job(frame, is_gone).map_err(|error| match error {
+                PushError::Gone => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
+                PushError::Broken => io::Error::new(io::ErrorKind::InvalidData, error.to_string()),
+            })
+        };
+        if self.ring.fits(frame.len()) {
+            return push(frame);
+        }
+        push(&self.on_socket)?;
+        (&self.socket).write_all(frame)
+    }
 }
 
 /// Lets another thread kill a worker safely while the slot thread waits on it.
@@ -117,7 +153,7 @@ impl WorkerProcess {
             death: None,
         })?;
         let (ring, ring_fd) =
-            Consumer::create().map_err(|message| StartError { message, death: None })?;
+            PoolSide::create().map_err(|message| StartError { message, death: None })?;
         let marker = Marker {
             fd: CHANNEL_FD,
             parent: std::process::id(),
@@ -151,15 +187,25 @@ impl WorkerProcess {
             // pid is still ours).
             sys::kill_process_group(child.id());
             let _ = child.wait();
-            let message = format!("cannot hand the reply ring to the worker: {error}");
+            let message = format!("cannot hand the rings to the worker: {error}");
             return Err(StartError { message, death: None });
         }
         let pid = child.id();
         let ring = Arc::new(ring);
         let counted = Arc::clone(&ring);
-        let stderr = StderrTail::follow(child.stderr.take().map(OwnedFd::from), pid, move || {
-            counted.started().load(Ordering::Acquire)
+        let hung_up = Arc::clone(&ring);
+        // The follower also watches the channel: the worker's hang-up (its death) wakes the
+        // reply reader, which otherwise sleeps on the reply ring's futex.
+        let watch = ours.try_clone().ok().map(|socket| Watch {
+            socket: OwnedFd::from(socket),
+            on_hang_up: Box::new(move || hung_up.hang_up()),
         });
+        let stderr = StderrTail::follow(
+            child.stderr.take().map(OwnedFd::from),
+            pid,
+            move || counted.started().load(Ordering::Acquire),
+            watch,
+        );
         let reader = BufReader::with_capacity(
             64 * 1024,
             ours.try_clone().map_err(|error| StartError {
@@ -167,7 +213,7 @@ impl WorkerProcess {
                 death: None,
             })?,
         );
-        let writer = BufWriter::with_capacity(64 * 1024, ours);
+        let writer = Jobs::new(ours, Arc::clone(&ring));
         let mut worker = WorkerProcess {
             child,
             pid,
@@ -209,11 +255,10 @@ impl WorkerProcess {
     /// Asks the worker to exit and waits for it, killing it if it does not within `grace`.
     pub(crate) fn retire(mut self, grace: Duration) -> Death {
         let mut frame = Vec::new();
-        let sent = protocol::encode_to_worker(&protocol::ToWorker::Exit, &mut frame, usize::MAX)
-            .is_ok()
-            && protocol::write_frame(&mut *lock(&self.writer), &frame).is_ok();
+        let deadline = Instant::now() + grace;
+        let sent = protocol::encode_to_worker(&ToWorker::Exit, &mut frame, usize::MAX).is_ok()
+            && lock(&self.writer).send(&frame, &|| Instant::now() >= deadline).is_ok();
         if sent {
-            let deadline = Instant::now() + grace;
             // Waits without reaping: until `reap`, the pid (and the group) stay ours to signal.
             while Instant::now() < deadline && !sys::has_exited(self.pid).unwrap_or(true) {
                 thread::sleep(Duration::from_millis(1));
@@ -432,15 +477,24 @@ impl Tail {
     }
 }
 
+/// The worker's channel, watched by its stderr follower for the worker's hang-up.
+struct Watch {
+    socket: OwnedFd,
+    /// Called once, when the worker's end of the channel hangs up.
+    on_hang_up: Box<dyn FnOnce() + Send>,
+}
+
 impl StderrTail {
     /// Follows `stderr`, the reading end of worker `pid`'s standard error, copying it to ours;
-    /// `started` reads the count of jobs the worker has started.
+    /// `started` reads the count of jobs the worker has started. With a `watch`, the follower
+    /// also calls its `on_hang_up` when the worker's end of the channel hangs up.
     fn follow(
         stderr: Option<OwnedFd>,
         pid: u32,
         started: impl Fn() -> u64 + Send + Sync + 'static,
+        watch: Option<Watch>,
     ) -> StderrTail {
-        StderrTail::follow_into(stderr, pid, Arc::new(started), io::stderr())
+        StderrTail::follow_into(stderr, pid, Arc::new(started), io::stderr(), watch)
     }
 
     /// [`StderrTail::follow`], copying to `sink`.
@@ -449,6 +503,7 @@ impl StderrTail {
         pid: u32,
         started: Arc<dyn Fn() -> u64 + Send + Sync>,
         sink: impl Write + Send + 'static,
+        watch: Option<Watch>,
     ) -> StderrTail {
         let tail = Arc::new(Mutex::new(Tail::default()));
         let mut follower = StderrTail { tail, started, stop: None, follower: None };
@@ -462,7 +517,10 @@ impl StderrTail {
         let started = Arc::clone(&follower.started);
         follower.follower = thread::Builder::new()
             .name(format!("parallel-stderr-{pid}"))
-            .spawn(move || copy_through(File::from(stderr), stop_reader, &*started, sink, &tail))
+            .spawn(move || {
+                let stderr = File::from(stderr);
+                copy_through(stderr, stop_reader, &*started, sink, &tail, watch);
+            })
             .ok();
         follower
     }
@@ -488,31 +546,43 @@ impl StderrTail {
 }
 
 /// The follower: copies `stderr` to `sink` in chunks, keeping the tail, until end-of-file, or
-/// until `stop` is closed and what the pipe holds then is copied.
+/// until `stop` is closed and what the pipe holds then is copied; meanwhile, until `stop`,
+/// watches the channel in `watch` for the worker's hang-up.
 fn copy_through(
     mut stderr: File,
     stop: Option<OwnedFd>,
     started: &(dyn Fn() -> u64 + Send + Sync),
     mut sink: impl Write,
     tail: &Mutex<Tail>,
+    mut watch: Option<Watch>,
 ) {
     let mut buffer = vec![0; 64 << 10];
     let mut drained: Option<usize> = None;
     loop {
         match (&stop, drained) {
             (_, Some(bytes)) => {
-                let input = sys::wait_for_input(stderr.as_fd(), None, Some(Duration::ZERO));
+                let input = sys::wait_for_input(stderr.as_fd(), None, None, Some(Duration::ZERO));
                 if bytes >= DRAIN_LIMIT || !input.is_ok_and(|input| input.is_readable) {
                     break;
                 }
             }
             (Some(stop), None) => {
-                match sys::wait_for_input(stderr.as_fd(), Some(stop.as_fd()), None) {
-                    Ok(input) if input.is_stopped => {
-                        drained = Some(0);
-                        continue;
+                let socket = watch.as_ref().map(|watch| watch.socket.as_fd());
+                match sys::wait_for_input(stderr.as_fd(), Some(stop.as_fd()), socket, None) {
+                    Ok(input) => {
+                        if input.is_hung_up
+                            && let Some(watch) = watch.take()
+                        {
+                            (watch.on_hang_up)();
+                        }
+                        if input.is_stopped {
+                            drained = Some(0);
+                            continue;
+                        }
+                        if !input.is_readable {
+                            continue;
+                        }
                     }
-                    Ok(_) => {}
                     Err(_) => break,
                 }
             }
@@ -533,6 +603,22 @@ fn copy_through(
         // Our own stderr failing must not stop the collection of the tail.
         let _ = sink.write_all(&buffer[..n]);
         lock(tail).push(job, &buffer[..n]);
+    }
+    // The worker closed its standard error (a task may) but may live on: keep watching its
+    // channel until it hangs up or the follower is stopped.
+    if let (Some(watch), Some(stop), None) = (watch, &stop, drained) {
+        loop {
+            let socket = Some(watch.socket.as_fd());
+            match sys::wait_for_input(stop.as_fd(), None, socket, None) {
+                Ok(input) if input.is_hung_up => {
+                    (watch.on_hang_up)();
+                    return;
+                }
+                Ok(input) if input.is_readable => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
     }
 }
 
@@ -584,7 +670,7 @@ mod tests {
         let (reader, writer) = sys::pipe().unwrap();
         let count = Arc::clone(started);
         let started = Arc::new(move || count.load(Ordering::Acquire));
-        (StderrTail::follow_into(Some(reader), 0, started, io::sink()), File::from(writer))
+        (StderrTail::follow_into(Some(reader), 0, started, io::sink(), None), File::from(writer))
     }
 
     /// What the worker does before it starts a job: waits until the pool has read its output,

@@ -1,5 +1,5 @@
-//! What the fuzz targets drive: the protocol's decoders on untrusted bytes, as each side meets
-//! them. Built only with the `fuzzing` feature.
+//! What the fuzz targets drive: the protocol's decoders on untrusted bytes, and the shared rings
+//! left in any state, as each side meets them. Built only with the `fuzzing` feature.
 
 use super::protocol::{self, ReadError};
 
@@ -68,4 +68,12 @@ pub fn reply_frame(value: &[u8], is_error: bool) -> Vec<u8> {
     // The frame limit is the caller's to pick; here any length that fits the header does.
     let _ = protocol::finish_frame(&mut frame, u32::MAX as usize);
     frame
+}
+
+/// Leaves both shared rings (jobs and replies) as a hostile peer could: positions `head` and
+/// `tail` and `bytes` from `tail` on; then takes frames out of each as the pool and the worker
+/// do, under frame limit `limit`, and pushes one into each. Returns how many frames were taken.
+/// Must never panic, hang, nor allocate past `limit`.
+pub fn rings(head: u64, tail: u64, bytes: &[u8], limit: usize) -> usize {
+    super::ring::hostile(head, tail, bytes, limit)
 }

@@ -14,7 +14,7 @@
 //! grows only as its bytes actually arrive, so a lying length cannot make the parent allocate.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,8 +23,9 @@ use crate::wire_value;
 
 /// The version of this protocol; a worker that speaks another one is refused. 3: no `Cancel`
 /// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
-/// [`wire_value`]); 5: `Progress` frames, a running job's messages, before its reply.
-pub(crate) const VERSION: u16 = 5;
+/// [`wire_value`]); 5: `Progress` frames, a running job's messages, before its reply; 6: jobs in
+/// a ring of the shared memory too (`OnSocket` both ways), futex wake-ups instead of `Wake`.
+pub(crate) const VERSION: u16 = 6;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
@@ -36,7 +37,7 @@ const BAD_ARGUMENTS: u8 = 14;
 const UNKNOWN_TASK: u8 = 15;
 const UNSERIALIZABLE: u8 = 16;
 const SKIPPED: u8 = 17;
-const WAKE: u8 = 18;
+// 18 was `Wake`, written on the socket to a sleeping reader until the futexes of protocol 6.
 const ON_SOCKET: u8 = 19;
 const PROGRESS: u8 = 20;
 
@@ -114,6 +115,8 @@ pub(crate) enum ToWorker<'a> {
     Run { job: u64, task: &'a str, args: &'a [u8] },
     /// Finish: the worker exits after this.
     Exit,
+    /// In the job ring: the next frame is too large for the ring and comes on the socket.
+    OnSocket,
 }
 
 /// What a worker tells the pool.
@@ -126,8 +129,6 @@ pub(crate) enum FromWorker<'a> {
     /// Job `job`, running, sent a progress message (serialized like a task value); it comes
     /// before the job's `Done`, in the order sent.
     Progress { job: u64, message: &'a [u8] },
-    /// On the socket: the pool's reader went to sleep, and the reply ring has a new frame.
-    Wake,
     /// In the reply ring: the next reply is too large for the ring and comes on the socket.
     OnSocket,
 }
@@ -317,6 +318,7 @@ pub(crate) fn encode_to_worker(
             out.extend_from_slice(args);
         }
         ToWorker::Exit => start_frame(out, EXIT),
+        ToWorker::OnSocket => start_frame(out, ON_SOCKET),
     }
     finish_frame(out, max)
 }
@@ -334,7 +336,6 @@ pub(crate) fn encode_from_worker(
             out.extend_from_slice(&build.to_le_bytes());
             out.extend_from_slice(&pid.to_le_bytes());
         }
-        FromWorker::Wake => start_frame(out, WAKE),
         FromWorker::OnSocket => start_frame(out, ON_SOCKET),
         FromWorker::Progress { job, message } => {
             begin_progress(out, *job);
@@ -439,6 +440,7 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
             Ok(ToWorker::Run { job, task, args: fields.rest() })
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
+        ON_SOCKET => fields.end("on socket: trailing bytes").map(|()| ToWorker::OnSocket),
         other => Err(ProtocolError::UnknownTag(other)),
     }
 }
@@ -452,9 +454,6 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         let pid = u32::from_le_bytes(fields.array("ready: pid")?);
         fields.end("ready: trailing bytes")?;
         return Ok(FromWorker::Ready { version, build, pid });
-    }
-    if tag == WAKE {
-        return fields.end("wake: trailing bytes").map(|()| FromWorker::Wake);
     }
     if tag == ON_SOCKET {
         return fields.end("on socket: trailing bytes").map(|()| FromWorker::OnSocket);
@@ -504,12 +503,6 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         }
     };
     Ok(FromWorker::Done { job, reply })
-}
-
-/// Writes a frame built by one of the `encode_*` functions.
-pub(crate) fn write_frame(writer: &mut impl Write, frame: &[u8]) -> io::Result<()> {
-    writer.write_all(frame)?;
-    writer.flush()
 }
 
 /// Serializes a task value (arguments, output or error), appending to the frame that `out` holds
@@ -590,6 +583,7 @@ mod tests {
             ToWorker::Run { job: 7, task: "a::b", args: &[1, 2, 3] },
             ToWorker::Run { job: u64::MAX, task: "", args: &[] },
             ToWorker::Exit,
+            ToWorker::OnSocket,
         ] {
             let frame = frame_of_to_worker(&message);
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
@@ -611,7 +605,6 @@ mod tests {
         ];
         let mut messages = vec![
             FromWorker::Ready { version: VERSION, build: 42, pid: 1234 },
-            FromWorker::Wake,
             FromWorker::OnSocket,
             FromWorker::Progress { job: 9, message: &[1, 2, 3] },
             FromWorker::Progress { job: 0, message: &[] },

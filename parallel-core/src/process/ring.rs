@@ -1,26 +1,28 @@
-//! The worker's replies in shared memory: a single-producer, single-consumer ring of frames, in
-//! two halves whose types say who writes what: the worker's [`Producer`] pushes replies and
-//! starts jobs through their claims, the pool's [`Consumer`] pops replies and stops jobs.
+//! The pool and one worker share a mapping that carries, with no system call on the busy path,
+//! the jobs one way and the replies the other: two single-producer, single-consumer rings of
+//! frames (lanes), and the claims of the jobs in flight. Its two halves' types say who does what:
+//! the pool's [`PoolSide`] pushes jobs, pops replies and stops jobs through their claims; the
+//! worker's [`WorkerSide`] pops jobs, pushes replies and starts jobs through their claims.
 //!
 //! A reply must leave the worker before the worker starts its next job: a reply still inside a
 //! worker that the next job crashes is lost, and the pool would blame the job that finished and
-//! run the crashing one again elsewhere. Writing each reply to the socket costs a system call and
-//! usually a wake-up of the pool's reader per task. A reply copied into memory shared with the
-//! pool is out of the worker just as surely (the pool's mapping outlives the worker), for the cost
-//! of a copy: the worker writes the frame, then publishes it by moving `head`; the pool copies it
-//! out, then moves `tail`. The socket then carries only what the ring cannot:
+//! run the crashing one again elsewhere. A reply copied into memory shared with the pool is out
+//! of the worker as surely as one written to the socket (the pool's mapping outlives the worker),
+//! for the cost of a copy: the producer writes the frame, then publishes it by moving `head`; the
+//! consumer copies it out, then moves `tail`. Jobs go the same way in the other lane.
 //!
-//! - a wake-up (`Wake`), written only when the pool's reader found the ring empty and went to
-//!   sleep on the socket, so a busy pool reads replies with no system call at all;
-//! - replies too large for the ring, announced in the ring by an `OnSocket` frame so that replies
-//!   stay in order.
+//! A consumer that finds its lane empty looks again a few times, then sleeps on the lane's
+//! `asleep` word, a futex shared by both processes; the producer's next push sees the flag and
+//! wakes it (`FUTEX_WAKE`): a busy pair moves frames with no system call at all, and an idle one
+//! costs one wake-up per frame. The socket carries only what the rings cannot: the memory file
+//! itself (`SCM_RIGHTS`), frames over a quarter of a ring (announced in the ring by an
+//! `OnSocket` frame, so that frames stay in order), and end-of-file, which says a worker died:
+//! the pool's stderr follower watches the socket and wakes the reader (see
+//! [`PoolSide::hang_up`]), and the worker's own watcher kills it when the pool hangs up.
 //!
-//! The same shared page carries the claims of the jobs sent to the worker (see [`super::claim`]):
-//! one word per job in flight, through which the worker starts a job and the pool stops one.
-//!
-//! The worker is untrusted: `head`, the lengths and the bytes it writes are checked by the pool
-//! like any frame from a socket, and a ring that breaks the rules is a protocol error for that
-//! worker, never a panic or an allocation larger than the frame limit.
+//! Each side distrusts the other: positions, lengths and bytes from the other side are checked
+//! like any frame from a socket, and a ring that breaks the rules is a protocol error, never a
+//! panic or an allocation larger than the frame limit.
 
 #[cfg(not(all(test, loom)))]
 use std::os::fd::{AsFd, OwnedFd};
@@ -33,33 +35,66 @@ use super::protocol::ProtocolError;
 use super::sys::SharedMemory;
 #[cfg(all(test, loom))]
 use crate::sync::SharedMemory;
-use crate::sync::{seq_cst_handshake, AtomicU64, Ordering};
+use crate::sync::{seq_cst_handshake, AtomicBool, AtomicU64, Ordering};
 
-/// The bytes of frames a ring holds; frames over a quarter of it go through the socket.
+#[cfg(all(test, loom))]
+type Duration = std::time::Duration;
+
+/// The bytes of frames each lane holds; frames over a quarter of it go through the socket.
 #[cfg(not(all(test, loom)))]
 pub(crate) const CAPACITY: usize = 1 << 20;
 /// Under loom, room for four frames of 6 bytes, so that a model of a few frames wraps around and
 /// waits for room.
 #[cfg(all(test, loom))]
 pub(crate) const CAPACITY: usize = 24;
-/// The control words at the start of the shared mapping, each on a cache line of its own
-/// (eight words apart) where both sides write them often.
-///
-/// Bytes of frames published by the worker, ever (wraps at `u64::MAX`, never in practice).
-const HEAD: usize = 0;
-/// Bytes of frames consumed by the pool, ever.
-const TAIL: usize = 8;
-/// 1 while the pool's reader waits on the socket for a `Wake`.
-const ASLEEP: usize = 16;
+
+/// One direction of the mapping: the indices of its control words (each on a cache line of its
+/// own, eight words apart, where both sides write them often) and where its bytes start.
+#[derive(Debug, Clone, Copy)]
+struct Lane {
+    /// Bytes of frames published by the producer, ever (wraps at `u64::MAX`, never in practice).
+    head: usize,
+    /// Bytes of frames consumed, ever.
+    tail: usize,
+    /// 1 while the consumer sleeps on this word (a futex) or is about to.
+    asleep: usize,
+    /// The offset of the lane's bytes in the mapping's data.
+    data: usize,
+}
+
+/// The worker's replies, worker to pool.
+const REPLIES: Lane = Lane { head: 0, tail: 8, asleep: 16, data: 0 };
 /// How many jobs the worker has started, ever: what its standard error was written during.
 const STARTED: usize = 24;
+/// The jobs, pool to worker.
+const JOBS: Lane = Lane { head: 32, tail: 40, asleep: 48, data: CAPACITY };
 /// One word per job in flight: whether it may start, started, or was stopped.
-const CLAIMS_AT: usize = 32;
+const CLAIMS_AT: usize = 64;
 /// The words the control area holds: four pages.
 const WORDS: usize = 2048;
 const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= WORDS);
+/// The data: the two lanes' bytes.
+const BYTES: usize = 2 * CAPACITY;
 
-/// The mapping both halves share: control words, then the frames.
+/// Why a push failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The consumer is gone (the caller's `is_gone` said so) while the lane was full.
+    Gone,
+    /// The consumer set positions no well-behaved consumer sets.
+    Broken,
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Gone => f.write_str("the other side is gone"),
+            PushError::Broken => f.write_str("the other side broke the ring's positions"),
+        }
+    }
+}
+
+/// The mapping both halves share: control words, then the lanes' bytes.
 struct Mapping {
     memory: SharedMemory,
 }
@@ -79,88 +114,206 @@ impl Mapping {
     fn started(&self) -> &AtomicU64 {
         self.word(STARTED)
     }
-}
 
-/// The pool's half of a ring: it consumes the worker's replies, and moves claims to stop jobs.
-pub(crate) struct Consumer {
-    mapping: Mapping,
-}
-
-/// The worker's half of a ring: it produces replies, and moves claims to start jobs.
-pub(crate) struct Producer {
-    mapping: Mapping,
-}
-
-impl Consumer {
-    /// Creates a ring in a fresh memory file; the descriptor is for the worker to map.
-    #[cfg(not(all(test, loom)))]
-    pub(crate) fn create() -> Result<(Consumer, OwnedFd), String> {
-        let (memory, fd) = SharedMemory::create("parallel-replies", WORDS, CAPACITY)?;
-        Ok((Consumer { mapping: Mapping { memory } }, fd))
+    /// Whether a frame of `len` bytes goes through a lane (else through the socket).
+    fn fits(len: usize) -> bool {
+        len <= CAPACITY / 4
     }
 
-    fn word(&self, index: usize) -> &AtomicU64 {
-        self.mapping.word(index)
-    }
-
-    fn memory(&self) -> &SharedMemory {
-        &self.mapping.memory
-    }
-
-    /// The pool's side: copies the next frame's body (after its length) into `body`; `false` if
-    /// the ring is empty.
-    pub(crate) fn pop(&self, body: &mut Vec<u8>, max_frame: usize) -> Result<bool, ProtocolError> {
-        let tail = self.word(TAIL).load(Ordering::Relaxed);
-        let head = self.word(HEAD).load(Ordering::Acquire);
+    /// The consumer's side: copies the next frame's body (after its length) into `body`; `false`
+    /// if the lane is empty.
+    fn pop(&self, lane: Lane, body: &mut Vec<u8>, max_frame: usize) -> Result<bool, ProtocolError> {
+        let tail = self.word(lane.tail).load(Ordering::Relaxed);
+        let head = self.word(lane.head).load(Ordering::Acquire);
         let published = head.wrapping_sub(tail);
         if published == 0 {
             return Ok(false);
         }
         if published > CAPACITY as u64 || published < 4 {
-            return Err(ProtocolError::Malformed("reply ring: a position out of bounds"));
+            return Err(ProtocolError::Malformed("ring: a position out of bounds"));
         }
         let mut header = [0u8; 4];
-        self.copy_out(tail, &mut header);
+        self.copy_out(lane, tail, &mut header);
         let len = u32::from_le_bytes(header) as usize;
         if len > max_frame {
             return Err(ProtocolError::Oversized { len, max: max_frame });
         }
         if (4 + len) as u64 > published {
-            return Err(ProtocolError::Malformed("reply ring: a frame beyond the published bytes"));
+            return Err(ProtocolError::Malformed("ring: a frame beyond the published bytes"));
         }
         body.clear();
         body.resize(len, 0);
-        self.copy_out(tail.wrapping_add(4), body);
-        self.word(TAIL).store(tail.wrapping_add(4 + len as u64), Ordering::Release);
+        self.copy_out(lane, tail.wrapping_add(4), body);
+        self.word(lane.tail).store(tail.wrapping_add(4 + len as u64), Ordering::Release);
         Ok(true)
     }
 
-    /// Copies `out.len()` bytes from ring position `at` (within the published bytes).
-    fn copy_out(&self, at: u64, out: &mut [u8]) {
-        // The bytes are published and belong to this side until `tail` moves past them; a worker
-        // that writes them anyway can only garble this copy, which is then checked like any bytes
-        // from a worker.
+    /// Copies `out.len()` bytes from position `at` of `lane` (within the published bytes).
+    fn copy_out(&self, lane: Lane, at: u64, out: &mut [u8]) {
+        // The bytes are published and belong to this side until `tail` moves past them; a
+        // producer that writes them anyway can only garble this copy, which is then checked like
+        // any bytes from the other side.
         let start = at as usize % CAPACITY;
         let first = out.len().min(CAPACITY - start);
         let (wrapped, rest) = out.split_at_mut(first);
-        self.memory().copy_out(start, wrapped);
-        self.memory().copy_out(0, rest);
+        self.memory.copy_out(lane.data + start, wrapped);
+        self.memory.copy_out(lane.data, rest);
     }
 
-    /// The pool's reader is about to wait on the socket: `false` if a frame came in meanwhile
-    /// (then it must not wait). After `true`, the worker writes a `Wake` for its next frame.
-    pub(crate) fn sleep(&self) -> bool {
-        let asleep = self.word(ASLEEP);
+    /// The producer's side: copies `frame` (a whole frame, length included, that
+    /// [`Mapping::fits`]) into `lane`, waiting for room until `is_gone` says the consumer is
+    /// gone, publishes it, and wakes the consumer if it sleeps.
+    fn push(&self, lane: Lane, frame: &[u8], is_gone: &dyn Fn() -> bool) -> Result<(), PushError> {
+        debug_assert!(Self::fits(frame.len()));
+        let (head, tail, asleep) =
+            (self.word(lane.head), self.word(lane.tail), self.word(lane.asleep));
+        let at = head.load(Ordering::Relaxed);
+        let mut waited = 0u32;
+        // Room comes back as the consumer consumes.
+        loop {
+            let used = at.wrapping_sub(tail.load(Ordering::Acquire));
+            if used > CAPACITY as u64 {
+                return Err(PushError::Broken);
+            }
+            if CAPACITY - used as usize >= frame.len() {
+                break;
+            }
+            if is_gone() {
+                return Err(PushError::Gone);
+            }
+            back_off(&mut waited);
+        }
+        // The bytes from `head` on are free (checked above) and belong to this side until
+        // `head` moves past them.
+        let start = at as usize % CAPACITY;
+        let first = frame.len().min(CAPACITY - start);
+        self.memory.copy_in(lane.data + start, &frame[..first]);
+        self.memory.copy_in(lane.data, &frame[first..]);
+        head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
+        seq_cst_handshake();
+        // Pairs with `wait`: either the consumer sees the new head, or this sees it asleep.
+        if asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1 {
+            self.memory.wake(lane.asleep);
+        }
+        Ok(())
+    }
+
+    /// Whether `lane` has published bytes the consumer has not taken.
+    fn has_frame(&self, lane: Lane) -> bool {
+        let tail = self.word(lane.tail).load(Ordering::Relaxed);
+        self.word(lane.head).load(Ordering::SeqCst) != tail
+    }
+
+    /// The consumer's side, with `lane` found empty: looks again `spins` times (yielding its CPU
+    /// in between), then sleeps on the lane's `asleep` word until the producer's next push, a
+    /// [`Mapping::interrupt`] (when `is_interrupted` says so), or `timeout`. Returns whether it
+    /// slept until the time ran out; may return early, and the caller then looks again.
+    fn wait(
+        &self,
+        lane: Lane,
+        spins: u32,
+        timeout: Option<Duration>,
+        is_interrupted: &dyn Fn() -> bool,
+    ) -> bool {
+        for _ in 0..spins {
+            if self.has_frame(lane) || is_interrupted() {
+                return false;
+            }
+            spin();
+        }
+        let asleep = self.word(lane.asleep);
         asleep.store(1, Ordering::SeqCst);
         seq_cst_handshake();
-        let tail = self.word(TAIL).load(Ordering::Relaxed);
-        if self.word(HEAD).load(Ordering::SeqCst) == tail {
-            return true;
+        // Pairs with `push` (and `interrupt`): either this sees the frame, or the producer sees
+        // the flag and wakes this side.
+        if self.has_frame(lane) || is_interrupted() {
+            asleep.store(0, Ordering::SeqCst);
+            return false;
         }
-        // A frame came in after all. If the worker took the flag, its `Wake` is on the way and
-        // is read later as a spurious one.
+        let timed_out = self.memory.wait(lane.asleep, 1, timeout);
+        // Woken, the producer cleared the flag; otherwise clear it here (a producer that finds it
+        // still set wakes nobody, harmlessly).
         asleep.store(0, Ordering::SeqCst);
-        false
+        timed_out
+    }
+
+    /// Wakes `lane`'s consumer out of `wait` (or keeps it from sleeping): call after making its
+    /// `is_interrupted` true, with a `SeqCst` store.
+    fn interrupt(&self, lane: Lane) {
+        self.word(lane.asleep).store(0, Ordering::SeqCst);
+        self.memory.wake(lane.asleep);
+    }
+}
+
+/// The pool's half: it pushes jobs, pops replies, and moves claims to stop jobs.
+pub(crate) struct PoolSide {
+    mapping: Mapping,
+    /// Set (in the pool only) when the worker's end of the socket hung up: the worker is gone,
+    /// and nothing it has not published yet ever will be.
+    is_hung_up: AtomicBool,
+}
+
+/// The worker's half: it pops jobs, pushes replies, and moves claims to start jobs.
+pub(crate) struct WorkerSide {
+    mapping: Mapping,
+}
+
+impl PoolSide {
+    /// Creates the shared mapping in a fresh memory file; the descriptor is for the worker.
+    #[cfg(not(all(test, loom)))]
+    pub(crate) fn create() -> Result<(PoolSide, OwnedFd), String> {
+        let (memory, fd) = SharedMemory::create("parallel-rings", WORDS, BYTES)?;
+        Ok((PoolSide::of(memory), fd))
+    }
+
+    fn of(memory: SharedMemory) -> PoolSide {
+        PoolSide { mapping: Mapping { memory }, is_hung_up: AtomicBool::new(false) }
+    }
+
+    /// Whether a job frame of `len` bytes goes through the job lane (else through the socket).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        Mapping::fits(len)
+    }
+
+    /// Copies job frame `frame` (that [`PoolSide::fits`]) into the job lane and wakes the
+    /// worker if it sleeps; waits for room while the lane is full, until the worker hangs up or
+    /// `is_gone` says to give up.
+    pub(crate) fn push_job(
+        &self,
+        frame: &[u8],
+        is_gone: &dyn Fn() -> bool,
+    ) -> Result<(), PushError> {
+        self.mapping.push(JOBS, frame, &|| self.has_hung_up() || is_gone())
+    }
+
+    /// Copies the next reply's body (after its length) into `body`; `false` if there is none.
+    pub(crate) fn pop_reply(
+        &self,
+        body: &mut Vec<u8>,
+        max_frame: usize,
+    ) -> Result<bool, ProtocolError> {
+        self.mapping.pop(REPLIES, body, max_frame)
+    }
+
+    /// With no reply found: looks again `spins` times, then sleeps until the worker's next
+    /// reply, its hang-up, or `timeout`; returns whether the time ran out.
+    pub(crate) fn wait_reply(&self, spins: u32, timeout: Option<Duration>) -> bool {
+        self.mapping.wait(REPLIES, spins, timeout, &|| self.has_hung_up())
+    }
+
+    /// The worker's end of the socket hung up: wakes the reply reader, which then resolves what
+    /// the lane holds and reports the end, and any push waiting for room, which gives up.
+    pub(crate) fn hang_up(&self) {
+        self.is_hung_up.store(true, Ordering::SeqCst);
+        // Pairs with the reader's `wait`: either it sees the flag, or this clears its `asleep`
+        // after it set it (see the README: the store order makes the wake reach it).
+        seq_cst_handshake();
+        self.mapping.interrupt(REPLIES);
+    }
+
+    /// Whether [`PoolSide::hang_up`] was called.
+    pub(crate) fn has_hung_up(&self) -> bool {
+        self.is_hung_up.load(Ordering::SeqCst)
     }
 
     /// The claims of the jobs sent to the worker.
@@ -174,48 +327,38 @@ impl Consumer {
     }
 }
 
-impl Producer {
-    /// Maps the ring the pool created (the worker's side), from its descriptor.
+impl WorkerSide {
+    /// Maps the memory the pool created (the worker's side), from its descriptor.
     #[cfg(not(all(test, loom)))]
-    pub(crate) fn map(fd: impl AsFd) -> Result<Producer, String> {
-        Ok(Producer { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, CAPACITY)? } })
+    pub(crate) fn map(fd: impl AsFd) -> Result<WorkerSide, String> {
+        Ok(WorkerSide { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, BYTES)? } })
     }
 
-    fn word(&self, index: usize) -> &AtomicU64 {
-        self.mapping.word(index)
-    }
-
-    fn memory(&self) -> &SharedMemory {
-        &self.mapping.memory
-    }
-
-    /// Whether a frame of `len` bytes goes through the ring (else through the socket).
+    /// Whether a reply frame of `len` bytes goes through the reply lane (else the socket).
     pub(crate) fn fits(&self, len: usize) -> bool {
-        len <= CAPACITY / 4
+        Mapping::fits(len)
     }
 
-    /// The worker's side: copies `frame` (a whole frame, length included, that [`Producer::fits`])
-    /// into the ring, waiting for room, and publishes it. Returns whether the pool's reader is
-    /// asleep and must be woken through the socket.
-    pub(crate) fn push(&self, frame: &[u8]) -> bool {
-        debug_assert!(self.fits(frame.len()));
-        let (head, tail, asleep) = (self.word(HEAD), self.word(TAIL), self.word(ASLEEP));
-        let at = head.load(Ordering::Relaxed);
-        let mut waited = 0u32;
-        // Room comes back as the pool consumes; a pool that stopped consuming kills this worker.
-        while CAPACITY - (at.wrapping_sub(tail.load(Ordering::Acquire)) as usize) < frame.len() {
-            back_off(&mut waited);
-        }
-        // The bytes from `head` on are free (checked above) and belong to this side until
-        // `head` moves past them.
-        let start = at as usize % CAPACITY;
-        let first = frame.len().min(CAPACITY - start);
-        self.memory().copy_in(start, &frame[..first]);
-        self.memory().copy_in(0, &frame[first..]);
-        head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
-        seq_cst_handshake();
-        // Pairs with `sleep`: either the reader sees the new head, or this sees it asleep.
-        asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1
+    /// Copies reply frame `frame` (that [`WorkerSide::fits`]) into the reply lane, waiting for
+    /// room (a pool that stops consuming kills this worker), and wakes the pool's reader if it
+    /// sleeps.
+    pub(crate) fn push_reply(&self, frame: &[u8]) -> Result<(), PushError> {
+        self.mapping.push(REPLIES, frame, &|| false)
+    }
+
+    /// Copies the next job frame's body (after its length) into `body`; `false` if there is none.
+    pub(crate) fn pop_job(
+        &self,
+        body: &mut Vec<u8>,
+        max_frame: usize,
+    ) -> Result<bool, ProtocolError> {
+        self.mapping.pop(JOBS, body, max_frame)
+    }
+
+    /// With no job found: looks again `spins` times, then sleeps until the pool's next job or
+    /// `timeout`; returns whether the time ran out.
+    pub(crate) fn wait_job(&self, spins: u32, timeout: Option<Duration>) -> bool {
+        self.mapping.wait(JOBS, spins, timeout, &|| false)
     }
 
     /// The claims of the jobs sent to this worker.
@@ -227,6 +370,44 @@ impl Producer {
     pub(crate) fn started(&self) -> &AtomicU64 {
         self.mapping.started()
     }
+}
+
+/// For the fuzz target `rings`: leaves both lanes as a hostile peer could (positions `head`
+/// and `tail`, `bytes` from `tail` on), then takes frames out of each as the pool and the worker
+/// do, under frame limit `limit`, and pushes one into each as they do (giving up at once on a
+/// full lane). Returns how many frames were taken. Must never panic nor allocate past `limit`.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn hostile(head: u64, tail: u64, bytes: &[u8], limit: usize) -> usize {
+    thread_local! {
+        static PAIR: (PoolSide, WorkerSide) = {
+            let (pool, fd) = PoolSide::create().expect("a memory file for the fuzz target");
+            let worker = WorkerSide::map(&fd).expect("a second mapping for the fuzz target");
+            (pool, worker)
+        };
+    }
+    PAIR.with(|(pool, worker)| {
+        let mut taken = 0;
+        let mut body = Vec::new();
+        for (mapping, lane) in [(&pool.mapping, REPLIES), (&worker.mapping, JOBS)] {
+            mapping.word(lane.head).store(head, Ordering::SeqCst);
+            mapping.word(lane.tail).store(tail, Ordering::SeqCst);
+            let start = tail as usize % CAPACITY;
+            let n = bytes.len().min(CAPACITY - start);
+            mapping.memory.copy_in(lane.data + start, &bytes[..n]);
+            while taken < 64 && matches!(mapping.pop(lane, &mut body, limit), Ok(true)) {
+                taken += 1;
+            }
+        }
+        // The other way round: the pool pushes a job, the worker a reply, into lanes whose
+        // consumer left these positions.
+        for (mapping, lane) in [(&pool.mapping, JOBS), (&worker.mapping, REPLIES)] {
+            mapping.word(lane.head).store(head, Ordering::SeqCst);
+            mapping.word(lane.tail).store(tail, Ordering::SeqCst);
+            let frame = [1, 0, 0, 0, 2];
+            let _ = mapping.push(lane, &frame, &|| true);
+        }
+        taken
+    })
 }
 
 /// Waits a little longer each time: spins, then yields, then sleeps.
@@ -246,11 +427,25 @@ fn back_off(_: &mut u32) {
     ::loom::thread::yield_now();
 }
 
+/// One look's pause while a consumer spins before it sleeps: the CPU is given up, since on a
+/// busy machine the producer may need it.
+#[cfg(not(all(test, loom)))]
+fn spin() {
+    std::thread::yield_now();
+}
+
+#[cfg(all(test, loom))]
+fn spin() {
+    ::loom::thread::yield_now();
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::alloc_probe::largest_allocation;
     use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::time::Instant;
 
     fn frame(body: &[u8]) -> Vec<u8> {
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
@@ -259,59 +454,124 @@ mod tests {
     }
 
     /// Two mappings of one memory file, as the pool and its worker have.
-    fn pair() -> (Consumer, Producer) {
-        let (pool, fd) = Consumer::create().unwrap();
-        let worker = Producer::map(&fd).unwrap();
+    fn pair() -> (PoolSide, WorkerSide) {
+        let (pool, fd) = PoolSide::create().unwrap();
+        let worker = WorkerSide::map(&fd).unwrap();
         (pool, worker)
     }
 
+    const NEVER: &dyn Fn() -> bool = &|| false;
+
     #[test]
-    fn frames_cross_in_order_and_wrap_around() {
+    fn frames_cross_in_order_and_wrap_around_both_ways() {
         let (pool, worker) = pair();
         let mut body = Vec::new();
-        // 1000 frames of up to 100 KiB: the positions wrap around the 1 MiB ring many times.
+        // 1000 frames of up to 100 KiB each way: the positions wrap around the 1 MiB lanes many
+        // times, and neither lane's bytes step on the other's.
         for round in 0..1000usize {
             let payload: Vec<u8> =
                 (0..(round * 7919) % (100 << 10)).map(|i| (i + round) as u8).collect();
-            worker.push(&frame(&payload));
-            assert!(pool.pop(&mut body, 1 << 20).unwrap());
-            assert_eq!(body, payload, "frame {round}");
+            let job: Vec<u8> = payload.iter().map(|byte| !byte).collect();
+            worker.push_reply(&frame(&payload)).unwrap();
+            pool.push_job(&frame(&job), NEVER).unwrap();
+            assert!(pool.pop_reply(&mut body, 1 << 20).unwrap());
+            assert_eq!(body, payload, "reply {round}");
+            assert!(worker.pop_job(&mut body, 1 << 20).unwrap());
+            assert_eq!(body, job, "job {round}");
         }
-        assert!(!pool.pop(&mut body, 1 << 20).unwrap());
+        assert!(!pool.pop_reply(&mut body, 1 << 20).unwrap());
+        assert!(!worker.pop_job(&mut body, 1 << 20).unwrap());
     }
 
     #[test]
-    fn the_worker_wakes_the_pool_only_when_it_sleeps() {
+    fn a_sleeping_consumer_is_woken_by_the_next_frame_on_either_side() {
         let (pool, worker) = pair();
-        let mut body = Vec::new();
-        assert!(!worker.push(&frame(b"a")), "the reader is awake");
-        assert!(!pool.sleep(), "a frame is waiting: no sleep");
-        assert!(pool.pop(&mut body, 64).unwrap());
-        assert!(pool.sleep());
-        assert!(worker.push(&frame(b"b")), "the reader sleeps: wake it");
-        assert!(!worker.push(&frame(b"c")), "woken once");
+        let (pool, worker) = (Arc::new(pool), Arc::new(worker));
+        // The worker sleeps on its job lane until the pool pushes; the pool's reader sleeps on
+        // the reply lane until the worker answers. Long timeouts: only a wake-up ends the waits
+        // in time.
+        for round in 0..50u8 {
+            let sleeper = {
+                let worker = Arc::clone(&worker);
+                std::thread::spawn(move || {
+                    let mut body = Vec::new();
+                    while !worker.pop_job(&mut body, 64).unwrap() {
+                        assert!(!worker.wait_job(0, Some(Duration::from_secs(30))), "woken");
+                    }
+                    worker.push_reply(&frame(&body)).unwrap();
+                })
+            };
+            if round % 2 == 0 {
+                // Let it fall asleep first, on some rounds.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            pool.push_job(&frame(&[round]), NEVER).unwrap();
+            let mut body = Vec::new();
+            while !pool.pop_reply(&mut body, 64).unwrap() {
+                assert!(!pool.wait_reply(0, Some(Duration::from_secs(30))), "woken");
+            }
+            assert_eq!(body, [round]);
+            sleeper.join().unwrap();
+        }
     }
 
     #[test]
-    fn a_full_ring_makes_the_worker_wait_for_the_pool() {
+    fn a_consumer_with_nothing_to_read_sleeps_until_its_timeout() {
+        let (pool, worker) = pair();
+        let started = Instant::now();
+        assert!(worker.wait_job(4, Some(Duration::from_millis(20))), "timed out");
+        assert!(pool.wait_reply(4, Some(Duration::from_millis(20))), "timed out");
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        // The flags are down again: a push wakes nobody.
+        assert_eq!(worker.mapping.word(JOBS.asleep).load(Ordering::SeqCst), 0);
+        assert_eq!(pool.mapping.word(REPLIES.asleep).load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_hang_up_wakes_the_reader_and_stops_a_push_waiting_for_room() {
+        let (pool, _worker) = pair();
+        let pool = Arc::new(pool);
+        let reader = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.wait_reply(0, None))
+        };
+        // The job lane full, with a worker that never takes a job.
+        let big = frame(&vec![7u8; CAPACITY / 4 - 4]);
+        for _ in 0..4 {
+            pool.push_job(&big, NEVER).unwrap();
+        }
+        let pusher = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.push_job(&frame(b"more"), NEVER))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        pool.hang_up();
+        assert!(!reader.join().unwrap(), "woken, not timed out");
+        assert_eq!(pusher.join().unwrap(), Err(PushError::Gone));
+        // And a reader that comes later does not sleep at all.
+        assert!(!pool.wait_reply(0, None));
+    }
+
+    #[test]
+    fn a_full_lane_makes_the_producer_wait_for_the_consumer() {
         let (pool, worker) = pair();
         let big = frame(&vec![7u8; CAPACITY / 4 - 4]);
         for _ in 0..4 {
-            worker.push(&big);
+            worker.push_reply(&big).unwrap();
         }
         let consumer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             let mut body = Vec::new();
             let mut frames = 0;
             while frames < 5 {
-                if pool.pop(&mut body, 1 << 20).unwrap() {
+                if pool.pop_reply(&mut body, 1 << 20).unwrap() {
                     frames += 1;
                 }
             }
             body
         });
-        // Blocks until the consumer frees a quarter of the ring.
-        worker.push(&frame(b"last"));
+        // Blocks until the consumer frees a quarter of the lane.
+        worker.push_reply(&frame(b"last")).unwrap();
         assert_eq!(consumer.join().unwrap(), b"last");
     }
 
@@ -324,34 +584,43 @@ mod tests {
         assert_eq!(claim::read(claim::slot(pool.claims(), 300), 300), Claim::Started);
     }
 
-    /// Sets the raw state of a ring as a hostile worker could.
-    fn forge(ring: &Consumer, head: u64, tail: u64, bytes: &[u8]) {
-        ring.word(HEAD).store(head, Ordering::SeqCst);
-        ring.word(TAIL).store(tail, Ordering::SeqCst);
+    /// Sets the raw state of `lane` as a hostile other side could.
+    fn forge(mapping: &Mapping, lane: Lane, head: u64, tail: u64, bytes: &[u8]) {
+        mapping.word(lane.head).store(head, Ordering::SeqCst);
+        mapping.word(lane.tail).store(tail, Ordering::SeqCst);
         let start = tail as usize % CAPACITY;
         let n = bytes.len().min(CAPACITY - start);
-        ring.memory().copy_in(start, &bytes[..n]);
+        mapping.memory.copy_in(lane.data + start, &bytes[..n]);
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
+        /// Positions and bytes anywhere, as a hostile worker leaves the reply lane or a hostile
+        /// pool the job lane: the reading side gets frames or a protocol error, never a panic or
+        /// an allocation over its frame limit.
         #[test]
-        fn a_hostile_worker_cannot_make_the_pool_panic_or_overallocate(
+        fn a_hostile_producer_cannot_make_the_consumer_panic_or_overallocate(
             head in any::<u64>(),
             tail in any::<u64>(),
             near in 0u64..64,
             bytes in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             const LIMIT: usize = 4096;
-            let (pool, _worker) = pair();
+            let (pool, worker) = pair();
             // Positions anywhere, and positions close together (a plausible but lying state).
             for head in [head, tail.wrapping_add(near)] {
-                forge(&pool, head, tail, &bytes);
+                forge(&pool.mapping, REPLIES, head, tail, &bytes);
+                forge(&worker.mapping, JOBS, head, tail, &bytes);
                 let mut body = Vec::new();
                 let (_, largest) = largest_allocation(|| {
                     for _ in 0..4 {
-                        if !matches!(pool.pop(&mut body, LIMIT), Ok(true)) {
+                        if !matches!(pool.pop_reply(&mut body, LIMIT), Ok(true)) {
+                            break;
+                        }
+                    }
+                    for _ in 0..4 {
+                        if !matches!(worker.pop_job(&mut body, LIMIT), Ok(true)) {
                             break;
                         }
                     }
@@ -359,83 +628,88 @@ mod tests {
                 prop_assert!(largest <= LIMIT, "allocated {largest} bytes");
             }
         }
+
+        /// Positions anywhere, as a hostile consumer leaves them: the producer's push writes its
+        /// frame, waits for room or says the positions are broken, never panics, and never waits
+        /// for a consumer that is gone.
+        #[test]
+        fn a_hostile_consumer_cannot_make_the_producer_panic(
+            head in any::<u64>(),
+            tail in any::<u64>(),
+            near in 0u64..(CAPACITY as u64 + 64),
+            len in 0usize..(CAPACITY / 4 - 4),
+        ) {
+            let (pool, worker) = pair();
+            let body = vec![5u8; len];
+            for tail in [tail, head.wrapping_sub(near)] {
+                forge(&pool.mapping, JOBS, head, tail, &[]);
+                forge(&worker.mapping, REPLIES, head, tail, &[]);
+                // The pool's push gives up on a full lane once the worker is gone.
+                let pushed = pool.push_job(&frame(&body), &|| true);
+                let used = head.wrapping_sub(tail);
+                let expected = if used > CAPACITY as u64 {
+                    Err(PushError::Broken)
+                } else if (CAPACITY as u64 - used) < (len + 4) as u64 {
+                    Err(PushError::Gone)
+                } else {
+                    Ok(())
+                };
+                prop_assert_eq!(pushed, expected);
+                if used > CAPACITY as u64 {
+                    prop_assert_eq!(worker.push_reply(&frame(&body)), Err(PushError::Broken));
+                }
+            }
+        }
     }
 }
 
-/// Models of the ring's positions and the reader's sleep, checked by loom in every interleaving
-/// over heap memory (see `crate::sync`).
+/// Models of a lane's positions and of the consumer's sleep on its futex word, checked by loom
+/// in every interleaving over heap memory (see `crate::sync`, which models the futex too).
 #[cfg(all(test, loom))]
 mod loom {
     use super::*;
-    use ::loom::sync::{Arc, Condvar, Mutex};
+    use ::loom::sync::Arc;
     use ::loom::thread;
 
-    /// Both halves of one ring whose positions start at `at` (bytes that went through it before).
-    fn pair(at: u64) -> (Consumer, Producer) {
-        let memory = SharedMemory::new(WORDS, CAPACITY);
-        memory.words()[HEAD].store(at, Ordering::Relaxed);
-        memory.words()[TAIL].store(at, Ordering::Relaxed);
-        let consumer = Consumer { mapping: Mapping { memory: memory.clone() } };
-        (consumer, Producer { mapping: Mapping { memory } })
+    /// Both halves of one mapping whose lanes' positions start at `at` (bytes that went through
+    /// them before).
+    fn pair(at: u64) -> (Arc<PoolSide>, WorkerSide) {
+        let memory = SharedMemory::new(WORDS, BYTES);
+        for lane in [REPLIES, JOBS] {
+            memory.words()[lane.head].store(at, Ordering::Relaxed);
+            memory.words()[lane.tail].store(at, Ordering::Relaxed);
+        }
+        let pool = PoolSide::of(memory.clone());
+        (Arc::new(pool), WorkerSide { mapping: Mapping { memory } })
     }
 
-    /// Frame `n`: 6 bytes, the most a ring of `CAPACITY` bytes takes (a quarter).
+    /// Frame `n`: 6 bytes, the most a lane of `CAPACITY` bytes takes (a quarter).
     fn frame(n: u8) -> Vec<u8> {
         vec![2, 0, 0, 0, n, !n]
-    }
-
-    /// The socket, as far as the sleep protocol uses it: the `Wake` frames on it.
-    #[derive(Default)]
-    struct Socket {
-        wakes: Mutex<usize>,
-        readable: Condvar,
-    }
-
-    impl Socket {
-        fn write_wake(&self) {
-            *self.wakes.lock().unwrap() += 1;
-            self.readable.notify_one();
-        }
-
-        /// Blocks until a `Wake` comes, and reads it.
-        fn read_wake(&self) {
-            let mut wakes = self.wakes.lock().unwrap();
-            while *wakes == 0 {
-                wakes = self.readable.wait(wakes).unwrap();
-            }
-            *wakes -= 1;
-        }
-    }
-
-    /// The worker's side: pushes `frames`, writing a `Wake` when the reader sleeps.
-    fn produce(ring: Producer, socket: Arc<Socket>, frames: std::ops::Range<u8>) {
-        for n in frames {
-            if ring.push(&frame(n)) {
-                socket.write_wake();
-            }
-        }
-    }
-
-    /// The pool's reader, as `read_replies` runs it: pops while there are frames, sleeps on the
-    /// socket when the ring is empty, until it has `count` frames.
-    fn consume(ring: &Consumer, socket: &Socket, count: usize) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        let mut body = Vec::new();
-        while frames.len() < count {
-            if ring.pop(&mut body, 64).expect("a well-behaved worker's ring") {
-                frames.push(body.clone());
-            } else if ring.sleep() {
-                socket.read_wake();
-            }
-        }
-        frames
     }
 
     fn bodies(frames: std::ops::Range<u8>) -> Vec<Vec<u8>> {
         frames.map(|n| frame(n)[4..].to_vec()).collect()
     }
 
-    /// One worker pushing three frames (the second wraps around the end of the ring) while the
+    /// The pool's reader, as `read_replies` runs it: pops while there are frames, sleeps on the
+    /// lane's futex when it is empty, until it has `count` frames or the worker hung up.
+    fn read_replies(pool: &PoolSide, count: usize) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut body = Vec::new();
+        while frames.len() < count {
+            if pool.pop_reply(&mut body, 64).expect("a well-behaved worker's lane") {
+                frames.push(body.clone());
+            } else if pool.has_hung_up() {
+                break;
+            } else {
+                pool.wait_reply(0, None);
+            }
+        }
+        frames
+    }
+
+    /// One worker pushing three replies (the second wraps around the end of the lane) while the
     /// reader pops and sleeps: every frame arrives once, in order, and a sleeping reader is
     /// always woken (a reader left asleep is a deadlock, which fails the model). Loom also fails
     /// the model if either side copies a byte while the other owns it.
@@ -444,37 +718,74 @@ mod loom {
         let mut model = ::loom::model::Builder::new();
         model.preemption_bound = Some(3);
         model.check(|| {
-            let (consumer, producer) = pair(CAPACITY as u64 - 8);
-            let socket = Arc::new(Socket::default());
-            let worker = {
-                let socket = Arc::clone(&socket);
-                thread::spawn(move || produce(producer, socket, 0..3))
-            };
-            assert_eq!(consume(&consumer, &socket, 3), bodies(0..3));
-            worker.join().unwrap();
-            assert!(!consumer.pop(&mut Vec::new(), 64).unwrap(), "no frame twice");
+            let (pool, worker) = pair(CAPACITY as u64 - 8);
+            let producer = thread::spawn(move || {
+                for n in 0..3 {
+                    worker.push_reply(&frame(n)).unwrap();
+                }
+            });
+            assert_eq!(read_replies(&pool, 3), bodies(0..3));
+            producer.join().unwrap();
+            assert!(!pool.pop_reply(&mut Vec::new(), 64).unwrap(), "no frame twice");
         });
     }
 
-    /// A full ring: the worker waits for the reader to free room (its fifth frame needs the
-    /// first one's bytes), and frames still cross once and in order.
+    /// The other way: the pool pushes jobs, the worker pops them and sleeps on its lane; with a
+    /// full lane the pool waits for room (its fifth frame needs the first one's bytes).
     #[test]
-    fn loom_a_full_ring_makes_the_worker_wait_without_losing_a_frame() {
+    fn loom_the_worker_sleeps_on_its_jobs_and_a_full_lane_makes_the_pool_wait() {
         let mut model = ::loom::model::Builder::new();
         model.preemption_bound = Some(3);
         model.check(|| {
-            let (consumer, producer) = pair(CAPACITY as u64 - 8);
+            let (pool, worker) = pair(CAPACITY as u64 - 8);
             for n in 0..3 {
-                assert!(!producer.push(&frame(n)));
+                pool.push_job(&frame(n), &|| false).unwrap();
             }
-            let socket = Arc::new(Socket::default());
-            let worker = {
-                let socket = Arc::clone(&socket);
-                thread::spawn(move || produce(producer, socket, 3..5))
+            let producer = {
+                let pool = Arc::clone(&pool);
+                thread::spawn(move || {
+                    for n in 3..5 {
+                        pool.push_job(&frame(n), &|| false).unwrap();
+                    }
+                })
             };
-            assert_eq!(consume(&consumer, &socket, 5), bodies(0..5));
-            worker.join().unwrap();
-            assert!(!consumer.pop(&mut Vec::new(), 64).unwrap(), "no frame twice");
+            let mut frames = Vec::new();
+            let mut body = Vec::new();
+            while frames.len() < 5 {
+                if worker.pop_job(&mut body, 64).unwrap() {
+                    frames.push(body.clone());
+                } else {
+                    worker.wait_job(0, None);
+                }
+            }
+            assert_eq!(frames, bodies(0..5));
+            producer.join().unwrap();
+            assert!(!worker.pop_job(&mut Vec::new(), 64).unwrap(), "no frame twice");
+        });
+    }
+
+    /// A worker that dies after one reply: the hang-up watcher wakes the sleeping reader, which
+    /// still gets the reply the worker published before (a reader left asleep fails the model).
+    #[test]
+    fn loom_a_hang_up_wakes_the_sleeping_reader() {
+        let mut model = ::loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let (pool, worker) = pair(0);
+            let watcher = {
+                let pool = Arc::clone(&pool);
+                thread::spawn(move || {
+                    worker.push_reply(&frame(1)).unwrap();
+                    // The worker is gone: its socket hung up.
+                    pool.hang_up();
+                })
+            };
+            let frames = read_replies(&pool, 2);
+            watcher.join().unwrap();
+            let mut rest = Vec::new();
+            while pool.pop_reply(&mut rest, 64).unwrap() {}
+            // Read before the hang-up was seen, or drained after it: never lost.
+            assert!(frames == bodies(1..2) || rest == bodies(1..2)[0]);
         });
     }
 }

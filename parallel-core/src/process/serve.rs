@@ -22,7 +22,7 @@ use nix::sys::resource::{setrlimit, Resource};
 use super::claim;
 use super::protocol::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
-use super::ring::Producer;
+use super::ring::WorkerSide;
 use super::sys;
 use crate::progress::Outbox;
 use crate::registry::{self, Outcome};
@@ -30,6 +30,10 @@ use crate::{unwind, Environment};
 
 /// How long a job waits at most for the pool to read what the job before it wrote to stderr.
 const STDERR_DRAIN_LIMIT: Duration = Duration::from_millis(100);
+/// How many times the worker, with no job left, yields its CPU and looks again before it sleeps
+/// on the job ring's futex: the next job of a caller that dispatches one at a time comes within
+/// microseconds of the reply, and is then caught without a wake-up.
+const JOB_SPINS: u32 = 32;
 
 /// The exit code of a process started as a worker that could not serve at all.
 pub(crate) const EXIT_CANNOT_SERVE: i32 = 101;
@@ -75,8 +79,8 @@ pub(crate) fn cannot_serve(why: &str) {
     );
 }
 
-/// Sets the worker up: memory limit, name, channel (moved off standard input) and reply ring.
-fn prepare(marker: &Marker) -> Result<(UnixStream, Producer), String> {
+/// Sets the worker up: memory limit, name, channel (moved off standard input) and rings.
+fn prepare(marker: &Marker) -> Result<(UnixStream, WorkerSide), String> {
     if let Some(bytes) = marker.max_memory {
         setrlimit(Resource::RLIMIT_AS, bytes, bytes)
             .map_err(|error| format!("cannot set the memory limit of {bytes} bytes: {error}"))?;
@@ -88,11 +92,11 @@ fn prepare(marker: &Marker) -> Result<(UnixStream, Producer), String> {
     }
     let channel = sys::take_channel_from_stdin()?;
     let channel = UnixStream::from(channel);
-    let ring = Producer::map(sys::receive_fd(&channel)?)?;
+    let ring = WorkerSide::map(sys::receive_fd(&channel)?)?;
     Ok((channel, ring))
 }
 
-fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result<(), String> {
+fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
     let mut reader =
         BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
@@ -107,7 +111,6 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
         stream: channel,
         ring,
         max_frame: marker.max_frame,
-        wake: encode(&FromWorker::Wake)?,
         on_socket: encode(&FromWorker::OnSocket)?,
         posting: Mutex::new(Posting { job: None, frame: Vec::new() }),
     });
@@ -135,18 +138,26 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
         // Reading ahead is never needed to learn of a cancel: cancels are in the claims.
         loop {
             let is_idle = pending.is_empty() && !is_exit_asked;
-            if reader.buffer().is_empty() {
+            let mut frame = spare.pop().unwrap_or_default();
+            let has_frame = replies
+                .ring
+                .pop_job(&mut frame, marker.max_frame)
+                .map_err(|error| format!("the pool broke the job ring: {error}"))?;
+            if !has_frame {
+                spare.push(frame);
                 if !is_idle {
                     break;
                 }
-                wait_readable(reader.get_ref(), &mut environment)?;
+                wait_for_jobs(&replies.ring, &mut environment);
+                continue;
             }
-            let mut frame = spare.pop().unwrap_or_default();
-            match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
-                Ok(_) => {}
-                // The pool is gone or let go of us: a normal end.
-                Err(ReadError::Closed) => return Ok(()),
-                Err(error) => return Err(error.to_string()),
+            if protocol::decode_to_worker(&frame) == Ok(ToWorker::OnSocket) {
+                match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
+                    Ok(_) => {}
+                    // The pool is gone or let go of us: a normal end.
+                    Err(ReadError::Closed) => return Ok(()),
+                    Err(error) => return Err(error.to_string()),
+                }
             }
             match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
                 ToWorker::Run { .. } => {
@@ -156,6 +167,9 @@ fn serve_channel(channel: UnixStream, ring: Producer, marker: &Marker) -> Result
                 ToWorker::Exit => {
                     is_exit_asked = true;
                     spare.push(frame);
+                }
+                ToWorker::OnSocket => {
+                    return Err("the pool announced a frame on the socket twice".to_owned())
                 }
             }
         }
@@ -268,10 +282,9 @@ fn encode_panic(
 /// survives the worker.
 struct Replies {
     stream: UnixStream,
-    ring: Producer,
+    ring: WorkerSide,
     max_frame: usize,
-    /// The `Wake` and `OnSocket` frames, built once.
-    wake: Vec<u8>,
+    /// The `OnSocket` frame, built once.
     on_socket: Vec<u8>,
     /// Which job's progress messages are taken now. Held while one is sent, so that messages
     /// sent from several threads go out one at a time, and none after the job's run ended: the
@@ -328,18 +341,16 @@ impl Replies {
         self.send_frame(out)
     }
 
-    /// Sends a finished frame: through the ring if it fits, else announced in the ring and
-    /// written to the socket; wakes the pool's reader if it sleeps.
+    /// Sends a finished frame: through the reply ring if it fits, else announced in the ring
+    /// and written to the socket; the ring wakes the pool's reader if it sleeps.
     fn send_frame(&self, frame: &[u8]) -> Result<(), String> {
+        let push = |frame: &[u8]| {
+            self.ring.push_reply(frame).map_err(|error| format!("cannot reply: {error}"))
+        };
         if self.ring.fits(frame.len()) {
-            if self.ring.push(frame) {
-                self.write_socket(&self.wake)?;
-            }
-            return Ok(());
+            return push(frame);
         }
-        if self.ring.push(&self.on_socket) {
-            self.write_socket(&self.wake)?;
-        }
+        push(&self.on_socket)?;
         self.write_socket(frame)
     }
 
@@ -376,23 +387,16 @@ fn watch_for_hang_up(channel: &UnixStream) -> Result<(), String> {
         .map_err(|error| format!("cannot start the hang-up watcher: {error}"))
 }
 
-/// Blocks until the channel is readable, purging expired environment entries when they are due.
-fn wait_readable(channel: &UnixStream, environment: &mut Environment) -> Result<(), String> {
-    loop {
-        let timeout = match environment.next_expiry() {
-            None => PollTimeout::NONE,
-            Some(at) => {
-                let millis = at.saturating_duration_since(Instant::now()).as_millis() + 1;
-                PollTimeout::try_from(millis.min(60_000) as u32).unwrap_or(PollTimeout::MAX)
-            }
-        };
-        let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(0) => unwind::drop_values(|| environment.purge_expired()),
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(error) => return Err(format!("cannot wait for the pool: {error}")),
-        }
+/// With no job to run: spins a little, then sleeps on the job ring until the pool pushes a job
+/// (or may have), purging expired environment entries when they are due. The pool's death ends
+/// the process meanwhile (the death signal, the hang-up watcher), so no wait here watches it.
+fn wait_for_jobs(ring: &WorkerSide, environment: &mut Environment) {
+    let due = environment.next_expiry();
+    let timeout =
+        due.map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+    ring.wait_job(JOB_SPINS, timeout);
+    if due.is_some_and(|at| at <= Instant::now()) {
+        unwind::drop_values(|| environment.purge_expired());
     }
 }
 

@@ -317,13 +317,16 @@ pub(crate) struct Input {
     pub(crate) is_readable: bool,
     /// `stop` has something to say (its writer wrote or closed).
     pub(crate) is_stopped: bool,
+    /// The peer of socket `watch` hung up (or the socket failed).
+    pub(crate) is_hung_up: bool,
 }
 
-/// Blocks until `data` is readable or `stop` (if any) is signalled, for at most `timeout`
-/// (`None`: forever).
+/// Blocks until `data` is readable, `stop` (if any) is signalled or the peer of socket `watch`
+/// (if any) hangs up, for at most `timeout` (`None`: forever).
 pub(crate) fn wait_for_input(
     data: BorrowedFd<'_>,
     stop: Option<BorrowedFd<'_>>,
+    watch: Option<BorrowedFd<'_>>,
     timeout: Option<Duration>,
 ) -> io::Result<Input> {
     let timeout = match timeout {
@@ -331,8 +334,13 @@ pub(crate) fn wait_for_input(
         Some(limit) => PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX),
     };
     let readable = PollFlags::POLLIN;
-    let mut fds: Vec<PollFd<'_>> =
-        [Some(data), stop].into_iter().flatten().map(|fd| PollFd::new(fd, readable)).collect();
+    let hang_up = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds: Vec<PollFd<'_>> = [Some(data), stop]
+        .into_iter()
+        .flatten()
+        .map(|fd| PollFd::new(fd, readable))
+        .chain(watch.map(|fd| PollFd::new(fd, hang_up)))
+        .collect();
     loop {
         match poll(&mut fds, timeout) {
             Ok(_) => break,
@@ -340,10 +348,31 @@ pub(crate) fn wait_for_input(
             Err(error) => return Err(error.into()),
         }
     }
+    // `revents` is `None` when the kernel set a flag nix does not name, `POLLRDHUP` among them:
+    // that is news too.
     let has_news = |fd: Option<&PollFd<'_>>| {
-        fd.and_then(PollFd::revents).is_some_and(|events| !events.is_empty())
+        fd.is_some_and(|fd| fd.revents().is_none_or(|events| !events.is_empty()))
     };
-    Ok(Input { is_readable: has_news(fds.first()), is_stopped: has_news(fds.get(1)) })
+    let watched = fds.len() - usize::from(watch.is_some());
+    Ok(Input {
+        is_readable: has_news(fds.first()),
+        is_stopped: stop.is_some() && has_news(fds.get(1)),
+        is_hung_up: watch.is_some() && has_news(fds.get(watched)),
+    })
+}
+
+/// Whether the peer of socket `fd` has hung up (or the socket failed), without waiting.
+pub(crate) fn has_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let hang_up = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(fd, hang_up)];
+    loop {
+        match poll(&mut fds, PollTimeout::ZERO) {
+            // `None`: a flag nix does not name, which can only be `POLLRDHUP`.
+            Ok(_) => return fds[0].revents().is_none_or(|events| !events.is_empty()),
+            Err(Errno::EINTR) => {}
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Whether this process's standard error is a pipe (read by a pool).
@@ -530,6 +559,57 @@ impl SharedMemory {
         }
     }
 
+    /// Blocks while word `index` holds `expected`, until [`SharedMemory::wake`] on the same word
+    /// in either process, a signal, or `timeout` (`None`: no limit); returns whether the time ran
+    /// out. A cross-process futex (`FUTEX_WAIT` without `FUTEX_PRIVATE_FLAG`: the kernel keys it
+    /// by the memory file and offset, so the pool's and the worker's mappings meet). The kernel
+    /// compares the word's low 32 bits, so the words waited on hold values below 2^32.
+    ///
+    /// Returns at once if the word no longer holds `expected`: a wake that changed the word
+    /// before this call is never lost.
+    pub(crate) fn wait(&self, index: usize, expected: u32, timeout: Option<Duration>) -> bool {
+        let limit = timeout.map(|timeout| libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        });
+        let limit_ptr = limit.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+        // SAFETY: the address is a live, aligned 32-bit half of one of the mapping's words
+        // (`futex_word`); `FUTEX_WAIT` only reads it, and the timeout pointer is null or points
+        // at `limit`, which outlives the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.futex_word(index),
+                libc::FUTEX_WAIT,
+                expected,
+                limit_ptr,
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        // Woken, the word changed (`EAGAIN`) or a signal (`EINTR`): the caller looks again.
+        result == -1 && Errno::last() == Errno::ETIMEDOUT
+    }
+
+    /// Wakes every thread of either process blocked in [`SharedMemory::wait`] on word `index`.
+    pub(crate) fn wake(&self, index: usize) {
+        // SAFETY: as in `wait`; `FUTEX_WAKE` does not access the word at all.
+        unsafe {
+            libc::syscall(libc::SYS_futex, self.futex_word(index), libc::FUTEX_WAKE, i32::MAX);
+        }
+    }
+
+    /// The address of the 32-bit half of word `index` that holds its low bits (a futex is 32
+    /// bits wide); panics if `index` is out of bounds (a caller's bug).
+    fn futex_word(&self, index: usize) -> *const u32 {
+        let word = self.words()[index].as_ptr().cast::<u32>();
+        if cfg!(target_endian = "little") {
+            word.cast_const()
+        } else {
+            word.wrapping_add(1).cast_const()
+        }
+    }
+
     /// Copies `from` into the data at `offset`; panics if it does not fit (a caller's bug).
     pub(crate) fn copy_in(&self, offset: usize, from: &[u8]) {
         assert!(offset <= self.bytes && from.len() <= self.bytes - offset, "copy_in out of bounds");
@@ -625,5 +705,26 @@ pub(crate) fn name_this_process() {
     if let Ok(name) = std::ffi::CString::new(name) {
         // A name is a courtesy to operators; failing to set it changes nothing else.
         let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn the_peer_hanging_up_is_seen_by_the_watch() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (data, _writer) = pipe().unwrap();
+        let quiet = wait_for_input(data.as_fd(), None, Some(ours.as_fd()), Some(Duration::ZERO));
+        assert!(!quiet.unwrap().is_hung_up);
+        assert!(!has_hung_up(ours.as_fd()));
+        drop(theirs);
+        // `POLLRDHUP` is a flag nix does not name: it must still count.
+        let input = wait_for_input(data.as_fd(), None, Some(ours.as_fd()), None).unwrap();
+        assert!(input.is_hung_up && !input.is_readable && !input.is_stopped);
+        assert!(has_hung_up(ours.as_fd()));
     }
 }

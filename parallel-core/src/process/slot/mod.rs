@@ -17,18 +17,16 @@
 //! Nothing a caller calls writes to a worker's socket or waits for a slot that writes to one.
 
 use std::collections::VecDeque;
-use std::io::{BufWriter, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::child::{lock, Death, KillSwitch, StartError, WorkerProcess};
+use super::child::{lock, Death, Jobs, KillSwitch, StartError, WorkerProcess};
 use super::claim::{self, Claim, Stopped};
 use super::pace::{self, MAX_IN_FLIGHT};
 use super::protocol;
-use super::ring::Consumer;
+use super::ring::PoolSide;
 use super::{Failure, Request, Settings};
 
 use crate::job::{Halt, Stop};
@@ -48,6 +46,10 @@ const DIRECT_FRAME: usize = 64 << 10;
 /// How many times a reader finding the reply ring empty yields its CPU and looks again before it
 /// sleeps (about 10 to 20 µs on an idle machine): one-at-a-time round trip 50 -> 12-26 µs here.
 const READER_SPINS: u32 = 16;
+/// How long a reader sleeps on the reply ring at most before it looks at the socket itself: the
+/// stderr follower wakes it when the worker hangs up, and this covers a follower that could not
+/// watch (no thread, no descriptor left) or a worker that keeps the futex word set.
+const READER_BACKSTOP: Duration = Duration::from_secs(1);
 
 /// A job in the queue: new, or sent to a worker before and given back.
 enum Item {
@@ -90,7 +92,7 @@ struct Flight {
 /// What it takes to send jobs to a slot's current worker and to stop them, from any thread.
 #[derive(Clone)]
 struct Link {
-    writer: Arc<Mutex<BufWriter<UnixStream>>>,
+    writer: Arc<Mutex<Jobs>>,
     /// What the stops of this worker's jobs share.
     halter: Arc<Halter>,
     /// Which of the slot's workers this is: a sender that finds another one (or none) in the slot
@@ -102,7 +104,7 @@ struct Link {
 /// one per field.
 struct Halter {
     kill: KillSwitch,
-    ring: Arc<Consumer>,
+    ring: Arc<PoolSide>,
     /// The slot's average task time, for [`Halt::IfLong`].
     task_nanos: Arc<AtomicU64>,
     /// The origin of the jobs' send times in [`InFlightStop::entered`].
@@ -499,8 +501,8 @@ struct Running {
     reader: JoinHandle<()>,
 }
 
-/// The claims of a reaped worker's jobs, in the reply ring's page, which the pool keeps mapped.
-struct KeptClaims(Arc<Consumer>);
+/// The claims of a reaped worker's jobs, in the shared page, which the pool keeps mapped.
+struct KeptClaims(Arc<PoolSide>);
 
 impl std::ops::Deref for KeptClaims {
     type Target = claim::Claims;
@@ -929,10 +931,12 @@ fn send_jobs(
         frames
     };
     if let Some(writer) = writer.as_mut() {
-        let result = frames
-            .iter()
-            .try_for_each(|frame| writer.write_all(frame))
-            .and_then(|()| writer.flush());
-        drop(result);
+        // A full job ring waits for the worker to take frames, or for its hang-up.
+        let never = || false;
+        if frames.iter().try_for_each(|frame| writer.send(frame, &never)).is_err() {
+            // The worker is gone, and its reader reports it; or it broke the job ring's
+            // positions, and is killed for it, which its reader then reports.
+            link.halter.kill.kill();
+        }
     }
 }

@@ -1,83 +1,64 @@
 //! A worker's reply reader: the thread that resolves jobs from the replies, in the order sent,
-//! through the shared ring and the socket, and tells the slot when the worker's channel ends.
+//! through the shared reply ring and the socket, and tells the slot when the worker's channel
+//! ends.
 
 use std::io::BufReader;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread;
 use std::time::Instant;
 
-use super::{pace, Ended, Shared, State, READER_SPINS};
+use super::{pace, Ended, Shared, State, READER_BACKSTOP, READER_SPINS};
 use crate::process::protocol::{self, FromWorker, ReadError, Reply};
-use crate::process::ring::Consumer;
+use crate::process::ring::PoolSide;
+use crate::process::sys;
 use crate::progress::Decode;
 
 /// What a worker's replies come through.
 pub(super) struct Channel {
     pub(super) socket: BufReader<UnixStream>,
-    pub(super) ring: Arc<Consumer>,
+    pub(super) ring: Arc<PoolSide>,
     pub(super) max_frame: usize,
 }
 
 impl Channel {
-    /// Reads the next frame from the socket that is not a `Wake`.
+    /// Reads the next frame from the socket (announced in the ring by an `OnSocket`).
     fn read_socket<'b>(&mut self, buffer: &'b mut Vec<u8>) -> Result<&'b [u8], ReadError> {
-        loop {
-            protocol::read_frame(&mut self.socket, buffer, self.max_frame)?;
-            if protocol::decode_from_worker(buffer) != Ok(FromWorker::Wake) {
-                return Ok(buffer);
-            }
-        }
+        protocol::read_frame(&mut self.socket, buffer, self.max_frame)
     }
 }
 
 /// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
 ///
-/// Replies come through the shared ring (see [`super::ring`]); the socket brings a `Wake` when
-/// this thread sleeps, and the replies too large for the ring. When the socket ends (the worker
-/// died or left), the replies the worker put in the ring before are still resolved.
+/// Replies come through the shared reply ring (see [`super::ring`]), on whose futex this thread
+/// sleeps when it is empty; the socket brings the replies too large for the ring. When the
+/// worker hangs up (it died or left; the stderr follower sees it and wakes this thread), the
+/// replies the worker put in the ring before are still resolved.
 pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
     let mut frame = Vec::new();
     let mut large = Vec::new();
     let mut has_ended = false;
-    let mut idle_spins = 0u32;
     // Where the running job's progress messages go, looked up at its first message.
     let mut progress: Option<(u64, Arc<dyn Decode>)> = None;
     let ended = loop {
-        let body = match channel.ring.pop(&mut frame, channel.max_frame) {
-            Ok(true) => {
-                idle_spins = 0;
-                &frame[..]
-            }
+        let body = match channel.ring.pop_reply(&mut frame, channel.max_frame) {
+            Ok(true) => &frame[..],
             Ok(false) if has_ended => break Ended::Closed,
+            // Resolve what the ring still holds (looked at once more above), then report the end.
+            Ok(false) if channel.ring.has_hung_up() => {
+                has_ended = true;
+                continue;
+            }
             Ok(false) => {
                 // A reply due within microseconds (a worker busy with short tasks, or a round
-                // trip under way) is caught without the worker writing a `Wake` and this thread
-                // being woken on another CPU.
-                if idle_spins < READER_SPINS {
-                    idle_spins += 1;
-                    thread::yield_now();
-                    continue;
+                // trip under way) is caught by the spins, without the worker waking this thread
+                // on another CPU.
+                let timed_out = channel.ring.wait_reply(READER_SPINS, Some(READER_BACKSTOP));
+                if timed_out && sys::has_hung_up(channel.socket.get_ref().as_fd()) {
+                    channel.ring.hang_up();
                 }
-                idle_spins = 0;
-                if !channel.ring.sleep() {
-                    continue;
-                }
-                match protocol::read_frame(&mut channel.socket, &mut large, channel.max_frame) {
-                    Ok(body) if protocol::decode_from_worker(body) == Ok(FromWorker::Wake) => {
-                        continue
-                    }
-                    Ok(_) => break Ended::Broke("the worker sent a reply out of turn".to_owned()),
-                    Err(ReadError::Protocol(error)) => {
-                        break Ended::Broke(format!("the worker broke the protocol: {error}"))
-                    }
-                    // Resolve what the ring still holds, then report the end.
-                    Err(ReadError::Closed | ReadError::Io(_)) => {
-                        has_ended = true;
-                        continue;
-                    }
-                }
+                continue;
             }
             Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
         };
