@@ -17,7 +17,7 @@
 //! SIGTERM or SIGINT drains: no more pulls, the queued messages are handed back at once, the
 //! running ones finish, then the process exits 0.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -927,19 +927,26 @@ async fn renew(node: Weak<Node>) {
 async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
     let lease = wire::millis(node.lease);
     let mut batch = Vec::new();
-    while outbox.recv_many(&mut batch, OUTBOX_BATCH).await > 0 {
-        // The tasks started since the last round, one `started` per caller: sent before the
-        // rest of the round, which only moves each one earlier than it was queued.
-        let mut started: Vec<(Arc<str>, Vec<CallId>)> = Vec::new();
-        for out in &batch {
-            if let Out::Started((reply, call)) = out {
-                match started.iter_mut().find(|(to, _)| to == reply) {
-                    Some((_, calls)) => calls.push(*call),
-                    None => started.push((Arc::clone(reply), vec![*call])),
-                }
+    let mut unannounced = Unannounced::default();
+    loop {
+        let received = match unannounced.due() {
+            None => outbox.recv_many(&mut batch, OUTBOX_BATCH).await,
+            Some(due) => {
+                let next = tokio::time::timeout_at(due, outbox.recv_many(&mut batch, OUTBOX_BATCH));
+                next.await.unwrap_or(usize::MAX)
             }
+        };
+        if received == 0 {
+            return;
         }
-        for (reply, calls) in started {
+        unannounced.take_round(&batch);
+        // The tasks that have run for `ANNOUNCE_AFTER` and go on, one `started` per caller: sent
+        // before the rest of the round, which only moves each one earlier than it was queued.
+        let announce = {
+            let state = node.lock();
+            unannounced.take_due(Instant::now(), |key| state.running.contains_key(key))
+        };
+        for (reply, calls) in announce {
             let mut headers = headers_of(Kind::Started, None);
             headers.insert(wire::SLOT, node.slot_name.as_str());
             headers.insert(wire::LEASE, lease.as_str());
@@ -972,6 +979,75 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
         for out in merge_endings(&node, round) {
             send_one(&node, out).await;
         }
+    }
+}
+
+/// How long a task runs before its caller is told that it started. A task that ends sooner is
+/// never announced: its ending says all (a no-op round trip cost two messages more through the
+/// server, and `map` a quarter of its messages). What the caller does with `started` — refusing
+/// a second delivery, reporting the serving process lost after a silent lease — matters only
+/// for a task that runs on; a serving process killed within this time of a task's start leaves
+/// a task its caller never heard start, which runs again elsewhere (cluster README, "At most
+/// once").
+const ANNOUNCE_AFTER: Duration = Duration::from_millis(1);
+
+/// The outbox's tasks that started and are not announced to their callers yet, oldest first.
+#[derive(Default)]
+struct Unannounced {
+    started: VecDeque<(Instant, Key)>,
+    /// Announce every one in the next `take_due`, whatever its age.
+    is_every_one_due: bool,
+}
+
+impl Unannounced {
+    /// When the oldest is due.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.started.front().map(|(since, _)| (*since + ANNOUNCE_AFTER).into())
+    }
+
+    /// Takes in a round's starts, and forgets the tasks it ends; its progress messages and
+    /// `alive`s are about started tasks, so every task is announced before they go out.
+    fn take_round(&mut self, round: &[Out]) {
+        let now = Instant::now();
+        let mut ended = HashSet::new();
+        for out in round {
+            match out {
+                Out::Started(key) => self.started.push_back((now, key.clone())),
+                Out::Ended(key, _) | Out::Refused(key, _, _) | Out::Done(key, _, _) => {
+                    ended.insert(key);
+                }
+                Out::Progress(..) | Out::Alive(..) | Out::Flush(_) => self.is_every_one_due = true,
+                Out::Endings(..) => {}
+            }
+        }
+        if !ended.is_empty() {
+            self.started.retain(|(_, key)| !ended.contains(key));
+        }
+    }
+
+    /// The tasks due and still running here (one taken back from its slot meanwhile is not),
+    /// by caller.
+    fn take_due(
+        &mut self,
+        now: Instant,
+        is_running: impl Fn(&Key) -> bool,
+    ) -> Vec<(Arc<str>, Vec<CallId>)> {
+        let mut by_caller: Vec<(Arc<str>, Vec<CallId>)> = Vec::new();
+        let every_one = std::mem::take(&mut self.is_every_one_due);
+        while let Some((since, _)) = self.started.front()
+            && (every_one || now.duration_since(*since) >= ANNOUNCE_AFTER)
+        {
+            let Some((_, key)) = self.started.pop_front() else { break };
+            if !is_running(&key) {
+                continue;
+            }
+            let (reply, call) = key;
+            match by_caller.iter_mut().find(|(to, _)| *to == reply) {
+                Some((_, calls)) => calls.push(call),
+                None => by_caller.push((reply, vec![call])),
+            }
+        }
+        by_caller
     }
 }
 
@@ -1204,6 +1280,58 @@ async fn ensure_dead_letters(jetstream: &jetstream::Context, names: &Names) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(caller: &str, job: u64) -> Key {
+        (Arc::from(caller), CallId { job, attempt: 1 })
+    }
+
+    #[test]
+    fn a_task_is_announced_only_once_it_has_run_a_while_and_goes_on() {
+        let mut unannounced = Unannounced::default();
+        let start = Instant::now();
+        unannounced.take_round(&[
+            Out::Started(key("a", 1)),
+            Out::Started(key("a", 2)),
+            Out::Started(key("b", 3)),
+        ]);
+        assert!(unannounced.due().is_some());
+        assert!(unannounced.take_due(start, |_| true).is_empty(), "none is due yet");
+        // Task 2 ends before it is due: its ending says all.
+        unannounced.take_round(&[Out::Ended(key("a", 2), Ending::Output(Vec::new()))]);
+        let later = Instant::now() + ANNOUNCE_AFTER;
+        let announced = unannounced.take_due(later, |_| true);
+        let calls = |caller: &str| {
+            announced.iter().find(|(to, _)| &**to == caller).map(|(_, calls)| calls.clone())
+        };
+        assert_eq!(calls("a"), Some(vec![CallId { job: 1, attempt: 1 }]));
+        assert_eq!(calls("b"), Some(vec![CallId { job: 3, attempt: 1 }]));
+        assert_eq!(announced.len(), 2, "one `started` per caller");
+        assert!(unannounced.due().is_none(), "each is announced once");
+    }
+
+    #[test]
+    fn progress_and_alive_announce_every_started_task_at_once() {
+        for first_word in [
+            Out::Progress(key("a", 1), Vec::new()),
+            Out::Alive(Arc::from("a"), vec![CallId { job: 1, attempt: 1 }]),
+        ] {
+            let mut unannounced = Unannounced::default();
+            unannounced.take_round(&[Out::Started(key("a", 1)), Out::Started(key("b", 2))]);
+            unannounced.take_round(&[first_word]);
+            let announced = unannounced.take_due(Instant::now(), |_| true);
+            assert_eq!(announced.len(), 2, "announced before the word about them goes out");
+        }
+    }
+
+    #[test]
+    fn a_task_taken_back_from_its_slot_is_never_announced() {
+        let mut unannounced = Unannounced::default();
+        unannounced.take_round(&[Out::Started(key("a", 1)), Out::Started(key("a", 2))]);
+        let later = Instant::now() + ANNOUNCE_AFTER;
+        let taken_back = key("a", 1);
+        let announced = unannounced.take_due(later, |key| *key != taken_back);
+        assert_eq!(announced, vec![(Arc::from("a"), vec![CallId { job: 2, attempt: 1 }])]);
+    }
 
     #[test]
     fn leases() {
