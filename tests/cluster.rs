@@ -755,6 +755,31 @@ fn ten_thousand_tasks_through_map_come_back_in_order() {
     });
 }
 
+/// The server acknowledges each task message; one it does not store (here, its stream was
+/// deleted under the pool) resolves its handle with the server's reason, and nothing hangs.
+#[test]
+fn a_task_the_server_does_not_store_resolves_with_the_reason() {
+    run("a refused task", || {
+        let cluster = Cluster::start("refused");
+        let pool = cluster.pool();
+        let stream = format!("{}_tasks", cluster.namespace);
+        raw::api(cluster.server.port(), &format!("$JS.API.STREAM.DELETE.{stream}"), "");
+        for _ in 0..2 {
+            match add::dispatch_on(&pool, 1, 2).join() {
+                Err(TaskError::WorkerUnavailable { task, reason, .. }) => {
+                    assert_eq!(task, "cluster::add");
+                    assert_eq!(
+                        reason,
+                        "the server did not take the task: no stream takes the task's subject \
+                         (was the namespace's stream deleted?)"
+                    );
+                }
+                other => panic!("a task with nowhere to go: {other:?}"),
+            }
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9–11. Connecting: credentials, an unreachable server, plaintext to another machine
 

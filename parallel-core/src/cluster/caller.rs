@@ -22,11 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::connect::{self, Target};
 use super::payloads::{Payloads, OBJECT};
@@ -55,6 +57,8 @@ struct Shared {
     max_frame: usize,
     is_stopping: AtomicBool,
     payloads: Payloads,
+    /// The server's acknowledgements of the task messages.
+    acks: Acks,
 }
 
 /// An attempt published and not ended.
@@ -219,6 +223,7 @@ impl ClusterBackend {
             })
             .map_err(Error::connection)?;
         let caller = client.new_inbox().rsplit('.').next().unwrap_or_default().to_owned();
+        let acks = Acks::new(client.new_inbox());
         let (outgoing, queue) = mpsc::unbounded_channel();
         let payloads = Payloads::new(jetstream.clone(), &names, client.server_info().max_payload);
         let shared = Arc::new(Shared {
@@ -230,18 +235,21 @@ impl ClusterBackend {
             outgoing,
             max_frame,
             is_stopping: AtomicBool::new(false),
+            acks,
         });
         let subscriptions = runtime
             .block_on(async {
                 let replies = client.subscribe(shared.reply_subject.clone()).await?;
                 let claims = client.subscribe(shared.names.claim(&shared.caller)).await?;
+                let acks = client.subscribe(format!("{}.>", shared.acks.prefix)).await?;
                 // The subscriptions are on the server before the first task can be answered.
                 client.flush().await.map_err(|error| error.to_string())?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((replies, claims))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((replies, claims, acks))
             })
             .map_err(|error| Error::connection(format!("cannot subscribe to replies: {error}")))?;
-        let (replies, claims) = subscriptions;
-        runtime.spawn(publish(Arc::clone(&shared), client.clone(), jetstream, stream, queue));
+        let (replies, claims, acks) = subscriptions;
+        runtime.spawn(publish(Arc::clone(&shared), client.clone(), stream, queue));
+        runtime.spawn(listen_acks(Arc::clone(&shared), acks));
         runtime.spawn(listen(Arc::clone(&shared), replies));
         runtime.spawn(answer_claims(Arc::clone(&shared), client.clone(), claims));
         runtime.spawn(sweep(Arc::downgrade(&shared), client.clone()));
@@ -538,6 +546,14 @@ impl Shared {
     /// Ends every started flight whose serving process has been silent for longer than its lease.
     fn sweep(&self) {
         let now = Instant::now();
+        // A task whose message the server has not acknowledged in time did not go out, unless
+        // a serving process said it started (its acknowledgement was lost on the way).
+        for call in self.acks.overdue(now) {
+            let is_started = self.lock().get(&call).is_some_and(|flight| flight.started.is_some());
+            if !is_started {
+                self.end(call, refused(format!("no acknowledgement in {ACK_TIMEOUT:?}")));
+            }
+        }
         let lost: Vec<(CallId, Flight)> = {
             let mut flights = self.lock();
             let silent: Vec<CallId> = flights
@@ -622,12 +638,11 @@ const PUBLISH_ROUND: usize = 1024;
 async fn publish(
     shared: Arc<Shared>,
     client: Client,
-    jetstream: jetstream::Context,
     stream: stream::Stream,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let stream = Arc::new(stream);
-    let unacked = Arc::new(Unacked::default());
+    let unacked = &shared.acks.unacked;
     let mut round = Vec::with_capacity(PUBLISH_ROUND);
     let mut cancels = Vec::new();
     let mut deletes = Vec::new();
@@ -656,22 +671,21 @@ async fn publish(
                 Outgoing::Publish { call, subject, headers, payload, object: None } => {
                     unacked.add();
                     let task = TaskMessage { call, subject, headers, payload };
-                    publish_task(&shared, &jetstream, &unacked, task).await;
+                    publish_task(&shared, &client, task).await;
                 }
                 // Stored first, in the background: the tasks behind it need not wait.
                 Outgoing::Publish { call, subject, mut headers, payload, object: Some(name) } => {
                     unacked.add();
-                    let (shared, jetstream) = (Arc::clone(&shared), jetstream.clone());
-                    let unacked = Arc::clone(&unacked);
+                    let (shared, client) = (Arc::clone(&shared), client.clone());
                     tokio::spawn(async move {
                         if let Err(reason) = shared.payloads.put(&name, &payload).await {
                             shared.end(call, Ok(Ending::Report(Report::Unavailable(reason))));
-                            unacked.done();
+                            shared.acks.unacked.done();
                             return;
                         }
                         headers.insert(OBJECT, name.as_str());
                         let task = TaskMessage { call, subject, headers, payload: Bytes::new() };
-                        publish_task(&shared, &jetstream, &unacked, task).await;
+                        publish_task(&shared, &client, task).await;
                     });
                 }
                 Outgoing::KillAll => {
@@ -770,34 +784,126 @@ struct TaskMessage {
     payload: Bytes,
 }
 
-/// Publishes one task (counted in `unacked`); its ack, awaited in the background, records its
-/// sequence.
-async fn publish_task(
-    shared: &Arc<Shared>,
-    jetstream: &jetstream::Context,
-    unacked: &Arc<Unacked>,
-    task: TaskMessage,
-) {
-    let TaskMessage { call, subject, headers, payload } = task;
-    let refused = |error: String| {
-        Ok(Ending::Report(Report::Unavailable(format!(
-            "the server did not take the task: {error}"
-        ))))
-    };
-    match jetstream.publish_with_headers(subject, headers, payload).await {
-        Ok(ack) => {
-            let (shared, unacked) = (Arc::clone(shared), Arc::clone(unacked));
-            tokio::spawn(async move {
-                match ack.await {
-                    Ok(ack) => shared.published(call, ack.sequence),
-                    Err(error) => shared.end(call, refused(error.to_string())),
-                }
-                unacked.done();
-            });
+/// How long the server may take to acknowledge a task message before the task is given up as
+/// not taken (async-nats's own default for a JetStream publish).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many task messages may wait for their acknowledgements at once: the publisher waits for
+/// room beyond that, as the server falls behind.
+const ACKS_IN_FLIGHT: usize = 4096;
+
+/// The acknowledgements of task messages. Each message names `{prefix}.{call}` as its reply
+/// subject and one subscription takes them all: a publish costs no task, timer or channel of
+/// its own (async-nats's `publish` awaited in a task of its own was a third of the caller's
+/// CPU per task, in the allocator).
+struct Acks {
+    prefix: String,
+    /// The calls whose acknowledgement has not come: when each was published, and its room.
+    awaiting: Mutex<HashMap<CallId, (Instant, OwnedSemaphorePermit)>>,
+    room: Arc<Semaphore>,
+    unacked: Unacked,
+}
+
+impl Acks {
+    fn new(prefix: String) -> Self {
+        Acks {
+            prefix,
+            awaiting: Mutex::new(HashMap::new()),
+            room: Arc::new(Semaphore::new(ACKS_IN_FLIGHT)),
+            unacked: Unacked::default(),
         }
-        Err(error) => {
-            shared.end(call, refused(error.to_string()));
-            unacked.done();
+    }
+
+    fn awaiting(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CallId, (Instant, OwnedSemaphorePermit)>> {
+        self.awaiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `call`'s acknowledgement came, or will never count: `false` if it was settled already.
+    fn settle(&self, call: CallId) -> bool {
+        let was_awaited = self.awaiting().remove(&call).is_some();
+        if was_awaited {
+            self.unacked.done();
+        }
+        was_awaited
+    }
+
+    /// The calls whose acknowledgement is overdue, settled.
+    fn overdue(&self, now: Instant) -> Vec<CallId> {
+        let mut awaiting = self.awaiting();
+        let overdue: Vec<CallId> = awaiting
+            .iter()
+            .filter(|(_, (sent, _))| now.duration_since(*sent) > ACK_TIMEOUT)
+            .map(|(call, _)| *call)
+            .collect();
+        for call in &overdue {
+            awaiting.remove(call);
+        }
+        drop(awaiting);
+        for _ in &overdue {
+            self.unacked.done();
+        }
+        overdue
+    }
+}
+
+/// What the server answered to a task message: its sequence in the stream, or why it was not
+/// stored.
+fn read_ack(message: &Message) -> Result<u64, String> {
+    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        return Err(
+            "no stream takes the task's subject (was the namespace's stream deleted?)".to_owned()
+        );
+    }
+    match serde_json::from_slice::<Response<PublishAck>>(&message.payload) {
+        Ok(Response::Ok(ack)) => Ok(ack.sequence),
+        Ok(Response::Err { error }) => Err(error.to_string()),
+        Err(error) => Err(format!("an acknowledgement that does not read: {error}")),
+    }
+}
+
+/// Why a task did not go out.
+fn refused(error: impl std::fmt::Display) -> Result<Ending, String> {
+    Ok(Ending::Report(Report::Unavailable(format!("the server did not take the task: {error}"))))
+}
+
+/// Publishes one task (counted in `unacked` by the publisher); [`listen_acks`] records its
+/// sequence when the server's acknowledgement comes.
+async fn publish_task(shared: &Arc<Shared>, client: &Client, task: TaskMessage) {
+    let TaskMessage { call, subject, headers, payload } = task;
+    let acks = &shared.acks;
+    let Ok(room) = Arc::clone(&acks.room).acquire_owned().await else {
+        return;
+    };
+    acks.awaiting().insert(call, (Instant::now(), room));
+    let reply = format!("{}.{call}", acks.prefix);
+    if let Err(error) =
+        client.publish_with_reply_and_headers(subject, reply, headers, payload).await
+        && acks.settle(call)
+    {
+        shared.end(call, refused(error));
+    }
+}
+
+/// The server's acknowledgements of this caller's task messages.
+async fn listen_acks(shared: Arc<Shared>, mut acks: async_nats::Subscriber) {
+    while let Some(message) = acks.next().await {
+        let call = message
+            .subject
+            .strip_prefix(shared.acks.prefix.as_str())
+            .and_then(|call| call.strip_prefix('.'))
+            .and_then(|call| CallId::parse(call).ok());
+        let Some(call) = call else {
+            tracing::warn!(subject = %message.subject, "an acknowledgement for no task; dropped");
+            continue;
+        };
+        // Overdue and given up already: its flight ended.
+        if !shared.acks.settle(call) {
+            continue;
+        }
+        match read_ack(&message) {
+            Ok(sequence) => shared.published(call, sequence),
+            Err(error) => shared.end(call, refused(error)),
         }
     }
 }
@@ -928,5 +1034,62 @@ async fn recover(shared: Weak<Shared>, client: Client, reconnected: Arc<tokio::s
         if let Err(error) = client.publish_with_headers(resend, headers, Bytes::new()).await {
             tracing::warn!(%error, "the replies sent while away could not be asked for");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn awaited(acks: &Acks, call: CallId, sent: Instant) {
+        let room = Arc::clone(&acks.room).try_acquire_owned().expect("room");
+        acks.unacked.add();
+        acks.awaiting().insert(call, (sent, room));
+    }
+
+    #[test]
+    fn an_acknowledgement_settles_its_call_once_and_gives_its_room_back() {
+        let acks = Acks::new("_INBOX.test".to_owned());
+        let call = CallId { job: 7, attempt: 1 };
+        awaited(&acks, call, Instant::now());
+        assert_eq!(acks.room.available_permits(), ACKS_IN_FLIGHT - 1);
+        assert!(acks.settle(call));
+        assert!(!acks.settle(call), "a second acknowledgement of the same call counts nothing");
+        assert_eq!(acks.room.available_permits(), ACKS_IN_FLIGHT);
+        assert_eq!(acks.unacked.count.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_call_unacknowledged_past_the_timeout_is_overdue_once() {
+        let acks = Acks::new("_INBOX.test".to_owned());
+        let (old, new) = (CallId { job: 1, attempt: 1 }, CallId { job: 2, attempt: 1 });
+        let now = Instant::now();
+        awaited(&acks, old, now);
+        awaited(&acks, new, now + ACK_TIMEOUT);
+        let later = now + ACK_TIMEOUT + Duration::from_millis(1);
+        assert_eq!(acks.overdue(later), vec![old]);
+        assert!(acks.overdue(later).is_empty());
+        assert!(!acks.settle(old), "its late acknowledgement finds it given up");
+        assert!(acks.settle(new));
+        assert_eq!(acks.unacked.count.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_acknowledgement_reads_as_a_sequence_or_the_server_s_reason() {
+        let message = |payload: &'static str| Message {
+            subject: "_INBOX.test.1.1".into(),
+            reply: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+            headers: None,
+            status: None,
+            description: None,
+            length: payload.len(),
+        };
+        assert_eq!(read_ack(&message(r#"{"stream":"ns_tasks","seq":42}"#)), Ok(42));
+        let refused = r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"ns_tasks","seq":0}"#;
+        let reason = read_ack(&message(refused)).expect_err("an error");
+        assert!(reason.contains("maximum messages exceeded"), "{reason}");
+        let garbled = read_ack(&message("not json")).expect_err("an error");
+        assert!(garbled.starts_with("an acknowledgement that does not read"), "{garbled}");
     }
 }
