@@ -74,6 +74,9 @@ pub(crate) struct Jobs {
     ring: Arc<PoolSide>,
     /// The `OnSocket` frame, built once.
     on_socket: Vec<u8>,
+    /// Whole frames staged by [`Jobs::stage`], in order, for [`Jobs::flush`] (empty between
+    /// batches; its capacity is kept).
+    batch: Vec<u8>,
 }
 
 impl Jobs {
@@ -81,7 +84,79 @@ impl Jobs {
         let mut on_socket = Vec::new();
         // A frame without a body fits any limit.
         let _ = protocol::encode_to_worker(&ToWorker::OnSocket, &mut on_socket, usize::MAX);
-        Jobs { socket, ring, on_socket }
+        Jobs { socket, ring, on_socket, batch: Vec::new() }
+    }
+
+    /// Whether a frame of `len` bytes goes through the job ring (else through the socket).
+    pub(crate) fn fits_ring(len: usize) -> bool {
+        PoolSide::fits_lane(len)
+    }
+
+    /// Copies whole frame `frame`, which [`Jobs::fits_ring`], after the frames staged so far.
+    /// Nothing reaches the worker before [`Jobs::flush`].
+    pub(crate) fn stage(&mut self, frame: &[u8]) {
+        debug_assert!(Self::fits_ring(frame.len()));
+        self.batch.extend_from_slice(frame);
+    }
+
+    /// How many bytes are staged: where a large frame sent by [`Jobs::flush`] goes among them.
+    pub(crate) fn staged(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Sends the staged frames, with each of `large` (frames too large for the ring) at its
+    /// staged position, in order: the staged ones a run of up to a quarter ring at a time, each
+    /// run one copy into the job ring, one publication and at most one wake-up of the worker,
+    /// whichever jobs it holds. Waits while the ring is full, as [`Jobs::send`] does. The
+    /// staged frames are dropped whether or not they were sent (a failure means the worker is
+    /// gone or broke the ring).
+    pub(crate) fn flush(
+        &mut self,
+        large: Vec<(usize, Arc<Vec<u8>>)>,
+        is_gone: &dyn Fn() -> bool,
+    ) -> io::Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let sent = self.send_staged(&batch, large, is_gone);
+        self.batch = batch;
+        self.batch.clear();
+        // A batch of megabytes of small frames leaves no buffer of that size behind.
+        self.batch.shrink_to(BATCH_KEPT);
+        sent
+    }
+
+    fn send_staged(
+        &mut self,
+        batch: &[u8],
+        large: Vec<(usize, Arc<Vec<u8>>)>,
+        is_gone: &dyn Fn() -> bool,
+    ) -> io::Result<()> {
+        let mut at = 0;
+        for (until, frame) in large {
+            self.send_run(&batch[at..until], is_gone)?;
+            self.send(&frame, is_gone)?;
+            at = until;
+        }
+        self.send_run(&batch[at..], is_gone)
+    }
+
+    /// Sends `frames`, whole frames that each fit the ring, in runs that fit it.
+    fn send_run(&mut self, mut frames: &[u8], is_gone: &dyn Fn() -> bool) -> io::Result<()> {
+        while !frames.is_empty() {
+            let mut run = 0;
+            // Our own frames: each starts with its body's length.
+            while let Some(header) = frames.get(run..run + 4) {
+                let header: [u8; 4] = header.try_into().expect("a slice of four bytes");
+                let next = run + 4 + u32::from_le_bytes(header) as usize;
+                if run > 0 && !Self::fits_ring(next) {
+                    break;
+                }
+                run = next;
+            }
+            let run = run.min(frames.len());
+            self.send(&frames[..run], is_gone)?;
+            frames = &frames[run..];
+        }
+        Ok(())
     }
 
     /// Sends frame `frame`, waiting while the job ring is full until the worker takes frames,
@@ -100,6 +175,9 @@ impl Jobs {
         (&self.socket).write_all(frame)
     }
 }
+
+/// The capacity of the staging buffer kept between batches: 64 no-op jobs need about 4 KiB.
+const BATCH_KEPT: usize = 64 << 10;
 
 /// Lets another thread kill a worker safely while the slot thread waits on it.
 #[derive(Clone)]
@@ -627,6 +705,59 @@ mod tests {
     use super::*;
     use crate::process::protocol::Reply;
     use std::sync::atomic::AtomicU64;
+
+    /// A `Run` frame of job `job` whose arguments are `len` bytes.
+    fn run_frame(job: u64, len: usize) -> Vec<u8> {
+        let mut frame = Vec::new();
+        let args = vec![job as u8; len];
+        let message = ToWorker::Run { job, task: "t", args: &args };
+        protocol::encode_to_worker(&message, &mut frame, usize::MAX).unwrap();
+        frame
+    }
+
+    #[test]
+    fn staged_frames_reach_the_worker_in_order_with_large_ones_in_place() {
+        let (ring, fd) = PoolSide::create().unwrap();
+        let worker = crate::process::ring::WorkerSide::map(fd).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut jobs = Jobs::new(ours, Arc::new(ring));
+        // 160 frames of 4 KiB: more than a quarter ring, so the batch goes in several runs.
+        let large_at = 100;
+        let mut large = Vec::new();
+        for job in 0..160u64 {
+            if job == large_at {
+                large.push((jobs.staged(), Arc::new(run_frame(job, 300 << 10))));
+            } else {
+                jobs.stage(&run_frame(job, 4 << 10));
+            }
+        }
+        assert!(!Jobs::fits_ring(300 << 10) && Jobs::fits_ring(4 << 10));
+        // The large frame fills the socket's buffer: the worker's side reads meanwhile.
+        let flushing = thread::spawn(move || {
+            jobs.flush(large, &|| false).unwrap();
+            jobs.staged()
+        });
+        let mut socket = BufReader::new(theirs);
+        let (mut body, mut on_socket) = (Vec::new(), Vec::new());
+        for job in 0..160u64 {
+            while !worker.pop_job(&mut body, usize::MAX).unwrap() {
+                thread::yield_now();
+            }
+            if protocol::decode_to_worker(&body).unwrap() == ToWorker::OnSocket {
+                let frame = protocol::read_frame(&mut socket, &mut on_socket, usize::MAX).unwrap();
+                body = frame.to_vec();
+            }
+            let ToWorker::Run { job: got, args, .. } = protocol::decode_to_worker(&body).unwrap()
+            else {
+                panic!("job {job} is not a run frame");
+            };
+            assert_eq!(got, job, "out of order");
+            let len = if job == large_at { 300 << 10 } else { 4 << 10 };
+            assert_eq!(args, vec![job as u8; len], "job {job}'s arguments");
+        }
+        assert_eq!(flushing.join().unwrap(), 0, "nothing stays staged");
+        assert!(!worker.pop_job(&mut body, usize::MAX).unwrap(), "nothing more");
+    }
 
     fn ready(version: u16, build: u64, pid: u32) -> Vec<u8> {
         let mut frame = Vec::new();

@@ -26,7 +26,12 @@ pub fn worker_side(bytes: &[u8], limit: usize) -> usize {
     let mut buffer = Vec::new();
     let mut frames = 0;
     while let Ok(body) = protocol::read_frame(&mut reader, &mut buffer, limit) {
-        let _ = protocol::decode_to_worker(body);
+        // The worker queues a job by its tag alone and decodes it when it runs it: the two must
+        // agree on what is a `Run` frame.
+        let decoded = protocol::decode_to_worker(body);
+        let is_run = matches!(decoded, Ok(protocol::ToWorker::Run { .. }));
+        assert!(!is_run || protocol::is_run(body), "a run frame is not queued: {decoded:?}");
+        assert!(decoded.is_err() || is_run || !protocol::is_run(body), "{decoded:?} is queued");
         frames += 1;
     }
     frames

@@ -430,6 +430,13 @@ fn split_tag(frame: &[u8]) -> Result<(u8, Fields<'_>), ProtocolError> {
     }
 }
 
+/// Whether a frame body sent to a worker is a `Run` frame, from its tag alone: the worker queues
+/// it so and decodes it with [`decode_to_worker`] when it runs it, which rejects it then if its
+/// fields are malformed.
+pub(crate) fn is_run(frame: &[u8]) -> bool {
+    frame.first() == Some(&RUN)
+}
+
 /// Decodes a frame body (as returned by [`read_frame`]) sent to a worker.
 pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolError> {
     let (tag, mut fields) = split_tag(frame)?;
@@ -741,6 +748,23 @@ mod tests {
                 }
                 let (_, largest) = largest_allocation(|| consume(&stream));
                 prop_assert!(largest <= 2 * LIMIT, "allocated {largest} bytes");
+            }
+
+            /// The worker queues a frame as a job by its tag alone (`is_run`) and decodes it when
+            /// it runs it: a frame `is_run` passes must be a `Run` or an error, never an `Exit`
+            /// or `OnSocket`, and one it refuses never a `Run`.
+            #[test]
+            fn a_frame_queued_by_its_tag_decodes_as_a_run_or_fails(
+                tag in prop_oneof![Just(RUN), Just(EXIT), Just(ON_SOCKET), any::<u8>()],
+                rest in proptest::collection::vec(any::<u8>(), 0..32),
+            ) {
+                let body = [&[tag][..], &rest].concat();
+                let decoded = decode_to_worker(&body);
+                if is_run(&body) {
+                    prop_assert!(matches!(decoded, Ok(ToWorker::Run { .. }) | Err(_)), "{decoded:?}");
+                } else {
+                    prop_assert!(!matches!(decoded, Ok(ToWorker::Run { .. })), "{decoded:?}");
+                }
             }
 
             #[test]

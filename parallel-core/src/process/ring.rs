@@ -275,6 +275,11 @@ impl PoolSide {
         Mapping::fits(len)
     }
 
+    /// [`PoolSide::fits`] without a ring at hand: the same for every ring.
+    pub(crate) fn fits_lane(len: usize) -> bool {
+        Mapping::fits(len)
+    }
+
     /// Copies job frame `frame` (that [`PoolSide::fits`]) into the job lane and wakes the
     /// worker if it sleeps; waits for room while the lane is full, until the worker hangs up or
     /// `is_gone` says to give up.
