@@ -148,7 +148,9 @@ impl TaskImpl {
     /// The last segment of the self type's path: `X` in `impl Task for some::X`.
     pub(crate) fn self_ident(&self) -> Option<&Ident> {
         match &*self.item.self_ty {
-            Type::Path(TypePath { qself: None, path }) => path.segments.last().map(|s| &s.ident),
+            Type::Path(TypePath { qself: None, path, .. }) => {
+                path.segments.last().map(|s| &s.ident)
+            }
             _ => None,
         }
     }
@@ -251,7 +253,7 @@ fn progress(ty: &Type) -> Option<(Option<Access>, &Type)> {
 /// `P` when `ty` is a path whose last segment is `Progress<P>`, with exactly one type argument.
 fn progress_message(ty: &Type) -> Option<&Type> {
     match ty {
-        Type::Path(TypePath { qself: None, path }) => {
+        Type::Path(TypePath { qself: None, path, .. }) => {
             let last = path.segments.last()?;
             if last.ident != "Progress" {
                 return None;
@@ -272,7 +274,7 @@ fn progress_message(ty: &Type) -> Option<&Type> {
 
 fn is_environment(ty: &Type) -> bool {
     match ty {
-        Type::Path(TypePath { qself: None, path }) => path
+        Type::Path(TypePath { qself: None, path, .. }) => path
             .segments
             .last()
             .is_some_and(|last| last.ident == "Environment" && last.arguments.is_empty()),
@@ -284,7 +286,7 @@ fn is_environment(ty: &Type) -> bool {
 
 /// `(T, E)` when `ty` is a path whose last segment is `Result` with exactly two type arguments.
 fn result_arguments(ty: &Type) -> Option<(&Type, &Type)> {
-    let Type::Path(TypePath { qself: None, path }) = ty else {
+    let Type::Path(TypePath { qself: None, path, .. }) = ty else {
         return None;
     };
     let last = path.segments.last()?;

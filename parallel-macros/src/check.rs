@@ -68,7 +68,7 @@ fn policy_of_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
         _ => None,
     });
     let is_never = |ty: &Type| match ty {
-        Type::Path(TypePath { qself: None, path }) => {
+        Type::Path(TypePath { qself: None, path, .. }) => {
             path.segments.last().is_some_and(|last| last.ident == "Never")
         }
         _ => false,
@@ -80,7 +80,7 @@ fn policy_of_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
 
 fn task_fn(task: &TaskFn, errors: &mut Errors) {
     let sig = &task.item.sig;
-    if let Some(token) = &sig.unsafety {
+    if let syn::Safety::Unsafe(token) = &sig.safety {
         errors.spanned(
             token,
             "a task cannot be an `unsafe fn`: workers call it as a safe function; remove \
@@ -201,11 +201,11 @@ fn task_impl(args: &Args, task: &TaskImpl, errors: &mut Errors) {
     if let Some(token) = &item.unsafety {
         errors.spanned(token, "`Task` is a safe trait; remove `unsafe`");
     }
-    if let Some(token) = &item.defaultness {
+    if let Some(token) = &item.modifiers.defaultness {
         errors.spanned(token, "a registered task is one concrete impl; remove `default`");
     }
-    if let Some((negative, path, _)) = &item.trait_ {
-        if let Some(token) = negative {
+    if let Some((path, _)) = &item.trait_ {
+        if let Some(token) = &item.modifiers.polarity {
             errors.spanned(token, "a negative impl is not a task; remove `#[task]` or the `!`");
         } else if path.segments.last().is_none_or(|last| last.ident != "Task") {
             errors.spanned(
@@ -314,7 +314,7 @@ fn boundary_type(ty: &Type, role: Role, errors: &mut Errors) {
                 Role::Argument | Role::Output => "`!` cannot cross the worker boundary; use `()`",
             },
         ),
-        Type::Path(TypePath { qself, path }) => {
+        Type::Path(TypePath { qself, path, .. }) => {
             if let Some(qself) = qself {
                 boundary_type(&qself.ty, role, errors);
             }
@@ -336,8 +336,8 @@ fn boundary_type(ty: &Type, role: Role, errors: &mut Errors) {
                         }
                     }
                     PathArguments::Parenthesized(arguments) => {
-                        for ty in &arguments.inputs {
-                            boundary_type(ty, role, errors);
+                        for argument in &arguments.inputs {
+                            boundary_type(&argument.ty, role, errors);
                         }
                     }
                 }
@@ -418,7 +418,7 @@ fn borrowed_lifetime(lifetime: &Lifetime, errors: &mut Errors) {
 fn owned_alternative(elem: &Type) -> Option<String> {
     match elem {
         Type::Slice(slice) => Some(format!("Vec<{}>", display(&slice.elem))),
-        Type::Path(TypePath { qself: None, path }) if path.segments.len() <= 3 => {
+        Type::Path(TypePath { qself: None, path, .. }) if path.segments.len() <= 3 => {
             let last = path.segments.last()?;
             if !last.arguments.is_empty() {
                 return None;

@@ -408,7 +408,7 @@ pub(crate) fn fill_progress(private: &TokenStream, item: &mut syn::ItemImpl) {
     let is_task = item
         .trait_
         .as_ref()
-        .and_then(|(_, path, _)| path.segments.last())
+        .and_then(|(path, _)| path.segments.last())
         .is_some_and(|last| last.ident == "Task");
     let has_progress = item
         .items
