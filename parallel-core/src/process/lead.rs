@@ -239,7 +239,7 @@ mod loom {
     #[test]
     fn loom_a_caller_reads_its_reply_and_the_reader_takes_the_next() {
         let mut model = ::loom::model::Builder::new();
-        model.preemption_bound = Some(2);
+        model.preemption_bound = Some(3);
         model.check(|| {
             let (pool, worker) = pool_and_worker();
             let lead = std::sync::Arc::new(Lead::new(pool, Taken::default()));
@@ -265,7 +265,7 @@ mod loom {
     #[test]
     fn loom_a_hang_up_while_a_caller_leads_reaches_both() {
         let mut model = ::loom::model::Builder::new();
-        model.preemption_bound = Some(2);
+        model.preemption_bound = Some(3);
         model.check(|| {
             let (pool, worker) = pool_and_worker();
             let lead =
