@@ -38,21 +38,13 @@ type Duration = std::time::Duration;
 pub(crate) struct Lead<C> {
     ring: Arc<PoolSide>,
     consumer: Mutex<C>,
-    /// A caller holds the consumer and reads the lane: the reader does not sleep on the lane.
+    /// A caller holds the consumer and reads the lane: the reader sleeps deafened.
     caller_leads: AtomicBool,
-    /// The reader sleeps on the lane's futex, or is about to (from before it sets its `asleep`
-    /// word to after it woke).
-    reader_sleeps: AtomicBool,
 }
 
 impl<C> Lead<C> {
     pub(crate) fn new(ring: Arc<PoolSide>, consumer: C) -> Self {
-        Lead {
-            ring,
-            consumer: Mutex::new(consumer),
-            caller_leads: AtomicBool::new(false),
-            reader_sleeps: AtomicBool::new(false),
-        }
+        Lead { ring, consumer: Mutex::new(consumer), caller_leads: AtomicBool::new(false) }
     }
 
     /// The reader thread's hold of the consumer: waits while a caller leads.
@@ -62,15 +54,17 @@ impl<C> Lead<C> {
 
     /// The reader thread's sleep, with the lane found empty and the consumer let go of: looks
     /// again `spins` times, then sleeps on the lane's futex until the worker's next reply, its
-    /// hang-up, a caller's hand-back with news, or `timeout`; returns early (without sleeping)
-    /// while a caller leads. Returns whether the time ran out.
+    /// hang-up, a caller's hand-back with news, or `timeout`. While a caller leads, it sleeps
+    /// deafened (its word at 0, which the worker's pushes leave alone) until the hand-back
+    /// re-arms it and a push comes, or the hand-back has news. Returns whether the time ran out.
     pub(crate) fn reader_wait(&self, spins: u32, timeout: Option<Duration>) -> bool {
-        self.reader_sleeps.store(true, Ordering::SeqCst);
-        // Looked at after the reader's `asleep` is set, so that a caller that took the lead
-        // before is seen (see `try_lead`).
-        let timed_out =
-            self.ring.wait_reply(spins, timeout, &|| self.caller_leads.load(Ordering::SeqCst));
-        self.reader_sleeps.store(false, Ordering::SeqCst);
+        let caller_leads = || self.caller_leads.load(Ordering::SeqCst);
+        // The usual sleep looks at `caller_leads` after setting the reader's `asleep`, so that a
+        // caller that took the lead before is seen (see `try_lead`); it returns then.
+        let timed_out = !caller_leads() && self.ring.wait_reply(spins, timeout, &caller_leads);
+        if !timed_out && caller_leads() {
+            return self.ring.sleep_deafened(timeout, &caller_leads);
+        }
         timed_out
     }
 
@@ -131,13 +125,13 @@ impl<C> Leader<'_, C> {
 
 impl<C> Drop for Leader<'_, C> {
     fn drop(&mut self) {
-        let Lead { ring, caller_leads, reader_sleeps, .. } = self.lead;
+        let Lead { ring, caller_leads, .. } = self.lead;
         caller_leads.store(false, Ordering::SeqCst);
-        // A reader the take-over deafened sleeps on: the worker's next push wakes it again.
-        // (One that woke meanwhile may find its word set: a needless wake-up later, no harm.)
-        if reader_sleeps.load(Ordering::SeqCst) {
-            ring.rearm_reader();
-        }
+        seq_cst_handshake();
+        // A reader deafened (by the take-over, or by itself) sleeps on: the worker's next push
+        // wakes it again. (One that woke meanwhile may find its word set: a needless wake-up
+        // later, no harm.)
+        ring.rearm_reader();
         seq_cst_handshake();
         // Pairs with the worker's push: either it sees the word set again, or this sees its
         // reply. A reader waiting for the mutex gets it below and looks at everything.

@@ -73,6 +73,11 @@ const STARTED: usize = 24;
 const JOBS: Lane = Lane { head: 32, tail: 40, asleep: 48, leader: None, data: CAPACITY };
 /// One word per job in flight: whether it may start, started, or was stopped.
 const CLAIMS_AT: usize = 64;
+/// A futex word's value after [`Mapping::interrupt`]: neither 1 (asleep, wake me) nor 0.
+const INTERRUPTED: u64 = 2;
+/// The reader's `asleep` word while a caller reads in its place and the reader sleeps on: the
+/// worker's pushes, which wake only a word at 1, leave it alone (see `lead.rs`).
+const DEAFENED: u64 = 3;
 /// The word a caller reading the replies in the reader's place sleeps on (see `lead.rs`).
 const LEADER: usize = 56;
 /// The words the control area holds: four pages.
@@ -248,9 +253,11 @@ impl Mapping {
     }
 
     /// Wakes the consumer asleep on word `sleeper` out of `wait` (or keeps it from sleeping):
-    /// call after making its `is_interrupted` true, with a `SeqCst` store.
+    /// call after making its `is_interrupted` true, with a `SeqCst` store. The word is left at
+    /// [`INTERRUPTED`], which neither kind of sleep expects (the pool's reader also sleeps with
+    /// its word at 0, see [`PoolSide::sleep_deafened`]): a sleeper not queued yet does not sleep.
     fn interrupt(&self, sleeper: usize) {
-        self.word(sleeper).store(0, Ordering::SeqCst);
+        self.word(sleeper).store(INTERRUPTED, Ordering::SeqCst);
         self.memory.wake(sleeper);
     }
 }
@@ -330,15 +337,42 @@ impl PoolSide {
         self.mapping.wait(REPLIES, LEADER, spins, timeout, &is_interrupted)
     }
 
-    /// Clears the reader's `asleep` word: a reader asleep on it stays asleep, and the worker's
-    /// pushes no longer wake it (a caller leads). Returns whether it was set.
-    pub(crate) fn deafen_reader(&self) -> bool {
-        self.mapping.word(REPLIES.asleep).swap(0, Ordering::SeqCst) == 1
+    /// Moves the reader's `asleep` word from 1 (asleep, wake me) to [`DEAFENED`] (asleep, but a
+    /// caller reads in its place): the worker's pushes leave such a sleeper alone.
+    pub(crate) fn deafen_reader(&self) {
+        let asleep = self.mapping.word(REPLIES.asleep);
+        let _ = asleep.compare_exchange(1, DEAFENED, Ordering::SeqCst, Ordering::SeqCst);
     }
 
-    /// Sets the reader's `asleep` word again (it sleeps on it): the worker's next push wakes it.
+    /// Moves the reader's `asleep` word from [`DEAFENED`] back to 1: the worker's next push wakes
+    /// the reader.
     pub(crate) fn rearm_reader(&self) {
-        self.mapping.word(REPLIES.asleep).store(1, Ordering::SeqCst);
+        let asleep = self.mapping.word(REPLIES.asleep);
+        let _ = asleep.compare_exchange(DEAFENED, 1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The reader's sleep while a caller reads in its place (`is_leading` says so): sets its word
+    /// from 0 to [`DEAFENED`], looks at `is_leading` again, and sleeps while the word stays
+    /// deafened, until [`PoolSide::rearm_reader`] and the next push, a
+    /// [`PoolSide::wake_reader`], the hang-up, or `timeout`. Returns whether the time ran out.
+    pub(crate) fn sleep_deafened(
+        &self,
+        timeout: Option<Duration>,
+        is_leading: &dyn Fn() -> bool,
+    ) -> bool {
+        let asleep = self.mapping.word(REPLIES.asleep);
+        let _ = asleep.compare_exchange(0, DEAFENED, Ordering::SeqCst, Ordering::SeqCst);
+        seq_cst_handshake();
+        // Pairs with the hand-back: either this sees that no caller leads any more, or the
+        // hand-back's `rearm_reader` comes after the word was deafened here.
+        if !is_leading() {
+            let _ = asleep.compare_exchange(DEAFENED, 0, Ordering::SeqCst, Ordering::SeqCst);
+            return false;
+        }
+        let timed_out = self.mapping.memory.wait(REPLIES.asleep, DEAFENED as u32, timeout);
+        // The interruption is taken; a re-armed word stays set for the next push.
+        let _ = asleep.compare_exchange(INTERRUPTED, 0, Ordering::SeqCst, Ordering::SeqCst);
+        timed_out
     }
 
     /// Wakes the reader out of `wait_reply`: call after making its `is_interrupted` true, or with

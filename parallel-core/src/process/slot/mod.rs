@@ -17,7 +17,7 @@
 //! Nothing a caller calls writes to a worker's socket or waits for a slot that writes to one.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -443,6 +443,9 @@ struct InFlightStop {
     /// When the job was sent, in nanoseconds after the halter's origin, plus one (0: not yet).
     /// Written before `seq`, so a stop that finds the number finds the time.
     entered: AtomicU64,
+    /// Taken back before it started, to run on another worker: a caller reading this worker's
+    /// replies for it stops (the worker's `Skipped` for it wakes the caller).
+    is_moved: AtomicBool,
 }
 
 fn halt_code(halt: Halt) -> u8 {
@@ -459,6 +462,7 @@ impl InFlightStop {
             seq: AtomicU64::new(0),
             asked: AtomicU8::new(0),
             entered: AtomicU64::new(0),
+            is_moved: AtomicBool::new(false),
         })
     }
 
@@ -526,6 +530,8 @@ impl Stop for InFlightStop {
         if seq == 0 {
             return;
         }
+        // Its attempt ended, or it went to another worker.
+        let is_over = || is_over() || self.is_moved.load(Ordering::SeqCst);
         let admit = |consumer: &mut Consumer| {
             consumer.is_open() && !is_over() && shared.is_only_in_flight(halter, seq)
         };
@@ -550,7 +556,7 @@ impl Stop for InFlightStop {
                             left.min(LEADER_BACKSTOP)
                         }
                     };
-                    if leader.wait(READER_SPINS, Some(left), is_over) {
+                    if leader.wait(READER_SPINS, Some(left), &is_over) {
                         leader.consumer().look_for_hang_up();
                     }
                 }
@@ -564,7 +570,11 @@ impl Stop for InFlightStop {
             0 => false,
             seq => {
                 let claim = claim::slot(self.halter.ring.claims(), seq);
-                claim::stop(claim, seq, false) == Stopped::BeforeStart
+                let is_taken = claim::stop(claim, seq, false) == Stopped::BeforeStart;
+                if is_taken {
+                    self.is_moved.store(true, Ordering::SeqCst);
+                }
+                is_taken
             }
         }
     }
@@ -691,7 +701,10 @@ fn steal(state: &mut State, id: usize) -> Steal {
         }
         for flight in slot.in_flight.iter_mut() {
             if flight.sent.is_some() && claim::take_back(link.claim(flight.seq), flight.seq) {
-                taken.extend(flight.sent.take());
+                if let Some(sent) = flight.sent.take() {
+                    sent.stop.is_moved.store(true, Ordering::SeqCst);
+                    taken.push(sent);
+                }
             }
         }
     }
