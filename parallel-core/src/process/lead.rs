@@ -10,15 +10,15 @@
 //!   in a mutex; whoever holds it reads. The reader thread takes it to read and lets go of it
 //!   before it sleeps; a caller only *tries* it ([`Lead::try_lead`]) and waits the usual way if
 //!   the reader holds it (the reader is at work and resolves the job soon).
-//! - A caller that took it *leads*: it sets `caller_leads`, then clears the reader's `asleep`
-//!   word ([`PoolSide::deafen_reader`]): a reader asleep on the lane's futex stays asleep, and the
-//!   worker's pushes wake only the caller, which sleeps on the lane's `leader` word. A reader
-//!   about to sleep looks at `caller_leads` after it set `asleep`, and then does not sleep on the
-//!   lane but waits for the mutex.
-//! - The caller hands back ([`Leader`]'s drop) by clearing `caller_leads`, setting the reader's
-//!   `asleep` word again if the reader sleeps on it ([`PoolSide::rearm_reader`]), then waking the
-//!   reader if the lane holds a reply, the worker hung up, or the caller left it news (a broken
-//!   frame, the end of the channel), and only then lets go of the mutex.
+//! - A caller that took it *leads*: it sets `caller_leads`, then moves the reader's `asleep` word
+//!   from 1 to 3 ([`PoolSide::deafen_reader`]): a reader asleep on the lane's futex stays asleep,
+//!   and the worker's pushes, which wake a word only from 1, wake only the caller, which sleeps
+//!   on the lane's `leader` word. A reader about to sleep looks at `caller_leads` after it set
+//!   `asleep`, and then sleeps deafened (its word at 3) instead.
+//! - The caller hands back ([`Leader`]'s drop) by clearing `caller_leads`, moving the reader's
+//!   word from 3 to 1 ([`PoolSide::rearm_reader`]), then waking the reader if the lane holds a
+//!   reply, the worker hung up, or the caller left it news (a broken frame, the end of the
+//!   channel), and only then lets go of the mutex.
 //!
 //! The invariants and why they hold are in the README beside this file ("Who reads the
 //! replies"); the loom models below check them.
