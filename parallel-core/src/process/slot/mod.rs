@@ -700,11 +700,12 @@ fn steal(state: &mut State, id: usize) -> Steal {
             continue;
         }
         for flight in slot.in_flight.iter_mut() {
-            if flight.sent.is_some() && claim::take_back(link.claim(flight.seq), flight.seq) {
-                if let Some(sent) = flight.sent.take() {
-                    sent.stop.is_moved.store(true, Ordering::SeqCst);
-                    taken.push(sent);
-                }
+            if flight.sent.is_some()
+                && claim::take_back(link.claim(flight.seq), flight.seq)
+                && let Some(sent) = flight.sent.take()
+            {
+                sent.stop.is_moved.store(true, Ordering::SeqCst);
+                taken.push(sent);
             }
         }
     }
