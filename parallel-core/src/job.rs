@@ -93,6 +93,12 @@ pub(crate) trait Stop: Send + Sync {
     fn withdraw(&self) -> bool {
         false
     }
+
+    /// Waits for the running attempt on the caller's thread, where the backend can do it with
+    /// fewer wake-ups than by being woken (a process worker's replies read by the caller itself),
+    /// until `is_over` says the attempt ended, `deadline` passes, or the backend cannot go on;
+    /// the caller then waits as usual. Returns at once where the backend cannot.
+    fn lead(&self, _is_over: &dyn Fn() -> bool, _deadline: Option<Instant>) {}
 }
 
 /// How far stopping a running task goes.
@@ -301,7 +307,6 @@ impl<T: Task> Job<T> {
     }
 
     /// Whether attempt `attempt` has ended: the job is resolved, or went on to another attempt.
-    #[cfg_attr(not(process_backend), allow(dead_code))] // the process backend's
     pub(crate) fn is_attempt_over(&self, attempt: u32) -> bool {
         self.is_finished() || self.attempt.load(Ordering::Acquire) != attempt
     }
@@ -535,6 +540,19 @@ impl<T: Task> Job<T> {
     /// between its help and this wait notifies nobody (before, it slept on, and a pool of one
     /// worker deadlocked with the retry queued behind the sleeping caller).
     pub(crate) fn wait_for_turn(&self, deadline: Option<Instant>, may_run_here: bool) -> Wait<T> {
+        // A running attempt's backend may wait for it better than the condition variable.
+        if !self.is_done.load(Ordering::Acquire) {
+            let running = {
+                let slot = self.lock();
+                match (&slot.state, &slot.stop) {
+                    (State::Running, Some(stop)) => Some((Arc::clone(stop), slot.attempt)),
+                    _ => None,
+                }
+            };
+            if let Some((stop, attempt)) = running {
+                stop.lead(&|| self.is_attempt_over(attempt), deadline);
+            }
+        }
         let backoff = Backoff::new();
         while !self.is_done.load(Ordering::Acquire) && !backoff.is_completed() {
             backoff.snooze();

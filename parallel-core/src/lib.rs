@@ -34,6 +34,7 @@ mod process;
 #[allow(dead_code)]
 mod process {
     mod claim;
+    mod lead;
     mod protocol;
     mod ring;
 }

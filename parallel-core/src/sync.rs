@@ -116,8 +116,11 @@ mod model {
         bytes: Box<[UnsafeCell<u8>]>,
         /// The kernel's futex queue, for every word at once: a wait checks the word under the
         /// lock, a wake takes the lock, so a wake after the word changed cannot pass a waiter
-        /// between its check and its sleep (as the kernel's hash-bucket lock ensures).
-        futex: Mutex<()>,
+        /// between its check and its sleep (as the kernel's hash-bucket lock ensures). It holds
+        /// how many wakes each word had, so that a wake ends only the waits on its own word (a
+        /// waiter woken for another word sleeps on): no wake-up is modelled that the kernel
+        /// would not give.
+        futex: Mutex<Vec<u64>>,
         woken: Condvar,
     }
 
@@ -128,7 +131,7 @@ mod model {
             SharedMemory(Arc::new(Heap {
                 words: (0..words).map(|_| AtomicU64::new(0)).collect(),
                 bytes: (0..bytes).map(|_| UnsafeCell::new(0)).collect(),
-                futex: Mutex::new(()),
+                futex: Mutex::new(vec![0; words]),
                 woken: Condvar::new(),
             }))
         }
@@ -142,17 +145,21 @@ mod model {
             expected: u32,
             _timeout: Option<std::time::Duration>,
         ) -> bool {
-            let queue = self.0.futex.lock().unwrap();
+            let mut queue = self.0.futex.lock().unwrap();
             if self.0.words[index].load(Ordering::SeqCst) == u64::from(expected) {
-                // One wake-up is all a futex wait gets; the caller looks again, as in the pool.
-                drop(self.0.woken.wait(queue).unwrap());
+                // One wake-up of this word is all a futex wait gets; the caller looks again, as
+                // in the pool.
+                let wakes = queue[index];
+                while queue[index] == wakes {
+                    queue = self.0.woken.wait(queue).unwrap();
+                }
             }
             false
         }
 
         /// `sys::SharedMemory::wake`: wakes every waiter.
-        pub(crate) fn wake(&self, _index: usize) {
-            drop(self.0.futex.lock().unwrap());
+        pub(crate) fn wake(&self, index: usize) {
+            self.0.futex.lock().unwrap()[index] += 1;
             self.0.woken.notify_all();
         }
 

@@ -195,3 +195,84 @@ fn a_job_cancelled_while_its_worker_is_busy_never_starts_even_if_the_worker_free
         }
     }
 }
+
+// A caller blocked in `join` on the only job in flight of its worker reads the worker's replies
+// itself, in the reader thread's place (`process/lead.rs`). The tests below check the hand-offs.
+
+#[task]
+fn chatter(progress: &parallel::Progress<u64>, n: u64) -> u64 {
+    for i in 0..n {
+        progress.send(i);
+    }
+    n
+}
+
+#[test]
+fn a_caller_reading_its_own_reply_hands_back_so_that_the_next_reply_is_read_at_once() {
+    // One worker: the first caller's job is the only one in flight, so it reads the replies
+    // itself while the reader thread sleeps. A second job, submitted while the worker is busy,
+    // is joined by a caller that waits the usual way; its reply comes after the first caller
+    // handed back, and the reader must be awake for it (its own time limit of 1 s would hide a
+    // reader left asleep: the reply must come well before).
+    let scratch = Scratch::new("lead-hand-back");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    noop::dispatch_on(&pool, 0).join().unwrap();
+    for round in 0..20 {
+        let started = scratch.file(&format!("{round}-started"));
+        let gate = scratch.file(&format!("{round}-gate"));
+        std::thread::scope(|scope| {
+            let leader = {
+                let (started, gate) = (started.clone(), gate.clone());
+                let pool = &pool;
+                scope.spawn(move || hold::dispatch_on(pool, started, gate).join())
+            };
+            let waiting = Instant::now();
+            while !Path::new(&started).exists() {
+                assert!(waiting.elapsed() < Duration::from_secs(60), "the holder never started");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let follower = noop::dispatch_on(&pool, round);
+            let follower = scope.spawn(move || {
+                let result = follower.join();
+                (result, Instant::now())
+            });
+            // Both callers are waiting: the first reads, the second sleeps.
+            std::thread::sleep(Duration::from_millis(20));
+            fs::write(&gate, b"").unwrap();
+            let opened = Instant::now();
+            assert_eq!(leader.join().unwrap(), Ok(()), "round {round}");
+            let (result, answered) = follower.join().unwrap();
+            assert_eq!(result, Ok(round), "round {round}");
+            let took = answered.duration_since(opened);
+            assert!(
+                took < Duration::from_millis(700),
+                "round {round}: the next reply took {took:?}"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_caller_reading_its_own_reply_delivers_its_progress_and_sees_its_worker_die() {
+    let scratch = Scratch::new("lead-progress-death");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    for round in 0..20u64 {
+        // Progress messages come through the ring the caller reads, before the reply.
+        let handle = chatter::dispatch_on(&pool, 100 + round);
+        let reader = handle.progress();
+        assert_eq!(handle.join(), Ok(100 + round));
+        assert_eq!(reader.collect::<Vec<_>>(), (0..100 + round).collect::<Vec<_>>());
+        // A death while the caller reads: blamed on its job, and the pool serves on.
+        let file = scratch.file(&format!("{round}-crash"));
+        match record_then_crash::dispatch_on(&pool, file.clone()).join() {
+            Err(TaskError::WorkerDied { .. }) => {}
+            other => panic!("round {round}: expected the worker's death, got {other:?}"),
+        }
+        assert_eq!(lines(&file), 1, "round {round}: the crashing job ran more than once");
+        // A caller that stops reading at its deadline hands back; the job is stopped.
+        let gate = scratch.file(&format!("{round}-gate"));
+        let timed_out = gated::dispatch_on(&pool, gate).join_timeout(Duration::from_millis(20));
+        assert_eq!(timed_out, Err(TaskError::TimedOut), "round {round}");
+        assert_eq!(noop::dispatch_on(&pool, round).join(), Ok(round), "round {round}");
+    }
+}

@@ -24,8 +24,9 @@ use crate::wire_value;
 /// The version of this protocol; a worker that speaks another one is refused. 3: no `Cancel`
 /// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
 /// [`wire_value`]); 5: `Progress` frames, a running job's messages, before its reply; 6: jobs in
-/// a ring of the shared memory too (`OnSocket` both ways), futex wake-ups instead of `Wake`.
-pub(crate) const VERSION: u16 = 6;
+/// a ring of the shared memory too (`OnSocket` both ways), futex wake-ups instead of `Wake`; 7: the worker's reply also wakes a
+/// caller asleep on the reply lane's `leader` word (a caller reading its own reply).
+pub(crate) const VERSION: u16 = 7;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;

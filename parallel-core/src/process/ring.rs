@@ -58,18 +58,28 @@ struct Lane {
     tail: usize,
     /// 1 while the consumer sleeps on this word (a futex) or is about to.
     asleep: usize,
+    /// 1 while a second consumer, standing in for the first, sleeps on this word: a caller
+    /// waiting for its own reply (see `lead.rs`); the producer wakes it like `asleep`.
+    leader: Option<usize>,
     /// The offset of the lane's bytes in the mapping's data.
     data: usize,
 }
 
 /// The worker's replies, worker to pool.
-const REPLIES: Lane = Lane { head: 0, tail: 8, asleep: 16, data: 0 };
+const REPLIES: Lane = Lane { head: 0, tail: 8, asleep: 16, leader: Some(LEADER), data: 0 };
 /// How many jobs the worker has started, ever: what its standard error was written during.
 const STARTED: usize = 24;
 /// The jobs, pool to worker.
-const JOBS: Lane = Lane { head: 32, tail: 40, asleep: 48, data: CAPACITY };
+const JOBS: Lane = Lane { head: 32, tail: 40, asleep: 48, leader: None, data: CAPACITY };
 /// One word per job in flight: whether it may start, started, or was stopped.
 const CLAIMS_AT: usize = 64;
+/// A futex word's value after [`Mapping::interrupt`]: neither 1 (asleep, wake me) nor 0.
+const INTERRUPTED: u64 = 2;
+/// The reader's `asleep` word while a caller reads in its place and the reader sleeps on: the
+/// worker's pushes, which wake only a word at 1, leave it alone (see `lead.rs`).
+const DEAFENED: u64 = 3;
+/// The word a caller reading the replies in the reader's place sleeps on (see `lead.rs`).
+const LEADER: usize = 56;
 /// The words the control area holds: four pages.
 const WORDS: usize = 2048;
 const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= WORDS);
@@ -165,8 +175,7 @@ impl Mapping {
     /// gone, publishes it, and wakes the consumer if it sleeps.
     fn push(&self, lane: Lane, frame: &[u8], is_gone: &dyn Fn() -> bool) -> Result<(), PushError> {
         debug_assert!(Self::fits(frame.len()));
-        let (head, tail, asleep) =
-            (self.word(lane.head), self.word(lane.tail), self.word(lane.asleep));
+        let (head, tail) = (self.word(lane.head), self.word(lane.tail));
         let at = head.load(Ordering::Relaxed);
         let mut waited = 0u32;
         // Room comes back as the consumer consumes.
@@ -191,9 +200,13 @@ impl Mapping {
         self.memory.copy_in(lane.data, &frame[first..]);
         head.store(at.wrapping_add(frame.len() as u64), Ordering::SeqCst);
         seq_cst_handshake();
-        // Pairs with `wait`: either the consumer sees the new head, or this sees it asleep.
-        if asleep.load(Ordering::SeqCst) == 1 && asleep.swap(0, Ordering::SeqCst) == 1 {
-            self.memory.wake(lane.asleep);
+        // Pairs with `wait`: either the consumer sees the new head, or this sees it asleep. The
+        // pool's reader and a caller leading in its place each sleep on a word of their own.
+        for sleeper in lane.leader.into_iter().chain([lane.asleep]) {
+            let word = self.word(sleeper);
+            if word.load(Ordering::SeqCst) == 1 && word.swap(0, Ordering::SeqCst) == 1 {
+                self.memory.wake(sleeper);
+            }
         }
         Ok(())
     }
@@ -205,12 +218,14 @@ impl Mapping {
     }
 
     /// The consumer's side, with `lane` found empty: looks again `spins` times (yielding its CPU
-    /// in between), then sleeps on the lane's `asleep` word until the producer's next push, a
-    /// [`Mapping::interrupt`] (when `is_interrupted` says so), or `timeout`. Returns whether it
-    /// slept until the time ran out; may return early, and the caller then looks again.
+    /// in between), then sleeps on word `sleeper` (the lane's `asleep`, or its `leader`) until
+    /// the producer's next push, a [`Mapping::interrupt`] (when `is_interrupted` says so), or
+    /// `timeout`. Returns whether it slept until the time ran out; may return early, and the
+    /// caller then looks again.
     fn wait(
         &self,
         lane: Lane,
+        sleeper: usize,
         spins: u32,
         timeout: Option<Duration>,
         is_interrupted: &dyn Fn() -> bool,
@@ -221,7 +236,7 @@ impl Mapping {
             }
             spin();
         }
-        let asleep = self.word(lane.asleep);
+        let asleep = self.word(sleeper);
         asleep.store(1, Ordering::SeqCst);
         seq_cst_handshake();
         // Pairs with `push` (and `interrupt`): either this sees the frame, or the producer sees
@@ -230,18 +245,20 @@ impl Mapping {
             asleep.store(0, Ordering::SeqCst);
             return false;
         }
-        let timed_out = self.memory.wait(lane.asleep, 1, timeout);
+        let timed_out = self.memory.wait(sleeper, 1, timeout);
         // Woken, the producer cleared the flag; otherwise clear it here (a producer that finds it
         // still set wakes nobody, harmlessly).
         asleep.store(0, Ordering::SeqCst);
         timed_out
     }
 
-    /// Wakes `lane`'s consumer out of `wait` (or keeps it from sleeping): call after making its
-    /// `is_interrupted` true, with a `SeqCst` store.
-    fn interrupt(&self, lane: Lane) {
-        self.word(lane.asleep).store(0, Ordering::SeqCst);
-        self.memory.wake(lane.asleep);
+    /// Wakes the consumer asleep on word `sleeper` out of `wait` (or keeps it from sleeping):
+    /// call after making its `is_interrupted` true, with a `SeqCst` store. The word is left at
+    /// [`INTERRUPTED`], which neither kind of sleep expects (the pool's reader also sleeps with
+    /// its word at 0, see [`PoolSide::sleep_deafened`]): a sleeper not queued yet does not sleep.
+    fn interrupt(&self, sleeper: usize) {
+        self.word(sleeper).store(INTERRUPTED, Ordering::SeqCst);
+        self.memory.wake(sleeper);
     }
 }
 
@@ -301,19 +318,89 @@ impl PoolSide {
     }
 
     /// With no reply found: looks again `spins` times, then sleeps until the worker's next
-    /// reply, its hang-up, or `timeout`; returns whether the time ran out.
-    pub(crate) fn wait_reply(&self, spins: u32, timeout: Option<Duration>) -> bool {
-        self.mapping.wait(REPLIES, spins, timeout, &|| self.has_hung_up())
+    /// reply, its hang-up, `timeout`, or (looked at with the rest, and woken by
+    /// [`PoolSide::wake_reader`]) `is_interrupted`; returns whether the time ran out.
+    pub(crate) fn wait_reply(
+        &self,
+        spins: u32,
+        timeout: Option<Duration>,
+        is_interrupted: &dyn Fn() -> bool,
+    ) -> bool {
+        let is_interrupted = || self.has_hung_up() || is_interrupted();
+        self.mapping.wait(REPLIES, REPLIES.asleep, spins, timeout, &is_interrupted)
     }
 
-    /// The worker's end of the socket hung up: wakes the reply reader, which then resolves what
-    /// the lane holds and reports the end, and any push waiting for room, which gives up.
+    /// `wait_reply` for a caller that reads the replies in the reader's place (see `lead.rs`):
+    /// it sleeps on a word of its own, which the worker's push wakes too.
+    pub(crate) fn wait_reply_leading(
+        &self,
+        spins: u32,
+        timeout: Option<Duration>,
+        is_interrupted: &dyn Fn() -> bool,
+    ) -> bool {
+        let is_interrupted = || self.has_hung_up() || is_interrupted();
+        self.mapping.wait(REPLIES, LEADER, spins, timeout, &is_interrupted)
+    }
+
+    /// Moves the reader's `asleep` word from 1 (asleep, wake me) to [`DEAFENED`] (asleep, but a
+    /// caller reads in its place): the worker's pushes leave such a sleeper alone.
+    pub(crate) fn deafen_reader(&self) {
+        let asleep = self.mapping.word(REPLIES.asleep);
+        let _ = asleep.compare_exchange(1, DEAFENED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Moves the reader's `asleep` word from [`DEAFENED`] back to 1: the worker's next push wakes
+    /// the reader.
+    pub(crate) fn rearm_reader(&self) {
+        let asleep = self.mapping.word(REPLIES.asleep);
+        let _ = asleep.compare_exchange(DEAFENED, 1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The reader's sleep while a caller reads in its place (`is_leading` says so): sets its word
+    /// from 0 to [`DEAFENED`], looks at `is_leading` again, and sleeps while the word stays
+    /// deafened, until [`PoolSide::rearm_reader`] and the next push, a
+    /// [`PoolSide::wake_reader`], the hang-up, or `timeout`. Returns whether the time ran out.
+    pub(crate) fn sleep_deafened(
+        &self,
+        timeout: Option<Duration>,
+        is_leading: &dyn Fn() -> bool,
+    ) -> bool {
+        let asleep = self.mapping.word(REPLIES.asleep);
+        let _ = asleep.compare_exchange(0, DEAFENED, Ordering::SeqCst, Ordering::SeqCst);
+        seq_cst_handshake();
+        // Pairs with the hand-back: either this sees that no caller leads any more, or the
+        // hand-back's `rearm_reader` comes after the word was deafened here.
+        if !is_leading() {
+            let _ = asleep.compare_exchange(DEAFENED, 0, Ordering::SeqCst, Ordering::SeqCst);
+            return false;
+        }
+        let timed_out = self.mapping.memory.wait(REPLIES.asleep, DEAFENED as u32, timeout);
+        // The interruption is taken; a re-armed word stays set for the next push.
+        let _ = asleep.compare_exchange(INTERRUPTED, 0, Ordering::SeqCst, Ordering::SeqCst);
+        timed_out
+    }
+
+    /// Wakes the reader out of `wait_reply`: call after making its `is_interrupted` true, or with
+    /// a reply in the lane, with a `SeqCst` store.
+    pub(crate) fn wake_reader(&self) {
+        self.mapping.interrupt(REPLIES.asleep);
+    }
+
+    /// Whether the reply lane holds a reply not taken yet.
+    pub(crate) fn has_reply(&self) -> bool {
+        self.mapping.has_frame(REPLIES)
+    }
+
+    /// The worker's end of the socket hung up: wakes the reply reader (and a caller reading in its
+    /// place), which then resolves what the lane holds and reports the end, and any push waiting
+    /// for room, which gives up.
     pub(crate) fn hang_up(&self) {
         self.is_hung_up.store(true, Ordering::SeqCst);
         // Pairs with the reader's `wait`: either it sees the flag, or this clears its `asleep`
         // after it set it (see the README: the store order makes the wake reach it).
         seq_cst_handshake();
-        self.mapping.interrupt(REPLIES);
+        self.mapping.interrupt(LEADER);
+        self.mapping.interrupt(REPLIES.asleep);
     }
 
     /// Whether [`PoolSide::hang_up`] was called.
@@ -363,7 +450,7 @@ impl WorkerSide {
     /// With no job found: looks again `spins` times, then sleeps until the pool's next job or
     /// `timeout`; returns whether the time ran out.
     pub(crate) fn wait_job(&self, spins: u32, timeout: Option<Duration>) -> bool {
-        self.mapping.wait(JOBS, spins, timeout, &|| false)
+        self.mapping.wait(JOBS, JOBS.asleep, spins, timeout, &|| false)
     }
 
     /// The claims of the jobs sent to this worker.
@@ -513,7 +600,7 @@ mod tests {
             pool.push_job(&frame(&[round]), NEVER).unwrap();
             let mut body = Vec::new();
             while !pool.pop_reply(&mut body, 64).unwrap() {
-                assert!(!pool.wait_reply(0, Some(Duration::from_secs(30))), "woken");
+                assert!(!pool.wait_reply(0, Some(Duration::from_secs(30)), NEVER), "woken");
             }
             assert_eq!(body, [round]);
             sleeper.join().unwrap();
@@ -525,7 +612,7 @@ mod tests {
         let (pool, worker) = pair();
         let started = Instant::now();
         assert!(worker.wait_job(4, Some(Duration::from_millis(20))), "timed out");
-        assert!(pool.wait_reply(4, Some(Duration::from_millis(20))), "timed out");
+        assert!(pool.wait_reply(4, Some(Duration::from_millis(20)), NEVER), "timed out");
         assert!(started.elapsed() >= Duration::from_millis(40));
         // The flags are down again: a push wakes nobody.
         assert_eq!(worker.mapping.word(JOBS.asleep).load(Ordering::SeqCst), 0);
@@ -538,7 +625,7 @@ mod tests {
         let pool = Arc::new(pool);
         let reader = {
             let pool = Arc::clone(&pool);
-            std::thread::spawn(move || pool.wait_reply(0, None))
+            std::thread::spawn(move || pool.wait_reply(0, None, NEVER))
         };
         // The job lane full, with a worker that never takes a job.
         let big = frame(&vec![7u8; CAPACITY / 4 - 4]);
@@ -554,7 +641,7 @@ mod tests {
         assert!(!reader.join().unwrap(), "woken, not timed out");
         assert_eq!(pusher.join().unwrap(), Err(PushError::Gone));
         // And a reader that comes later does not sleep at all.
-        assert!(!pool.wait_reply(0, None));
+        assert!(!pool.wait_reply(0, None, NEVER));
     }
 
     #[test]
@@ -668,6 +755,24 @@ mod tests {
     }
 }
 
+/// What the models of `lead.rs` build on: a mapping's two halves, the pool's shared by threads.
+#[cfg(all(test, loom))]
+pub(crate) mod models {
+    use super::*;
+
+    /// Both halves of one mapping, positions at 0.
+    pub(crate) fn pool_and_worker() -> (std::sync::Arc<PoolSide>, WorkerSide) {
+        let memory = SharedMemory::new(WORDS, BYTES);
+        let pool = PoolSide::of(memory.clone());
+        (std::sync::Arc::new(pool), WorkerSide { mapping: Mapping { memory } })
+    }
+
+    /// Frame `n`: a body of one byte.
+    pub(crate) fn frame(n: u8) -> Vec<u8> {
+        vec![1, 0, 0, 0, n]
+    }
+}
+
 /// Models of a lane's positions and of the consumer's sleep on its futex word, checked by loom
 /// in every interleaving over heap memory (see `crate::sync`, which models the futex too).
 #[cfg(all(test, loom))]
@@ -708,7 +813,7 @@ mod loom {
             } else if pool.has_hung_up() {
                 break;
             } else {
-                pool.wait_reply(0, None);
+                pool.wait_reply(0, None, &|| false);
             }
         }
         frames

@@ -17,8 +17,8 @@
 //! Nothing a caller calls writes to a worker's socket or waits for a slot that writes to one.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use crate::ledger::Ledger;
 mod reader;
 mod supervise;
 
-use reader::{read_replies, Channel};
+use reader::{read_replies, step, Channel, Consumer, ReplyLead, Step};
 use supervise::{Burial, Child, Ended, Spawn, Supervisor, Waiting};
 
 /// How long a retiring worker may take to exit before it is killed.
@@ -52,6 +52,10 @@ const READER_SPINS: u32 = 16;
 /// stderr follower wakes it when the worker hangs up, and this covers a follower that could not
 /// watch (no thread, no descriptor left) or a worker that keeps the futex word set.
 const READER_BACKSTOP: Duration = Duration::from_secs(1);
+/// How long a caller reading its own reply sleeps on the reply ring at most before it looks
+/// whether its job was resolved otherwise (a cancel or a timeout from another thread ends its
+/// attempt with a reply or the worker's death, which wake it; this covers what does not).
+const LEADER_BACKSTOP: Duration = Duration::from_millis(100);
 
 /// A job in the queue: new, or sent to a worker before and given back.
 enum Item {
@@ -133,6 +137,13 @@ struct Link {
 struct Halter {
     kill: KillSwitch,
     ring: Arc<PoolSide>,
+    /// The reading of the worker's replies, for a caller that reads its own (see `lead.rs`).
+    lead: Arc<ReplyLead>,
+    /// The pool's slots, to resolve the replies a caller reads (weak: the slots hold this).
+    shared: Weak<Shared>,
+    /// The worker's slot and pid.
+    id: usize,
+    pid: u32,
     /// The slot's average task time, for [`Halt::IfLong`].
     task_nanos: Arc<AtomicU64>,
     /// The origin of the jobs' send times in [`InFlightStop::entered`].
@@ -140,10 +151,21 @@ struct Halter {
 }
 
 impl Link {
-    fn of(worker: &WorkerProcess, epoch: u64, task_nanos: &Arc<AtomicU64>) -> Link {
+    fn of(
+        shared: &Arc<Shared>,
+        id: usize,
+        running: &Running,
+        epoch: u64,
+        task_nanos: &Arc<AtomicU64>,
+    ) -> Link {
+        let worker = &running.worker;
         let halter = Halter {
             kill: worker.kill_switch(),
             ring: Arc::clone(&worker.ring),
+            lead: Arc::clone(&running.lead),
+            shared: Arc::downgrade(shared),
+            id,
+            pid: worker.pid,
             task_nanos: Arc::clone(task_nanos),
             origin: Instant::now(),
         };
@@ -421,6 +443,16 @@ impl Shared {
         std::mem::take(&mut *lock(&self.handles))
     }
 
+    /// Whether job `seq` is the only one in flight on the worker of `halter`, which still serves.
+    fn is_only_in_flight(&self, halter: &Halter, seq: u64) -> bool {
+        let state = self.lock();
+        let slot = &state.slots[halter.id];
+        slot.ended.is_none()
+            && slot.link.as_ref().is_some_and(|link| Arc::ptr_eq(&link.halter.ring, &halter.ring))
+            && slot.in_flight.len() == 1
+            && slot.in_flight[0].seq == seq
+    }
+
     /// How many jobs workers are running now, by their claims.
     pub(super) fn running(&self) -> usize {
         self.lock().slots.iter().map(SlotState::started).sum()
@@ -439,6 +471,9 @@ struct InFlightStop {
     /// When the job was sent, in nanoseconds after the halter's origin, plus one (0: not yet).
     /// Written before `seq`, so a stop that finds the number finds the time.
     entered: AtomicU64,
+    /// Taken back before it started, to run on another worker: a caller reading this worker's
+    /// replies for it stops (the worker's `Skipped` for it wakes the caller).
+    is_moved: AtomicBool,
 }
 
 fn halt_code(halt: Halt) -> u8 {
@@ -455,6 +490,7 @@ impl InFlightStop {
             seq: AtomicU64::new(0),
             asked: AtomicU8::new(0),
             entered: AtomicU64::new(0),
+            is_moved: AtomicBool::new(false),
         })
     }
 
@@ -512,13 +548,61 @@ impl Stop for InFlightStop {
         }
     }
 
+    /// Reads the worker's replies on the caller's thread while the job is the only one in flight
+    /// on its worker and the reader thread is not reading (see `lead.rs`), until `is_over`,
+    /// `deadline`, the worker's end, or a frame it cannot take.
+    fn lead(&self, is_over: &dyn Fn() -> bool, deadline: Option<Instant>) {
+        let seq = self.seq.load(Ordering::SeqCst);
+        let halter = &self.halter;
+        let Some(shared) = halter.shared.upgrade() else { return };
+        if seq == 0 {
+            return;
+        }
+        // Its attempt ended, or it went to another worker.
+        let is_over = || is_over() || self.is_moved.load(Ordering::SeqCst);
+        let admit = |consumer: &mut Consumer| {
+            consumer.is_open() && !is_over() && shared.is_only_in_flight(halter, seq)
+        };
+        let Some(mut leader) = halter.lead.try_lead(admit) else { return };
+        while !is_over() {
+            match step(leader.consumer(), &shared, halter.id, halter.pid) {
+                Step::Read => {}
+                Step::End(ended) => {
+                    // The reader reports it, as if it had found it.
+                    leader.consumer().hand_over(ended);
+                    leader.leave_news();
+                    return;
+                }
+                Step::Empty => {
+                    let left = match deadline {
+                        None => LEADER_BACKSTOP,
+                        Some(deadline) => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return;
+                            }
+                            left.min(LEADER_BACKSTOP)
+                        }
+                    };
+                    if leader.wait(READER_SPINS, Some(left), &is_over) {
+                        leader.consumer().look_for_hang_up();
+                    }
+                }
+            }
+        }
+    }
+
     fn withdraw(&self) -> bool {
         match self.seq.load(Ordering::SeqCst) {
             // On its way to the worker: it may start; it stays.
             0 => false,
             seq => {
                 let claim = claim::slot(self.halter.ring.claims(), seq);
-                claim::stop(claim, seq, false) == Stopped::BeforeStart
+                let is_taken = claim::stop(claim, seq, false) == Stopped::BeforeStart;
+                if is_taken {
+                    self.is_moved.store(true, Ordering::SeqCst);
+                }
+                is_taken
             }
         }
     }
@@ -528,6 +612,7 @@ impl Stop for InFlightStop {
 struct Running {
     worker: WorkerProcess,
     reader: JoinHandle<()>,
+    lead: Arc<ReplyLead>,
 }
 
 /// The claims of a reaped worker's jobs, in the shared page, which the pool keeps mapped.
@@ -557,7 +642,7 @@ impl Child for Running {
     }
 
     fn retire(self) {
-        let Running { worker, reader } = self;
+        let Running { worker, reader, .. } = self;
         worker.retire(RETIRE_GRACE);
         let _ = reader.join();
     }
@@ -584,12 +669,14 @@ impl Spawn for WorkerSpawn {
             ring: Arc::clone(&worker.ring),
             max_frame: shared.settings.max_frame,
         };
+        let lead = Arc::new(ReplyLead::new(Arc::clone(&worker.ring), Consumer::new(channel)));
         let (for_reader, id, pid) = (Arc::clone(shared), *id, worker.pid);
+        let reading = Arc::clone(&lead);
         let reader = thread::Builder::new()
             .name(format!("parallel-reader-{pid}"))
-            .spawn(move || read_replies(&for_reader, id, pid, channel))
+            .spawn(move || read_replies(&for_reader, id, pid, &reading))
             .map_err(|error| not_started(format!("cannot start a reader thread: {error}")))?;
-        Ok(Running { worker, reader })
+        Ok(Running { worker, reader, lead })
     }
 
     fn pause(&mut self, delay: Duration) {
@@ -641,8 +728,12 @@ fn steal(state: &mut State, id: usize) -> Steal {
             continue;
         }
         for flight in slot.in_flight.iter_mut() {
-            if flight.sent.is_some() && claim::take_back(link.claim(flight.seq), flight.seq) {
-                taken.extend(flight.sent.take());
+            if flight.sent.is_some()
+                && claim::take_back(link.claim(flight.seq), flight.seq)
+                && let Some(sent) = flight.sent.take()
+            {
+                sent.stop.is_moved.store(true, Ordering::SeqCst);
+                taken.push(sent);
             }
         }
     }
@@ -722,7 +813,7 @@ fn run(shared: &Arc<Shared>, id: usize) {
                             }
                             let mut state = shared.lock();
                             let pace = Arc::clone(&state.slots[id].task_nanos);
-                            let link = Link::of(&running.worker, started.epoch, &pace);
+                            let link = Link::of(shared, id, running, started.epoch, &pace);
                             state.slots[id].link = Some(link);
                             state.slots[id].sent = 0;
                         }

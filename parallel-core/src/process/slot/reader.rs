@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{pace, Ended, Shared, State, READER_BACKSTOP, READER_SPINS};
+use crate::process::lead::Lead;
 use crate::process::protocol::{self, FromWorker, ReadError, Reply};
 use crate::process::ring::PoolSide;
 use crate::process::sys;
@@ -29,73 +30,157 @@ impl Channel {
     }
 }
 
+/// The reading of a worker's replies, by its reader thread or by a caller in its place.
+pub(super) type ReplyLead = Lead<Consumer>;
+
+/// Everything it takes to read a worker's replies, held by whoever reads them (see
+/// [`super::super::lead`]): the reader thread, or a caller waiting for the only job in flight.
+pub(super) struct Consumer {
+    channel: Channel,
+    frame: Vec<u8>,
+    large: Vec<u8>,
+    /// The worker hung up: the lane is looked at once more, then the channel has ended.
+    has_ended: bool,
+    /// Where the running job's progress messages go, looked up at its first message.
+    progress: Option<(u64, Arc<dyn Decode>)>,
+    /// How the channel ended, found by a caller that read in the reader's place: the reader
+    /// reports it.
+    ended: Option<Ended>,
+    /// The reader reported the end: nobody reads any more.
+    is_over: bool,
+}
+
+impl Consumer {
+    pub(super) fn new(channel: Channel) -> Consumer {
+        Consumer {
+            channel,
+            frame: Vec::new(),
+            large: Vec::new(),
+            has_ended: false,
+            progress: None,
+            ended: None,
+            is_over: false,
+        }
+    }
+
+    /// Whether a caller may read in the reader's place: the channel has not ended.
+    pub(super) fn is_open(&self) -> bool {
+        !self.is_over && self.ended.is_none() && !self.has_ended
+    }
+
+    /// After a wait that timed out: tells the ring if the worker's end of the socket hung up (the
+    /// stderr follower, which does it otherwise, may be missing).
+    pub(super) fn look_for_hang_up(&self) {
+        if sys::has_hung_up(self.channel.socket.get_ref().as_fd()) {
+            self.channel.ring.hang_up();
+        }
+    }
+
+    /// A caller found the channel's end: the reader reports it.
+    pub(super) fn hand_over(&mut self, ended: Ended) {
+        self.ended = Some(ended);
+    }
+}
+
+/// What one look at the replies did.
+pub(super) enum Step {
+    /// Read a frame (resolved a job, or took a progress message), or saw the hang-up: look again.
+    Read,
+    /// Nothing to read now.
+    Empty,
+    /// The channel ended, or broke.
+    End(Ended),
+}
+
+/// Reads the next frame of slot `id`'s worker (pid `pid`), if any, and resolves its job, or
+/// takes its progress message.
+pub(super) fn step(consumer: &mut Consumer, shared: &Shared, id: usize, pid: u32) -> Step {
+    let Consumer { channel, frame, large, has_ended, progress, .. } = consumer;
+    let body = match channel.ring.pop_reply(frame, channel.max_frame) {
+        Ok(true) => &frame[..],
+        Ok(false) if *has_ended => return Step::End(Ended::Closed),
+        // Resolve what the ring still holds (looked at once more), then report the end.
+        Ok(false) if channel.ring.has_hung_up() => {
+            *has_ended = true;
+            return Step::Read;
+        }
+        Ok(false) => return Step::Empty,
+        Err(error) => {
+            return Step::End(Ended::Broke(format!("the worker broke the protocol: {error}")))
+        }
+    };
+    let decoded = match protocol::decode_from_worker(body) {
+        Ok(FromWorker::OnSocket) => match channel.read_socket(large) {
+            Ok(body) => protocol::decode_from_worker(body),
+            Err(ReadError::Protocol(error)) => {
+                return Step::End(Ended::Broke(format!("the worker broke the protocol: {error}")))
+            }
+            Err(ReadError::Closed | ReadError::Io(_)) => return Step::End(Ended::Closed),
+        },
+        other => other,
+    };
+    let (job, reply) = match decoded {
+        Ok(FromWorker::Done { job, reply }) => (job, reply),
+        Ok(FromWorker::Progress { job, message }) => {
+            let sink = match &*progress {
+                Some((running, sink)) if *running == job => Arc::clone(sink),
+                _ => match progress_of(shared, id, job) {
+                    Ok(sink) => {
+                        *progress = Some((job, Arc::clone(&sink)));
+                        sink
+                    }
+                    Err(problem) => return Step::End(Ended::Broke(problem)),
+                },
+            };
+            // Decoded out of the pool's lock: a message's `Deserialize` is user code.
+            sink.decode(message);
+            return Step::Read;
+        }
+        Ok(other) => {
+            return Step::End(Ended::Broke(format!("the worker sent {other:?} out of turn")))
+        }
+        Err(error) => {
+            return Step::End(Ended::Broke(format!("the worker broke the protocol: {error}")))
+        }
+    };
+    // The next job's messages go to the next job.
+    *progress = None;
+    match resolve(shared, id, pid, job, reply) {
+        Ok(()) => Step::Read,
+        Err(problem) => Step::End(Ended::Broke(problem)),
+    }
+}
+
 /// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
 ///
 /// Replies come through the shared reply ring (see [`super::ring`]), on whose futex this thread
 /// sleeps when it is empty; the socket brings the replies too large for the ring. When the
 /// worker hangs up (it died or left; the stderr follower sees it and wakes this thread), the
-/// replies the worker put in the ring before are still resolved.
-pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, mut channel: Channel) {
-    let mut frame = Vec::new();
-    let mut large = Vec::new();
-    let mut has_ended = false;
-    // Where the running job's progress messages go, looked up at its first message.
-    let mut progress: Option<(u64, Arc<dyn Decode>)> = None;
+/// replies the worker put in the ring before are still resolved. While a caller waits for the
+/// only job in flight, the caller may read in this thread's place (see [`super::super::lead`]):
+/// this thread then waits for it to hand back.
+pub(super) fn read_replies(shared: &Shared, id: usize, pid: u32, lead: &ReplyLead) {
     let ended = loop {
-        let body = match channel.ring.pop_reply(&mut frame, channel.max_frame) {
-            Ok(true) => &frame[..],
-            Ok(false) if has_ended => break Ended::Closed,
-            // Resolve what the ring still holds (looked at once more above), then report the end.
-            Ok(false) if channel.ring.has_hung_up() => {
-                has_ended = true;
-                continue;
+        let mut consumer = lead.lock();
+        // A caller that read in this thread's place found the end.
+        if let Some(ended) = consumer.ended.take() {
+            consumer.is_over = true;
+            break ended;
+        }
+        match step(&mut consumer, shared, id, pid) {
+            Step::Read => continue,
+            Step::End(ended) => {
+                consumer.is_over = true;
+                break ended;
             }
-            Ok(false) => {
-                // A reply due within microseconds (a worker busy with short tasks, or a round
-                // trip under way) is caught by the spins, without the worker waking this thread
-                // on another CPU.
-                let timed_out = channel.ring.wait_reply(READER_SPINS, Some(READER_BACKSTOP));
-                if timed_out && sys::has_hung_up(channel.socket.get_ref().as_fd()) {
-                    channel.ring.hang_up();
-                }
-                continue;
-            }
-            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
-        };
-        let decoded = match protocol::decode_from_worker(body) {
-            Ok(FromWorker::OnSocket) => match channel.read_socket(&mut large) {
-                Ok(body) => protocol::decode_from_worker(body),
-                Err(ReadError::Protocol(error)) => {
-                    break Ended::Broke(format!("the worker broke the protocol: {error}"))
-                }
-                Err(ReadError::Closed | ReadError::Io(_)) => break Ended::Closed,
-            },
-            other => other,
-        };
-        let (job, reply) = match decoded {
-            Ok(FromWorker::Done { job, reply }) => (job, reply),
-            Ok(FromWorker::Progress { job, message }) => {
-                let sink = match &progress {
-                    Some((running, sink)) if *running == job => Arc::clone(sink),
-                    _ => match progress_of(shared, id, job) {
-                        Ok(sink) => {
-                            progress = Some((job, Arc::clone(&sink)));
-                            sink
-                        }
-                        Err(problem) => break Ended::Broke(problem),
-                    },
-                };
-                // Decoded out of the pool's lock: a message's `Deserialize` is user code.
-                sink.decode(message);
-                continue;
-            }
-            Ok(other) => break Ended::Broke(format!("the worker sent {other:?} out of turn")),
-            Err(error) => break Ended::Broke(format!("the worker broke the protocol: {error}")),
-        };
-        // The next job's messages go to the next job.
-        progress = None;
-        if let Err(problem) = resolve(shared, id, pid, job, reply) {
-            break Ended::Broke(problem);
+            Step::Empty => {}
+        }
+        drop(consumer);
+        // A reply due within microseconds (a worker busy with short tasks, or a round trip under
+        // way) is caught by the spins, without the worker waking this thread on another CPU.
+        let timed_out = lead.reader_wait(READER_SPINS, Some(READER_BACKSTOP));
+        if timed_out {
+            lead.lock().look_for_hang_up();
         }
     };
     let mut state = shared.lock();
