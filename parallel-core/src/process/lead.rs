@@ -55,7 +55,7 @@ impl<C> Lead<C> {
     /// The reader thread's sleep, with the lane found empty and the consumer let go of: looks
     /// again `spins` times, then sleeps on the lane's futex until the worker's next reply, its
     /// hang-up, a caller's hand-back with news, or `timeout`. While a caller leads, it sleeps
-    /// deafened (its word at 0, which the worker's pushes leave alone) until the hand-back
+    /// deafened (its word at 3, which the worker's pushes leave alone) until the hand-back
     /// re-arms it and a push comes, or the hand-back has news. Returns whether the time ran out.
     pub(crate) fn reader_wait(&self, spins: u32, timeout: Option<Duration>) -> bool {
         let caller_leads = || self.caller_leads.load(Ordering::SeqCst);

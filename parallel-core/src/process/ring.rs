@@ -255,7 +255,8 @@ impl Mapping {
     /// Wakes the consumer asleep on word `sleeper` out of `wait` (or keeps it from sleeping):
     /// call after making its `is_interrupted` true, with a `SeqCst` store. The word is left at
     /// [`INTERRUPTED`], which neither kind of sleep expects (the pool's reader also sleeps with
-    /// its word at 0, see [`PoolSide::sleep_deafened`]): a sleeper not queued yet does not sleep.
+    /// its word at [`DEAFENED`], see [`PoolSide::sleep_deafened`]): a sleeper not queued yet does
+    /// not sleep.
     fn interrupt(&self, sleeper: usize) {
         self.word(sleeper).store(INTERRUPTED, Ordering::SeqCst);
         self.memory.wake(sleeper);
