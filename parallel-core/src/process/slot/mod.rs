@@ -584,7 +584,11 @@ impl Stop for InFlightStop {
                             left.min(LEADER_BACKSTOP)
                         }
                     };
-                    if leader.wait(READER_SPINS, Some(left), &is_over) {
+                    // Its spins yield the CPU, which on a busy machine can take milliseconds
+                    // each: they end at the deadline too (`join_timeout(5 ms)` returned after
+                    // 30 ms under load, found from outside).
+                    let is_due = || deadline.is_some_and(|deadline| Instant::now() >= deadline);
+                    if leader.wait(READER_SPINS, Some(left), &|| is_over() || is_due()) {
                         leader.consumer().look_for_hang_up();
                     }
                 }
