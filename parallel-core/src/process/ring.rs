@@ -327,8 +327,7 @@ impl PoolSide {
         timeout: Option<Duration>,
         is_interrupted: &dyn Fn() -> bool,
     ) -> bool {
-        let is_interrupted = || self.has_hung_up() || is_interrupted();
-        self.mapping.wait(REPLIES, REPLIES.asleep, spins, timeout, &is_interrupted)
+        self.wait_reply_on(REPLIES.asleep, spins, timeout, is_interrupted)
     }
 
     /// `wait_reply` for a caller that reads the replies in the reader's place (see `lead.rs`):
@@ -339,8 +338,19 @@ impl PoolSide {
         timeout: Option<Duration>,
         is_interrupted: &dyn Fn() -> bool,
     ) -> bool {
+        self.wait_reply_on(LEADER, spins, timeout, is_interrupted)
+    }
+
+    /// The wait of both readers, on word `sleeper`; the worker's hang-up interrupts it too.
+    fn wait_reply_on(
+        &self,
+        sleeper: usize,
+        spins: u32,
+        timeout: Option<Duration>,
+        is_interrupted: &dyn Fn() -> bool,
+    ) -> bool {
         let is_interrupted = || self.has_hung_up() || is_interrupted();
-        self.mapping.wait(REPLIES, LEADER, spins, timeout, &is_interrupted)
+        self.mapping.wait(REPLIES, sleeper, spins, timeout, &is_interrupted)
     }
 
     /// Moves the reader's `asleep` word from 1 (asleep, wake me) to [`DEAFENED`] (asleep, but a
