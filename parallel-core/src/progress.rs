@@ -83,7 +83,7 @@ enum Route<P> {
 pub(crate) trait Outbox: Send + Sync {
     /// Serializes `message` and sends it in order with the job's reply; dropped if the job's run
     /// has ended, or if it does not serialize or fit in a frame.
-    fn post(&self, message: &dyn erased_serde::Serialize);
+    fn post(&self, message: &dyn crate::wire_value::Encode);
 }
 
 impl<P: Send + 'static> Progress<P> {

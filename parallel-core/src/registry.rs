@@ -13,7 +13,7 @@ use linkme::distributed_slice;
 
 use crate::progress::{self, Outbox, Progress};
 use crate::value::Wire;
-use crate::wire_value;
+use crate::wire_value::{self, Encode};
 use crate::{Environment, Error, Task};
 
 /// Every task of the program, gathered by the linker.
@@ -48,9 +48,9 @@ pub(crate) type Runner = fn(&mut Environment, &[u8], Option<Arc<dyn Outbox>>) ->
 #[cfg_attr(not(any(test, process_backend)), allow(dead_code))] // built for the process backend's worker loop
 pub(crate) enum Outcome {
     /// The task returned `Ok`; the value is its output.
-    Output(Box<dyn erased_serde::Serialize + Send>),
+    Output(Box<dyn Encode + Send>),
     /// The task returned `Err`; the value is its error.
-    Failed(Box<dyn erased_serde::Serialize + Send>),
+    Failed(Box<dyn Encode + Send>),
     /// The input did not deserialize as the task's arguments.
     BadInput(String),
 }
@@ -252,9 +252,15 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(input).unwrap();
         let mut bytes = Vec::new();
         wire_value::encode(&value, &mut bytes, usize::MAX).unwrap();
+        // What the worker writes, read back as JSON.
+        let json = |value: Box<dyn Encode + Send>| {
+            let mut out = Vec::new();
+            value.encode(&mut out, usize::MAX).unwrap();
+            wire_value::decode::<serde_json::Value>(&out).unwrap().to_string()
+        };
         match registration.run(env, &bytes, None) {
-            Outcome::Output(value) => ("output", serde_json::to_string(&value).unwrap()),
-            Outcome::Failed(value) => ("failed", serde_json::to_string(&value).unwrap()),
+            Outcome::Output(value) => ("output", json(value)),
+            Outcome::Failed(value) => ("failed", json(value)),
             Outcome::BadInput(message) => ("bad input", message),
         }
     }

@@ -156,6 +156,22 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     written.map_err(EncodeError::Refused)
 }
 
+/// A value whose type is erased but whose writing is not: [`Encode::encode`] runs [`encode`] as
+/// compiled for the value's own type, so a worker pays one dynamic call per output, error or
+/// progress message, none per field or element (through `erased_serde` a `Vec<u8>` of 200 MiB
+/// inside a user's struct cost three dynamic calls per byte).
+#[cfg_attr(not(any(test, process_backend, feature = "cluster")), allow(dead_code))]
+pub(crate) trait Encode {
+    /// Appends the value to `out`, as [`encode`] does.
+    fn encode(&self, out: &mut Vec<u8>, limit: usize) -> Result<(), EncodeError>;
+}
+
+impl<T: Serialize> Encode for T {
+    fn encode(&self, out: &mut Vec<u8>, limit: usize) -> Result<(), EncodeError> {
+        encode(self, out, limit)
+    }
+}
+
 /// Reads a whole value from `bytes` (a `Vec<u8>` from one byte string, see [`crate::value`]);
 /// bytes left over are an error.
 pub(crate) fn decode<T: de::DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, String> {
@@ -177,11 +193,23 @@ struct Serializer<'a> {
     /// newtype or a nested sequence is written one level deeper, and an element's `Serialize`
     /// makes one call to the serializer.
     u8_room: usize,
+    /// The `room` at which `serialize_u8` writes its byte as it is rather than as a uint: that of
+    /// the elements of the sequence being written, while every element so far was a plain `u8`
+    /// (`usize::MAX` otherwise). Such a sequence is on its way to being a [`BYTES_EXT`]; one that
+    /// turns out not to be has its bytes widened back to uints ([`widen`]).
+    raw_room: usize,
 }
 
 impl<'a> Serializer<'a> {
     fn new(out: &'a mut Vec<u8>, limit: usize) -> Self {
-        Serializer { out, room: MAX_DEPTH, limit, is_over_limit: false, u8_room: usize::MAX }
+        Serializer {
+            out,
+            room: MAX_DEPTH,
+            limit,
+            is_over_limit: false,
+            u8_room: usize::MAX,
+            raw_room: usize::MAX,
+        }
     }
 
     /// Fails once `out`, grown by `more` bytes, would be over the limit.
@@ -316,6 +344,10 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
 
     fn serialize_u8(self, v: u8) -> Result<(), Error> {
         self.u8_room = self.room;
+        if self.raw_room == self.room {
+            self.out.push(v);
+            return Ok(());
+        }
         self.serialize_u64(v.into())
     }
 
@@ -489,9 +521,17 @@ struct Compound<'a, 'b> {
 impl Compound<'_, '_> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         let room = self.ser.room;
+        let start = self.ser.out.len();
         self.ser.u8_room = usize::MAX;
-        value.serialize(&mut *self.ser)?;
-        self.is_bytes &= self.ser.u8_room == room;
+        self.ser.raw_room = if self.is_bytes { room } else { usize::MAX };
+        let written = value.serialize(&mut *self.ser);
+        self.ser.raw_room = usize::MAX;
+        written?;
+        if self.is_bytes && self.ser.u8_room != room {
+            // The first element that is not a plain `u8`: the ones before it become uints.
+            self.is_bytes = false;
+            widen(self.ser.out, self.elements, start);
+        }
         self.count = self.count.checked_add(1).ok_or_else(|| Error("too many elements".into()))?;
         self.ser.check_limit(0)
     }
@@ -510,34 +550,27 @@ impl Compound<'_, '_> {
             }
         }
         if self.is_bytes && self.count >= BYTES_MIN {
-            write_as_bytes(self.ser.out, self.at, self.elements, self.count);
+            write_bytes_header(self.ser.out, self.at, self.elements, self.count);
+        } else if self.is_bytes {
+            let end = self.ser.out.len();
+            widen(self.ser.out, self.elements, end);
         }
         self.ser.leave(self.levels);
         Ok(())
     }
 }
 
-/// Rewrites the array at `at` in `out`, whose `count` elements (from `elements` to the end of
-/// `out`) are each a MessagePack uint of one `u8`, as the extension [`BYTES_EXT`] holding those
-/// bytes: one byte each instead of one or two, and a reader copies them in one go.
+/// Turns the array at `at` in `out`, whose `count` elements were written as they are (one byte
+/// each, from `elements` to the end of `out`: see `Serializer::raw_room`), into the extension
+/// [`BYTES_EXT`] holding those bytes: one byte each instead of one or two as uints, and a reader
+/// copies them in one go.
 ///
 /// A reader hands the extension to every visitor as the sequence of `u8` it was, element by
 /// element through the same reader (see [`ByteElements`]): nothing but the bytes on the wire
 /// changes.
-fn write_as_bytes(out: &mut Vec<u8>, at: usize, elements: usize, count: u32) {
-    // Each element is `0xxxxxxx` (a positive fixint) or `0xcc` then the byte, as `write_uint`
-    // writes a u8; no fixint is 0xcc. The bytes are gathered in place at `elements`.
-    let (mut read, mut write) = (elements, elements);
-    while read < out.len() {
-        if out[read] == UINT8 {
-            read += 1;
-        }
-        out[write] = out[read];
-        read += 1;
-        write += 1;
-    }
+fn write_bytes_header(out: &mut Vec<u8>, at: usize, elements: usize, count: u32) {
     let len = count as usize;
-    debug_assert_eq!(write - elements, len, "one byte per element");
+    debug_assert_eq!(out.len() - elements, len, "one byte per element");
     let mut header = [0; 6];
     let header_len = match (u8::try_from(count), u16::try_from(count)) {
         (Ok(count), _) => {
@@ -565,6 +598,31 @@ fn write_as_bytes(out: &mut Vec<u8>, at: usize, elements: usize, count: u32) {
     out.copy_within(elements..elements + len, at + header_len);
     out[at..at + header_len].copy_from_slice(&header[..header_len]);
     out.truncate(end);
+}
+
+/// Widens the bytes written as they are in `out[from..to]` (the elements of a sequence that
+/// looked like bytes so far) to the MessagePack uints `write_uint` writes for them (`0xcc` before
+/// each byte from 128 on), moving what follows `to` along.
+fn widen(out: &mut Vec<u8>, from: usize, to: usize) {
+    let wide = out[from..to].iter().filter(|&&byte| byte >= 128).count();
+    if wide == 0 {
+        return;
+    }
+    let len = out.len();
+    out.resize(len + wide, 0);
+    out.copy_within(to..len, to + wide);
+    // From the back, so that no byte is overwritten before it is read.
+    let mut write = to + wide;
+    for read in (from..to).rev() {
+        let byte = out[read];
+        write -= 1;
+        out[write] = byte;
+        if byte >= 128 {
+            write -= 1;
+            out[write] = UINT8;
+        }
+    }
+    debug_assert_eq!(write, from);
 }
 
 /// The compounds whose items are plain values, one `impl` each with the same two bodies.
@@ -1089,12 +1147,65 @@ impl<'de> de::SeqAccess<'de> for ByteElements<'_> {
         let Some(&byte) = self.bytes.next() else {
             return Ok(None);
         };
-        let uint = &UINTS[usize::from(byte)][..if byte < 128 { 1 } else { 2 }];
-        seed.deserialize(&mut Deserializer { input: uint, room: self.room }).map(Some)
+        seed.deserialize(OneByte { byte, room: self.room }).map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
         Some(self.bytes.len())
+    }
+}
+
+/// One element of a [`BYTES_EXT`], answered as [`Deserializer`] answers the uint it was written
+/// as (`visit_u8`, whatever the request), without a reader per byte: a `Vec<u8>` inside a user's
+/// struct is read at a few instructions a byte. An option, a newtype struct or an enum, whose
+/// answers differ, are asked of a [`Deserializer`] over the uint itself.
+struct OneByte {
+    byte: u8,
+    room: usize,
+}
+
+impl OneByte {
+    fn uint<'de>(&self) -> Deserializer<'de> {
+        let uint = &UINTS[usize::from(self.byte)][..if self.byte < 128 { 1 } else { 2 }];
+        Deserializer { input: uint, room: self.room }
+    }
+}
+
+impl<'de> de::Deserializer<'de> for OneByte {
+    type Error = Error;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u8(self.byte)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_option(&mut self.uint(), visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_newtype_struct(&mut self.uint(), name, visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_enum(&mut self.uint(), name, variants, visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit
+        unit_struct seq tuple tuple_struct map struct identifier ignored_any
     }
 }
 
@@ -1426,6 +1537,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_that_stops_looking_like_bytes_is_an_array_of_uints() {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Number {
+            Byte(u8),
+            Wide(u16),
+        }
+        let uints = |values: &mut dyn Iterator<Item = u64>| {
+            let mut out = Vec::new();
+            values.for_each(|value| drop(rmp::encode::write_uint(&mut out, value)));
+            out
+        };
+        // Bytes written as they are until the 41st element, then widened: 0xcc before 128..=255.
+        let mut values: Vec<Number> = (0..40u8).map(|i| Number::Byte(i * 6)).collect();
+        values.extend([Number::Wide(300), Number::Byte(255)]);
+        let mut expected = vec![0xdc, 0, 42];
+        expected.extend(uints(&mut (0..40u64).map(|i| i * 6).chain([300, 255])));
+        assert_eq!(written(&values), expected);
+        // Bytes to the end but fewer than the threshold: uints too.
+        let short: Vec<u8> = (100..131).collect();
+        let mut expected = vec![0xdc, 0, 31];
+        expected.extend(uints(&mut (100..131u64)));
+        assert_eq!(written(&short), expected);
+        // The same inside a struct, with a byte field after it, which is a uint as ever.
+        #[derive(Serialize)]
+        struct Pair {
+            a: Vec<u8>,
+            b: u8,
+        }
+        let mut expected = vec![0x82, 0xa1, b'a', 0xdc, 0, 31];
+        expected.extend(uints(&mut (100..131u64)));
+        expected.extend([0xa1, b'b', 0xcc, 200]);
+        assert_eq!(written(&Pair { a: short, b: 200 }), expected);
+    }
+
+    #[test]
     fn sequences_that_only_look_like_bytes_stay_arrays() {
         const ARRAY16: u8 = 0xdc;
         let array = |value: &dyn erased_serde::Serialize| written(value)[0] == ARRAY16;
@@ -1443,12 +1590,24 @@ mod tests {
         let ext = written(&bytes);
         assert_eq!(ext[0], EXT8);
         let as_u16: Vec<u16> = bytes.iter().copied().map(u16::from).collect();
-        assert_eq!(decode::<Vec<u16>>(&ext), Ok(as_u16));
+        assert_eq!(decode::<Vec<u16>>(&ext), Ok(as_u16.clone()));
         let as_options: Vec<Option<u8>> = bytes.iter().copied().map(Some).collect();
         assert_eq!(decode::<Vec<Option<u8>>>(&ext), Ok(as_options));
         assert_eq!(decode::<serde_json::Value>(&ext), Ok(serde_json::json!(bytes)));
         assert_eq!(decode::<Either>(&ext), Ok(Either::Bytes(bytes.clone())));
         assert!(decode::<serde::de::IgnoredAny>(&ext).is_ok());
+        // Newtypes, options and enums are asked of the uint itself (`OneByte`).
+        let as_newtypes: Vec<Byte> = bytes.iter().copied().map(Byte).collect();
+        assert_eq!(decode::<Vec<Byte>>(&ext), Ok(as_newtypes));
+        let array = written(&as_u16);
+        assert_eq!(array[0], 0xdc, "the same values, as an array of uints");
+        let from_array = decode::<Vec<Shape>>(&array);
+        assert!(from_array.is_err());
+        assert_eq!(
+            decode::<Vec<Shape>>(&ext),
+            from_array,
+            "an enum from a byte: the array's error"
+        );
         // A visitor that stops early, or a type the bytes are not, is the array's error.
         let error = decode::<(u8, u8)>(&ext).unwrap_err();
         assert!(error.contains("62 elements left unread"), "{error}");

@@ -19,7 +19,8 @@ use super::wire::{Ending, Report};
 use crate::job::{Halt, Stop};
 use crate::progress::Outbox;
 use crate::registry::{Outcome, Registration};
-use crate::{timer, unwind, wire_value, Environment, Error};
+use crate::wire_value::{self, Encode};
+use crate::{timer, unwind, Environment, Error};
 
 /// Where a task's progress messages and its ending go: the serving process's outbox.
 pub(crate) trait Sink: Send + Sync {
@@ -289,9 +290,9 @@ impl ThreadSlots {
 struct TicketOutbox(Arc<Ticket>);
 
 impl Outbox for TicketOutbox {
-    fn post(&self, message: &dyn erased_serde::Serialize) {
+    fn post(&self, message: &dyn Encode) {
         let mut bytes = Vec::new();
-        match wire_value::encode(message, &mut bytes, self.0.max_frame()) {
+        match message.encode(&mut bytes, self.0.max_frame()) {
             Ok(()) => self.0.progress(bytes),
             Err(_) => tracing::warn!("a progress message does not serialize or fit; dropped"),
         }
@@ -316,7 +317,7 @@ fn run_here(environment: &mut Environment, work: Work) {
             Outcome::BadInput(message) => return Ending::Report(Report::BadArguments(message)),
         };
         let mut bytes = Vec::new();
-        match wire_value::encode(&value, &mut bytes, max) {
+        match value.encode(&mut bytes, max) {
             Ok(()) if is_error => Ending::Failed(bytes),
             Ok(()) => Ending::Output(bytes),
             Err(error) => Ending::Report(Report::Unserializable {

@@ -17,9 +17,8 @@ use std::fmt;
 use std::io::{self, Read};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use crate::wire_value;
+use crate::wire_value::{self, Encode};
 
 /// The version of this protocol; a worker that speaks another one is refused. 3: no `Cancel`
 /// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
@@ -518,13 +517,13 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
 ///
 /// A value over the limit is refused as soon as writing it crosses the limit, so that a value of
 /// gigabytes costs no more than `max` bytes of work before it is refused.
-pub(crate) fn encode_value<T: Serialize + ?Sized>(
+pub(crate) fn encode_value<T: Encode + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
     max: usize,
 ) -> Result<(), String> {
     // The frame's length header is not part of its length.
-    wire_value::encode(value, out, max.saturating_add(4)).map_err(|error| error.describe(max))
+    value.encode(out, max.saturating_add(4)).map_err(|error| error.describe(max))
 }
 
 /// Deserializes a task value (a `Vec<u8>` from one byte string, see [`crate::value`]).

@@ -26,6 +26,7 @@ use super::ring::WorkerSide;
 use super::sys;
 use crate::progress::Outbox;
 use crate::registry::{self, Outcome};
+use crate::wire_value::Encode;
 use crate::{unwind, Environment};
 
 /// How long a job waits at most for the pool to read what the job before it wrote to stderr.
@@ -312,7 +313,7 @@ struct JobOutbox {
 }
 
 impl Outbox for JobOutbox {
-    fn post(&self, message: &dyn erased_serde::Serialize) {
+    fn post(&self, message: &dyn Encode) {
         let mut posting = self.replies.posting.lock().unwrap_or_else(PoisonError::into_inner);
         if posting.job != Some(self.job) {
             return;
@@ -457,7 +458,7 @@ fn run(
             Outcome::BadInput(message) => return Ran::Reply(Owned::BadArguments(message)),
         };
         protocol::begin_value_reply(out, job, is_error);
-        match protocol::encode_value(&value, out, max_frame) {
+        match protocol::encode_value(&*value, out, max_frame) {
             Ok(()) => Ran::Value,
             Err(message) => Ran::Reply(Owned::Unserializable { is_error, message }),
         }
