@@ -251,6 +251,9 @@ impl<'a> Serializer<'a> {
         let at = self.out.len();
         let header = match len {
             Some(len) => {
+                // Every element takes a byte at least (an entry two): a sequence that cannot fit
+                // is refused before its first element, not after a limit's worth of them.
+                self.check_limit(len.saturating_mul(if map { 2 } else { 1 }))?;
                 let len = u32::try_from(len)
                     .map_err(|_| Error(format!("a sequence of {len} elements is too long")))?;
                 if map {
@@ -1629,28 +1632,53 @@ mod tests {
 
     #[test]
     fn writing_stops_as_soon_as_the_value_crosses_the_limit() {
-        /// A sequence of `len` values that counts how many were asked for.
+        /// A sequence of `len` values that counts how many were asked for, and tells its length
+        /// to the serializer if `says_len`.
         struct Counted {
             len: usize,
+            says_len: bool,
             asked: std::cell::Cell<usize>,
         }
 
         impl Serialize for Counted {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq((0..self.len).map(|i| {
+                let values = (0..self.len).map(|i| {
                     self.asked.set(i + 1);
                     i as u64
-                }))
+                });
+                match self.says_len {
+                    true => serializer.collect_seq(values),
+                    false => serializer.collect_seq(values.filter(|_| true)),
+                }
             }
         }
 
         const LIMIT: usize = 1 << 16;
-        let huge = Counted { len: 1 << 31, asked: Default::default() };
+        let huge = Counted { len: 1 << 31, says_len: false, asked: Default::default() };
         let mut out = Vec::new();
         assert!(matches!(encode(&huge, &mut out, LIMIT), Err(EncodeError::OverLimit)));
         // Each element is at most 9 bytes: writing stopped within one of the limit.
         assert!(huge.asked.get() <= LIMIT, "{} elements written", huge.asked.get());
         assert!(out.len() <= LIMIT + 9, "{} bytes", out.len());
+
+        // A sequence that tells its length is refused before its first element (each takes a
+        // byte at least): a `Vec<u8>` field of gigabytes costs nothing to refuse.
+        let huge = Counted { len: 1 << 31, says_len: true, asked: Default::default() };
+        let mut out = Vec::new();
+        assert!(matches!(encode(&huge, &mut out, LIMIT), Err(EncodeError::OverLimit)));
+        assert_eq!(huge.asked.get(), 0);
+        #[derive(Serialize)]
+        struct Field {
+            data: Vec<u8>,
+        }
+        let mut out = Vec::new();
+        let field = Field { data: vec![1; LIMIT] };
+        assert!(matches!(encode(&field, &mut out, LIMIT), Err(EncodeError::OverLimit)));
+        assert!(out.len() < 16, "{} bytes", out.len());
+        let mut out = Vec::new();
+        let map = BTreeMap::from_iter((0..LIMIT / 2 + 1).map(|key| (key, ())));
+        assert!(matches!(encode(&map, &mut out, LIMIT), Err(EncodeError::OverLimit)));
+        assert!(out.len() < 16, "a map's entries take two bytes at least: {} bytes", out.len());
 
         // A string or byte string over the limit is refused before it is copied.
         let mut out = vec![0; 10];
