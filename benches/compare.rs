@@ -628,21 +628,27 @@ fn cold_start(bench: &mut Bench) {
     fn cold<P>(
         count: usize,
         build: impl Fn() -> P,
-        first_result: impl Fn(&P),
+        first_result: impl Fn(&mut P),
         tear_down: impl Fn(P),
     ) -> f64 {
         let mut total = Duration::ZERO;
         for _ in 0..count {
             let start = Instant::now();
-            let pool = build();
-            first_result(&pool);
+            let mut pool = build();
+            first_result(&mut pool);
             total += start.elapsed();
             tear_down(pool);
         }
         total.as_secs_f64() / count as f64
     }
-    let ours = |pool: &Pool| {
+    let ours = |pool: &mut Pool| {
         black_box(noop::dispatch_on(pool, 1).join().expect("a no-op task failed"));
+    };
+    // The limit: start this same program as a raw echo peer and get one message back from it.
+    let echo = |peer: &mut EchoPeer| {
+        let mut back = Vec::new();
+        peer.round_trip(&[7; 64], &mut back);
+        black_box(back);
     };
     let shutdown = |pool: Pool| pool.shutdown();
     bench.measure(
@@ -658,7 +664,7 @@ fn cold_start(bench: &mut Bench) {
                 cold(
                     n,
                     || rayon_pool(1),
-                    |rayon| {
+                    |rayon: &mut rayon::ThreadPool| {
                         let (sender, receiver) = crossbeam_channel::bounded(1);
                         rayon.spawn(move || sender.send(black_box(1u64)).expect("waited"));
                         black_box(receiver.recv().expect("the task sends"));
@@ -677,6 +683,10 @@ fn cold_start(bench: &mut Bench) {
                     },
                     |procspawn| procspawn.shutdown(),
                 )
+            }),
+            Variant::new(Peer::RawPipe, 20, |n| cold(n, EchoPeer::over_pipes, echo, drop)),
+            Variant::new(Peer::RawSocketpair, 20, |n| {
+                cold(n, EchoPeer::over_socketpair, echo, drop)
             }),
         ],
     );
@@ -810,7 +820,7 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
         ("random_first_map", "first result: start a stream of the first 200 of those tasks and time its first result (the rest is drained off the clock), through `map` (Python: as above)"),
         ("random_first_unordered", "first result through `map_unordered` (Python: `as_completed`, `imap_unordered`)"),
         ("bytes_1k", "bytes: a `Vec<u8>` (Python: `bytes`) sent to a task that returns it; the clone of the payload is off the clock; the raw peers write it with an 8-byte length and read the echo back"),
-        ("cold_start", "cold start: build a 1-worker pool and wait for its first no-op result; shutting it down (waiting for its workers to stop, where the pool can) is off the clock; Python's clock starts at the pool's constructor, the interpreter already running"),
+        ("cold_start", "cold start: build a 1-worker pool and wait for its first no-op result; shutting it down (waiting for its workers to stop, where the pool can) is off the clock; Python's clock starts at the pool's constructor, the interpreter already running; the raw peers start this same program as an echo peer and get one 64-byte message back (the physical limit: an exec of the program and a round trip), killed off the clock"),
         ("plot_1", "plot: submit all, then join all, of tasks that spin 1, 10, 100 or 1000 µs, on 2 workers; the counts below are at 1 µs, longer tasks take about 0.25 s of ideal work per sample (at least 40 tasks)"),
         ("env_get", "`Environment`: a million operations on 64 keys, in one thread"),
         ("cluster_round_trip", "cluster round trip: `dispatch_on(&pool, i).join()` of a no-op task, one after the other, with two serving processes (default lease); raw JetStream: publish a `u64` with the caller's inbox in a header to a work-queue stream on the file store (the server acks the publish), the responder, another process, pulls it (one message per pull), replies to the inbox and acks it; raw core: `request` on a subject the responder answers"),
