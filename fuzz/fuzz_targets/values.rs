@@ -26,6 +26,28 @@ enum Either {
     List(Vec<Either>),
 }
 
+/// A user's struct with byte sequences of its own (no `serde_bytes`): read element by element,
+/// from a byte string too, with options, newtypes and enums of one byte.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Blob {
+    data: Vec<u8>,
+    optional: Vec<Option<u8>>,
+    wrapped: Vec<Byte>,
+    kinds: Vec<Kind>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Byte(u8);
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+enum Kind {
+    Small,
+    Large(u8),
+}
+
 fuzz_target!(|data: &[u8]| {
     let _ = value::<Vec<u8>>(data);
     let _ = value::<String>(data);
@@ -33,4 +55,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = value::<Either>(data);
     let _ = value::<serde_json::Value>(data);
     let _ = value::<(u32, Option<String>, Vec<f64>)>(data);
+    let _ = value::<Blob>(data);
 });
