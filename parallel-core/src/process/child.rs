@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::large;
 use super::protocol::{self, FromWorker, ReadError, ToWorker};
 use super::protocol::{Marker, MARKER};
 use super::ring::{PoolSide, PushError};
@@ -53,8 +54,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct WorkerProcess {
     child: Child,
     pub(crate) pid: u32,
-    /// The reading half, until a reader thread takes it.
-    reader: Option<BufReader<UnixStream>>,
+    /// The reading half, until a reader thread takes it. Unbuffered: the socket carries the
+    /// descriptors of large frames (see [`large`]), which a read ahead would drop.
+    reader: Option<UnixStream>,
     /// Where jobs are sent, shared by the slot thread and callers' threads that send jobs.
     pub(crate) writer: Arc<Mutex<Jobs>>,
     /// The rings in shared memory (jobs one way, replies the other), the claims of its jobs, and
@@ -67,13 +69,12 @@ pub(crate) struct WorkerProcess {
 }
 
 /// The sending half of a worker's channel: jobs go into the job ring, and a frame too large for
-/// it is announced there and written to the socket, so that the worker takes frames in order.
-/// One sender at a time (the ring has one producer): it sits behind a mutex.
+/// it goes in a memory file of its own, sent on the socket and announced in the ring, so that
+/// the worker takes frames in order (see [`large`]). One sender at a time (the ring has one
+/// producer): it sits behind a mutex.
 pub(crate) struct Jobs {
     socket: UnixStream,
     ring: Arc<PoolSide>,
-    /// The `OnSocket` frame, built once.
-    on_socket: Vec<u8>,
     /// Whole frames staged by [`Jobs::stage`], in order, for [`Jobs::flush`] (empty between
     /// batches; its capacity is kept).
     batch: Vec<u8>,
@@ -81,13 +82,10 @@ pub(crate) struct Jobs {
 
 impl Jobs {
     fn new(socket: UnixStream, ring: Arc<PoolSide>) -> Jobs {
-        let mut on_socket = Vec::new();
-        // A frame without a body fits any limit.
-        let _ = protocol::encode_to_worker(&ToWorker::OnSocket, &mut on_socket, usize::MAX);
-        Jobs { socket, ring, on_socket, batch: Vec::new() }
+        Jobs { socket, ring, batch: Vec::new() }
     }
 
-    /// Whether a frame of `len` bytes goes through the job ring (else through the socket).
+    /// Whether a frame of `len` bytes goes through the job ring (else in a memory file).
     pub(crate) fn fits_ring(len: usize) -> bool {
         PoolSide::fits_lane(len)
     }
@@ -171,8 +169,10 @@ impl Jobs {
         if self.ring.fits(frame.len()) {
             return push(frame);
         }
-        push(&self.on_socket)?;
-        (&self.socket).write_all(frame)
+        // The descriptor first: the worker finds it on the socket when it reads the
+        // announcement.
+        large::send(&self.socket, frame)?;
+        push(&large::announce_job(frame.len() - 4))
     }
 }
 
@@ -284,13 +284,10 @@ impl WorkerProcess {
             move || counted.started().load(Ordering::Acquire),
             watch,
         );
-        let reader = BufReader::with_capacity(
-            64 * 1024,
-            ours.try_clone().map_err(|error| StartError {
-                message: format!("cannot clone the channel: {error}"),
-                death: None,
-            })?,
-        );
+        let reader = ours.try_clone().map_err(|error| StartError {
+            message: format!("cannot clone the channel: {error}"),
+            death: None,
+        })?;
         let writer = Jobs::new(ours, Arc::clone(&ring));
         let mut worker = WorkerProcess {
             child,
@@ -315,14 +312,14 @@ impl WorkerProcess {
         let Some(reader) = self.reader.as_mut() else {
             return Err("the worker's channel was already taken".to_owned());
         };
-        reader.get_ref().set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
+        reader.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         let result = check_ready(reader, build, self.pid, max_frame);
-        reader.get_ref().set_read_timeout(None).map_err(|e| e.to_string())?;
+        reader.set_read_timeout(None).map_err(|e| e.to_string())?;
         result
     }
 
     /// The reading half of the channel, for the thread that reads the worker's replies.
-    pub(crate) fn take_reader(&mut self) -> Option<BufReader<UnixStream>> {
+    pub(crate) fn take_reader(&mut self) -> Option<UnixStream> {
         self.reader.take()
     }
 
@@ -732,20 +729,17 @@ mod tests {
             }
         }
         assert!(!Jobs::fits_ring(300 << 10) && Jobs::fits_ring(4 << 10));
-        // The large frame fills the socket's buffer: the worker's side reads meanwhile.
         let flushing = thread::spawn(move || {
             jobs.flush(large, &|| false).unwrap();
             jobs.staged()
         });
-        let mut socket = BufReader::new(theirs);
-        let (mut body, mut on_socket) = (Vec::new(), Vec::new());
+        let mut body = Vec::new();
         for job in 0..160u64 {
             while !worker.pop_job(&mut body, usize::MAX).unwrap() {
                 thread::yield_now();
             }
-            if protocol::decode_to_worker(&body).unwrap() == ToWorker::OnSocket {
-                let frame = protocol::read_frame(&mut socket, &mut on_socket, usize::MAX).unwrap();
-                body = frame.to_vec();
+            if let ToWorker::OnShared { len } = protocol::decode_to_worker(&body).unwrap() {
+                body = large::receive(&theirs, len, usize::MAX).unwrap().to_vec();
             }
             let ToWorker::Run { job: got, args, .. } = protocol::decode_to_worker(&body).unwrap()
             else {

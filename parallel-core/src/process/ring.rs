@@ -14,9 +14,10 @@
 //! A consumer that finds its lane empty looks again a few times, then sleeps on the lane's
 //! `asleep` word, a futex shared by both processes; the producer's next push sees the flag and
 //! wakes it (`FUTEX_WAKE`): a busy pair moves frames with no system call at all, and an idle one
-//! costs one wake-up per frame. The socket carries only what the rings cannot: the memory file
-//! itself (`SCM_RIGHTS`), frames over a quarter of a ring (announced in the ring by an
-//! `OnSocket` frame, so that frames stay in order), and end-of-file, which says a worker died:
+//! costs one wake-up per frame. The socket carries only what the rings cannot: the descriptors of
+//! memory files (`SCM_RIGHTS`): the rings' own, and those of frames over a quarter of a ring,
+//! which travel in files of their own announced in the ring by an `OnShared` frame, so that
+//! frames stay in order (see `large.rs`); and end-of-file, which says a worker died:
 //! the pool's stderr follower watches the socket and wakes the reader (see
 //! [`PoolSide::hang_up`]), and the worker's own watcher kills it when the pool hangs up.
 //!
@@ -40,7 +41,8 @@ use crate::sync::{seq_cst_handshake, AtomicBool, AtomicU64, Ordering};
 #[cfg(all(test, loom))]
 type Duration = std::time::Duration;
 
-/// The bytes of frames each lane holds; frames over a quarter of it go through the socket.
+/// The bytes of frames each lane holds; frames over a quarter of it go in memory files of their
+/// own (see `large.rs`).
 #[cfg(not(all(test, loom)))]
 pub(crate) const CAPACITY: usize = 1 << 20;
 /// Under loom, room for four frames of 6 bytes, so that a model of a few frames wraps around and
@@ -125,7 +127,7 @@ impl Mapping {
         self.word(STARTED)
     }
 
-    /// Whether a frame of `len` bytes goes through a lane (else through the socket).
+    /// Whether a frame of `len` bytes goes through a lane (else in a memory file).
     fn fits(len: usize) -> bool {
         len <= CAPACITY / 4
     }
@@ -288,7 +290,7 @@ impl PoolSide {
         PoolSide { mapping: Mapping { memory }, is_hung_up: AtomicBool::new(false) }
     }
 
-    /// Whether a job frame of `len` bytes goes through the job lane (else through the socket).
+    /// Whether a job frame of `len` bytes goes through the job lane (else in a memory file).
     pub(crate) fn fits(&self, len: usize) -> bool {
         Mapping::fits(len)
     }
@@ -437,7 +439,7 @@ impl WorkerSide {
         Ok(WorkerSide { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, BYTES)? } })
     }
 
-    /// Whether a reply frame of `len` bytes goes through the reply lane (else the socket).
+    /// Whether a reply frame of `len` bytes goes through the reply lane (else in a memory file).
     pub(crate) fn fits(&self, len: usize) -> bool {
         Mapping::fits(len)
     }

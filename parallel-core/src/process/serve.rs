@@ -8,7 +8,7 @@
 //! environment has entries due to expire, and drops them.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::id;
@@ -20,6 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
 
 use super::claim;
+use super::large;
 use super::protocol::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
 use super::ring::WorkerSide;
@@ -98,8 +99,6 @@ fn prepare(marker: &Marker) -> Result<(UnixStream, WorkerSide), String> {
 
 fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
-    let mut reader =
-        BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
     watch_for_hang_up(&channel)?;
     let encode = |message: &FromWorker<'_>| {
         let mut frame = Vec::new();
@@ -111,7 +110,6 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
         stream: channel,
         ring,
         max_frame: marker.max_frame,
-        on_socket: encode(&FromWorker::OnSocket)?,
         posting: Mutex::new(Posting { job: None, frame: Vec::new() }),
     });
     let ready = FromWorker::Ready {
@@ -128,7 +126,7 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
 
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, with their place in the order the pool sent them.
-    let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut pending: VecDeque<(u64, Body)> = VecDeque::new();
     // `Run` frames read so far: the pool counts the same way, and a job's claim is its number's.
     let mut runs_read = 0u64;
     let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -153,31 +151,39 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
             }
             // A `Run` frame is known by its tag here and decoded when it runs: decoding it twice
             // (its task's name checked as UTF-8 each time) cost a tenth of a no-op job.
-            if !protocol::is_run(&frame)
-                && protocol::decode_to_worker(&frame) == Ok(ToWorker::OnSocket)
-            {
-                match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
-                    Ok(_) => {}
-                    // The pool is gone or let go of us: a normal end.
-                    Err(ReadError::Closed) => return Ok(()),
-                    Err(error) => return Err(error.to_string()),
+            let announced = if protocol::is_run(&frame) {
+                None
+            } else if let Ok(ToWorker::OnShared { len }) = protocol::decode_to_worker(&frame) {
+                Some(len)
+            } else {
+                None
+            };
+            let body = match announced {
+                None => Body::Ring(frame),
+                // Mapped until the job has run: its arguments are decoded in place.
+                Some(len) => {
+                    spare.push(frame);
+                    match large::receive(&replies.stream, len, marker.max_frame) {
+                        Ok(bytes) => Body::Shared(bytes),
+                        // The pool is gone or let go of us: a normal end.
+                        Err(ReadError::Closed) => return Ok(()),
+                        Err(error) => return Err(error.to_string()),
+                    }
                 }
-            }
-            if protocol::is_run(&frame) {
+            };
+            if protocol::is_run(&body) {
                 runs_read += 1;
-                pending.push_back((runs_read, frame));
+                pending.push_back((runs_read, body));
                 continue;
             }
-            match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
+            match protocol::decode_to_worker(&body).map_err(|e| e.to_string())? {
                 ToWorker::Run { .. } => unreachable!("a run frame is queued above"),
-                ToWorker::Exit => {
-                    is_exit_asked = true;
-                    spare.push(frame);
-                }
-                ToWorker::OnSocket => {
-                    return Err("the pool announced a frame on the socket twice".to_owned())
+                ToWorker::Exit => is_exit_asked = true,
+                ToWorker::OnShared { .. } => {
+                    return Err("the pool announced a memory file in a memory file".to_owned())
                 }
             }
+            body.recycle(&mut spare);
         }
         let Some((seq, frame)) = pending.pop_front() else {
             if is_exit_asked {
@@ -243,8 +249,35 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
                 }
             }
         }
-        spare.push(frame);
+        frame.recycle(&mut spare);
         spare.truncate(16);
+    }
+}
+
+/// A frame the pool sent: copied out of the job ring, or in a memory file of its own (see
+/// [`large`]), mapped until the job has run.
+enum Body {
+    Ring(Vec<u8>),
+    Shared(sys::SealedBytes),
+}
+
+impl Body {
+    /// Keeps a ring frame's buffer for the next frame.
+    fn recycle(self, spare: &mut Vec<Vec<u8>>) {
+        if let Body::Ring(frame) = self {
+            spare.push(frame);
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Ring(frame) => frame,
+            Body::Shared(bytes) => bytes,
+        }
     }
 }
 
@@ -284,14 +317,12 @@ fn encode_panic(
 ///
 /// Batching replies in the worker would be cheaper still, but a reply still in this process when
 /// the next job crashes it is lost: the pool would blame the job that finished and send the job
-/// that crashed to another worker, to run twice. A reply in the shared ring (or in the socket)
-/// survives the worker.
+/// that crashed to another worker, to run twice. A reply in the shared ring (or in a memory file
+/// on the socket) survives the worker.
 struct Replies {
     stream: UnixStream,
     ring: WorkerSide,
     max_frame: usize,
-    /// The `OnSocket` frame, built once.
-    on_socket: Vec<u8>,
     /// Which job's progress messages are taken now. Held while one is sent, so that messages
     /// sent from several threads go out one at a time, and none after the job's run ended: the
     /// main thread sends replies only while no job's messages are taken.
@@ -347,8 +378,9 @@ impl Replies {
         self.send_frame(out)
     }
 
-    /// Sends a finished frame: through the reply ring if it fits, else announced in the ring
-    /// and written to the socket; the ring wakes the pool's reader if it sleeps.
+    /// Sends a finished frame: through the reply ring if it fits, else in a memory file of its
+    /// own, sent on the socket and then announced in the ring (see [`large`]); the ring wakes
+    /// the pool's reader if it sleeps.
     fn send_frame(&self, frame: &[u8]) -> Result<(), String> {
         let push = |frame: &[u8]| {
             self.ring.push_reply(frame).map_err(|error| format!("cannot reply: {error}"))
@@ -356,8 +388,9 @@ impl Replies {
         if self.ring.fits(frame.len()) {
             return push(frame);
         }
-        push(&self.on_socket)?;
-        self.write_socket(frame)
+        large::send(&self.stream, frame)
+            .map_err(|error| format!("cannot send a large reply: {error}"))?;
+        push(&large::announce_reply(frame.len() - 4))
     }
 
     fn write_socket(&self, frame: &[u8]) -> Result<(), String> {

@@ -643,6 +643,157 @@ impl Drop for SharedMemory {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Frames too large for a ring: sealed memory files
+
+/// The seals a memory file that carries a frame must have before the receiving side maps it: it
+/// cannot shrink (a page cut off under the reader's mapping would fault on access, SIGBUS) nor
+/// be written (the reader decodes in place, from memory nobody may change meanwhile). Seals are
+/// only ever added, so once seen they hold for the file's life.
+const FRAME_SEALS: nix::fcntl::SealFlag =
+    nix::fcntl::SealFlag::F_SEAL_SHRINK.union(nix::fcntl::SealFlag::F_SEAL_WRITE);
+
+/// Creates a memory file named `name` holding `bytes`, sealed against any change of its bytes,
+/// its size and its seals: what [`SealedBytes::map`] accepts.
+///
+/// # Errors
+///
+/// The system's error if the file cannot be created, filled or sealed (no memory, no
+/// descriptor left).
+pub(crate) fn sealed_file(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::Write;
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    // `write` fills the file's pages as it allocates them: no page fault per page and no zeroing
+    // first, which filling a fresh mapping of the file would cost.
+    file.write_all(bytes)?;
+    // No writable mapping of the file exists (it was never mapped), so the write seal takes.
+    let seals = FRAME_SEALS | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file.into())
+}
+
+/// The bytes of a memory file sealed against shrinking and writing, mapped read-only: a frame the
+/// other side sent whole, decoded in place. Unmapped on drop.
+pub(crate) struct SealedBytes {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and its bytes never change (the file is sealed against
+// writes, checked in `map`), so it may be read from any thread.
+unsafe impl Send for SealedBytes {}
+// SAFETY: as above: `&SealedBytes` offers only reads of immutable bytes.
+unsafe impl Sync for SealedBytes {}
+
+impl SealedBytes {
+    /// Maps the first `len` bytes of memory file `fd` read-only, after checking that nothing can
+    /// make the mapping fault or its bytes change: the file carries [`FRAME_SEALS`] (a file that
+    /// cannot be sealed, not a memory file, is refused too), and it holds at least `len` bytes.
+    /// The descriptor is closed (the mapping keeps the file).
+    ///
+    /// # Errors
+    ///
+    /// Says what is wrong with the file: the pool gets it from a worker, untrusted.
+    pub(crate) fn map(fd: OwnedFd, len: usize) -> Result<SealedBytes, String> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        use nix::sys::stat::{fstat, SFlag};
+        let len = NonZeroUsize::new(len).ok_or("an empty frame")?;
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)
+            .map_err(|error| format!("the descriptor is no memory file ({error})"))?;
+        let seals = SealFlag::from_bits_retain(seals);
+        if !seals.contains(FRAME_SEALS) {
+            return Err(format!(
+                "the memory file is not sealed against shrinking and writing (seals {seals:?})"
+            ));
+        }
+        // Checked after the seals: the size can no longer go down.
+        let stat =
+            fstat(&fd).map_err(|error| format!("cannot inspect the memory file: {error}"))?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err("the descriptor is no memory file".to_owned());
+        }
+        if u64::try_from(stat.st_size).unwrap_or(0) < len.get() as u64 {
+            return Err(format!("the memory file holds {} bytes, {len} announced", stat.st_size));
+        }
+        // SAFETY: a fresh read-only shared mapping of `len` bytes of a file that holds at least
+        // `len` bytes and cannot shrink (checked above), so no access to it faults; nothing else
+        // in this process uses the address range the kernel picks. `MAP_POPULATE` maps the pages
+        // the file already has in one call instead of a fault per few pages.
+        let base = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|error| format!("cannot map the memory file: {error}"))?;
+        Ok(SealedBytes { base: base.cast(), len: len.get() })
+    }
+}
+
+impl std::ops::Deref for SealedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping holds `len` readable bytes for as long as `self` lives, and they
+        // never change: the file is sealed against writes (no writable mapping of it exists or
+        // can be made, and `write` fails) and against shrinking, checked before mapping.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedBytes {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `map` with this length and is not used after this
+        // (every borrow of its bytes borrows `self`). A failure would leak it, nothing worse.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// What a peer can hand over as a large frame's memory file, for the tests and the fuzz target
+/// of the receiving side: a memory file holding `bytes` with the seals of `seals` (bit 0: shrink,
+/// 1: grow, 2: write, 3: seal), returned with a second descriptor of it, which the peer keeps
+/// to change the file afterwards with [`try_to_change`].
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn peer_memory_file(bytes: &[u8], seals: u8) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::Write;
+    let fd = memfd_create("peer", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let flags = [
+        SealFlag::F_SEAL_SHRINK,
+        SealFlag::F_SEAL_GROW,
+        SealFlag::F_SEAL_WRITE,
+        SealFlag::F_SEAL_SEAL,
+    ];
+    let chosen = flags
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| seals & (1 << bit) != 0)
+        .fold(SealFlag::empty(), |all, (_, flag)| all | *flag);
+    fcntl(&file, FcntlArg::F_ADD_SEALS(chosen))?;
+    let kept = file.try_clone()?;
+    Ok((file.into(), kept.into()))
+}
+
+/// What a hostile peer does to a memory file it sent: cuts it to nothing, and writes into it;
+/// either fails on a sealed file. Returns whether anything took.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn try_to_change(fd: &OwnedFd) -> bool {
+    let cut = nix::unistd::ftruncate(fd, 0).is_ok();
+    let written = nix::sys::uio::pwrite(fd, &[0xff; 16], 0).is_ok();
+    cut || written
+}
+
+// ---------------------------------------------------------------------------------------------
 // Descriptors and names
 
 /// Sends descriptor `fd` over `channel`, with one byte to carry it.
@@ -653,6 +804,55 @@ pub(crate) fn send_fd(channel: &std::os::unix::net::UnixStream, fd: &OwnedFd) ->
     let iov = [io::IoSlice::new(&payload)];
     let control = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(channel.as_raw_fd(), &iov, &control, MsgFlags::MSG_NOSIGNAL, None).map(drop)
+}
+
+/// What [`take_fd`] found on a channel.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// A descriptor, with its byte.
+    Fd(OwnedFd),
+    /// A byte that carries no descriptor, or no byte yet.
+    Nothing,
+    /// The other side closed the channel.
+    Closed,
+}
+
+/// Takes the next byte on `channel`, and the descriptor [`send_fd`] sent with it, without
+/// waiting (`MSG_DONTWAIT`): the sender sends the descriptor before it announces it. Extra
+/// descriptors that came with the byte are closed.
+///
+/// # Errors
+///
+/// The system's error if the channel failed.
+pub(crate) fn take_fd(channel: &std::os::unix::net::UnixStream) -> io::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut payload = [0u8];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let message = loop {
+        match recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags) {
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(Received::Nothing),
+            other => break other?,
+        }
+    };
+    if message.bytes == 0 {
+        return Ok(Received::Closed);
+    }
+    let mut received = None;
+    for control in message.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for this message; no
+                // one else owns it. Extra descriptors, if any, are closed by dropping them.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
+            }
+        }
+    }
+    Ok(received.map_or(Received::Nothing, Received::Fd))
 }
 
 /// The worker's side of [`send_fd`]: receives the descriptor sent first on `channel`.
