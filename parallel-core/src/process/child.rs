@@ -69,12 +69,14 @@ pub(crate) struct WorkerProcess {
 }
 
 /// The sending half of a worker's channel: jobs go into the job ring, and a frame too large for
-/// it goes in a memory file of its own, sent on the socket and announced in the ring, so that
-/// the worker takes frames in order (see [`large`]). One sender at a time (the ring has one
-/// producer): it sits behind a mutex.
+/// it goes into the lane's region and is announced in the ring, so that the worker takes frames
+/// in order (see [`large`]). One sender at a time (the ring has one producer): it sits behind a
+/// mutex.
 pub(crate) struct Jobs {
     socket: UnixStream,
     ring: Arc<PoolSide>,
+    /// The job lane's region for large frames.
+    large: large::Sender,
     /// Whole frames staged by [`Jobs::stage`], in order, for [`Jobs::flush`] (empty between
     /// batches; its capacity is kept).
     batch: Vec<u8>,
@@ -82,7 +84,7 @@ pub(crate) struct Jobs {
 
 impl Jobs {
     fn new(socket: UnixStream, ring: Arc<PoolSide>) -> Jobs {
-        Jobs { socket, ring, batch: Vec::new() }
+        Jobs { socket, ring, large: large::Sender::default(), batch: Vec::new() }
     }
 
     /// Whether a frame of `len` bytes goes through the job ring (else in a memory file).
@@ -160,19 +162,28 @@ impl Jobs {
     /// Sends frame `frame`, waiting while the job ring is full until the worker takes frames,
     /// hangs up, or `is_gone` says to give up.
     pub(crate) fn send(&mut self, frame: &[u8], is_gone: &dyn Fn() -> bool) -> io::Result<()> {
-        let push = |frame: &[u8]| {
-            self.ring.push_job(frame, is_gone).map_err(|error| match error {
-                PushError::Gone => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
-                PushError::Broken => io::Error::new(io::ErrorKind::InvalidData, error.to_string()),
-            })
-        };
-        if self.ring.fits(frame.len()) {
-            return push(frame);
+        let Jobs { socket, ring, large, .. } = self;
+        if !ring.fits(frame.len()) {
+            // Once the worker has taken the last large job out of the region (or the worker
+            // hangs up, or `is_gone`), the frame goes there, and a new region's descriptor on
+            // the socket before its announcement.
+            let wait = |sent| ring.wait_jobs_region(sent, is_gone).map_err(io_error);
+            let (len, fresh) = large.send(socket, frame, wait)?;
+            let mut announcement = Vec::with_capacity(16);
+            let message = ToWorker::OnShared { len, fresh };
+            // An announcement is 14 bytes: it fits any limit.
+            let _ = protocol::encode_to_worker(&message, &mut announcement, usize::MAX);
+            return ring.push_job(&announcement, is_gone).map_err(io_error);
         }
-        // The descriptor first: the worker finds it on the socket when it reads the
-        // announcement.
-        large::send(&self.socket, frame)?;
-        push(&large::announce_job(frame.len() - 4))
+        ring.push_job(frame, is_gone).map_err(io_error)
+    }
+}
+
+/// A failed push as the error of a write to the worker.
+fn io_error(error: PushError) -> io::Error {
+    match error {
+        PushError::Gone => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
+        PushError::Broken => io::Error::new(io::ErrorKind::InvalidData, error.to_string()),
     }
 }
 
@@ -734,12 +745,16 @@ mod tests {
             jobs.staged()
         });
         let mut body = Vec::new();
+        let mut region = large::Receiver::default();
         for job in 0..160u64 {
             while !worker.pop_job(&mut body, usize::MAX).unwrap() {
                 thread::yield_now();
             }
-            if let ToWorker::OnShared { len } = protocol::decode_to_worker(&body).unwrap() {
-                body = large::receive(&theirs, len, usize::MAX).unwrap().to_vec();
+            if let ToWorker::OnShared { len, fresh } = protocol::decode_to_worker(&body).unwrap() {
+                let mut large = Vec::new();
+                let release = |taken| worker.release_jobs_region(taken);
+                region.receive(&theirs, (len, fresh), usize::MAX, &mut large, release).unwrap();
+                body = large;
             }
             let ToWorker::Run { job: got, args, .. } = protocol::decode_to_worker(&body).unwrap()
             else {

@@ -1,105 +1,172 @@
-//! Frames too large for a ring (over a quarter of it): each travels in a memory file of its own.
+//! Frames too large for a ring (over a quarter of it): each lane has a region for them, a memory
+//! file mapped by both sides, which holds one such frame at a time.
 //!
-//! The sender writes the frame's body into a fresh memory file, seals it (no one can write,
-//! shrink or grow it any more, nor change its seals), sends its descriptor on the socket
-//! (`SCM_RIGHTS`), and only then announces it in its ring with an `OnShared { len }` frame, so
-//! that frames stay in order and the descriptor is already there when the receiver reads the
-//! announcement: the receiver takes it without waiting, and an announcement without one is a
-//! protocol error, not a hang. The receiver checks the announced length against the frame limit
-//! before it takes the descriptor, then checks the file (a memory file, sealed against shrinking
-//! and writing, at least as long as announced) before it maps it read-only, and decodes the frame
-//! in place. The descriptor passes ownership: the sender forgets the file once it is sent, the
-//! receiver unmaps it once the frame is used, and the kernel frees it then, so there is no reuse
-//! of a region to coordinate.
+//! The sender of a lane creates the region (`memfd_create`, sized to the next power of two of the
+//! frame, at least 1 MiB, sparse until written), seals it against shrinking and growing, maps it
+//! and sends its descriptor on the socket (`SCM_RIGHTS`) the first time, and again whenever a
+//! frame needs a larger one. For each large frame it waits until the receiver has taken the one
+//! before (a counter of frames taken, in the rings' shared page), writes the frame's body at the
+//! region's start, and announces it in the ring with an `OnShared { len, fresh }` frame, so that
+//! frames stay in order; `fresh` says that a new region's descriptor is on the socket, sent
+//! before the announcement, so the receiver takes it without waiting. The receiver checks the
+//! length against the frame limit, maps a fresh region read-only after checking it (a memory file,
+//! sealed against shrinking, no larger than the largest region a frame under the limit needs),
+//! copies the frame out, and stores the new count of frames taken: the region is the sender's
+//! again. Both sides drop a region over 64 MiB after its frame, so that one huge value does not
+//! hold that much shared memory for the worker's life.
 //!
-//! Compared with the socket's bytes, which large frames took before protocol 8, this saves two
-//! copies per frame (into the socket's buffers and out of them into a frame buffer) and the
-//! sender's and receiver's turns at the socket's 200 KiB of buffer: the body is copied once into
-//! the file (by `write`, which allocates the file's pages as it fills them) and the value is
-//! decoded straight from the mapping.
+//! Against the socket's bytes, which large frames took before protocol 8, this saves the system
+//! calls and the turns of both sides at the socket's 200 KiB of buffer, and the memory it copies
+//! through is the same from one frame to the next, its pages in place: on the machine measured,
+//! a fresh memory file per frame cost more than the socket (allocating, charging and freeing
+//! 4096 pages for 16 MiB: 7 to 10 ms to fill one, 4 to 5 ms to free it).
 //!
-//! The seals are what make the receiver safe from its peer: without `F_SEAL_SHRINK` the peer
-//! could cut the file under the mapping, and a read of a page that is gone is a SIGBUS; without
-//! `F_SEAL_WRITE` it could change bytes while they are decoded (a string checked as UTF-8, then
-//! changed). A file that lacks them is refused, before it is mapped.
+//! The seal against shrinking is what keeps the pool safe from its worker: a file cut under the
+//! pool's mapping would fault (SIGBUS) on the next read of a lost page. A worker can still write
+//! its region at any time, so the pool copies a frame out before it looks at it, as it does from
+//! the ring: a race only garbles bytes, which are then checked like any others.
 
 use std::io;
 use std::os::unix::net::UnixStream;
 
-use super::protocol::{self, FromWorker, ProtocolError, ReadError, ToWorker};
-use super::sys::{self, Received, SealedBytes};
+use super::protocol::{ProtocolError, ReadError};
+use super::sys::{self, Received, Region};
 
-/// The name of the memory files (what `/proc/<pid>/fd` shows).
-const NAME: &str = "parallel-frame";
+/// The name of the regions' memory files (what `/proc/<pid>/fd` shows).
+const NAME: &str = "parallel-frames";
+/// The smallest region: a frame just over a ring's share (256 KiB) fits, and the next ones.
+const MIN_REGION: usize = 1 << 20;
+/// The largest region kept after its frame, by both sides.
+const KEPT_REGION: usize = 64 << 20;
 
-/// Sends the body of `frame` (a whole frame, its length first) in a sealed memory file on
-/// `socket`; the caller then pushes [`announce_job`] or [`announce_reply`] into its ring.
-///
-/// # Errors
-///
-/// The system's error if the file cannot be made (no memory, no descriptor left) or the socket
-/// failed (the other side is gone).
-pub(crate) fn send(socket: &UnixStream, frame: &[u8]) -> io::Result<()> {
-    let body = frame.get(4..).unwrap_or_default();
-    let file = sys::sealed_file(NAME, body)?;
-    sys::send_fd(socket, &file).map_err(io::Error::from)
+/// The size of the region a frame body of `len` bytes gets.
+fn region_len(len: usize) -> usize {
+    len.checked_next_power_of_two().unwrap_or(usize::MAX).max(MIN_REGION)
 }
 
-/// The job ring's announcement of a frame of `len` bytes (after its length) sent by [`send`].
-pub(crate) fn announce_job(len: usize) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(16);
-    let message = ToWorker::OnShared { len: len as u64 };
-    // An announcement is 13 bytes: it fits any limit.
-    let _ = protocol::encode_to_worker(&message, &mut frame, usize::MAX);
-    frame
+/// The sending side of a lane's region.
+#[derive(Default)]
+pub(crate) struct Sender {
+    region: Option<Region>,
+    /// Large frames written to the lane's regions, ever.
+    sent: u64,
 }
 
-/// The reply ring's announcement of a frame of `len` bytes (after its length) sent by [`send`].
-pub(crate) fn announce_reply(len: usize) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(16);
-    let message = FromWorker::OnShared { len: len as u64 };
-    let _ = protocol::encode_from_worker(&message, &mut frame, usize::MAX);
-    frame
-}
-
-/// Takes the memory file that an `OnShared { len }` frame announced from `socket` and maps its
-/// `len` bytes, the frame's body, read-only.
-///
-/// # Errors
-///
-/// A length over `max_frame` (before anything is taken or mapped), an announcement with no
-/// descriptor behind it, or a file that is not a memory file, lacks the seals against shrinking
-/// and writing, or is shorter than announced: a [`ReadError::Protocol`]. The socket closed:
-/// [`ReadError::Closed`]; failed: [`ReadError::Io`].
-pub(crate) fn receive(
-    socket: &UnixStream,
-    len: u64,
-    max_frame: usize,
-) -> Result<SealedBytes, ReadError> {
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    if len > max_frame {
-        return Err(ProtocolError::Oversized { len, max: max_frame }.into());
-    }
-    match sys::take_fd(socket) {
-        Ok(Received::Fd(fd)) => {
-            SealedBytes::map(fd, len).map_err(|why| ProtocolError::MemoryFile(why).into())
+impl Sender {
+    /// Writes the body of `frame` (a whole frame, its length first) to the lane's region, once
+    /// `wait_taken(sent)` has returned (the receiver took the `sent` frames before: it is the
+    /// sender's to write), creating a region and sending its descriptor on `socket` first if
+    /// there is none or it is too small. Returns what the announcement to push into the ring
+    /// says: the body's length and whether the region is new.
+    ///
+    /// # Errors
+    ///
+    /// `wait_taken`'s error, or the system's if a region cannot be made (no memory, no
+    /// descriptor left) or the socket failed (the other side is gone).
+    pub(crate) fn send(
+        &mut self,
+        socket: &UnixStream,
+        frame: &[u8],
+        wait_taken: impl FnOnce(u64) -> io::Result<()>,
+    ) -> io::Result<(u64, bool)> {
+        let body = frame.get(4..).unwrap_or_default();
+        wait_taken(self.sent)?;
+        let fresh = self.region.as_ref().is_none_or(|region| region.len() < body.len());
+        if fresh {
+            // The old one first: its memory goes back before the new one takes any.
+            self.region = None;
+            let (region, fd) = Region::create(NAME, region_len(body.len()))?;
+            sys::send_fd(socket, &fd).map_err(io::Error::from)?;
+            self.region = Some(region);
         }
-        Ok(Received::Nothing) => Err(ProtocolError::MemoryFile(
-            "announced, but no descriptor came with it on the socket".to_owned(),
-        )
-        .into()),
-        Ok(Received::Closed) => Err(ReadError::Closed),
-        Err(error) => Err(ReadError::Io(error)),
+        let region = self.region.as_ref().expect("a region was made above if there was none");
+        region.write(body);
+        self.sent += 1;
+        if region.len() > KEPT_REGION {
+            self.region = None;
+        }
+        Ok((body.len() as u64, fresh))
     }
 }
 
-/// For the property test below and the fuzz target `memory_files`: a hostile worker's reply of
-/// `announced` bytes, with on the socket what `shape` picks (bits 0-3: the seals of a memory file
-/// holding `bytes`, see [`sys::peer_memory_file`]; bits 4-5: 0 and 1 that file, 2 a pipe, 3 a
-/// byte without a descriptor), taken and decoded as the pool's reader takes it, under frame
-/// limit `limit`; the worker then tries to cut and overwrite the file while the pool reads every
-/// byte of it. Returns whether a frame decoded. Must never panic, fault (SIGBUS), nor map past
-/// `limit`.
+/// The receiving side of a lane's region.
+#[derive(Default)]
+pub(crate) struct Receiver {
+    region: Option<Region>,
+    /// Large frames copied out of the lane's regions, ever.
+    taken: u64,
+}
+
+impl Receiver {
+    /// Copies the frame an `OnShared { len, fresh }` announced into `body` (its bytes after the
+    /// length), taking a new region's descriptor from `socket` first if `fresh`, then hands the
+    /// region back with `release(taken)`.
+    ///
+    /// # Errors
+    ///
+    /// A length over `max_frame` (before anything is taken or mapped), a fresh region whose
+    /// descriptor is not on the socket, a region that is not a memory file, lacks the seal
+    /// against shrinking or is larger than a frame under the limit needs, a frame announced
+    /// without a region or longer than its region: a [`ReadError::Protocol`]. The socket closed:
+    /// [`ReadError::Closed`]; failed: [`ReadError::Io`].
+    pub(crate) fn receive(
+        &mut self,
+        socket: &UnixStream,
+        (len, fresh): (u64, bool),
+        max_frame: usize,
+        body: &mut Vec<u8>,
+        release: impl FnOnce(u64),
+    ) -> Result<(), ReadError> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > max_frame {
+            return Err(ProtocolError::Oversized { len, max: max_frame }.into());
+        }
+        if fresh {
+            self.region = None;
+            let fd = match sys::take_fd(socket) {
+                Ok(Received::Fd(fd)) => fd,
+                Ok(Received::Nothing) => {
+                    return Err(broken(
+                        "a new region was announced, but its descriptor is not on the socket"
+                            .to_owned(),
+                    ))
+                }
+                Ok(Received::Closed) => return Err(ReadError::Closed),
+                Err(error) => return Err(ReadError::Io(error)),
+            };
+            let region = Region::map_received(fd, region_len(max_frame)).map_err(broken)?;
+            self.region = Some(region);
+        }
+        let Some(region) = self.region.as_ref() else {
+            return Err(broken("a frame was announced in a region never sent".to_owned()));
+        };
+        if len > region.len() {
+            return Err(broken(format!(
+                "a frame of {len} bytes was announced in a region of {} bytes",
+                region.len()
+            )));
+        }
+        region.read(len, body);
+        self.taken += 1;
+        release(self.taken);
+        if region.len() > KEPT_REGION {
+            self.region = None;
+        }
+        Ok(())
+    }
+}
+
+fn broken(why: String) -> ReadError {
+    ProtocolError::MemoryFile(why).into()
+}
+
+/// For the property test below and the fuzz target `memory_files`: a hostile worker's large
+/// reply of `announced` bytes in a fresh region, with on the socket what `shape` picks (bits 0-3:
+/// the seals of a memory file holding `bytes`, see [`sys::peer_memory_file`]; bits 4-5: 0 and 1
+/// that file, 2 a pipe, 3 a byte without a descriptor), taken as the pool's reader takes it,
+/// under frame limit `limit`; the worker then tries to cut the file, and the pool reads the
+/// frame again from the region it kept. Returns whether a frame was taken. Must never panic,
+/// fault (SIGBUS), nor take more than `limit` bytes.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn hostile(bytes: &[u8], announced: u64, shape: u8, limit: usize) -> bool {
     use std::io::Write;
@@ -117,26 +184,29 @@ pub(crate) fn hostile(bytes: &[u8], announced: u64, shape: u8, limit: usize) -> 
         }
         _ => (&worker).write_all(&[0]).expect("room for one byte"),
     }
-    let Ok(mapped) = receive(&pool, announced, limit) else { return false };
-    assert!(mapped.len() <= limit, "mapped {} bytes over the limit of {limit}", mapped.len());
+    let mut receiver = Receiver::default();
+    let mut body = Vec::new();
+    let mut released = 0;
+    if receiver.receive(&pool, (announced, true), limit, &mut body, |n| released = n).is_err() {
+        return false;
+    }
+    assert_eq!(released, 1, "the region is handed back");
+    assert!(body.len() <= limit, "took {} bytes over the limit of {limit}", body.len());
+    assert_eq!(&body[..], &bytes[..body.len()], "the frame as written");
     if let Some(peer) = kept {
-        assert!(!sys::try_to_change(&peer), "a file the pool mapped could still change");
+        assert!(!sys::try_to_cut(&peer), "a region the pool mapped could still be cut");
     }
-    // Every byte is there to read, and what was sent.
-    assert_eq!(&mapped[..], &bytes[..mapped.len()]);
-    if let Ok(FromWorker::Done {
-        reply: protocol::Reply::Output(value) | protocol::Reply::Failed(value),
-        ..
-    }) = protocol::decode_from_worker(&mapped)
-    {
-        let _ = protocol::decode_value::<Vec<u8>>(value);
-    }
+    // The region is kept for the next frame: reading it after the cut attempt must not fault.
+    let again = receiver.receive(&pool, (announced, false), limit, &mut body, |n| released = n);
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(released, 2);
     true
 }
 
 #[cfg(test)]
 mod tests {
-    //! The receiving side's checks, with descriptors a hostile or broken peer could send.
+    //! Frames through a lane's region, and the receiving side's checks with the descriptors a
+    //! hostile or broken peer could send.
 
     use super::*;
     use proptest::prelude::*;
@@ -159,7 +229,13 @@ mod tests {
     const WRITE: u8 = 4;
     const SEAL: u8 = 8;
 
-    fn refused(result: Result<SealedBytes, ReadError>) -> String {
+    /// Takes a frame of `len` bytes announced in a fresh region, as the pool's reader does.
+    fn take(socket: &UnixStream, len: u64, max: usize) -> Result<Vec<u8>, ReadError> {
+        let mut body = Vec::new();
+        Receiver::default().receive(socket, (len, true), max, &mut body, |_| {}).map(|()| body)
+    }
+
+    fn refused(result: Result<Vec<u8>, ReadError>) -> String {
         match result {
             Err(ReadError::Protocol(error)) => error.to_string(),
             Err(other) => panic!("expected a protocol error, got {other}"),
@@ -168,37 +244,52 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_crosses_whole_and_in_order() {
+    fn frames_cross_whole_and_in_order_reusing_the_region_until_one_needs_more() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let first: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        send(&ours, &frame_of(&first)).unwrap();
-        send(&ours, &frame_of(b"second")).unwrap();
-        assert_eq!(&*receive(&theirs, first.len() as u64, 1 << 30).unwrap(), &first[..]);
-        assert_eq!(&*receive(&theirs, 6, 1 << 30).unwrap(), b"second");
-        // Nothing more: refused at once, not waited for.
-        let error = refused(receive(&theirs, 6, 1 << 30));
-        assert!(error.contains("no descriptor came"), "{error}");
-        drop(ours);
-        assert!(matches!(receive(&theirs, 6, 1 << 30), Err(ReadError::Closed)));
+        let (mut sender, mut receiver) = (Sender::default(), Receiver::default());
+        let taken = std::cell::Cell::new(0);
+        let mut body = Vec::new();
+        let bodies: Vec<Vec<u8>> = [1 << 20, 6, 300 << 10, 3 << 20, 5]
+            .iter()
+            .enumerate()
+            .map(|(n, len)| (0..*len).map(|i| (i % 251) as u8 ^ n as u8).collect())
+            .collect();
+        for (n, sent) in bodies.iter().enumerate() {
+            let wait = |count| {
+                // The receiver took every frame before: the sender may write.
+                assert_eq!(taken.get(), count, "frame {n} waited for the frames before it");
+                Ok(())
+            };
+            let announced = sender.send(&ours, &frame_of(sent), wait).unwrap();
+            assert_eq!(announced, (sent.len() as u64, n == 0 || n == 3), "frame {n}");
+            receiver.receive(&theirs, announced, 1 << 30, &mut body, |n| taken.set(n)).unwrap();
+            assert!(body == *sent, "frame {n} came out changed");
+            assert_eq!(taken.get(), n as u64 + 1);
+        }
+        // Two regions were sent, no more: nothing else is on the socket.
+        assert!(matches!(sys::take_fd(&theirs), Ok(Received::Nothing)));
     }
 
     #[test]
-    fn the_announcements_decode_to_the_length() {
-        let job = announce_job(300 << 10);
-        let body = &job[4..];
-        assert_eq!(protocol::decode_to_worker(body), Ok(ToWorker::OnShared { len: 300 << 10 }));
-        let reply = announce_reply(5 << 30);
-        assert_eq!(
-            protocol::decode_from_worker(&reply[4..]),
-            Ok(FromWorker::OnShared { len: 5 << 30 })
+    fn a_fresh_region_without_its_descriptor_is_refused_at_once() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let error = refused(take(&theirs, 6, 1 << 30));
+        assert!(error.contains("its descriptor is not on the socket"), "{error}");
+        let error = refused(
+            Receiver::default()
+                .receive(&theirs, (6, false), 1 << 30, &mut Vec::new(), |_| {})
+                .map(|()| Vec::new()),
         );
+        assert!(error.contains("a region never sent"), "{error}");
+        drop(ours);
+        assert!(matches!(take(&theirs, 6, 1 << 30), Err(ReadError::Closed)));
     }
 
     #[test]
     fn a_length_over_the_limit_is_refused_before_taking_the_descriptor() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        send(&ours, &frame_of(&[7; 100])).unwrap();
-        match receive(&theirs, 100, 99) {
+        sys::send_fd(&ours, &memory_file(&[7; 100], SHRINK)).unwrap();
+        match take(&theirs, 100, 99) {
             Err(ReadError::Protocol(ProtocolError::Oversized { len: 100, max: 99 })) => {}
             other => panic!("{:?}", other.map(|bytes| bytes.len())),
         }
@@ -207,28 +298,31 @@ mod tests {
     }
 
     #[test]
-    fn an_unsealed_file_is_refused() {
+    fn a_file_not_sealed_against_shrinking_is_refused() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        for seals in [0, SHRINK, WRITE, GROW | SEAL, SHRINK | GROW | SEAL, WRITE | GROW | SEAL] {
+        for seals in [0, GROW, WRITE, GROW | WRITE | SEAL] {
             sys::send_fd(&ours, &memory_file(&[1; 64], seals)).unwrap();
-            let error = refused(receive(&theirs, 64, 1 << 20));
-            assert!(error.contains("not sealed against shrinking and writing"), "{seals}: {error}");
+            let error = refused(take(&theirs, 64, 1 << 20));
+            assert!(error.contains("not sealed against shrinking"), "{seals}: {error}");
         }
-        // Both seals, without the others: accepted.
-        sys::send_fd(&ours, &memory_file(&[1; 64], SHRINK | WRITE)).unwrap();
-        assert_eq!(&*receive(&theirs, 64, 1 << 20).unwrap(), &[1; 64]);
+        // That seal alone is enough.
+        sys::send_fd(&ours, &memory_file(&[1; 64], SHRINK)).unwrap();
+        assert_eq!(take(&theirs, 64, 1 << 20).unwrap(), [1; 64]);
     }
 
     #[test]
-    fn a_file_shorter_than_announced_is_refused() {
+    fn a_region_shorter_than_its_frame_or_larger_than_the_limit_needs_is_refused() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        send(&ours, &frame_of(&[3; 4096])).unwrap();
-        let error = refused(receive(&theirs, 4097, 1 << 20));
-        assert!(error.contains("holds 4096 bytes, 4097 announced"), "{error}");
-        // An empty announcement maps nothing.
-        send(&ours, &frame_of(&[])).unwrap();
-        let error = refused(receive(&theirs, 0, 1 << 20));
-        assert!(error.contains("empty"), "{error}");
+        sys::send_fd(&ours, &memory_file(&[3; 4096], SHRINK)).unwrap();
+        let error = refused(take(&theirs, 4097, 1 << 20));
+        assert!(error.contains("4097 bytes was announced in a region of 4096 bytes"), "{error}");
+        sys::send_fd(&ours, &memory_file(&[], SHRINK)).unwrap();
+        let error = refused(take(&theirs, 0, 1 << 20));
+        assert!(error.contains("holds 0 bytes"), "{error}");
+        // A frame under 1000 bytes needs a region of 1 MiB at most.
+        sys::send_fd(&ours, &memory_file(&vec![3; (1 << 20) + 1], SHRINK)).unwrap();
+        let error = refused(take(&theirs, 10, 1000));
+        assert!(error.contains("holds 1048577 bytes, not 1 to 1048576"), "{error}");
     }
 
     #[test]
@@ -236,11 +330,11 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (pipe, _writer) = sys::pipe().unwrap();
         sys::send_fd(&ours, &pipe).unwrap();
-        let error = refused(receive(&theirs, 1, 1 << 20));
+        let error = refused(take(&theirs, 1, 1 << 20));
         assert!(error.contains("no memory file"), "{error}");
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         sys::send_fd(&ours, &OwnedFd::from(file)).unwrap();
-        let error = refused(receive(&theirs, 1, 1 << 20));
+        let error = refused(take(&theirs, 1, 1 << 20));
         assert!(error.contains("no memory file"), "{error}");
     }
 
@@ -248,24 +342,27 @@ mod tests {
     fn a_byte_without_a_descriptor_is_refused() {
         let (mut ours, theirs) = UnixStream::pair().unwrap();
         ours.write_all(&[0]).unwrap();
-        let error = refused(receive(&theirs, 1, 1 << 20));
-        assert!(error.contains("no descriptor came"), "{error}");
+        let error = refused(take(&theirs, 1, 1 << 20));
+        assert!(error.contains("its descriptor is not on the socket"), "{error}");
     }
 
     proptest! {
-        /// Whatever a worker sends, the pool refuses it or reads every byte of it, and the worker
-        /// cannot change a file the pool accepted (a cut would fault the pool's read).
+        /// Whatever a worker sends, the pool refuses it or takes the frame whole, and the worker
+        /// cannot cut a region the pool mapped (which would fault the pool's next read).
         #[test]
-        fn hostile_memory_files_are_refused_or_safe(
+        fn hostile_regions_are_refused_or_safe(
             bytes in proptest::collection::vec(any::<u8>(), 0..9000),
             announced in prop_oneof![0u64..10_000, any::<u64>()],
             shape in any::<u8>(),
             limit in prop_oneof![Just(usize::MAX), 0usize..10_000],
         ) {
-            let decoded = hostile(&bytes, announced, shape, limit);
-            let sealed = shape & (SHRINK | WRITE) == SHRINK | WRITE;
-            let fits = announced > 0 && announced <= bytes.len() as u64 && announced as usize <= limit;
-            prop_assert_eq!(decoded, shape >> 4 & 3 < 2 && sealed && fits);
+            let taken = hostile(&bytes, announced, shape, limit);
+            let is_file = shape >> 4 & 3 < 2;
+            let sealed = shape & SHRINK != 0;
+            let fits = !bytes.is_empty()
+                && announced <= bytes.len() as u64
+                && announced as usize <= limit;
+            prop_assert_eq!(taken, is_file && sealed && fits);
         }
     }
 }

@@ -26,8 +26,8 @@ use crate::wire_value;
 /// [`wire_value`]); 5: `Progress` frames, a running job's messages, before its reply; 6: jobs in
 /// a ring of the shared memory too (`OnSocket` both ways), futex wake-ups instead of `Wake`; 7: the worker's reply also wakes a
 /// caller asleep on the reply lane's `leader` word (a caller reading its own reply); 8: a frame
-/// too large for a ring travels in a sealed memory file passed on the socket (`OnShared`), no
-/// longer through the socket's bytes (`OnSocket`).
+/// too large for a ring travels in its lane's region, a memory file passed on the socket
+/// (`OnShared`), no longer through the socket's bytes (`OnSocket`).
 pub(crate) const VERSION: u16 = 8;
 
 const RUN: u8 = 1;
@@ -120,8 +120,9 @@ pub(crate) enum ToWorker<'a> {
     /// Finish: the worker exits after this.
     Exit,
     /// In the job ring: the next frame is too large for the ring; its `len` bytes (after the
-    /// length) are in a sealed memory file, whose descriptor is on the socket.
-    OnShared { len: u64 },
+    /// length) are at the start of the lane's region, a memory file whose descriptor is on the
+    /// socket if `fresh` (a new region, replacing the last one).
+    OnShared { len: u64, fresh: bool },
 }
 
 /// What a worker tells the pool.
@@ -134,9 +135,10 @@ pub(crate) enum FromWorker<'a> {
     /// Job `job`, running, sent a progress message (serialized like a task value); it comes
     /// before the job's `Done`, in the order sent.
     Progress { job: u64, message: &'a [u8] },
-    /// In the reply ring: the next frame is too large for the ring; its `len` bytes (after
-    /// the length) are in a sealed memory file, whose descriptor is on the socket.
-    OnShared { len: u64 },
+    /// In the reply ring: the next frame is too large for the ring; its `len` bytes (after the
+    /// length) are at the start of the lane's region, a memory file whose descriptor is on the
+    /// socket if `fresh` (a new region, replacing the last one).
+    OnShared { len: u64, fresh: bool },
 }
 
 /// How a job ended in the worker.
@@ -327,9 +329,10 @@ pub(crate) fn encode_to_worker(
             out.extend_from_slice(args);
         }
         ToWorker::Exit => start_frame(out, EXIT),
-        ToWorker::OnShared { len } => {
+        ToWorker::OnShared { len, fresh } => {
             start_frame(out, ON_SHARED);
             out.extend_from_slice(&len.to_le_bytes());
+            out.push(u8::from(*fresh));
         }
     }
     finish_frame(out, max)
@@ -348,9 +351,10 @@ pub(crate) fn encode_from_worker(
             out.extend_from_slice(&build.to_le_bytes());
             out.extend_from_slice(&pid.to_le_bytes());
         }
-        FromWorker::OnShared { len } => {
+        FromWorker::OnShared { len, fresh } => {
             start_frame(out, ON_SHARED);
             out.extend_from_slice(&len.to_le_bytes());
+            out.push(u8::from(*fresh));
         }
         FromWorker::Progress { job, message } => {
             begin_progress(out, *job);
@@ -425,6 +429,18 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An `OnShared` body: the frame's length and whether its region is new.
+    fn on_shared(mut self) -> Result<(u64, bool), ProtocolError> {
+        let len = self.u64("on shared: length")?;
+        let fresh = match self.bytes(1, "on shared: fresh")? {
+            [0] => false,
+            [1] => true,
+            _ => return Err(ProtocolError::Malformed("on shared: fresh")),
+        };
+        self.end("on shared: trailing bytes")?;
+        Ok((len, fresh))
+    }
+
     fn rest(self) -> &'a [u8] {
         self.rest
     }
@@ -463,8 +479,8 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
         ON_SHARED => {
-            let len = fields.u64("on shared: length")?;
-            fields.end("on shared: trailing bytes").map(|()| ToWorker::OnShared { len })
+            let (len, fresh) = fields.on_shared()?;
+            Ok(ToWorker::OnShared { len, fresh })
         }
         other => Err(ProtocolError::UnknownTag(other)),
     }
@@ -481,8 +497,8 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         return Ok(FromWorker::Ready { version, build, pid });
     }
     if tag == ON_SHARED {
-        let len = fields.u64("on shared: length")?;
-        return fields.end("on shared: trailing bytes").map(|()| FromWorker::OnShared { len });
+        let (len, fresh) = fields.on_shared()?;
+        return Ok(FromWorker::OnShared { len, fresh });
     }
     if tag == PROGRESS {
         let job = fields.u64("progress: job id")?;
@@ -609,7 +625,8 @@ mod tests {
             ToWorker::Run { job: 7, task: "a::b", args: &[1, 2, 3] },
             ToWorker::Run { job: u64::MAX, task: "", args: &[] },
             ToWorker::Exit,
-            ToWorker::OnShared { len: 1 << 30 },
+            ToWorker::OnShared { len: 1 << 30, fresh: true },
+            ToWorker::OnShared { len: 5, fresh: false },
         ] {
             let frame = frame_of_to_worker(&message);
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
@@ -631,7 +648,8 @@ mod tests {
         ];
         let mut messages = vec![
             FromWorker::Ready { version: VERSION, build: 42, pid: 1234 },
-            FromWorker::OnShared { len: 300 << 10 },
+            FromWorker::OnShared { len: 300 << 10, fresh: false },
+            FromWorker::OnShared { len: 0, fresh: true },
             FromWorker::Progress { job: 9, message: &[1, 2, 3] },
             FromWorker::Progress { job: 0, message: &[] },
         ];

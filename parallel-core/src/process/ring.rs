@@ -82,9 +82,14 @@ const INTERRUPTED: u64 = 2;
 const DEAFENED: u64 = 3;
 /// The word a caller reading the replies in the reader's place sleeps on (see `lead.rs`).
 const LEADER: usize = 56;
+/// How many large frames of the job lane the worker has copied out of the pool's region (see
+/// `large.rs`): the pool writes the next one only when it has them all.
+const JOBS_REGION_TAKEN: usize = 2032;
+/// The same for the reply lane: large replies the pool has copied out of the worker's region.
+const REPLIES_REGION_TAKEN: usize = 2040;
 /// The words the control area holds: four pages.
 const WORDS: usize = 2048;
-const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= WORDS);
+const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= JOBS_REGION_TAKEN);
 /// The data: the two lanes' bytes.
 const BYTES: usize = 2 * CAPACITY;
 
@@ -213,6 +218,31 @@ impl Mapping {
         Ok(())
     }
 
+    /// The producer's side of a lane's large-frame region: waits until the consumer has taken
+    /// (copied out) all `sent` frames written there, until `is_gone` says it is gone.
+    fn wait_region(
+        &self,
+        taken: usize,
+        sent: u64,
+        is_gone: &dyn Fn() -> bool,
+    ) -> Result<(), PushError> {
+        let mut waited = 0u32;
+        loop {
+            // Pairs with the consumer's store after its copy: the region is free again.
+            let done = self.word(taken).load(Ordering::Acquire);
+            if done == sent {
+                return Ok(());
+            }
+            if done > sent {
+                return Err(PushError::Broken);
+            }
+            if is_gone() {
+                return Err(PushError::Gone);
+            }
+            back_off(&mut waited);
+        }
+    }
+
     /// Whether `lane` has published bytes the consumer has not taken.
     fn has_frame(&self, lane: Lane) -> bool {
         let tail = self.word(lane.tail).load(Ordering::Relaxed);
@@ -309,6 +339,21 @@ impl PoolSide {
         is_gone: &dyn Fn() -> bool,
     ) -> Result<(), PushError> {
         self.mapping.push(JOBS, frame, &|| self.has_hung_up() || is_gone())
+    }
+
+    /// Waits until the worker has copied out all `sent` large jobs written to the pool's region,
+    /// until it hangs up or `is_gone` says to give up.
+    pub(crate) fn wait_jobs_region(
+        &self,
+        sent: u64,
+        is_gone: &dyn Fn() -> bool,
+    ) -> Result<(), PushError> {
+        self.mapping.wait_region(JOBS_REGION_TAKEN, sent, &|| self.has_hung_up() || is_gone())
+    }
+
+    /// Tells the worker that the pool has copied out `taken` large replies from its region.
+    pub(crate) fn release_replies_region(&self, taken: u64) {
+        self.mapping.word(REPLIES_REGION_TAKEN).store(taken, Ordering::Release);
     }
 
     /// Copies the next reply's body (after its length) into `body`; `false` if there is none.
@@ -449,6 +494,17 @@ impl WorkerSide {
     /// sleeps.
     pub(crate) fn push_reply(&self, frame: &[u8]) -> Result<(), PushError> {
         self.mapping.push(REPLIES, frame, &|| false)
+    }
+
+    /// Waits until the pool has copied out all `sent` large replies written to this worker's
+    /// region (a pool that stops reading kills this worker).
+    pub(crate) fn wait_replies_region(&self, sent: u64) -> Result<(), PushError> {
+        self.mapping.wait_region(REPLIES_REGION_TAKEN, sent, &|| false)
+    }
+
+    /// Tells the pool that this worker has copied out `taken` large jobs from its region.
+    pub(crate) fn release_jobs_region(&self, taken: u64) {
+        self.mapping.word(JOBS_REGION_TAKEN).store(taken, Ordering::Release);
     }
 
     /// Copies the next job frame's body (after its length) into `body`; `false` if there is none.

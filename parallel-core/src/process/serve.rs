@@ -110,6 +110,7 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
         stream: channel,
         ring,
         max_frame: marker.max_frame,
+        large: Mutex::new(large::Sender::default()),
         posting: Mutex::new(Posting { job: None, frame: Vec::new() }),
     });
     let ready = FromWorker::Ready {
@@ -126,7 +127,9 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
 
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, with their place in the order the pool sent them.
-    let mut pending: VecDeque<(u64, Body)> = VecDeque::new();
+    let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    // The job lane's region, where the pool puts jobs too large for the ring.
+    let mut region = large::Receiver::default();
     // `Run` frames read so far: the pool counts the same way, and a job's claim is its number's.
     let mut runs_read = 0u64;
     let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -153,37 +156,36 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
             // (its task's name checked as UTF-8 each time) cost a tenth of a no-op job.
             let announced = if protocol::is_run(&frame) {
                 None
-            } else if let Ok(ToWorker::OnShared { len }) = protocol::decode_to_worker(&frame) {
-                Some(len)
+            } else if let Ok(ToWorker::OnShared { len, fresh }) = protocol::decode_to_worker(&frame)
+            {
+                Some((len, fresh))
             } else {
                 None
             };
-            let body = match announced {
-                None => Body::Ring(frame),
-                // Mapped until the job has run: its arguments are decoded in place.
-                Some(len) => {
-                    spare.push(frame);
-                    match large::receive(&replies.stream, len, marker.max_frame) {
-                        Ok(bytes) => Body::Shared(bytes),
-                        // The pool is gone or let go of us: a normal end.
-                        Err(ReadError::Closed) => return Ok(()),
-                        Err(error) => return Err(error.to_string()),
-                    }
+            if let Some(announced) = announced {
+                // Copied out, the region is the pool's again.
+                let release = |taken| replies.ring.release_jobs_region(taken);
+                let channel = &replies.stream;
+                match region.receive(channel, announced, marker.max_frame, &mut frame, release) {
+                    Ok(()) => {}
+                    // The pool is gone or let go of us: a normal end.
+                    Err(ReadError::Closed) => return Ok(()),
+                    Err(error) => return Err(error.to_string()),
                 }
-            };
-            if protocol::is_run(&body) {
+            }
+            if protocol::is_run(&frame) {
                 runs_read += 1;
-                pending.push_back((runs_read, body));
+                pending.push_back((runs_read, frame));
                 continue;
             }
-            match protocol::decode_to_worker(&body).map_err(|e| e.to_string())? {
+            match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
                 ToWorker::Run { .. } => unreachable!("a run frame is queued above"),
                 ToWorker::Exit => is_exit_asked = true,
                 ToWorker::OnShared { .. } => {
-                    return Err("the pool announced a memory file in a memory file".to_owned())
+                    return Err("the pool announced a region's frame in a region".to_owned())
                 }
             }
-            body.recycle(&mut spare);
+            spare.push(frame);
         }
         let Some((seq, frame)) = pending.pop_front() else {
             if is_exit_asked {
@@ -249,35 +251,8 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
                 }
             }
         }
-        frame.recycle(&mut spare);
+        spare.push(frame);
         spare.truncate(16);
-    }
-}
-
-/// A frame the pool sent: copied out of the job ring, or in a memory file of its own (see
-/// [`large`]), mapped until the job has run.
-enum Body {
-    Ring(Vec<u8>),
-    Shared(sys::SealedBytes),
-}
-
-impl Body {
-    /// Keeps a ring frame's buffer for the next frame.
-    fn recycle(self, spare: &mut Vec<Vec<u8>>) {
-        if let Body::Ring(frame) = self {
-            spare.push(frame);
-        }
-    }
-}
-
-impl std::ops::Deref for Body {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Body::Ring(frame) => frame,
-            Body::Shared(bytes) => bytes,
-        }
     }
 }
 
@@ -323,6 +298,8 @@ struct Replies {
     stream: UnixStream,
     ring: WorkerSide,
     max_frame: usize,
+    /// The reply lane's region for large replies (one sender at a time: see `posting`).
+    large: Mutex<large::Sender>,
     /// Which job's progress messages are taken now. Held while one is sent, so that messages
     /// sent from several threads go out one at a time, and none after the job's run ended: the
     /// main thread sends replies only while no job's messages are taken.
@@ -388,9 +365,23 @@ impl Replies {
         if self.ring.fits(frame.len()) {
             return push(frame);
         }
-        large::send(&self.stream, frame)
+        // Once the pool has taken the last large reply out of the region, the frame goes there,
+        // and a new region's descriptor on the socket before its announcement.
+        let wait = |sent| {
+            let waited = self.ring.wait_replies_region(sent);
+            waited.map_err(|error| std::io::Error::other(error.to_string()))
+        };
+        let (len, fresh) = self
+            .large
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(&self.stream, frame, wait)
             .map_err(|error| format!("cannot send a large reply: {error}"))?;
-        push(&large::announce_reply(frame.len() - 4))
+        let mut announcement = Vec::with_capacity(16);
+        let message = FromWorker::OnShared { len, fresh };
+        protocol::encode_from_worker(&message, &mut announcement, usize::MAX)
+            .map_err(|error| error.to_string())?;
+        push(&announcement)
     }
 
     fn write_socket(&self, frame: &[u8]) -> Result<(), String> {

@@ -643,123 +643,149 @@ impl Drop for SharedMemory {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Frames too large for a ring: sealed memory files
+// Frames too large for a ring: a region of their own per lane
 
-/// The seals a memory file that carries a frame must have before the receiving side maps it: it
-/// cannot shrink (a page cut off under the reader's mapping would fault on access, SIGBUS) nor
-/// be written (the reader decodes in place, from memory nobody may change meanwhile). Seals are
-/// only ever added, so once seen they hold for the file's life.
-const FRAME_SEALS: nix::fcntl::SealFlag =
-    nix::fcntl::SealFlag::F_SEAL_SHRINK.union(nix::fcntl::SealFlag::F_SEAL_WRITE);
+/// The seal a large frames' region must carry before the receiving side maps it: the file cannot
+/// shrink (a page cut off under the reader's mapping would fault on access, SIGBUS, which would
+/// kill the pool). Seals are only ever added, so once seen it holds for the file's life.
+const REGION_SEALS: nix::fcntl::SealFlag = nix::fcntl::SealFlag::F_SEAL_SHRINK;
 
-/// Creates a memory file named `name` holding `bytes`, sealed against any change of its bytes,
-/// its size and its seals: what [`SealedBytes::map`] accepts.
-///
-/// # Errors
-///
-/// The system's error if the file cannot be created, filled or sealed (no memory, no
-/// descriptor left).
-pub(crate) fn sealed_file(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    use std::io::Write;
-    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
-    let mut file = std::fs::File::from(fd);
-    // `write` fills the file's pages as it allocates them: no page fault per page and no zeroing
-    // first, which filling a fresh mapping of the file would cost.
-    file.write_all(bytes)?;
-    // No writable mapping of the file exists (it was never mapped), so the write seal takes.
-    let seals = FRAME_SEALS | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(file.into())
-}
-
-/// The bytes of a memory file sealed against shrinking and writing, mapped read-only: a frame the
-/// other side sent whole, decoded in place. Unmapped on drop.
-pub(crate) struct SealedBytes {
+/// A memory file of a fixed size, sealed against shrinking, mapped by the two sides of one lane:
+/// the sender writes a large frame at its start, the receiver copies it out. The bytes are
+/// accessed only by copies (like the rings' bytes): the other side may write them at any time,
+/// and a copy that races such a write only garbles what it copies.
+pub(crate) struct Region {
     base: std::ptr::NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the mapping is read-only and its bytes never change (the file is sealed against
-// writes, checked in `map`), so it may be read from any thread.
-unsafe impl Send for SealedBytes {}
-// SAFETY: as above: `&SealedBytes` offers only reads of immutable bytes.
-unsafe impl Sync for SealedBytes {}
+// SAFETY: the mapping is plain shared memory accessed only by bounds-checked copies, so it may
+// move to and be used from any thread.
+unsafe impl Send for Region {}
+// SAFETY: as above: `&Region` offers only copies.
+unsafe impl Sync for Region {}
 
-impl SealedBytes {
-    /// Maps the first `len` bytes of memory file `fd` read-only, after checking that nothing can
-    /// make the mapping fault or its bytes change: the file carries [`FRAME_SEALS`] (a file that
-    /// cannot be sealed, not a memory file, is refused too), and it holds at least `len` bytes.
-    /// The descriptor is closed (the mapping keeps the file).
+impl Region {
+    /// Creates a zeroed region of `len` bytes (sparse: a page takes memory once written), sealed
+    /// against shrinking, growing and further seals, and maps it for writing; the descriptor is
+    /// for the other side.
+    ///
+    /// # Errors
+    ///
+    /// The system's error if the file cannot be created, sized, sealed or mapped.
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<(Region, OwnedFd)> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let size = NonZeroUsize::new(len).ok_or(io::ErrorKind::InvalidInput)?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+        let file_len = i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        nix::unistd::ftruncate(&fd, file_len)?;
+        let seals = REGION_SEALS | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+        // SAFETY: a fresh shared mapping of a file of exactly `len` bytes that cannot shrink;
+        // nothing else in this process uses the address range the kernel picks.
+        let base = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        Ok((Region { base: base.cast(), len }, fd))
+    }
+
+    /// Maps the region the other side sent, read-only, after checking that no access to it can
+    /// fault: it is a memory file (one that cannot be sealed is refused), sealed against
+    /// shrinking, and holds between 1 and `max_len` bytes (the mapping's size). The descriptor is
+    /// closed (the mapping keeps the file).
     ///
     /// # Errors
     ///
     /// Says what is wrong with the file: the pool gets it from a worker, untrusted.
-    pub(crate) fn map(fd: OwnedFd, len: usize) -> Result<SealedBytes, String> {
+    pub(crate) fn map_received(fd: OwnedFd, max_len: usize) -> Result<Region, String> {
         use nix::fcntl::{fcntl, FcntlArg, SealFlag};
         use nix::sys::mman::{mmap, MapFlags, ProtFlags};
         use nix::sys::stat::{fstat, SFlag};
-        let len = NonZeroUsize::new(len).ok_or("an empty frame")?;
         let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)
             .map_err(|error| format!("the descriptor is no memory file ({error})"))?;
         let seals = SealFlag::from_bits_retain(seals);
-        if !seals.contains(FRAME_SEALS) {
+        if !seals.contains(REGION_SEALS) {
             return Err(format!(
-                "the memory file is not sealed against shrinking and writing (seals {seals:?})"
+                "the memory file is not sealed against shrinking (seals {seals:?})"
             ));
         }
-        // Checked after the seals: the size can no longer go down.
+        // Checked after the seal: the size can no longer go down.
         let stat =
             fstat(&fd).map_err(|error| format!("cannot inspect the memory file: {error}"))?;
         if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Err("the descriptor is no memory file".to_owned());
         }
-        if u64::try_from(stat.st_size).unwrap_or(0) < len.get() as u64 {
-            return Err(format!("the memory file holds {} bytes, {len} announced", stat.st_size));
+        let len = usize::try_from(stat.st_size)
+            .ok()
+            .filter(|len| *len <= max_len)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                format!("the memory file holds {} bytes, not 1 to {max_len}", stat.st_size)
+            })?;
+        // SAFETY: a fresh read-only shared mapping of the whole file, which holds `len` bytes
+        // and cannot shrink (checked above), so no access to it faults; nothing else in this
+        // process uses the address range the kernel picks.
+        let base = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0) }
+            .map_err(|error| format!("cannot map the memory file: {error}"))?;
+        Ok(Region { base: base.cast(), len: len.get() })
+    }
+
+    /// The region's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `bytes` to the start of the region (mapped for writing, by [`Region::create`]);
+    /// panics if they do not fit (a caller's bug).
+    pub(crate) fn write(&self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.len, "a region write out of bounds");
+        // SAFETY: the range is inside the mapping, which is writable (only `create` makes
+        // regions its side writes). The protocol gives the region to this side while it writes;
+        // a peer writing at the same time can only garble these bytes, which the reader checks
+        // like any bytes from the other side.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr(), bytes.len()) };
+    }
+
+    /// Replaces the contents of `out` with the region's first `len` bytes; panics if the region
+    /// is shorter (a caller's bug). The bytes are copied straight into `out`'s memory, with no
+    /// zero-filling pass before.
+    pub(crate) fn read(&self, len: usize, out: &mut Vec<u8>) {
+        assert!(len <= self.len, "a region read out of bounds");
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source range is inside the mapping; the destination is `out`'s spare
+        // capacity of at least `len` bytes (reserved above), and after the copy its first `len`
+        // bytes are initialized, so they may be taken into its length. A peer writing the region
+        // meanwhile can only garble the bytes copied, which are then checked like any bytes from
+        // the other side.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.as_ptr(), out.as_mut_ptr(), len);
+            out.set_len(len);
         }
-        // SAFETY: a fresh read-only shared mapping of `len` bytes of a file that holds at least
-        // `len` bytes and cannot shrink (checked above), so no access to it faults; nothing else
-        // in this process uses the address range the kernel picks. `MAP_POPULATE` maps the pages
-        // the file already has in one call instead of a fault per few pages.
-        let base = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ,
-                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|error| format!("cannot map the memory file: {error}"))?;
-        Ok(SealedBytes { base: base.cast(), len: len.get() })
     }
 }
 
-impl std::ops::Deref for SealedBytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping holds `len` readable bytes for as long as `self` lives, and they
-        // never change: the file is sealed against writes (no writable mapping of it exists or
-        // can be made, and `write` fails) and against shrinking, checked before mapping.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for SealedBytes {
+impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this length and is not used after this
-        // (every borrow of its bytes borrows `self`). A failure would leak it, nothing worse.
+        // SAFETY: the mapping was made with this length and is not used after this. A failure
+        // would leak it, nothing worse.
         let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
     }
 }
 
-/// What a peer can hand over as a large frame's memory file, for the tests and the fuzz target
-/// of the receiving side: a memory file holding `bytes` with the seals of `seals` (bit 0: shrink,
-/// 1: grow, 2: write, 3: seal), returned with a second descriptor of it, which the peer keeps
-/// to change the file afterwards with [`try_to_change`].
+/// What a peer can hand over as a large frames' region, for the tests and the fuzz target of the
+/// receiving side: a memory file holding `bytes` with the seals of `seals` (bit 0: shrink, 1:
+/// grow, 2: write, 3: seal), returned with a second descriptor of it, which the peer keeps to
+/// cut the file afterwards with [`try_to_cut`].
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn peer_memory_file(bytes: &[u8], seals: u8) -> io::Result<(OwnedFd, OwnedFd)> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -784,13 +810,13 @@ pub(crate) fn peer_memory_file(bytes: &[u8], seals: u8) -> io::Result<(OwnedFd, 
     Ok((file.into(), kept.into()))
 }
 
-/// What a hostile peer does to a memory file it sent: cuts it to nothing, and writes into it;
-/// either fails on a sealed file. Returns whether anything took.
+/// What a hostile peer does to a memory file it sent: writes into it (allowed: the reader
+/// copies bytes out before it looks at them), then cuts it to nothing, which fails on a file
+/// sealed against shrinking. Returns whether the cut took.
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn try_to_change(fd: &OwnedFd) -> bool {
-    let cut = nix::unistd::ftruncate(fd, 0).is_ok();
-    let written = nix::sys::uio::pwrite(fd, &[0xff; 16], 0).is_ok();
-    cut || written
+pub(crate) fn try_to_cut(fd: &OwnedFd) -> bool {
+    let _ = nix::sys::uio::pwrite(fd, &[0xff; 16], 0);
+    nix::unistd::ftruncate(fd, 0).is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------

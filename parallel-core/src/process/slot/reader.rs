@@ -32,6 +32,9 @@ pub(super) type ReplyLead = Lead<Consumer>;
 pub(super) struct Consumer {
     channel: Channel,
     frame: Vec<u8>,
+    /// The reply lane's region for large replies, and the buffer they are copied into.
+    region: large::Receiver,
+    large: Vec<u8>,
     /// The worker hung up: the lane is looked at once more, then the channel has ended.
     has_ended: bool,
     /// Where the running job's progress messages go, looked up at its first message.
@@ -48,6 +51,8 @@ impl Consumer {
         Consumer {
             channel,
             frame: Vec::new(),
+            region: large::Receiver::default(),
+            large: Vec::new(),
             has_ended: false,
             progress: None,
             ended: None,
@@ -87,7 +92,7 @@ pub(super) enum Step {
 /// Reads the next frame of slot `id`'s worker (pid `pid`), if any, and resolves its job, or
 /// takes its progress message.
 pub(super) fn step(consumer: &mut Consumer, shared: &Shared, id: usize, pid: u32) -> Step {
-    let Consumer { channel, frame, has_ended, progress, .. } = consumer;
+    let Consumer { channel, frame, region, large, has_ended, progress, .. } = consumer;
     let body = match channel.ring.pop_reply(frame, channel.max_frame) {
         Ok(true) => &frame[..],
         Ok(false) if *has_ended => return Step::End(Ended::Closed),
@@ -101,15 +106,13 @@ pub(super) fn step(consumer: &mut Consumer, shared: &Shared, id: usize, pid: u32
             return Step::End(Ended::Broke(format!("the worker broke the protocol: {error}")))
         }
     };
-    // A large reply's memory file, mapped until its job is resolved (the reply borrows it).
-    let mapped;
     let decoded = match protocol::decode_from_worker(body) {
-        Ok(FromWorker::OnShared { len }) => {
-            match large::receive(&channel.socket, len, channel.max_frame) {
-                Ok(bytes) => {
-                    mapped = bytes;
-                    protocol::decode_from_worker(&mapped)
-                }
+        Ok(FromWorker::OnShared { len, fresh }) => {
+            // Copied out, the region is the worker's again.
+            let release = |taken| channel.ring.release_replies_region(taken);
+            let socket = &channel.socket;
+            match region.receive(socket, (len, fresh), channel.max_frame, large, release) {
+                Ok(()) => protocol::decode_from_worker(large),
                 Err(ReadError::Protocol(error)) => {
                     return Step::End(Ended::Broke(format!(
                         "the worker broke the protocol: {error}"
