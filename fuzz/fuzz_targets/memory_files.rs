@@ -1,7 +1,8 @@
-//! A hostile worker's large reply, in a memory file: the first byte picks the descriptor and its
-//! seals, the next the frame limit, the next eight the announced length, the rest the file's
-//! bytes. The pool must refuse it or read every byte of it, never panic or fault (SIGBUS: a file
-//! cut under the pool's mapping), and the worker must not be able to change a file the pool took.
+//! A hostile worker's large reply, in a region of its own making: the first byte picks the
+//! descriptor and its seals, the next the frame limit, the next eight the announced length, the
+//! rest the file's bytes. The pool must refuse it or take the frame whole, never panic or fault
+//! (SIGBUS: a file cut under the pool's mapping), and the worker must not be able to cut a
+//! region the pool mapped.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -55,7 +55,8 @@ pub(crate) struct WorkerProcess {
     child: Child,
     pub(crate) pid: u32,
     /// The reading half, until a reader thread takes it. Unbuffered: the socket carries the
-    /// descriptors of large frames (see [`large`]), which a read ahead would drop.
+    /// descriptors of the regions of large frames (see [`large`]), which a read ahead would
+    /// drop.
     reader: Option<UnixStream>,
     /// Where jobs are sent, shared by the slot thread and callers' threads that send jobs.
     pub(crate) writer: Arc<Mutex<Jobs>>,
@@ -87,7 +88,7 @@ impl Jobs {
         Jobs { socket, ring, large: large::Sender::default(), batch: Vec::new() }
     }
 
-    /// Whether a frame of `len` bytes goes through the job ring (else in a memory file).
+    /// Whether a frame of `len` bytes goes through the job ring (else through the lane's region).
     pub(crate) fn fits_ring(len: usize) -> bool {
         PoolSide::fits_lane(len)
     }

@@ -1,5 +1,5 @@
 //! What the fuzz targets drive: the protocol's decoders on untrusted bytes, the shared rings
-//! left in any state, and the memory files of large frames, as each side meets them. Built only
+//! left in any state, and the regions of large frames, as each side meets them. Built only
 //! with the `fuzzing` feature.
 
 use super::protocol::{self, ReadError};
@@ -84,10 +84,11 @@ pub fn rings(head: u64, tail: u64, bytes: &[u8], limit: usize) -> usize {
     super::ring::hostile(head, tail, bytes, limit)
 }
 
-/// A hostile worker's large reply: an announcement of `announced` bytes and, on the socket, what
-/// `shape` picks (a memory file of `bytes` with any seals, a pipe, or no descriptor), taken and
-/// decoded as the pool's reader does under frame limit `limit`, while the worker tries to cut
-/// and overwrite the file. Returns whether a frame decoded. Must never panic nor fault (SIGBUS).
+/// A hostile worker's large reply: an announcement of `announced` bytes in a new region and, on
+/// the socket, what `shape` picks (a memory file of `bytes` with any seals, a pipe, or no
+/// descriptor), taken as the pool's reader does under frame limit `limit`, then the worker tries
+/// to cut the file and the pool reads it again. Returns whether a frame was taken. Must never
+/// panic nor fault (SIGBUS).
 pub fn memory_files(bytes: &[u8], announced: u64, shape: u8, limit: usize) -> bool {
     super::large::hostile(bytes, announced, shape, limit)
 }

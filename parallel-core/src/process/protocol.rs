@@ -186,7 +186,7 @@ pub(crate) enum ProtocolError {
     UnknownTag(u8),
     /// A body that ends early or holds invalid data.
     Malformed(&'static str),
-    /// A frame announced in a memory file that did not come, or cannot be read safely.
+    /// A frame announced in a lane's region that did not come, or cannot be read safely.
     MemoryFile(String),
 }
 
@@ -199,7 +199,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Empty => f.write_str("an empty frame"),
             ProtocolError::UnknownTag(tag) => write!(f, "a frame with unknown tag {tag}"),
             ProtocolError::Malformed(what) => write!(f, "a malformed frame: {what}"),
-            ProtocolError::MemoryFile(what) => write!(f, "a frame in a memory file: {what}"),
+            ProtocolError::MemoryFile(what) => write!(f, "a frame in a region: {what}"),
         }
     }
 }

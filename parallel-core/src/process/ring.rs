@@ -15,9 +15,9 @@
 //! `asleep` word, a futex shared by both processes; the producer's next push sees the flag and
 //! wakes it (`FUTEX_WAKE`): a busy pair moves frames with no system call at all, and an idle one
 //! costs one wake-up per frame. The socket carries only what the rings cannot: the descriptors of
-//! memory files (`SCM_RIGHTS`): the rings' own, and those of frames over a quarter of a ring,
-//! which travel in files of their own announced in the ring by an `OnShared` frame, so that
-//! frames stay in order (see `large.rs`); and end-of-file, which says a worker died:
+//! memory files (`SCM_RIGHTS`): the rings' own, and the regions through which frames over a
+//! quarter of a ring travel, announced in the ring by an `OnShared` frame so that frames stay
+//! in order (see `large.rs`); and end-of-file, which says a worker died:
 //! the pool's stderr follower watches the socket and wakes the reader (see
 //! [`PoolSide::hang_up`]), and the worker's own watcher kills it when the pool hangs up.
 //!
@@ -41,8 +41,8 @@ use crate::sync::{seq_cst_handshake, AtomicBool, AtomicU64, Ordering};
 #[cfg(all(test, loom))]
 type Duration = std::time::Duration;
 
-/// The bytes of frames each lane holds; frames over a quarter of it go in memory files of their
-/// own (see `large.rs`).
+/// The bytes of frames each lane holds; frames over a quarter of it go through the lane's region
+/// (see `large.rs`).
 #[cfg(not(all(test, loom)))]
 pub(crate) const CAPACITY: usize = 1 << 20;
 /// Under loom, room for four frames of 6 bytes, so that a model of a few frames wraps around and
@@ -132,7 +132,7 @@ impl Mapping {
         self.word(STARTED)
     }
 
-    /// Whether a frame of `len` bytes goes through a lane (else in a memory file).
+    /// Whether a frame of `len` bytes goes through a lane (else through its region).
     fn fits(len: usize) -> bool {
         len <= CAPACITY / 4
     }
@@ -320,7 +320,7 @@ impl PoolSide {
         PoolSide { mapping: Mapping { memory }, is_hung_up: AtomicBool::new(false) }
     }
 
-    /// Whether a job frame of `len` bytes goes through the job lane (else in a memory file).
+    /// Whether a job frame of `len` bytes goes through the job lane (else through its region).
     pub(crate) fn fits(&self, len: usize) -> bool {
         Mapping::fits(len)
     }
@@ -484,7 +484,7 @@ impl WorkerSide {
         Ok(WorkerSide { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, BYTES)? } })
     }
 
-    /// Whether a reply frame of `len` bytes goes through the reply lane (else in a memory file).
+    /// Whether a reply frame of `len` bytes goes through the reply lane (else through its region).
     pub(crate) fn fits(&self, len: usize) -> bool {
         Mapping::fits(len)
     }
