@@ -943,6 +943,42 @@ mod loom {
         });
     }
 
+    /// The region of large frames (`large.rs`): the pool writes three large jobs through one
+    /// region (its bytes here the cells of a second memory), announcing each in the job lane
+    /// after it waited for the worker's count of frames taken; the worker pops each
+    /// announcement, copies the region out, then stores its new count. Loom fails the model if
+    /// the pool writes the region while the worker copies it (a race on its cells), and the
+    /// frames must come out whole and in order, nobody left waiting.
+    #[test]
+    fn loom_a_region_is_written_only_once_the_last_frame_is_taken_out() {
+        let mut model = ::loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let (pool, worker) = pair(0);
+            let region = SharedMemory::new(0, 3);
+            let theirs = region.clone();
+            let producer = thread::spawn(move || {
+                for n in 0..3u8 {
+                    pool.wait_jobs_region(u64::from(n), &|| false).unwrap();
+                    region.copy_in(0, &[n; 3]);
+                    pool.push_job(&frame(n), &|| false).unwrap();
+                }
+            });
+            let mut body = Vec::new();
+            for n in 0..3u8 {
+                while !worker.pop_job(&mut body, 64).unwrap() {
+                    worker.wait_job(0, None);
+                }
+                assert_eq!(body, frame(n)[4..], "announcements in order");
+                let mut copy = [0u8; 3];
+                theirs.copy_out(0, &mut copy);
+                assert_eq!(copy, [n; 3], "frame {n} whole");
+                worker.release_jobs_region(u64::from(n) + 1);
+            }
+            producer.join().unwrap();
+        });
+    }
+
     /// A worker that dies after one reply: the hang-up watcher wakes the sleeping reader, which
     /// still gets the reply the worker published before (a reader left asleep fails the model).
     #[test]
