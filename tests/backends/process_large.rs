@@ -1,10 +1,10 @@
-//! Large values on the process backend: a frame over a quarter of a ring (256 KiB) travels in a
-//! sealed memory file of its own, passed on the socket and announced in the ring. These tests
-//! check that such values cross whole both ways, in order with the small frames around them, that
-//! a worker dying with one in hand resolves its job and loses nothing queued behind it, that the
-//! message limit holds on that path, and that a worker that slips the pool a file it could still
-//! cut (a SIGBUS in the pool's reader) is refused as breaking the protocol, while the pool keeps
-//! serving.
+//! Large values on the process backend: a frame over a quarter of a ring (256 KiB) travels
+//! through its lane's region, a memory file both sides map (its descriptor passed on the socket),
+//! announced in the ring. These tests check that such values cross whole both ways, in order with
+//! the small frames around them, that a worker dying with one in hand resolves its job and loses
+//! nothing queued behind it, that the message limit holds on that path, and that a worker that
+//! slips the pool a file it could still cut (a SIGBUS in the pool's reader) is refused as breaking
+//! the protocol, while the pool keeps serving.
 #![cfg(feature = "process")]
 
 use crate::common;
@@ -127,7 +127,7 @@ fn the_message_limit_holds_for_values_in_memory_files() {
         .max_message_size(1 << 20)
         .build()
         .expect("a process pool");
-    // Over the ring's share, under the limit: through a memory file.
+    // Over the ring's share, under the limit: through the region.
     let sent = pattern(900 << 10, 6);
     assert!(echo::dispatch_on(&pool, sent.clone()).join().expect("the echo") == sent);
     match echo::dispatch_on(&pool, vec![0; (1 << 20) + 1]).join() {
@@ -140,8 +140,9 @@ fn the_message_limit_holds_for_values_in_memory_files() {
 }
 
 /// Slips an unsealed memory file of `len` bytes onto the worker's channel, where the pool takes
-/// it for the memory file of this task's reply (the worker's own comes after it), then returns
-/// `len` bytes: a worker whose file could still be cut under the pool's mapping.
+/// it for the region of this task's reply, the worker's first large one (the worker's own region
+/// comes after it), then returns `len` bytes: a worker whose region could still be cut under the
+/// pool's mapping.
 #[task]
 fn slip_an_unsealed_file(len: usize) -> Vec<u8> {
     use nix::sys::memfd::{memfd_create, MFdFlags};
