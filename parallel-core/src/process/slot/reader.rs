@@ -249,6 +249,8 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
             );
         }
         sent.request.finish(reply);
+        // Its frame's buffer, if large, serves the next large job.
+        shared.keep_spare_frame(sent.frame);
     }
     Ok(())
 }
