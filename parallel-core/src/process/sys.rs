@@ -657,6 +657,8 @@ const REGION_SEALS: nix::fcntl::SealFlag = nix::fcntl::SealFlag::F_SEAL_SHRINK;
 pub(crate) struct Region {
     base: std::ptr::NonNull<u8>,
     len: usize,
+    /// Mapped for writing: made by this side ([`Region::create`]), not received.
+    is_writable: bool,
 }
 
 // SAFETY: the mapping is plain shared memory accessed only by bounds-checked copies, so it may
@@ -695,7 +697,7 @@ impl Region {
                 0,
             )
         }?;
-        Ok((Region { base: base.cast(), len }, fd))
+        Ok((Region { base: base.cast(), len, is_writable: true }, fd))
     }
 
     /// Maps the region the other side sent, read-only, after checking that no access to it can
@@ -736,7 +738,7 @@ impl Region {
         // process uses the address range the kernel picks.
         let base = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0) }
             .map_err(|error| format!("cannot map the memory file: {error}"))?;
-        Ok(Region { base: base.cast(), len: len.get() })
+        Ok(Region { base: base.cast(), len: len.get(), is_writable: false })
     }
 
     /// The region's size in bytes.
@@ -744,9 +746,10 @@ impl Region {
         self.len
     }
 
-    /// Copies `bytes` to the start of the region (mapped for writing, by [`Region::create`]);
-    /// panics if they do not fit (a caller's bug).
+    /// Copies `bytes` to the start of the region; panics if they do not fit or the region was
+    /// received rather than made by this side, mapped read-only (a caller's bug).
     pub(crate) fn write(&self, bytes: &[u8]) {
+        assert!(self.is_writable, "a write to a region mapped read-only");
         assert!(bytes.len() <= self.len, "a region write out of bounds");
         // SAFETY: the range is inside the mapping, which is writable (only `create` makes
         // regions its side writes). The protocol gives the region to this side while it writes;
