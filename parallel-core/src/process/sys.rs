@@ -752,9 +752,8 @@ impl Region {
         assert!(self.is_writable, "a write to a region mapped read-only");
         assert!(bytes.len() <= self.len, "a region write out of bounds");
         // SAFETY: the range is inside the mapping, which is writable (both checked above). The
-        // protocol gives the region to this side while it writes;
-        // a peer writing at the same time can only garble these bytes, which the reader checks
-        // like any bytes from the other side.
+        // protocol gives the region to this side while it writes; a peer writing at the same
+        // time can only garble these bytes, which the reader checks like any from the other side.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr(), bytes.len()) };
     }
 
