@@ -78,7 +78,7 @@ pub mod __private;
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::process::fuzz::{
-        pool_side, pool_side_values, reply_frame, rings, value, worker_side,
+        memory_files, pool_side, pool_side_values, reply_frame, rings, value, worker_side,
     };
 }
 

@@ -18,6 +18,7 @@ mod design_snippet;
 mod nested_waits;
 mod process_edges;
 mod process_faults;
+mod process_large;
 mod process_pipeline;
 mod thread_backend;
 mod value_fidelity;

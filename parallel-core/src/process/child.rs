@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::large;
 use super::protocol::{self, FromWorker, ReadError, ToWorker};
 use super::protocol::{Marker, MARKER};
 use super::ring::{PoolSide, PushError};
@@ -53,8 +54,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct WorkerProcess {
     child: Child,
     pub(crate) pid: u32,
-    /// The reading half, until a reader thread takes it.
-    reader: Option<BufReader<UnixStream>>,
+    /// The reading half, until a reader thread takes it. Unbuffered: the socket carries the
+    /// descriptors of the regions of large frames (see [`large`]), which a read ahead would
+    /// drop.
+    reader: Option<UnixStream>,
     /// Where jobs are sent, shared by the slot thread and callers' threads that send jobs.
     pub(crate) writer: Arc<Mutex<Jobs>>,
     /// The rings in shared memory (jobs one way, replies the other), the claims of its jobs, and
@@ -67,13 +70,14 @@ pub(crate) struct WorkerProcess {
 }
 
 /// The sending half of a worker's channel: jobs go into the job ring, and a frame too large for
-/// it is announced there and written to the socket, so that the worker takes frames in order.
-/// One sender at a time (the ring has one producer): it sits behind a mutex.
+/// it goes into the lane's region and is announced in the ring, so that the worker takes frames
+/// in order (see [`large`]). One sender at a time (the ring has one producer): it sits behind a
+/// mutex.
 pub(crate) struct Jobs {
     socket: UnixStream,
     ring: Arc<PoolSide>,
-    /// The `OnSocket` frame, built once.
-    on_socket: Vec<u8>,
+    /// The job lane's region for large frames.
+    large: large::Sender,
     /// Whole frames staged by [`Jobs::stage`], in order, for [`Jobs::flush`] (empty between
     /// batches; its capacity is kept).
     batch: Vec<u8>,
@@ -81,13 +85,10 @@ pub(crate) struct Jobs {
 
 impl Jobs {
     fn new(socket: UnixStream, ring: Arc<PoolSide>) -> Jobs {
-        let mut on_socket = Vec::new();
-        // A frame without a body fits any limit.
-        let _ = protocol::encode_to_worker(&ToWorker::OnSocket, &mut on_socket, usize::MAX);
-        Jobs { socket, ring, on_socket, batch: Vec::new() }
+        Jobs { socket, ring, large: large::Sender::default(), batch: Vec::new() }
     }
 
-    /// Whether a frame of `len` bytes goes through the job ring (else through the socket).
+    /// Whether a frame of `len` bytes goes through the job ring (else through the lane's region).
     pub(crate) fn fits_ring(len: usize) -> bool {
         PoolSide::fits_lane(len)
     }
@@ -162,17 +163,28 @@ impl Jobs {
     /// Sends frame `frame`, waiting while the job ring is full until the worker takes frames,
     /// hangs up, or `is_gone` says to give up.
     pub(crate) fn send(&mut self, frame: &[u8], is_gone: &dyn Fn() -> bool) -> io::Result<()> {
-        let push = |frame: &[u8]| {
-            self.ring.push_job(frame, is_gone).map_err(|error| match error {
-                PushError::Gone => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
-                PushError::Broken => io::Error::new(io::ErrorKind::InvalidData, error.to_string()),
-            })
-        };
-        if self.ring.fits(frame.len()) {
-            return push(frame);
+        let Jobs { socket, ring, large, .. } = self;
+        if !ring.fits(frame.len()) {
+            // Once the worker has taken the last large job out of the region (or the worker
+            // hangs up, or `is_gone`), the frame goes there, and a new region's descriptor on
+            // the socket before its announcement.
+            let wait = |sent| ring.wait_jobs_region(sent, is_gone).map_err(io_error);
+            let (len, fresh) = large.send(socket, frame, wait)?;
+            let mut announcement = Vec::with_capacity(16);
+            let message = ToWorker::OnShared { len, fresh };
+            // An announcement is 14 bytes: it fits any limit.
+            let _ = protocol::encode_to_worker(&message, &mut announcement, usize::MAX);
+            return ring.push_job(&announcement, is_gone).map_err(io_error);
         }
-        push(&self.on_socket)?;
-        (&self.socket).write_all(frame)
+        ring.push_job(frame, is_gone).map_err(io_error)
+    }
+}
+
+/// A failed push as the error of a write to the worker.
+fn io_error(error: PushError) -> io::Error {
+    match error {
+        PushError::Gone => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
+        PushError::Broken => io::Error::new(io::ErrorKind::InvalidData, error.to_string()),
     }
 }
 
@@ -284,13 +296,10 @@ impl WorkerProcess {
             move || counted.started().load(Ordering::Acquire),
             watch,
         );
-        let reader = BufReader::with_capacity(
-            64 * 1024,
-            ours.try_clone().map_err(|error| StartError {
-                message: format!("cannot clone the channel: {error}"),
-                death: None,
-            })?,
-        );
+        let reader = ours.try_clone().map_err(|error| StartError {
+            message: format!("cannot clone the channel: {error}"),
+            death: None,
+        })?;
         let writer = Jobs::new(ours, Arc::clone(&ring));
         let mut worker = WorkerProcess {
             child,
@@ -315,14 +324,14 @@ impl WorkerProcess {
         let Some(reader) = self.reader.as_mut() else {
             return Err("the worker's channel was already taken".to_owned());
         };
-        reader.get_ref().set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
+        reader.set_read_timeout(Some(READY_TIMEOUT)).map_err(|e| e.to_string())?;
         let result = check_ready(reader, build, self.pid, max_frame);
-        reader.get_ref().set_read_timeout(None).map_err(|e| e.to_string())?;
+        reader.set_read_timeout(None).map_err(|e| e.to_string())?;
         result
     }
 
     /// The reading half of the channel, for the thread that reads the worker's replies.
-    pub(crate) fn take_reader(&mut self) -> Option<BufReader<UnixStream>> {
+    pub(crate) fn take_reader(&mut self) -> Option<UnixStream> {
         self.reader.take()
     }
 
@@ -732,20 +741,21 @@ mod tests {
             }
         }
         assert!(!Jobs::fits_ring(300 << 10) && Jobs::fits_ring(4 << 10));
-        // The large frame fills the socket's buffer: the worker's side reads meanwhile.
         let flushing = thread::spawn(move || {
             jobs.flush(large, &|| false).unwrap();
             jobs.staged()
         });
-        let mut socket = BufReader::new(theirs);
-        let (mut body, mut on_socket) = (Vec::new(), Vec::new());
+        let mut body = Vec::new();
+        let mut region = large::Receiver::default();
         for job in 0..160u64 {
             while !worker.pop_job(&mut body, usize::MAX).unwrap() {
                 thread::yield_now();
             }
-            if protocol::decode_to_worker(&body).unwrap() == ToWorker::OnSocket {
-                let frame = protocol::read_frame(&mut socket, &mut on_socket, usize::MAX).unwrap();
-                body = frame.to_vec();
+            if let ToWorker::OnShared { len, fresh } = protocol::decode_to_worker(&body).unwrap() {
+                let mut large = Vec::new();
+                let release = |taken| worker.release_jobs_region(taken);
+                region.receive(&theirs, (len, fresh), usize::MAX, &mut large, release).unwrap();
+                body = large;
             }
             let ToWorker::Run { job: got, args, .. } = protocol::decode_to_worker(&body).unwrap()
             else {

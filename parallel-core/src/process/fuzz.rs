@@ -1,5 +1,6 @@
-//! What the fuzz targets drive: the protocol's decoders on untrusted bytes, and the shared rings
-//! left in any state, as each side meets them. Built only with the `fuzzing` feature.
+//! What the fuzz targets drive: the protocol's decoders on untrusted bytes, the shared rings
+//! left in any state, and the regions of large frames, as each side meets them. Built only
+//! with the `fuzzing` feature.
 
 use super::protocol::{self, ReadError};
 
@@ -81,4 +82,13 @@ pub fn reply_frame(value: &[u8], is_error: bool) -> Vec<u8> {
 /// Must never panic, hang, nor allocate past `limit`.
 pub fn rings(head: u64, tail: u64, bytes: &[u8], limit: usize) -> usize {
     super::ring::hostile(head, tail, bytes, limit)
+}
+
+/// A hostile worker's large reply: an announcement of `announced` bytes in a new region and, on
+/// the socket, what `shape` picks (a memory file of `bytes` with any seals, a pipe, or no
+/// descriptor), taken as the pool's reader does under frame limit `limit`, then the worker tries
+/// to cut the file and the pool reads it again. Returns whether a frame was taken. Must never
+/// panic nor fault (SIGBUS).
+pub fn memory_files(bytes: &[u8], announced: u64, shape: u8, limit: usize) -> bool {
+    super::large::hostile(bytes, announced, shape, limit)
 }

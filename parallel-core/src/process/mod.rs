@@ -12,6 +12,7 @@ mod claim;
 mod entry;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
+mod large;
 mod lead;
 mod pace;
 mod protocol;

@@ -24,8 +24,10 @@ use crate::wire_value::{self, Encode};
 /// frame (claims in shared memory instead); 4: task values carry `Some` markers (see
 /// [`wire_value`]); 5: `Progress` frames, a running job's messages, before its reply; 6: jobs in
 /// a ring of the shared memory too (`OnSocket` both ways), futex wake-ups instead of `Wake`; 7: the worker's reply also wakes a
-/// caller asleep on the reply lane's `leader` word (a caller reading its own reply).
-pub(crate) const VERSION: u16 = 7;
+/// caller asleep on the reply lane's `leader` word (a caller reading its own reply); 8: a frame
+/// too large for a ring travels in its lane's region, a memory file passed on the socket
+/// (`OnShared`), no longer through the socket's bytes (`OnSocket`).
+pub(crate) const VERSION: u16 = 8;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
@@ -38,8 +40,9 @@ const UNKNOWN_TASK: u8 = 15;
 const UNSERIALIZABLE: u8 = 16;
 const SKIPPED: u8 = 17;
 // 18 was `Wake`, written on the socket to a sleeping reader until the futexes of protocol 6.
-const ON_SOCKET: u8 = 19;
+// 19 was `OnSocket`, a frame written on the socket after its announcement, until protocol 8.
 const PROGRESS: u8 = 20;
+const ON_SHARED: u8 = 21;
 
 /// The environment variable that makes a process a worker, holding a [`Marker`].
 pub(crate) const MARKER: &str = "PARALLEL_WORKER";
@@ -115,8 +118,10 @@ pub(crate) enum ToWorker<'a> {
     Run { job: u64, task: &'a str, args: &'a [u8] },
     /// Finish: the worker exits after this.
     Exit,
-    /// In the job ring: the next frame is too large for the ring and comes on the socket.
-    OnSocket,
+    /// In the job ring: the next frame is too large for the ring; its `len` bytes (after the
+    /// length) are at the start of the lane's region, a memory file whose descriptor is on the
+    /// socket if `fresh` (a new region, replacing the last one).
+    OnShared { len: u64, fresh: bool },
 }
 
 /// What a worker tells the pool.
@@ -129,8 +134,10 @@ pub(crate) enum FromWorker<'a> {
     /// Job `job`, running, sent a progress message (serialized like a task value); it comes
     /// before the job's `Done`, in the order sent.
     Progress { job: u64, message: &'a [u8] },
-    /// In the reply ring: the next reply is too large for the ring and comes on the socket.
-    OnSocket,
+    /// In the reply ring: the next frame is too large for the ring; its `len` bytes (after the
+    /// length) are at the start of the lane's region, a memory file whose descriptor is on the
+    /// socket if `fresh` (a new region, replacing the last one).
+    OnShared { len: u64, fresh: bool },
 }
 
 /// How a job ended in the worker.
@@ -178,6 +185,8 @@ pub(crate) enum ProtocolError {
     UnknownTag(u8),
     /// A body that ends early or holds invalid data.
     Malformed(&'static str),
+    /// A frame announced in a lane's region that did not come, or cannot be read safely.
+    MemoryFile(String),
 }
 
 impl fmt::Display for ProtocolError {
@@ -189,6 +198,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Empty => f.write_str("an empty frame"),
             ProtocolError::UnknownTag(tag) => write!(f, "a frame with unknown tag {tag}"),
             ProtocolError::Malformed(what) => write!(f, "a malformed frame: {what}"),
+            ProtocolError::MemoryFile(what) => write!(f, "a frame in a region: {what}"),
         }
     }
 }
@@ -318,7 +328,11 @@ pub(crate) fn encode_to_worker(
             out.extend_from_slice(args);
         }
         ToWorker::Exit => start_frame(out, EXIT),
-        ToWorker::OnSocket => start_frame(out, ON_SOCKET),
+        ToWorker::OnShared { len, fresh } => {
+            start_frame(out, ON_SHARED);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.push(u8::from(*fresh));
+        }
     }
     finish_frame(out, max)
 }
@@ -336,7 +350,11 @@ pub(crate) fn encode_from_worker(
             out.extend_from_slice(&build.to_le_bytes());
             out.extend_from_slice(&pid.to_le_bytes());
         }
-        FromWorker::OnSocket => start_frame(out, ON_SOCKET),
+        FromWorker::OnShared { len, fresh } => {
+            start_frame(out, ON_SHARED);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.push(u8::from(*fresh));
+        }
         FromWorker::Progress { job, message } => {
             begin_progress(out, *job);
             out.extend_from_slice(message);
@@ -410,6 +428,18 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An `OnShared` body: the frame's length and whether its region is new.
+    fn on_shared(mut self) -> Result<(u64, bool), ProtocolError> {
+        let len = self.u64("on shared: length")?;
+        let fresh = match self.bytes(1, "on shared: fresh")? {
+            [0] => false,
+            [1] => true,
+            _ => return Err(ProtocolError::Malformed("on shared: fresh")),
+        };
+        self.end("on shared: trailing bytes")?;
+        Ok((len, fresh))
+    }
+
     fn rest(self) -> &'a [u8] {
         self.rest
     }
@@ -447,7 +477,10 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
             Ok(ToWorker::Run { job, task, args: fields.rest() })
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
-        ON_SOCKET => fields.end("on socket: trailing bytes").map(|()| ToWorker::OnSocket),
+        ON_SHARED => {
+            let (len, fresh) = fields.on_shared()?;
+            Ok(ToWorker::OnShared { len, fresh })
+        }
         other => Err(ProtocolError::UnknownTag(other)),
     }
 }
@@ -462,8 +495,9 @@ pub(crate) fn decode_from_worker(frame: &[u8]) -> Result<FromWorker<'_>, Protoco
         fields.end("ready: trailing bytes")?;
         return Ok(FromWorker::Ready { version, build, pid });
     }
-    if tag == ON_SOCKET {
-        return fields.end("on socket: trailing bytes").map(|()| FromWorker::OnSocket);
+    if tag == ON_SHARED {
+        let (len, fresh) = fields.on_shared()?;
+        return Ok(FromWorker::OnShared { len, fresh });
     }
     if tag == PROGRESS {
         let job = fields.u64("progress: job id")?;
@@ -590,7 +624,8 @@ mod tests {
             ToWorker::Run { job: 7, task: "a::b", args: &[1, 2, 3] },
             ToWorker::Run { job: u64::MAX, task: "", args: &[] },
             ToWorker::Exit,
-            ToWorker::OnSocket,
+            ToWorker::OnShared { len: 1 << 30, fresh: true },
+            ToWorker::OnShared { len: 5, fresh: false },
         ] {
             let frame = frame_of_to_worker(&message);
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
@@ -612,7 +647,8 @@ mod tests {
         ];
         let mut messages = vec![
             FromWorker::Ready { version: VERSION, build: 42, pid: 1234 },
-            FromWorker::OnSocket,
+            FromWorker::OnShared { len: 300 << 10, fresh: false },
+            FromWorker::OnShared { len: 0, fresh: true },
             FromWorker::Progress { job: 9, message: &[1, 2, 3] },
             FromWorker::Progress { job: 0, message: &[] },
         ];
@@ -752,10 +788,10 @@ mod tests {
 
             /// The worker queues a frame as a job by its tag alone (`is_run`) and decodes it when
             /// it runs it: a frame `is_run` passes must be a `Run` or an error, never an `Exit`
-            /// or `OnSocket`, and one it refuses never a `Run`.
+            /// or `OnShared`, and one it refuses never a `Run`.
             #[test]
             fn a_frame_queued_by_its_tag_decodes_as_a_run_or_fails(
-                tag in prop_oneof![Just(RUN), Just(EXIT), Just(ON_SOCKET), any::<u8>()],
+                tag in prop_oneof![Just(RUN), Just(EXIT), Just(ON_SHARED), any::<u8>()],
                 rest in proptest::collection::vec(any::<u8>(), 0..32),
             ) {
                 let body = [&[tag][..], &rest].concat();

@@ -14,9 +14,10 @@
 //! A consumer that finds its lane empty looks again a few times, then sleeps on the lane's
 //! `asleep` word, a futex shared by both processes; the producer's next push sees the flag and
 //! wakes it (`FUTEX_WAKE`): a busy pair moves frames with no system call at all, and an idle one
-//! costs one wake-up per frame. The socket carries only what the rings cannot: the memory file
-//! itself (`SCM_RIGHTS`), frames over a quarter of a ring (announced in the ring by an
-//! `OnSocket` frame, so that frames stay in order), and end-of-file, which says a worker died:
+//! costs one wake-up per frame. The socket carries only what the rings cannot: the descriptors of
+//! memory files (`SCM_RIGHTS`): the rings' own, and the regions through which frames over a
+//! quarter of a ring travel, announced in the ring by an `OnShared` frame so that frames stay
+//! in order (see `large.rs`); and end-of-file, which says a worker died:
 //! the pool's stderr follower watches the socket and wakes the reader (see
 //! [`PoolSide::hang_up`]), and the worker's own watcher kills it when the pool hangs up.
 //!
@@ -40,7 +41,8 @@ use crate::sync::{seq_cst_handshake, AtomicBool, AtomicU64, Ordering};
 #[cfg(all(test, loom))]
 type Duration = std::time::Duration;
 
-/// The bytes of frames each lane holds; frames over a quarter of it go through the socket.
+/// The bytes of frames each lane holds; frames over a quarter of it go through the lane's region
+/// (see `large.rs`).
 #[cfg(not(all(test, loom)))]
 pub(crate) const CAPACITY: usize = 1 << 20;
 /// Under loom, room for four frames of 6 bytes, so that a model of a few frames wraps around and
@@ -80,9 +82,14 @@ const INTERRUPTED: u64 = 2;
 const DEAFENED: u64 = 3;
 /// The word a caller reading the replies in the reader's place sleeps on (see `lead.rs`).
 const LEADER: usize = 56;
+/// How many large frames of the job lane the worker has copied out of the pool's region (see
+/// `large.rs`): the pool writes the next one only when it has them all.
+const JOBS_REGION_TAKEN: usize = 2032;
+/// The same for the reply lane: large replies the pool has copied out of the worker's region.
+const REPLIES_REGION_TAKEN: usize = 2040;
 /// The words the control area holds: four pages.
 const WORDS: usize = 2048;
-const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= WORDS);
+const _: () = assert!(CLAIMS_AT + CLAIM_WORDS <= JOBS_REGION_TAKEN);
 /// The data: the two lanes' bytes.
 const BYTES: usize = 2 * CAPACITY;
 
@@ -125,7 +132,7 @@ impl Mapping {
         self.word(STARTED)
     }
 
-    /// Whether a frame of `len` bytes goes through a lane (else through the socket).
+    /// Whether a frame of `len` bytes goes through a lane (else through its region).
     fn fits(len: usize) -> bool {
         len <= CAPACITY / 4
     }
@@ -211,6 +218,31 @@ impl Mapping {
         Ok(())
     }
 
+    /// The producer's side of a lane's large-frame region: waits until the consumer has taken
+    /// (copied out) all `sent` frames written there, until `is_gone` says it is gone.
+    fn wait_region(
+        &self,
+        taken: usize,
+        sent: u64,
+        is_gone: &dyn Fn() -> bool,
+    ) -> Result<(), PushError> {
+        let mut waited = 0u32;
+        loop {
+            // Pairs with the consumer's store after its copy: the region is free again.
+            let done = self.word(taken).load(Ordering::Acquire);
+            if done == sent {
+                return Ok(());
+            }
+            if done > sent {
+                return Err(PushError::Broken);
+            }
+            if is_gone() {
+                return Err(PushError::Gone);
+            }
+            back_off(&mut waited);
+        }
+    }
+
     /// Whether `lane` has published bytes the consumer has not taken.
     fn has_frame(&self, lane: Lane) -> bool {
         let tail = self.word(lane.tail).load(Ordering::Relaxed);
@@ -288,7 +320,7 @@ impl PoolSide {
         PoolSide { mapping: Mapping { memory }, is_hung_up: AtomicBool::new(false) }
     }
 
-    /// Whether a job frame of `len` bytes goes through the job lane (else through the socket).
+    /// Whether a job frame of `len` bytes goes through the job lane (else through its region).
     pub(crate) fn fits(&self, len: usize) -> bool {
         Mapping::fits(len)
     }
@@ -307,6 +339,21 @@ impl PoolSide {
         is_gone: &dyn Fn() -> bool,
     ) -> Result<(), PushError> {
         self.mapping.push(JOBS, frame, &|| self.has_hung_up() || is_gone())
+    }
+
+    /// Waits until the worker has copied out all `sent` large jobs written to the pool's region,
+    /// until it hangs up or `is_gone` says to give up.
+    pub(crate) fn wait_jobs_region(
+        &self,
+        sent: u64,
+        is_gone: &dyn Fn() -> bool,
+    ) -> Result<(), PushError> {
+        self.mapping.wait_region(JOBS_REGION_TAKEN, sent, &|| self.has_hung_up() || is_gone())
+    }
+
+    /// Tells the worker that the pool has copied out `taken` large replies from its region.
+    pub(crate) fn release_replies_region(&self, taken: u64) {
+        self.mapping.word(REPLIES_REGION_TAKEN).store(taken, Ordering::Release);
     }
 
     /// Copies the next reply's body (after its length) into `body`; `false` if there is none.
@@ -437,7 +484,7 @@ impl WorkerSide {
         Ok(WorkerSide { mapping: Mapping { memory: SharedMemory::map(fd, WORDS, BYTES)? } })
     }
 
-    /// Whether a reply frame of `len` bytes goes through the reply lane (else the socket).
+    /// Whether a reply frame of `len` bytes goes through the reply lane (else through its region).
     pub(crate) fn fits(&self, len: usize) -> bool {
         Mapping::fits(len)
     }
@@ -447,6 +494,17 @@ impl WorkerSide {
     /// sleeps.
     pub(crate) fn push_reply(&self, frame: &[u8]) -> Result<(), PushError> {
         self.mapping.push(REPLIES, frame, &|| false)
+    }
+
+    /// Waits until the pool has copied out all `sent` large replies written to this worker's
+    /// region (a pool that stops reading kills this worker).
+    pub(crate) fn wait_replies_region(&self, sent: u64) -> Result<(), PushError> {
+        self.mapping.wait_region(REPLIES_REGION_TAKEN, sent, &|| false)
+    }
+
+    /// Tells the pool that this worker has copied out `taken` large jobs from its region.
+    pub(crate) fn release_jobs_region(&self, taken: u64) {
+        self.mapping.word(JOBS_REGION_TAKEN).store(taken, Ordering::Release);
     }
 
     /// Copies the next job frame's body (after its length) into `body`; `false` if there is none.
@@ -882,6 +940,42 @@ mod loom {
             assert_eq!(frames, bodies(0..5));
             producer.join().unwrap();
             assert!(!worker.pop_job(&mut Vec::new(), 64).unwrap(), "no frame twice");
+        });
+    }
+
+    /// The region of large frames (`large.rs`): the pool writes three large jobs through one
+    /// region (its bytes here the cells of a second memory), announcing each in the job lane
+    /// after it waited for the worker's count of frames taken; the worker pops each
+    /// announcement, copies the region out, then stores its new count. Loom fails the model if
+    /// the pool writes the region while the worker copies it (a race on its cells), and the
+    /// frames must come out whole and in order, nobody left waiting.
+    #[test]
+    fn loom_a_region_is_written_only_once_the_last_frame_is_taken_out() {
+        let mut model = ::loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let (pool, worker) = pair(0);
+            let region = SharedMemory::new(0, 3);
+            let theirs = region.clone();
+            let producer = thread::spawn(move || {
+                for n in 0..3u8 {
+                    pool.wait_jobs_region(u64::from(n), &|| false).unwrap();
+                    region.copy_in(0, &[n; 3]);
+                    pool.push_job(&frame(n), &|| false).unwrap();
+                }
+            });
+            let mut body = Vec::new();
+            for n in 0..3u8 {
+                while !worker.pop_job(&mut body, 64).unwrap() {
+                    worker.wait_job(0, None);
+                }
+                assert_eq!(body, frame(n)[4..], "announcements in order");
+                let mut copy = [0u8; 3];
+                theirs.copy_out(0, &mut copy);
+                assert_eq!(copy, [n; 3], "frame {n} whole");
+                worker.release_jobs_region(u64::from(n) + 1);
+            }
+            producer.join().unwrap();
         });
     }
 

@@ -8,7 +8,7 @@
 //! environment has entries due to expire, and drops them.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::id;
@@ -20,6 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
 
 use super::claim;
+use super::large;
 use super::protocol::Marker;
 use super::protocol::{self, FromWorker, ReadError, Reply, ToWorker};
 use super::ring::WorkerSide;
@@ -99,8 +100,6 @@ fn prepare(marker: &Marker) -> Result<(UnixStream, WorkerSide), String> {
 
 fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Result<(), String> {
     unwind::install_hook();
-    let mut reader =
-        BufReader::with_capacity(64 * 1024, channel.try_clone().map_err(|e| e.to_string())?);
     watch_for_hang_up(&channel)?;
     let encode = |message: &FromWorker<'_>| {
         let mut frame = Vec::new();
@@ -112,7 +111,7 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
         stream: channel,
         ring,
         max_frame: marker.max_frame,
-        on_socket: encode(&FromWorker::OnSocket)?,
+        large: Mutex::new(large::Sender::default()),
         posting: Mutex::new(Posting { job: None, frame: Vec::new() }),
     });
     let ready = FromWorker::Ready {
@@ -130,6 +129,8 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
     let mut environment = Environment::for_worker(marker.worker_id);
     // Run frames read ahead of time, with their place in the order the pool sent them.
     let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    // The job lane's region, where the pool puts jobs too large for the ring.
+    let mut region = large::Receiver::default();
     // `Run` frames read so far: the pool counts the same way, and a job's claim is its number's.
     let mut runs_read = 0u64;
     let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -154,11 +155,20 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
             }
             // A `Run` frame is known by its tag here and decoded when it runs: decoding it twice
             // (its task's name checked as UTF-8 each time) cost a tenth of a no-op job.
-            if !protocol::is_run(&frame)
-                && protocol::decode_to_worker(&frame) == Ok(ToWorker::OnSocket)
+            let announced = if protocol::is_run(&frame) {
+                None
+            } else if let Ok(ToWorker::OnShared { len, fresh }) = protocol::decode_to_worker(&frame)
             {
-                match protocol::read_frame(&mut reader, &mut frame, marker.max_frame) {
-                    Ok(_) => {}
+                Some((len, fresh))
+            } else {
+                None
+            };
+            if let Some(announced) = announced {
+                // Copied out, the region is the pool's again.
+                let release = |taken| replies.ring.release_jobs_region(taken);
+                let channel = &replies.stream;
+                match region.receive(channel, announced, marker.max_frame, &mut frame, release) {
+                    Ok(()) => {}
                     // The pool is gone or let go of us: a normal end.
                     Err(ReadError::Closed) => return Ok(()),
                     Err(error) => return Err(error.to_string()),
@@ -171,14 +181,12 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
             }
             match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
                 ToWorker::Run { .. } => unreachable!("a run frame is queued above"),
-                ToWorker::Exit => {
-                    is_exit_asked = true;
-                    spare.push(frame);
-                }
-                ToWorker::OnSocket => {
-                    return Err("the pool announced a frame on the socket twice".to_owned())
+                ToWorker::Exit => is_exit_asked = true,
+                ToWorker::OnShared { .. } => {
+                    return Err("the pool announced a region's frame in a region".to_owned())
                 }
             }
+            spare.push(frame);
         }
         let Some((seq, frame)) = pending.pop_front() else {
             if is_exit_asked {
@@ -285,14 +293,14 @@ fn encode_panic(
 ///
 /// Batching replies in the worker would be cheaper still, but a reply still in this process when
 /// the next job crashes it is lost: the pool would blame the job that finished and send the job
-/// that crashed to another worker, to run twice. A reply in the shared ring (or in the socket)
-/// survives the worker.
+/// that crashed to another worker, to run twice. A reply in the shared ring (or in a memory file
+/// on the socket) survives the worker.
 struct Replies {
     stream: UnixStream,
     ring: WorkerSide,
     max_frame: usize,
-    /// The `OnSocket` frame, built once.
-    on_socket: Vec<u8>,
+    /// The reply lane's region for large replies (one sender at a time: see `posting`).
+    large: Mutex<large::Sender>,
     /// Which job's progress messages are taken now. Held while one is sent, so that messages
     /// sent from several threads go out one at a time, and none after the job's run ended: the
     /// main thread sends replies only while no job's messages are taken.
@@ -348,8 +356,9 @@ impl Replies {
         self.send_frame(out)
     }
 
-    /// Sends a finished frame: through the reply ring if it fits, else announced in the ring
-    /// and written to the socket; the ring wakes the pool's reader if it sleeps.
+    /// Sends a finished frame: through the reply ring if it fits, else in a memory file of its
+    /// own, sent on the socket and then announced in the ring (see [`large`]); the ring wakes
+    /// the pool's reader if it sleeps.
     fn send_frame(&self, frame: &[u8]) -> Result<(), String> {
         let push = |frame: &[u8]| {
             self.ring.push_reply(frame).map_err(|error| format!("cannot reply: {error}"))
@@ -357,8 +366,23 @@ impl Replies {
         if self.ring.fits(frame.len()) {
             return push(frame);
         }
-        push(&self.on_socket)?;
-        self.write_socket(frame)
+        // Once the pool has taken the last large reply out of the region, the frame goes there,
+        // and a new region's descriptor on the socket before its announcement.
+        let wait = |sent| {
+            let waited = self.ring.wait_replies_region(sent);
+            waited.map_err(|error| std::io::Error::other(error.to_string()))
+        };
+        let (len, fresh) = self
+            .large
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(&self.stream, frame, wait)
+            .map_err(|error| format!("cannot send a large reply: {error}"))?;
+        let mut announcement = Vec::with_capacity(16);
+        let message = FromWorker::OnShared { len, fresh };
+        protocol::encode_from_worker(&message, &mut announcement, usize::MAX)
+            .map_err(|error| error.to_string())?;
+        push(&announcement)
     }
 
     fn write_socket(&self, frame: &[u8]) -> Result<(), String> {

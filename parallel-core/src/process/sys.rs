@@ -643,6 +643,185 @@ impl Drop for SharedMemory {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Frames too large for a ring: a region of their own per lane
+
+/// The seal a large frames' region must carry before the receiving side maps it: the file cannot
+/// shrink (a page cut off under the reader's mapping would fault on access, SIGBUS, which would
+/// kill the pool). Seals are only ever added, so once seen it holds for the file's life.
+const REGION_SEALS: nix::fcntl::SealFlag = nix::fcntl::SealFlag::F_SEAL_SHRINK;
+
+/// A memory file of a fixed size, sealed against shrinking, mapped by the two sides of one lane:
+/// the sender writes a large frame at its start, the receiver copies it out. The bytes are
+/// accessed only by copies (like the rings' bytes): the other side may write them at any time,
+/// and a copy that races such a write only garbles what it copies.
+pub(crate) struct Region {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+    /// Mapped for writing: made by this side ([`Region::create`]), not received.
+    is_writable: bool,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only by bounds-checked copies, so it may
+// move to and be used from any thread.
+unsafe impl Send for Region {}
+// SAFETY: as above: `&Region` offers only copies.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Creates a zeroed region of `len` bytes (sparse: a page takes memory once written), sealed
+    /// against shrinking, growing and further seals, and maps it for writing; the descriptor is
+    /// for the other side.
+    ///
+    /// # Errors
+    ///
+    /// The system's error if the file cannot be created, sized, sealed or mapped.
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<(Region, OwnedFd)> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let size = NonZeroUsize::new(len).ok_or(io::ErrorKind::InvalidInput)?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+        let file_len = i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        nix::unistd::ftruncate(&fd, file_len)?;
+        let seals = REGION_SEALS | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+        // SAFETY: a fresh shared mapping of a file of exactly `len` bytes that cannot shrink;
+        // nothing else in this process uses the address range the kernel picks.
+        let base = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        Ok((Region { base: base.cast(), len, is_writable: true }, fd))
+    }
+
+    /// Maps the region the other side sent, read-only, after checking that no access to it can
+    /// fault: it is a memory file (one that cannot be sealed is refused), sealed against
+    /// shrinking, and holds between 1 and `max_len` bytes (the mapping's size). The descriptor is
+    /// closed (the mapping keeps the file).
+    ///
+    /// # Errors
+    ///
+    /// Says what is wrong with the file: the pool gets it from a worker, untrusted.
+    pub(crate) fn map_received(fd: OwnedFd, max_len: usize) -> Result<Region, String> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        use nix::sys::stat::{fstat, SFlag};
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)
+            .map_err(|error| format!("the descriptor is no memory file ({error})"))?;
+        let seals = SealFlag::from_bits_retain(seals);
+        if !seals.contains(REGION_SEALS) {
+            return Err(format!(
+                "the memory file is not sealed against shrinking (seals {seals:?})"
+            ));
+        }
+        // Checked after the seal: the size can no longer go down.
+        let stat =
+            fstat(&fd).map_err(|error| format!("cannot inspect the memory file: {error}"))?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err("the descriptor is no memory file".to_owned());
+        }
+        let len = usize::try_from(stat.st_size)
+            .ok()
+            .filter(|len| *len <= max_len)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                format!("the memory file holds {} bytes, not 1 to {max_len}", stat.st_size)
+            })?;
+        // SAFETY: a fresh read-only shared mapping of the whole file, which holds `len` bytes
+        // and cannot shrink (checked above), so no access to it faults; nothing else in this
+        // process uses the address range the kernel picks.
+        let base = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0) }
+            .map_err(|error| format!("cannot map the memory file: {error}"))?;
+        Ok(Region { base: base.cast(), len: len.get(), is_writable: false })
+    }
+
+    /// The region's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies `bytes` to the start of the region; panics if they do not fit or the region was
+    /// received rather than made by this side, mapped read-only (a caller's bug).
+    pub(crate) fn write(&self, bytes: &[u8]) {
+        assert!(self.is_writable, "a write to a region mapped read-only");
+        assert!(bytes.len() <= self.len, "a region write out of bounds");
+        // SAFETY: the range is inside the mapping, which is writable (both checked above). The
+        // protocol gives the region to this side while it writes; a peer writing at the same
+        // time can only garble these bytes, which the reader checks like any from the other side.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr(), bytes.len()) };
+    }
+
+    /// Replaces the contents of `out` with the region's first `len` bytes; panics if the region
+    /// is shorter (a caller's bug). The bytes are copied straight into `out`'s memory, with no
+    /// zero-filling pass before.
+    pub(crate) fn read(&self, len: usize, out: &mut Vec<u8>) {
+        assert!(len <= self.len, "a region read out of bounds");
+        out.clear();
+        out.reserve(len);
+        // SAFETY: the source range is inside the mapping; the destination is `out`'s spare
+        // capacity of at least `len` bytes (reserved above), and after the copy its first `len`
+        // bytes are initialized, so they may be taken into its length. A peer writing the region
+        // meanwhile can only garble the bytes copied, which are then checked like any bytes from
+        // the other side.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.as_ptr(), out.as_mut_ptr(), len);
+            out.set_len(len);
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made with this length and is not used after this. A failure
+        // would leak it, nothing worse.
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// What a peer can hand over as a large frames' region, for the tests and the fuzz target of the
+/// receiving side: a memory file holding `bytes` with the seals of `seals` (bit 0: shrink, 1:
+/// grow, 2: write, 3: seal), returned with a second descriptor of it, which the peer keeps to
+/// cut the file afterwards with [`try_to_cut`].
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn peer_memory_file(bytes: &[u8], seals: u8) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::Write;
+    let fd = memfd_create("peer", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let flags = [
+        SealFlag::F_SEAL_SHRINK,
+        SealFlag::F_SEAL_GROW,
+        SealFlag::F_SEAL_WRITE,
+        SealFlag::F_SEAL_SEAL,
+    ];
+    let chosen = flags
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| seals & (1 << bit) != 0)
+        .fold(SealFlag::empty(), |all, (_, flag)| all | *flag);
+    fcntl(&file, FcntlArg::F_ADD_SEALS(chosen))?;
+    let kept = file.try_clone()?;
+    Ok((file.into(), kept.into()))
+}
+
+/// What a hostile peer does to a memory file it sent: writes into it (allowed: the reader
+/// copies bytes out before it looks at them), then cuts it to nothing, which fails on a file
+/// sealed against shrinking. Returns whether the cut took.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn try_to_cut(fd: &OwnedFd) -> bool {
+    let _ = nix::sys::uio::pwrite(fd, &[0xff; 16], 0);
+    nix::unistd::ftruncate(fd, 0).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Descriptors and names
 
 /// Sends descriptor `fd` over `channel`, with one byte to carry it.
@@ -653,6 +832,55 @@ pub(crate) fn send_fd(channel: &std::os::unix::net::UnixStream, fd: &OwnedFd) ->
     let iov = [io::IoSlice::new(&payload)];
     let control = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(channel.as_raw_fd(), &iov, &control, MsgFlags::MSG_NOSIGNAL, None).map(drop)
+}
+
+/// What [`take_fd`] found on a channel.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// A descriptor, with its byte.
+    Fd(OwnedFd),
+    /// A byte that carries no descriptor, or no byte yet.
+    Nothing,
+    /// The other side closed the channel.
+    Closed,
+}
+
+/// Takes the next byte on `channel`, and the descriptor [`send_fd`] sent with it, without
+/// waiting (`MSG_DONTWAIT`): the sender sends the descriptor before it announces it. Extra
+/// descriptors that came with the byte are closed.
+///
+/// # Errors
+///
+/// The system's error if the channel failed.
+pub(crate) fn take_fd(channel: &std::os::unix::net::UnixStream) -> io::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut payload = [0u8];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let message = loop {
+        match recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags) {
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return Ok(Received::Nothing),
+            other => break other?,
+        }
+    };
+    if message.bytes == 0 {
+        return Ok(Received::Closed);
+    }
+    let mut received = None;
+    for control in message.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for this message; no
+                // one else owns it. Extra descriptors, if any, are closed by dropping them.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(fd);
+            }
+        }
+    }
+    Ok(received.map_or(Received::Nothing, Received::Fd))
 }
 
 /// The worker's side of [`send_fd`]: receives the descriptor sent first on `channel`.

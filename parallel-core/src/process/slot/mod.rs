@@ -45,6 +45,8 @@ const RETIRE_GRACE: Duration = Duration::from_secs(5);
 const DIRECT_FRAME: usize = 64 << 10;
 /// The capacity a `Run` frame starts with, besides its task's name.
 const FRAME_START: usize = 64;
+/// The largest buffer of a large job's frame kept for the next one (see [`Shared::spare_frame`]).
+const SPARE_FRAME_MAX: usize = 64 << 20;
 /// How many times a reader finding the reply ring empty yields its CPU and looks again before it
 /// sleeps (about 10 to 20 µs on an idle machine): one-at-a-time round trip 50 -> 12-26 µs here.
 const READER_SPINS: u32 = 16;
@@ -85,7 +87,7 @@ struct Sent {
 }
 
 /// A job's `Run` frame, kept while the job is in flight.
-enum Frame {
+pub(super) enum Frame {
     /// A frame that fits the job ring: copied into the writer's batch while the slot state is
     /// locked (a copy of a few dozen bytes costs less than the allocation sharing it would).
     Small(Vec<u8>),
@@ -249,6 +251,12 @@ pub(super) struct Shared {
     ledger: Arc<Ledger>,
     /// The slot threads started so far, to join when the pool stops.
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// The buffer of the last large job's frame, once its job was answered, for the next job's
+    /// frame: a fresh buffer of megabytes costs a page fault per 4 KiB as it is filled (on the
+    /// machine measured, as long as the copy itself), one already filled once does not.
+    /// `has_spare_frame` says whether it holds one, so that a pool of small jobs never locks it.
+    spare_frame: Mutex<Vec<u8>>,
+    has_spare_frame: AtomicBool,
 }
 
 impl Shared {
@@ -276,7 +284,35 @@ impl Shared {
             build,
             ledger,
             handles: Mutex::new(Vec::new()),
+            spare_frame: Mutex::new(Vec::new()),
+            has_spare_frame: AtomicBool::new(false),
         })
+    }
+
+    /// The kept buffer of a large frame, if any, emptied.
+    fn take_spare_frame(&self) -> Option<Vec<u8>> {
+        if !self.has_spare_frame.load(Ordering::Relaxed) {
+            return None;
+        }
+        let spare = std::mem::take(&mut *lock(&self.spare_frame));
+        self.has_spare_frame.store(false, Ordering::Relaxed);
+        Some(spare).filter(|spare| spare.capacity() > 0)
+    }
+
+    /// Keeps `frame`'s buffer for the next job, if it is a large frame's no one else holds any
+    /// more (the writer lets go of its share once the frame is sent) and not too large.
+    pub(super) fn keep_spare_frame(&self, frame: Frame) {
+        let Frame::Large(bytes) = frame else { return };
+        let Ok(mut bytes) = Arc::try_unwrap(bytes) else { return };
+        if bytes.capacity() > SPARE_FRAME_MAX {
+            return;
+        }
+        bytes.clear();
+        let mut spare = lock(&self.spare_frame);
+        if spare.capacity() < bytes.capacity() {
+            *spare = bytes;
+        }
+        self.has_spare_frame.store(true, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -951,7 +987,10 @@ fn send_jobs(
             Item::Fresh(request) => {
                 // Room for the header and a small task's arguments: a frame grown from empty
                 // cost four reallocations, a fifth of the pool's instructions per no-op task.
-                let mut frame = Vec::with_capacity(FRAME_START + request.task().len());
+                // Or the kept buffer of a large frame, for a job that may be large too.
+                let mut frame = shared
+                    .take_spare_frame()
+                    .unwrap_or_else(|| Vec::with_capacity(FRAME_START + request.task().len()));
                 protocol::begin_run(&mut frame, request.id(), request.task());
                 match request.start(Arc::clone(&stop) as Arc<dyn Stop>, &mut frame) {
                     None => continue,
@@ -977,6 +1016,12 @@ fn send_jobs(
                     outcome = tracing::field::Empty,
                     duration_us = tracing::field::Empty,
                 );
+                if Jobs::fits_ring(frame.len()) && frame.capacity() > FRAME_START << 10 {
+                    // A small frame in the kept buffer: a copy of its own, and the buffer back.
+                    let small = frame.to_vec();
+                    shared.keep_spare_frame(Frame::Large(Arc::new(frame)));
+                    frame = small;
+                }
                 Sent { request, frame: Frame::new(frame), stop, span, deaths: 0 }
             }
             Item::Sent(mut sent) => {

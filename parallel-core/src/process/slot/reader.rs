@@ -2,7 +2,6 @@
 //! through the shared reply ring and the socket, and tells the slot when the worker's channel
 //! ends.
 
-use std::io::BufReader;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
@@ -10,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{pace, Ended, Shared, State, READER_BACKSTOP, READER_SPINS};
+use crate::process::large;
 use crate::process::lead::Lead;
 use crate::process::protocol::{self, FromWorker, ReadError, Reply};
 use crate::process::ring::PoolSide;
@@ -18,16 +18,10 @@ use crate::progress::Decode;
 
 /// What a worker's replies come through.
 pub(super) struct Channel {
-    pub(super) socket: BufReader<UnixStream>,
+    /// Where the memory files of large replies come (see [`large`]), and the hang-up.
+    pub(super) socket: UnixStream,
     pub(super) ring: Arc<PoolSide>,
     pub(super) max_frame: usize,
-}
-
-impl Channel {
-    /// Reads the next frame from the socket (announced in the ring by an `OnSocket`).
-    fn read_socket<'b>(&mut self, buffer: &'b mut Vec<u8>) -> Result<&'b [u8], ReadError> {
-        protocol::read_frame(&mut self.socket, buffer, self.max_frame)
-    }
 }
 
 /// The reading of a worker's replies, by its reader thread or by a caller in its place.
@@ -38,6 +32,8 @@ pub(super) type ReplyLead = Lead<Consumer>;
 pub(super) struct Consumer {
     channel: Channel,
     frame: Vec<u8>,
+    /// The reply lane's region for large replies, and the buffer they are copied into.
+    region: large::Receiver,
     large: Vec<u8>,
     /// The worker hung up: the lane is looked at once more, then the channel has ended.
     has_ended: bool,
@@ -55,6 +51,7 @@ impl Consumer {
         Consumer {
             channel,
             frame: Vec::new(),
+            region: large::Receiver::default(),
             large: Vec::new(),
             has_ended: false,
             progress: None,
@@ -71,7 +68,7 @@ impl Consumer {
     /// After a wait that timed out: tells the ring if the worker's end of the socket hung up (the
     /// stderr follower, which does it otherwise, may be missing).
     pub(super) fn look_for_hang_up(&self) {
-        if sys::has_hung_up(self.channel.socket.get_ref().as_fd()) {
+        if sys::has_hung_up(self.channel.socket.as_fd()) {
             self.channel.ring.hang_up();
         }
     }
@@ -95,7 +92,7 @@ pub(super) enum Step {
 /// Reads the next frame of slot `id`'s worker (pid `pid`), if any, and resolves its job, or
 /// takes its progress message.
 pub(super) fn step(consumer: &mut Consumer, shared: &Shared, id: usize, pid: u32) -> Step {
-    let Consumer { channel, frame, large, has_ended, progress, .. } = consumer;
+    let Consumer { channel, frame, region, large, has_ended, progress, .. } = consumer;
     let body = match channel.ring.pop_reply(frame, channel.max_frame) {
         Ok(true) => &frame[..],
         Ok(false) if *has_ended => return Step::End(Ended::Closed),
@@ -110,13 +107,20 @@ pub(super) fn step(consumer: &mut Consumer, shared: &Shared, id: usize, pid: u32
         }
     };
     let decoded = match protocol::decode_from_worker(body) {
-        Ok(FromWorker::OnSocket) => match channel.read_socket(large) {
-            Ok(body) => protocol::decode_from_worker(body),
-            Err(ReadError::Protocol(error)) => {
-                return Step::End(Ended::Broke(format!("the worker broke the protocol: {error}")))
+        Ok(FromWorker::OnShared { len, fresh }) => {
+            // Copied out, the region is the worker's again.
+            let release = |taken| channel.ring.release_replies_region(taken);
+            let socket = &channel.socket;
+            match region.receive(socket, (len, fresh), channel.max_frame, large, release) {
+                Ok(()) => protocol::decode_from_worker(large),
+                Err(ReadError::Protocol(error)) => {
+                    return Step::End(Ended::Broke(format!(
+                        "the worker broke the protocol: {error}"
+                    )))
+                }
+                Err(ReadError::Closed | ReadError::Io(_)) => return Step::End(Ended::Closed),
             }
-            Err(ReadError::Closed | ReadError::Io(_)) => return Step::End(Ended::Closed),
-        },
+        }
         other => other,
     };
     let (job, reply) = match decoded {
@@ -154,8 +158,8 @@ pub(super) fn step(consumer: &mut Consumer, shared: &Shared, id: usize, pid: u32
 /// Resolves jobs from a worker's replies until its channel ends, then tells the slot.
 ///
 /// Replies come through the shared reply ring (see [`super::ring`]), on whose futex this thread
-/// sleeps when it is empty; the socket brings the replies too large for the ring. When the
-/// worker hangs up (it died or left; the stderr follower sees it and wakes this thread), the
+/// sleeps when it is empty; memory files passed on the socket bring the replies too large for
+/// it. When the worker hangs up (it died or left; the stderr follower sees it and wakes this thread), the
 /// replies the worker put in the ring before are still resolved. While a caller waits for the
 /// only job in flight, the caller may read in this thread's place (see [`super::super::lead`]):
 /// this thread then waits for it to hand back.
@@ -245,6 +249,8 @@ fn resolve(shared: &Shared, id: usize, pid: u32, job: u64, reply: Reply<'_>) -> 
             );
         }
         sent.request.finish(reply);
+        // Its frame's buffer, if large, serves the next large job.
+        shared.keep_spare_frame(sent.frame);
     }
     Ok(())
 }
