@@ -1473,3 +1473,38 @@ fn a_garbled_task_in_a_parcel_is_reported_to_its_caller_and_the_others_run() {
         assert_eq!(square::dispatch_on(&pool, 12).join(), Ok(144));
     });
 }
+
+/// SIGTERM while a parcel's first task holds the only slot: the parcel cannot go back whole (a
+/// part of it went to the slot), so its other tasks run here, then the process exits 0.
+#[test]
+fn sigterm_while_a_parcel_runs_finishes_its_tasks_here_and_exits_0() {
+    run("drain with a parcel", || {
+        let cluster = Cluster::start("parceldrain");
+        let mut first = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let dir = cluster.scratch.string();
+        warm_up(&pool, &dir);
+        let before = messages_published(&cluster);
+        let names: Vec<String> = (0..12).map(|i| format!("d{i}")).collect();
+        let tasks = names.iter().map(|name| tally::new(dir.clone(), name.clone(), name == "d0"));
+        std::thread::scope(|scope| {
+            let results = scope.spawn(|| pool.map_unordered(tasks).collect::<Vec<_>>());
+            cluster.started("d0");
+            assert_eq!(messages_published(&cluster) - before, 1, "the 12 tasks in one parcel");
+            first.sigterm();
+            // The drain has begun while `d0` holds the slot.
+            std::thread::sleep(Duration::from_millis(200));
+            cluster.open("d0");
+            let results = results.join().expect("the map");
+            assert_eq!(results.len(), 12);
+            for (index, result) in results {
+                assert_eq!(result, Ok(first.pid()), "{}", names[index]);
+            }
+        });
+        let status = first.wait();
+        assert_eq!(status.code(), Some(0), "{}", first.output());
+        for name in &names {
+            assert_eq!(runs(&cluster, name), 1, "{name}");
+        }
+    });
+}
