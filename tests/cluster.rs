@@ -2,8 +2,9 @@
 //! this test binary started with `PARALLEL_SERVE`, callers are `Backend::Cluster` pools. Typed
 //! results and errors on process and thread slots, a serving process killed mid-task, cancels,
 //! timeouts, progress, retries, each slot's `Environment`, `map` at 10 000 tasks, credentials, an
-//! unreachable server, plaintext to another machine, a server restart, SIGTERM's drain and a
-//! poison message.
+//! unreachable server, plaintext to another machine, a server restart, SIGTERM's drain, a
+//! poison message, and short tasks several to a message (parcels: `map` in order, a cancel, a
+//! killed serving process, a drain and a garbled task inside one).
 //!
 //! Each test has its own server (the harness's servers are killed when dropped, and a server kept
 //! in a `static` would never be: it would outlive the test binary) and its own namespace. Serving
