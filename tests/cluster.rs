@@ -2,8 +2,9 @@
 //! this test binary started with `PARALLEL_SERVE`, callers are `Backend::Cluster` pools. Typed
 //! results and errors on process and thread slots, a serving process killed mid-task, cancels,
 //! timeouts, progress, retries, each slot's `Environment`, `map` at 10 000 tasks, credentials, an
-//! unreachable server, plaintext to another machine, a server restart, SIGTERM's drain and a
-//! poison message.
+//! unreachable server, plaintext to another machine, a server restart, SIGTERM's drain, a
+//! poison message, and short tasks several to a message (parcels: `map` in order, a cancel, a
+//! killed serving process, a drain and a garbled task inside one).
 //!
 //! Each test has its own server (the harness's servers are killed when dropped, and a server kept
 //! in a `static` would never be: it would outlive the test binary) and its own namespace. Serving
@@ -162,6 +163,22 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+/// Adds a line to `ran-NAME` in `dir` (one per run), then, if `wait`, holds as [`hold`] does;
+/// returns the serving process's pid.
+#[task]
+fn tally(dir: String, name: String, wait: bool) -> u32 {
+    use std::io::Write as _;
+    let path = Path::new(&dir).join(format!("ran-{name}"));
+    let mut file = fs::OpenOptions::new().create(true).append(true).open(path).expect("scratch");
+    writeln!(file, "{}", std::process::id()).expect("scratch dir is writable");
+    drop(file);
+    if wait {
+        hold_here(&dir, &name)
+    } else {
+        std::os::unix::process::parent_id()
+    }
+}
+
 /// Blocks until `path` exists (at most a minute, so that a failing test ends).
 fn wait_for(path: &Path) {
     let started = Instant::now();
@@ -317,6 +334,59 @@ mod raw {
                 assert!(!line.starts_with("-ERR"), "{subject}: {line}");
             }
         }
+    }
+
+    /// Subscribes to `listen` and publishes `payload` with `headers` (`Name: value` lines) to
+    /// `subject`; returns the messages on `listen`, each its headers' text and its body, once
+    /// `enough` says they are.
+    pub(crate) fn publish_and_listen(
+        port: u16,
+        subject: &str,
+        headers: &str,
+        payload: &[u8],
+        listen: &str,
+        enough: impl Fn(&[(String, Vec<u8>)]) -> bool,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("a socket handle"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the server's INFO");
+        let head = format!("NATS/1.0\r\n{headers}\r\n");
+        let connect = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\nSUB \
+             {listen} 1\r\nHPUB {subject} {} {}\r\n{head}",
+            head.len(),
+            head.len() + payload.len()
+        );
+        stream.write_all(connect.as_bytes()).expect("the server reads");
+        stream.write_all(payload).expect("the server reads");
+        stream.write_all(b"\r\n").expect("the server reads");
+        let mut messages = Vec::new();
+        while !enough(&messages) {
+            line.clear();
+            reader.read_line(&mut line).expect("a message within 30 s");
+            if line.starts_with("PING") {
+                stream.write_all(b"PONG\r\n").expect("the server reads");
+            } else if line.starts_with("HMSG ") || line.starts_with("MSG ") {
+                let sizes: Vec<usize> = line
+                    .split_whitespace()
+                    .rev()
+                    .take(2)
+                    .map(|n| n.parse().expect("a size"))
+                    .collect();
+                let (total, head) =
+                    if line.starts_with("HMSG ") { (sizes[0], sizes[1]) } else { (sizes[0], 0) };
+                let mut bytes = vec![0; total + 2];
+                reader.read_exact(&mut bytes).expect("the message");
+                bytes.truncate(total);
+                let body = bytes.split_off(head);
+                messages.push((String::from_utf8_lossy(&bytes).into_owned(), body));
+            } else {
+                assert!(!line.starts_with("-ERR"), "{subject}: {line}");
+            }
+        }
+        messages
     }
 
     /// A JetStream API request, its JSON reply parsed.
@@ -1176,5 +1246,266 @@ fn a_task_given_up_while_no_serving_process_exists_never_runs() {
         let later = cluster.scratch.file("later");
         assert_eq!(mark::dispatch_on(&pool, later.clone()).join(), Ok(()));
         assert!(!Path::new(&marker).exists(), "the task given up ran");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. Several tasks per message (parcels)
+
+/// Runs 100 `tally` tasks, so that the pool knows the task is short: its next tasks travel
+/// several to a message.
+fn warm_up(pool: &Pool, dir: &str) {
+    let tasks = (0..100).map(|i| tally::new(dir.to_owned(), format!("warm{i}"), false));
+    assert!(pool.map(tasks).all(|result| result.is_ok()));
+}
+
+/// How many messages the namespace's task stream has taken so far.
+fn messages_published(cluster: &Cluster) -> u64 {
+    let info = format!("$JS.API.STREAM.INFO.{}_tasks", cluster.namespace);
+    raw::api(cluster.server.port(), &info, "")["state"]["last_seq"].as_u64().expect("a sequence")
+}
+
+/// How many times task `name` ran (lines of `ran-NAME`).
+fn runs(cluster: &Cluster, name: &str) -> usize {
+    fs::read_to_string(cluster.scratch.path(&format!("ran-{name}")))
+        .map_or(0, |text| text.lines().count())
+}
+
+#[test]
+fn short_tasks_through_map_travel_several_to_a_message_and_come_back_in_order() {
+    run("map in parcels", || {
+        let cluster = Cluster::start("parcels");
+        let _one = cluster.serve(2, "2s");
+        let _two = cluster.serve(2, "2s");
+        let pool = cluster.pool();
+        // The first tasks go one to a message, until the pool knows the task is short.
+        assert_eq!(pool.map((0..100u64).map(square::new)).count(), 100);
+        let before = messages_published(&cluster);
+        let squares: Vec<u64> = pool
+            .map((0..10_000u64).map(square::new))
+            .map(|result| result.expect("a square"))
+            .collect();
+        assert_eq!(squares, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
+        let published = messages_published(&cluster) - before;
+        assert!(published <= 10_000 / 8, "{published} messages for 10 000 tasks");
+        eprintln!("cluster map: 10 000 tasks in {published} messages");
+    });
+}
+
+/// A parcel (a `map` window of short tasks) whose second task holds the only slot: dropping the
+/// `map` cancels the tasks its caller never heard start, which never run, and leaves those it
+/// heard start (waiting behind the second in the worker's queue) to finish, once each.
+#[test]
+fn a_map_dropped_while_its_parcel_runs_cancels_the_tasks_not_started() {
+    run("cancel in a parcel", || {
+        let cluster = Cluster::start("parcelcancel");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let dir = cluster.scratch.string();
+        warm_up(&pool, &dir);
+        let before = messages_published(&cluster);
+        let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+        let tasks = names.iter().map(|name| tally::new(dir.clone(), name.clone(), name == "p1"));
+        let mut results = pool.map_unordered(tasks);
+        let first = results.next().map(|(index, result)| (index, result.is_ok()));
+        assert_eq!(first, Some((0, true)));
+        cluster.started("p1");
+        // Its caller has heard the tasks in the worker's queue start.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(messages_published(&cluster) - before, 1, "the 12 tasks in one parcel");
+        drop(results);
+        cluster.open("p1");
+        // A later task ran on the only slot: every part of the parcel had its turn.
+        let later = tally::dispatch_on(&pool, dir.clone(), "later".into(), false);
+        assert_eq!(later.join(), Ok(serving.pid()));
+        let ran: Vec<usize> = names.iter().map(|name| runs(&cluster, name)).collect();
+        assert!(ran.iter().all(|&runs| runs <= 1), "a task ran twice: {ran:?}");
+        assert!(ran.contains(&0), "every task ran: none was cancelled ({ran:?})");
+        // In order: those that ran were handed to the slot before the cancel, the rest not.
+        assert!(ran.windows(2).all(|pair| pair[0] >= pair[1]), "{ran:?}");
+        serving.assert_running();
+    });
+}
+
+#[test]
+fn a_serving_process_killed_holding_a_parcel_leaves_its_tasks_to_the_at_most_once_rule() {
+    run("a killed serving process's parcel", || {
+        let cluster = Cluster::start("parcelkill");
+        let first = cluster.serve(1, "1s");
+        let pool = cluster.pool();
+        let dir = cluster.scratch.string();
+        warm_up(&pool, &dir);
+        let before = messages_published(&cluster);
+        let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+        let tasks = names.iter().map(|name| tally::new(dir.clone(), name.clone(), name == "n0"));
+        std::thread::scope(|scope| {
+            let results = scope.spawn(|| pool.map_unordered(tasks).collect::<Vec<_>>());
+            cluster.started("n0");
+            assert_eq!(messages_published(&cluster) - before, 1, "the 8 tasks in one parcel");
+            let second = cluster.serve(1, "1s");
+            kill_9(first.pid());
+            let mut results = results.join().expect("the map");
+            results.sort_by_key(|(index, _)| *index);
+            let (_, held) = &results[0];
+            assert!(matches!(held, Err(TaskError::WorkerDied { .. })), "{held:?}");
+            assert_eq!(runs(&cluster, "n0"), 1, "the started task was not rerun");
+            // Redelivered once the lease ran out: those their caller never heard start run on
+            // the other serving process, once; those it heard start (waiting behind `n0` in its
+            // worker's queue) are reported lost, and never ran.
+            for (index, result) in &results[1..] {
+                let name = &names[*index];
+                match result {
+                    Ok(pid) => {
+                        assert_eq!(*pid, second.pid(), "{name}");
+                        assert_eq!(runs(&cluster, name), 1, "{name}");
+                    }
+                    Err(TaskError::WorkerDied { .. }) => {
+                        assert_eq!(runs(&cluster, name), 0, "{name}");
+                    }
+                    Err(error) => panic!("{name}: {error}"),
+                }
+            }
+        });
+    });
+}
+/// The MessagePack of `square { x }` (a map of its one argument) and of its output.
+fn square_value(x: u8) -> Vec<u8> {
+    vec![0x81, 0xa1, b'x', x]
+}
+
+/// The endings of a raw caller's tasks, each call with its kind and body (single replies, or
+/// several in one `endings` reply: three frames each).
+fn endings_of(replies: &[(String, Vec<u8>)]) -> Vec<(String, String, Vec<u8>)> {
+    let header = |head: &str, name: &str| {
+        head.lines().find_map(|line| line.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+    };
+    let mut endings = Vec::new();
+    for (head, body) in replies {
+        let kind = header(head, "Parallel-Kind").expect("a kind");
+        if ["started", "alive", "progress"].contains(&kind.as_str()) {
+            continue;
+        }
+        if kind != "endings" {
+            endings.push((header(head, "Parallel-Call").expect("a call"), kind, body.clone()));
+            continue;
+        }
+        let mut frames = Vec::new();
+        let mut rest = &body[..];
+        while let Some((length, tail)) = rest.split_first_chunk::<4>() {
+            let length = u32::from_le_bytes(*length) as usize;
+            frames.push(tail[..length].to_vec());
+            rest = &tail[length..];
+        }
+        for triple in frames.chunks(3) {
+            let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).expect("text");
+            endings.push((text(&triple[0]), text(&triple[1]), triple[2].clone()));
+        }
+    }
+    endings.sort();
+    endings
+}
+
+/// A parcel with a task whose value does not read, and one whose body is cut short in its last
+/// task: each garbled task's caller hears why, and the others run.
+#[test]
+fn a_garbled_task_in_a_parcel_is_reported_to_its_caller_and_the_others_run() {
+    run("a garbled task in a parcel", || {
+        let cluster = Cluster::start("parcelgarbled");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let (_, subject) = consumer_of(&cluster, "square");
+        let subject = subject.replace('*', "raw");
+        let reply = format!("{}.reply.raw", cluster.namespace);
+        let frame = |value: &[u8]| {
+            let mut framed = (value.len() as u32).to_le_bytes().to_vec();
+            framed.extend_from_slice(value);
+            framed
+        };
+        let headers = |calls: &str| {
+            format!(
+                "Parallel-Calls: {calls}\r\nParallel-Reply: {reply}\r\nParallel-Task: square\r\n"
+            )
+        };
+        let body =
+            [frame(&square_value(3)), frame(&[0xc1, 0xc1]), frame(&square_value(4))].concat();
+        let port = cluster.server.port();
+        let replies = raw::publish_and_listen(
+            port,
+            &subject,
+            &headers("1.1,2.1,3.1"),
+            &body,
+            &reply,
+            |got| endings_of(got).len() >= 3,
+        );
+        let endings = endings_of(&replies);
+        assert_eq!(endings.len(), 3, "{endings:?}");
+        assert_eq!(
+            (&endings[0].0[..], &endings[0].1[..], &endings[0].2[..]),
+            ("1.1", "output", &[9][..])
+        );
+        assert_eq!((&endings[1].0[..], &endings[1].1[..]), ("2.1", "ended"), "{endings:?}");
+        assert_eq!(
+            (&endings[2].0[..], &endings[2].1[..], &endings[2].2[..]),
+            ("3.1", "output", &[16][..])
+        );
+        // The last value's length runs past the body's end: the task before it runs.
+        let mut cut = [frame(&square_value(5)), frame(&square_value(6))].concat();
+        cut.truncate(cut.len() - 1);
+        let replies =
+            raw::publish_and_listen(port, &subject, &headers("4.1,5.1"), &cut, &reply, |got| {
+                endings_of(got).len() >= 2
+            });
+        let endings = endings_of(&replies);
+        assert_eq!(
+            (&endings[0].0[..], &endings[0].1[..], &endings[0].2[..]),
+            ("4.1", "output", &[25][..])
+        );
+        assert_eq!((&endings[1].0[..], &endings[1].1[..]), ("5.1", "ended"), "{endings:?}");
+        let why = String::from_utf8_lossy(&endings[1].2);
+        assert!(why.contains("has 3 left"), "{why}");
+        // Nothing went to the dead letters, the stream let both go, and serving goes on.
+        let tasks = format!("$JS.API.STREAM.INFO.{}_tasks", cluster.namespace);
+        wait_until("the task stream to let them go", || {
+            raw::api(port, &tasks, "")["state"]["messages"] == 0
+        });
+        let dead = format!("$JS.API.STREAM.INFO.{}_dead", cluster.namespace);
+        assert_eq!(raw::api(port, &dead, "")["state"]["messages"], 0);
+        serving.assert_running();
+        assert_eq!(square::dispatch_on(&pool, 12).join(), Ok(144));
+    });
+}
+
+/// SIGTERM while a parcel's first task holds the only slot: the parcel cannot go back whole (a
+/// part of it went to the slot), so its other tasks run here, then the process exits 0.
+#[test]
+fn sigterm_while_a_parcel_runs_finishes_its_tasks_here_and_exits_0() {
+    run("drain with a parcel", || {
+        let cluster = Cluster::start("parceldrain");
+        let mut first = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let dir = cluster.scratch.string();
+        warm_up(&pool, &dir);
+        let before = messages_published(&cluster);
+        let names: Vec<String> = (0..12).map(|i| format!("d{i}")).collect();
+        let tasks = names.iter().map(|name| tally::new(dir.clone(), name.clone(), name == "d0"));
+        std::thread::scope(|scope| {
+            let results = scope.spawn(|| pool.map_unordered(tasks).collect::<Vec<_>>());
+            cluster.started("d0");
+            assert_eq!(messages_published(&cluster) - before, 1, "the 12 tasks in one parcel");
+            first.sigterm();
+            // The drain has begun while `d0` holds the slot.
+            std::thread::sleep(Duration::from_millis(200));
+            cluster.open("d0");
+            let results = results.join().expect("the map");
+            assert_eq!(results.len(), 12);
+            for (index, result) in results {
+                assert_eq!(result, Ok(first.pid()), "{}", names[index]);
+            }
+        });
+        let status = first.wait();
+        assert_eq!(status.code(), Some(0), "{}", first.output());
+        for name in &names {
+            assert_eq!(runs(&cluster, name), 1, "{name}");
+        }
     });
 }

@@ -100,6 +100,26 @@ impl Engine {
         }
     }
 
+    /// Whether a window of tasks is better handed over together ([`Engine::submit_all`]): the
+    /// cluster's, whose short tasks then travel several to a message. The others take each task
+    /// as it comes, which starts the first ones sooner.
+    pub(crate) fn submits_together(&self) -> bool {
+        match self {
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Hands `jobs` to the workers together; for each, `false` if the engine is stopping.
+    pub(crate) fn submit_all<T: Task>(&self, jobs: &[Arc<Job<T>>]) -> Vec<bool> {
+        match self {
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(engine) => engine.submit_all(jobs),
+            _ => jobs.iter().map(|job| self.submit(Arc::clone(job))).collect(),
+        }
+    }
+
     /// Helps a caller about to wait for `job`: where the caller's thread is a worker of the job's
     /// own pool and the job is still queued, runs it in place (waiting for it could deadlock a
     /// pool of one worker). Any backend's job may be waited for from any thread, so this asks

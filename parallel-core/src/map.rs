@@ -87,6 +87,22 @@ where
         if in_flight > self.size / 2 {
             return;
         }
+        if self.pool.submits_together() {
+            // The input's next tasks are taken first, then submitted in one go (the input's own
+            // code runs before any of them is submitted, so it may submit and wait for others).
+            let mut tasks = Vec::new();
+            while !self.is_input_done && in_flight + tasks.len() < self.size {
+                match self.tasks.next() {
+                    Some(task) => tasks.push(task),
+                    None => self.is_input_done = true,
+                }
+            }
+            for handle in self.pool.submit_together(tasks) {
+                push(self.submitted, handle);
+                self.submitted += 1;
+            }
+            return;
+        }
         while !self.is_input_done && in_flight < self.size {
             match self.tasks.next() {
                 Some(task) => {

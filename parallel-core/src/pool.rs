@@ -102,6 +102,45 @@ impl Pool {
     /// }
     /// ```
     pub fn submit<T: Task>(&self, task: T) -> TaskHandle<T> {
+        let job = match self.enqueue(task) {
+            Ok(job) => job,
+            Err(resolved) => return resolved,
+        };
+        if !self.engine.submit(Arc::clone(&job)) {
+            job.complete(Err(TaskError::pool_closed(T::NAME)));
+        }
+        TaskHandle::new(job)
+    }
+
+    /// Whether the engine takes a window of tasks better together ([`submit_together`]) than one
+    /// at a time: the cluster's, whose short tasks then travel several to a message.
+    ///
+    /// [`submit_together`]: Self::submit_together
+    pub(crate) fn submits_together(&self) -> bool {
+        self.engine.submits_together()
+    }
+
+    /// Submits `tasks` as [`submit`](Self::submit) does each, handing them to the engine in one
+    /// go; their handles, in order.
+    pub(crate) fn submit_together<T: Task>(&self, tasks: Vec<T>) -> Vec<TaskHandle<T>> {
+        let enqueued: Vec<Result<Arc<Job<T>>, TaskHandle<T>>> =
+            tasks.into_iter().map(|task| self.enqueue(task)).collect();
+        let jobs: Vec<Arc<Job<T>>> =
+            enqueued.iter().filter_map(|job| job.as_ref().ok()).cloned().collect();
+        for (job, is_taken) in jobs.iter().zip(self.engine.submit_all(&jobs)) {
+            if !is_taken {
+                job.complete(Err(TaskError::pool_closed(T::NAME)));
+            }
+        }
+        enqueued
+            .into_iter()
+            .map(|job| job.map_or_else(|resolved| resolved, TaskHandle::new))
+            .collect()
+    }
+
+    /// A job for `task` in the ledger, ready for the engine; the handle of a task resolved
+    /// already (its copy for retries did not serialize, or the pool is closed).
+    fn enqueue<T: Task>(&self, task: T) -> Result<Arc<Job<T>>, TaskHandle<T>> {
         // A task that may run again is kept as bytes: its first attempt consumes it.
         let copy = match T::POLICY.retries() {
             0 => None,
@@ -110,23 +149,20 @@ impl Pool {
                 Err(message) => {
                     let task = T::NAME.to_owned();
                     let error = TaskError::Serialization { task, value: "arguments", message };
-                    return TaskHandle::new(Job::resolved(Err(error)));
+                    return Err(TaskHandle::new(Job::resolved(Err(error))));
                 }
             },
         };
         let job = match Job::enqueue(task, &self.ledger) {
             Ok(job) => job,
             Err(_refused) => {
-                return TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME))))
+                return Err(TaskHandle::new(Job::resolved(Err(TaskError::pool_closed(T::NAME)))))
             }
         };
         if let Some(copy) = copy {
             job.allow_retries(Retry { copy, engine: Arc::downgrade(&self.engine) });
         }
-        if !self.engine.submit(Arc::clone(&job)) {
-            job.complete(Err(TaskError::pool_closed(T::NAME)));
-        }
-        TaskHandle::new(job)
+        Ok(job)
     }
 
     /// Runs every task of `tasks` and yields their results in input order, as they are consumed.

@@ -11,11 +11,16 @@
 //! process was killed or cut off: `WorkerDied`), a publish the server refused. The job's own
 //! state machine then makes sure its handle resolves once (`Job::finish_attempt`).
 //!
-//! A cancelled flight's message is deleted from the stream, so a task still queued never runs,
-//! and every serving process hears the cancel, so a running one has its slot stopped. A task
-//! delivered a second time (its first serving process vanished before it could say `started`)
-//! runs only if its caller, asked on its claim subject, still waits for it and never saw it
-//! start.
+//! Short tasks (a task whose endings say its tasks end within a millisecond, [`Lengths`]) of one
+//! kind, published one after the other, travel up to [`wire::PARCEL_TASKS`] to a message (a
+//! parcel): the server stores, acknowledges, delivers and forgets one message for all of them,
+//! while each keeps its own flight, ending and cancel.
+//!
+//! A cancelled flight's message is deleted from the stream (a parcel's once none of its tasks is
+//! out), so a task still queued never runs, and every serving process hears the cancel, so a
+//! running one has its slot stopped and a queued one is skipped. A task delivered a second time
+//! (its first serving process vanished before it could say `started`) runs only if its caller,
+//! asked on its claim subject, still waits for it and never saw it start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -59,6 +64,40 @@ struct Shared {
     payloads: Payloads,
     /// The server's acknowledgements of the task messages.
     acks: Acks,
+    /// How long each task (by fingerprint) ran lately, as its endings tell: whether its tasks
+    /// may travel several to a message.
+    lengths: Mutex<HashMap<u64, Lengths>>,
+}
+
+/// What the endings of one task (by fingerprint) said lately about how long it runs.
+#[derive(Default)]
+struct Lengths {
+    /// How many endings were heard (up to [`Lengths::KNOWN`]).
+    endings: u32,
+    /// How long its tasks ran after their `started` came, on average (moving, over the last
+    /// eight or so): none for a task that ended without one (a serving process says `started`
+    /// only of a task that has been on its slot for a millisecond). It counts a task's wait in
+    /// its slot's queue too, so it errs on the long side.
+    after_start: Duration,
+}
+
+impl Lengths {
+    /// How many endings make a task's length known.
+    const KNOWN: u32 = 32;
+    /// Tasks shorter than this on average may travel several to a message (a serving process
+    /// takes up to 32 per slot ahead of its slots when they are under 20 ms).
+    const SHORT: Duration = Duration::from_millis(5);
+
+    fn heard(&mut self, after_start: Duration) {
+        self.endings = (self.endings + 1).min(Lengths::KNOWN);
+        self.after_start = (self.after_start * 7 + after_start) / 8;
+    }
+
+    /// Whether the task is known to be short. Only such tasks travel several to a message: a
+    /// parcel goes to one serving process, and its tasks run one after the other there.
+    fn is_short(&self) -> bool {
+        self.endings >= Lengths::KNOWN && self.after_start < Lengths::SHORT
+    }
 }
 
 /// An attempt published and not ended.
@@ -71,6 +110,11 @@ struct Flight {
     is_withdrawn: bool,
     /// The name of its task value in the object store, when it is too large for a message.
     object: Option<String>,
+    /// The task's fingerprint (for the lengths of its tasks).
+    fingerprint: u64,
+    /// The calls its message carries, when it travels in a parcel with others (set as it is
+    /// packed): the message is deleted only once none of them is out.
+    parcel: Option<Arc<[CallId]>>,
 }
 
 /// Which slot runs a flight, and when it last said so.
@@ -79,6 +123,8 @@ struct Started {
     pid: u32,
     lease: Duration,
     heard: Instant,
+    /// When it was first heard.
+    since: Instant,
 }
 
 enum Outgoing {
@@ -89,7 +135,14 @@ enum Outgoing {
         payload: Bytes,
         /// The name to store the payload under, when it is too large for a message.
         object: Option<String>,
+        /// Its task's fingerprint, and whether it may share a message with others of it (a
+        /// first attempt of a task without a time limit, small; the task's lengths decide).
+        fingerprint: u64,
+        may_share: bool,
+        task: &'static str,
     },
+    /// Tasks submitted together (a `map` window), published in order.
+    Together(Vec<Outgoing>),
     /// Stop `call` everywhere: delete its message, tell the serving processes.
     Cancel { call: CallId, sequence: Option<u64>, object: Option<String> },
     /// Delete a message whose flight ended otherwise (lost with its serving process).
@@ -232,6 +285,7 @@ impl ClusterBackend {
             names,
             caller,
             flights: Mutex::new(HashMap::new()),
+            lengths: Mutex::new(HashMap::new()),
             outgoing,
             max_frame,
             is_stopping: AtomicBool::new(false),
@@ -259,10 +313,52 @@ impl ClusterBackend {
 
     /// Publishes `job`'s next attempt; `false` if the pool is stopping.
     pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
-        let shared = &self.shared;
-        if shared.is_stopping.load(Ordering::Acquire) {
+        if self.shared.is_stopping.load(Ordering::Acquire) {
             return false;
         }
+        if let Some(publish) = self.prepare(job) {
+            self.send(publish);
+        }
+        true
+    }
+
+    /// Publishes the next attempts of `jobs` (a `map` window) together: short tasks among them
+    /// then travel several to a message. For each, `false` if the pool is stopping.
+    pub(crate) fn submit_all<T: Task>(&self, jobs: &[Arc<Job<T>>]) -> Vec<bool> {
+        if self.shared.is_stopping.load(Ordering::Acquire) {
+            return vec![false; jobs.len()];
+        }
+        let publishes: Vec<Outgoing> =
+            jobs.iter().filter_map(|job| self.prepare(Arc::clone(job))).collect();
+        match publishes.len() {
+            0 => {}
+            1 => publishes.into_iter().for_each(|publish| self.send(publish)),
+            _ => self.send(Outgoing::Together(publishes)),
+        }
+        vec![true; jobs.len()]
+    }
+
+    /// Hands `outgoing` to the publisher; if it stopped, the tasks in it end as unavailable.
+    fn send(&self, outgoing: Outgoing) {
+        let Err(refused) = self.shared.outgoing.send(outgoing) else { return };
+        let publishes = match refused.0 {
+            Outgoing::Together(publishes) => publishes,
+            other => vec![other],
+        };
+        for publish in publishes {
+            if let Outgoing::Publish { call, .. } = publish {
+                self.shared.end(
+                    call,
+                    Ok(Ending::Report(Report::Unavailable("the cluster client stopped".into()))),
+                );
+            }
+        }
+    }
+
+    /// Claims `job`'s next attempt and makes its message, with its flight recorded; `None` if the
+    /// job resolved meanwhile (cancelled, or its value does not serialize).
+    fn prepare<T: Task>(&self, job: Arc<Job<T>>) -> Option<Outgoing> {
+        let shared = &self.shared;
         let stop = Arc::new(CallStop {
             shared: Arc::downgrade(shared),
             job: job.id(),
@@ -271,7 +367,7 @@ impl ClusterBackend {
         let Some((task, attempt)) = job.start_attempt_untimed(Arc::clone(&stop) as Arc<dyn Stop>)
         else {
             // Cancelled meanwhile: resolved already.
-            return true;
+            return None;
         };
         let _ = stop.attempt.set(attempt);
         let call = CallId { job: job.id(), attempt };
@@ -286,10 +382,10 @@ impl ClusterBackend {
         if let Err(message) = encoded {
             let ending = Ending::Report(Report::BadArguments(message));
             submitted.end(attempt, Ok(ending));
-            return true;
+            return None;
         }
         if job.is_attempt_over(attempt) {
-            return true;
+            return None;
         }
         let mut headers = HeaderMap::new();
         headers.insert(wire::CALL, call.to_string().as_str());
@@ -301,6 +397,11 @@ impl ClusterBackend {
         let fingerprint = crate::registry::fingerprint_of::<T>();
         let object = (!shared.payloads.fits(payload.len()))
             .then(|| format!("{}/{call}/args", shared.caller));
+        // A task with a time limit travels alone: it must not wait behind others on its slot.
+        let may_share = attempt == 1
+            && T::POLICY.timeout().is_none()
+            && object.is_none()
+            && payload.len() <= SHARED_VALUE;
         shared.lock().insert(
             call,
             Flight {
@@ -309,22 +410,20 @@ impl ClusterBackend {
                 started: None,
                 is_withdrawn: false,
                 object: object.clone(),
+                fingerprint,
+                parcel: None,
             },
         );
-        let publish = Outgoing::Publish {
+        Some(Outgoing::Publish {
             call,
             subject: shared.names.task(fingerprint, &shared.caller),
             headers,
             payload: Bytes::from(payload),
             object,
-        };
-        if shared.outgoing.send(publish).is_err() {
-            shared.end(
-                call,
-                Ok(Ending::Report(Report::Unavailable("the cluster client stopped".into()))),
-            );
-        }
-        true
+            fingerprint,
+            may_share,
+            task: T::NAME,
+        })
     }
 
     /// Tasks started on a serving slot, and tasks out and not started.
@@ -410,6 +509,12 @@ impl Shared {
     fn end(&self, call: CallId, ending: Result<Ending, String>) {
         let flight = self.lock().remove(&call);
         if let Some(flight) = flight {
+            self.lengths
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(flight.fingerprint)
+                .or_default()
+                .heard(flight.started.as_ref().map_or(Duration::ZERO, |s| s.since.elapsed()));
             if flight.object.is_some() {
                 let _ =
                     self.outgoing.send(Outgoing::Delete { sequence: None, object: flight.object });
@@ -434,29 +539,48 @@ impl Shared {
             }
             return;
         }
-        let (sequence, object) = (flight.sequence, flight.object.clone());
+        let (mut sequence, object) = (flight.sequence, flight.object.clone());
         if sequence.is_none() {
             // Not acknowledged yet: the ack deletes it.
             flight.is_withdrawn = true;
-        } else {
-            flights.remove(&call);
+        } else if let Some(flight) = flights.remove(&call)
+            && let Some(parcel) = &flight.parcel
+            && is_any_out(&flights, parcel)
+        {
+            // Its message carries tasks still out: it stays, and the serving processes, told
+            // of the cancel, skip this one.
+            sequence = None;
         }
         drop(flights);
         let _ = self.outgoing.send(Outgoing::Cancel { call, sequence, object });
     }
 
-    /// The server stored `call`'s message as `sequence`.
-    fn published(&self, call: CallId, sequence: u64) {
+    /// The server stored the message of `calls` (one task, or a parcel) as `sequence`. Those
+    /// withdrawn meanwhile are forgotten, and the message deleted if none of its tasks is out.
+    fn published(&self, calls: &[CallId], sequence: u64) {
         let mut flights = self.lock();
-        match flights.get_mut(&call) {
-            Some(flight) if flight.is_withdrawn => {
-                let object = flights.remove(&call).and_then(|flight| flight.object);
-                drop(flights);
-                let _ = self.outgoing.send(Outgoing::Delete { sequence: Some(sequence), object });
+        let mut withdrawn = Vec::new();
+        for call in calls {
+            match flights.get_mut(call) {
+                Some(flight) if flight.is_withdrawn => withdrawn.push(*call),
+                Some(flight) => flight.sequence = Some(sequence),
+                // Ended before its ack (a very fast slot): its message is acknowledged already.
+                None => {}
             }
-            Some(flight) => flight.sequence = Some(sequence),
-            // Ended before its ack (a very fast slot): its message is acknowledged already.
-            None => {}
+        }
+        if withdrawn.is_empty() {
+            return;
+        }
+        let objects: Vec<Option<String>> = withdrawn
+            .iter()
+            .filter_map(|call| flights.remove(call))
+            .map(|flight| flight.object)
+            .collect();
+        let is_kept = is_any_out(&flights, calls);
+        drop(flights);
+        for (at, object) in objects.into_iter().enumerate() {
+            let sequence = Some(sequence).filter(|_| at == 0 && !is_kept);
+            let _ = self.outgoing.send(Outgoing::Delete { sequence, object });
         }
     }
 
@@ -510,8 +634,13 @@ impl Shared {
                 match &mut flight.started {
                     Some(started) => started.heard = now,
                     None => {
-                        flight.started =
-                            Some(Started { slot: slot.to_owned(), pid, lease, heard: now });
+                        flight.started = Some(Started {
+                            slot: slot.to_owned(),
+                            pid,
+                            lease,
+                            heard: now,
+                            since: now,
+                        });
                     }
                 }
             }
@@ -566,7 +695,14 @@ impl Shared {
             silent.into_iter().filter_map(|call| flights.remove(&call).map(|f| (call, f))).collect()
         };
         for (call, flight) in lost {
-            let (sequence, object) = (flight.sequence, flight.object);
+            let mut sequence = flight.sequence;
+            // A parcel's message stays while another of its tasks is out (it may be queued).
+            if let Some(parcel) = &flight.parcel
+                && is_any_out(&self.lock(), parcel)
+            {
+                sequence = None;
+            }
+            let object = flight.object;
             if sequence.is_some() || object.is_some() {
                 let _ = self.outgoing.send(Outgoing::Delete { sequence, object });
             }
@@ -604,7 +740,35 @@ impl Shared {
             .get(&call)
             .is_some_and(|flight| flight.started.is_none() && !flight.is_withdrawn)
     }
+
+    /// The tasks of `calls`, a parcel's, may travel together (the lengths of their task say so):
+    /// each flight learns the calls its message carries.
+    fn pack(&self, calls: &Arc<[CallId]>) {
+        let mut flights = self.lock();
+        for call in calls.iter() {
+            if let Some(flight) = flights.get_mut(call) {
+                flight.parcel = Some(Arc::clone(calls));
+            }
+        }
+    }
+
+    /// Whether tasks of `fingerprint` are known to be short.
+    fn is_short(&self, fingerprint: u64) -> bool {
+        self.lengths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&fingerprint)
+            .is_some_and(Lengths::is_short)
+    }
 }
+
+/// Whether any of `calls` is out and not withdrawn: its message must stay in the stream.
+fn is_any_out(flights: &HashMap<CallId, Flight>, calls: &[CallId]) -> bool {
+    calls.iter().any(|call| flights.get(call).is_some_and(|flight| !flight.is_withdrawn))
+}
+
+/// A task value this large or smaller may share its message with others of its task.
+const SHARED_VALUE: usize = 4096;
 
 /// Serializes the task value within the pool's message limit.
 fn encode<T: Task>(task: &T, out: &mut Vec<u8>, max: usize) -> Result<(), String> {
@@ -649,8 +813,38 @@ async fn publish(
     // Once the pool is killed, its tasks' messages are purged and every serving process told
     // already: cancels and deletions of messages are no longer needed (stored values still are).
     let mut is_killed = false;
-    while queue.recv_many(&mut round, PUBLISH_ROUND).await > 0 {
+    let mut packing = Packing::default();
+    // Whether each task is known to be short, looked up once per round.
+    let mut short = HashMap::new();
+    let mut received = Vec::with_capacity(PUBLISH_ROUND);
+    while queue.recv_many(&mut received, PUBLISH_ROUND).await > 0 {
+        for outgoing in received.drain(..) {
+            match outgoing {
+                Outgoing::Together(publishes) => round.extend(publishes),
+                other => round.push(other),
+            }
+        }
         for outgoing in round.drain(..) {
+            // Short tasks of the same kind, one after the other, travel together.
+            let outgoing = match outgoing {
+                Outgoing::Publish {
+                    call,
+                    subject,
+                    headers,
+                    payload,
+                    object: None,
+                    fingerprint,
+                    may_share: true,
+                    task,
+                } if *short.entry(fingerprint).or_insert_with(|| shared.is_short(fingerprint)) => {
+                    if !packing.takes(&subject, payload.len(), &shared.payloads) {
+                        packing.publish(&shared, &client).await;
+                    }
+                    packing.push(call, subject, headers, payload, task);
+                    continue;
+                }
+                other => other,
+            };
             match outgoing {
                 Outgoing::Cancel { call, sequence, object } => {
                     if !is_killed {
@@ -665,16 +859,24 @@ async fn publish(
                 }
                 _ => {}
             }
-            // Whatever else keeps its place after the cancels before it.
+            // Whatever else keeps its place after the tasks and the cancels before it.
+            packing.publish(&shared, &client).await;
             send_cancels(&shared, &client, &mut cancels).await;
             match outgoing {
-                Outgoing::Publish { call, subject, headers, payload, object: None } => {
+                Outgoing::Publish { call, subject, headers, payload, object: None, .. } => {
                     unacked.add();
-                    let task = TaskMessage { call, subject, headers, payload };
+                    let task = TaskMessage { call, parcel: None, subject, headers, payload };
                     publish_task(&shared, &client, task).await;
                 }
                 // Stored first, in the background: the tasks behind it need not wait.
-                Outgoing::Publish { call, subject, mut headers, payload, object: Some(name) } => {
+                Outgoing::Publish {
+                    call,
+                    subject,
+                    mut headers,
+                    payload,
+                    object: Some(name),
+                    ..
+                } => {
                     unacked.add();
                     let (shared, client) = (Arc::clone(&shared), client.clone());
                     tokio::spawn(async move {
@@ -684,7 +886,13 @@ async fn publish(
                             return;
                         }
                         headers.insert(OBJECT, name.as_str());
-                        let task = TaskMessage { call, subject, headers, payload: Bytes::new() };
+                        let task = TaskMessage {
+                            call,
+                            parcel: None,
+                            subject,
+                            headers,
+                            payload: Bytes::new(),
+                        };
                         publish_task(&shared, &client, task).await;
                     });
                 }
@@ -720,11 +928,84 @@ async fn publish(
                     let _ = client.flush().await;
                     let _ = done.send(());
                 }
-                Outgoing::Cancel { .. } | Outgoing::Delete { .. } => {}
+                Outgoing::Cancel { .. } | Outgoing::Delete { .. } | Outgoing::Together(_) => {}
             }
         }
+        packing.publish(&shared, &client).await;
+        short.clear();
         send_cancels(&shared, &client, &mut cancels).await;
         delete(&shared, &stream, std::mem::take(&mut deletes));
+    }
+}
+
+/// Short tasks of one kind on their way into one message (a parcel, see [`wire::CALLS`]).
+#[derive(Default)]
+struct Packing {
+    subject: String,
+    task: &'static str,
+    calls: Vec<CallId>,
+    /// Each task's own headers (used if it ends up alone) and value.
+    tasks: Vec<(HeaderMap, Bytes)>,
+    /// The parcel's body so far.
+    size: usize,
+}
+
+impl Packing {
+    /// Whether a task of `subject` with a value of `len` bytes may join.
+    fn takes(&self, subject: &str, len: usize, payloads: &Payloads) -> bool {
+        self.calls.is_empty()
+            || (self.subject == subject
+                && self.calls.len() < wire::PARCEL_TASKS
+                && payloads.fits(self.size + 4 + len))
+    }
+
+    fn push(
+        &mut self,
+        call: CallId,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        task: &'static str,
+    ) {
+        if self.calls.is_empty() {
+            self.subject = subject;
+            self.task = task;
+            self.size = 0;
+        }
+        self.size += 4 + payload.len();
+        self.calls.push(call);
+        self.tasks.push((headers, payload));
+    }
+
+    /// Publishes what it holds: a task alone as it came, several as one parcel.
+    async fn publish(&mut self, shared: &Arc<Shared>, client: &Client) {
+        if self.calls.is_empty() {
+            return;
+        }
+        let subject = std::mem::take(&mut self.subject);
+        let calls = std::mem::take(&mut self.calls);
+        let tasks = std::mem::take(&mut self.tasks);
+        shared.acks.unacked.add();
+        if let [(headers, payload)] = &tasks[..] {
+            let (call, headers, payload) = (calls[0], headers.clone(), payload.clone());
+            let task = TaskMessage { call, parcel: None, subject, headers, payload };
+            return publish_task(shared, client, task).await;
+        }
+        let body = wire::pack(tasks.iter().map(|(_, payload)| &payload[..]));
+        let parcel: Arc<[CallId]> = Arc::from(calls);
+        shared.pack(&parcel);
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::CALLS, CallId::join(&parcel).as_str());
+        headers.insert(wire::REPLY, shared.reply_subject.as_str());
+        headers.insert(wire::TASK, self.task);
+        let task = TaskMessage {
+            call: parcel[0],
+            parcel: Some(parcel),
+            subject,
+            headers,
+            payload: Bytes::from(body),
+        };
+        publish_task(shared, client, task).await;
     }
 }
 
@@ -778,7 +1059,10 @@ impl Unacked {
 
 /// A task message to publish.
 struct TaskMessage {
+    /// Its call, or its first call if it is a parcel.
     call: CallId,
+    /// Every call of a parcel.
+    parcel: Option<Arc<[CallId]>>,
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
@@ -797,8 +1081,9 @@ const ACKS_IN_FLIGHT: usize = 4096;
 /// CPU per task, in the allocator).
 struct Acks {
     prefix: String,
-    /// The calls whose acknowledgement has not come: when each was published, and its room.
-    awaiting: Mutex<HashMap<CallId, (Instant, OwnedSemaphorePermit)>>,
+    /// The messages whose acknowledgement has not come, by their first call: when each was
+    /// published, its room, and the calls of a parcel.
+    awaiting: Mutex<HashMap<CallId, Awaited>>,
     room: Arc<Semaphore>,
     unacked: Unacked,
 }
@@ -813,37 +1098,51 @@ impl Acks {
         }
     }
 
-    fn awaiting(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<CallId, (Instant, OwnedSemaphorePermit)>> {
+    fn awaiting(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, Awaited>> {
         self.awaiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `call`'s acknowledgement came, or will never count: `false` if it was settled already.
-    fn settle(&self, call: CallId) -> bool {
-        let was_awaited = self.awaiting().remove(&call).is_some();
-        if was_awaited {
-            self.unacked.done();
-        }
-        was_awaited
+    /// The acknowledgement of the message whose first call is `call` came, or will never count:
+    /// the calls it carries, or `None` if it was settled already.
+    fn settle(&self, call: CallId) -> Option<Vec<CallId>> {
+        let awaited = self.awaiting().remove(&call)?;
+        self.unacked.done();
+        Some(awaited.calls(call))
     }
 
-    /// The calls whose acknowledgement is overdue, settled.
+    /// The calls whose message's acknowledgement is overdue, settled.
     fn overdue(&self, now: Instant) -> Vec<CallId> {
         let mut awaiting = self.awaiting();
-        let overdue: Vec<CallId> = awaiting
+        let firsts: Vec<CallId> = awaiting
             .iter()
-            .filter(|(_, (sent, _))| now.duration_since(*sent) > ACK_TIMEOUT)
+            .filter(|(_, awaited)| now.duration_since(awaited.sent) > ACK_TIMEOUT)
             .map(|(call, _)| *call)
             .collect();
-        for call in &overdue {
-            awaiting.remove(call);
+        let mut overdue = Vec::with_capacity(firsts.len());
+        for call in &firsts {
+            if let Some(awaited) = awaiting.remove(call) {
+                overdue.extend(awaited.calls(*call));
+            }
         }
         drop(awaiting);
-        for _ in &overdue {
+        for _ in &firsts {
             self.unacked.done();
         }
         overdue
+    }
+}
+
+/// A task message whose acknowledgement has not come.
+struct Awaited {
+    sent: Instant,
+    _room: OwnedSemaphorePermit,
+    /// The calls of a parcel (`None`: the message carries its first call alone).
+    parcel: Option<Arc<[CallId]>>,
+}
+
+impl Awaited {
+    fn calls(&self, first: CallId) -> Vec<CallId> {
+        self.parcel.as_deref().map_or_else(|| vec![first], <[CallId]>::to_vec)
     }
 }
 
@@ -870,18 +1169,20 @@ fn refused(error: impl std::fmt::Display) -> Result<Ending, String> {
 /// Publishes one task (counted in `unacked` by the publisher); [`listen_acks`] records its
 /// sequence when the server's acknowledgement comes.
 async fn publish_task(shared: &Arc<Shared>, client: &Client, task: TaskMessage) {
-    let TaskMessage { call, subject, headers, payload } = task;
+    let TaskMessage { call, parcel, subject, headers, payload } = task;
     let acks = &shared.acks;
     let Ok(room) = Arc::clone(&acks.room).acquire_owned().await else {
         return;
     };
-    acks.awaiting().insert(call, (Instant::now(), room));
+    acks.awaiting().insert(call, Awaited { sent: Instant::now(), _room: room, parcel });
     let reply = format!("{}.{call}", acks.prefix);
     if let Err(error) =
         client.publish_with_reply_and_headers(subject, reply, headers, payload).await
-        && acks.settle(call)
+        && let Some(calls) = acks.settle(call)
     {
-        shared.end(call, refused(error));
+        for call in calls {
+            shared.end(call, refused(&error));
+        }
     }
 }
 
@@ -897,13 +1198,17 @@ async fn listen_acks(shared: Arc<Shared>, mut acks: async_nats::Subscriber) {
             tracing::warn!(subject = %message.subject, "an acknowledgement for no task; dropped");
             continue;
         };
-        // Overdue and given up already: its flight ended.
-        if !shared.acks.settle(call) {
+        // Overdue and given up already: its flights ended.
+        let Some(calls) = shared.acks.settle(call) else {
             continue;
-        }
+        };
         match read_ack(&message) {
-            Ok(sequence) => shared.published(call, sequence),
-            Err(error) => shared.end(call, refused(error)),
+            Ok(sequence) => shared.published(&calls, sequence),
+            Err(error) => {
+                for call in calls {
+                    shared.end(call, refused(&error));
+                }
+            }
         }
     }
 }
@@ -977,25 +1282,32 @@ async fn answer_claims(shared: Arc<Shared>, client: Client, mut claims: async_na
             {
                 Ok(calls) => {
                     shared.handed_back(&calls);
-                    "ok"
+                    "ok".to_owned()
                 }
                 Err(error) => {
                     tracing::warn!(%error, "a bad hand-back; dropped");
-                    "bad"
+                    "bad".to_owned()
                 }
             }
         } else {
-            let call = headers
-                .and_then(|headers| headers.get(wire::CALL))
-                .and_then(|value| CallId::parse(value.as_str()).ok());
-            if call.is_some_and(|call| shared.may_run(call)) {
-                "run"
-            } else {
-                "drop"
+            // The calls of a message delivered again: the answer names those that may run.
+            let calls = headers
+                .and_then(|headers| headers.get(wire::CALLS))
+                .map(|calls| CallId::split(calls.as_str()));
+            match calls {
+                Some(Ok(calls)) => {
+                    let run: Vec<CallId> =
+                        calls.into_iter().filter(|call| shared.may_run(*call)).collect();
+                    CallId::join(&run)
+                }
+                _ => {
+                    tracing::warn!("a claim without valid calls; none may run");
+                    String::new()
+                }
             }
         };
         if let Some(reply) = request.reply {
-            let _ = client.publish(reply, Bytes::from_static(answer.as_bytes())).await;
+            let _ = client.publish(reply, Bytes::from(answer.into_bytes())).await;
         }
     }
 }
@@ -1044,7 +1356,7 @@ mod tests {
     fn awaited(acks: &Acks, call: CallId, sent: Instant) {
         let room = Arc::clone(&acks.room).try_acquire_owned().expect("room");
         acks.unacked.add();
-        acks.awaiting().insert(call, (sent, room));
+        acks.awaiting().insert(call, Awaited { sent, _room: room, parcel: None });
     }
 
     #[test]
@@ -1053,8 +1365,12 @@ mod tests {
         let call = CallId { job: 7, attempt: 1 };
         awaited(&acks, call, Instant::now());
         assert_eq!(acks.room.available_permits(), ACKS_IN_FLIGHT - 1);
-        assert!(acks.settle(call));
-        assert!(!acks.settle(call), "a second acknowledgement of the same call counts nothing");
+        assert_eq!(acks.settle(call), Some(vec![call]));
+        assert_eq!(
+            acks.settle(call),
+            None,
+            "a second acknowledgement of the same call counts nothing"
+        );
         assert_eq!(acks.room.available_permits(), ACKS_IN_FLIGHT);
         assert_eq!(acks.unacked.count.load(Ordering::SeqCst), 0);
     }
@@ -1069,8 +1385,8 @@ mod tests {
         let later = now + ACK_TIMEOUT + Duration::from_millis(1);
         assert_eq!(acks.overdue(later), vec![old]);
         assert!(acks.overdue(later).is_empty());
-        assert!(!acks.settle(old), "its late acknowledgement finds it given up");
-        assert!(acks.settle(new));
+        assert_eq!(acks.settle(old), None, "its late acknowledgement finds it given up");
+        assert_eq!(acks.settle(new), Some(vec![new]));
         assert_eq!(acks.unacked.count.load(Ordering::SeqCst), 0);
     }
 

@@ -10,15 +10,20 @@
 //! process that vanishes stops both, so its tasks are redelivered by the server (those not
 //! started) or reported lost by their callers (those started).
 //!
-//! A message is acknowledged after its ending is published, on the same connection, so the
-//! caller has the ending before the server forgets the message. A message delivered a second
-//! time runs only if its caller says so (it waits for it and never heard it start). A message
-//! that cannot be answered (no call or reply subject) goes to the namespace's dead letters.
+//! A message may carry several short tasks (a parcel): each is a part of its own here (its own
+//! call, slot, ending and cancel), and the message is acknowledged when its last part is over;
+//! it goes back to the stream only whole, before any part of it went to a slot. A message is
+//! acknowledged after its endings are published, on the same connection, so the caller has
+//! them before the server forgets the message. A message delivered a second time (or a parcel
+//! that waited in the stream for longer than cancels are remembered) runs only the calls its
+//! caller names (it waits for them and never heard them start). A message that cannot be
+//! answered (no call or reply subject) goes to the namespace's dead letters; a task of a parcel
+//! whose value is cut short is reported to its caller, and the others run.
 //! SIGTERM or SIGINT drains: no more pulls, the queued messages are handed back at once, the
 //! running ones finish, then the process exits 0.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -204,6 +209,8 @@ struct State {
     /// The average time a task ran here (moving), for the size of the queue; `None` before the
     /// first task ended, when tasks count as long (nothing is queued ahead of the slots).
     average: Option<Duration>,
+    /// How many tasks a message carried (moving average, in sixteenths), for the size of pulls.
+    per_message: usize,
 }
 
 impl State {
@@ -223,6 +230,15 @@ impl State {
         self.slots * if is_pipelined { SLOT_DEPTH } else { 1 }
     }
 
+    /// Takes the queued tasks of the messages no part of which went to a slot here, each message
+    /// once: they may go back to the stream whole. Parts of the others stay queued.
+    fn take_unbegun(&mut self) -> Vec<Arc<Parcel>> {
+        let (back, kept): (VecDeque<Held>, VecDeque<Held>) =
+            self.queue.drain(..).partition(|held| !held.parcel.is_begun.load(Ordering::Acquire));
+        self.queue = kept;
+        distinct(back.into_iter().map(|held| held.parcel))
+    }
+
     /// Whether every slot runs a task that has run for long: none is about to free.
     fn is_stuck(&self) -> bool {
         self.free() == 0
@@ -231,10 +247,83 @@ impl State {
     }
 }
 
-/// A message taken from the stream and not started.
+/// How long a cancel or a kill is remembered for messages still on their way. A parcel older than
+/// half of it is claimed with its caller before it runs: a cancel of one of its tasks could not
+/// delete it (its other tasks still wait), and this process may not have heard it.
+const CANCELS_REMEMBERED: Duration = Duration::from_secs(600);
+
+/// A task message as this process holds it: one task, or a parcel of several ([`wire::CALLS`]),
+/// each of them a part with its own call, slot, ending and cancel. The message is acknowledged
+/// once, when its last part is over (its ending out, or dropped); it goes back to the stream only
+/// whole, and only while no part of it went to a slot here (a part that ran here and came again
+/// would be claimed with its caller, which may not have read its ending yet).
+struct Parcel {
+    message: jetstream::Message,
+    /// How many tasks it carries.
+    parts: usize,
+    /// How many of its parts are not over.
+    open: AtomicUsize,
+    /// Whether a part went to a slot: the message can no longer go back whole.
+    is_begun: AtomicBool,
+    /// Whether a part's ending was sent: the message is acknowledged, not terminated.
+    is_answered: AtomicBool,
+}
+
+impl Parcel {
+    fn new(message: jetstream::Message, parts: usize) -> Arc<Parcel> {
+        Arc::new(Parcel {
+            message,
+            parts,
+            open: AtomicUsize::new(parts),
+            is_begun: AtomicBool::new(false),
+            is_answered: AtomicBool::new(false),
+        })
+    }
+
+    /// One part is over: its ending is out (`answered`), or it is dropped. The last one lets the
+    /// message go.
+    async fn part_over(&self, answered: bool) {
+        if answered {
+            self.is_answered.store(true, Ordering::Release);
+        }
+        if self.open.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let kind =
+            if self.is_answered.load(Ordering::Acquire) { AckKind::Ack } else { AckKind::Term };
+        if let Err(error) = self.message.ack_with(kind).await {
+            tracing::warn!(%error, "a finished task's message could not be acknowledged");
+        }
+    }
+
+    /// The whole message goes back to the stream, for another serving process (after `delay`).
+    async fn hand_back(&self, delay: Option<Duration>) {
+        let _ = self.message.ack_with(AckKind::Nak(delay)).await;
+    }
+}
+
+/// Lets parts be over in the background.
+fn parts_over(parcels: Vec<Arc<Parcel>>, answered: bool) {
+    if parcels.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for parcel in parcels {
+            parcel.part_over(answered).await;
+        }
+    });
+}
+
+/// Each parcel once, in order.
+fn distinct(parcels: impl IntoIterator<Item = Arc<Parcel>>) -> Vec<Arc<Parcel>> {
+    let mut seen = HashSet::new();
+    parcels.into_iter().filter(|parcel| seen.insert(Arc::as_ptr(parcel))).collect()
+}
+
+/// A task taken from the stream and not started: a part of a message.
 struct Held {
     key: Key,
-    message: Arc<jetstream::Message>,
+    parcel: Arc<Parcel>,
     /// The task value: the message's payload, or the object it names.
     args: Bytes,
     task: &'static Registration,
@@ -242,7 +331,7 @@ struct Held {
 }
 
 struct Running {
-    message: Arc<jetstream::Message>,
+    parcel: Arc<Parcel>,
     ticket: Arc<Ticket>,
     since: Instant,
 }
@@ -254,13 +343,13 @@ enum Out {
     Progress(Key, Vec<u8>),
     Ended(Key, Ending),
     /// An ending whose task the node is done with (`Node::finished`), and its message.
-    Done(Key, Ending, Arc<jetstream::Message>),
+    Done(Key, Ending, Arc<Parcel>),
     /// Small endings of one caller's tasks in one reply (`merge_endings`), and their messages,
-    /// acknowledged once it is out.
-    Endings(Arc<str>, Vec<u8>, Vec<Arc<jetstream::Message>>),
+    /// whose parts are over once it is out.
+    Endings(Arc<str>, Vec<u8>, Vec<Arc<Parcel>>),
     Alive(Arc<str>, Vec<CallId>),
-    /// A task that cannot run: its ending, then the message is let go.
-    Refused(Key, Ending, Arc<jetstream::Message>),
+    /// A task that cannot run: its ending, then its part of the message is over.
+    Refused(Key, Ending, Arc<Parcel>),
     /// Everything before this is out: flush, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -270,8 +359,20 @@ impl Node {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How many more messages this process takes now.
+    /// How many more messages this process takes now: room for tasks, over the tasks a message
+    /// carried on average lately (parcels carry several), at least one if there is room.
     fn room(&self) -> usize {
+        let room = self.task_room();
+        let per_message = self.lock().per_message.max(16);
+        if room == 0 {
+            0
+        } else {
+            (room * 16 / per_message).max(1)
+        }
+    }
+
+    /// How many more tasks this process takes now.
+    fn task_room(&self) -> usize {
         if self.is_draining.load(Ordering::Acquire) {
             return 0;
         }
@@ -293,7 +394,7 @@ impl Node {
         }
     }
 
-    /// A message from the stream for `task`.
+    /// A message from the stream for `task`: one task, or a parcel of several.
     async fn take(self: &Arc<Self>, message: jetstream::Message, task: &'static Registration) {
         let header = |name: &str| {
             message
@@ -302,7 +403,16 @@ impl Node {
                 .and_then(|headers| headers.get(name))
                 .map(|v| v.as_str().to_owned())
         };
-        let call = header(wire::CALL).and_then(|call| CallId::parse(&call).ok());
+        let calls = match (header(wire::CALL), header(wire::CALLS)) {
+            (Some(call), None) => CallId::parse(&call).map(|call| vec![call]).ok(),
+            (None, Some(calls)) => CallId::split(&calls).ok().filter(|calls| {
+                let distinct: HashSet<&CallId> = calls.iter().collect();
+                !calls.is_empty()
+                    && calls.len() <= wire::CANCELS_PER_MESSAGE
+                    && distinct.len() == calls.len()
+            }),
+            _ => None,
+        };
         let reply = header(wire::REPLY).filter(|reply| {
             reply
                 .strip_prefix(&self.names.reply(""))
@@ -312,53 +422,102 @@ impl Node {
             None => Ok(None),
             Some(parsed) => parsed.map(Some),
         };
-        let (Some(call), Some(reply), Ok(timeout)) = (call, reply, timeout) else {
-            self.dead_letter(message, "no valid call, reply subject or timeout in its headers")
-                .await;
+        let (Some(calls), Some(reply), Ok(timeout)) = (calls, reply, timeout) else {
+            self.dead_letter(
+                message,
+                "no valid call (or distinct calls), reply subject or timeout in its headers",
+            )
+            .await;
             return;
         };
-        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let key: Key = (Arc::from(reply), call);
-        let args = match header(OBJECT) {
-            None => message.payload.clone(),
+        let info = message.info().ok();
+        let delivered = info.as_ref().map_or(1, |info| info.delivered);
+        // A parcel that waited in the stream for longer than cancels are remembered.
+        let is_old = calls.len() > 1
+            && info.is_some_and(|info| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                let published = u64::try_from(info.published.unix_timestamp()).unwrap_or(0);
+                now.saturating_sub(published) > CANCELS_REMEMBERED.as_secs() / 2
+            });
+        let reply: Arc<str> = Arc::from(reply);
+        {
+            let mut state = self.lock();
+            state.per_message = (state.per_message * 7 + calls.len() * 16) / 8;
+        }
+        let parcel = Parcel::new(message, calls.len());
+        let bytes = match header_of(&parcel.message, OBJECT) {
+            None => parcel.message.payload.clone(),
             Some(name) => match self.payloads.read(&name, self.max_frame).await {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(error) => {
-                    // Its caller hears why, and the stream forgets it.
-                    let ending = Ending::Report(Report::BadArguments(error));
-                    let _ = self.out.send(Out::Refused(key, ending, Arc::new(message)));
+                    // Its callers hear why, and the stream forgets it.
+                    for call in calls {
+                        let ending = Ending::Report(Report::BadArguments(error.clone()));
+                        let key = (Arc::clone(&reply), call);
+                        let _ = self.out.send(Out::Refused(key, ending, Arc::clone(&parcel)));
+                    }
                     return;
                 }
             },
         };
-        let held = Held { key, message: Arc::new(message), args, task, timeout };
-        if delivered > 1 {
-            // Its first serving process let it go before it started, or vanished: its caller
-            // decides whether it runs.
-            let node = Arc::clone(self);
-            tokio::spawn(async move { node.claim(held).await });
+        let values = if calls.len() == 1 {
+            vec![Ok(0..bytes.len())]
+        } else {
+            wire::unpack(calls.len(), &bytes)
+        };
+        let mut parts = Vec::with_capacity(calls.len());
+        for (call, value) in calls.into_iter().zip(values) {
+            let key: Key = (Arc::clone(&reply), call);
+            match value {
+                Ok(range) => parts.push(Held {
+                    key,
+                    parcel: Arc::clone(&parcel),
+                    args: bytes.slice(range),
+                    task,
+                    timeout,
+                }),
+                // A garbled part: its caller hears why; the others run.
+                Err(why) => {
+                    let ending = Ending::Report(Report::BadArguments(why));
+                    let _ = self.out.send(Out::Refused(key, ending, Arc::clone(&parcel)));
+                }
+            }
+        }
+        if parts.is_empty() {
             return;
         }
-        self.queue(held);
+        if delivered > 1 || is_old {
+            // Its first serving process let it go before it started, or vanished (or, a parcel,
+            // it waited long): its caller decides whether each part runs.
+            let node = Arc::clone(self);
+            tokio::spawn(async move { node.claim(parts).await });
+            return;
+        }
+        self.queue(parts);
     }
 
-    fn queue(self: &Arc<Self>, held: Held) {
+    /// Queues the parts of one message that may run (every part of it that is not over).
+    fn queue(self: &Arc<Self>, parts: Vec<Held>) {
+        let Some(parcel) = parts.first().map(|held| Arc::clone(&held.parcel)) else { return };
         if self.is_draining.load(Ordering::Acquire) {
-            // Handed back at once, for another serving process.
-            tokio::spawn(async move {
-                let _ = held.message.ack_with(AckKind::Nak(None)).await;
-            });
+            // Handed back at once, for another serving process: no part of it ran here.
+            tokio::spawn(async move { parcel.hand_back(None).await });
             return;
         }
-        self.lock().queue.push_back(held);
+        self.lock().queue.extend(parts);
         self.pump();
     }
 
-    /// Asks the caller of a message delivered again whether it still wants it run.
-    async fn claim(self: Arc<Self>, held: Held) {
-        let caller = held.key.0.strip_prefix(&self.names.reply("")).unwrap_or_default().to_owned();
+    /// Asks the caller of a message delivered again which of its parts it still wants run.
+    async fn claim(self: Arc<Self>, parts: Vec<Held>) {
+        let Some(first) = parts.first() else { return };
+        let parcel = Arc::clone(&first.parcel);
+        let caller = first.key.0.strip_prefix(&self.names.reply("")).unwrap_or_default().to_owned();
+        let calls: Vec<CallId> = parts.iter().map(|held| held.key.1).collect();
         let mut headers = HeaderMap::new();
-        headers.insert(wire::CALL, held.key.1.to_string().as_str());
+        headers.insert(wire::CALLS, CallId::join(&calls).as_str());
         let asked = tokio::time::timeout(
             Duration::from_secs(5),
             self.client.request_with_headers(self.names.claim(&caller), headers, Bytes::new()),
@@ -367,19 +526,32 @@ impl Node {
         let is_gone = |error: &async_nats::RequestError| {
             error.kind() == async_nats::RequestErrorKind::NoResponders
         };
-        match asked {
-            Ok(Ok(answer)) if &answer.payload[..] == b"run" => self.queue(held),
-            // Its caller has its result, or gave it up, or is gone.
-            Ok(Ok(_)) => {
-                let _ = held.message.ack_with(AckKind::Term).await;
-            }
-            Ok(Err(error)) if is_gone(&error) => {
-                let _ = held.message.ack_with(AckKind::Term).await;
-            }
+        let to_run = match asked {
+            // The calls its caller still waits for and never heard start.
+            Ok(Ok(answer)) => std::str::from_utf8(&answer.payload)
+                .map_err(|error| error.to_string())
+                .and_then(CallId::split),
+            // Its caller is gone.
+            Ok(Err(error)) if is_gone(&error) => Ok(Vec::new()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer in 5 s".to_owned()),
+        };
+        let to_run = match to_run {
+            Ok(to_run) => to_run,
             // No answer in time (the caller's connection is down?): ask again later.
-            _ => {
-                let _ = held.message.ack_with(AckKind::Nak(Some(self.lease / 3))).await;
+            Err(error) => {
+                tracing::debug!(%error, "a claim was not answered; asked again later");
+                return parcel.hand_back(Some(self.lease / 3)).await;
             }
+        };
+        let (run, drop): (Vec<Held>, Vec<Held>) =
+            parts.into_iter().partition(|held| to_run.contains(&held.key.1));
+        // Those its caller has its result of, or gave up.
+        for held in drop {
+            held.parcel.part_over(false).await;
+        }
+        if !run.is_empty() {
+            self.queue(run);
         }
     }
 
@@ -394,15 +566,16 @@ impl Node {
                 if state.cancelled.remove(&held.key).is_some()
                     || state.killed.contains_key(&held.key.0)
                 {
-                    dropped.push(held.message);
+                    dropped.push(held.parcel);
                     continue;
                 }
+                held.parcel.is_begun.store(true, Ordering::Release);
                 let sink = Arc::new(NodeSink { node: Arc::downgrade(self), key: held.key.clone() });
                 let ticket = Ticket::new(sink, self.max_frame);
                 state.running.insert(
                     held.key.clone(),
                     Running {
-                        message: Arc::clone(&held.message),
+                        parcel: Arc::clone(&held.parcel),
                         ticket: Arc::clone(&ticket),
                         since: Instant::now(),
                     },
@@ -410,11 +583,7 @@ impl Node {
                 started.push((held, ticket));
             }
         }
-        for message in dropped {
-            tokio::spawn(async move {
-                let _ = message.ack_with(AckKind::Term).await;
-            });
-        }
+        parts_over(dropped, false);
         let mut works = Vec::with_capacity(started.len());
         for (held, ticket) in started {
             let _ = self.out.send(Out::Started(held.key.clone()));
@@ -426,12 +595,12 @@ impl Node {
     /// A task ended on its slot: the slot is free, and the message is done with once its
     /// ending is out.
     /// The caller refills the slots (`refill`), once for all the endings it has.
-    fn finished(self: &Arc<Self>, key: &Key) -> Option<Arc<jetstream::Message>> {
+    fn finished(self: &Arc<Self>, key: &Key) -> Option<Arc<Parcel>> {
         let mut state = self.lock();
         let running = state.running.remove(key)?;
         let took = running.since.elapsed();
         state.average = Some(state.average.map_or(took, |average| (average * 7 + took) / 8));
-        Some(running.message)
+        Some(running.parcel)
     }
 
     /// Slots were freed: the pullers may take more, and the queue goes to the slots.
@@ -444,8 +613,7 @@ impl Node {
     /// killed). All of them leave the queue before any slot they free takes another task, so a
     /// task cancelled with a running one never starts in its place.
     fn cancel(self: &Arc<Self>, reply: &Arc<str>, calls: &[CallId], every: bool) {
-        /// How long a cancel or a kill is remembered for messages still on their way.
-        const REMEMBERED: Duration = Duration::from_secs(600);
+        const REMEMBERED: Duration = CANCELS_REMEMBERED;
         let now = Instant::now();
         let mut tickets = Vec::new();
         let mut messages = Vec::new();
@@ -459,7 +627,7 @@ impl Node {
             for held in state.queue.drain(..) {
                 if is_named(&held.key) {
                     found.push(held.key.1);
-                    messages.push(held.message);
+                    messages.push(held.parcel);
                 } else {
                     kept.push_back(held);
                 }
@@ -471,7 +639,7 @@ impl Node {
                 if let Some(running) = state.running.remove(&key) {
                     found.push(key.1);
                     tickets.push(running.ticket);
-                    messages.push(running.message);
+                    messages.push(running.parcel);
                 }
             }
             if every {
@@ -489,11 +657,7 @@ impl Node {
         if messages.is_empty() {
             return;
         }
-        tokio::spawn(async move {
-            for message in messages {
-                let _ = message.ack_with(AckKind::Term).await;
-            }
-        });
+        parts_over(messages, false);
         self.room.notify_waiters();
         self.pump();
     }
@@ -522,25 +686,26 @@ impl Node {
         let (handed_back, withdrawn) = {
             let mut state = self.lock();
             if state.is_stuck() {
-                let back: Vec<_> = state.queue.drain(..).map(|held| held.message).collect();
-                // Those handed to a slot ahead of time that its worker has not started.
+                let back = state.take_unbegun();
+                // Those handed to a slot ahead of time that its worker has not started (a part
+                // of a parcel stays: its message goes back only whole, and its other parts ran).
                 let waiting: Vec<Key> = state
                     .running
                     .iter()
-                    .filter(|(_, running)| running.ticket.withdraw())
+                    .filter(|(_, running)| running.parcel.parts == 1 && running.ticket.withdraw())
                     .map(|(key, _)| key.clone())
                     .collect();
                 let withdrawn: Vec<_> = waiting
                     .into_iter()
-                    .filter_map(|key| Some((state.running.remove(&key)?.message, key)))
+                    .filter_map(|key| Some((state.running.remove(&key)?.parcel, key)))
                     .collect();
                 (back, withdrawn)
             } else {
                 (Vec::new(), Vec::new())
             }
         };
-        for message in handed_back {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
+        for parcel in handed_back {
+            parcel.hand_back(None).await;
         }
         if !withdrawn.is_empty() {
             // On its own: waiting for the callers' answers must not hold back `alive`.
@@ -552,19 +717,20 @@ impl Node {
             for (reply, call) in state.running.keys() {
                 alive.entry(Arc::clone(reply)).or_default().push(*call);
             }
-            let messages: Vec<_> = state
-                .queue
-                .iter()
-                .map(|held| Arc::clone(&held.message))
-                .chain(state.running.values().map(|running| Arc::clone(&running.message)))
-                .collect();
+            let messages = distinct(
+                state
+                    .queue
+                    .iter()
+                    .map(|held| Arc::clone(&held.parcel))
+                    .chain(state.running.values().map(|running| Arc::clone(&running.parcel))),
+            );
             (messages, alive)
         };
         for (reply, calls) in alive {
             let _ = self.out.send(Out::Alive(reply, calls));
         }
-        for message in messages {
-            if let Err(error) = message.ack_with(AckKind::Progress).await {
+        for parcel in messages {
+            if let Err(error) = parcel.message.ack_with(AckKind::Progress).await {
                 tracing::debug!(%error, "a lease was not renewed");
             }
         }
@@ -653,6 +819,7 @@ async fn run(settings: Settings) -> Result<(), Error> {
             cancelled: HashMap::new(),
             killed: HashMap::new(),
             average: None,
+            per_message: 16,
         }),
         room: Notify::new(),
         out,
@@ -764,12 +931,17 @@ fn stop_signals() -> impl std::future::Future<Output = ()> {
 async fn drain(node: &Arc<Node>) {
     node.is_draining.store(true, Ordering::Release);
     node.room.notify_waiters();
-    let queued: Vec<Held> = node.lock().queue.drain(..).collect();
+    let queued = node.lock().take_unbegun();
     tracing::info!(queued = queued.len(), "draining");
-    for held in queued {
-        let _ = held.message.ack_with(AckKind::Nak(None)).await;
+    for parcel in queued {
+        parcel.hand_back(None).await;
     }
-    while !node.lock().running.is_empty() {
+    // The queued parts of a message whose other parts ran here run here too.
+    node.pump();
+    while {
+        let state = node.lock();
+        !state.running.is_empty() || !state.queue.is_empty()
+    } {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The last endings are out before the process exits.
@@ -889,11 +1061,7 @@ async fn hear_cancels(node: Weak<Node>, mut cancels: async_nats::Subscriber) {
 /// run when they come again: each caller is told first, and answers, before the messages go
 /// back to the stream, so its answer to their next claim is `run`. A caller that does not
 /// answer in time is gone or cut off; its tasks go back all the same.
-async fn hand_back_started(
-    client: Client,
-    names: Names,
-    withdrawn: Vec<(Arc<jetstream::Message>, Key)>,
-) {
+async fn hand_back_started(client: Client, names: Names, withdrawn: Vec<(Arc<Parcel>, Key)>) {
     let mut by_caller: HashMap<Arc<str>, Vec<CallId>> = HashMap::new();
     for (_, (reply, call)) in &withdrawn {
         by_caller.entry(Arc::clone(reply)).or_default().push(*call);
@@ -907,8 +1075,8 @@ async fn hand_back_started(
         tokio::time::timeout(Duration::from_secs(5), request)
     });
     futures_util::future::join_all(told).await;
-    for (message, _) in withdrawn {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+    for (parcel, _) in withdrawn {
+        parcel.hand_back(None).await;
     }
 }
 
@@ -966,9 +1134,9 @@ async fn send(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<Out>) {
             .filter_map(|out| match out {
                 Out::Ended(key, ending) => {
                     // Cancelled meanwhile: its caller has resolved already.
-                    let message = node.finished(&key)?;
+                    let parcel = node.finished(&key)?;
                     freed = true;
-                    Some(Out::Done(key, ending, message))
+                    Some(Out::Done(key, ending, parcel))
                 }
                 other => Some(other),
             })
@@ -1112,7 +1280,7 @@ fn merge_endings(node: &Arc<Node>, round: Vec<Out>) -> Vec<Out> {
         return round;
     }
     /// A caller's reply being filled, and the messages its endings finish.
-    type Reply = (Vec<u8>, Vec<Arc<jetstream::Message>>);
+    type Reply = (Vec<u8>, Vec<Arc<Parcel>>);
     let mut merged: HashMap<Arc<str>, Reply> = HashMap::new();
     let mut outs = Vec::with_capacity(round.len());
     for (at, out) in round.into_iter().enumerate() {
@@ -1170,14 +1338,14 @@ async fn send_one(node: &Arc<Node>, out: Out) {
         // reaches here another way is finished here.
         Out::Ended(key, ending) => {
             // Cancelled meanwhile: its caller has resolved already.
-            let Some(message) = node.finished(&key) else { return };
+            let Some(parcel) = node.finished(&key) else { return };
             node.refill();
             let (kind, body) = ending.into_message();
-            (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
+            (key.0, headers_of(kind, Some(key.1)), body, Some((parcel, true)))
         }
-        Out::Done(key, ending, message) => {
+        Out::Done(key, ending, parcel) => {
             let (kind, body) = ending.into_message();
-            (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Ack)))
+            (key.0, headers_of(kind, Some(key.1)), body, Some((parcel, true)))
         }
         Out::Endings(reply, body, messages) => {
             let headers = headers_of(Kind::Endings, None);
@@ -1188,16 +1356,15 @@ async fn send_one(node: &Arc<Node>, out: Out) {
             {
                 tracing::warn!(%error, "a reply could not be sent");
             }
-            for message in messages {
-                if let Err(error) = message.ack_with(AckKind::Ack).await {
-                    tracing::warn!(%error, "a finished task's message could not be acknowledged");
-                }
+            for parcel in messages {
+                parcel.part_over(true).await;
             }
             return;
         }
-        Out::Refused(key, ending, message) => {
+        // Its message is terminated once no other part of it is answered.
+        Out::Refused(key, ending, parcel) => {
             let (kind, body) = ending.into_message();
-            (key.0, headers_of(kind, Some(key.1)), body, Some((message, AckKind::Term)))
+            (key.0, headers_of(kind, Some(key.1)), body, Some((parcel, false)))
         }
         Out::Flush(done) => {
             let _ = node.client.flush().await;
@@ -1231,10 +1398,8 @@ async fn send_one(node: &Arc<Node>, out: Out) {
     if let Err(error) = sent {
         tracing::warn!(%error, "a reply could not be sent");
     }
-    if let Some((message, ack)) = done
-        && let Err(error) = message.ack_with(ack).await
-    {
-        tracing::warn!(%error, "a finished task's message could not be acknowledged");
+    if let Some((parcel, answered)) = done {
+        parcel.part_over(answered).await;
     }
 }
 
@@ -1249,6 +1414,11 @@ async fn store_ending(
     let caller = reply.rsplit('.').next().unwrap_or_default();
     let name = format!("{caller}/{call}/ending");
     node.payloads.put(&name, body).await.map(|()| name)
+}
+
+/// A header of a message, if it has it.
+fn header_of(message: &jetstream::Message, name: &str) -> Option<String> {
+    message.headers.as_ref().and_then(|headers| headers.get(name)).map(|v| v.as_str().to_owned())
 }
 
 fn headers_of(kind: Kind, call: Option<CallId>) -> HeaderMap {

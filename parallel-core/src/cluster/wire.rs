@@ -3,9 +3,9 @@
 //!
 //! | subject | from → to | what |
 //! | --- | --- | --- |
-//! | `NS.task.FP` (stream `NS_tasks`) | caller → a serving slot | a task: the task value as [`wire_value`] writes it |
+//! | `NS.task.FP.CALLER` (stream `NS_tasks`) | caller → a serving slot | a task: the task value as [`wire_value`] writes it; or a parcel of several short tasks ([`CALLS`]), their values framed one after the other ([`pack`]) |
 //! | `NS.reply.CALLER` | serving process → that caller | `started`, `alive`, `progress`, then one ending |
-//! | `NS.claim.CALLER` (request) | serving process → that caller | may a task delivered again run? |
+//! | `NS.claim.CALLER` (request) | serving process → that caller | which calls of a message delivered again may run? |
 //! | `NS.cancel` | caller → every serving process | stop tasks (the calls in the body, or all of the caller's): never start them, or kill their slots |
 //! | `NS.resend` | a caller that reconnected → every serving process | send my recent replies again |
 //!
@@ -43,6 +43,12 @@ pub(crate) const EVERY: &str = "Parallel-Every";
 /// On a claim request: the calls in the body were said to have started but their worker never
 /// started them, and they go back to the stream (the caller forgets that they started).
 pub(crate) const HANDED_BACK: &str = "Parallel-Handed-Back";
+/// On a task message that carries several tasks (a parcel): their calls, in the order of their
+/// values in the body (in place of [`CALL`]). On a claim request: the calls asked about, and the
+/// answer names those that may run.
+pub(crate) const CALLS: &str = "Parallel-Calls";
+/// How many tasks one parcel carries at most.
+pub(crate) const PARCEL_TASKS: usize = 16;
 /// How many calls one cancel message names at most (each at most 31 bytes: far below any
 /// server's message limit).
 pub(crate) const CANCELS_PER_MESSAGE: usize = 1024;
@@ -199,6 +205,53 @@ pub(crate) fn frames(mut body: &[u8]) -> Result<Vec<&[u8]>, String> {
         body = rest;
     }
     Ok(frames)
+}
+
+/// A parcel's body: each task's value framed (see [`push_frame`]), in the order of its calls.
+pub(crate) fn pack<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for value in values {
+        push_frame(&mut body, value);
+    }
+    body
+}
+
+/// Where each of a parcel's `calls` values is in `body` (a byte range, so that each task's value
+/// is a slice of the message's own bytes), or why it has none. The body is untrusted: a frame cut
+/// short spoils its call and every call after it (where they start cannot be told), the calls
+/// before it keep their values; a body with more values than calls names no call it could belong
+/// to, so every call has that error. Nothing is allocated by a length read from the body.
+pub(crate) fn unpack(calls: usize, body: &[u8]) -> Vec<Result<std::ops::Range<usize>, String>> {
+    let mut values = Vec::with_capacity(calls);
+    let mut at = 0;
+    while values.len() < calls {
+        let rest = &body[at..];
+        let Some((length, _)) = rest.split_first_chunk::<4>() else {
+            let why = if rest.is_empty() {
+                format!("the parcel carries {} values for {calls} calls", values.len())
+            } else {
+                "the parcel's body is cut short in a value's length".to_owned()
+            };
+            values.resize_with(calls, || Err(why.clone()));
+            return values;
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if rest.len() - 4 < length {
+            let why = format!(
+                "a value of {length} bytes in the parcel's body has {} left",
+                rest.len() - 4
+            );
+            values.resize_with(calls, || Err(why.clone()));
+            return values;
+        }
+        values.push(Ok(at + 4..at + 4 + length));
+        at += 4 + length;
+    }
+    if at < body.len() {
+        let why = format!("the parcel carries more values than its {calls} calls");
+        return (0..calls).map(|_| Err(why.clone())).collect();
+    }
+    values
 }
 
 /// Appends one task's ending to the body of an `endings` reply.
@@ -441,6 +494,42 @@ mod tests {
         let mut short = Vec::new();
         push_frame(&mut short, b"1.1");
         assert!(endings(&short).is_err());
+    }
+
+    #[test]
+    fn a_parcel_unpacks_into_its_values_and_a_hostile_body_is_an_error_per_call() {
+        let values: [&[u8]; 3] = [b"one", b"", &[7; 300]];
+        let body = pack(values);
+        let unpacked = unpack(3, &body);
+        let slices: Vec<&[u8]> =
+            unpacked.iter().map(|range| &body[range.clone().expect("whole")]).collect();
+        assert_eq!(slices, values);
+        assert!(unpack(0, &[]).is_empty());
+        // Fewer values than calls: those without one have an error, the others keep theirs.
+        let short = unpack(4, &body);
+        assert!(short[..3].iter().all(Result::is_ok), "{short:?}");
+        assert!(short[3].as_ref().is_err_and(|why| why.contains("3 values for 4 calls")));
+        // More values than calls: which call is which cannot be told.
+        assert!(unpack(2, &body).iter().all(Result::is_err));
+        // A body cut anywhere inside a frame: the calls before the cut keep their values.
+        for cut in 0..body.len() {
+            let unpacked = unpack(3, &body[..cut]);
+            assert_eq!(unpacked.len(), 3);
+            let whole = match cut {
+                0..7 => 0,
+                7..11 => 1,
+                _ => 2,
+            };
+            assert!(unpacked[..whole].iter().all(Result::is_ok), "{cut}: {unpacked:?}");
+            assert!(unpacked[whole..].iter().all(Result::is_err), "{cut}: {unpacked:?}");
+        }
+        // A length past the end (4 GiB) allocates nothing and is an error for its call on.
+        let mut hostile = pack([&b"ok"[..]]);
+        hostile.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 1]);
+        let unpacked = unpack(usize::from(u16::MAX), &hostile);
+        assert!(unpacked[0].is_ok());
+        assert!(unpacked[1].as_ref().is_err_and(|why| why.contains("4294967295 bytes")));
+        assert!(unpacked[2..].iter().all(Result::is_err));
     }
 
     #[test]
