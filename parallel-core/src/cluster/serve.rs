@@ -555,13 +555,19 @@ impl Node {
         }
     }
 
-    /// Hands queued messages to free slots.
+    /// Hands queued tasks to free slots: as many as there are free slots, whatever number of
+    /// cancelled ones it drops from the queue on the way.
     fn pump(self: &Arc<Self>) {
         let mut started = Vec::new();
         let mut dropped = Vec::new();
         {
             let mut state = self.lock();
-            for _ in 0..state.free() {
+            // Counted in tasks started, not in tasks taken from the queue: a cancelled task
+            // dropped here frees no slot. (Counted per task taken, a slot stayed idle behind
+            // each one dropped, with tasks queued and nothing left to pump them: seen from
+            // outside as tasks that waited until the caller's next cancel or task came.)
+            let mut free = state.free();
+            while free > 0 {
                 let Some(held) = state.queue.pop_front() else { break };
                 if state.cancelled.remove(&held.key).is_some()
                     || state.killed.contains_key(&held.key.0)
@@ -569,6 +575,7 @@ impl Node {
                     dropped.push(held.parcel);
                     continue;
                 }
+                free -= 1;
                 held.parcel.is_begun.store(true, Ordering::Release);
                 let sink = Arc::new(NodeSink { node: Arc::downgrade(self), key: held.key.clone() });
                 let ticket = Ticket::new(sink, self.max_frame);
@@ -582,6 +589,10 @@ impl Node {
                 );
                 started.push((held, ticket));
             }
+        }
+        if !dropped.is_empty() {
+            // What they held is room again: the pullers may take more.
+            self.room.notify_waiters();
         }
         parts_over(dropped, false);
         let mut works = Vec::with_capacity(started.len());
