@@ -47,6 +47,12 @@ pub(crate) const HANDED_BACK: &str = "Parallel-Handed-Back";
 /// values in the body (in place of [`CALL`]). On a claim request: the calls asked about, and the
 /// answer names those that may run.
 pub(crate) const CALLS: &str = "Parallel-Calls";
+/// The version of the task messages, in their subjects and their consumers' names: a serving
+/// process of a build that reads another version never takes them (one before parcels would
+/// dead-letter a parcel as garbled, and its callers would wait for ever), and a task waits in the
+/// stream for a serving process that reads it, as a task of another signature does. `w2`:
+/// parcels ([`CALLS`]); `w1`, which had no token, single tasks only.
+pub(crate) const TASK_WIRE: &str = "w2";
 /// How many tasks one parcel carries at most.
 pub(crate) const PARCEL_TASKS: usize = 16;
 /// How many calls one cancel message names at most (each at most 31 bytes: far below any
@@ -81,14 +87,15 @@ impl Names {
     }
 
     /// The subject of a task with fingerprint `fingerprint` that `caller` sends: the caller is
-    /// part of it so that a killed pool's queued tasks go in one purge (`caller_tasks`).
+    /// part of it so that a killed pool's queued tasks go in one purge (`caller_tasks`), and the
+    /// version of the task messages ([`TASK_WIRE`]) beside the fingerprint.
     pub(crate) fn task(&self, fingerprint: u64, caller: &str) -> String {
-        format!("{}.task.{fingerprint:016x}.{caller}", self.namespace)
+        format!("{}.task.{fingerprint:016x}-{TASK_WIRE}.{caller}", self.namespace)
     }
 
     /// Every subject of the tasks with fingerprint `fingerprint`, whoever sends them.
     pub(crate) fn tasks_of(&self, fingerprint: u64) -> String {
-        format!("{}.task.{fingerprint:016x}.*", self.namespace)
+        format!("{}.task.{fingerprint:016x}-{TASK_WIRE}.*", self.namespace)
     }
 
     /// Every subject of the tasks that `caller` sends.
@@ -100,7 +107,7 @@ impl Names {
     /// since task subjects name their caller: a consumer of an older build, named `task-`, with
     /// a filter no task matches now, is not taken for it.)
     pub(crate) fn consumer(fingerprint: u64) -> String {
-        format!("tasks-{fingerprint:016x}")
+        format!("tasks-{fingerprint:016x}-{TASK_WIRE}")
     }
 
     pub(crate) fn reply(&self, caller: &str) -> String {
@@ -535,10 +542,10 @@ mod tests {
     #[test]
     fn names_and_namespaces() {
         let names = Names::new("jobs");
-        assert_eq!(names.task(0xab, "c1"), "jobs.task.00000000000000ab.c1");
-        assert_eq!(names.tasks_of(0xab), "jobs.task.00000000000000ab.*");
+        assert_eq!(names.task(0xab, "c1"), "jobs.task.00000000000000ab-w2.c1");
+        assert_eq!(names.tasks_of(0xab), "jobs.task.00000000000000ab-w2.*");
         assert_eq!(names.caller_tasks("c1"), "jobs.task.*.c1");
-        assert_eq!(Names::consumer(0xab), "tasks-00000000000000ab");
+        assert_eq!(Names::consumer(0xab), "tasks-00000000000000ab-w2");
         assert_eq!(names.stream(), "jobs_tasks");
         assert_eq!(names.reply("c1"), "jobs.reply.c1");
         assert!(check_namespace("parallel").is_ok());
