@@ -1024,6 +1024,30 @@ fn a_task_that_ends_while_the_server_is_down_reports_its_result() {
 // 13. SIGTERM drains
 
 #[test]
+fn sigterm_with_the_server_gone_ends_the_serving_process_with_the_reason() {
+    // Before, the drain waited for ever for the server to take its last messages: a serving
+    // process stopped while its server was down (a restart, an outage) never exited.
+    run("SIGTERM, server gone", || {
+        let mut cluster = Cluster::start("sigtermgone");
+        let mut serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        assert_eq!(square::dispatch_on(&pool, 4).join(), Ok(16));
+        cluster.server.kill();
+        serving.sigterm();
+        let stopped = Instant::now();
+        let status = serving.wait();
+        assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
+        assert_eq!(status.code(), Some(1), "{}", serving.output());
+        let output = serving.output();
+        assert!(
+            output.contains("did not take the last endings and hand-backs within 10 s"),
+            "{output}"
+        );
+        drop(pool);
+    });
+}
+
+#[test]
 fn sigterm_finishes_the_running_task_hands_back_the_queued_ones_and_exits_0() {
     run("SIGTERM", || {
         let cluster = Cluster::start("sigterm");

@@ -859,10 +859,24 @@ async fn run(settings: Settings) -> Result<(), Error> {
     tokio::spawn(renew(Arc::downgrade(&node)));
     tracing::info!(slots, kind = node.slots.kind(), ?lease, namespace = %target.namespace, "serving");
     stopped.await;
-    drain(&node).await;
-    let _ = client.flush().await;
-    Ok(())
+    // Not waited for twice: a server that did not take the last words in time is gone.
+    let drained =
+        drain(&node).await && tokio::time::timeout(LAST_WORDS, client.flush()).await.is_ok();
+    if drained {
+        return Ok(());
+    }
+    Err(Error::connection(format!(
+            "stopped on a signal, but the server did not take the last endings and hand-backs within {} s \
+             (unreachable?): their callers hear of those tasks as lost after the lease, and the \
+             stream gives their messages to another serving process",
+            LAST_WORDS.as_secs()
+    )))
 }
+
+/// How long a stopping serving process waits for the server to take its last messages (the
+/// endings of its last tasks, the tasks it hands back): a server that is down then does not keep
+/// it from exiting (it waited for ever).
+const LAST_WORDS: Duration = Duration::from_secs(10);
 
 /// Opens the durable consumer of `task`. A server that does not answer (restarting, or its
 /// JetStream not ready yet) is waited for, as the connection waits for it: the tasks of the
@@ -938,15 +952,19 @@ fn stop_signals() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Takes no more tasks, hands the queued ones back, lets the running ones finish.
-async fn drain(node: &Arc<Node>) {
+/// Takes no more tasks, hands the queued ones back, lets the running ones finish; `false` if the
+/// server did not take the hand-backs and the last endings within [`LAST_WORDS`].
+async fn drain(node: &Arc<Node>) -> bool {
     node.is_draining.store(true, Ordering::Release);
     node.room.notify_waiters();
     let queued = node.lock().take_unbegun();
     tracing::info!(queued = queued.len(), "draining");
-    for parcel in queued {
-        parcel.hand_back(None).await;
-    }
+    let handed_back = tokio::time::timeout(LAST_WORDS, async {
+        for parcel in queued {
+            parcel.hand_back(None).await;
+        }
+    })
+    .await;
     // The queued parts of a message whose other parts ran here run here too.
     node.pump();
     while {
@@ -958,8 +976,9 @@ async fn drain(node: &Arc<Node>) {
     // The last endings are out before the process exits.
     let (done, wait) = tokio::sync::oneshot::channel();
     let _ = node.out.send(Out::Flush(done));
-    let _ = wait.await;
+    let flushed = tokio::time::timeout(LAST_WORDS, wait).await;
     node.slots.stop();
+    handed_back.is_ok() && flushed.is_ok()
 }
 
 /// Takes messages of `task` from its consumer while there is room.
