@@ -624,14 +624,13 @@ impl Node {
     /// killed). All of them leave the queue before any slot they free takes another task, so a
     /// task cancelled with a running one never starts in its place.
     fn cancel(self: &Arc<Self>, reply: &Arc<str>, calls: &[CallId], every: bool) {
-        const REMEMBERED: Duration = CANCELS_REMEMBERED;
         let now = Instant::now();
         let mut tickets = Vec::new();
         let mut messages = Vec::new();
         {
             let mut state = self.lock();
-            state.cancelled.retain(|_, at| now.duration_since(*at) < REMEMBERED);
-            state.killed.retain(|_, at| now.duration_since(*at) < REMEMBERED);
+            state.cancelled.retain(|_, at| now.duration_since(*at) < CANCELS_REMEMBERED);
+            state.killed.retain(|_, at| now.duration_since(*at) < CANCELS_REMEMBERED);
             let is_named = |key: &Key| *key.0 == **reply && (every || calls.contains(&key.1));
             let mut found = Vec::new();
             let mut kept = VecDeque::with_capacity(state.queue.len());
