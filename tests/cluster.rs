@@ -1048,6 +1048,72 @@ fn sigterm_with_the_server_gone_ends_the_serving_process_with_the_reason() {
 }
 
 #[test]
+fn sigterm_while_the_consumers_are_opened_with_the_server_gone_ends_the_serving_process() {
+    // A serving process takes tasks from the first consumer it opens while it opens the others.
+    // Before, a signal was only waited for once they were all open, and opening one retries for
+    // as long as the server does not answer: killed meanwhile, it never exited (1 run in 5 of
+    // the test above).
+    run("SIGTERM while opening consumers", || {
+        let mut cluster = Cluster::start("sigtermopening");
+        let mut serving = cluster.serve(1, "2s");
+        let stream = format!("{}_tasks", cluster.namespace);
+        wait_until("the first consumer", || {
+            !raw::consumers(cluster.server.port(), &stream).is_empty()
+        });
+        cluster.server.kill();
+        serving.sigterm();
+        let stopped = Instant::now();
+        let status = serving.wait();
+        assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
+        assert_eq!(status.code(), Some(1), "{}", serving.output());
+        let output = serving.output();
+        assert!(
+            output.contains("did not take the last endings and hand-backs within 10 s"),
+            "{output}"
+        );
+    });
+}
+
+#[test]
+fn sigterm_before_the_first_task_is_taken_exits_0_at_once() {
+    // The server is frozen (SIGSTOP): the connection waits for its greeting. Before, the signal
+    // was heard only once serving had started, and the process exited 1 after the connection's
+    // timeout instead.
+    run("SIGTERM before serving", || {
+        let cluster = Cluster::start("sigtermearly");
+        let server = cluster.server.pid().expect("the server runs");
+        signal(server, "-STOP");
+        let mut serving = cluster.serve(1, "2s");
+        wait_until("the serving process to handle SIGTERM", || handles_sigterm(serving.pid()));
+        serving.sigterm();
+        let stopped = Instant::now();
+        let status = serving.wait();
+        signal(server, "-CONT");
+        assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?}", stopped.elapsed());
+        assert_eq!(status.code(), Some(0), "{}", serving.output());
+    });
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("the kill command runs");
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
+/// Whether process `pid` has a handler for SIGTERM (signal 15: bit 14 of `SigCgt`).
+fn handles_sigterm(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << 14) != 0)
+}
+
+#[test]
 fn sigterm_finishes_the_running_task_hands_back_the_queued_ones_and_exits_0() {
     run("SIGTERM", || {
         let cluster = Cluster::start("sigterm");

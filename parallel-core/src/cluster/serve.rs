@@ -791,10 +791,55 @@ impl Sink for NodeSink {
 }
 
 async fn run(settings: Settings) -> Result<(), Error> {
-    let Settings { target, slots, processes, lease, max_frame } = settings;
     // Heard from now on: a SIGTERM that comes while the consumers are being opened, when tasks
-    // may run already, drains as any other (before, it killed the process).
+    // may run already, drains as any other (before, it killed the process). Each step of the
+    // start is raced against it: a step may wait for ever for a server that is down, and a
+    // signal heard only after the start then never ended the process.
     let stopped = stop_signals();
+    tokio::pin!(stopped);
+    let (slots, namespace) = (settings.slots, settings.target.namespace.clone());
+    let (node, client, stream) = tokio::select! {
+        started = start(settings) => started?,
+        () = &mut stopped => {
+            // Nothing was taken yet: there is nothing to drain.
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
+    // Leases are renewed from the first task on, through a drain too.
+    tokio::spawn(renew(Arc::downgrade(&node)));
+    let is_stopped = tokio::select! {
+        opened = open_consumers(&node, &stream) => {
+            opened?;
+            false
+        }
+        () = &mut stopped => true,
+    };
+    if !is_stopped {
+        let (kind, lease) = (node.slots.kind(), node.lease);
+        tracing::info!(slots, kind, ?lease, %namespace, "serving");
+        stopped.await;
+    }
+    // Not waited for twice: a server that did not take the last words in time is gone.
+    let drained =
+        drain(&node).await && tokio::time::timeout(LAST_WORDS, client.flush()).await.is_ok();
+    if drained {
+        return Ok(());
+    }
+    Err(Error::connection(format!(
+            "stopped on a signal, but the server did not take the last endings and hand-backs within {} s \
+             (unreachable?): their callers hear of those tasks as lost after the lease, and the \
+             stream gives their messages to another serving process",
+            LAST_WORDS.as_secs()
+    )))
+}
+
+/// Connects, makes sure of the streams, starts the slots and the outbox, and listens for
+/// cancels and resends: everything before the first task is taken.
+async fn start(
+    settings: Settings,
+) -> Result<(Arc<Node>, Client, jetstream::stream::Stream), Error> {
+    let Settings { target, slots, processes, lease, max_frame } = settings;
     let names = Names::new(&target.namespace);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
@@ -851,25 +896,17 @@ async fn run(settings: Settings) -> Result<(), Error> {
         .map_err(|error| Error::connection(format!("cannot subscribe to resends: {error}")))?;
     tokio::spawn(hear_resends(Arc::downgrade(&node), resends));
     tokio::spawn(repull_on_reconnect(Arc::downgrade(&node), reconnected));
+    Ok((node, client, stream))
+}
+
+/// Opens the consumer of each registered task, and takes its tasks from then on: the first
+/// ones may run before the last consumer is open.
+async fn open_consumers(node: &Arc<Node>, stream: &jetstream::stream::Stream) -> Result<(), Error> {
     for task in registry::all() {
-        let consumer = open_consumer(&stream, &names, task, lease).await?;
-        tokio::spawn(pull(Arc::clone(&node), consumer, task));
+        let consumer = open_consumer(stream, &node.names, task, node.lease).await?;
+        tokio::spawn(pull(Arc::clone(node), consumer, task));
     }
-    tokio::spawn(renew(Arc::downgrade(&node)));
-    tracing::info!(slots, kind = node.slots.kind(), ?lease, namespace = %target.namespace, "serving");
-    stopped.await;
-    // Not waited for twice: a server that did not take the last words in time is gone.
-    let drained =
-        drain(&node).await && tokio::time::timeout(LAST_WORDS, client.flush()).await.is_ok();
-    if drained {
-        return Ok(());
-    }
-    Err(Error::connection(format!(
-            "stopped on a signal, but the server did not take the last endings and hand-backs within {} s \
-             (unreachable?): their callers hear of those tasks as lost after the lease, and the \
-             stream gives their messages to another serving process",
-            LAST_WORDS.as_secs()
-    )))
+    Ok(())
 }
 
 /// How long a stopping serving process waits for the server to take its last messages (the
