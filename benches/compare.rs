@@ -40,6 +40,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parallel::{Backend, Environment, Pool};
@@ -440,6 +441,32 @@ fn bulk(bench: &mut Bench) {
             Variant::new(Peer::Process, 100_000, |n| map(&process, n)),
         ],
     );
+    // A machine that does other work: two threads that never sleep, one per core.
+    let is_busy = AtomicBool::new(true);
+    /// Stops the busy loops however the measure ends (a panic too: the scope waits for them).
+    struct Idle<'a>(&'a AtomicBool);
+    impl Drop for Idle<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        let _idle = Idle(&is_busy);
+        for _ in 0..WORKERS {
+            scope.spawn(|| {
+                while is_busy.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        bench.measure(
+            "bulk_map_busy",
+            vec![
+                Variant::new(Peer::Thread, 20_000, |n| map(&thread, n)),
+                Variant::new(Peer::Process, 20_000, |n| map(&process, n)),
+            ],
+        );
+    });
 }
 
 fn cpu_bound(bench: &mut Bench) {
@@ -814,6 +841,7 @@ fn method(bench: &Bench, python: &python::Python) -> Vec<String> {
         ("bulk_submit", "submit all: submit every no-op task, then join every handle (rayon: `spawn` each with a channel sender; Python: `submit`/`apply_async`)"),
         ("bulk_map", "`map`: ours streams through `Pool::map`; Python's `map` with chunksize 1"),
         ("bulk_map_chunk100", "Python's `map` with chunksize 100: a hundred tasks per message"),
+        ("bulk_map_busy", "`map` beside two busy loops: the same, while two threads of the bench's process spin without ever sleeping (a machine doing other work); the ratio is this rate over the idle one"),
         ("cpu_1", "CPU-bound: 100 tasks that each spin on the clock for 1 ms, all submitted, then all joined (ours and Python's through `map`); the speedup is the 1-worker time over the 2-worker time, run by run"),
         ("random_map", "random lengths: tasks that spin 1 µs to 1 ms (uniform, seeded: the same lengths every run and in Python), streamed through `map` (Python: `ProcessPoolExecutor.map`, `multiprocessing.Pool.imap`), in input order, on 2 workers"),
         ("random_unordered", "the same tasks through `map_unordered` (Python: `submit` all then `as_completed`, `imap_unordered`), in completion order"),

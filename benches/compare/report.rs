@@ -32,7 +32,7 @@ impl Row {
     }
 }
 
-const ROWS: [Row; 17] = [
+const ROWS: [Row; 18] = [
     Row::new("round_trip", "one-at-a-time no-op round trip, 2 workers", Unit::Time),
     Row {
         against: Some(("round_trip", "sync")),
@@ -44,6 +44,14 @@ const ROWS: [Row; 17] = [
     },
     Row::new("bulk_submit", "no-op tasks, submit all then join all, 2 workers", Unit::Rate),
     Row::new("bulk_map", "no-op tasks through `map` (Python: chunksize 1), 2 workers", Unit::Rate),
+    Row {
+        against: Some(("bulk_map", "idle")),
+        ..Row::new(
+            "bulk_map_busy",
+            "no-op tasks through `map` beside two busy loops, 2 workers",
+            Unit::Rate,
+        )
+    },
     Row {
         against: Some(("bulk_submit", "tasks")),
         ..Row::new("progress", "progress messages of one task, read as they come", Unit::Rate)

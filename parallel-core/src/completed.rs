@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use crossbeam_utils::Backoff;
+use crate::sync::Backoff;
 use slab::Slab;
 
 use crate::job::Outcome;

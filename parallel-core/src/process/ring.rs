@@ -262,11 +262,14 @@ impl Mapping {
         timeout: Option<Duration>,
         is_interrupted: &dyn Fn() -> bool,
     ) -> bool {
+        let spins = if may_spin() { spins } else { 0 };
         for _ in 0..spins {
             if self.has_frame(lane) || is_interrupted() {
                 return false;
             }
-            spin();
+            if !spin() {
+                break;
+            }
         }
         let asleep = self.word(sleeper);
         asleep.store(1, Ordering::SeqCst);
@@ -588,16 +591,29 @@ fn back_off(_: &mut u32) {
     ::loom::thread::yield_now();
 }
 
-/// One look's pause while a consumer spins before it sleeps: the CPU is given up, since on a
-/// busy machine the producer may need it.
+/// Whether a consumer should look again before it sleeps (see [`crate::sync::busy`]).
 #[cfg(not(all(test, loom)))]
-fn spin() {
-    std::thread::yield_now();
+fn may_spin() -> bool {
+    crate::sync::busy::may_spin()
 }
 
 #[cfg(all(test, loom))]
-fn spin() {
+fn may_spin() -> bool {
+    true
+}
+
+/// One look's pause while a consumer spins before it sleeps: the CPU is given up, since on a
+/// busy machine the producer may need it. `false` if the machine turned out busy: the consumer
+/// should sleep now.
+#[cfg(not(all(test, loom)))]
+fn spin() -> bool {
+    crate::sync::busy::yield_now()
+}
+
+#[cfg(all(test, loom))]
+fn spin() -> bool {
     ::loom::thread::yield_now();
+    true
 }
 
 #[cfg(all(test, not(loom)))]
