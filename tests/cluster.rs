@@ -1033,16 +1033,7 @@ fn sigterm_with_the_server_gone_ends_the_serving_process_with_the_reason() {
         let pool = cluster.pool();
         assert_eq!(square::dispatch_on(&pool, 4).join(), Ok(16));
         cluster.server.kill();
-        serving.sigterm();
-        let stopped = Instant::now();
-        let status = serving.wait();
-        assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
-        assert_eq!(status.code(), Some(1), "{}", serving.output());
-        let output = serving.output();
-        assert!(
-            output.contains("did not take the last endings and hand-backs within 10 s"),
-            "{output}"
-        );
+        stops_with_the_server_gone(&mut serving);
         drop(pool);
     });
 }
@@ -1061,16 +1052,7 @@ fn sigterm_while_the_consumers_are_opened_with_the_server_gone_ends_the_serving_
             !raw::consumers(cluster.server.port(), &stream).is_empty()
         });
         cluster.server.kill();
-        serving.sigterm();
-        let stopped = Instant::now();
-        let status = serving.wait();
-        assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
-        assert_eq!(status.code(), Some(1), "{}", serving.output());
-        let output = serving.output();
-        assert!(
-            output.contains("did not take the last endings and hand-backs within 10 s"),
-            "{output}"
-        );
+        stops_with_the_server_gone(&mut serving);
     });
 }
 
@@ -1092,6 +1074,20 @@ fn sigterm_before_the_first_task_is_taken_exits_0_at_once() {
         assert!(stopped.elapsed() < Duration::from_secs(3), "took {:?}", stopped.elapsed());
         assert_eq!(status.code(), Some(0), "{}", serving.output());
     });
+}
+
+/// Stops `serving`, whose server is gone, and checks that it exits 1 within 30 s saying why.
+fn stops_with_the_server_gone(serving: &mut Serving) {
+    serving.sigterm();
+    let stopped = Instant::now();
+    let status = serving.wait();
+    assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
+    assert_eq!(status.code(), Some(1), "{}", serving.output());
+    let output = serving.output();
+    assert!(
+        output.contains("did not take the last endings and hand-backs within 10 s"),
+        "{output}"
+    );
 }
 
 /// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
