@@ -283,8 +283,9 @@ pub(crate) mod busy {
                 backoff.snooze();
                 looks += 1;
             }
-            // 7 spins and 4 yields on an idle machine; fewer if a yield was slow.
-            assert!((1..=11).contains(&looks), "{looks}");
+            // 7 spins and 4 yields; fewer only if a yield was slow, which marks the machine busy.
+            let is_marked_busy = BUSY_LEFT.with(Cell::get) > 0;
+            assert!(looks == 11 || (is_marked_busy && (8..11).contains(&looks)), "{looks}");
         }
 
         #[test]
