@@ -297,6 +297,7 @@ fn run(name: &str, body: impl FnOnce() + Send + 'static) {
 mod raw {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpStream;
+    use std::sync::{Arc, Mutex, PoisonError};
     use std::time::Duration;
 
     /// Sends `payload` to `subject` on the server at 127.0.0.1:`port` and returns the reply.
@@ -387,6 +388,72 @@ mod raw {
             }
         }
         messages
+    }
+
+    /// The messages heard on a subject since [`listen`] returned (subscribed by then).
+    pub(crate) struct Listener {
+        heard: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Listener {
+        /// The bodies of the messages heard so far.
+        pub(crate) fn heard(&self) -> Vec<Vec<u8>> {
+            self.heard.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+    }
+
+    /// Subscribes to `subject` and, once the server confirmed it, collects what comes on a thread
+    /// of its own (ended with the server, or at the end of the test binary).
+    pub(crate) fn listen(port: u16, subject: &str) -> Listener {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+        let mut reader = BufReader::new(stream.try_clone().expect("a socket handle"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the server's INFO");
+        let head = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\nSUB \
+             {subject} 1\r\nPING\r\n"
+        );
+        stream.write_all(head.as_bytes()).expect("the server reads");
+        // The PONG comes after the subscription is in place.
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("the server's PONG");
+            assert!(!line.starts_with("-ERR"), "{subject}: {line}");
+            if line.starts_with("PONG") {
+                break;
+            }
+        }
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let collected = Arc::clone(&heard);
+        std::thread::spawn(move || loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.starts_with("PING") {
+                let _ = stream.write_all(b"PONG\r\n");
+            } else if line.starts_with("HMSG ") || line.starts_with("MSG ") {
+                let total: usize =
+                    line.split_whitespace().last().and_then(|n| n.parse().ok()).expect("a size");
+                let head: usize = if line.starts_with("HMSG ") {
+                    line.split_whitespace()
+                        .rev()
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                        .expect("a size")
+                } else {
+                    0
+                };
+                let mut bytes = vec![0; total + 2];
+                if reader.read_exact(&mut bytes).is_err() {
+                    return;
+                }
+                bytes.truncate(total);
+                let body = bytes.split_off(head);
+                collected.lock().unwrap_or_else(PoisonError::into_inner).push(body);
+            }
+        });
+        Listener { heard }
     }
 
     /// A JetStream API request, its JSON reply parsed.
@@ -642,6 +709,51 @@ fn tasks_queued_behind_cancelled_ones_all_run() {
                     assert_eq!(outcome, Ok(x * x), "round {round}, task {x}");
                 }
             }
+        }
+    });
+}
+
+#[test]
+fn tasks_cancelled_together_are_cancelled_in_one_message_and_none_of_them_starts() {
+    // A running task and a hundred queued behind it on the only slot, all cancelled by one
+    // `AsCompleted::cancel` (a hundred so that the publisher, woken by the first, would take
+    // some before the loop is through). Sent one by one as the publisher woke, the first cancel could come
+    // alone: the serving process killed the running task and its slot took the next cancelled one
+    // before the rest of the cancels came (the suite's
+    // `as_completed_sees_finished_handles_at_once_and_cancel_stops_the_rest`, 1 run in 20).
+    run("cancels together", || {
+        let cluster = Cluster::start("canceltogether");
+        let _serving = cluster.serve(1, "2s");
+        let pool = cluster.pool();
+        let dir = cluster.scratch.string();
+        let busy = hold::dispatch_on(&pool, dir.clone(), "busy".into());
+        let (worker, _) = cluster.started("busy");
+        let mut handles = vec![busy];
+        handles.extend((0..100).map(|i| hold::dispatch_on(&pool, dir.clone(), format!("q{i}"))));
+        // All stored (the serving process holds some of the queued ones, as its room
+        // allows, and the cancel drops them there; the others it deletes from the stream).
+        let (consumer, _) = consumer_of(&cluster, "hold");
+        let info = format!("$JS.API.CONSUMER.INFO.{}_tasks.{consumer}", cluster.namespace);
+        wait_until("the tasks to be stored", || {
+            let info = raw::api(cluster.server.port(), &info, "");
+            info["num_ack_pending"].as_u64().unwrap_or(0)
+                + info["num_pending"].as_u64().unwrap_or(0)
+                == 101
+        });
+        let cancels = raw::listen(cluster.server.port(), &format!("{}.cancel", cluster.namespace));
+        let completed = as_completed(handles);
+        completed.cancel();
+        let outcomes: Vec<_> = completed.map(|(_, outcome)| outcome).collect();
+        assert_eq!(outcomes, vec![Err(TaskError::Cancelled); 101]);
+        wait_until("the running task's worker to be killed", || is_gone(worker));
+        // Time for any other cancel message to come, and for a queued task to start on the
+        // slot freed by the kill.
+        std::thread::sleep(Duration::from_millis(300));
+        let heard: Vec<_> =
+            cancels.heard().iter().map(|body| String::from_utf8_lossy(body).into_owned()).collect();
+        assert_eq!(heard.len(), 1, "cancel messages (the calls each names): {heard:?}");
+        for i in 0..100 {
+            assert!(!cluster.scratch.has(&format!("started-q{i}")), "queued task q{i} started");
         }
     });
 }

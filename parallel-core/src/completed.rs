@@ -361,9 +361,11 @@ impl<T: Task> AsCompleted<T> {
     /// }
     /// ```
     pub fn cancel(&self) {
-        for handle in self.completion.handles() {
-            handle.cancel();
-        }
+        crate::job::stops_together(|| {
+            for handle in self.completion.handles() {
+                handle.cancel();
+            }
+        });
     }
 }
 

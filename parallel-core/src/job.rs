@@ -101,6 +101,17 @@ pub(crate) trait Stop: Send + Sync {
     fn lead(&self, _is_over: &dyn Fn() -> bool, _deadline: Option<Instant>) {}
 }
 
+/// Runs `f`, which stops several tasks at once (an `AsCompleted` cancelled, a `map` dropped), so
+/// that backends whose stops are messages send them together: on the cluster, one cancel message
+/// for all of them, which a serving process applies at once (a slot freed by the first never takes
+/// one of the others in between). Elsewhere it only runs `f`.
+pub(crate) fn stops_together<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "cluster")]
+    return crate::cluster::cancels_together(f);
+    #[cfg(not(feature = "cluster"))]
+    f()
+}
+
 /// How far stopping a running task goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Halt {

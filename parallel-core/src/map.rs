@@ -157,9 +157,11 @@ where
     I::Item: Task,
 {
     fn drop(&mut self) {
-        for handle in &self.in_flight {
-            handle.abandon();
-        }
+        crate::job::stops_together(|| {
+            for handle in &self.in_flight {
+                handle.abandon();
+            }
+        });
     }
 }
 
@@ -253,9 +255,11 @@ where
     I::Item: Task,
 {
     fn drop(&mut self) {
-        for handle in self.in_flight.handles() {
-            handle.abandon();
-        }
+        crate::job::stops_together(|| {
+            for handle in self.in_flight.handles() {
+                handle.abandon();
+            }
+        });
     }
 }
 

@@ -22,6 +22,7 @@
 //! (its first serving process vanished before it could say `started`) runs only if its caller,
 //! asked on its claim subject, still waits for it and never saw it start.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::response::Response;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, context, stream};
 use async_nats::{Client, HeaderMap, Message};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -227,6 +228,74 @@ impl<T: Task> Call for Submitted<T> {
         if !self.job.is_attempt_over(attempt) {
             Incoming { feed: self.job.feed(), attempt }.decode(bytes);
         }
+    }
+}
+
+/// Cancels held for the end of a [`cancels_together`] scope, each with its pool.
+type Held = Vec<(Arc<Shared>, Outgoing)>;
+
+thread_local! {
+    /// The cancels made on this thread inside [`cancels_together`]; `None` outside one.
+    static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, holding the cancels it makes on this thread; when it returns (or unwinds), each
+/// pool's go to its publisher as one item, so that they are published in one message rather than
+/// as the publisher happened to wake. Without it, `AsCompleted::cancel` on four tasks sent the
+/// first cancel alone: its serving process killed the running task, its slot took the next
+/// cancelled one, which started before the second message came (found by
+/// `as_completed_sees_finished_handles_at_once_and_cancel_stops_the_rest`). A scope inside
+/// another is part of it.
+pub(crate) fn cancels_together<R>(f: impl FnOnce() -> R) -> R {
+    /// Sends what the scope held, even if `f` panics.
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let held = HELD.with(|held| held.borrow_mut().take()).unwrap_or_default();
+            let mut pools: Vec<(Arc<Shared>, Vec<Outgoing>)> = Vec::new();
+            for (shared, outgoing) in held {
+                match pools.iter_mut().find(|(pool, _)| Arc::ptr_eq(pool, &shared)) {
+                    Some((_, cancels)) => cancels.push(outgoing),
+                    None => pools.push((shared, vec![outgoing])),
+                }
+            }
+            for (shared, mut cancels) in pools {
+                let outgoing = match cancels.len() {
+                    1 => cancels.remove(0),
+                    _ => Outgoing::Together(cancels),
+                };
+                // A publisher that stopped took its pool's tasks down with it: nothing to cancel.
+                let _ = shared.outgoing.send(outgoing);
+            }
+        }
+    }
+    let is_outer = HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        if held.is_some() {
+            return false;
+        }
+        *held = Some(Vec::new());
+        true
+    });
+    if !is_outer {
+        return f();
+    }
+    let _release = Release;
+    f()
+}
+
+/// Sends `cancel` to `shared`'s publisher, or holds it for the end of the [`cancels_together`]
+/// scope this thread is in.
+fn hold_or_send(shared: &Arc<Shared>, cancel: Outgoing) {
+    let cancel = HELD.with(|held| match held.borrow_mut().as_mut() {
+        Some(held) => {
+            held.push((Arc::clone(shared), cancel));
+            None
+        }
+        None => Some(cancel),
+    });
+    if let Some(cancel) = cancel {
+        let _ = shared.outgoing.send(cancel);
     }
 }
 
@@ -525,7 +594,7 @@ impl Shared {
 
     /// The job of `call` was cancelled or abandoned: forget the flight, delete its message, tell
     /// the serving processes. An abandoned flight that runs already is left to finish.
-    fn withdraw(&self, call: CallId, halt: Halt) {
+    fn withdraw(self: &Arc<Self>, call: CallId, halt: Halt) {
         let mut flights = self.lock();
         let Some(flight) = flights.get_mut(&call) else {
             return;
@@ -552,7 +621,7 @@ impl Shared {
             sequence = None;
         }
         drop(flights);
-        let _ = self.outgoing.send(Outgoing::Cancel { call, sequence, object });
+        hold_or_send(self, Outgoing::Cancel { call, sequence, object });
     }
 
     /// The server stored the message of `calls` (one task, or a parcel) as `sequence`. Those
@@ -780,6 +849,14 @@ pub(super) async fn ensure_stream(
     jetstream: &jetstream::Context,
     names: &Names,
 ) -> Result<stream::Stream, String> {
+    open_stream(jetstream, names).await.map_err(|error| stream_error(names, &error))
+}
+
+/// Opens (or creates) the namespace's task stream, with the server's own error.
+pub(super) async fn open_stream(
+    jetstream: &jetstream::Context,
+    names: &Names,
+) -> Result<stream::Stream, context::CreateStreamError> {
     jetstream
         .get_or_create_stream(stream::Config {
             name: names.stream(),
@@ -790,7 +867,11 @@ pub(super) async fn ensure_stream(
             ..Default::default()
         })
         .await
-        .map_err(|error| format!("cannot open the task stream {}: {error}", names.stream()))
+}
+
+/// What a failed [`open_stream`] tells the user.
+pub(super) fn stream_error(names: &Names, error: &context::CreateStreamError) -> String {
+    format!("cannot open the task stream {}: {error}", names.stream())
 }
 
 /// How many of the publisher's items it takes in one round.

@@ -15,7 +15,7 @@ mod serve;
 pub(crate) mod slots;
 pub(crate) mod wire;
 
-pub(crate) use caller::ClusterBackend;
+pub(crate) use caller::{cancels_together, ClusterBackend};
 pub(crate) use connect::Target;
 pub(crate) use entry::anchor;
 pub use serve::serve;

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
-use super::caller::ensure_stream;
+use super::caller::{open_stream, stream_error};
 use super::connect::{self, Target};
 use super::payloads::{Payloads, OBJECT};
 use super::slots::{Sink, Slots, Ticket, Work};
@@ -643,9 +643,16 @@ impl Node {
                 }
             }
             state.queue = kept;
-            let running: Vec<Key> =
-                state.running.keys().filter(|key| is_named(key)).cloned().collect();
-            for key in running {
+            let mut running: Vec<(Instant, Key)> = state
+                .running
+                .iter()
+                .filter(|(key, _)| is_named(key))
+                .map(|(key, running)| (running.since, key.clone()))
+                .collect();
+            // The last handed to a slot first: those waiting in a worker's queue behind a running
+            // one are closed before its worker is killed, which would hand them to the next one.
+            running.sort_by_key(|(since, _)| std::cmp::Reverse(*since));
+            for (_, key) in running {
                 if let Some(running) = state.running.remove(&key) {
                     found.push(key.1);
                     tickets.push(running.ticket);
@@ -855,8 +862,17 @@ async fn start(
     .await
     .map_err(Error::connection)?;
     let jetstream = jetstream::new(client.clone());
-    let stream = ensure_stream(&jetstream, &names).await.map_err(Error::connection)?;
-    ensure_dead_letters(&jetstream, &names).await.map_err(Error::connection)?;
+    let stream = patiently("the task stream", || open_stream(&jetstream, &names))
+        .await
+        .map_err(|error| Error::connection(stream_error(&names, &error)))?;
+    patiently("the dead letters", || ensure_dead_letters(&jetstream, &names)).await.map_err(
+        |error| {
+            Error::connection(format!(
+                "cannot open the dead letters {}: {error}",
+                names.dead_stream()
+            ))
+        },
+    )?;
     let (out, outbox) = mpsc::unbounded_channel();
     let payloads = Payloads::new(jetstream.clone(), &names, client.server_info().max_payload);
     let node = Arc::new(Node {
@@ -1496,7 +1512,10 @@ fn headers_of(kind: Kind, call: Option<CallId>) -> HeaderMap {
     headers
 }
 
-async fn ensure_dead_letters(jetstream: &jetstream::Context, names: &Names) -> Result<(), String> {
+async fn ensure_dead_letters(
+    jetstream: &jetstream::Context,
+    names: &Names,
+) -> Result<jetstream::stream::Stream, jetstream::context::CreateStreamError> {
     jetstream
         .get_or_create_stream(jetstream::stream::Config {
             name: names.dead_stream(),
@@ -1509,8 +1528,40 @@ async fn ensure_dead_letters(jetstream: &jetstream::Context, names: &Names) -> R
             ..Default::default()
         })
         .await
-        .map(drop)
-        .map_err(|error| format!("cannot open the dead letters {}: {error}", names.dead_stream()))
+}
+
+/// Runs `open` (a stream's creation) until it succeeds or fails for good. A server that does not
+/// answer in time (busy, restarting, its JetStream not ready yet) is waited for, as for the
+/// consumers (`open_consumer`): a serving process started beside a busy server exited before
+/// ("jetstream request timed out", seen in the tests on a loaded machine), and the caller's
+/// tasks waited for a serving process that was gone. A stop signal still ends the wait (`run`).
+async fn patiently<F, Fut>(
+    what: &str,
+    mut open: F,
+) -> Result<jetstream::stream::Stream, jetstream::context::CreateStreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<jetstream::stream::Stream, jetstream::context::CreateStreamError>,
+    >,
+{
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    loop {
+        let error = match open().await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => error,
+        };
+        let is_transient = match error.kind() {
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+            CreateStreamErrorKind::JetStream(error) => error.code() == 503,
+            _ => false,
+        };
+        if !is_transient {
+            return Err(error);
+        }
+        tracing::warn!(%error, "cannot open {what} yet; trying again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]
