@@ -154,7 +154,11 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
         (Ok(n), "ms") => Duration::from_millis(n),
         (Ok(n), "s") => Duration::from_secs(n),
         (Ok(n), "m") => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{LEASE_VARIABLE}={text:?} is not a duration like 10s or 500ms")),
+        _ => {
+            return Err(format!(
+                "{LEASE_VARIABLE}={text:?} is not a whole number of ms, s or m (like 10s or 500ms)"
+            ))
+        }
     };
     if !(Duration::from_millis(300)..=Duration::from_secs(3600)).contains(&lease) {
         return Err(format!("{LEASE_VARIABLE}={text:?} is out of range: 300ms to 60m"));
@@ -1626,8 +1630,11 @@ mod tests {
         assert_eq!(parse_lease("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_lease("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_lease("3"), Ok(Duration::from_secs(3)));
-        for bad in ["", "10h", "ten", "100ms", "61m", "-1s", "1.5s"] {
+        for bad in ["", "10h", "ten", "100ms", "61m", "-1s", "1.5s", "99999999999999999999s"] {
             assert!(parse_lease(bad).is_err(), "{bad}");
         }
+        // The units it takes, named (an hour's lease was refused as "not a duration").
+        let refused = parse_lease("1h").expect_err("no hours");
+        assert!(refused.contains("ms, s or m"), "{refused}");
     }
 }
