@@ -60,17 +60,6 @@ const PIPELINED_TASK: Duration = Duration::from_millis(2);
 /// How many tasks a slot holds at most when tasks are very short: the one it runs and those
 /// behind it.
 const SLOT_DEPTH: usize = 8;
-/// Tasks shorter than this on average are waited for by the puller that hands one to an idle
-/// slot while nothing else runs here (a one-at-a-time round trip): on a worker process, the
-/// puller's runtime thread reads the worker's reply itself (`Ticket::lead`), so the reply wakes
-/// it directly and its ending goes to the outbox on the same thread. Otherwise the worker wakes
-/// the slot's reader thread, which wakes a runtime thread for the outbox: two wake-ups more, each
-/// 10-20 µs on a virtual machine, in a round trip of a few hundred.
-const LEAD_TASK: Duration = Duration::from_micros(500);
-/// How long a puller waits so at most: the runtime thread does nothing else meanwhile (its other
-/// tasks wait, or the runtime's other thread takes them). Past it, the slot's reader thread takes
-/// the reply as usual.
-const LEAD_FOR: Duration = Duration::from_millis(1);
 /// How many of the outbox's messages are sent in one round.
 const OUTBOX_BATCH: usize = 1024;
 /// A slot whose task has run this long is not about to take the next one: when every slot is
@@ -522,10 +511,7 @@ impl Node {
             return;
         }
         self.lock().queue.extend(parts);
-        if let Some(lone) = self.hand_out(true) {
-            // See `LEAD_TASK`: blocks this runtime thread for at most `LEAD_FOR`.
-            lone.lead(Instant::now() + LEAD_FOR);
-        }
+        self.pump();
     }
 
     /// Asks the caller of a message delivered again which of its parts it still wants run.
@@ -576,16 +562,8 @@ impl Node {
     /// Hands queued tasks to free slots: as many as there are free slots, whatever number of
     /// cancelled ones it drops from the queue on the way.
     fn pump(self: &Arc<Self>) {
-        let _ = self.hand_out(false);
-    }
-
-    /// [`Node::pump`]; with `may_lead`, gives the ticket of the task it handed to a slot if that
-    /// task is the only one here and tasks are very short (`LEAD_TASK`): its caller may wait for
-    /// its ending on its own thread ([`Ticket::lead`]).
-    fn hand_out(self: &Arc<Self>, may_lead: bool) -> Option<Arc<Ticket>> {
         let mut started = Vec::new();
         let mut dropped = Vec::new();
-        let is_lone;
         {
             let mut state = self.lock();
             // Counted in tasks started, not in tasks taken from the queue: a cancelled task
@@ -615,25 +593,18 @@ impl Node {
                 );
                 started.push((held, ticket));
             }
-            is_lone = may_lead
-                && started.len() == 1
-                && state.running.len() == 1
-                && state.queue.is_empty()
-                && state.average.is_some_and(|average| average < LEAD_TASK);
         }
         if !dropped.is_empty() {
             // What they held is room again: the pullers may take more.
             self.room.notify_waiters();
         }
         parts_over(dropped, false);
-        let lone = started.first().filter(|_| is_lone).map(|(_, ticket)| Arc::clone(ticket));
         let mut works = Vec::with_capacity(started.len());
         for (held, ticket) in started {
             let _ = self.out.send(Out::Started(held.key.clone()));
             works.push(Work { task: held.task, args: held.args, timeout: held.timeout, ticket });
         }
         self.slots.run(works);
-        lone
     }
 
     /// A task ended on its slot: the slot is free, and the message is done with once its

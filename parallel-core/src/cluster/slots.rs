@@ -150,17 +150,6 @@ impl Ticket {
         }
     }
 
-    /// Waits on this thread for the task's ending, until `deadline`, where its slot can read the
-    /// ending itself (a worker process's reply, see [`Stop::lead`]): the worker then wakes this
-    /// thread, not a reader thread that passes the ending on. Returns at once where it cannot (a
-    /// thread slot, a task not sent to its worker yet, another job in flight on that worker).
-    pub(crate) fn lead(&self, deadline: Instant) {
-        let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(stop) = stop {
-            stop.lead(&|| self.is_over(), Some(deadline));
-        }
-    }
-
     /// How to stop the task now that a worker holds it.
     #[cfg_attr(not(process_backend), allow(dead_code))] // worker processes only
     pub(crate) fn set_stop(&self, stop: Arc<dyn Stop>) {
