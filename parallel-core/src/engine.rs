@@ -107,7 +107,9 @@ impl Engine {
         match self {
             #[cfg(feature = "cluster")]
             Engine::Cluster(_) => true,
-            _ => false,
+            #[cfg(process_backend)]
+            Engine::Process(_) => true,
+            Engine::Thread(_) => false,
         }
     }
 
@@ -116,7 +118,9 @@ impl Engine {
         match self {
             #[cfg(feature = "cluster")]
             Engine::Cluster(engine) => engine.submit_all(jobs),
-            _ => jobs.iter().map(|job| self.submit(Arc::clone(job))).collect(),
+            #[cfg(process_backend)]
+            Engine::Process(engine) => engine.submit_all(jobs),
+            Engine::Thread(_) => jobs.iter().map(|job| self.submit(Arc::clone(job))).collect(),
         }
     }
 

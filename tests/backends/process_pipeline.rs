@@ -276,3 +276,100 @@ fn a_caller_reading_its_own_reply_delivers_its_progress_and_sees_its_worker_die(
         assert_eq!(noop::dispatch_on(&pool, round).join(), Ok(round), "round {round}");
     }
 }
+
+// Short tasks of one kind through `map` travel several to a frame (`RunMany`), each with its own
+// claim and reply. The tests below check that a frame shared by many jobs changes nothing of
+// what a job's own frame guarantees.
+
+/// Records its run in `dir/job-<i>`; the input `special` then crashes its worker (`crash`) or
+/// says it started (`dir/started`) and waits for `gate`.
+#[task]
+fn step(dir: String, i: u64, special: u64, crash: bool, gate: String) -> u32 {
+    let pid = record(format!("{dir}/job-{i}"));
+    if i == special {
+        if crash {
+            std::process::abort();
+        }
+        fs::write(format!("{dir}/started"), b"").unwrap();
+        gated(gate);
+    }
+    pid
+}
+
+/// A `map` of short tasks until its worker's average says they are short, so that the next ones
+/// share frames.
+fn warm_up_map(pool: &Pool) {
+    for result in pool.map((0..5_000).map(noop::new)) {
+        result.unwrap();
+    }
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_shared_frame_blames_that_input_and_every_other_runs_once() {
+    let scratch = Scratch::new("chunk-crash");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    for (round, crash_at) in [1u64, 37, 100, 163, 298].into_iter().enumerate() {
+        warm_up_map(&pool);
+        let dir = scratch.path(&format!("{round}"));
+        fs::create_dir_all(&dir).unwrap();
+        let dir = dir.to_str().unwrap().to_owned();
+        let gate = scratch.file("never");
+        let inputs = (0..300).map(|i| step::new(dir.clone(), i, crash_at, true, gate.clone()));
+        let results: Vec<_> = pool.map(inputs).collect();
+        let first = results[0].clone().ok();
+        for (i, result) in results.into_iter().enumerate() {
+            let i = i as u64;
+            let ran = lines(&format!("{dir}/job-{i}"));
+            assert_eq!(ran, 1, "round {round}: input {i} ran {ran} times");
+            if i == crash_at {
+                match result {
+                    Err(TaskError::WorkerDied { reason, .. }) => {
+                        assert!(reason.contains("SIGABRT"), "round {round}: {reason}")
+                    }
+                    other => panic!("round {round}: input {i} (the crash) gave {other:?}"),
+                }
+                continue;
+            }
+            let pid = result.unwrap_or_else(|error| {
+                panic!("round {round}: input {i} was blamed for input {crash_at}: {error}")
+            });
+            if i > crash_at && crash_at > 0 {
+                assert_ne!(Some(pid), first, "round {round}: input {i} ran on the dead worker");
+            }
+        }
+    }
+}
+
+#[test]
+fn dropping_a_map_in_the_middle_of_a_shared_frame_starts_none_of_the_rest() {
+    let scratch = Scratch::new("chunk-drop");
+    let pool = Pool::builder().backend(Backend::Process).workers(1).build().unwrap();
+    for round in 0..5u64 {
+        warm_up_map(&pool);
+        let dir = scratch.path(&format!("{round}"));
+        fs::create_dir_all(&dir).unwrap();
+        let dir = dir.to_str().unwrap().to_owned();
+        let gate = format!("{dir}/gate");
+        let hold_at = 40 + 20 * round;
+        let inputs = (0..300).map(|i| step::new(dir.clone(), i, hold_at, false, gate.clone()));
+        let mut results = pool.map(inputs);
+        for i in 0..hold_at {
+            assert!(results.next().unwrap().is_ok(), "round {round}: input {i}");
+        }
+        let waiting = Instant::now();
+        while !Path::new(&format!("{dir}/started")).exists() {
+            assert!(waiting.elapsed() < Duration::from_secs(60), "the holder never started");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // The worker runs input `hold_at`; the ones after it wait in its frame, or in the pool.
+        drop(results);
+        fs::write(&gate, b"").unwrap();
+        // Anything the worker would still run is done once this answers.
+        noop::dispatch_on(&pool, 0).join().unwrap();
+        assert_eq!(lines(&format!("{dir}/job-{hold_at}")), 1, "round {round}");
+        for i in hold_at + 1..300 {
+            let ran = lines(&format!("{dir}/job-{i}"));
+            assert_eq!(ran, 0, "round {round}: input {i} ran after the map was dropped");
+        }
+    }
+}

@@ -33,6 +33,14 @@ pub fn worker_side(bytes: &[u8], limit: usize) -> usize {
         let is_run = matches!(decoded, Ok(protocol::ToWorker::Run { .. }));
         assert!(!is_run || protocol::is_run(body), "a run frame is not queued: {decoded:?}");
         assert!(decoded.is_err() || is_run || !protocol::is_run(body), "{decoded:?} is queued");
+        // A `RunMany` frame is checked whole when it arrives, and each of its jobs taken out of
+        // it later: the count it was checked with is the count taken out.
+        let is_many = matches!(decoded, Ok(protocol::ToWorker::RunMany { .. }));
+        assert!(!is_many || protocol::is_run_many(body), "a run-many frame is not queued");
+        assert!(decoded.is_err() || is_many || !protocol::is_run_many(body), "{decoded:?}");
+        if let Ok(protocol::ToWorker::RunMany { count, entries, .. }) = decoded {
+            assert_eq!(protocol::run_entries(entries).count(), count);
+        }
         frames += 1;
     }
     frames

@@ -38,6 +38,20 @@ pub(super) fn window(task_nanos: u64) -> usize {
     window.clamp(least, MAX_IN_FLIGHT)
 }
 
+/// Tasks up to this long travel several to a frame: for longer ones a frame's cost is lost in
+/// the task's.
+const CHUNK_TASK: Duration = Duration::from_micros(100);
+
+/// How many jobs of one task a slot puts in one frame, from its worker's task time (0: unknown
+/// yet): as many as its window holds when tasks are short, else one. The frame changes nothing
+/// else: each job keeps its claim, its place in flight and its reply.
+pub(super) fn chunk(task_nanos: u64) -> usize {
+    if task_nanos == 0 || task_nanos > CHUNK_TASK.as_nanos() as u64 {
+        return 1;
+    }
+    window(task_nanos)
+}
+
 /// The task time after a reply at `now` to a job sent at `sent_at`, the previous reply having
 /// come at `last_reply`: the job's time counts from whichever is later (it waited behind the
 /// previous one), averaged with weight 1/8.
@@ -101,6 +115,16 @@ mod tests {
         assert_eq!(window(1), MAX_IN_FLIGHT, "no-op tasks pipeline as deep as allowed");
         assert_eq!(window(10 * MICRO), 20);
         assert_eq!(window(100 * MICRO), 2);
+    }
+
+    #[test]
+    fn short_tasks_share_frames_as_many_as_the_window_holds() {
+        assert_eq!(chunk(0), 1, "unknown: one job a frame");
+        assert_eq!(chunk(1), MAX_IN_FLIGHT);
+        assert_eq!(chunk(10 * MICRO), 20);
+        assert_eq!(chunk(100 * MICRO), 2);
+        assert_eq!(chunk(100 * MICRO + 1), 1, "longer tasks one a frame");
+        assert_eq!(chunk(MILLI), 1);
     }
 
     #[test]

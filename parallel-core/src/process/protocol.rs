@@ -26,8 +26,9 @@ use crate::wire_value::{self, Encode};
 /// a ring of the shared memory too (`OnSocket` both ways), futex wake-ups instead of `Wake`; 7: the worker's reply also wakes a
 /// caller asleep on the reply lane's `leader` word (a caller reading its own reply); 8: a frame
 /// too large for a ring travels in its lane's region, a memory file passed on the socket
-/// (`OnShared`), no longer through the socket's bytes (`OnSocket`).
-pub(crate) const VERSION: u16 = 8;
+/// (`OnShared`), no longer through the socket's bytes (`OnSocket`); 9: `RunMany`, several jobs
+/// of one task in one frame.
+pub(crate) const VERSION: u16 = 9;
 
 const RUN: u8 = 1;
 const EXIT: u8 = 2;
@@ -43,6 +44,9 @@ const SKIPPED: u8 = 17;
 // 19 was `OnSocket`, a frame written on the socket after its announcement, until protocol 8.
 const PROGRESS: u8 = 20;
 const ON_SHARED: u8 = 21;
+const RUN_MANY: u8 = 22;
+/// The bytes of a `RunMany` entry before its arguments: the job and the arguments' length.
+pub(crate) const ENTRY_HEADER: usize = 12;
 
 /// The environment variable that makes a process a worker, holding a [`Marker`].
 pub(crate) const MARKER: &str = "PARALLEL_WORKER";
@@ -116,6 +120,10 @@ impl Marker {
 pub(crate) enum ToWorker<'a> {
     /// Run task `task` with serialized `args`, as job `job`.
     Run { job: u64, task: &'a str, args: &'a [u8] },
+    /// Run `count` jobs of task `task`, in order, each taking a job number (and its claim) of its
+    /// own as if it came in a `Run` frame of its own: `entries` holds them back to back, each a
+    /// job `u64`, its arguments' length `u32` and the arguments (see [`run_entries`]).
+    RunMany { task: &'a str, count: usize, entries: &'a [u8] },
     /// Finish: the worker exits after this.
     Exit,
     /// In the job ring: the next frame is too large for the ring; its `len` bytes (after the
@@ -288,6 +296,72 @@ pub(crate) fn begin_progress(out: &mut Vec<u8>, job: u64) {
     out.extend_from_slice(&job.to_le_bytes());
 }
 
+/// Starts a frame that runs several jobs of `task` (`RunMany`); each is added by
+/// [`begin_entry`], its serialized arguments, and [`finish_entry`]; then [`finish_frame`].
+pub(crate) fn begin_run_many(out: &mut Vec<u8>, task: &str) {
+    start_frame(out, RUN_MANY);
+    put_str(out, task);
+}
+
+/// Where a `Run` frame of task `task` built by [`begin_run`] has its arguments.
+pub(crate) fn run_args_at(task: &str) -> usize {
+    4 + 1 + 8 + 4 + task.len()
+}
+
+/// How long a `RunMany` frame of task `task` is before its first entry, with its length.
+pub(crate) fn run_many_start(task: &str) -> usize {
+    4 + 1 + 4 + task.len()
+}
+
+/// The `Run` frame (with its length) of the job of `entry`, an entry of a `RunMany` frame of task
+/// `task` that this side built.
+pub(crate) fn run_of_entry(entry: &[u8], task: &str) -> Vec<u8> {
+    let (job, args) = split_entry(entry).map_or((0, &[][..]), |(job, args, _)| (job, args));
+    let mut out = Vec::with_capacity(run_args_at(task) + args.len());
+    begin_run(&mut out, job, task);
+    out.extend_from_slice(args);
+    // The job fitted the frame limit in a frame of this length before it shared one.
+    let _ = finish_frame(&mut out, usize::MAX);
+    out
+}
+
+/// Starts the entry of job `job` in a `RunMany` frame; the caller appends its serialized
+/// arguments, then calls [`finish_entry`] with what this returned.
+pub(crate) fn begin_entry(out: &mut Vec<u8>, job: u64) -> usize {
+    out.extend_from_slice(&job.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.len()
+}
+
+/// Writes the arguments' length of the entry whose arguments started at `args_at`.
+pub(crate) fn finish_entry(out: &mut [u8], args_at: usize) -> Result<(), ProtocolError> {
+    let len = out.len() - args_at;
+    // Arguments over 4 GiB are over any frame limit: `finish_frame` would refuse the frame.
+    let header =
+        u32::try_from(len).map_err(|_| ProtocolError::Oversized { len, max: u32::MAX as usize })?;
+    out[args_at - 4..args_at].copy_from_slice(&header.to_le_bytes());
+    Ok(())
+}
+
+/// The jobs of a `RunMany` frame's entries, as `(job, arguments)`, in order: those of a frame
+/// [`decode_to_worker`] accepted, which checked every one (an entry that does not fit ends it).
+pub(crate) fn run_entries(mut entries: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    std::iter::from_fn(move || {
+        let (job, args, rest) = split_entry(entries).ok()?;
+        entries = rest;
+        Some((job, args))
+    })
+}
+
+/// The first entry of `entries`, and the rest.
+fn split_entry(entries: &[u8]) -> Result<(u64, &[u8], &[u8]), ProtocolError> {
+    let mut fields = Fields { rest: entries };
+    let job = fields.u64("run many: job id")?;
+    let len = u32::from_le_bytes(fields.array("run many: arguments' length")?) as usize;
+    let args = fields.bytes(len, "run many: arguments")?;
+    Ok((job, args, fields.rest()))
+}
+
 /// Writes the length of the frame built in `out`.
 pub(crate) fn finish_frame(out: &mut [u8], max: usize) -> Result<(), ProtocolError> {
     let len = out.len() - 4;
@@ -326,6 +400,10 @@ pub(crate) fn encode_to_worker(
         ToWorker::Run { job, task, args } => {
             begin_run(out, *job, task);
             out.extend_from_slice(args);
+        }
+        ToWorker::RunMany { task, entries, .. } => {
+            begin_run_many(out, task);
+            out.extend_from_slice(entries);
         }
         ToWorker::Exit => start_frame(out, EXIT),
         ToWorker::OnShared { len, fresh } => {
@@ -467,6 +545,11 @@ pub(crate) fn is_run(frame: &[u8]) -> bool {
     frame.first() == Some(&RUN)
 }
 
+/// Whether a frame body sent to a worker is a `RunMany` frame, from its tag alone.
+pub(crate) fn is_run_many(frame: &[u8]) -> bool {
+    frame.first() == Some(&RUN_MANY)
+}
+
 /// Decodes a frame body (as returned by [`read_frame`]) sent to a worker.
 pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolError> {
     let (tag, mut fields) = split_tag(frame)?;
@@ -475,6 +558,19 @@ pub(crate) fn decode_to_worker(frame: &[u8]) -> Result<ToWorker<'_>, ProtocolErr
             let job = fields.u64("run: job id")?;
             let task = fields.str("run: task name")?;
             Ok(ToWorker::Run { job, task, args: fields.rest() })
+        }
+        RUN_MANY => {
+            let task = fields.str("run many: task name")?;
+            let entries = fields.rest();
+            // Every entry is checked here, so that the worker knows how many job numbers the
+            // frame takes before it runs any of them.
+            let mut rest = entries;
+            let mut count = 0;
+            while !rest.is_empty() {
+                rest = split_entry(rest)?.2;
+                count += 1;
+            }
+            Ok(ToWorker::RunMany { task, count, entries })
         }
         EXIT => fields.end("exit: trailing bytes").map(|()| ToWorker::Exit),
         ON_SHARED => {
@@ -631,6 +727,61 @@ mod tests {
             let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
             assert_eq!(decode_to_worker(&body).unwrap(), message);
         }
+    }
+
+    /// A `RunMany` frame of `task` with `jobs`, built as the pool's slots build it.
+    fn run_many(task: &str, jobs: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        begin_run_many(&mut out, task);
+        for (job, args) in jobs {
+            let args_at = begin_entry(&mut out, *job);
+            out.extend_from_slice(args);
+            finish_entry(&mut out, args_at).unwrap();
+        }
+        finish_frame(&mut out, DEFAULT_MAX_FRAME).unwrap();
+        out
+    }
+
+    #[test]
+    fn several_jobs_share_a_frame_and_each_comes_out_as_sent() {
+        let jobs: [(u64, &[u8]); 3] = [(7, &[1, 2, 3]), (u64::MAX, &[]), (9, &[0xc0])];
+        let frame = run_many("a::b", &jobs);
+        let body = read_one(&frame, DEFAULT_MAX_FRAME).unwrap();
+        assert!(is_run_many(&body) && !is_run(&body));
+        let Ok(ToWorker::RunMany { task, count, entries }) = decode_to_worker(&body) else {
+            panic!("{:?}", decode_to_worker(&body));
+        };
+        assert_eq!((task, count), ("a::b", 3));
+        assert_eq!(run_entries(entries).collect::<Vec<_>>(), jobs);
+        // The encoder writes the same frame from the decoded message.
+        let message = ToWorker::RunMany { task, count, entries };
+        assert_eq!(frame_of_to_worker(&message), frame);
+        // Each entry, sent again alone, is the `Run` frame of its job.
+        let mut rest = entries;
+        for (job, args) in jobs {
+            let entry_len = ENTRY_HEADER + args.len();
+            let alone = run_of_entry(&rest[..entry_len], task);
+            assert_eq!(alone, frame_of_to_worker(&ToWorker::Run { job, task, args }));
+            assert_eq!(alone.len(), run_args_at(task) + args.len());
+            rest = &rest[entry_len..];
+        }
+        assert_eq!(run_many_start(task), frame.len() - entries.len());
+    }
+
+    #[test]
+    fn a_run_many_frame_with_a_broken_entry_is_refused_whole() {
+        let frame = run_many("t", &[(1, &[5; 10]), (2, &[6; 3])]);
+        let body = &frame[4..];
+        for cut in 1..body.len() {
+            let decoded = decode_to_worker(&body[..cut]);
+            // A cut between two entries leaves a shorter valid frame; anywhere else, an error.
+            let at_boundary = cut == 6 || cut == 6 + ENTRY_HEADER + 10;
+            assert_eq!(decoded.is_ok(), at_boundary, "cut at {cut}: {decoded:?}");
+        }
+        // An entry whose length runs past the frame: refused, nothing allocated for it.
+        let mut lying = body.to_vec();
+        lying[6 + 8..6 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_to_worker(&lying), Err(ProtocolError::Malformed("run many: arguments")));
     }
 
     #[test]
@@ -791,7 +942,7 @@ mod tests {
             /// or `OnShared`, and one it refuses never a `Run`.
             #[test]
             fn a_frame_queued_by_its_tag_decodes_as_a_run_or_fails(
-                tag in prop_oneof![Just(RUN), Just(EXIT), Just(ON_SHARED), any::<u8>()],
+                tag in prop_oneof![Just(RUN), Just(RUN_MANY), Just(EXIT), Just(ON_SHARED), any::<u8>()],
                 rest in proptest::collection::vec(any::<u8>(), 0..32),
             ) {
                 let body = [&[tag][..], &rest].concat();
@@ -800,6 +951,47 @@ mod tests {
                     prop_assert!(matches!(decoded, Ok(ToWorker::Run { .. }) | Err(_)), "{decoded:?}");
                 } else {
                     prop_assert!(!matches!(decoded, Ok(ToWorker::Run { .. })), "{decoded:?}");
+                }
+                if is_run_many(&body) {
+                    prop_assert!(
+                        matches!(decoded, Ok(ToWorker::RunMany { .. }) | Err(_)),
+                        "{decoded:?}"
+                    );
+                } else {
+                    prop_assert!(!matches!(decoded, Ok(ToWorker::RunMany { .. })), "{decoded:?}");
+                }
+                // A frame accepted counts exactly the entries the worker then takes out of it.
+                if let Ok(ToWorker::RunMany { count, entries, .. }) = decoded {
+                    prop_assert_eq!(run_entries(entries).count(), count);
+                }
+            }
+
+            /// Any jobs sharing a frame come out as they went in; any bytes flipped in such a
+            /// frame give an error or a frame whose count is what its entries hold, never a panic.
+            #[test]
+            fn run_many_frames_round_trip_and_survive_mutation(
+                jobs in proptest::collection::vec(
+                    (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..24)),
+                    0..12,
+                ),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            ) {
+                let borrowed: Vec<(u64, &[u8])> =
+                    jobs.iter().map(|(job, args)| (*job, &args[..])).collect();
+                let frame = super::run_many("t::u", &borrowed);
+                let body = &frame[4..];
+                let Ok(ToWorker::RunMany { task, count, entries }) = decode_to_worker(body) else {
+                    panic!("a frame we built does not decode");
+                };
+                prop_assert_eq!((task, count), ("t::u", jobs.len()));
+                prop_assert_eq!(run_entries(entries).collect::<Vec<_>>(), borrowed);
+                let mut mutated = body.to_vec();
+                for (at, byte) in flips {
+                    let at = at.index(mutated.len());
+                    mutated[at] = byte;
+                }
+                if let Ok(ToWorker::RunMany { count, entries, .. }) = decode_to_worker(&mutated) {
+                    prop_assert_eq!(run_entries(entries).count(), count);
                 }
             }
 

@@ -9,9 +9,11 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::id;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -127,8 +129,8 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
     let mut outbox = Arc::new(JobOutbox { replies: Arc::clone(&replies), job: 0 });
 
     let mut environment = Environment::for_worker(marker.worker_id);
-    // Run frames read ahead of time, with their place in the order the pool sent them.
-    let mut pending: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    // Jobs read ahead of time, with their place in the order the pool sent them.
+    let mut pending: VecDeque<(u64, Queued)> = VecDeque::new();
     // The job lane's region, where the pool puts jobs too large for the ring.
     let mut region = large::Receiver::default();
     // `Run` frames read so far: the pool counts the same way, and a job's claim is its number's.
@@ -176,11 +178,23 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
             }
             if protocol::is_run(&frame) {
                 runs_read += 1;
-                pending.push_back((runs_read, frame));
+                pending.push_back((runs_read, Queued::Run(frame)));
+                continue;
+            }
+            if protocol::is_run_many(&frame) {
+                // Checked whole now: each of its jobs takes a number, as a `Run` frame does.
+                let chunk = Chunk::new(frame).map_err(|e| e.to_string())?;
+                for (index, job) in chunk.jobs.iter().enumerate() {
+                    runs_read += 1;
+                    let part = Queued::Part { chunk: Rc::clone(&chunk), index, job: job.0 };
+                    pending.push_back((runs_read, part));
+                }
                 continue;
             }
             match protocol::decode_to_worker(&frame).map_err(|e| e.to_string())? {
-                ToWorker::Run { .. } => unreachable!("a run frame is queued above"),
+                ToWorker::Run { .. } | ToWorker::RunMany { .. } => {
+                    unreachable!("a run frame is queued above")
+                }
                 ToWorker::Exit => is_exit_asked = true,
                 ToWorker::OnShared { .. } => {
                     return Err("the pool announced a region's frame in a region".to_owned())
@@ -188,16 +202,22 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
             }
             spare.push(frame);
         }
-        let Some((seq, frame)) = pending.pop_front() else {
+        let Some((seq, queued)) = pending.pop_front() else {
             if is_exit_asked {
                 return Ok(());
             }
             continue;
         };
-        let ToWorker::Run { job, task, args } =
-            protocol::decode_to_worker(&frame).map_err(|e| e.to_string())?
-        else {
-            unreachable!("only run frames are queued");
+        let (job, task, args) = match &queued {
+            Queued::Run(frame) => {
+                let ToWorker::Run { job, task, args } =
+                    protocol::decode_to_worker(frame).map_err(|e| e.to_string())?
+                else {
+                    unreachable!("only run frames are queued");
+                };
+                (job, task, args)
+            }
+            Queued::Part { chunk, index, job } => (*job, chunk.task(), chunk.args(*index)),
         };
         let claim = claim::slot(replies.ring.claims(), seq);
         let is_started = claim::start(claim, seq).map_err(|found| {
@@ -252,8 +272,53 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
                 }
             }
         }
-        spare.push(frame);
+        match queued {
+            Queued::Run(frame) => spare.push(frame),
+            // The chunk's last job gives its frame back.
+            Queued::Part { chunk, .. } => spare.extend(Rc::into_inner(chunk).map(|c| c.frame)),
+        }
         spare.truncate(16);
+    }
+}
+
+/// A job read ahead, waiting for its turn.
+enum Queued {
+    /// A `Run` frame, decoded when it runs.
+    Run(Vec<u8>),
+    /// The job at `index` of a `RunMany` frame.
+    Part { chunk: Rc<Chunk>, index: usize, job: u64 },
+}
+
+/// A `RunMany` frame, checked, with where each of its jobs' arguments lie.
+struct Chunk {
+    frame: Vec<u8>,
+    /// Where the task's name lies in `frame`.
+    task: Range<usize>,
+    /// Each job's number and where its arguments lie in `frame`.
+    jobs: Vec<(u64, Range<usize>)>,
+}
+
+impl Chunk {
+    fn new(frame: Vec<u8>) -> Result<Rc<Chunk>, protocol::ProtocolError> {
+        let ToWorker::RunMany { task, count, entries } = protocol::decode_to_worker(&frame)? else {
+            unreachable!("only a run-many frame is made a chunk");
+        };
+        let at = |part: &[u8]| part.as_ptr() as usize - frame.as_ptr() as usize;
+        let range = |part: &[u8]| at(part)..at(part) + part.len();
+        let task = range(task.as_bytes());
+        let mut jobs = Vec::with_capacity(count);
+        jobs.extend(protocol::run_entries(entries).map(|(job, args)| (job, range(args))));
+        Ok(Rc::new(Chunk { frame, task, jobs }))
+    }
+
+    fn task(&self) -> &str {
+        // Checked as UTF-8 when the frame was decoded: a failure here is impossible, and an
+        // empty name would only find no task.
+        std::str::from_utf8(&self.frame[self.task.clone()]).unwrap_or_default()
+    }
+
+    fn args(&self, index: usize) -> &[u8] {
+        self.jobs.get(index).map_or(&[], |(_, args)| &self.frame[args.clone()])
     }
 }
 

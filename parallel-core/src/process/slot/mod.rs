@@ -17,6 +17,7 @@
 //! Nothing a caller calls writes to a worker's socket or waits for a slot that writes to one.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::thread::{self, JoinHandle};
@@ -45,6 +46,11 @@ const RETIRE_GRACE: Duration = Duration::from_secs(5);
 const DIRECT_FRAME: usize = 64 << 10;
 /// The capacity a `Run` frame starts with, besides its task's name.
 const FRAME_START: usize = 64;
+/// The capacity a `RunMany` frame starts with.
+const CHUNK_START: usize = 1 << 10;
+/// The most bytes of a `RunMany` frame: jobs whose arguments would take it over go in the next
+/// one, or alone (a large job gains nothing from sharing its frame).
+const CHUNK_BYTES: usize = 64 << 10;
 /// The largest buffer of a large job's frame kept for the next one (see [`Shared::spare_frame`]).
 const SPARE_FRAME_MAX: usize = 64 << 20;
 /// How many times a reader finding the reply ring empty yields its CPU and looks again before it
@@ -94,6 +100,9 @@ pub(super) enum Frame {
     /// A larger one, shared with the write that sends it after the lock, so that keeping it
     /// costs no copy of megabytes.
     Large(Arc<Vec<u8>>),
+    /// The job's entry (`entry`, a range of `chunk`) in a `RunMany` frame sent with other jobs:
+    /// sent again (to another worker) it goes alone, in a `Run` frame made from the entry.
+    Part { chunk: Arc<Vec<u8>>, entry: Range<usize> },
 }
 
 impl Frame {
@@ -109,6 +118,7 @@ impl Frame {
         match self {
             Frame::Small(bytes) => bytes.len(),
             Frame::Large(bytes) => bytes.len(),
+            Frame::Part { entry, .. } => entry.len(),
         }
     }
 }
@@ -370,7 +380,6 @@ impl Shared {
     /// wake-up instead of one per job; the rest queue for the slots. A job with a time limit
     /// goes to an idle worker alone, as from the queue (`take_sendable`). `false` (nothing
     /// submitted) once the pool stops.
-    #[cfg(feature = "cluster")]
     pub(super) fn submit_all(self: &Arc<Self>, requests: Vec<Box<dyn Request>>) -> bool {
         let mut state = self.lock();
         if state.is_stopping {
@@ -965,11 +974,188 @@ fn resolve(burial: Burial<Sent>, id: usize) -> Vec<Sent> {
     requeued
 }
 
+/// Enters `sent` in flight on `slot` as its next job: numbered, its claim published (before its
+/// frame is written), its stop told its number.
+fn enter_flight(slot: &mut SlotState, link: &Link, sent: Sent, now: Instant) {
+    slot.sent += 1;
+    let seq = slot.sent;
+    claim::publish(link.claim(seq), seq);
+    sent.stop.enter(seq, now);
+    slot.in_flight.push_back(Flight {
+        seq,
+        job: sent.request.id(),
+        sent_at: now,
+        sent: Some(sent),
+    });
+}
+
+/// Claims a job that travels alone: a fresh one (its `Run` frame built, in the kept buffer of a
+/// large frame if there is one), or one sent before (a job of a `RunMany` frame gets a `Run`
+/// frame of its own); `None` if it was cancelled or failed.
+fn claim_one(
+    shared: &Shared,
+    id: usize,
+    item: Item,
+    stop: Arc<InFlightStop>,
+    max_frame: usize,
+) -> Option<Sent> {
+    match item {
+        Item::Fresh(request) => {
+            // Room for the header and a small task's arguments: a frame grown from empty
+            // cost four reallocations, a fifth of the pool's instructions per no-op task.
+            // Or the kept buffer of a large frame, for a job that may be large too.
+            let mut frame = shared
+                .take_spare_frame()
+                .unwrap_or_else(|| Vec::with_capacity(FRAME_START + request.task().len()));
+            let Run { request, stop, span } =
+                claim_fresh(request, stop, &mut frame, id, max_frame)?;
+            if Jobs::fits_ring(frame.len()) && frame.capacity() > FRAME_START << 10 {
+                // A small frame in the kept buffer: a copy of its own, and the buffer back.
+                let small = frame.to_vec();
+                shared.keep_spare_frame(Frame::Large(Arc::new(frame)));
+                frame = small;
+            }
+            Some(Sent { request, frame: Frame::new(frame), stop, span, deaths: 0 })
+        }
+        Item::Sent(mut sent) => {
+            if !sent.request.restart(Arc::clone(&stop) as Arc<dyn Stop>) {
+                return None;
+            }
+            sent.stop = stop;
+            if let Frame::Part { chunk, entry } = &sent.frame {
+                sent.frame =
+                    Frame::new(protocol::run_of_entry(&chunk[entry.clone()], sent.request.task()));
+            }
+            Some(sent)
+        }
+    }
+}
+
+/// A job's frame built and its job claimed, to enter in flight and write: alone, or with the
+/// other jobs of a `RunMany` frame, which go in flight together or not at all.
+enum Unit {
+    One(Sent),
+    Many { frame: Arc<Vec<u8>>, parts: Vec<Sent> },
+}
+
+/// A `RunMany` frame being built from jobs of one task, each serialized first in a `Run` frame of
+/// its own (so that the frame limit and every error are exactly those of a job sent alone).
+struct ChunkBuilder {
+    task: &'static str,
+    frame: Vec<u8>,
+    /// The jobs so far, each with where its entry lies in `frame`.
+    parts: Vec<(Box<dyn Request>, Arc<InFlightStop>, tracing::Span, Range<usize>)>,
+}
+
+impl ChunkBuilder {
+    fn new(task: &'static str) -> ChunkBuilder {
+        let mut frame = Vec::with_capacity(CHUNK_START);
+        protocol::begin_run_many(&mut frame, task);
+        ChunkBuilder { task, frame, parts: Vec::new() }
+    }
+
+    /// Whether the entry of a job with `args` bytes of arguments fits after the jobs so far
+    /// (`max_frame` is the frame limit, of the body after the length).
+    fn has_room(&self, args: usize, max_frame: usize) -> bool {
+        Self::fits(self.frame.len() + protocol::ENTRY_HEADER + args, max_frame)
+    }
+
+    /// Whether a job of `task` with `args` bytes of arguments fits a `RunMany` frame of its own.
+    fn fits_alone(task: &str, args: usize, max_frame: usize) -> bool {
+        Self::fits(protocol::run_many_start(task) + protocol::ENTRY_HEADER + args, max_frame)
+    }
+
+    /// Whether a `RunMany` frame of `len` bytes (its length included) may be sent.
+    fn fits(len: usize, max_frame: usize) -> bool {
+        len <= CHUNK_BYTES && len - 4 <= max_frame
+    }
+
+    fn push(&mut self, run: Run, args: &[u8]) {
+        let start = self.frame.len();
+        let args_at = protocol::begin_entry(&mut self.frame, run.request.id());
+        self.frame.extend_from_slice(args);
+        // The entry's arguments fit a frame: their length fits its `u32`.
+        let _ = protocol::finish_entry(&mut self.frame, args_at);
+        self.parts.push((run.request, run.stop, run.span, start..self.frame.len()));
+    }
+
+    fn finish(mut self, max_frame: usize) -> Unit {
+        if self.parts.len() == 1
+            && let Some((request, stop, span, entry)) = self.parts.pop()
+        {
+            // Alone after all: a `Run` frame costs the worker less.
+            let frame = Frame::new(protocol::run_of_entry(&self.frame[entry], self.task));
+            return Unit::One(Sent { request, frame, stop, span, deaths: 0 });
+        }
+        // Each entry was added only if the frame stayed under the limit.
+        let _ = protocol::finish_frame(&mut self.frame, max_frame);
+        let frame = Arc::new(self.frame);
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|(request, stop, span, entry)| Sent {
+                request,
+                frame: Frame::Part { chunk: Arc::clone(&frame), entry },
+                stop,
+                span,
+                deaths: 0,
+            })
+            .collect();
+        Unit::Many { frame, parts }
+    }
+}
+
+/// A fresh job claimed, its `Run` frame built.
+struct Run {
+    request: Box<dyn Request>,
+    stop: Arc<InFlightStop>,
+    span: tracing::Span,
+}
+
+/// Claims `request` and builds its `Run` frame in `frame` (cleared first); `None` if it was
+/// cancelled, or failed (its arguments did not serialize or fit a frame: it is resolved so).
+fn claim_fresh(
+    request: Box<dyn Request>,
+    stop: Arc<InFlightStop>,
+    frame: &mut Vec<u8>,
+    id: usize,
+    max_frame: usize,
+) -> Option<Run> {
+    protocol::begin_run(frame, request.id(), request.task());
+    match request.start(Arc::clone(&stop) as Arc<dyn Stop>, frame) {
+        None => return None,
+        Some(Err(message)) => {
+            request.fail(Failure::Arguments(message));
+            return None;
+        }
+        Some(Ok(())) => {}
+    }
+    if let Err(error) = protocol::finish_frame(frame, max_frame) {
+        let message = format!("the arguments do not fit in a frame: {error}");
+        request.fail(Failure::Arguments(message));
+        return None;
+    }
+    let span = tracing::debug_span!(
+        "parallel.task",
+        task = request.task(),
+        id = request.id(),
+        attempt = request.attempt(),
+        backend = "process",
+        worker = id,
+        pid = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+    );
+    Some(Run { request, stop, span })
+}
+
 /// Claims `items`, builds their frames, enters them in flight on slot `id` and writes them to its
-/// worker in one go. The frames past `max_direct` bytes in all, every job if the worker is gone
-/// meanwhile,
-/// and (from a caller's thread) every job if another thread is writing to the worker, go back to
-/// the front of the queue for the slot thread, already claimed.
+/// worker in one go. Fresh jobs of one task without a time limit travel several to a `RunMany`
+/// frame when the slot's tasks are short ([`pace::chunk`]): one frame, one entry in the staged
+/// batch, one decoding in the worker for them all, while each still has its claim, its place in
+/// flight and its reply. The frames past `max_direct` bytes in all, every job if the worker is
+/// gone meanwhile, and (from a caller's thread) every job if another thread is writing to the
+/// worker, go back to the front of the queue for the slot thread, already claimed.
 fn send_jobs(
     shared: &Arc<Shared>,
     id: usize,
@@ -979,61 +1165,52 @@ fn send_jobs(
 ) {
     let max_frame = shared.settings.max_frame;
     let is_caller = max_direct != usize::MAX;
+    let chunk_most = pace::chunk(link.halter.task_nanos.load(Ordering::Relaxed));
     let items = items.into_iter();
     let mut ready = Vec::with_capacity(items.size_hint().0);
+    let mut chunk: Option<ChunkBuilder> = None;
+    // Where each job of a chunk is serialized first.
+    let mut scratch = Vec::new();
     for item in items {
         let stop = InFlightStop::new(link);
-        let sent = match item {
-            Item::Fresh(request) => {
-                // Room for the header and a small task's arguments: a frame grown from empty
-                // cost four reallocations, a fifth of the pool's instructions per no-op task.
-                // Or the kept buffer of a large frame, for a job that may be large too.
-                let mut frame = shared
-                    .take_spare_frame()
-                    .unwrap_or_else(|| Vec::with_capacity(FRAME_START + request.task().len()));
-                protocol::begin_run(&mut frame, request.id(), request.task());
-                match request.start(Arc::clone(&stop) as Arc<dyn Stop>, &mut frame) {
-                    None => continue,
-                    Some(Err(message)) => {
-                        request.fail(Failure::Arguments(message));
-                        continue;
-                    }
-                    Some(Ok(())) => {}
+        let request = match item {
+            Item::Fresh(request) if chunk_most > 1 && !request.has_timeout() => request,
+            item => {
+                // Jobs stay in order: the chunk so far goes first.
+                ready.extend(chunk.take().map(|chunk| chunk.finish(max_frame)));
+                if let Some(sent) = claim_one(shared, id, item, stop, max_frame) {
+                    ready.push(Unit::One(sent));
                 }
-                if let Err(error) = protocol::finish_frame(&mut frame, max_frame) {
-                    let message = format!("the arguments do not fit in a frame: {error}");
-                    request.fail(Failure::Arguments(message));
-                    continue;
-                }
-                let span = tracing::debug_span!(
-                    "parallel.task",
-                    task = request.task(),
-                    id = request.id(),
-                    attempt = request.attempt(),
-                    backend = "process",
-                    worker = id,
-                    pid = tracing::field::Empty,
-                    outcome = tracing::field::Empty,
-                    duration_us = tracing::field::Empty,
-                );
-                if Jobs::fits_ring(frame.len()) && frame.capacity() > FRAME_START << 10 {
-                    // A small frame in the kept buffer: a copy of its own, and the buffer back.
-                    let small = frame.to_vec();
-                    shared.keep_spare_frame(Frame::Large(Arc::new(frame)));
-                    frame = small;
-                }
-                Sent { request, frame: Frame::new(frame), stop, span, deaths: 0 }
-            }
-            Item::Sent(mut sent) => {
-                if !sent.request.restart(Arc::clone(&stop) as Arc<dyn Stop>) {
-                    continue;
-                }
-                sent.stop = stop;
-                sent
+                continue;
             }
         };
-        ready.push(sent);
+        if scratch.capacity() == 0 {
+            scratch.reserve(FRAME_START + request.task().len());
+        }
+        let task = request.task();
+        let Some(run) = claim_fresh(request, stop, &mut scratch, id, max_frame) else {
+            continue;
+        };
+        let args = &scratch[protocol::run_args_at(task)..];
+        let is_full = |chunk: &ChunkBuilder| {
+            chunk.task != task
+                || chunk.parts.len() >= chunk_most
+                || !chunk.has_room(args.len(), max_frame)
+        };
+        if chunk.as_ref().is_some_and(is_full) {
+            ready.extend(chunk.take().map(|chunk| chunk.finish(max_frame)));
+        }
+        if chunk.is_some() || ChunkBuilder::fits_alone(task, args.len(), max_frame) {
+            chunk.get_or_insert_with(|| ChunkBuilder::new(task)).push(run, args);
+        } else {
+            // Too large to share a frame (or to travel in a `RunMany` at all): alone, in its
+            // `Run` frame.
+            let frame = Frame::new(std::mem::take(&mut scratch));
+            let Run { request, stop, span } = run;
+            ready.push(Unit::One(Sent { request, frame, stop, span, deaths: 0 }));
+        }
     }
+    ready.extend(chunk.take().map(|chunk| chunk.finish(max_frame)));
     if ready.is_empty() {
         return;
     }
@@ -1068,37 +1245,54 @@ fn send_jobs(
         let mut large = Vec::new();
         // One reading of the clock for the batch: a job's send time only paces the slot.
         let now = Instant::now();
-        for sent in ready {
-            let fits = is_current && room > 0 && places > 0 && sent.frame.len() <= budget;
+        for unit in ready {
+            let (count, len) = match &unit {
+                Unit::One(sent) => (1, sent.frame.len()),
+                Unit::Many { frame, parts } => (parts.len(), frame.len()),
+            };
+            let fits = is_current && room >= count as u64 && places >= count && len <= budget;
             if !fits {
-                // The rest go after it, in order.
+                // The rest go after it, in order; a chunk's jobs each in a frame of its own.
                 budget = 0;
-                to_queue.push(sent);
+                match unit {
+                    Unit::One(sent) => to_queue.push(sent),
+                    Unit::Many { parts, .. } => to_queue.extend(parts),
+                }
                 continue;
             }
-            budget -= sent.frame.len();
-            room -= 1;
-            places -= 1;
-            // Resolved between its claim and now (cancelled): no need to send it.
-            if sent.request.is_finished() {
-                continue;
-            }
-            slot.sent += 1;
-            let seq = slot.sent;
-            claim::publish(link.claim(seq), seq);
-            sent.stop.enter(seq, now);
-            if let Some(writer) = writer.as_mut() {
-                match &sent.frame {
-                    Frame::Small(bytes) => writer.stage(bytes),
-                    Frame::Large(bytes) => large.push((writer.staged(), Arc::clone(bytes))),
+            budget -= len;
+            room -= count as u64;
+            places -= count;
+            match unit {
+                Unit::One(sent) => {
+                    // Resolved between its claim and now (cancelled): no need to send it.
+                    if sent.request.is_finished() {
+                        continue;
+                    }
+                    if let Some(writer) = writer.as_mut() {
+                        match &sent.frame {
+                            Frame::Small(bytes) => writer.stage(bytes),
+                            Frame::Large(bytes) => large.push((writer.staged(), Arc::clone(bytes))),
+                            Frame::Part { .. } => unreachable!("a part sent alone is made a run"),
+                        }
+                    }
+                    enter_flight(slot, link, sent, now);
+                }
+                Unit::Many { frame, parts } => {
+                    // Every job of the frame takes its number, even one cancelled since its
+                    // claim: its stop then cancels its claim as it enters, and the worker skips it.
+                    if let Some(writer) = writer.as_mut() {
+                        if Jobs::fits_ring(frame.len()) {
+                            writer.stage(&frame);
+                        } else {
+                            large.push((writer.staged(), frame));
+                        }
+                    }
+                    for sent in parts {
+                        enter_flight(slot, link, sent, now);
+                    }
                 }
             }
-            slot.in_flight.push_back(Flight {
-                seq,
-                job: sent.request.id(),
-                sent_at: now,
-                sent: Some(sent),
-            });
         }
         if !to_queue.is_empty() {
             for sent in to_queue.into_iter().rev() {
