@@ -11,8 +11,8 @@
 //! death, the words say exactly which job was running: that one is reported, the others never
 //! started and run elsewhere.
 //!
-//! A job's word is `claims[seq % CLAIMS]`, where `seq` counts the `Run` frames sent to this
-//! worker (the worker counts them as it reads). The pool keeps fewer than [`CLAIMS`] jobs in
+//! A job's word is `claims[seq % CLAIMS]`, where `seq` counts the jobs sent to this worker (one
+//! per `Run` frame, one per entry of a `RunMany` frame; the worker counts them as it reads). The pool keeps fewer than [`CLAIMS`] jobs in
 //! flight on a worker, so the jobs in flight never share a word; every value carries its `seq`,
 //! so a stale value of an earlier job never passes for a later one.
 //!

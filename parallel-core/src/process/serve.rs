@@ -133,7 +133,8 @@ fn serve_channel(channel: UnixStream, ring: WorkerSide, marker: &Marker) -> Resu
     let mut pending: VecDeque<(u64, Queued)> = VecDeque::new();
     // The job lane's region, where the pool puts jobs too large for the ring.
     let mut region = large::Receiver::default();
-    // `Run` frames read so far: the pool counts the same way, and a job's claim is its number's.
+    // Jobs read so far (a `Run` frame, or each entry of a `RunMany` one): the pool counts the same
+    // way, and a job's claim is its number's.
     let mut runs_read = 0u64;
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut is_exit_asked = false;

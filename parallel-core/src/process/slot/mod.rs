@@ -193,8 +193,8 @@ struct SlotState {
     in_flight: VecDeque<Flight>,
     /// The running worker, while the slot has one that is not known to be dying or retiring.
     link: Option<Link>,
-    /// `Run` frames sent to the current worker: the last job's number, and the count for
-    /// `max_tasks_per_worker`.
+    /// Jobs sent to the current worker (one per `Run` frame or `RunMany` entry): the last job's
+    /// number, and the count for `max_tasks_per_worker`.
     sent: u64,
     /// Set by the reader when the worker's channel ended.
     ended: Option<Ended>,
