@@ -1044,7 +1044,7 @@ struct ChunkBuilder {
     task: &'static str,
     frame: Vec<u8>,
     /// The jobs so far, each with where its entry lies in `frame`.
-    parts: Vec<(Box<dyn Request>, Arc<InFlightStop>, tracing::Span, Range<usize>)>,
+    parts: Vec<(Run, Range<usize>)>,
 }
 
 impl ChunkBuilder {
@@ -1076,12 +1076,12 @@ impl ChunkBuilder {
         self.frame.extend_from_slice(args);
         // The entry's arguments fit a frame: their length fits its `u32`.
         let _ = protocol::finish_entry(&mut self.frame, args_at);
-        self.parts.push((run.request, run.stop, run.span, start..self.frame.len()));
+        self.parts.push((run, start..self.frame.len()));
     }
 
     fn finish(mut self, max_frame: usize) -> Unit {
         if self.parts.len() == 1
-            && let Some((request, stop, span, entry)) = self.parts.pop()
+            && let Some((Run { request, stop, span }, entry)) = self.parts.pop()
         {
             // Alone after all: a `Run` frame costs the worker less.
             let frame = Frame::new(protocol::run_of_entry(&self.frame[entry], self.task));
@@ -1093,7 +1093,7 @@ impl ChunkBuilder {
         let parts = self
             .parts
             .into_iter()
-            .map(|(request, stop, span, entry)| Sent {
+            .map(|(Run { request, stop, span }, entry)| Sent {
                 request,
                 frame: Frame::Part { chunk: Arc::clone(&frame), entry },
                 stop,
