@@ -6,7 +6,6 @@
 //! | operation | thread backend | process backend |
 //! | --- | --- | --- |
 //! | `submit` | a rayon `spawn_fifo` | the slots' queue, or straight to an idle worker |
-//! | `submit_all` (a `map` window) | each as `submit` | the slots' queue in one go; short tasks of one kind share frames |
 //! | `help` a waiting caller | run the job in place if this thread is one of its pool's workers | nothing (callers are never its workers) |
 //! | `stop` after a drain | stop the janitor and the rayon pool | retire the workers, join the slots |
 //! | `kill` | as `stop` (a running thread cannot be stopped) | kill every worker, join the slots |
@@ -102,16 +101,13 @@ impl Engine {
     }
 
     /// Whether a window of tasks is better handed over together ([`Engine::submit_all`]): the
-    /// cluster's, whose short tasks then travel several to a message, and the process backend's,
-    /// whose short tasks then travel several to a frame. The thread backend takes each task as it
-    /// comes, which starts the first ones sooner.
+    /// cluster's, whose short tasks then travel several to a message. The others take each task
+    /// as it comes, which starts the first ones sooner.
     pub(crate) fn submits_together(&self) -> bool {
         match self {
             #[cfg(feature = "cluster")]
             Engine::Cluster(_) => true,
-            #[cfg(process_backend)]
-            Engine::Process(_) => true,
-            Engine::Thread(_) => false,
+            _ => false,
         }
     }
 
@@ -120,9 +116,7 @@ impl Engine {
         match self {
             #[cfg(feature = "cluster")]
             Engine::Cluster(engine) => engine.submit_all(jobs),
-            #[cfg(process_backend)]
-            Engine::Process(engine) => engine.submit_all(jobs),
-            Engine::Thread(_) => jobs.iter().map(|job| self.submit(Arc::clone(job))).collect(),
+            _ => jobs.iter().map(|job| self.submit(Arc::clone(job))).collect(),
         }
     }
 

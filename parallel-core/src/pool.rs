@@ -113,8 +113,7 @@ impl Pool {
     }
 
     /// Whether the engine takes a window of tasks better together ([`submit_together`]) than one
-    /// at a time: the cluster's and the process backend's, whose short tasks then travel several
-    /// to a message or a frame.
+    /// at a time: the cluster's, whose short tasks then travel several to a message.
     ///
     /// [`submit_together`]: Self::submit_together
     pub(crate) fn submits_together(&self) -> bool {

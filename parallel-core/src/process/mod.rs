@@ -237,22 +237,6 @@ impl ProcessBackend {
         }))
     }
 
-    /// Queues `jobs` together (see `Shared::submit_all`): one lock of the slots for them all, and
-    /// the short ones of one task then share frames; for each, `false` if the pool is stopping.
-    pub(crate) fn submit_all<T: Task>(&self, jobs: &[Arc<Job<T>>]) -> Vec<bool> {
-        let requests = jobs
-            .iter()
-            .map(|job| {
-                Box::new(Submitted {
-                    job: Arc::clone(job),
-                    attempt: AtomicU32::new(0),
-                    max_frame: self.max_frame,
-                }) as Box<dyn Request>
-            })
-            .collect();
-        vec![self.shared.submit_all(requests); jobs.len()]
-    }
-
     /// Queues requests that are no pool's jobs (a cluster serving process's tasks), together
     /// (see `Shared::submit_all`); `false` (none taken) if the pool is stopping.
     #[cfg(feature = "cluster")]

@@ -380,6 +380,7 @@ impl Shared {
     /// wake-up instead of one per job; the rest queue for the slots. A job with a time limit
     /// goes to an idle worker alone, as from the queue (`take_sendable`). `false` (nothing
     /// submitted) once the pool stops.
+    #[cfg(feature = "cluster")]
     pub(super) fn submit_all(self: &Arc<Self>, requests: Vec<Box<dyn Request>>) -> bool {
         let mut state = self.lock();
         if state.is_stopping {
