@@ -17,7 +17,7 @@
 mod common;
 
 use common::cluster::{children, Serving};
-use common::{kill_9, stat, touch, within, Scratch};
+use common::{is_gone, kill_9, touch, within, Scratch};
 
 use std::fs;
 use std::path::Path;
@@ -271,11 +271,6 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// Whether process `pid` is gone (or a zombie: killed, not reaped yet).
-fn is_gone(pid: u32) -> bool {
-    stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
-}
-
 /// Runs a test's body with a limit, so that a lost task fails the test instead of hanging it.
 fn run(name: &str, body: impl FnOnce() + Send + 'static) {
     let outcome =
@@ -369,20 +364,9 @@ mod raw {
             reader.read_line(&mut line).expect("a message within 30 s");
             if line.starts_with("PING") {
                 stream.write_all(b"PONG\r\n").expect("the server reads");
-            } else if line.starts_with("HMSG ") || line.starts_with("MSG ") {
-                let sizes: Vec<usize> = line
-                    .split_whitespace()
-                    .rev()
-                    .take(2)
-                    .map(|n| n.parse().expect("a size"))
-                    .collect();
-                let (total, head) =
-                    if line.starts_with("HMSG ") { (sizes[0], sizes[1]) } else { (sizes[0], 0) };
-                let mut bytes = vec![0; total + 2];
-                reader.read_exact(&mut bytes).expect("the message");
-                bytes.truncate(total);
-                let body = bytes.split_off(head);
-                messages.push((String::from_utf8_lossy(&bytes).into_owned(), body));
+            } else if let Some(message) = read_message(&mut reader, &line) {
+                let (head, body) = message.expect("the message");
+                messages.push((String::from_utf8_lossy(&head).into_owned(), body));
             } else {
                 assert!(!line.starts_with("-ERR"), "{subject}: {line}");
             }
@@ -432,28 +416,33 @@ mod raw {
             }
             if line.starts_with("PING") {
                 let _ = stream.write_all(b"PONG\r\n");
-            } else if line.starts_with("HMSG ") || line.starts_with("MSG ") {
-                let total: usize =
-                    line.split_whitespace().last().and_then(|n| n.parse().ok()).expect("a size");
-                let head: usize = if line.starts_with("HMSG ") {
-                    line.split_whitespace()
-                        .rev()
-                        .nth(1)
-                        .and_then(|n| n.parse().ok())
-                        .expect("a size")
-                } else {
-                    0
-                };
-                let mut bytes = vec![0; total + 2];
-                if reader.read_exact(&mut bytes).is_err() {
-                    return;
-                }
-                bytes.truncate(total);
-                let body = bytes.split_off(head);
+            } else if let Some(message) = read_message(&mut reader, &line) {
+                let Ok((_, body)) = message else { return };
                 collected.lock().unwrap_or_else(PoisonError::into_inner).push(body);
             }
         });
         Listener { heard }
+    }
+
+    /// The message a `MSG` or `HMSG` line announces, read from `reader`: its headers' bytes
+    /// (empty for `MSG`) and its body. `None` if `line` announces no message.
+    fn read_message(
+        reader: &mut impl Read,
+        line: &str,
+    ) -> Option<std::io::Result<(Vec<u8>, Vec<u8>)>> {
+        let has_headers = line.starts_with("HMSG ");
+        if !has_headers && !line.starts_with("MSG ") {
+            return None;
+        }
+        let mut sizes = line.split_whitespace().rev().map(|n| n.parse::<usize>().expect("a size"));
+        let total = sizes.next().expect("the message's size");
+        let head = if has_headers { sizes.next().expect("the headers' size") } else { 0 };
+        let mut bytes = vec![0; total + 2];
+        Some(reader.read_exact(&mut bytes).map(|()| {
+            bytes.truncate(total);
+            let body = bytes.split_off(head);
+            (bytes, body)
+        }))
     }
 
     /// A JetStream API request, its JSON reply parsed.
@@ -715,11 +704,11 @@ fn tasks_queued_behind_cancelled_ones_all_run() {
 
 #[test]
 fn tasks_cancelled_together_are_cancelled_in_one_message_and_none_of_them_starts() {
-    // A running task and a hundred queued behind it on the only slot, all cancelled by one
-    // `AsCompleted::cancel` (a hundred so that the publisher, woken by the first, would take
-    // some before the loop is through). Sent one by one as the publisher woke, the first cancel could come
-    // alone: the serving process killed the running task and its slot took the next cancelled one
-    // before the rest of the cancels came (the suite's
+    // A running task and a thousand queued behind it on the only slot, all cancelled by one
+    // `AsCompleted::cancel` (a thousand so that the publisher, woken by the first, takes some
+    // before the loop is through: with a hundred, 1 run in 6 on a quiet machine saw it). Sent one by one as the publisher woke, the first cancel
+    // could come alone: the serving process killed the running task and its slot took the next
+    // cancelled one before the rest of the cancels came (the suite's
     // `as_completed_sees_finished_handles_at_once_and_cancel_stops_the_rest`, 1 run in 20).
     run("cancels together", || {
         let cluster = Cluster::start("canceltogether");
@@ -729,7 +718,7 @@ fn tasks_cancelled_together_are_cancelled_in_one_message_and_none_of_them_starts
         let busy = hold::dispatch_on(&pool, dir.clone(), "busy".into());
         let (worker, _) = cluster.started("busy");
         let mut handles = vec![busy];
-        handles.extend((0..100).map(|i| hold::dispatch_on(&pool, dir.clone(), format!("q{i}"))));
+        handles.extend((0..1000).map(|i| hold::dispatch_on(&pool, dir.clone(), format!("q{i}"))));
         // All stored (the serving process holds some of the queued ones, as its room
         // allows, and the cancel drops them there; the others it deletes from the stream).
         let (consumer, _) = consumer_of(&cluster, "hold");
@@ -738,13 +727,13 @@ fn tasks_cancelled_together_are_cancelled_in_one_message_and_none_of_them_starts
             let info = raw::api(cluster.server.port(), &info, "");
             info["num_ack_pending"].as_u64().unwrap_or(0)
                 + info["num_pending"].as_u64().unwrap_or(0)
-                == 101
+                == 1001
         });
         let cancels = raw::listen(cluster.server.port(), &format!("{}.cancel", cluster.namespace));
         let completed = as_completed(handles);
         completed.cancel();
         let outcomes: Vec<_> = completed.map(|(_, outcome)| outcome).collect();
-        assert_eq!(outcomes, vec![Err(TaskError::Cancelled); 101]);
+        assert_eq!(outcomes, vec![Err(TaskError::Cancelled); 1001]);
         wait_until("the running task's worker to be killed", || is_gone(worker));
         // Time for any other cancel message to come, and for a queued task to start on the
         // slot freed by the kill.
@@ -752,7 +741,7 @@ fn tasks_cancelled_together_are_cancelled_in_one_message_and_none_of_them_starts
         let heard: Vec<_> =
             cancels.heard().iter().map(|body| String::from_utf8_lossy(body).into_owned()).collect();
         assert_eq!(heard.len(), 1, "cancel messages (the calls each names): {heard:?}");
-        for i in 0..100 {
+        for i in 0..1000 {
             assert!(!cluster.scratch.has(&format!("started-q{i}")), "queued task q{i} started");
         }
     });

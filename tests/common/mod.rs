@@ -134,6 +134,11 @@ pub(crate) fn stat(pid: u32) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
+/// Whether process `pid` is gone (or a zombie: killed, not reaped yet).
+pub(crate) fn is_gone(pid: u32) -> bool {
+    stat(pid).is_none_or(|(state, _)| state == 'Z' || state == 'X')
+}
+
 /// How many file descriptors this process has open.
 pub(crate) fn open_fds() -> usize {
     fs::read_dir("/proc/self/fd").expect("/proc is mounted").count()

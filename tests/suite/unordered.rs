@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use parallel::{as_completed, task, Backend, TaskError};
 
-use crate::common::{publish, stat};
+use crate::common::{is_gone, publish};
 use crate::support::{
     crashes_are_isolated, pool, touch, volume, wait_for_file, within_limit, Scratch,
 };
@@ -199,7 +199,7 @@ fn as_completed_sees_finished_handles_at_once_and_cancel_stops_the_rest(backend:
         // the gate let step 1 end and its slot take step 2, as the cluster's README says a cancel
         // on its way allows.
         within_limit("step 1's worker to be killed", move || {
-            while stat(worker).is_some_and(|(state, _)| state != 'Z') {
+            while !is_gone(worker) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         });

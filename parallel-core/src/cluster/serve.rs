@@ -866,17 +866,17 @@ async fn start(
     .await
     .map_err(Error::connection)?;
     let jetstream = jetstream::new(client.clone());
-    let stream = patiently("the task stream", || open_stream(&jetstream, &names))
-        .await
-        .map_err(|error| Error::connection(stream_error(&names, &error)))?;
-    patiently("the dead letters", || ensure_dead_letters(&jetstream, &names)).await.map_err(
-        |error| {
-            Error::connection(format!(
-                "cannot open the dead letters {}: {error}",
-                names.dead_stream()
-            ))
-        },
-    )?;
+    let stream =
+        patiently("the task stream", is_transient_stream_error, || open_stream(&jetstream, &names))
+            .await
+            .map_err(|error| Error::connection(stream_error(&names, &error)))?;
+    patiently("the dead letters", is_transient_stream_error, || {
+        ensure_dead_letters(&jetstream, &names)
+    })
+    .await
+    .map_err(|error| {
+        Error::connection(format!("cannot open the dead letters {}: {error}", names.dead_stream()))
+    })?;
     let (out, outbox) = mpsc::unbounded_channel();
     let payloads = Payloads::new(jetstream.clone(), &names, client.server_info().max_payload);
     let node = Arc::new(Node {
@@ -934,9 +934,8 @@ async fn open_consumers(node: &Arc<Node>, stream: &jetstream::stream::Stream) ->
 /// it from exiting (it waited for ever).
 const LAST_WORDS: Duration = Duration::from_secs(10);
 
-/// Opens the durable consumer of `task`. A server that does not answer (restarting, or its
-/// JetStream not ready yet) is waited for, as the connection waits for it: the tasks of the
-/// consumers opened before may be running here already (before, the process exited 1 then).
+/// Opens the durable consumer of `task`, waiting for a server that does not answer
+/// ([`patiently`]).
 async fn open_consumer(
     stream: &jetstream::stream::Stream,
     names: &Names,
@@ -954,25 +953,15 @@ async fn open_consumer(
         ack_wait: lease,
         ..Default::default()
     };
-    loop {
-        let error = match stream.get_or_create_consumer(&name, config.clone()).await {
-            Ok(consumer) => return Ok(consumer),
-            Err(error) => error,
-        };
-        let is_transient = match error.kind() {
-            ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
-            ConsumerErrorKind::JetStream(error) => error.code() == 503,
-            _ => false,
-        };
-        if !is_transient {
-            return Err(Error::connection(format!(
-                "cannot open the consumer of {}: {error}",
-                task.name()
-            )));
-        }
-        tracing::warn!(task = task.name(), %error, "cannot open the consumer yet; trying again");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let is_transient = |error: &jetstream::stream::ConsumerError| match error.kind() {
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
+        ConsumerErrorKind::JetStream(error) => error.code() == 503,
+        _ => false,
+    };
+    let what = format!("the consumer of {}", task.name());
+    patiently(&what, is_transient, || stream.get_or_create_consumer(&name, config.clone()))
+        .await
+        .map_err(|error| Error::connection(format!("cannot open {what}: {error}")))
 }
 
 /// Listens for SIGTERM and SIGINT from the call on; the future ends at the first of them.
@@ -1534,37 +1523,42 @@ async fn ensure_dead_letters(
         .await
 }
 
-/// Runs `open` (a stream's creation) until it succeeds or fails for good. A server that does not
-/// answer in time (busy, restarting, its JetStream not ready yet) is waited for, as for the
-/// consumers (`open_consumer`): a serving process started beside a busy server exited before
-/// ("jetstream request timed out", seen in the tests on a loaded machine), and the caller's
-/// tasks waited for a serving process that was gone. A stop signal still ends the wait (`run`).
-async fn patiently<F, Fut>(
+/// Runs `open` (a stream's or a consumer's creation) until it succeeds or fails for good. A
+/// server that does not answer in time (busy, restarting, its JetStream not ready yet:
+/// `is_transient`) is waited for, as the connection waits for it: the tasks of the consumers
+/// opened before may be running here already (the process exited 1 then), and a serving process
+/// started beside a busy server exited on "jetstream request timed out" (seen in the tests on a
+/// loaded machine) while its caller's tasks waited for it. A stop signal still ends the wait
+/// (`run`).
+async fn patiently<T, E, Fut>(
     what: &str,
-    mut open: F,
-) -> Result<jetstream::stream::Stream, jetstream::context::CreateStreamError>
+    is_transient: impl Fn(&E) -> bool,
+    mut open: impl FnMut() -> Fut,
+) -> Result<T, E>
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<
-        Output = Result<jetstream::stream::Stream, jetstream::context::CreateStreamError>,
-    >,
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
-    use async_nats::jetstream::context::CreateStreamErrorKind;
     loop {
         let error = match open().await {
-            Ok(stream) => return Ok(stream),
+            Ok(opened) => return Ok(opened),
             Err(error) => error,
         };
-        let is_transient = match error.kind() {
-            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
-            CreateStreamErrorKind::JetStream(error) => error.code() == 503,
-            _ => false,
-        };
-        if !is_transient {
+        if !is_transient(&error) {
             return Err(error);
         }
         tracing::warn!(%error, "cannot open {what} yet; trying again");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether a stream's creation failed for a while only (see [`patiently`]).
+fn is_transient_stream_error(error: &jetstream::context::CreateStreamError) -> bool {
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    match error.kind() {
+        CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(error) => error.code() == 503,
+        _ => false,
     }
 }
 
