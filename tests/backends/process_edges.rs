@@ -163,6 +163,7 @@ fn a_worker_that_cannot_start_is_reported_after_bounded_retries() {
                 let shown = error.to_string();
                 assert!(shown.contains("no worker could be started for task"), "{shown}");
                 assert!(shown.contains("5 attempts failed"), "{shown}");
+                assert!(shown.contains("under its memory limit of 4194304 bytes"), "{shown}");
             }
             other => panic!("{other:?}"),
         }

@@ -312,9 +312,19 @@ impl WorkerProcess {
         };
         match worker.handshake(build, settings.max_frame) {
             Ok(()) => Ok(worker),
-            Err(message) => {
+            Err(mut message) => {
                 worker.kill_switch().kill();
                 let death = worker.reap();
+                // Under a tight `RLIMIT_AS` the program cannot even load or map its rings, and
+                // dies without a word on its standard error.
+                if let Some(limit) = settings.max_memory_per_worker
+                    && (message.starts_with(EXITED_UNREADY) || message.starts_with(NEVER_READY))
+                {
+                    message.push_str(&format!(
+                        " (under its memory limit of {limit} bytes, `max_memory_per_worker`, \
+                         which may be too low for the program to start)"
+                    ));
+                }
                 Err(StartError { message, death: Some(death) })
             }
         }
@@ -403,6 +413,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Why a start failed when the worker ended before its handshake.
+const EXITED_UNREADY: &str = "the worker exited before it was ready";
+/// Why a start failed when the worker's handshake never came.
+const NEVER_READY: &str = "the worker never said it was ready";
+
 /// Reads a new worker's first frame and checks that it is a `Ready` from the worker we started,
 /// of our build and protocol.
 fn check_ready(
@@ -433,8 +448,8 @@ fn check_ready(
             Ok(other) => Err(format!("the worker sent {other:?} before saying it is ready")),
             Err(error) => Err(format!("the worker broke the protocol: {error}")),
         },
-        Err(ReadError::Closed) => Err("the worker exited before it was ready".to_owned()),
-        Err(error) => Err(format!("the worker never said it was ready: {error}")),
+        Err(ReadError::Closed) => Err(EXITED_UNREADY.to_owned()),
+        Err(error) => Err(format!("{NEVER_READY}: {error}")),
     }
 }
 
