@@ -87,7 +87,7 @@ where
         if in_flight > self.size / 2 {
             return;
         }
-        if self.pool.submits_together() {
+        if self.pool.submits_together(self.submitted) {
             // The input's next tasks are taken first, then submitted in one go (the input's own
             // code runs before any of them is submitted, so it may submit and wait for others).
             let mut tasks = Vec::new();

@@ -112,12 +112,12 @@ impl Pool {
         TaskHandle::new(job)
     }
 
-    /// Whether the engine takes a window of tasks better together ([`submit_together`]) than one
-    /// at a time: the cluster's, whose short tasks then travel several to a message.
+    /// Whether the engine takes the next window of a stream that has `submitted` tasks so far
+    /// better together ([`submit_together`]) than one at a time (see `Engine::submits_together`).
     ///
     /// [`submit_together`]: Self::submit_together
-    pub(crate) fn submits_together(&self) -> bool {
-        self.engine.submits_together()
+    pub(crate) fn submits_together(&self, submitted: usize) -> bool {
+        self.engine.submits_together(submitted)
     }
 
     /// Submits `tasks` as [`submit`](Self::submit) does each, handing them to the engine in one

@@ -237,11 +237,28 @@ impl ProcessBackend {
         }))
     }
 
+    /// Hands `jobs` (a `map` window) to the workers together (see `Shared::submit_all`): one
+    /// lock for the window, and an idle worker's share in one write, each share no more than
+    /// the worker's window; for each, `false` if the pool is stopping.
+    pub(crate) fn submit_all<T: Task>(&self, jobs: &[Arc<Job<T>>]) -> Vec<bool> {
+        let requests: Vec<Box<dyn Request>> = jobs
+            .iter()
+            .map(|job| {
+                Box::new(Submitted {
+                    job: Arc::clone(job),
+                    attempt: AtomicU32::new(0),
+                    max_frame: self.max_frame,
+                }) as Box<dyn Request>
+            })
+            .collect();
+        vec![self.shared.submit_all(requests, true); jobs.len()]
+    }
+
     /// Queues requests that are no pool's jobs (a cluster serving process's tasks), together
     /// (see `Shared::submit_all`); `false` (none taken) if the pool is stopping.
     #[cfg(feature = "cluster")]
     fn submit_requests(&self, requests: Vec<Box<dyn Request>>) -> bool {
-        self.shared.submit_all(requests)
+        self.shared.submit_all(requests, false)
     }
 
     /// Lets the slots finish the queue, retire their workers and exit; with `wait`, waits for it.

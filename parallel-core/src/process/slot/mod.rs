@@ -367,48 +367,75 @@ impl Shared {
     /// Submits `requests` together, as `submit` does one: with nothing queued before them, the
     /// workers that wait with nothing to do get them from the caller's thread, shared out evenly
     /// and each share in one write (up to `DIRECT_FRAME` bytes), so a batch costs a worker one
-    /// wake-up instead of one per job; the rest queue for the slots. A job with a time limit
-    /// goes to an idle worker alone, as from the queue (`take_sendable`). `false` (nothing
-    /// submitted) once the pool stops.
-    #[cfg(feature = "cluster")]
-    pub(super) fn submit_all(self: &Arc<Self>, requests: Vec<Box<dyn Request>>) -> bool {
+    /// wake-up instead of one per job; the rest queue for the slots, under one lock. With
+    /// `paced`, a share is at most what the worker's window takes (`pace::window`: one job while
+    /// its tasks' length is unknown), as the slot thread would send it, so that a `map` window
+    /// of long tasks does not pile up in one worker while another could run them. A job with a
+    /// time limit goes to an idle worker alone, as from the queue (`take_sendable`). `false`
+    /// (nothing submitted) once the pool stops.
+    pub(super) fn submit_all(
+        self: &Arc<Self>,
+        requests: Vec<Box<dyn Request>>,
+        paced: bool,
+    ) -> bool {
         let mut state = self.lock();
         if state.is_stopping {
             return false;
         }
         let max_sent = self.max_sent();
-        let was_empty = state.queue.is_empty();
         let count = requests.len();
-        state.queue.extend(requests.into_iter().map(Item::Fresh));
-        let idle: Vec<(usize, Link)> = if was_empty {
+        let mut batch: VecDeque<Item> = requests.into_iter().map(Item::Fresh).collect();
+        let idle: Vec<(usize, Link, usize)> = if state.queue.is_empty() {
             state
                 .slots
                 .iter()
                 .enumerate()
                 .filter(|(_, slot)| slot.is_free() && slot.sent < max_sent)
-                .filter_map(|(id, slot)| Some((id, slot.link.clone()?)))
+                .filter_map(|(id, slot)| {
+                    let room = usize::try_from(max_sent - slot.sent).unwrap_or(usize::MAX);
+                    let room = if paced { room.min(slot.window()) } else { room };
+                    Some((id, slot.link.clone()?, room))
+                })
                 .collect()
         } else {
             Vec::new()
         };
         let mut shares = Vec::with_capacity(idle.len());
         let idle_count = idle.len();
-        for (at, (id, link)) in idle.into_iter().enumerate() {
+        for (at, (id, link, room)) in idle.into_iter().enumerate() {
             // Shares as even as the count allows, each a run of the batch in its order.
-            let share = count / idle_count + usize::from(at < count % idle_count);
-            let items = take_sendable(&mut state.queue, share, true);
+            let share = (count / idle_count + usize::from(at < count % idle_count)).min(room);
+            let items = take_sendable(&mut batch, share, true);
             if items.is_empty() {
                 break;
             }
             shares.push((id, link, items));
         }
-        let help =
-            if state.queue.is_empty() { Help::None } else { self.find_help(&mut state, None) };
-        drop(state);
-        for (id, link, items) in shares {
-            send_jobs(self, id, &link, items, DIRECT_FRAME);
+        if !shares.is_empty() {
+            // The rest queues once the shares are in flight: queued before, it could be taken
+            // by a slot thread (its slot still looking free) and sent ahead of its share.
+            drop(state);
+            for (id, link, items) in shares {
+                send_jobs(self, id, &link, items, DIRECT_FRAME);
+            }
+            if batch.is_empty() {
+                return true;
+            }
+            state = self.lock();
         }
-        if let Help::Start(id) = help {
+        state.queue.extend(batch);
+        // What queued wakes a free sleeping slot, or starts a slot's thread, per job as `submit`
+        // does (one for the batch left the other slots asleep while one worked through it).
+        let mut starts = Vec::new();
+        for _ in 0..state.queue.len().min(state.slots.len()) {
+            match self.find_help(&mut state, None) {
+                Help::Found => {}
+                Help::Start(id) => starts.push(id),
+                Help::None => break,
+            }
+        }
+        drop(state);
+        for id in starts {
             self.start_slot(id);
         }
         true
