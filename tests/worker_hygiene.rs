@@ -482,7 +482,14 @@ fn helper_waits_for_go() {
 #[test]
 fn ctrl_c_to_a_caller_without_a_handler_ends_it_and_its_workers_processes() {
     let scratch = Scratch::new("sigint-default");
-    let mut copy = HelperProcess::start("helper_starts_a_sleep", "sleep", &scratch.path, &[]);
+    // SIGINT at its default action, as in a terminal's foreground: a shell's background job (a
+    // test run started with `&`) starts its commands with SIGINT ignored, which an `exec` keeps.
+    let mut copy = HelperProcess::start(
+        "helper_starts_a_sleep",
+        "sleep",
+        &scratch.path,
+        &["env", "--default-signal=INT"],
+    );
     let (worker, sleep) = read_pids(&scratch.path("pids"), Some(&mut copy));
     signal_group(copy.child.id(), "INT");
     let status = copy.wait(HANG_LIMIT);
