@@ -413,7 +413,10 @@ impl Shared {
         }
         if !shares.is_empty() {
             // The rest queues once the shares are in flight: queued before, it could be taken
-            // by a slot thread (its slot still looking free) and sent ahead of its share.
+            // by a slot thread (its slot still looking free) and sent ahead of its share. No
+            // stop comes in between that would leave it queued for slots gone: `shutdown` stops
+            // the slots once every job it accepted is resolved (these are), a serving process
+            // once every task it handed over has ended.
             drop(state);
             for (id, link, items) in shares {
                 send_jobs(self, id, &link, items, DIRECT_FRAME);
