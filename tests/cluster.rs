@@ -706,10 +706,11 @@ fn tasks_queued_behind_cancelled_ones_all_run() {
 fn tasks_cancelled_together_are_cancelled_in_one_message_and_none_of_them_starts() {
     // A running task and a thousand queued behind it on the only slot, all cancelled by one
     // `AsCompleted::cancel` (a thousand so that the publisher, woken by the first, takes some
-    // before the loop is through: with a hundred, 1 run in 6 on a quiet machine saw it). Sent one by one as the publisher woke, the first cancel
-    // could come alone: the serving process killed the running task and its slot took the next
-    // cancelled one before the rest of the cancels came (the suite's
-    // `as_completed_sees_finished_handles_at_once_and_cancel_stops_the_rest`, 1 run in 20).
+    // before the loop is through: with a hundred, 1 run in 6 on a quiet machine saw it). Sent
+    // one by one as the publisher woke, the first cancel could come alone: the serving process
+    // killed the running task and its slot took the next cancelled one before the rest of the
+    // cancels came (the suite's `as_completed_sees_finished_handles_at_once_and_cancel_stops_
+    // the_rest`, 1 run in 20).
     run("cancels together", || {
         let cluster = Cluster::start("canceltogether");
         let _serving = cluster.serve(1, "2s");
@@ -1500,22 +1501,49 @@ fn run_held_parcel<'scope>(
     count: usize,
     gated: usize,
 ) -> (Vec<String>, std::thread::ScopedJoinHandle<'scope, Tallies>) {
-    let dir = cluster.scratch.string();
-    for attempt in 0..10 {
-        warm_up(pool, &dir);
-        let before = messages_published(cluster);
-        let names: Vec<String> = (0..count).map(|i| format!("{prefix}{attempt}-{i}")).collect();
-        let tasks: Vec<_> =
-            (0..count).map(|i| tally::new(dir.clone(), names[i].clone(), i == gated)).collect();
+    for attempt in 0..PARCEL_TRIES {
+        let (names, tasks, published) = parcel_try(cluster, pool, prefix, attempt, count, gated);
         let results = scope.spawn(move || pool.map_unordered(tasks).collect::<Tallies>());
         cluster.started(&names[gated]);
-        if messages_published(cluster) - before == 1 {
+        if published.travelled_together(cluster) {
             return (names, results);
         }
         cluster.open(&names[gated]);
         assert!(results.join().expect("the map").iter().all(|(_, result)| result.is_ok()));
     }
-    panic!("{count} short tasks never travelled in one message in 10 tries");
+    panic!("{count} short tasks never travelled in one message in {PARCEL_TRIES} tries");
+}
+
+/// How many times a parcel test tries for its tasks to travel in one message.
+const PARCEL_TRIES: usize = 10;
+
+/// The task stream's message count before a try's tasks were published.
+struct Published(u64);
+
+impl Published {
+    /// Whether the try's tasks took one message (a parcel).
+    fn travelled_together(&self, cluster: &Cluster) -> bool {
+        messages_published(cluster) - self.0 == 1
+    }
+}
+
+/// One try at a parcel (see [`run_held_parcel`]): warms the pool up, then returns the names and
+/// the `tally` tasks of `count` tasks (the one at `gated` holding its slot), fresh for `attempt`,
+/// and the stream's count before them.
+fn parcel_try(
+    cluster: &Cluster,
+    pool: &Pool,
+    prefix: &str,
+    attempt: usize,
+    count: usize,
+    gated: usize,
+) -> (Vec<String>, Vec<tally::Task>, Published) {
+    let dir = cluster.scratch.string();
+    warm_up(pool, &dir);
+    let published = Published(messages_published(cluster));
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}{attempt}-{i}")).collect();
+    let tasks = (0..count).map(|i| tally::new(dir.clone(), names[i].clone(), i == gated)).collect();
+    (names, tasks, published)
 }
 
 /// How many messages the namespace's task stream has taken so far.
@@ -1562,32 +1590,30 @@ fn a_map_dropped_while_its_parcel_runs_cancels_the_tasks_not_started() {
         let pool = cluster.pool();
         let dir = cluster.scratch.string();
         let cancels = raw::listen(cluster.server.port(), &format!("{}.cancel", cluster.namespace));
-        let mut attempt = 0;
         // As in `run_held_parcel`, tried again until the tasks travel in one message.
+        let mut attempt = 0;
         let names = loop {
-            assert!(attempt < 10, "12 short tasks never travelled in one message in 10 tries");
+            assert!(attempt < PARCEL_TRIES, "12 short tasks never travelled in one message");
+            let (names, tasks, published) = parcel_try(&cluster, &pool, "p", attempt, 12, 1);
             attempt += 1;
-            warm_up(&pool, &dir);
-            let before = messages_published(&cluster);
-            let names: Vec<String> = (0..12).map(|i| format!("p{attempt}-{i}")).collect();
-            let tasks = (0..12).map(|i| tally::new(dir.clone(), names[i].clone(), i == 1));
             let mut results = pool.map_unordered(tasks);
             let first = results.next().map(|(index, result)| (index, result.is_ok()));
             assert_eq!(first, Some((0, true)));
             cluster.started(&names[1]);
             // Its caller has heard the tasks in the worker's queue start.
             std::thread::sleep(Duration::from_millis(100));
-            if messages_published(&cluster) - before != 1 {
+            if !published.travelled_together(&cluster) {
                 cluster.open(&names[1]);
                 assert!(results.all(|(_, result)| result.is_ok()));
                 continue;
             }
+            let cancels_before = cancels.heard().len();
             drop(results);
             // The handles resolved at once; the cancel reaches the serving process a moment
             // later. The gate opens once the server has passed it on (to this test's
             // subscription too), and a moment more: otherwise, on a loaded machine, the queued
             // tasks could all run before their cancel came (the cluster's documented race).
-            wait_until("the cancel message", || !cancels.heard().is_empty());
+            wait_until("the cancel message", || cancels.heard().len() > cancels_before);
             std::thread::sleep(Duration::from_millis(100));
             cluster.open(&names[1]);
             break names;

@@ -1525,11 +1525,11 @@ async fn ensure_dead_letters(
 
 /// Runs `open` (a stream's or a consumer's creation) until it succeeds or fails for good. A
 /// server that does not answer in time (busy, restarting, its JetStream not ready yet:
-/// `is_transient`) is waited for, as the connection waits for it: the tasks of the consumers
-/// opened before may be running here already (the process exited 1 then), and a serving process
-/// started beside a busy server exited on "jetstream request timed out" (seen in the tests on a
-/// loaded machine) while its caller's tasks waited for it. A stop signal still ends the wait
-/// (`run`).
+/// `is_transient`) is waited for, as the connection waits for it, every 500 ms: the tasks of the
+/// consumers opened before may be running here already (a serving process exited 1 on such an
+/// error, leaving them), and one started beside a busy server exited on "jetstream request timed
+/// out" (seen in the tests on a loaded machine) while its caller's tasks waited for it. A stop
+/// signal still ends the wait (`run`).
 async fn patiently<T, E, Fut>(
     what: &str,
     is_transient: impl Fn(&E) -> bool,
@@ -1565,6 +1565,36 @@ fn is_transient_stream_error(error: &jetstream::context::CreateStreamError) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patiently_tries_again_after_transient_errors_only() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let attempts = std::cell::Cell::new(0);
+        let is_transient = |error: &String| error.starts_with("busy");
+        let open = |results: &'static [Result<u32, &'static str>]| {
+            let attempts = &attempts;
+            move || {
+                let result = results[attempts.get()].map_err(str::to_owned);
+                attempts.set(attempts.get() + 1);
+                std::future::ready(result)
+            }
+        };
+        // Two answers that the server was busy, then the stream.
+        let got = runtime.block_on(patiently(
+            "the stream",
+            is_transient,
+            open(&[Err("busy"), Err("busy again"), Ok(7)]),
+        ));
+        assert_eq!((got, attempts.get()), (Ok(7), 3));
+        // A refusal for good is returned at once, with the server's own words.
+        attempts.set(0);
+        let got = runtime.block_on(patiently(
+            "the stream",
+            is_transient,
+            open(&[Err("no such account"), Ok(7)]),
+        ));
+        assert_eq!((got, attempts.get()), (Err("no such account".to_owned()), 1));
+    }
 
     fn key(caller: &str, job: u64) -> Key {
         (Arc::from(caller), CallId { job, attempt: 1 })

@@ -230,27 +230,19 @@ impl ProcessBackend {
 
     /// Queues `job`; `false` if the pool is stopping.
     pub(crate) fn submit<T: Task>(&self, job: Arc<Job<T>>) -> bool {
-        self.shared.submit(Box::new(Submitted {
-            job,
-            attempt: AtomicU32::new(0),
-            max_frame: self.max_frame,
-        }))
+        self.shared.submit(self.request(job))
+    }
+
+    /// What the slots take of `job`: its next attempt, to claim and serialize when it is sent.
+    fn request<T: Task>(&self, job: Arc<Job<T>>) -> Box<dyn Request> {
+        Box::new(Submitted { job, attempt: AtomicU32::new(0), max_frame: self.max_frame })
     }
 
     /// Hands `jobs` (a `map` window) to the workers together (see `Shared::submit_all`): one
     /// lock for the window, and an idle worker's share in one write, each share no more than
     /// the worker's window; for each, `false` if the pool is stopping.
     pub(crate) fn submit_all<T: Task>(&self, jobs: &[Arc<Job<T>>]) -> Vec<bool> {
-        let requests: Vec<Box<dyn Request>> = jobs
-            .iter()
-            .map(|job| {
-                Box::new(Submitted {
-                    job: Arc::clone(job),
-                    attempt: AtomicU32::new(0),
-                    max_frame: self.max_frame,
-                }) as Box<dyn Request>
-            })
-            .collect();
+        let requests = jobs.iter().map(|job| self.request(Arc::clone(job))).collect();
         vec![self.shared.submit_all(requests, true); jobs.len()]
     }
 
